@@ -1,0 +1,7 @@
+"""bayesal: deep active learning with fast Bayesian updates of a last-layer Laplace approximation."""
+
+from .head import HeadConfig, train_head
+from .posterior import LastLayerLaplace
+
+__all__ = ["LastLayerLaplace", "HeadConfig", "train_head", "__version__"]
+__version__ = "0.1.0"

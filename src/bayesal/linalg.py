@@ -1,0 +1,47 @@
+"""Small, numerically careful linear-algebra helpers for SPD matrices."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["symmetrize", "safe_cholesky", "spd_inverse", "is_spd"]
+
+
+def symmetrize(a: torch.Tensor) -> torch.Tensor:
+    """Return ``(A + Aᵀ) / 2``; removes the asymmetry that round-off adds."""
+    return 0.5 * (a + a.transpose(-1, -2))
+
+
+def safe_cholesky(a: torch.Tensor, jitter: float = 1e-10, max_tries: int = 8) -> torch.Tensor:
+    """Lower Cholesky factor of an SPD matrix ``(D, D)``.
+
+    Tries the plain factorization first; on failure adds diagonal jitter that grows by 10x per try,
+    relative to the mean diagonal, so that nearly singular covariances still factor.
+    """
+    a = symmetrize(a)
+    factor, info = torch.linalg.cholesky_ex(a)
+    if not bool(torch.any(info != 0)):
+        return factor
+    scale = a.diagonal(dim1=-2, dim2=-1).abs().mean().clamp_min(torch.finfo(a.dtype).tiny)
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    for k in range(max_tries):
+        factor, info = torch.linalg.cholesky_ex(a + (jitter * 10**k) * scale * eye)
+        if not bool(torch.any(info != 0)):
+            return factor
+    raise torch.linalg.LinAlgError(
+        f"matrix is not positive definite even with jitter {jitter * 10 ** (max_tries - 1):.1e}"
+        " x mean diagonal; check the features for NaN/inf or duplicated columns"
+    )
+
+
+def spd_inverse(a: torch.Tensor, jitter: float = 1e-10) -> torch.Tensor:
+    """Inverse of an SPD matrix through its Cholesky factor (never ``torch.inverse``)."""
+    return symmetrize(torch.cholesky_inverse(safe_cholesky(a, jitter=jitter)))
+
+
+def is_spd(a: torch.Tensor, atol: float = 1e-10) -> bool:
+    """True when ``a`` is symmetric (to ``atol`` relative) and its Cholesky factorization succeeds."""
+    scale = a.abs().max().clamp_min(1.0)
+    if not torch.allclose(a, a.transpose(-1, -2), atol=atol * float(scale), rtol=0.0):
+        return False
+    return not bool(torch.any(torch.linalg.cholesky_ex(a)[1] != 0))

@@ -1,0 +1,348 @@
+"""Last-layer Laplace approximation with closed-form Bayesian updates (SPEC §2–4)."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Iterator
+
+import torch
+
+from .head import HeadConfig, train_head
+from .linalg import safe_cholesky, spd_inverse
+from .predictive import DEFAULT_LAMBDA_MF, mc_logit_samples, mc_probs, mean_field_probs
+from .rng import RandomState, as_generator
+from .update import (
+    CURVATURES,
+    curvature_weights,
+    full_ggn_factor,
+    newton_mean_step_full,
+    newton_mean_step_shared,
+    rank1_downdate,
+    shared_factor,
+    woodbury_downdate,
+)
+from .validation import as_features, as_targets, check_num_classes
+
+__all__ = ["LastLayerLaplace"]
+
+HESSIANS = ("shared", "full")
+UPDATE_METHODS = ("woodbury", "rank1")
+PREDICTIVES = ("mean_field", "mc")
+
+
+def _centered(cov: torch.Tensor) -> torch.Tensor:
+    """``P S P`` with ``P = I − 11ᵀ/C``: softmax ignores a shift shared by all logits, so the variance
+    along the all-ones direction (large under the full GGN) must not damp the mean-field logits."""
+    return cov - cov.mean(-1, keepdim=True) - cov.mean(-2, keepdim=True) + cov.mean((-2, -1), keepdim=True)
+
+
+class LastLayerLaplace:
+    """Gaussian posterior over the weights ``W (C, D)`` of a linear head ``z = W φ + b``.
+
+    ``hessian="shared"`` (the paper's): rows ``w_c ~ N(μ_c, Σ)`` with one ``Σ (D, D)``,
+    ``Σ⁻¹ = λ₀ I + Σ_i m_i φ_i φ_iᵀ`` and ``m_i`` from ``curvature``. ``hessian="full"``: the
+    multi-class GGN with a ``(C·D, C·D)`` covariance over row-major ``vec W``, for small ``C·D``.
+    The bias is a point estimate. Covariances are kept in ``dtype`` (float64 by default).
+
+    Fitted attributes: ``mean_ (C, D)``, ``bias_ (C,)``, ``covariance_``, ``num_classes_``,
+    ``num_features_``, ``n_updates_`` (points absorbed by :meth:`update` since the last fit).
+    """
+
+    def __init__(
+        self,
+        prior_precision: float = 1.0,
+        curvature: str = "gaussian",
+        hessian: str = "shared",
+        lambda_mf: float = DEFAULT_LAMBDA_MF,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+        head_config: HeadConfig = HeadConfig(),
+        random_state: RandomState = None,
+        chunk_size: int = 8192,
+    ) -> None:
+        if not prior_precision > 0 or not math.isfinite(prior_precision):
+            raise ValueError(f"prior_precision must be a positive number, got {prior_precision}")
+        if curvature not in CURVATURES:
+            raise ValueError(f"unknown curvature {curvature!r}; choose one of {CURVATURES}")
+        if hessian not in HESSIANS:
+            raise ValueError(f"unknown hessian {hessian!r}; choose one of {HESSIANS}")
+        if not lambda_mf >= 0:
+            raise ValueError(f"lambda_mf must be >= 0, got {lambda_mf}")
+        self.prior_precision = float(prior_precision)
+        self.curvature = curvature
+        self.hessian = hessian
+        self.lambda_mf = float(lambda_mf)
+        self.dtype = dtype
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.head_config = head_config
+        self.random_state = random_state
+        self.chunk_size = int(chunk_size)
+        self._scale_tril: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ fitting
+    def fit(
+        self,
+        features: Any,
+        labels: Any,
+        *,
+        weight: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
+        num_classes: int | None = None,
+    ) -> "LastLayerLaplace":
+        """Set the MAP mean and build the covariance from labeled ``features (N, D)``, ``labels (N,)``.
+
+        With ``weight (C, D)`` (and optionally ``bias (C,)``) the given head is the MAP estimate;
+        otherwise the head is trained first (``head_config``, seeded by ``random_state``).
+        """
+        x = as_features(features, dtype=self.dtype, device=self.device)
+        if weight is not None:
+            num_classes = int(weight.shape[0]) if num_classes is None else num_classes
+        if num_classes is None:
+            y_raw = torch.as_tensor(labels)
+            if y_raw.numel() == 0:
+                raise ValueError("labels are empty; pass num_classes or at least one labeled point")
+            num_classes = int(y_raw.max()) + 1
+        c = check_num_classes(num_classes)
+        targets = as_targets(labels, c, n=x.shape[0], dtype=self.dtype, device=self.device)
+        d = x.shape[1]
+        if weight is None:
+            if x.shape[0] == 0:
+                raise ValueError("cannot train a head without labeled data; pass weight= instead")
+            weight, bias = train_head(
+                x, targets.argmax(1), c, config=self.head_config, generator=as_generator(self.random_state)
+            )
+        weight = torch.as_tensor(weight).detach().to(dtype=self.dtype, device=self.device)
+        if weight.shape != (c, d):
+            raise ValueError(f"weight has shape {tuple(weight.shape)}, expected (C, D) = ({c}, {d})")
+        bias = (
+            torch.zeros(c, dtype=self.dtype, device=self.device)
+            if bias is None
+            else torch.as_tensor(bias).detach().to(dtype=self.dtype, device=self.device).reshape(-1)
+        )
+        if bias.shape != (c,):
+            raise ValueError(f"bias has shape {tuple(bias.shape)}, expected ({c},)")
+        if not bool(torch.isfinite(weight).all() and torch.isfinite(bias).all()):
+            raise ValueError("head weight/bias contain NaN or inf")
+        self.mean_, self.bias_ = weight.clone(), bias.clone()
+        self.num_classes_, self.num_features_ = c, d
+        self.covariance_ = spd_inverse(self._prior_plus_ggn(x))
+        self.n_updates_ = 0
+        self._scale_tril = None
+        return self
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear, features: Any, labels: Any, **kwargs: Any) -> "LastLayerLaplace":
+        """Laplace posterior around a trained ``torch.nn.Linear`` head (its weights are the MAP)."""
+        bias = linear.bias if linear.bias is not None else None
+        return cls(**kwargs).fit(features, labels, weight=linear.weight, bias=bias)
+
+    def _prior_plus_ggn(self, x: torch.Tensor) -> torch.Tensor:
+        """``λ₀ I + Σ_i H_i`` accumulated over chunks of ``x``."""
+        p = self.num_features_ if self.hessian == "shared" else self.num_features_ * self.num_classes_
+        prec = self.prior_precision * torch.eye(p, dtype=self.dtype, device=self.device)
+        for chunk in self._chunks(x, per_row=p if self.hessian == "full" else 1):
+            u = self._hessian_factor(chunk, self._point_probs(chunk))
+            prec.addmm_(u.T, u)
+        return prec
+
+    def _hessian_factor(self, x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        if self.hessian == "shared":
+            return shared_factor(x, curvature_weights(probs, self.curvature))
+        return full_ggn_factor(x, probs)
+
+    # -------------------------------------------------------------- predictive
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "mean_"):
+            raise RuntimeError("this LastLayerLaplace is not fitted yet; call fit() first")
+
+    def _features(self, features: Any) -> torch.Tensor:
+        self._check_fitted()
+        return as_features(features, dim=self.num_features_, dtype=self.dtype, device=self.device)
+
+    def _chunks(self, x: torch.Tensor, per_row: int = 1) -> Iterator[torch.Tensor]:
+        step = max(1, self.chunk_size // max(1, per_row))
+        for start in range(0, x.shape[0], step):
+            yield x[start : start + step]
+
+    def _point_probs(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(x @ self.mean_.T + self.bias_, dim=-1)
+
+    def logits(self, features: Any) -> torch.Tensor:
+        """MAP logits ``(N, C)``."""
+        x = self._features(features)
+        return x @ self.mean_.T + self.bias_
+
+    def _logit_cov_chunk(self, x: torch.Tensor) -> torch.Tensor:
+        """``σ² (n,)`` (shared) or the logit covariance ``(n, C, C)`` (full) of one chunk."""
+        if self.hessian == "shared":
+            return ((x @ self.covariance_) * x).sum(1)
+        c, d = self.num_classes_, self.num_features_
+        cov4 = self.covariance_.view(c, d, c, d)
+        return torch.einsum("ncke,ne->nck", torch.einsum("nd,cdke->ncke", x, cov4), x)
+
+    def _per_row_cost(self) -> int:
+        return 1 if self.hessian == "shared" else self.num_classes_**2 * self.num_features_ // 64 + 1
+
+    def logit_variance(self, features: Any) -> torch.Tensor:
+        """Shared: ``σ²(x) = φᵀΣφ`` ``(N,)``. Full: the logit covariance ``(N, C, C)``."""
+        x = self._features(features)
+        parts = [self._logit_cov_chunk(ch) for ch in self._chunks(x, self._per_row_cost())]
+        if not parts:
+            shape = (0,) if self.hessian == "shared" else (0, self.num_classes_, self.num_classes_)
+            return torch.zeros(shape, dtype=self.dtype, device=self.device)
+        return torch.cat(parts)
+
+    def predict_proba(
+        self,
+        features: Any,
+        method: str = "mean_field",
+        n_samples: int = 1000,
+        generator: torch.Generator | None = None,
+        lambda_mf: float | None = None,
+    ) -> torch.Tensor:
+        """Posterior predictive ``(N, C)``: mean-field (default) or Monte Carlo with ``n_samples``.
+
+        Works in chunks of rows so that a large pool never materialises ``(N, D, D)`` or
+        ``(K, N, C)`` at once.
+        """
+        if method not in PREDICTIVES:
+            raise ValueError(f"unknown predictive {method!r}; choose one of {PREDICTIVES}")
+        x = self._features(features)
+        lam = self.lambda_mf if lambda_mf is None else float(lambda_mf)
+        if method == "mc" and n_samples < 1:
+            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        per_row = self._per_row_cost() if method == "mean_field" else max(self._per_row_cost(), n_samples * self.num_classes_ // 16)
+        out = []
+        for ch in self._chunks(x, per_row):
+            z = ch @ self.mean_.T + self.bias_
+            var = self._logit_cov_chunk(ch)
+            if method == "mean_field":
+                v = var if var.ndim == 1 else _centered(var).diagonal(dim1=1, dim2=2)
+                out.append(mean_field_probs(z, v, lam))
+            else:
+                out.append(mc_probs(z, self._logit_scale(var), n_samples, generator))
+        if not out:
+            return torch.zeros(0, self.num_classes_, dtype=self.dtype, device=self.device)
+        return torch.cat(out)
+
+    def _logit_scale(self, var: torch.Tensor) -> torch.Tensor:
+        if var.ndim == 1:
+            return var.clamp_min(0).sqrt()
+        return safe_cholesky(var)
+
+    def predict(self, features: Any, **kwargs: Any) -> torch.Tensor:
+        """Most probable class ``(N,)`` under the predictive."""
+        return self.predict_proba(features, **kwargs).argmax(1)
+
+    def sample_logits(self, features: Any, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Logit samples ``(K, N, C)`` from the Laplace posterior (for BALD, variation ratio)."""
+        x = self._features(features)
+        z = x @ self.mean_.T + self.bias_
+        return mc_logit_samples(z, self._logit_scale(self._logit_cov_chunk(x)), n_samples, generator)
+
+    def sample_weights(self, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Weight samples ``(K, C, D)`` from ``N(μ, Σ)``."""
+        self._check_fitted()
+        c, d = self.num_classes_, self.num_features_
+        if self.hessian == "shared":
+            eps = torch.randn(n_samples, c, d, generator=generator, dtype=self.dtype).to(self.device)
+            return self.mean_ + eps @ self.scale_tril.T
+        eps = torch.randn(n_samples, c * d, generator=generator, dtype=self.dtype).to(self.device)
+        return self.mean_ + (eps @ self.scale_tril.T).view(n_samples, c, d)
+
+    @property
+    def scale_tril(self) -> torch.Tensor:
+        """Lower Cholesky factor of ``covariance_``, computed lazily and cached until the next update."""
+        self._check_fitted()
+        if self._scale_tril is None:
+            self._scale_tril = safe_cholesky(self.covariance_)
+        return self._scale_tril
+
+    def precision(self) -> torch.Tensor:
+        """``Σ⁻¹`` through the Cholesky factor."""
+        return torch.cholesky_inverse(self.scale_tril)
+
+    # ------------------------------------------------------------------ update
+    def update(
+        self,
+        features: Any,
+        labels: Any,
+        gamma: float = 10.0,
+        method: str = "woodbury",
+        inplace: bool = False,
+    ) -> "LastLayerLaplace":
+        """One Newton step on new labeled data ``features (M, D)``, ``labels (M,)`` or soft ``(M, C)``.
+
+        ``Σ' = (Σ⁻¹ + Σ_j H_j)⁻¹`` via the batched Woodbury identity (``method="woodbury"``) or a chain
+        of Sherman–Morrison rank-1 steps (``"rank1"``); ``μ' = μ + γ Σ' Σ_j (y_j − p_j) φ_jᵀ`` with
+        ``p_j`` at the current mean. Returns a new posterior unless ``inplace=True``.
+        """
+        if method not in UPDATE_METHODS:
+            raise ValueError(f"unknown update method {method!r}; choose one of {UPDATE_METHODS}")
+        if not math.isfinite(gamma) or gamma < 0:
+            raise ValueError(f"gamma must be a finite number >= 0, got {gamma}")
+        x = self._features(features)
+        targets = as_targets(labels, self.num_classes_, n=x.shape[0], dtype=self.dtype, device=self.device)
+        target = self if inplace else self.copy()
+        if x.shape[0] == 0:
+            return target
+        probs = self._point_probs(x)
+        u = self._hessian_factor(x, probs)
+        downdate = woodbury_downdate if method == "woodbury" else rank1_downdate
+        cov = downdate(self.covariance_, u)
+        step = newton_mean_step_shared if self.hessian == "shared" else newton_mean_step_full
+        target.mean_ = step(self.mean_, cov, x, targets, probs, gamma)
+        target.covariance_ = cov
+        target.n_updates_ = self.n_updates_ + x.shape[0]
+        target._scale_tril = None
+        return target
+
+    def copy(self) -> "LastLayerLaplace":
+        """Deep copy (tensors cloned)."""
+        return copy.deepcopy(self)
+
+    # ------------------------------------------------------------- persistence
+    def state_dict(self) -> dict[str, Any]:
+        """Plain dict of config and tensors, loadable with :meth:`from_state_dict` (``torch.save``-able)."""
+        self._check_fitted()
+        return {
+            "config": {
+                "prior_precision": self.prior_precision,
+                "curvature": self.curvature,
+                "hessian": self.hessian,
+                "lambda_mf": self.lambda_mf,
+                "dtype": str(self.dtype).replace("torch.", ""),
+                "chunk_size": self.chunk_size,
+            },
+            "mean": self.mean_.cpu(),
+            "bias": self.bias_.cpu(),
+            "covariance": self.covariance_.cpu(),
+            "n_updates": self.n_updates_,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], device: torch.device | str | None = None) -> "LastLayerLaplace":
+        """Rebuild a posterior saved with :meth:`state_dict`; raises ``ValueError`` on malformed state."""
+        try:
+            cfg = dict(state["config"])
+            cfg["dtype"] = getattr(torch, cfg["dtype"])
+            post = cls(device=device, **cfg)
+            post.mean_ = state["mean"].to(dtype=post.dtype, device=post.device)
+            post.bias_ = state["bias"].to(dtype=post.dtype, device=post.device)
+            post.covariance_ = state["covariance"].to(dtype=post.dtype, device=post.device)
+            post.n_updates_ = int(state["n_updates"])
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"malformed posterior state: {err!r}") from err
+        post.num_classes_, post.num_features_ = post.mean_.shape
+        p = post.num_features_ * (1 if post.hessian == "shared" else post.num_classes_)
+        if post.bias_.shape != (post.num_classes_,) or post.covariance_.shape != (p, p):
+            raise ValueError("malformed posterior state: tensor shapes do not agree")
+        return post
+
+    def __repr__(self) -> str:
+        fitted = f", C={self.num_classes_}, D={self.num_features_}" if hasattr(self, "mean_") else ""
+        return (
+            f"LastLayerLaplace(prior_precision={self.prior_precision}, curvature={self.curvature!r}, "
+            f"hessian={self.hessian!r}{fitted})"
+        )

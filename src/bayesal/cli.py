@@ -1,0 +1,172 @@
+"""Command-line interface: ``bayesal run | plot | label | datasets | demo``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+DEMO_STRATEGIES = ["random", "margin", "seq-margin", "badge"]
+
+
+def _default_dataset() -> str:
+    from .data import list_datasets
+
+    names = list_datasets()
+    return next((n for n in ("agnews", "banking77", "news", "digits") if n in names), sorted(names)[0])
+
+
+def _cmd_datasets(args: argparse.Namespace) -> int:
+    from .data import list_datasets
+
+    for name, desc in list_datasets().items():
+        print(f"{name:14s} {desc}")
+    return 0
+
+
+def _config(args: argparse.Namespace):
+    from .head import HeadConfig
+    from .loop import ALConfig
+
+    return ALConfig(
+        batch_size=args.batch_size, cycles=args.cycles, initial_size=args.initial_size,
+        candidate_size=None if args.candidate_size == 0 else args.candidate_size, gamma=args.gamma,
+        lambda_mf=args.lambda_mf, head=HeadConfig(epochs=args.epochs),
+    )
+
+
+def _load(name: str):
+    from .data import load_dataset
+
+    t0 = time.perf_counter()
+    ds = load_dataset(name)
+    print(f"loaded {ds!r} in {time.perf_counter() - t0:.1f}s ({ds.meta.get('backbone', '?')})", file=sys.stderr)
+    return ds
+
+
+def _print_summary(df, metric: str = "accuracy") -> None:
+    from .plotting import aulc_table
+
+    tab = aulc_table(df, metric)
+    print(f"\narea under the learning curve ({metric}), mean ± s.e. over seeds")
+    print(tab.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .loop import run_experiment
+
+    ds = _load(args.dataset)
+    cfg = _config(args)
+    df = run_experiment(ds, args.strategy, cfg, range(args.seed, args.seed + args.seeds), out=args.out,
+                        progress=not args.no_progress)
+    print(f"wrote {len(df)} rows to {args.out}")
+    _print_summary(df)
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .loop import read_results
+    from .plotting import plot_learning_curves
+
+    df = read_results(args.results)
+    out = args.out or Path(args.results).with_suffix(f".{args.metric}.png")
+    plot_learning_curves(df, out, metric=args.metric)
+    print(f"wrote {out}")
+    _print_summary(df, args.metric)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """Short AL comparison on built-in real data, with a plot and an AULC table."""
+    from .head import HeadConfig
+    from .loop import ALConfig, run_experiment
+    from .plotting import plot_learning_curves
+
+    ds = _load(args.dataset or _default_dataset())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.parquet"
+    if results.exists():
+        results.unlink()  # the demo is idempotent: a fresh run each time
+    cfg = ALConfig(batch_size=args.batch_size, cycles=args.cycles, head=HeadConfig(epochs=args.epochs))
+    df = run_experiment(ds, DEMO_STRATEGIES, cfg, range(args.seeds), out=results)
+    png = plot_learning_curves(df, out / "learning_curves.png", title=f"{ds.name}: accuracy vs labels")
+    _print_summary(df)
+    print(f"\nresults: {results}\nplot:    {png}")
+    return 0
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, default=10, help="labels per cycle b (default 10)")
+    p.add_argument("--cycles", type=int, default=20, help="AL cycles (default 20)")
+    p.add_argument("--initial-size", type=int, default=None, help="initial random labels (default: b)")
+    p.add_argument("--candidate-size", type=int, default=1000,
+                   help="random candidates scored per query (default 1000; 0 = whole pool)")
+    p.add_argument("--gamma", type=float, default=10.0, help="update step size γ (default 10)")
+    p.add_argument("--lambda-mf", type=float, default=0.4, help="mean-field scale (default 0.4)")
+    p.add_argument("--epochs", type=int, default=200, help="head training epochs per cycle (default 200)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="bayesal", description="Deep active learning with fast Bayesian updates.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run AL experiments (paper protocol) and append results")
+    p.add_argument("--dataset", default=None, help="built-in dataset (see `bayesal datasets`)")
+    p.add_argument("--strategy", nargs="+", required=True,
+                   help="strategy specs: NAME, seq-NAME[@oracle|most_likely|sampled|expected], lookahead, oracle-lookahead")
+    p.add_argument("--seeds", type=int, default=10, help="number of seeds (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    p.add_argument("--out", default="results.parquet", help="results file, .parquet or .csv (appended)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_run_options(p)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("plot", help="learning curves (mean ± s.e.) and an AULC table from a results file")
+    p.add_argument("results")
+    p.add_argument("--metric", default="accuracy", choices=["accuracy", "nll", "brier", "ece"])
+    p.add_argument("--out", default=None, help="PNG path (default: next to the results)")
+    p.set_defaults(func=_cmd_plot)
+
+    p = sub.add_parser("datasets", help="list the built-in datasets")
+    p.set_defaults(func=_cmd_datasets)
+
+    p = sub.add_parser("demo", help="a short AL comparison on built-in real data, with a plot")
+    p.add_argument("--dataset", default=None)
+    p.add_argument("--out", default="demo_output")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--cycles", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=200)
+    p.set_defaults(func=_cmd_demo)
+
+    try:
+        from .labeling import add_label_arguments, label_main
+    except ImportError:  # labeling is optional at import time
+        pass
+    else:
+        p = sub.add_parser("label", help="label instances in the terminal, one at a time, with instant updates")
+        add_label_arguments(p)
+        p.set_defaults(func=label_main)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "dataset", "unset") is None and args.command == "run":
+        args.dataset = _default_dataset()
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"bayesal: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bayesal: interrupted; results written so far are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

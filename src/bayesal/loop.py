@@ -1,0 +1,206 @@
+"""The active-learning loop of the paper's protocol (SPEC §6) and the multi-seed experiment runner."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .data.base import Dataset
+from .head import HeadConfig, train_head
+from .metrics import decision_flips, evaluate
+from .posterior import LastLayerLaplace
+from .strategies.base import LabeledSet, QueryStrategy
+
+__all__ = ["ALConfig", "make_strategy", "run_active_learning", "run_experiment", "append_results", "read_results"]
+
+
+@dataclass(frozen=True)
+class ALConfig:
+    """Protocol settings; defaults follow the paper (b random initial labels, 20 cycles, 1000 random
+    candidates per query, head retrained from scratch after each cycle, γ = 10, λ_mf = 0.4)."""
+
+    batch_size: int = 10
+    cycles: int = 20
+    initial_size: int | None = None  # None: batch_size
+    candidate_size: int | None = 1000  # None: the whole unlabeled pool
+    gamma: float = 10.0
+    prior_precision: float = 1.0
+    lambda_mf: float = 0.4
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.cycles < 0:
+            raise ValueError(f"batch_size must be >= 1 and cycles >= 0, got {self.batch_size}, {self.cycles}")
+        if self.candidate_size is not None and self.candidate_size < self.batch_size:
+            raise ValueError(f"candidate_size {self.candidate_size} is smaller than batch_size {self.batch_size}")
+
+
+def make_strategy(spec: str, gamma: float = 10.0, reference: tuple[torch.Tensor, torch.Tensor] | None = None) -> QueryStrategy:
+    """Build a strategy from a spec string.
+
+    ``NAME`` (e.g. ``margin``, ``badge``), ``seq-NAME`` (sequential with oracle labels, the paper's
+    simulation), ``seq-NAME@MODE`` with ``MODE`` in oracle|most_likely|sampled|expected (deployable),
+    ``lookahead`` (expected log-loss reduction, no labels needed) and ``oracle-lookahead`` (the paper's
+    upper bound; needs ``reference`` = held-out ``(features, labels)``).
+    """
+    from . import strategies as S
+
+    spec = spec.strip().lower()
+    if spec.startswith("seq-"):
+        base, _, mode = spec[4:].partition("@")
+        return S.Sequential(S.get_strategy(base), update_with=mode or "oracle", gamma=gamma)
+    if spec == "lookahead":
+        return S.ExpectedLogLossReduction(gamma=gamma)
+    if spec == "oracle-lookahead":
+        if reference is None:
+            raise ValueError("oracle-lookahead needs a held-out reference set")
+        return S.OracleLookahead(reference[0], reference[1], gamma=gamma)
+    return S.get_strategy(spec)
+
+
+def _fit_posterior(x: torch.Tensor, y: torch.Tensor, c: int, cfg: ALConfig, gen: torch.Generator) -> tuple[LastLayerLaplace, float]:
+    t0 = time.perf_counter()
+    w, b = train_head(x, y, c, config=cfg.head, generator=gen)
+    post = LastLayerLaplace(prior_precision=cfg.prior_precision, lambda_mf=cfg.lambda_mf).fit(
+        x, y, weight=w, bias=b, num_classes=c
+    )
+    return post, time.perf_counter() - t0
+
+
+def run_active_learning(
+    dataset: Dataset,
+    strategy: QueryStrategy | str,
+    config: ALConfig = ALConfig(),
+    seed: int = 0,
+    on_cycle: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """One seed of the AL protocol; returns one row per cycle (cycle 0 = the initial random labels).
+
+    Each row: strategy, seed, cycle, num_labels, accuracy, nll, brier, ece (on the test split, after
+    retraining), accuracy_updated (after the fast Bayesian update, before retraining), decision
+    flips caused by retraining, query_time_s, update_time_s, train_time_s.
+    """
+    x_pool = torch.as_tensor(dataset.train_features, dtype=torch.float64)
+    y_pool = torch.as_tensor(dataset.train_labels).long()
+    x_test = torch.as_tensor(dataset.test_features, dtype=torch.float64)
+    y_test = torch.as_tensor(dataset.test_labels).long()
+    c = dataset.num_classes
+    n_pool = len(y_pool)
+    init = config.initial_size or config.batch_size
+    if n_pool == 0:
+        raise ValueError("the pool is empty")
+    if init + config.cycles * config.batch_size > n_pool:
+        raise ValueError(
+            f"budget of {init} + {config.cycles} x {config.batch_size} labels exceeds the pool of {n_pool} instances"
+        )
+    name = strategy if isinstance(strategy, str) else getattr(strategy, "name", type(strategy).__name__)
+    if isinstance(strategy, str):
+        strategy = make_strategy(strategy, config.gamma, reference=(x_test, y_test))
+    gen = torch.Generator().manual_seed(seed)
+    labeled = torch.randperm(n_pool, generator=gen)[:init]
+    is_labeled = torch.zeros(n_pool, dtype=torch.bool)
+    is_labeled[labeled] = True
+    post, train_time = _fit_posterior(x_pool[labeled], y_pool[labeled], c, config, gen)
+    rows: list[dict[str, Any]] = []
+
+    def record(cycle: int, query_time: float, update_time: float, acc_updated: float, flips: float) -> None:
+        row = {"strategy": name, "seed": seed, "cycle": cycle, "num_labels": int(is_labeled.sum()),
+               **evaluate(probs_test, y_test), "accuracy_updated": acc_updated, "decision_flips": flips,
+               "query_time_s": query_time, "update_time_s": update_time, "train_time_s": train_time}
+        rows.append(row)
+        if on_cycle is not None:
+            on_cycle(row)
+
+    probs_test = post.predict_proba(x_test)
+    record(0, float("nan"), float("nan"), float("nan"), float("nan"))
+    for cycle in range(1, config.cycles + 1):
+        unlabeled = (~is_labeled).nonzero().flatten()
+        if config.candidate_size is not None and len(unlabeled) > config.candidate_size:
+            unlabeled = unlabeled[torch.randperm(len(unlabeled), generator=gen)[: config.candidate_size]]
+        t0 = time.perf_counter()
+        result = strategy.query(
+            post, x_pool[unlabeled], LabeledSet(x_pool[is_labeled], y_pool[is_labeled]),
+            config.batch_size, gen, candidate_labels=y_pool[unlabeled],
+        )
+        query_time = time.perf_counter() - t0
+        picked = unlabeled[result.indices]
+        if len(picked) != config.batch_size or bool(is_labeled[picked].any()) or len(set(picked.tolist())) != len(picked):
+            raise RuntimeError(f"strategy {name} returned invalid indices {result.indices.tolist()}")
+        t0 = time.perf_counter()
+        updated = post.update(x_pool[picked], y_pool[picked], gamma=config.gamma)
+        update_time = time.perf_counter() - t0
+        acc_updated = evaluate(updated.predict_proba(x_test), y_test)["accuracy"]
+        is_labeled[picked] = True
+        before = probs_test
+        post, train_time = _fit_posterior(x_pool[is_labeled], y_pool[is_labeled], c, config, gen)
+        probs_test = post.predict_proba(x_test)
+        record(cycle, query_time, update_time, acc_updated, decision_flips(before, probs_test))
+    return rows
+
+
+def append_results(rows: Iterable[dict[str, Any]], path: str | Path) -> None:
+    """Append rows to a ``.parquet`` or ``.csv`` results file (Parquet is rewritten atomically)."""
+    path = Path(path)
+    new = pd.DataFrame(list(rows))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".csv":
+        new.to_csv(path, mode="a", header=not path.exists() or path.stat().st_size == 0, index=False)
+        return
+    if path.suffix != ".parquet":
+        raise ValueError(f"results file must end in .parquet or .csv, got {path.name}")
+    frame = pd.concat([read_results(path), new], ignore_index=True) if path.exists() else new
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(path)
+
+
+def read_results(path: str | Path) -> pd.DataFrame:
+    """Load a results file written by :func:`append_results`, with a clear error if it is unreadable."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no results file at {path}")
+    try:
+        return pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+    except Exception as err:  # pyarrow/pandas raise many types for corrupt files
+        raise ValueError(f"could not read results file {path}: {err}") from err
+
+
+def run_experiment(
+    dataset: Dataset,
+    strategies: list[str],
+    config: ALConfig,
+    seeds: Iterable[int],
+    out: str | Path | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Run every strategy for every seed; rows are appended to ``out`` after each (strategy, seed)
+    so an interrupted run keeps what it finished. Returns all rows."""
+    from tqdm.auto import tqdm
+
+    seeds = list(seeds)
+    for s in strategies:  # fail fast on a typo before hours of compute
+        make_strategy(s, config.gamma, reference=(torch.zeros(1, dataset.num_features), torch.zeros(1, dtype=torch.long)))
+    total = len(strategies) * len(seeds) * (config.cycles + 1)
+    bar = tqdm(total=total, desc=f"{dataset.name}", disable=not progress, unit="cycle")
+    frames = []
+    for strat in strategies:
+        for seed in seeds:
+            def tick(row: dict[str, Any]) -> None:
+                bar.set_postfix(strategy=row["strategy"], seed=row["seed"], labels=row["num_labels"],
+                                acc=f"{row['accuracy']:.3f}")
+                bar.update(1)
+
+            rows = run_active_learning(dataset, strat, config, seed, on_cycle=tick)
+            for r in rows:
+                r.update({"dataset": dataset.name, "batch_size": config.batch_size, "config": str(asdict(config))})
+            if out is not None:
+                append_results(rows, out)
+            frames.append(pd.DataFrame(rows))
+    bar.close()
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

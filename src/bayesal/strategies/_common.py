@@ -1,0 +1,147 @@
+"""Shared helpers of the query strategies: input checks, deterministic top-b, predictive pieces."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from ..linalg import safe_cholesky
+from ..posterior import LastLayerLaplace
+from ..predictive import mc_logit_samples, mean_field_probs
+from ..rng import as_generator
+from ..validation import as_features
+from .base import LabeledSet
+
+__all__ = [
+    "check_batch_size",
+    "prepare",
+    "top_b",
+    "argmax_first",
+    "predictive_from_logits",
+    "logit_sample_chunks",
+    "entropy",
+    "MC_CHUNK_ELEMENTS",
+]
+
+#: Upper bound on the elements of one ``(K, n, C)`` block of Monte Carlo logit samples.
+MC_CHUNK_ELEMENTS = 1 << 22
+
+
+def check_batch_size(batch_size: int, n: int) -> int:
+    """``batch_size`` as an int in ``[1, n]``; ``ValueError`` naming the problem otherwise."""
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size:
+        raise ValueError(f"batch_size must be an integer, got {batch_size!r}")
+    b = int(batch_size)
+    if b < 1:
+        raise ValueError(f"batch_size must be >= 1, got {b}")
+    if b > n:
+        raise ValueError(f"batch_size={b} exceeds the number of candidates ({n})")
+    return b
+
+
+def prepare(
+    posterior: LastLayerLaplace,
+    candidates: torch.Tensor,
+    labeled: LabeledSet | None,
+    batch_size: int,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, torch.Generator]:
+    """Validate the query arguments.
+
+    Returns candidates ``(N, D)`` and labeled features ``(L, D)`` in the posterior's dtype, labeled
+    labels ``(L,)`` (long), the batch size and a generator (a fresh one when ``None``).
+    """
+    posterior._check_fitted()
+    d = posterior.num_features_
+    x = as_features(candidates, name="candidates", dim=d, dtype=posterior.dtype, device=posterior.device)
+    b = check_batch_size(batch_size, x.shape[0])
+    if labeled is None or torch.as_tensor(labeled.features).numel() == 0:
+        lx = torch.zeros(0, d, dtype=posterior.dtype, device=posterior.device)
+        ly = torch.zeros(0, dtype=torch.long, device=posterior.device)
+    else:
+        lx = as_features(labeled.features, name="labeled features", dim=d, dtype=posterior.dtype, device=posterior.device)
+        ly = torch.as_tensor(labeled.labels).reshape(-1).long().to(posterior.device)
+        if ly.shape[0] != lx.shape[0]:
+            raise ValueError(f"labeled set has {lx.shape[0]} feature rows but {ly.shape[0]} labels")
+    gen = generator if generator is not None else as_generator(None)
+    return x, lx, ly, b, gen
+
+
+def check_candidate_labels(candidate_labels: torch.Tensor | None, n: int, num_classes: int) -> torch.Tensor:
+    """Integer ``candidate_labels (N,)`` in range; ``ValueError`` if missing or malformed."""
+    if candidate_labels is None:
+        raise ValueError("this strategy needs candidate_labels (oracle labels of the candidates)")
+    y = torch.as_tensor(candidate_labels).reshape(-1)
+    if y.shape[0] != n:
+        raise ValueError(f"candidate_labels has {y.shape[0]} entries but there are {n} candidates")
+    if y.is_floating_point():
+        if not bool(torch.isfinite(y).all()) or not bool((y == y.round()).all()):
+            raise ValueError("candidate_labels must be integer class indices")
+    y = y.long()
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(f"candidate_labels must lie in [0, {num_classes - 1}]")
+    return y
+
+
+def top_b(scores: torch.Tensor, b: int) -> torch.Tensor:
+    """Indices ``(b,)`` of the ``b`` highest scores; ties go to the lower index, NaN counts as lowest."""
+    s = torch.nan_to_num(scores, nan=-torch.inf)
+    return torch.sort(s, descending=True, stable=True).indices[:b]
+
+
+def argmax_first(scores: torch.Tensor) -> int:
+    """Index of the maximum; the lowest index among ties."""
+    return int(top_b(scores, 1)[0])
+
+
+def _centered_diag(cov: torch.Tensor) -> torch.Tensor:
+    """Diagonal of ``P S P`` (``P`` removes the all-ones direction) for ``cov (N, C, C)``."""
+    c = cov - cov.mean(-1, keepdim=True) - cov.mean(-2, keepdim=True) + cov.mean((-2, -1), keepdim=True)
+    return c.diagonal(dim1=-2, dim2=-1)
+
+
+def _logit_scale(variance: torch.Tensor) -> torch.Tensor:
+    return variance.clamp_min(0).sqrt() if variance.ndim == 1 else safe_cholesky(variance)
+
+
+def logit_sample_chunks(
+    logits: torch.Tensor, variance: torch.Tensor, n_samples: int, generator: torch.Generator | None
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Laplace logit samples in row blocks: yields ``(rows, samples (K, n, C))``.
+
+    Each block is exactly what :meth:`LastLayerLaplace.sample_logits` returns for those rows.
+    """
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    n, c = logits.shape
+    step = max(1, MC_CHUNK_ELEMENTS // (n_samples * c))
+    for start in range(0, n, step):
+        rows = slice(start, min(n, start + step))
+        scale = _logit_scale(variance[rows])
+        yield rows, mc_logit_samples(logits[rows], scale, n_samples, generator)
+
+
+def predictive_from_logits(
+    posterior: LastLayerLaplace,
+    logits: torch.Tensor,
+    variance: torch.Tensor,
+    method: str = "mean_field",
+    n_samples: int = 1000,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Predictive ``(N, C)`` from MAP ``logits (N, C)`` and ``variance (N,)`` (or ``(N, C, C)``)."""
+    if method == "mean_field":
+        v = variance if variance.ndim == 1 else _centered_diag(variance)
+        return mean_field_probs(logits, v, posterior.lambda_mf)
+    if method == "mc":
+        out = torch.empty_like(logits)
+        for rows, s in logit_sample_chunks(logits, variance, n_samples, generator):
+            out[rows] = torch.softmax(s, dim=-1).mean(0)
+        return out
+    raise ValueError(f"unknown predictive {method!r}; choose 'mean_field' or 'mc'")
+
+
+def entropy(probs: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Shannon entropy (nats) along ``dim``; ``0 log 0 = 0``."""
+    return -torch.special.xlogy(probs, probs).sum(dim)

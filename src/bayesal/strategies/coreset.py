@@ -1,0 +1,52 @@
+"""CoreSet: greedy k-center selection in feature space, starting from the labeled features."""
+
+from __future__ import annotations
+
+import torch
+
+from ..posterior import LastLayerLaplace
+from ._common import argmax_first, prepare
+from ._kmeans import sq_dists
+from .base import LabeledSet, QueryResult, QueryStrategy
+
+__all__ = ["CoreSet"]
+
+
+class CoreSet(QueryStrategy):
+    """k-center greedy: repeatedly pick the candidate farthest from the labeled set and the picks.
+
+    Utilities are that Euclidean distance. With no labeled data the first pick is drawn uniformly with
+    ``generator`` (its utility is ``inf``). ``chunk_size`` bounds the labeled-distance blocks.
+    """
+
+    name = "coreset"
+
+    def __init__(self, chunk_size: int = 4096) -> None:
+        self.chunk_size = int(chunk_size)
+
+    def query(
+        self,
+        posterior: LastLayerLaplace,
+        candidates: torch.Tensor,
+        labeled: LabeledSet,
+        batch_size: int,
+        generator: torch.Generator,
+        candidate_labels: torch.Tensor | None = None,
+    ) -> QueryResult:
+        x, lx, _, b, gen = prepare(posterior, candidates, labeled, batch_size, generator)
+        n = x.shape[0]
+        mind = torch.full((n,), torch.inf, dtype=x.dtype, device=x.device)
+        for start in range(0, lx.shape[0], self.chunk_size):
+            mind = torch.minimum(mind, sq_dists(x, lx[start : start + self.chunk_size]).min(1).values)
+        picks, utils = [], []
+        for t in range(b):
+            if t == 0 and lx.shape[0] == 0:
+                i = int(torch.randint(n, (1,), generator=gen)[0])
+            else:
+                i = argmax_first(mind)
+            picks.append(i)
+            utils.append(mind[i].sqrt())
+            mind = torch.minimum(mind, ((x - x[i]) ** 2).sum(1))
+            mind[i] = -torch.inf  # never again
+        idx = torch.tensor(picks, dtype=torch.long, device=x.device)
+        return QueryResult(indices=idx, utilities=torch.stack(utils).to(x.dtype))

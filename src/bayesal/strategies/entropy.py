@@ -1,0 +1,19 @@
+"""Entropy sampling: the candidates whose predictive has the highest entropy."""
+
+from __future__ import annotations
+
+import torch
+
+from ._common import entropy
+from .score import PredictiveScoreStrategy
+
+__all__ = ["EntropySampling"]
+
+
+class EntropySampling(PredictiveScoreStrategy):
+    """Utility ``H[p(y|x)] = −Σ_c p_c log p_c`` of the (mean-field by default) predictive."""
+
+    name = "entropy"
+
+    def score_probs(self, probs: torch.Tensor) -> torch.Tensor:
+        return entropy(probs)

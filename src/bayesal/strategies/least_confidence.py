@@ -1,0 +1,18 @@
+"""Least-confidence sampling: the candidates whose most probable class is least probable."""
+
+from __future__ import annotations
+
+import torch
+
+from .score import PredictiveScoreStrategy
+
+__all__ = ["LeastConfidence"]
+
+
+class LeastConfidence(PredictiveScoreStrategy):
+    """Utility ``1 − max_c p_c`` of the (mean-field by default) predictive."""
+
+    name = "least_confidence"
+
+    def score_probs(self, probs: torch.Tensor) -> torch.Tensor:
+        return 1.0 - probs.max(dim=1).values

@@ -1,0 +1,19 @@
+"""Margin sampling: the candidates with the smallest gap between the two most probable classes."""
+
+from __future__ import annotations
+
+import torch
+
+from .score import PredictiveScoreStrategy
+
+__all__ = ["MarginSampling"]
+
+
+class MarginSampling(PredictiveScoreStrategy):
+    """Utility ``1 − (p_(1) − p_(2))`` of the (mean-field by default) predictive, in ``[0, 1]``."""
+
+    name = "margin"
+
+    def score_probs(self, probs: torch.Tensor) -> torch.Tensor:
+        top2 = probs.topk(2, dim=1).values
+        return 1.0 - (top2[:, 0] - top2[:, 1])

@@ -1,0 +1,30 @@
+"""Random sampling: a uniformly random batch drawn with the generator."""
+
+from __future__ import annotations
+
+import torch
+
+from ..posterior import LastLayerLaplace
+from ._common import prepare
+from .base import LabeledSet, QueryResult, QueryStrategy
+
+__all__ = ["RandomSampling"]
+
+
+class RandomSampling(QueryStrategy):
+    """``b`` distinct candidates uniformly at random (utilities are all zero)."""
+
+    name = "random"
+
+    def query(
+        self,
+        posterior: LastLayerLaplace,
+        candidates: torch.Tensor,
+        labeled: LabeledSet,
+        batch_size: int,
+        generator: torch.Generator,
+        candidate_labels: torch.Tensor | None = None,
+    ) -> QueryResult:
+        x, _, _, b, gen = prepare(posterior, candidates, labeled, batch_size, generator)
+        idx = torch.randperm(x.shape[0], generator=gen)[:b].to(x.device)
+        return QueryResult(indices=idx, utilities=torch.zeros(b, dtype=x.dtype, device=x.device))

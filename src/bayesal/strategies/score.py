@@ -1,0 +1,74 @@
+"""Score-based strategies: a per-candidate utility computed from MAP logits and logit variances.
+
+Because the utility only depends on ``z (N, C)`` and ``σ² (N,)``, :class:`~.sequential.Sequential`
+can keep these cached and refresh them in ``O(N·D)`` after each rank-1 update.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import torch
+
+from ..posterior import LastLayerLaplace
+from ._common import predictive_from_logits, prepare, top_b
+from .base import LabeledSet, QueryResult, QueryStrategy
+
+__all__ = ["ScoreStrategy", "PREDICTIVES"]
+
+PREDICTIVES = ("mean_field", "mc")
+
+
+class ScoreStrategy(QueryStrategy):
+    """Top-b of a utility ``u (N,)`` that is a function of the candidates' logit distribution."""
+
+    @abstractmethod
+    def score_logits(
+        self,
+        posterior: LastLayerLaplace,
+        logits: torch.Tensor,
+        variance: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """Utility ``(N,)`` from MAP ``logits (N, C)`` and ``variance (N,)`` (or ``(N, C, C)``)."""
+
+    def scores(self, posterior: LastLayerLaplace, candidates: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Utility ``(N,)`` of ``candidates (N, D)`` under ``posterior``."""
+        return self.score_logits(posterior, posterior.logits(candidates), posterior.logit_variance(candidates), generator)
+
+    def query(
+        self,
+        posterior: LastLayerLaplace,
+        candidates: torch.Tensor,
+        labeled: LabeledSet,
+        batch_size: int,
+        generator: torch.Generator,
+        candidate_labels: torch.Tensor | None = None,
+    ) -> QueryResult:
+        x, _, _, b, gen = prepare(posterior, candidates, labeled, batch_size, generator)
+        u = self.scores(posterior, x, gen)
+        idx = top_b(u, b)
+        return QueryResult(indices=idx, utilities=u[idx])
+
+
+class PredictiveScoreStrategy(ScoreStrategy):
+    """A score of the predictive ``p (N, C)``: mean-field by default, Monte Carlo on request."""
+
+    def __init__(self, predictive: str = "mean_field", n_samples: int = 1000) -> None:
+        if predictive not in PREDICTIVES:
+            raise ValueError(f"unknown predictive {predictive!r}; choose one of {PREDICTIVES}")
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        self.predictive = predictive
+        self.n_samples = int(n_samples)
+
+    @abstractmethod
+    def score_probs(self, probs: torch.Tensor) -> torch.Tensor:
+        """Utility ``(N,)`` from the predictive ``probs (N, C)``."""
+
+    def score_logits(self, posterior, logits, variance, generator):  # noqa: D102 (see base)
+        probs = predictive_from_logits(posterior, logits, variance, self.predictive, self.n_samples, generator)
+        return self.score_probs(probs)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(predictive={self.predictive!r})"

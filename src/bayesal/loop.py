@@ -51,13 +51,13 @@ def make_strategy(spec: str, gamma: float = 10.0, reference: tuple[torch.Tensor,
     """
     from . import strategies as S
 
-    spec = spec.strip().lower()
+    spec = spec.strip().lower().replace("-", "_") if not spec.strip().lower().startswith("seq-") else spec.strip().lower()
     if spec.startswith("seq-"):
         base, _, mode = spec[4:].partition("@")
-        return S.Sequential(S.get_strategy(base), update_with=mode or "oracle", gamma=gamma)
+        return S.Sequential(S.get_strategy(base.replace("-", "_")), update_with=mode or "oracle", gamma=gamma)
     if spec == "lookahead":
         return S.ExpectedLogLossReduction(gamma=gamma)
-    if spec == "oracle-lookahead":
+    if spec == "oracle_lookahead":
         if reference is None:
             raise ValueError("oracle-lookahead needs a held-out reference set")
         return S.OracleLookahead(reference[0], reference[1], gamma=gamma)

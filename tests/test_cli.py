@@ -1,0 +1,51 @@
+"""End-to-end: the CLI on small real data (scikit-learn's bundled digits), as a user runs it."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from bayesal.cli import main
+from bayesal.loop import make_strategy
+
+
+def test_run_then_plot_end_to_end(tmp_path):
+    out = tmp_path / "results.parquet"
+    cmd = [sys.executable, "-m", "bayesal", "run", "--dataset", "digits", "--strategy", "random", "margin",
+           "seq-margin@most_likely", "--batch-size", "5", "--cycles", "2", "--seeds", "2", "--epochs", "50",
+           "--candidate-size", "200", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "area under the learning curve" in proc.stdout
+    df = pd.read_parquet(out)
+    assert len(df) == 3 * 2 * 3  # strategies x seeds x (cycles + 1)
+    assert set(df.strategy) == {"random", "margin", "seq-margin@most_likely"}
+    assert {"accuracy", "nll", "brier", "ece", "query_time_s", "update_time_s"} <= set(df.columns)
+    proc = subprocess.run([sys.executable, "-m", "bayesal", "plot", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "results.accuracy.png").stat().st_size > 1000
+    for strat in ("random", "margin", "seq-margin@most_likely"):
+        assert strat in proc.stdout
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    assert main(["run", "--dataset", "nope", "--strategy", "random"]) == 2
+    assert "unknown dataset" in capsys.readouterr().err
+    assert main(["run", "--dataset", "digits", "--strategy", "frobnicate", "--cycles", "1"]) == 2
+    assert "unknown strategy" in capsys.readouterr().err
+    bad = tmp_path / "bad.parquet"
+    bad.write_text("garbage")
+    assert main(["plot", str(bad)]) == 2
+    assert "could not read" in capsys.readouterr().err
+    assert main(["run", "--dataset", "digits", "--strategy", "random", "--batch-size", "400", "--cycles", "10",
+                 "--candidate-size", "0"]) == 2
+    assert "exceeds the pool" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec", ["random", "badge", "seq-margin", "seq-entropy@expected", "lookahead", "least-confidence"])
+def test_strategy_specs(spec):
+    import torch
+
+    s = make_strategy(spec, reference=(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long)))
+    assert hasattr(s, "query")

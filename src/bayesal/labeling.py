@@ -1,0 +1,266 @@
+"""``bayesal label``: label a built-in dataset in the terminal with instant Bayesian updates.
+
+Shows one instance at a time (its text, an ASCII rendering of a small image, or its index), the
+model's three most probable classes, and reads the answer from stdin — so it can be scripted::
+
+    printf '3\\n5\\ns\\nu\\nq\\n' | python -m bayesal.labeling --dataset digits --state-dir run1
+
+Answers: a class name or class number; ``s`` skip, ``u`` undo, ``r`` retrain the head now, ``?`` help,
+``q`` quit (end of input quits too). Every answer is durably saved before the next instance is shown;
+``--resume DIR`` continues a session (``--recover`` rebuilds it from the label log if the state file is
+damaged). ``--oracle`` answers with the dataset's true labels (a scripted demo).
+
+Stopping signals printed after each label (see :meth:`bayesal.session.Session.stopping_signals`):
+
+* **expected accuracy** ``EA = mean_x max_c p(c | x)`` over (a fixed subset of ≤ 2000 of) the pool — the
+  model's own estimate of its accuracy;
+* **gain/label**: ``(EA_now − EA_then) / (labels between)`` over the last ``--window`` labels;
+* **flips**: how many pool predictions changed class over the last ``--window`` labels.
+
+When the gain per label stays near zero and the flips near zero, more labels are unlikely to change
+the classifier much.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+__all__ = ["add_label_arguments", "label_main", "render_item", "ascii_image", "main"]
+
+_RAMP = " .:-=+*#%@"
+_HELP = "answer: class name or number | s = skip | u = undo | r = retrain | ? = help | q = quit"
+
+
+def add_label_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``bayesal label`` (shared by ``python -m bayesal.labeling``)."""
+    parser.add_argument("--dataset", default=None, help="built-in dataset to label (e.g. digits)")
+    parser.add_argument("--state-dir", default=None, help="directory of a new session (default: ./bayesal-label-<dataset>)")
+    parser.add_argument("--resume", default=None, metavar="DIR", help="continue the session saved in DIR")
+    parser.add_argument("--recover", action="store_true", help="with --resume: rebuild the session from its label log")
+    parser.add_argument("--strategy", default=None, help="query strategy (default margin; a resumed session keeps its own)")
+    parser.add_argument("--batch", type=int, default=1, help="instances queried at a time (default 1)")
+    parser.add_argument("--oracle", action="store_true", help="answer with the dataset's true labels (scripted demo)")
+    parser.add_argument("--max-labels", type=int, default=None, help="stop after this many labels in this run (oracle default 20)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of a new session (default 0)")
+    parser.add_argument("--gamma", type=float, default=10.0, help="step size of the Bayesian update (default 10)")
+    parser.add_argument("--retrain-every", type=int, default=10, help="retrain the head after this many labels; 0 = never (default 10)")
+    parser.add_argument("--epochs", type=int, default=200, help="head training epochs on retrain (default 200)")
+    parser.add_argument("--candidate-size", type=int, default=1000, help="random candidates scored per query (default 1000)")
+    parser.add_argument("--window", type=int, default=10, help="labels spanned by the stopping signals (default 10)")
+
+
+# ------------------------------------------------------------------------------------ display
+def ascii_image(img: np.ndarray, max_side: int = 32) -> str:
+    """ASCII rendering of a small grayscale (H, W) or colour (H, W, 3) image; darker = denser glyph
+    for images whose values grow with ink (as the digits do)."""
+    a = np.asarray(img, dtype=np.float64)
+    if a.ndim == 3:
+        a = a.mean(axis=2 if a.shape[2] in (1, 3, 4) else 0)
+    step = max(1, int(np.ceil(max(a.shape) / max_side)))
+    a = a[::step, ::step]
+    lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+    scaled = np.zeros_like(a) if hi <= lo else (a - lo) / (hi - lo)
+    idx = np.clip((scaled * (len(_RAMP) - 1)).round().astype(int), 0, len(_RAMP) - 1)
+    return "\n".join("".join(_RAMP[v] * 2 for v in row).rstrip() for row in idx)
+
+
+def render_item(item: Any, index: int, max_chars: int = 600) -> str:
+    """Text for ``item``: the text itself, an ASCII image for small arrays, else the pool index."""
+    if isinstance(item, bytes):
+        item = item.decode(errors="replace")
+    if isinstance(item, str):
+        return item if len(item) <= max_chars else item[:max_chars] + " …"
+    if isinstance(item, np.ndarray) and item.ndim in (2, 3) and max(item.shape[:2]) <= 128 and np.issubdtype(item.dtype, np.number):
+        return ascii_image(item)
+    if item is None:
+        return f"(instance #{index})"
+    text = repr(item)
+    return text if len(text) <= max_chars else f"(instance #{index})"
+
+
+def _top_classes(session: Any, index: int, k: int = 3) -> str:
+    probs = session.predict_proba([index])[0]
+    vals, idx = probs.topk(min(k, probs.numel()))
+    names = session.class_names
+    return ", ".join(f"[{int(c)}] {names[int(c)]} {100 * float(p):.0f}%" for p, c in zip(vals, idx))
+
+
+def _signals_line(sig: dict[str, Any], window: int) -> str:
+    gain = sig["gain_per_label"]
+    gain_s = "n/a" if gain != gain else f"{gain:+.4f}"
+    span = sig["window_labels"]
+    return (
+        f"labels {sig['n_labels']} | expected accuracy {sig['expected_accuracy']:.3f} | "
+        f"gain/label over last {span}: {gain_s} | decision flips over last {span} labels: "
+        f"{sig['flips']} of {sig['reference_size']} ({100 * sig['flip_rate']:.1f}%)"
+    )
+
+
+# ------------------------------------------------------------------------------------ main
+def _read_header(state_dir: Path) -> dict[str, Any]:
+    from .persistence import read_log
+    from .session import LOG_NAME
+
+    log = state_dir / LOG_NAME
+    if not log.exists():
+        raise FileNotFoundError(f"{state_dir} holds no labeling session (no {LOG_NAME})")
+    recs = read_log(log).records
+    if not recs or recs[0].get("op") != "header":
+        raise ValueError(f"the label log in {state_dir} has no valid header")
+    return recs[0]
+
+
+def _open_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, Any]:
+    from .data import load_dataset
+    from .head import HeadConfig
+    from .session import Session
+
+    if args.resume:
+        state_dir = Path(args.resume)
+        header = _read_header(state_dir)
+        name = header.get("meta", {}).get("dataset")
+        if args.dataset and name and args.dataset != name:
+            raise ValueError(f"{state_dir} is a session on dataset {name!r}, not {args.dataset!r}")
+        name = args.dataset or name
+        if not name:
+            raise ValueError(f"the session in {state_dir} does not record its dataset; pass --dataset")
+        ds = load_dataset(name)
+        opener = Session.recover if args.recover else Session.resume
+        session = opener(state_dir, ds.train_features, items=ds.train_items, strategy=args.strategy)
+        verb = "recovered" if args.recover else "resumed"
+        print(f"{verb} session in {state_dir}: {session.n_labeled} labels, {len(session.skipped)} skipped", file=out)
+        return session, ds
+    if not args.dataset:
+        raise ValueError("pass --dataset NAME (or --resume DIR)")
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    ds = load_dataset(args.dataset)
+    state_dir = Path(args.state_dir or f"bayesal-label-{ds.name}")
+    session = Session.from_dataset(
+        ds,
+        strategy=args.strategy or "margin",
+        head_config=HeadConfig(epochs=args.epochs),
+        gamma=args.gamma,
+        retrain_every=args.retrain_every or None,
+        candidate_size=args.candidate_size or None,
+        random_state=args.seed,
+        state_dir=state_dir,
+    )
+    print(f"new session in {state_dir} (resume with --resume {state_dir})", file=out)
+    return session, ds
+
+
+def label_main(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    """Run the labeling loop; returns the exit status (0 on quit / end of input / pool exhausted)."""
+    inp = stdin if stdin is not None else sys.stdin
+    out = stdout if stdout is not None else sys.stdout
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    session, ds = _open_session(args, out)
+    names = session.class_names
+    max_labels = args.max_labels if args.max_labels is not None else (20 if args.oracle else None)
+    print(f"{ds.name}: {session.features.shape[0]} instances, classes: "
+          + ", ".join(f"[{c}] {n}" for c, n in enumerate(names)), file=out)
+    print(_HELP, file=out, flush=True)
+    told = 0
+    try:
+        while max_labels is None or told < max_labels:
+            batch = session.query(args.batch)
+            if not batch:
+                print("the pool is exhausted: every instance is labeled or skipped", file=out)
+                break
+            quit_now = False
+            for idx in batch:
+                if idx not in set(session.available_indices().tolist()):
+                    continue
+                items = session.items
+                print("", file=out)
+                print(f"--- instance #{idx} ({session.n_labeled} labeled) ---", file=out)
+                print(render_item(items[idx] if items is not None else None, idx), file=out)
+                print(f"model: {_top_classes(session, idx)}", file=out)
+                action = _ask(session, idx, inp, out, ds if args.oracle else None)
+                if action == "quit":
+                    quit_now = True
+                    break
+                if action == "told":
+                    told += 1
+                    print(_signals_line(session.stopping_signals(window=args.window), args.window), file=out, flush=True)
+                    if max_labels is not None and told >= max_labels:
+                        quit_now = True
+                        break
+                if action == "requery":
+                    break
+            if quit_now:
+                break
+    finally:
+        session.close()
+    print(f"saved: {session.n_labeled} labels, {len(session.skipped)} skipped in {session.state_dir}", file=out, flush=True)
+    return 0
+
+
+def _ask(session: Any, idx: int, inp: TextIO, out: TextIO, oracle_ds: Any) -> str:
+    """Prompt until the instance is answered; returns 'told', 'skipped', 'requery' or 'quit'."""
+    names = session.class_names
+    while True:
+        if oracle_ds is not None:
+            label = int(oracle_ds.train_labels[idx])
+            print(f"label> {names[label]}  (oracle)", file=out)
+            session.tell(idx, label)
+            return "told"
+        print("label> ", end="", file=out, flush=True)
+        line = inp.readline()
+        if line == "":
+            print("(end of input)", file=out)
+            return "quit"
+        ans = line.strip()
+        if ans in ("q", "quit", "exit"):
+            return "quit"
+        if ans in ("", "?", "h", "help"):
+            print(_HELP, file=out)
+            continue
+        try:
+            if ans == "s":
+                session.skip(idx)
+                print(f"skipped #{idx}", file=out)
+                return "skipped"
+            if ans == "u":
+                done = session.undo()
+                what = done["op"] + (f" #{done['index']}" if "index" in done else "")
+                print(f"undone: {what}", file=out)
+                return "requery"
+            if ans == "r":
+                session.retrain()
+                print(f"retrained the head on {session.n_labeled} labels", file=out)
+                return "requery"
+            label: int | str = ans
+            if ans not in names and ans.lstrip("-").isdigit():
+                label = int(ans)
+            session.tell(idx, label)
+            print(f"labeled #{idx} as {names[session.labels[idx]]!r}", file=out)
+            return "told"
+        except ValueError as err:
+            print(f"error: {err}", file=out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m bayesal.labeling``."""
+    parser = argparse.ArgumentParser(prog="python -m bayesal.labeling", description=__doc__.split("\n\n")[0])
+    add_label_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return label_main(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"bayesal label: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bayesal label: interrupted; every answer given so far is saved", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

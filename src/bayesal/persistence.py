@@ -1,0 +1,271 @@
+"""Crash-safe files for the labeling session: atomic snapshots and an append-only label log.
+
+Two kinds of files live in a session's ``state_dir``:
+
+* a **snapshot** (:func:`save_snapshot` / :func:`load_snapshot`): one file holding everything needed to
+  resume quickly (posterior tensors included). It is replaced atomically — written to a temporary file
+  in the same directory, flushed, ``os.fsync``-ed, moved over the old file with ``os.replace`` and the
+  directory fsync-ed — so a reader sees either the old or the new snapshot, never a mixture. The
+  payload is prefixed by a magic line and its SHA-256, so a damaged file is reported as such.
+* a **label log** (:class:`LabelLog`): JSON lines, one per event, each ``"<crc32 hex> <json>\\n"``. A line
+  is written with one ``os.write`` and fsync-ed before the call that produced it returns, so every
+  acknowledged event is on disk. A torn last line (crash mid-write) fails its checksum or lacks the
+  newline and is ignored; :meth:`LabelLog.open` truncates it away before new lines are appended.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import zlib
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+try:  # POSIX advisory lock: one writer per log
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "fsync_dir",
+    "atomic_write_bytes",
+    "save_snapshot",
+    "load_snapshot",
+    "encode_record",
+    "decode_record",
+    "LogReadResult",
+    "read_log",
+    "LabelLog",
+    "CorruptStateError",
+    "LogLockedError",
+]
+
+SNAPSHOT_MAGIC = b"BAYESAL-SNAPSHOT v1\n"
+
+
+class CorruptStateError(ValueError):
+    """A state file or log exists but cannot be trusted (bad checksum, unreadable, inconsistent)."""
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """fsync a directory so that a rename or a new file inside it is durable (no-op where unsupported)."""
+    try:
+        fd = os.open(os.fspath(path), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = True) -> None:
+    """Replace ``path`` by ``data`` atomically: temp file in the same directory, flush, fsync,
+    ``os.replace``, fsync of the directory. With ``fsync=False`` only the atomic rename is kept."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    if fsync:
+        fsync_dir(path.parent)
+
+
+def save_snapshot(path: str | os.PathLike[str], state: dict[str, Any], *, fsync: bool = True) -> None:
+    """Serialize ``state`` (dicts/lists of primitives and tensors) with a checksum, atomically."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getvalue()
+    digest = hashlib.sha256(payload).hexdigest().encode()
+    atomic_write_bytes(path, SNAPSHOT_MAGIC + digest + b"\n" + payload, fsync=fsync)
+
+
+def load_snapshot(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a snapshot written by :func:`save_snapshot`.
+
+    Raises ``FileNotFoundError`` if it does not exist and :class:`CorruptStateError` (a ``ValueError``)
+    naming the problem if the magic line, the checksum or the payload is bad.
+    """
+    path = Path(path)
+    raw = path.read_bytes()
+    if not raw.startswith(SNAPSHOT_MAGIC):
+        raise CorruptStateError(f"state file {path} is corrupt: it does not start with the bayesal snapshot header")
+    rest = raw[len(SNAPSHOT_MAGIC) :]
+    digest, sep, payload = rest.partition(b"\n")
+    if not sep or len(digest) != 64:
+        raise CorruptStateError(f"state file {path} is corrupt: truncated header")
+    if hashlib.sha256(payload).hexdigest().encode() != digest:
+        raise CorruptStateError(f"state file {path} is corrupt: checksum mismatch (file damaged or truncated)")
+    try:
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise CorruptStateError(f"state file {path} is corrupt: cannot be unpickled ({err})") from err
+    if not isinstance(state, dict):
+        raise CorruptStateError(f"state file {path} is corrupt: payload is not a dict")
+    return state
+
+
+# ----------------------------------------------------------------------------------- label log
+def encode_record(record: dict[str, Any]) -> bytes:
+    """One log line ``b"<crc32 of json, 8 hex> <compact json>\\n"``."""
+    body = json.dumps(record, separators=(",", ":"), sort_keys=True, allow_nan=False)
+    if "\n" in body:
+        raise ValueError("log records must not contain newlines")
+    data = body.encode()
+    return b"%08x %s\n" % (zlib.crc32(data) & 0xFFFFFFFF, data)
+
+
+def decode_record(line: bytes) -> dict[str, Any] | None:
+    """The record of one complete line (without or with its newline), or None if the checksum fails."""
+    line = line.rstrip(b"\n")
+    crc, sep, data = line.partition(b" ")
+    if not sep or len(crc) != 8:
+        return None
+    try:
+        if int(crc, 16) != zlib.crc32(data) & 0xFFFFFFFF:
+            return None
+        record = json.loads(data)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+@dataclass
+class LogReadResult:
+    """``records``: the valid prefix of the log; ``valid_bytes``: its length in bytes;
+    ``torn_tail``: True if bytes after the valid prefix were ignored (a torn or garbled last line);
+    ``bad_lines``: 1-based numbers of damaged lines followed by valid ones (corruption, not a torn write)."""
+
+    records: list[dict[str, Any]]
+    valid_bytes: int
+    torn_tail: bool = False
+    bad_lines: list[int] = field(default_factory=list)
+
+
+def read_log(path: str | os.PathLike[str]) -> LogReadResult:
+    """Read a label log. A damaged *last* line is a torn write and is ignored; a damaged line with
+    valid lines after it is reported in ``bad_lines`` (reading stops at the first damaged line)."""
+    raw = Path(path).read_bytes()
+    records: list[dict[str, Any]] = []
+    pos = 0
+    lines = raw.split(b"\n")
+    complete, tail = lines[:-1], lines[-1]
+    for k, line in enumerate(complete):
+        rec = decode_record(line)
+        if rec is None:
+            later = [j for j in range(k + 1, len(complete)) if decode_record(complete[j]) is not None]
+            if later:
+                return LogReadResult(records, pos, torn_tail=False, bad_lines=[k + 1])
+            return LogReadResult(records, pos, torn_tail=True)
+        records.append(rec)
+        pos += len(line) + 1
+    return LogReadResult(records, pos, torn_tail=bool(tail))
+
+
+class LogLockedError(ValueError):
+    """The log is held by another writer (another process or another open session)."""
+
+
+def _lock_fd(fd: int, path: Path) -> None:
+    if fcntl is None:  # pragma: no cover
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        os.close(fd)
+        raise LogLockedError(
+            f"label log {path} is open for writing elsewhere (another process or an unclosed Session); close it first"
+        ) from err
+
+
+class LabelLog:
+    """Append-only, fsync-ed JSON-lines log (see the module docstring for the line format).
+
+    An open log holds an exclusive ``flock`` so that two writers never interleave lines.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, fsync: bool = True) -> None:
+        self.path = Path(path)
+        self.fsync = fsync
+        self._fd: int | None = None
+
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], header: dict[str, Any], *, fsync: bool = True) -> "LabelLog":
+        """Create a new log whose first line is ``header``; fails if the file exists."""
+        log = cls(path, fsync=fsync)
+        fd = os.open(log.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        _lock_fd(fd, log.path)
+        log._fd = fd
+        log.append(header)
+        if fsync:
+            fsync_dir(log.path.parent)
+        return log
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], valid_bytes: int, *, fsync: bool = True) -> "LabelLog":
+        """Lock an existing log and open it for appending after truncating it to its ``valid_bytes``
+        prefix (drops a torn last line so the next record starts on a fresh line)."""
+        log = cls(path, fsync=fsync)
+        fd = os.open(log.path, os.O_WRONLY | os.O_APPEND)
+        _lock_fd(fd, log.path)
+        if os.fstat(fd).st_size != valid_bytes:
+            os.ftruncate(fd, valid_bytes)
+            os.fsync(fd)
+        log._fd = fd
+        return log
+
+    @classmethod
+    def rewrite(cls, path: str | os.PathLike[str], records: list[dict[str, Any]], *, fsync: bool = True) -> "LabelLog":
+        """Atomically replace the log by ``records`` and open it for appending (holding the old
+        file's lock meanwhile)."""
+        path = Path(path)
+        old = os.open(path, os.O_RDONLY)
+        _lock_fd(old, path)
+        try:
+            data = b"".join(encode_record(r) for r in records)
+            atomic_write_bytes(path, data, fsync=True)
+            return cls.open(path, len(data), fsync=fsync)
+        finally:
+            with suppress(OSError):
+                os.close(old)
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Write one line with a single ``os.write`` and fsync it (unless ``fsync=False``)."""
+        if self._fd is None:
+            raise ValueError(f"label log {self.path} is closed")
+        data = encode_record(record)
+        written = os.write(self._fd, data)
+        while written < len(data):  # pragma: no cover - short writes on regular files are rare
+            written += os.write(self._fd, data[written:])
+        if self.fsync:
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1,0 +1,1039 @@
+"""Interactive active-learning session: query, tell, undo, retrain — crash-safe (GitHub issue #5).
+
+A :class:`Session` holds a pool of features ``(N, D)``, the class names, a query strategy and a
+:class:`~bayesal.posterior.LastLayerLaplace` posterior. Every answer is absorbed immediately with the
+closed-form Bayesian update (SPEC §4, milliseconds); :meth:`Session.retrain` refits the head from
+scratch, automatically every ``retrain_every`` labels if configured.
+
+Design
+------
+**Event sourcing.** Everything the user does is an *event* — ``tell``, ``skip``, ``correct``, ``retrain``,
+``undo``, ``redo`` — appended to the label log (``labels.jsonl``, see :mod:`bayesal.persistence`) and
+fsync-ed *before* the call returns. The session state is a deterministic function of the log:
+folding the events gives the effective action history (undo pops an action onto a redo stack, redo
+pushes it back, any new action clears the redo stack), and from the history the posterior follows:
+
+* start from the last fit point in the history (a ``retrain`` or a ``tell`` that triggered the automatic
+  retrain) — the head trained from scratch on the labels at that point, seeded by ``(seed, position)`` —
+  or from the zero-mean prior ``N(0, λ₀⁻¹ I)`` if there was none;
+* then every later ``tell`` is one Bayesian update with ``γ = gamma``, every ``correct`` the mean shift
+  ``μ ← μ + γ Σ (e_new − e_old) φᵀ`` (the Newton step that swaps the old label's likelihood term for the
+  new one; with the "gaussian" curvature the Hessian of a point does not depend on its label, so ``Σ``
+  is unchanged) and ``skip`` changes nothing.
+
+**Undo** restores the posterior kept from before the undone action (a bounded in-memory cache of the
+last ``undo_cache`` posteriors; they are never modified in place, so keeping them costs no copy). If the
+cache does not reach that far back (e.g. after a resume) the posterior is recomputed from the last fit
+point plus a replay of the updates after it — the same result, computed more slowly.
+
+**Persistence** in ``state_dir``: ``labels.jsonl`` is the source of truth; its first line is a header with
+the configuration (class names, feature hash, seed, strategy, posterior and head settings). Every label
+costs one small fsync-ed line. ``session.state`` is a snapshot (events + posterior tensors, 1.2 MB for
+D=384) replaced atomically after every ``snapshot_every`` events — in a background thread by default
+(``async_snapshot=True``), coalescing to the latest state, so ``tell`` waits only for the log line. The
+snapshot is only a cache for fast resume: :meth:`Session.resume` loads it and replays the log events it
+does not yet contain; :meth:`Session.recover` rebuilds everything from the log alone. Hence no
+acknowledged label is lost, whatever moment the process dies at.
+
+**Randomness.** There is no mutable RNG to save: the randomness of each query is drawn from a generator
+seeded by ``(seed, number of events so far)`` and each head fit by ``(seed, position in the history)``.
+The saved "RNG state" is the seed plus the log. Two sessions with the same seed and the same answers
+make identical queries, a resumed/recovered session continues exactly as the original would have, and
+calling :meth:`query` twice without answering returns the same instances.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import threading
+import time
+import uuid
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .head import HeadConfig
+from .persistence import CorruptStateError, LabelLog, load_snapshot, read_log, save_snapshot
+from .posterior import LastLayerLaplace
+from .strategies.base import LabeledSet, QueryResult, QueryStrategy
+from .validation import as_features
+
+__all__ = ["Session", "CorruptStateError", "StateMismatchError", "feature_hash"]
+
+FORMAT_VERSION = 1
+LOG_NAME = "labels.jsonl"
+STATE_NAME = "session.state"
+ACTIONS = ("tell", "skip", "correct", "retrain")
+POSTERIOR_KEYS = ("prior_precision", "curvature", "hessian", "lambda_mf")
+
+
+class StateMismatchError(ValueError):
+    """The saved session does not belong to the given pool features (hash or shape differ)."""
+
+
+def feature_hash(features: torch.Tensor) -> str:
+    """BLAKE2b digest of the pool features ``(N, D)`` as float64 (independent of the input dtype)."""
+    arr = np.ascontiguousarray(features.detach().cpu().to(torch.float64).numpy())
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr(arr.shape).encode())
+    h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()
+
+
+def _derive_seed(seed: int, *parts: Any) -> int:
+    """A 63-bit seed from ``seed`` and a tuple of tags/counters (stable across processes)."""
+    h = hashlib.blake2b(repr((int(seed),) + parts).encode(), digest_size=8)
+    return int.from_bytes(h.digest(), "little") & ((1 << 63) - 1)
+
+
+class _MarginFallback(QueryStrategy):
+    """Smallest margin ``p_(1) − p_(2)`` under the mean-field predictive; used only when
+    ``bayesal.strategies.get_strategy`` is not available."""
+
+    name = "margin"
+
+    def query(self, posterior, candidates, labeled, batch_size, generator, candidate_labels=None) -> QueryResult:
+        probs = posterior.predict_proba(candidates)
+        top2 = probs.topk(2, dim=1).values
+        util = -(top2[:, 0] - top2[:, 1])
+        order = torch.argsort(util, descending=True, stable=True)[:batch_size]
+        return QueryResult(indices=order, utilities=util[order])
+
+
+def _resolve_strategy(name: str, kwargs: Mapping[str, Any]) -> QueryStrategy | None:
+    """``None`` for 'random' (handled by the session), else a strategy from the factory."""
+    if name == "random" and not kwargs:
+        return None
+    try:
+        from .strategies import get_strategy  # type: ignore[attr-defined]
+    except ImportError:
+        get_strategy = None
+    if get_strategy is not None:
+        return get_strategy(name, **dict(kwargs))
+    if name == "margin":
+        return _MarginFallback()
+    raise ValueError(f"unknown strategy {name!r} (bayesal.strategies.get_strategy is unavailable; use 'margin' or 'random')")
+
+
+class _SnapshotWriter:
+    """Background thread that writes the latest submitted snapshot atomically, coalescing bursts."""
+
+    def __init__(self, path: Path, fsync: bool) -> None:
+        self.path, self.fsync = path, fsync
+        self._cond = threading.Condition()
+        self._pending: dict[str, Any] | None = None
+        self._busy = False
+        self._closed = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="bayesal-snapshot", daemon=True)
+        self._thread.start()
+
+    def submit(self, state: dict[str, Any]) -> None:
+        with self._cond:
+            self._pending = state
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._closed:
+                    self._cond.wait()
+                if self._pending is None:
+                    return
+                state, self._pending = self._pending, None
+                self._busy = True
+            try:
+                save_snapshot(self.path, state, fsync=self.fsync)
+            except BaseException as err:  # noqa: BLE001 - reported by flush()
+                self._error = err
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def flush(self) -> None:
+        with self._cond:
+            while self._pending is not None or self._busy:
+                self._cond.wait()
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise RuntimeError(f"writing the snapshot {self.path} failed: {err!r}") from err
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            with self._cond:
+                self._closed = True
+                self._cond.notify_all()
+            self._thread.join()
+
+
+class Session:
+    """Pool-based labeling session with immediate Bayesian updates and crash-safe persistence.
+
+    Parameters
+    ----------
+    features:
+        Pool features ``(N, D)`` (numpy or torch; must be finite).
+    class_names:
+        The ``C ≥ 2`` class names (labels may be given as a name or as an index into this list), or the
+        number of classes ``C`` (names ``"0" … "C-1"``).
+    items:
+        Optional sequence of length ``N`` with what a person labels (texts, images); display only,
+        never saved.
+    strategy:
+        Strategy name for ``bayesal.strategies.get_strategy`` (``"random"`` is built in), or a
+        :class:`QueryStrategy` object (then it must be passed again to :meth:`resume`).
+    strategy_kwargs:
+        Keyword arguments for the factory (saved).
+    posterior_config:
+        Keyword arguments of :class:`LastLayerLaplace`: ``prior_precision``, ``curvature``, ``hessian``,
+        ``lambda_mf``. Computations use float64 on the CPU.
+    head_config:
+        :class:`HeadConfig` of :meth:`retrain` (the paper's 200 epochs by default).
+    gamma:
+        Step size ``γ`` of the Bayesian update (10 in the paper).
+    retrain_every:
+        Retrain the head from scratch after this many new labels (None: only on :meth:`retrain`).
+        Needs labels of at least 2 classes.
+    candidate_size:
+        Each query scores a random subset of this many unlabeled instances (1000 as in the paper);
+        None scores the whole unlabeled pool.
+    random_state:
+        Integer seed (None draws one; it is saved either way).
+    state_dir:
+        Directory for the label log and snapshot (created; must not hold a session yet). None keeps
+        the session in memory only.
+    fsync:
+        fsync log lines and snapshots (turn off only for benchmarks/tests).
+    snapshot_every:
+        Write the snapshot after this many events (the log alone is always sufficient to recover).
+    async_snapshot:
+        Write snapshots in a background thread so that :meth:`tell` waits only for the log line.
+    undo_cache:
+        How many previous posteriors are kept in memory for instant :meth:`undo`.
+    meta:
+        JSON-serializable extra information saved in the header (e.g. the dataset name).
+    """
+
+    def __init__(
+        self,
+        features: Any,
+        class_names: Sequence[str] | int,
+        *,
+        items: Sequence[Any] | None = None,
+        strategy: str | QueryStrategy = "margin",
+        strategy_kwargs: Mapping[str, Any] | None = None,
+        posterior_config: Mapping[str, Any] | None = None,
+        head_config: HeadConfig | None = None,
+        gamma: float = 10.0,
+        retrain_every: int | None = None,
+        candidate_size: int | None = 1000,
+        random_state: int | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
+        fsync: bool = True,
+        snapshot_every: int = 1,
+        async_snapshot: bool = True,
+        undo_cache: int = 32,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        x = as_features(features, name="pool features", dtype=torch.float64)
+        if x.shape[0] == 0:
+            raise ValueError("pool features are empty; need at least one instance")
+        names = self._check_class_names(class_names)
+        if not (isinstance(gamma, (int, float)) and np.isfinite(gamma) and gamma >= 0):
+            raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
+        if retrain_every is not None and (not isinstance(retrain_every, int) or retrain_every < 1):
+            raise ValueError(f"retrain_every must be a positive integer or None, got {retrain_every!r}")
+        if candidate_size is not None and (not isinstance(candidate_size, int) or candidate_size < 1):
+            raise ValueError(f"candidate_size must be a positive integer or None, got {candidate_size!r}")
+        pcfg = dict(posterior_config or {})
+        unknown = set(pcfg) - set(POSTERIOR_KEYS)
+        if unknown:
+            raise ValueError(f"unknown posterior_config keys {sorted(unknown)}; allowed: {POSTERIOR_KEYS}")
+        LastLayerLaplace(**pcfg)  # validates the values
+        hcfg = head_config or HeadConfig()
+        if random_state is None:
+            random_state = int.from_bytes(os.urandom(4), "little")
+        if isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)):
+            raise ValueError(f"random_state must be an int or None, got {random_state!r}")
+        if isinstance(strategy, QueryStrategy):
+            strat_obj: QueryStrategy | None = strategy
+            strat_cfg = {"name": getattr(strategy, "name", type(strategy).__name__), "kwargs": {}, "object": True}
+        elif isinstance(strategy, str):
+            strat_cfg = {"name": strategy, "kwargs": dict(strategy_kwargs or {}), "object": False}
+            strat_obj = _resolve_strategy(strategy, strat_cfg["kwargs"])
+        else:
+            raise ValueError(f"strategy must be a name or a QueryStrategy, got {strategy!r}")
+        header = {
+            "op": "header",
+            "seq": 0,
+            "format": FORMAT_VERSION,
+            "session_id": uuid.uuid4().hex,
+            "created": round(time.time(), 3),
+            "num_items": int(x.shape[0]),
+            "num_features": int(x.shape[1]),
+            "feature_hash": feature_hash(x),
+            "class_names": names,
+            "seed": int(random_state),
+            "strategy": strat_cfg,
+            "posterior": pcfg,
+            "head": asdict(hcfg),
+            "gamma": float(gamma),
+            "retrain_every": retrain_every,
+            "candidate_size": candidate_size,
+            "meta": dict(meta or {}),
+        }
+        self._setup(header, x, items, strat_obj, fsync=fsync, snapshot_every=snapshot_every,
+                    async_snapshot=async_snapshot, undo_cache=undo_cache)
+        self._post = self._prior()
+        if state_dir is not None:
+            self._create_dir(Path(state_dir))
+
+    # ------------------------------------------------------------------ construction helpers
+    @classmethod
+    def from_dataset(cls, dataset: Any, **kwargs: Any) -> "Session":
+        """Session over ``dataset.train_features`` with its class names and ``train_items``."""
+        meta = dict(kwargs.pop("meta", None) or {})
+        meta.setdefault("dataset", getattr(dataset, "name", None))
+        kwargs.setdefault("items", getattr(dataset, "train_items", None))
+        return cls(dataset.train_features, list(dataset.class_names), meta=meta, **kwargs)
+
+    @staticmethod
+    def _check_class_names(class_names: Sequence[str] | int) -> list[str]:
+        if isinstance(class_names, (int, np.integer)) and not isinstance(class_names, bool):
+            names = [str(c) for c in range(int(class_names))]
+        else:
+            names = [str(c) for c in class_names]
+        if len(names) < 2:
+            raise ValueError(f"need at least 2 classes, got {len(names)}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"class names must be unique, got {names}")
+        return names
+
+    def _setup(
+        self,
+        header: dict[str, Any],
+        x: torch.Tensor,
+        items: Sequence[Any] | None,
+        strategy: QueryStrategy | None,
+        *,
+        fsync: bool,
+        snapshot_every: int,
+        async_snapshot: bool,
+        undo_cache: int,
+    ) -> None:
+        if items is not None and len(items) != x.shape[0]:
+            raise ValueError(f"items has {len(items)} entries but the pool has {x.shape[0]} rows")
+        if not isinstance(snapshot_every, int) or snapshot_every < 1:
+            raise ValueError(f"snapshot_every must be a positive integer, got {snapshot_every!r}")
+        if not isinstance(undo_cache, int) or undo_cache < 0:
+            raise ValueError(f"undo_cache must be an integer >= 0, got {undo_cache!r}")
+        self._header = header
+        self._x = x
+        self.items = items
+        self._strategy = strategy
+        self._names: list[str] = list(header["class_names"])
+        self._name_to_class = {n: c for c, n in enumerate(self._names)}
+        self._seed = int(header["seed"])
+        self._gamma = float(header["gamma"])
+        self._retrain_every = header["retrain_every"]
+        self._candidate_size = header["candidate_size"]
+        self._pcfg = dict(header["posterior"])
+        self._hcfg = HeadConfig(**header["head"])
+        self._fsync = bool(fsync)
+        self._snapshot_every = snapshot_every
+        self._async_snapshot = bool(async_snapshot)
+        self._undo_cache = undo_cache
+        # event-sourced state
+        self._events: list[dict[str, Any]] = []
+        self._history: list[dict[str, Any]] = []
+        self._redo: list[dict[str, Any]] = []
+        self._labels: dict[int, int] = {}
+        self._skipped: set[int] = set()
+        self._post_stack: list[LastLayerLaplace | None] = []
+        self._prior_cache: LastLayerLaplace | None = None
+        self._post: LastLayerLaplace
+        # persistence
+        self.state_dir: Path | None = None
+        self._log: LabelLog | None = None
+        self._writer: _SnapshotWriter | None = None
+        self._events_since_snapshot = 0
+        self._trace: list[tuple[int, float, torch.Tensor]] = []
+        self._ref_idx: torch.Tensor | None = None
+
+    def _create_dir(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        if (path / LOG_NAME).exists() or (path / STATE_NAME).exists():
+            raise ValueError(
+                f"{path} already holds a labeling session; use Session.resume({str(path)!r}, features) "
+                "or choose an empty directory"
+            )
+        self.state_dir = path
+        self._log = LabelLog.create(path / LOG_NAME, self._header, fsync=self._fsync)
+        self._write_snapshot(sync=True)
+
+    # ------------------------------------------------------------------ resume / recover
+    @classmethod
+    def _load_header_and_log(cls, state_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+        log_path = state_dir / LOG_NAME
+        if not log_path.exists():
+            raise FileNotFoundError(f"no label log {log_path}; is {state_dir} a session directory?")
+        res = read_log(log_path)
+        if res.bad_lines:
+            raise CorruptStateError(
+                f"label log {log_path} is corrupt at line {res.bad_lines[0]} (checksum mismatch before the last "
+                f"line); the {len(res.records)} events before it are intact"
+            )
+        if not res.records or res.records[0].get("op") != "header":
+            raise CorruptStateError(f"label log {log_path} has no valid header line")
+        header = res.records[0]
+        if header.get("format") != FORMAT_VERSION:
+            raise CorruptStateError(f"label log {log_path} has unsupported format {header.get('format')!r}")
+        events = res.records[1:]
+        for k, ev in enumerate(events, start=1):
+            if ev.get("seq") != k:
+                raise CorruptStateError(f"label log {log_path}: line {k + 1} has seq {ev.get('seq')!r}, expected {k}")
+        return header, events, res.valid_bytes
+
+    @staticmethod
+    def _check_features(header: Mapping[str, Any], x: torch.Tensor, state_dir: Path) -> None:
+        shape = (header["num_items"], header["num_features"])
+        if tuple(x.shape) != shape:
+            raise StateMismatchError(
+                f"the session in {state_dir} was created for pool features of shape {shape}, got {tuple(x.shape)}"
+            )
+        if feature_hash(x) != header["feature_hash"]:
+            raise StateMismatchError(
+                f"the pool features do not match the session in {state_dir}: feature hash mismatch "
+                "(different data, order or preprocessing)"
+            )
+
+    @classmethod
+    def _open_common(cls, state_dir: Path, features: Any, header: dict[str, Any], items: Any,
+                     strategy: str | QueryStrategy | None, io_kwargs: dict[str, Any]) -> "Session":
+        x = as_features(features, name="pool features", dtype=torch.float64)
+        cls._check_features(header, x, state_dir)
+        strat_cfg = header["strategy"]
+        if isinstance(strategy, QueryStrategy):
+            strat_obj: QueryStrategy | None = strategy
+        elif isinstance(strategy, str):
+            strat_obj = _resolve_strategy(strategy, {})
+        elif strategy is None:
+            if strat_cfg.get("object"):
+                raise ValueError(
+                    f"the session in {state_dir} used a strategy object ({strat_cfg['name']!r}); pass strategy= to resume"
+                )
+            strat_obj = _resolve_strategy(strat_cfg["name"], strat_cfg.get("kwargs", {}))
+        else:
+            raise ValueError(f"strategy must be a name, a QueryStrategy or None, got {strategy!r}")
+        self = cls.__new__(cls)
+        self._setup(header, x, items, strat_obj, **io_kwargs)
+        self.state_dir = state_dir
+        return self
+
+    @classmethod
+    def resume(
+        cls,
+        state_dir: str | os.PathLike[str],
+        features: Any,
+        *,
+        items: Sequence[Any] | None = None,
+        strategy: str | QueryStrategy | None = None,
+        fsync: bool = True,
+        snapshot_every: int = 1,
+        async_snapshot: bool = True,
+        undo_cache: int = 32,
+    ) -> "Session":
+        """Reopen a session from its snapshot plus the log events the snapshot does not contain yet.
+
+        Raises :class:`CorruptStateError` (a ``ValueError``) if the snapshot or log is damaged and
+        :class:`StateMismatchError` if ``features`` are not the session's pool; :meth:`recover` rebuilds
+        from the label log alone. ``strategy`` overrides the saved one.
+        """
+        state_dir = Path(state_dir)
+        state_path = state_dir / STATE_NAME
+        if not state_path.exists():
+            raise FileNotFoundError(f"no state file {state_path}; use Session.recover() to rebuild from the label log")
+        snap = load_snapshot(state_path)
+        try:
+            snap_header, snap_events, post_state = snap["header"], list(snap["events"]), snap["posterior"]
+        except KeyError as err:
+            raise CorruptStateError(f"state file {state_path} is corrupt: missing entry {err}") from err
+        header, log_events, valid_bytes = cls._load_header_and_log(state_dir)
+        if snap_header.get("session_id") != header.get("session_id"):
+            raise CorruptStateError(f"state file {state_path} belongs to another session than the label log")
+        n = min(len(snap_events), len(log_events))
+        if snap_events[:n] != log_events[:n]:
+            k = next(i for i in range(n) if snap_events[i] != log_events[i])
+            raise CorruptStateError(
+                f"state file {state_path} and label log disagree at event {k + 1}; use Session.recover()"
+            )
+        io_kwargs = dict(fsync=fsync, snapshot_every=snapshot_every, async_snapshot=async_snapshot, undo_cache=undo_cache)
+        self = cls._open_common(state_dir, features, header, items, strategy, io_kwargs)
+        try:
+            post = LastLayerLaplace.from_state_dict(post_state)
+        except ValueError as err:
+            raise CorruptStateError(f"state file {state_path} is corrupt: {err}") from err
+        if (post.num_classes_, post.num_features_) != (len(self._names), self._x.shape[1]):
+            raise CorruptStateError(f"state file {state_path} is corrupt: posterior shape does not match the header")
+        # fold the snapshot's events (bookkeeping only), then replay the log's newer events fully
+        for k, ev in enumerate(snap_events):
+            self._fold(ev, where=f"state file event {k + 1}")
+            self._events.append(ev)
+        self._post = post
+        self._post_stack = [None] * len(self._history)
+        if len(log_events) < len(snap_events):
+            # only possible with fsync=False: the log lost lines the snapshot has; rewrite the log
+            self._log = LabelLog.rewrite(state_dir / LOG_NAME, [header] + snap_events, fsync=fsync)
+        else:
+            self._log = LabelLog.open(state_dir / LOG_NAME, valid_bytes, fsync=fsync)
+        for k in range(len(snap_events), len(log_events)):
+            self._apply(log_events[k], where=f"label log line {k + 2}")
+            self._events.append(log_events[k])
+        if len(log_events) > len(snap_events):
+            self._write_snapshot(sync=True)
+        return self
+
+    @classmethod
+    def recover(
+        cls,
+        state_dir: str | os.PathLike[str],
+        features: Any,
+        *,
+        items: Sequence[Any] | None = None,
+        strategy: str | QueryStrategy | None = None,
+        fsync: bool = True,
+        snapshot_every: int = 1,
+        async_snapshot: bool = True,
+        undo_cache: int = 32,
+    ) -> "Session":
+        """Rebuild a session from the label log alone (replaying labels, corrections, skips, undo/redo
+        and retrains; a torn last line is dropped) and write a fresh snapshot. A damaged snapshot is
+        kept aside as ``session.state.corrupt``."""
+        state_dir = Path(state_dir)
+        header, events, valid_bytes = cls._load_header_and_log(state_dir)
+        io_kwargs = dict(fsync=fsync, snapshot_every=snapshot_every, async_snapshot=async_snapshot, undo_cache=undo_cache)
+        self = cls._open_common(state_dir, features, header, items, strategy, io_kwargs)
+        for k, ev in enumerate(events):
+            self._fold(ev, where=f"label log line {k + 2}")
+            self._events.append(ev)
+        self._post = self._replay(self._history)
+        self._post_stack = [None] * len(self._history)
+        self._log = LabelLog.open(state_dir / LOG_NAME, valid_bytes, fsync=fsync)
+        state_path = state_dir / STATE_NAME
+        if state_path.exists():
+            try:
+                load_snapshot(state_path)
+            except (ValueError, OSError):
+                os.replace(state_path, state_dir / (STATE_NAME + ".corrupt"))
+        self._write_snapshot(sync=True)
+        return self
+
+    # ------------------------------------------------------------------ posterior construction
+    def _new_posterior(self, **kwargs: Any) -> LastLayerLaplace:
+        return LastLayerLaplace(**self._pcfg, dtype=torch.float64, head_config=self._hcfg, **kwargs)
+
+    def _prior(self) -> LastLayerLaplace:
+        """Zero-mean prior posterior ``N(0, λ₀⁻¹ I)`` (no data), shared — it is never modified."""
+        if self._prior_cache is None:
+            c, d = len(self._names), self._x.shape[1]
+            self._prior_cache = self._new_posterior().fit(
+                self._x[:0], torch.zeros(0, dtype=torch.long), weight=torch.zeros(c, d, dtype=torch.float64), num_classes=c
+            )
+        return self._prior_cache
+
+    def _fit(self, labels: Mapping[int, int], position: int) -> LastLayerLaplace:
+        """Head trained from scratch on ``labels`` (sorted by index) and its Laplace posterior."""
+        idx = sorted(labels)
+        y = torch.tensor([labels[i] for i in idx], dtype=torch.long)
+        post = self._new_posterior(random_state=_derive_seed(self._seed, "fit", position))
+        return post.fit(self._x[idx], y, num_classes=len(self._names))
+
+    def _correct_mean(self, post: LastLayerLaplace, index: int, old: int, new: int) -> LastLayerLaplace:
+        """``μ ← μ + γ Σ (e_new − e_old) φᵀ`` (covariance unchanged), as a new object."""
+        phi = self._x[index]
+        diff = torch.zeros(len(self._names), dtype=torch.float64)
+        diff[new], diff[old] = 1.0, -1.0
+        out = copy.copy(post)
+        if post.hessian == "shared":
+            out.mean_ = post.mean_ + self._gamma * torch.outer(diff, post.covariance_ @ phi)
+        else:
+            grad = torch.outer(diff, phi).reshape(-1)
+            out.mean_ = post.mean_ + self._gamma * (post.covariance_ @ grad).reshape(post.mean_.shape)
+        return out
+
+    def _transition(self, post: LastLayerLaplace, action: Mapping[str, Any], position: int,
+                    labels_after: Mapping[int, int]) -> LastLayerLaplace:
+        """Posterior after applying ``action`` at history ``position``."""
+        op = action["op"]
+        if op == "tell":
+            if action.get("retrain"):
+                return self._fit(labels_after, position)
+            i = int(action["index"])
+            return post.update(self._x[i : i + 1], torch.tensor([int(action["label"])]), gamma=self._gamma)
+        if op == "correct":
+            return self._correct_mean(post, int(action["index"]), int(action["old"]), int(action["label"]))
+        if op == "retrain":
+            return self._fit(labels_after, position)
+        return post  # skip
+
+    @staticmethod
+    def _is_fit_point(action: Mapping[str, Any]) -> bool:
+        return action["op"] == "retrain" or (action["op"] == "tell" and bool(action.get("retrain")))
+
+    def _replay(self, history: Sequence[Mapping[str, Any]]) -> LastLayerLaplace:
+        """Posterior of an action history: last fit point (or the prior) + the updates after it."""
+        last = max((j for j, a in enumerate(history) if self._is_fit_point(a)), default=-1)
+        labels: dict[int, int] = {}
+        for a in history[: last + 1]:
+            if a["op"] in ("tell", "correct"):
+                labels[int(a["index"])] = int(a["label"])
+        post = self._fit(labels, last) if last >= 0 else self._prior()
+        for j in range(last + 1, len(history)):
+            a = history[j]
+            if a["op"] in ("tell", "correct"):
+                labels[int(a["index"])] = int(a["label"])
+            post = self._transition(post, a, j, labels)
+        return post
+
+    # ------------------------------------------------------------------ event folding
+    def _check_index(self, index: Any) -> int:
+        if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
+            if isinstance(index, torch.Tensor) and index.numel() == 1 and not index.is_floating_point():
+                index = int(index)
+            else:
+                raise ValueError(f"index must be an integer pool position, got {index!r}")
+        index = int(index)
+        n = self._x.shape[0]
+        if not 0 <= index < n:
+            raise ValueError(f"index {index} is out of range for a pool of {n} instances [0, {n - 1}]")
+        return index
+
+    def _check_label(self, label: Any) -> int:
+        """Class index of ``label`` (a class name or an index into ``class_names``)."""
+        if isinstance(label, str):
+            if label in self._name_to_class:
+                return self._name_to_class[label]
+            raise ValueError(f"unknown class {label!r}; known classes: {', '.join(self._names)}")
+        if isinstance(label, (bool, np.bool_)):
+            raise ValueError(f"label must be a class name or class index, got {label!r}")
+        if isinstance(label, torch.Tensor) and label.numel() == 1 and not label.is_floating_point():
+            label = int(label)
+        if isinstance(label, (int, np.integer)):
+            c = int(label)
+            if not 0 <= c < len(self._names):
+                raise ValueError(f"class index {c} is out of range [0, {len(self._names) - 1}]")
+            return c
+        raise ValueError(f"label must be a class name or class index, got {label!r}")
+
+    def _validate_action(self, ev: Mapping[str, Any]) -> None:
+        """Raise ``ValueError`` if ``ev`` cannot be applied to the current bookkeeping."""
+        op = ev.get("op")
+        if op in ("tell", "skip", "correct"):
+            i = self._check_index(ev.get("index"))
+            if op == "tell":
+                self._check_label(int(ev["label"]))
+                if i in self._labels:
+                    raise ValueError(
+                        f"index {i} is already labeled as {self._names[self._labels[i]]!r}; use correct() to change it"
+                    )
+            elif op == "skip":
+                if i in self._labels:
+                    raise ValueError(f"index {i} is already labeled as {self._names[self._labels[i]]!r}; cannot skip it")
+                if i in self._skipped:
+                    raise ValueError(f"index {i} is already skipped")
+            else:
+                self._check_label(int(ev["label"]))
+                if i not in self._labels:
+                    raise ValueError(f"index {i} is not labeled yet; use tell()")
+                if int(ev["old"]) != self._labels[i]:
+                    raise ValueError(f"correction of index {i} expects old label {ev['old']}, found {self._labels[i]}")
+        elif op == "retrain":
+            if len(set(self._labels.values())) < 2:
+                raise ValueError("retraining needs labels of at least 2 different classes")
+        elif op == "undo":
+            if not self._history:
+                raise ValueError("nothing to undo")
+        elif op == "redo":
+            if not self._redo:
+                raise ValueError("nothing to redo")
+        else:
+            raise ValueError(f"unknown event {op!r}")
+
+    def _book_apply(self, action: Mapping[str, Any]) -> None:
+        op = action["op"]
+        if op == "tell":
+            i = int(action["index"])
+            self._labels[i] = int(action["label"])
+            self._skipped.discard(i)
+        elif op == "correct":
+            self._labels[int(action["index"])] = int(action["label"])
+        elif op == "skip":
+            self._skipped.add(int(action["index"]))
+        self._history.append(dict(action))  # type: ignore[arg-type]
+
+    def _book_revert(self) -> dict[str, Any]:
+        action = self._history.pop()
+        op, i = action["op"], action.get("index")
+        if op == "tell":
+            del self._labels[int(i)]
+            if action.get("was_skipped"):
+                self._skipped.add(int(i))
+        elif op == "correct":
+            self._labels[int(i)] = int(action["old"])
+        elif op == "skip":
+            self._skipped.discard(int(i))
+        return action
+
+    def _fold(self, ev: Mapping[str, Any], where: str) -> None:
+        """Apply an event to the bookkeeping only (labels, skipped, history, redo)."""
+        try:
+            self._validate_action(ev)
+        except (ValueError, KeyError, TypeError) as err:
+            raise CorruptStateError(f"{where}: cannot apply event {dict(ev)}: {err}") from err
+        op = ev["op"]
+        if op == "undo":
+            self._redo.append(self._book_revert())
+        elif op == "redo":
+            self._book_apply(self._redo.pop())
+        else:
+            self._redo.clear()
+            self._book_apply(ev)
+
+    def _labels_after(self, action: Mapping[str, Any]) -> dict[int, int]:
+        labels = dict(self._labels)
+        if action["op"] in ("tell", "correct"):
+            labels[int(action["index"])] = int(action["label"])
+        return labels
+
+    def _apply(self, ev: Mapping[str, Any], where: str | None = None) -> None:
+        """Apply an event fully (posterior + bookkeeping). The posterior is computed before anything
+        changes, so a failure leaves the session untouched."""
+        try:
+            self._validate_action(ev)
+        except (ValueError, KeyError, TypeError) as err:
+            if where is None:
+                raise
+            raise CorruptStateError(f"{where}: cannot apply event {dict(ev)}: {err}") from err
+        op = ev["op"]
+        if op == "undo":
+            cached = self._post_stack[-1]
+            new_post = cached if cached is not None else self._replay(self._history[:-1])
+            self._post_stack.pop()
+            self._redo.append(self._book_revert())
+        else:
+            action = self._redo[-1] if op == "redo" else ev
+            new_post = self._transition(self._post, action, len(self._history), self._labels_after(action))
+            if op == "redo":
+                self._redo.pop()
+            else:
+                self._redo.clear()
+            self._book_apply(action)
+            self._post_stack.append(self._post)
+            if self._undo_cache < len(self._post_stack):
+                k = len(self._post_stack) - self._undo_cache - 1
+                if k >= 0:
+                    self._post_stack[k] = None
+        self._post = new_post
+
+    def _record(self, ev: dict[str, Any]) -> None:
+        """Validate, compute, log durably, commit: the single path of every user action."""
+        ev["seq"] = len(self._events) + 1
+        ev["t"] = round(time.time(), 3)
+        # compute first (may raise: nothing has changed yet), then make it durable, then commit
+        snapshot = (self._post, list(self._history), list(self._redo), dict(self._labels), set(self._skipped),
+                    list(self._post_stack))
+        self._apply(ev)
+        if self._log is not None:
+            try:
+                self._log.append(ev)
+            except BaseException:
+                (self._post, self._history, self._redo, self._labels, self._skipped, self._post_stack) = snapshot
+                raise
+        self._events.append(ev)
+        self._events_since_snapshot += 1
+        if self.state_dir is not None and self._events_since_snapshot >= self._snapshot_every:
+            self._write_snapshot(sync=not self._async_snapshot)
+
+    # ------------------------------------------------------------------ persistence
+    def _snapshot_state(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION,
+            "header": self._header,
+            "events": list(self._events),
+            "posterior": self._post.state_dict(),
+        }
+
+    def _write_snapshot(self, sync: bool) -> None:
+        assert self.state_dir is not None
+        state = self._snapshot_state()
+        self._events_since_snapshot = 0
+        if sync:
+            if self._writer is not None:
+                self._writer.flush()
+            save_snapshot(self.state_dir / STATE_NAME, state, fsync=self._fsync)
+        else:
+            if self._writer is None:
+                self._writer = _SnapshotWriter(self.state_dir / STATE_NAME, self._fsync)
+            self._writer.submit(state)
+
+    def flush(self) -> None:
+        """Write the snapshot now (synchronously) and wait for background writes."""
+        if self.state_dir is not None and self._log is not None:
+            if self._writer is not None:
+                self._writer.flush()
+            self._write_snapshot(sync=True)
+
+    def close(self) -> None:
+        """Flush the snapshot, stop the writer thread and release the directory lock."""
+        if self._log is None:
+            return
+        try:
+            self.flush()
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ public API: actions
+    def tell(self, index: int, label: int | str) -> None:
+        """Record the answer ``label`` (class name or index) for pool ``index`` and update the posterior.
+
+        Any unlabeled index is accepted (not only the last queried; a skipped one is un-skipped).
+        Returns after the label is durably logged. May retrain the head (``retrain_every``).
+        """
+        i = self._check_index(index)
+        c = self._check_label(label)
+        if i in self._labels:
+            raise ValueError(
+                f"index {i} is already labeled as {self._names[self._labels[i]]!r}; use correct() to change it"
+            )
+        ev: dict[str, Any] = {"op": "tell", "index": i, "label": c, "name": self._names[c]}
+        if i in self._skipped:
+            ev["was_skipped"] = True
+        if self._retrain_due(c):
+            ev["retrain"] = True
+        self._record(ev)
+
+    def skip(self, index: int) -> None:
+        """Mark pool ``index`` as skipped: it is no longer queried (``tell`` still accepts it)."""
+        self._record({"op": "skip", "index": self._check_index(index)})
+
+    def correct(self, index: int, new_label: int | str) -> None:
+        """Change the label of an already labeled ``index``; the posterior mean is shifted accordingly."""
+        i = self._check_index(index)
+        c = self._check_label(new_label)
+        if i not in self._labels:
+            raise ValueError(f"index {i} is not labeled yet; use tell()")
+        if self._labels[i] == c:
+            return
+        self._record({"op": "correct", "index": i, "label": c, "old": self._labels[i], "name": self._names[c]})
+
+    def undo(self) -> dict[str, Any]:
+        """Undo the last action (tell, skip, correct or retrain); returns it. ``ValueError`` if none."""
+        if not self._history:
+            raise ValueError("nothing to undo")
+        action = dict(self._history[-1])
+        self._record({"op": "undo"})
+        return action
+
+    def redo(self) -> dict[str, Any]:
+        """Re-apply the last undone action; returns it. ``ValueError`` if there is none."""
+        if not self._redo:
+            raise ValueError("nothing to redo")
+        action = dict(self._redo[-1])
+        self._record({"op": "redo"})
+        return action
+
+    def retrain(self) -> None:
+        """Train the head from scratch on all labels (``head_config``) and rebuild the Laplace posterior."""
+        self._record({"op": "retrain"})
+
+    def _retrain_due(self, new_class: int) -> bool:
+        if self._retrain_every is None:
+            return False
+        if len(set(self._labels.values()) | {new_class}) < 2:
+            return False
+        since = 0
+        for a in reversed(self._history):
+            if self._is_fit_point(a):
+                break
+            since += a["op"] == "tell"
+        return since + 1 >= self._retrain_every
+
+    # ------------------------------------------------------------------ public API: queries
+    def available_indices(self) -> np.ndarray:
+        """Sorted pool indices that are neither labeled nor skipped ``(n,)``."""
+        mask = np.ones(self._x.shape[0], dtype=bool)
+        if self._labels:
+            mask[np.fromiter(self._labels.keys(), dtype=np.int64)] = False
+        if self._skipped:
+            mask[np.fromiter(self._skipped, dtype=np.int64)] = False
+        return np.flatnonzero(mask)
+
+    @property
+    def cold_start(self) -> bool:
+        """True while fewer than 2 classes have been labeled: queries are then random."""
+        return len(set(self._labels.values())) < 2
+
+    def query(self, k: int = 1) -> list[int]:
+        """``k`` pool indices to label next (fewer if the pool is nearly exhausted; ``[]`` when done).
+
+        Random while :attr:`cold_start` or for the 'random' strategy; else the strategy scores a random
+        subset of ``candidate_size`` unlabeled, unskipped instances under the current posterior.
+        Deterministic given the seed and the events so far.
+        """
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        avail = self.available_indices()
+        if avail.size == 0:
+            return []
+        k = min(int(k), int(avail.size))
+        gen = torch.Generator().manual_seed(_derive_seed(self._seed, "query", len(self._events)))
+        if self._strategy is None or self.cold_start:
+            pick = torch.randperm(avail.size, generator=gen)[:k].numpy()
+            return [int(i) for i in avail[pick]]
+        cand = avail
+        if self._candidate_size is not None and avail.size > self._candidate_size:
+            sub = torch.randperm(avail.size, generator=gen)[: self._candidate_size].sort().values.numpy()
+            cand = avail[sub]
+        lab_idx = sorted(self._labels)
+        labeled = LabeledSet(
+            features=self._x[lab_idx], labels=torch.tensor([self._labels[i] for i in lab_idx], dtype=torch.long)
+        )
+        res = self._strategy.query(self._post.copy(), self._x[torch.from_numpy(cand)], labeled, k, gen)
+        picks = torch.as_tensor(res.indices).long().reshape(-1).tolist()
+        if len(picks) != k or len(set(picks)) != k or any(not 0 <= p < cand.size for p in picks):
+            raise RuntimeError(f"strategy {self._strategy!r} returned invalid indices {picks} for k={k}")
+        return [int(cand[p]) for p in picks]
+
+    def predict_proba(self, indices: Iterable[int] | None = None) -> torch.Tensor:
+        """Mean-field predictive ``(n, C)`` of the current posterior for pool ``indices`` (all if None)."""
+        if indices is None:
+            return self._post.predict_proba(self._x)
+        idx = [self._check_index(i) for i in indices]
+        return self._post.predict_proba(self._x[idx])
+
+    def stopping_signals(self, window: int = 10, reference_size: int = 2000) -> dict[str, Any]:
+        """Stopping signals on a fixed random reference subset ``R`` of the pool (``≤ reference_size``).
+
+        * ``expected_accuracy``: ``mean_{x∈R} max_c p(c | x)``, the model's own estimate of its accuracy
+          on the pool;
+        * ``gain_per_label``: change of ``expected_accuracy`` per label over the last ``window`` labels,
+          ``(EA_now − EA_then) / (n_now − n_then)`` — small or negative ⇒ more labels add little;
+        * ``flips`` / ``flip_rate``: number / fraction of ``R`` whose predicted class changed over the last
+          ``window`` labels — near 0 ⇒ the decisions are stable.
+
+        Values are compared with earlier calls of this method (an in-memory trace, one point per
+        distinct label count); ``window_labels`` says how many labels the comparison actually spans
+        (0 on the first call).
+        """
+        if self._ref_idx is None:
+            n = self._x.shape[0]
+            gen = torch.Generator().manual_seed(_derive_seed(self._seed, "reference"))
+            self._ref_idx = torch.randperm(n, generator=gen)[: min(n, reference_size)].sort().values
+        probs = self._post.predict_proba(self._x[self._ref_idx])
+        ea = float(probs.max(1).values.mean())
+        pred = probs.argmax(1)
+        n_now = len(self._labels)
+        self._trace = [t for t in self._trace if t[0] < n_now]
+        self._trace.append((n_now, ea, pred))
+        older = [t for t in self._trace if t[0] <= n_now - window]
+        then = older[-1] if older else self._trace[0]
+        dn = n_now - then[0]
+        flips = int((pred != then[2]).sum())
+        return {
+            "n_labels": n_now,
+            "expected_accuracy": ea,
+            "gain_per_label": (ea - then[1]) / dn if dn > 0 else float("nan"),
+            "flips": flips,
+            "flip_rate": flips / pred.numel(),
+            "window_labels": dn,
+            "reference_size": int(pred.numel()),
+        }
+
+    # ------------------------------------------------------------------ public API: read-only state
+    @property
+    def posterior(self) -> LastLayerLaplace:
+        """The current posterior (do not modify it in place)."""
+        return self._post
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self._names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self._names)
+
+    @property
+    def features(self) -> torch.Tensor:
+        """Pool features ``(N, D)`` float64."""
+        return self._x
+
+    @property
+    def labels(self) -> dict[int, int]:
+        """``{pool index: class index}`` of the current labels (in labeling order)."""
+        return dict(self._labels)
+
+    @property
+    def named_labels(self) -> dict[int, str]:
+        return {i: self._names[c] for i, c in self._labels.items()}
+
+    @property
+    def skipped(self) -> set[int]:
+        return set(self._skipped)
+
+    @property
+    def n_labeled(self) -> int:
+        return len(self._labels)
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """Effective actions (after undo/redo), oldest first."""
+        return [dict(a) for a in self._history]
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """All logged events (including undo/redo), oldest first."""
+        return [dict(e) for e in self._events]
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._history)
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._redo)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The saved configuration (the log header)."""
+        return copy.deepcopy(self._header)
+
+    @property
+    def seed(self) -> int:
+        return self._seed
+
+    def __repr__(self) -> str:
+        where = f", state_dir={str(self.state_dir)!r}" if self.state_dir is not None else ""
+        return (
+            f"Session(N={self._x.shape[0]}, D={self._x.shape[1]}, C={len(self._names)}, labeled={len(self._labels)}, "
+            f"skipped={len(self._skipped)}, strategy={self._header['strategy']['name']!r}{where})"
+        )

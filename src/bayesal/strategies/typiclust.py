@@ -28,13 +28,17 @@ class TypiClust(QueryStrategy):
     """k-means of labeled ∪ candidates into ``min(|L| + b, max_clusters)`` clusters; for each pick,
     the cluster with the fewest labeled/picked members (then the largest) gives its most typical
     candidate (highest inverse mean kNN distance within the cluster, ``k = n_neighbors``).
-    Utilities are the typicality of the picks."""
+    Clusters with fewer than ``min_cluster_size`` points are only used once no larger cluster has
+    candidates left (as in the reference TypiClust). Utilities are the typicality of the picks."""
 
     name = "typiclust"
 
-    def __init__(self, n_neighbors: int = 20, max_clusters: int = 500, n_iter: int = 30) -> None:
+    def __init__(
+        self, n_neighbors: int = 20, max_clusters: int = 500, n_iter: int = 30, min_cluster_size: int = 5
+    ) -> None:
         if n_neighbors < 1 or max_clusters < 1:
             raise ValueError("n_neighbors and max_clusters must be >= 1")
+        self.min_cluster_size = int(min_cluster_size)
         self.n_neighbors = int(n_neighbors)
         self.max_clusters = int(max_clusters)
         self.n_iter = int(n_iter)
@@ -66,6 +70,9 @@ class TypiClust(QueryStrategy):
         picks, utils = [], []
         for _ in range(b):
             open_ = torch.bincount(cand_cluster[alive], minlength=k) > 0
+            big = open_ & (sizes >= self.min_cluster_size)
+            if bool(big.any()):
+                open_ = big
             # fewest covered first, then largest; lowest cluster id on ties
             key = torch.where(open_, -covered.to(torch.float64) * (feats.shape[0] + 1) + sizes, -torch.inf)
             c = argmax_first(key)

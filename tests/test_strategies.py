@@ -1,0 +1,225 @@
+"""Contract and behaviour of the single-shot query strategies (SPEC §5, issue #4 part 1)."""
+
+import pytest
+import torch
+
+from bayesal import LastLayerLaplace
+from bayesal.strategies import (
+    BADGE,
+    BAIT,
+    BASE_STRATEGY_NAMES,
+    STRATEGY_NAMES,
+    CoreSet,
+    LabeledSet,
+    MarginSampling,
+    QueryStrategy,
+    Sequential,
+    get_strategy,
+)
+from bayesal.strategies.bait import fisher_factor
+
+C, D = 4, 8
+
+
+def _problem(seed=0, n=160, d=D, c=C):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(c, d, generator=g, dtype=torch.float64) * 1.5
+    y = torch.arange(n) % c
+    x = centers[y] + torch.randn(n, d, generator=g, dtype=torch.float64)
+    w = torch.randn(c, d, generator=g, dtype=torch.float64) * 0.5
+    b = torch.randn(c, generator=g, dtype=torch.float64) * 0.1
+    return x, y, w, b
+
+
+@pytest.fixture(scope="module")
+def setup():
+    x, y, w, b = _problem()
+    post = LastLayerLaplace().fit(x[:20], y[:20], weight=w, bias=b)
+    return post, LabeledSet(x[:20], y[:20]), x[20:100], y[20:100], x[100:], y[100:]
+
+
+def _make(name, ref_x=None, ref_y=None):
+    kw = {}
+    if name in ("bald", "variation_ratio"):
+        kw = {"n_samples": 200}
+    if name == "oracle_lookahead":
+        kw = {"reference_features": ref_x, "reference_labels": ref_y, "n_batches": 12}
+    if name == "expected_log_loss_reduction":
+        kw = {"n_reference": 30}
+    return get_strategy(name, **kw)
+
+
+@pytest.mark.parametrize("name", STRATEGY_NAMES)
+def test_contract_distinct_in_range_deterministic(setup, name):
+    post, lab, xc, yc, rx, ry = setup
+    strat = _make(name, rx, ry)
+    assert isinstance(strat, QueryStrategy)
+    res = strat.query(post, xc, lab, 7, torch.Generator().manual_seed(3), candidate_labels=yc)
+    idx = res.indices
+    assert idx.shape == (7,) and res.utilities.shape == (7,)
+    assert idx.dtype == torch.long
+    assert len(set(idx.tolist())) == 7
+    assert int(idx.min()) >= 0 and int(idx.max()) < xc.shape[0]
+    assert not torch.isnan(res.utilities).any()
+    again = strat.query(post, xc, lab, 7, torch.Generator().manual_seed(3), candidate_labels=yc)
+    assert torch.equal(idx, again.indices)
+    torch.testing.assert_close(res.utilities, again.utilities, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", STRATEGY_NAMES)
+def test_empty_labeled_set(setup, name):
+    post, _, xc, yc, rx, ry = setup
+    empty = LabeledSet(torch.zeros(0, D, dtype=torch.float64), torch.zeros(0, dtype=torch.long))
+    res = _make(name, rx, ry).query(post, xc, empty, 5, torch.Generator().manual_seed(0), candidate_labels=yc)
+    assert len(set(res.indices.tolist())) == 5
+
+
+@pytest.mark.parametrize("name", STRATEGY_NAMES)
+def test_invalid_inputs_raise(setup, name):
+    post, lab, xc, yc, rx, ry = setup
+    strat = _make(name, rx, ry)
+    gen = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="exceeds the number of candidates"):
+        strat.query(post, xc[:5], lab, 6, gen, candidate_labels=yc[:5])
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="batch_size must be >= 1"):
+            strat.query(post, xc, lab, bad, gen, candidate_labels=yc)
+    nan = xc.clone()
+    nan[3, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        strat.query(post, nan, lab, 2, gen, candidate_labels=yc)
+
+
+def test_batch_size_equal_to_pool(setup):
+    post, lab, xc, yc, *_ = setup
+    for name in BASE_STRATEGY_NAMES:
+        res = _make(name).query(post, xc[:6], lab, 6, torch.Generator().manual_seed(0))
+        assert sorted(res.indices.tolist()) == list(range(6)), name
+
+
+def test_factory():
+    assert isinstance(get_strategy("margin"), MarginSampling)
+    seq = get_strategy("sequential", base="badge", update_with="most_likely")
+    assert isinstance(seq, Sequential) and isinstance(seq.base, BADGE)
+    assert isinstance(get_strategy("core_set"), CoreSet)
+    with pytest.raises(ValueError, match="unknown strategy"):
+        get_strategy("nope")
+    with pytest.raises(ValueError, match="unknown update_with"):
+        get_strategy("sequential", update_with="guess")
+
+
+def test_margin_tie_break_lowest_index(setup):
+    post, lab, xc, *_ = setup
+    x = xc[:3].repeat(3, 1)  # indices i, i+3, i+6 share a score
+    res = MarginSampling().query(post, x, lab, 4, torch.Generator().manual_seed(0))
+    best = int(res.indices[0])
+    assert best < 3 and res.indices[:3].tolist() == [best, best + 3, best + 6]
+    assert int(res.indices[3]) < 3
+
+
+def test_uncertainty_ranks_by_predictive(setup):
+    post, lab, xc, *_ = setup
+    p = post.predict_proba(xc)
+    top2 = p.topk(2, 1).values
+    res = get_strategy("margin").query(post, xc, lab, 5, torch.Generator().manual_seed(0))
+    expected = torch.sort(top2[:, 0] - top2[:, 1], stable=True).indices[:5]
+    assert torch.equal(res.indices, expected)
+    ent = get_strategy("entropy").query(post, xc, lab, 1, torch.Generator().manual_seed(0))
+    assert int(ent.indices[0]) == int((-(p * p.log()).sum(1)).argmax())
+
+
+def test_bald_matches_sample_logits(setup):
+    """BALD's samples are the posterior's own Laplace logit samples (same generator stream)."""
+    post, lab, xc, *_ = setup
+    k = 300
+    s = post.sample_logits(xc, k, torch.Generator().manual_seed(5))
+    p = torch.softmax(s, -1)
+    ent = lambda q: -(q * q.clamp_min(1e-300).log()).sum(-1)  # noqa: E731
+    mi = (ent(p.mean(0)) - ent(p).mean(0)).clamp_min(0)
+    bald = get_strategy("bald", n_samples=k)
+    torch.testing.assert_close(bald.scores(post, xc, torch.Generator().manual_seed(5)), mi, atol=1e-10, rtol=0)
+
+
+def _duplicated_pool(post):
+    g = torch.Generator().manual_seed(11)
+    base = torch.randn(10, D, generator=g, dtype=torch.float64) * 3
+    return base.repeat(3, 1)  # point k at rows k, k+10, k+20
+
+
+@pytest.mark.parametrize("strategy", [BADGE(), BADGE(predictive="map"), CoreSet()])
+def test_diversity_never_picks_duplicates(setup, strategy):
+    post, lab, *_ = setup
+    x = _duplicated_pool(post)
+    for seed in range(5):
+        res = strategy.query(post, x, lab, 10, torch.Generator().manual_seed(seed))
+        groups = (res.indices % 10).tolist()
+        assert len(set(groups)) == 10, (seed, res.indices.tolist())
+
+
+def test_coreset_farthest_from_labeled(setup):
+    post, *_ = setup
+    lab = LabeledSet(torch.zeros(1, D, dtype=torch.float64), torch.zeros(1, dtype=torch.long))
+    x = torch.zeros(5, D, dtype=torch.float64)
+    x[:, 0] = torch.tensor([1.0, 5.0, 2.0, 4.9, 0.5])
+    res = CoreSet().query(post, x, lab, 2, torch.Generator().manual_seed(0))
+    assert res.indices.tolist() == [1, 4] or res.indices.tolist()[0] == 1
+    torch.testing.assert_close(res.utilities[0], torch.tensor(5.0, dtype=torch.float64))
+
+
+def test_typiclust_picks_dense_points(setup):
+    """Two tight blobs and scattered outliers: the picks come from the blobs' cores."""
+    post, *_ = setup
+    g = torch.Generator().manual_seed(2)
+    blob1 = torch.randn(30, D, generator=g, dtype=torch.float64) * 0.05 + 10
+    blob2 = torch.randn(30, D, generator=g, dtype=torch.float64) * 0.05 - 10
+    outliers = torch.randn(3, D, generator=g, dtype=torch.float64) * 3
+    x = torch.cat([blob1, blob2, outliers])
+    empty = LabeledSet(torch.zeros(0, D, dtype=torch.float64), torch.zeros(0, dtype=torch.long))
+    res = get_strategy("typiclust", n_neighbors=5).query(post, x, empty, 2, torch.Generator().manual_seed(0))
+    assert sorted(int(i) // 30 for i in res.indices) == [0, 1]
+
+
+def _dense_bait(post, x, pool, b):
+    """Reference greedy BAIT with explicit (CD × CD) matrices."""
+    c, d = post.num_classes_, post.num_features_
+    fac = lambda z: fisher_factor(torch.softmax(z, 1))  # noqa: E731
+    vx = torch.einsum("nck,nd->nkcd", fac(post.logits(x)), x).reshape(x.shape[0], c, c * d)
+    vf = torch.einsum("nck,nd->nkcd", fac(post.logits(pool)), pool).reshape(pool.shape[0], c, c * d)
+    fisher = torch.einsum("nkp,nkq->pq", vf, vf)
+    m = torch.kron(torch.eye(c, dtype=x.dtype), torch.linalg.inv(post.covariance_).contiguous())
+    picks, utils = [], []
+    for _ in range(b):
+        base = torch.trace(torch.linalg.solve(m, fisher))
+        gains = torch.tensor([
+            -torch.inf if i in picks else float(base - torch.trace(torch.linalg.solve(m + vx[i].T @ vx[i], fisher)))
+            for i in range(x.shape[0])
+        ], dtype=x.dtype)
+        s = int(gains.argmax())
+        picks.append(s)
+        utils.append(gains[s])
+        m = m + vx[s].T @ vx[s]
+    return picks, torch.stack(utils)
+
+
+@pytest.mark.parametrize("pool", ["all", "candidates"])
+def test_bait_kernel_form_equals_dense(pool):
+    x, y, w, b = _problem(seed=4, n=40, d=5, c=3)
+    post = LastLayerLaplace().fit(x[:10], y[:10], weight=w, bias=b)
+    lab = LabeledSet(x[:10], y[:10])
+    xc = x[10:]
+    res = BAIT(pool=pool).query(post, xc, lab, 4, torch.Generator().manual_seed(0))
+    fpool = torch.cat([xc, x[:10]]) if pool == "all" else xc
+    picks, utils = _dense_bait(post, xc, fpool, 4)
+    assert res.indices.tolist() == picks
+    torch.testing.assert_close(res.utilities, utils, atol=1e-8, rtol=1e-8)
+
+
+def test_full_hessian_posterior_supported_by_score_strategies(setup):
+    _, lab, xc, *_ = setup
+    x, y, w, b = _problem()
+    post = LastLayerLaplace(hessian="full").fit(x[:20], y[:20], weight=w, bias=b)
+    for name in ("entropy", "margin", "least_confidence", "bald", "variation_ratio", "badge", "coreset"):
+        res = _make(name).query(post, xc, lab, 3, torch.Generator().manual_seed(0))
+        assert len(set(res.indices.tolist())) == 3
+    with pytest.raises(ValueError, match="shared"):
+        BAIT().query(post, xc, lab, 3, torch.Generator().manual_seed(0))

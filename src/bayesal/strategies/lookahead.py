@@ -23,7 +23,7 @@ from ..posterior import LastLayerLaplace
 from ..predictive import mean_field_probs
 from ..update import curvature_weights
 from ..validation import as_features
-from ._common import argmax_first, check_candidate_labels, prepare
+from ._common import argmax_first, check_candidate_labels, logits_and_variance, prepare
 from ._kmeans import kmeans, sq_dists
 from .base import LabeledSet, QueryResult, QueryStrategy
 from .sequential import rank1_logit_update
@@ -273,8 +273,8 @@ class ExpectedLogLossReduction(QueryStrategy):
             ref = x[torch.randperm(x.shape[0], generator=gen)[: self.n_reference].to(x.device)]
         post = posterior.copy()
         lam = post.lambda_mf
-        z_c, var_c = post.logits(x), post.logit_variance(x)
-        z_r, var_r = post.logits(ref), post.logit_variance(ref)
+        z_c, var_c = logits_and_variance(post, x)
+        z_r, var_r = logits_and_variance(post, ref)
         k_rc = (ref @ post.covariance_) @ x.T
         alive = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         picks, utils = [], []

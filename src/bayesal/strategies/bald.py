@@ -17,6 +17,8 @@ class BALD(ScoreStrategy):
 
     name = "bald"
 
+    stochastic = True
+
     def __init__(self, n_samples: int = 5000) -> None:
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")

@@ -20,7 +20,13 @@ PREDICTIVES = ("mean_field", "mc")
 
 
 class ScoreStrategy(QueryStrategy):
-    """Top-b of a utility ``u (N,)`` that is a function of the candidates' logit distribution."""
+    """Top-b of a utility ``u (N,)`` that is a function of the candidates' logit distribution.
+
+    ``stochastic``: whether the score draws random numbers (Monte Carlo); deterministic scores must be
+    row-wise, i.e. a candidate's utility must not depend on the other rows.
+    """
+
+    stochastic: bool = False
 
     @abstractmethod
     def score_logits(
@@ -61,6 +67,7 @@ class PredictiveScoreStrategy(ScoreStrategy):
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
         self.predictive = predictive
         self.n_samples = int(n_samples)
+        self.stochastic = predictive == "mc"
 
     @abstractmethod
     def score_probs(self, probs: torch.Tensor) -> torch.Tensor:

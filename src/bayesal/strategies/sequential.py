@@ -35,10 +35,10 @@ def rank1_logit_update(
     (MAP softmax at ``φ``), ``curvature m``. With ``u = √m φ``:
     ``σ²' = σ² − (√m Φs)² / (1 + m φᵀs)``, ``Σ'φ = s / (1 + m φᵀs)``, ``z' = z + γ (Φ Σ'φ) ⊗ (y − p)``.
     """
-    denom = 1.0 + curvature * torch.dot(phi, sigma_phi)
+    denom = 1.0 + curvature * float(torch.dot(phi, sigma_phi))
     phi_s = features @ sigma_phi  # (N,)
-    new_var = variance - (math.sqrt(curvature) * phi_s) ** 2 / denom
-    new_logits = logits + (gamma / denom) * torch.outer(phi_s, target - probs)
+    new_var = torch.addcmul(variance, phi_s, phi_s, value=-curvature / denom)
+    new_logits = torch.addr(logits, phi_s, target - probs, alpha=gamma / denom)
     return new_logits, new_var
 
 
@@ -117,10 +117,14 @@ class Sequential(QueryStrategy):
         alive = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         picks, utils = [], []
         for _ in range(b):
-            rem = alive.nonzero().flatten()
-            u = base.score_logits(post, z[rem], var[rem], gen)
-            j = argmax_first(u)
-            i = int(rem[j])
+            if base.stochastic:  # score exactly the remaining rows, as a re-query would (same draws)
+                rem = alive.nonzero().flatten()
+                u = base.score_logits(post, z[rem], var[rem], gen)
+                j = argmax_first(u)
+                i = int(rem[j])
+            else:  # row-wise deterministic scores: score all, mask the picks
+                u = base.score_logits(post, z, var, gen).masked_fill_(~alive, -torch.inf)
+                i = j = argmax_first(u)
             pred = mean_field_probs(z[i : i + 1], var[i : i + 1], post.lambda_mf)[0]
             target = self._target(pred, i, oracle, gen)
             p_map = torch.softmax(z[i], dim=0)

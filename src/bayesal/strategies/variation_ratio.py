@@ -16,6 +16,8 @@ class VariationRatio(ScoreStrategy):
 
     name = "variation_ratio"
 
+    stochastic = True
+
     def __init__(self, n_samples: int = 1000) -> None:
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")

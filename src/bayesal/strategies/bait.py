@@ -13,7 +13,8 @@ Never forming a ``CD × CD`` matrix: with ``M_t⁻¹ = I ⊗ Σ − Z Zᵀ`` (``
 picks), every quantity is a ``C × C`` block built from the kernel ``K_xu = φ_xᵀ Σ φ_u`` and the
 projections ``P_x = V_xᵀ Z``; the new columns of ``P`` after a pick ``s`` are
 ``G_t(x, s) L⁻ᵀ`` with ``G_t(x, s) = K_xs A_xᵀA_s − P_x P_sᵀ``, ``L Lᵀ = I + G_t(s, s)``.
-Cost: ``O(N N_F D)`` once plus ``O(N N_F C² + N C² r)`` per pick (``r = t·C``).
+The ``C × C`` blocks ``P_x P_xᵀ``, ``Q_x P_xᵀ`` and ``P_x S P_xᵀ`` are accumulated as columns arrive.
+Cost: ``O(N N_F D)`` once plus ``O(N N_F C² + (N + N_F) C² r)`` per pick (``r = t·C``).
 """
 
 from __future__ import annotations
@@ -73,37 +74,42 @@ class BAIT(QueryStrategy):
         w1 = ((k_xf**2) @ b_f.reshape(-1, c * c)).view(n, c, c)
         term1 = a_x.transpose(1, 2) @ w1 @ a_x  # constant part of the numerator
         eye = torch.eye(c, dtype=x.dtype, device=x.device)
-        p_x = x.new_zeros(n, c, 0)  # V_xᵀ Z
-        p_f = x.new_zeros(fx.shape[0], c, 0)  # V_uᵀ Z
-        q = x.new_zeros(n, c, 0)  # Σ_u K_xu A_u P_u
-        s_mat = x.new_zeros(0, 0)  # Σ_u P_uᵀ P_u
+        p_x_buf = x.new_zeros(n, c, b * c)  # P_x = V_xᵀ Z, filled C columns per pick
+        p_f_buf = x.new_zeros(fx.shape[0], c, b * c)  # P_u = V_uᵀ Z
+        pp = x.new_zeros(n, c, c)  # P_x P_xᵀ
+        qp = x.new_zeros(n, c, c)  # Q_x P_xᵀ with Q_x = Σ_u K_xu A_u P_u
+        psp = x.new_zeros(n, c, c)  # P_x S P_xᵀ with S = Σ_u P_uᵀ P_u
         alive = torch.ones(n, dtype=torch.bool, device=x.device)
         picks, utils = [], []
-        for _ in range(b):
-            g_xx = kappa.view(n, 1, 1) * ata_x - p_x @ p_x.transpose(1, 2)
-            cross = a_x.transpose(1, 2) @ q @ p_x.transpose(1, 2)
-            numer = term1 - cross - cross.transpose(1, 2) + p_x @ s_mat @ p_x.transpose(1, 2)
-            inner = g_xx + eye
-            delta = torch.linalg.solve(inner, numer).diagonal(dim1=1, dim2=2).sum(1)
+        for t in range(b):
+            p_x, p_f = p_x_buf[:, :, : t * c], p_f_buf[:, :, : t * c]
+            inner = kappa.view(n, 1, 1) * ata_x - pp + eye  # I + G_t(x, x)
+            cross = a_x.transpose(1, 2) @ qp
+            numer = term1 - cross - cross.transpose(1, 2) + psp
+            # tr(inner⁻¹ numer) through batched Cholesky inverses (inner is SPD, ≥ I)
+            delta = (torch.cholesky_inverse(torch.linalg.cholesky_ex(inner)[0]) * numer).sum((1, 2))
             delta = torch.where(alive, delta, torch.full_like(delta, -torch.inf))
             s = argmax_first(delta)
             picks.append(s)
             utils.append(delta[s])
             alive[s] = False
-            # Woodbury columns of the pick, seen through every candidate and every pool point
+            # the pick's C new Woodbury columns, seen through every candidate and every pool point
             chol = safe_cholesky(inner[s])
             a_s, ps = a_x[s], p_x[s]
             g_xs = k_xf[:, s].view(n, 1, 1) * (a_x.transpose(1, 2) @ a_s) - p_x @ ps.T
             g_fs = k_xf[s].view(-1, 1, 1) * (a_f.transpose(1, 2) @ a_s) - p_f @ ps.T
-            new_x = torch.linalg.solve_triangular(chol, g_xs.transpose(1, 2), upper=False).transpose(1, 2)
-            new_f = torch.linalg.solve_triangular(chol, g_fs.transpose(1, 2), upper=False).transpose(1, 2)
+            chol_inv_t = torch.linalg.solve_triangular(chol, eye, upper=False).T  # L⁻ᵀ
+            new_x = g_xs @ chol_inv_t
+            new_f = g_fs @ chol_inv_t
             new_q = (k_xf @ (a_f @ new_f).reshape(fx.shape[0], -1)).view(n, c, c)
-            cross_s = torch.einsum("ukj,ukl->jl", p_f, new_f)  # (r, C)
-            new_s = torch.einsum("ukj,ukl->jl", new_f, new_f)
-            s_mat = torch.cat([torch.cat([s_mat, cross_s], 1), torch.cat([cross_s.T, new_s], 1)], 0)
-            p_x = torch.cat([p_x, new_x], 2)
-            p_f = torch.cat([p_f, new_f], 2)
-            q = torch.cat([q, new_q], 2)
+            s_cross = torch.einsum("ukj,ukl->jl", p_f, new_f)  # new off-diagonal block of S, (r, C)
+            s_new = torch.einsum("ukj,ukl->jl", new_f, new_f)  # new diagonal block of S, (C, C)
+            ps_cross = (p_x @ s_cross) @ new_x.transpose(1, 2)
+            psp += ps_cross + ps_cross.transpose(1, 2) + new_x @ s_new @ new_x.transpose(1, 2)
+            pp += new_x @ new_x.transpose(1, 2)
+            qp += new_q @ new_x.transpose(1, 2)
+            p_x_buf[:, :, t * c : (t + 1) * c] = new_x
+            p_f_buf[:, :, t * c : (t + 1) * c] = new_f
         idx = torch.tensor(picks, dtype=torch.long, device=x.device)
         return QueryResult(indices=idx, utilities=torch.stack(utils).to(x.dtype))
 

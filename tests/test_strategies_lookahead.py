@@ -129,3 +129,16 @@ def test_oracle_lookahead_best_batch_is_best_score(setup):
     torch.testing.assert_close(ce.to(torch.float64), strat.last_stats["batch_cross_entropy"].min(), atol=1e-10, rtol=0)
     assert torch.isclose(mean_field_probs(post.logits(ref), post.logit_variance(ref), post.lambda_mf).sum(1),
                          torch.ones(ref.shape[0], dtype=torch.float64)).all()
+
+
+@pytest.mark.parametrize("loss", ["log", "zero_one"])
+def test_one_hot_shift_risk_is_stable_for_extreme_logits(loss):
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(5, 7, 4, generator=g, dtype=torch.float64) * 40
+    base[0, 0] = torch.tensor([30.0, 30.0, -5.0, 0.0], dtype=torch.float64)  # a tie at the max
+    delta = torch.randn(5, 7, generator=g, dtype=torch.float64) * 80
+    got = ExpectedLogLossReduction(loss=loss)._risk_one_hot_shift(base, delta)
+    logits = base.unsqueeze(2) + delta[..., None, None] * torch.eye(4, dtype=torch.float64)  # (n, R, y, C)
+    logp = torch.log_softmax(logits, -1)
+    ref = -(logp.exp() * logp).sum(-1) if loss == "log" else 1 - logp.exp().max(-1).values
+    torch.testing.assert_close(got, ref, atol=1e-12, rtol=0)

@@ -284,7 +284,8 @@ class LastLayerLaplace:
             raise ValueError(f"gamma must be a finite number >= 0, got {gamma}")
         x = self._features(features)
         targets = as_targets(labels, self.num_classes_, n=x.shape[0], dtype=self.dtype, device=self.device)
-        target = self if inplace else self.copy()
+        # Not in place: a shallow copy suffices, since mean_ and covariance_ are replaced, never mutated.
+        target = self if inplace else copy.copy(self)
         if x.shape[0] == 0:
             return target
         probs = self._point_probs(x)
@@ -299,8 +300,13 @@ class LastLayerLaplace:
         return target
 
     def copy(self) -> "LastLayerLaplace":
-        """Deep copy (tensors cloned)."""
-        return copy.deepcopy(self)
+        """Independent copy: tensors cloned, configuration shared (it is immutable)."""
+        out = copy.copy(self)
+        for name in ("mean_", "bias_", "covariance_", "_scale_tril"):
+            value = getattr(self, name, None)
+            if isinstance(value, torch.Tensor):
+                setattr(out, name, value.clone())
+        return out
 
     # ------------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .linalg import safe_cholesky, symmetrize
+from .linalg import safe_cholesky
 
 __all__ = [
     "curvature_weights",
@@ -60,7 +60,11 @@ def full_ggn_factor(phi: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
 
 
 def woodbury_downdate(cov: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """``(Σ⁻¹ + UᵀU)⁻¹`` from ``Σ (P, P)`` and ``U (K, P)`` in one block; returns a symmetric ``(P, P)``."""
+    """``(Σ⁻¹ + UᵀU)⁻¹`` from ``Σ (P, P)`` and ``U (K, P)`` in one block; returns a new ``(P, P)``.
+
+    The correction ``(L⁻¹UΣ)ᵀ(L⁻¹UΣ)`` is a Gram matrix, so a symmetric ``Σ`` stays symmetric without
+    an extra ``O(P²)`` symmetrization pass.
+    """
     if u.shape[0] == 0:
         return cov.clone()
     su = cov @ u.T  # (P, K)
@@ -68,19 +72,21 @@ def woodbury_downdate(cov: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     inner.diagonal().add_(1.0)
     chol = safe_cholesky(inner)
     left = torch.linalg.solve_triangular(chol, su.T, upper=False)  # L⁻¹ UΣ, (K, P)
-    return symmetrize(cov - left.T @ left)
+    return torch.addmm(cov, left.T, left, alpha=-1.0)
 
 
-def rank1_downdate(cov: torch.Tensor, u: torch.Tensor, resymmetrize_every: int = 64) -> torch.Tensor:
-    """Sherman–Morrison chain over the rows of ``U (K, P)``; equals ``woodbury_downdate`` exactly."""
+def rank1_downdate(cov: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Sherman–Morrison chain over the rows of ``U (K, P)``; equals ``woodbury_downdate`` exactly.
+
+    Each step subtracts ``s sᵀ / (1 + uᵀs)`` with ``s = Σu``; an outer product is exactly symmetric,
+    so symmetry is preserved without re-symmetrizing.
+    """
     out = cov.clone()
     for k in range(u.shape[0]):
         s = out @ u[k]
-        denom = 1.0 + torch.dot(u[k], s)
-        out.sub_(torch.outer(s, s) / denom)
-        if (k + 1) % resymmetrize_every == 0:
-            out = symmetrize(out)
-    return symmetrize(out)
+        denom = 1.0 + float(torch.dot(u[k], s))
+        out.addr_(s, s, alpha=-1.0 / denom)
+    return out
 
 
 def newton_mean_step_shared(

@@ -118,7 +118,7 @@ def plot(df: pd.DataFrame, path: Path) -> None:
 
 def main(argv=None) -> None:
     names = list(list_datasets())
-    default = next((n for n in ("agnews", "banking77", "news", "digits") if n in names), names[0])
+    default = next((n for n in ("bbcnews", "digits") if n in names), names[0])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default=default, choices=names)
     ap.add_argument("--repeats", type=int, default=5)

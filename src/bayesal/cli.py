@@ -16,7 +16,7 @@ def _default_dataset() -> str:
     from .data import list_datasets
 
     names = list_datasets()
-    return next((n for n in ("agnews", "banking77", "news", "digits") if n in names), sorted(names)[0])
+    return next((n for n in ("bbcnews", "digits") if n in names), sorted(names)[0])
 
 
 def _cmd_datasets(args: argparse.Namespace) -> int:

@@ -528,3 +528,24 @@ def test_posterior_state_survives(pool, tmp_path):
     assert r.posterior.prior_precision == 2.0 and r.posterior.lambda_mf == 0.4
     assert r.config["gamma"] == 5.0
     r.close()
+
+
+def test_failed_log_write_blocks_further_events(pool, tmp_path, monkeypatch):
+    x, _ = pool
+    s = make(pool, tmp_path)
+    s.tell(1, 0)
+
+    def boom(record):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(s._log, "append", boom)
+    with pytest.raises(OSError, match="No space"):
+        s.tell(2, 1)
+    assert s.labels == {1: 0}  # not committed
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match="could not be written"):
+        s.tell(3, 1)
+    s.close()
+    r = Session.resume(tmp_path / "s", x)
+    assert r.labels == {1: 0}
+    r.close()

@@ -70,13 +70,15 @@ def ascii_image(img: np.ndarray, max_side: int = 32) -> str:
 
 
 def render_item(item: Any, index: int, max_chars: int = 600) -> str:
-    """Text for ``item``: the text itself, an ASCII image for small arrays, else the pool index."""
+    """Text for ``item``: the text itself, an ASCII rendering for 2-D/3-D arrays (images), else the pool index."""
     if isinstance(item, bytes):
         item = item.decode(errors="replace")
     if isinstance(item, str):
         return item if len(item) <= max_chars else item[:max_chars] + " …"
-    if isinstance(item, np.ndarray) and item.ndim in (2, 3) and max(item.shape[:2]) <= 128 and np.issubdtype(item.dtype, np.number):
-        return ascii_image(item)
+    if isinstance(item, np.ndarray):
+        if item.ndim in (2, 3) and min(item.shape[:2]) >= 2 and np.issubdtype(item.dtype, np.number):
+            return ascii_image(item)  # an image (downsampled to at most 32 pixels a side)
+        return f"(instance #{index}: array of shape {item.shape})"
     if item is None:
         return f"(instance #{index})"
     text = repr(item)
@@ -130,8 +132,15 @@ def _open_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, Any]:
         if not name:
             raise ValueError(f"the session in {state_dir} does not record its dataset; pass --dataset")
         ds = load_dataset(name)
-        opener = Session.recover if args.recover else Session.resume
-        session = opener(state_dir, ds.train_features, items=ds.train_items, strategy=args.strategy)
+        from .persistence import CorruptStateError
+
+        if args.recover:
+            session = Session.recover(state_dir, ds.train_features, items=ds.train_items, strategy=args.strategy)
+        else:
+            try:
+                session = Session.resume(state_dir, ds.train_features, items=ds.train_items, strategy=args.strategy)
+            except (CorruptStateError, FileNotFoundError) as err:
+                raise ValueError(f"{err} -- run again with --resume {state_dir} --recover to rebuild it from the label log") from err
         verb = "recovered" if args.recover else "resumed"
         print(f"{verb} session in {state_dir}: {session.n_labeled} labels, {len(session.skipped)} skipped", file=out)
         return session, ds

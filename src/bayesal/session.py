@@ -53,7 +53,7 @@ import uuid
 import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -365,6 +365,7 @@ class Session:
         self.state_dir: Path | None = None
         self._log: LabelLog | None = None
         self._writer: _SnapshotWriter | None = None
+        self._log_error: OSError | None = None
         self._events_since_snapshot = 0
         self._trace: list[tuple[int, float, torch.Tensor]] = []
         self._ref_idx: torch.Tensor | None = None
@@ -718,9 +719,11 @@ class Session:
             labels[int(action["index"])] = int(action["label"])
         return labels
 
-    def _apply(self, ev: Mapping[str, Any], where: str | None = None) -> None:
-        """Apply an event fully (posterior + bookkeeping). The posterior is computed before anything
-        changes, so a failure leaves the session untouched."""
+    def _prepare(self, ev: Mapping[str, Any], where: str | None = None) -> Callable[[], None]:
+        """Validate ``ev`` and compute the posterior it leads to; return the function that commits it.
+
+        Nothing changes until the returned function is called, so a failure (invalid input, numerical
+        error, a failed log write in between) leaves the session untouched."""
         try:
             self._validate_action(ev)
         except (ValueError, KeyError, TypeError) as err:
@@ -731,37 +734,52 @@ class Session:
         if op == "undo":
             cached = self._post_stack[-1]
             new_post = cached if cached is not None else self._replay(self._history[:-1])
-            self._post_stack.pop()
-            self._redo.append(self._book_revert())
-        else:
-            action = self._redo[-1] if op == "redo" else ev
-            new_post = self._transition(self._post, action, len(self._history), self._labels_after(action))
+
+            def commit() -> None:
+                self._post_stack.pop()
+                self._redo.append(self._book_revert())
+                self._post = new_post
+
+            return commit
+        action = self._redo[-1] if op == "redo" else ev
+        new_post = self._transition(self._post, action, len(self._history), self._labels_after(action))
+
+        def commit() -> None:
             if op == "redo":
                 self._redo.pop()
             else:
                 self._redo.clear()
             self._book_apply(action)
             self._post_stack.append(self._post)
-            if self._undo_cache < len(self._post_stack):
-                k = len(self._post_stack) - self._undo_cache - 1
-                if k >= 0:
-                    self._post_stack[k] = None
-        self._post = new_post
+            k = len(self._post_stack) - self._undo_cache - 1
+            if k >= 0:
+                self._post_stack[k] = None  # bounded cache: older undos are recomputed by replay
+            self._post = new_post
+
+        return commit
+
+    def _apply(self, ev: Mapping[str, Any], where: str | None = None) -> None:
+        """Apply an event fully (posterior + bookkeeping) without logging it."""
+        self._prepare(ev, where)()
 
     def _record(self, ev: dict[str, Any]) -> None:
         """Validate, compute, log durably, commit: the single path of every user action."""
         ev["seq"] = len(self._events) + 1
         ev["t"] = round(time.time(), 3)
-        # compute first (may raise: nothing has changed yet), then make it durable, then commit
-        snapshot = (self._post, list(self._history), list(self._redo), dict(self._labels), set(self._skipped),
-                    list(self._post_stack))
-        self._apply(ev)
+        if self._log_error is not None:
+            raise RuntimeError(
+                f"the label log could not be written ({self._log_error!r}); nothing was recorded since. "
+                "Fix the disk problem and reopen the session with Session.resume() or Session.recover()"
+            )
+        commit = self._prepare(ev)  # may raise: nothing has changed yet
         if self._log is not None:
             try:
-                self._log.append(ev)
-            except BaseException:
-                (self._post, self._history, self._redo, self._labels, self._skipped, self._post_stack) = snapshot
+                self._log.append(ev)  # durable before the caller hears back
+            except OSError as err:
+                # the line may be partly on disk: refuse further events so the log stays a valid prefix
+                self._log_error = err
                 raise
+        commit()
         self._events.append(ev)
         self._events_since_snapshot += 1
         if self.state_dir is not None and self._events_since_snapshot >= self._snapshot_every:

@@ -1,0 +1,123 @@
+"""(e) The terminal labeling command, end to end with piped answers on the digits dataset."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bayesal.data import load_dataset
+from bayesal.labeling import add_label_arguments, ascii_image, label_main, main, render_item
+from bayesal.session import STATE_NAME, Session
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    add_label_arguments(p)
+    return p.parse_args(argv)
+
+
+def run_inprocess(argv: list[str], answers: str = "") -> tuple[int, str]:
+    out = io.StringIO()
+    rc = label_main(parse(argv), stdin=io.StringIO(answers), stdout=out)
+    return rc, out.getvalue()
+
+
+def test_piped_session_end_to_end(tmp_path: Path, digits) -> None:
+    state = tmp_path / "run"
+    answers = "3\n5\nfoo\n42\ns\nu\n1\n2\nseven\n4\nq\n"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bayesal.labeling", "--dataset", "digits", "--state-dir", str(state),
+         "--epochs", "5", "--retrain-every", "3", "--strategy", "margin"],
+        input=answers, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "new session in" in out and "classes: [0] 0, [1] 1" in out
+    assert "model: [" in out and "%" in out  # top-3 with confidence
+    assert "@" in out or "#" in out  # ASCII-art digit
+    assert "error: unknown class 'foo'" in out
+    assert "error: class index 42 is out of range" in out
+    assert "error: unknown class 'seven'" in out
+    assert "skipped #" in out and "undone: skip #" in out
+    assert out.count("expected accuracy") == 5 and "decision flips over last" in out
+    assert "saved: 5 labels, 0 skipped" in out
+    s = Session.resume(state, digits.train_features)
+    assert Counter(s.named_labels.values()) == Counter(["3", "5", "1", "2", "4"])
+    assert s.config["meta"]["dataset"] == "digits" and s.config["retrain_every"] == 3
+    assert any(a.get("retrain") for a in s.history)  # the automatic retrain ran
+    s.close()
+
+    # continue the same session with the oracle (in process: quicker)
+    rc, out = run_inprocess(["--resume", str(state), "--oracle", "--max-labels", "6", "--batch", "2"])
+    assert rc == 0 and "resumed session" in out and out.count("(oracle)") == 6
+    s = Session.resume(state, digits.train_features)
+    assert s.n_labeled == 11
+    oracle = [a["index"] for a in s.history if a["op"] == "tell"][5:]
+    assert all(s.labels[i] == digits.train_labels[i] for i in oracle)
+    s.close()
+
+
+def test_end_of_input_quits_and_keeps_answers(tmp_path: Path, digits) -> None:
+    rc, out = run_inprocess(["--dataset", "digits", "--state-dir", str(tmp_path / "a"), "--retrain-every", "0"], "0\n1\n")
+    assert rc == 0 and "(end of input)" in out and "saved: 2 labels" in out
+    s = Session.resume(tmp_path / "a", digits.train_features)
+    assert sorted(s.named_labels.values()) == ["0", "1"]
+    s.close()
+
+
+def test_undo_nothing_and_retrain_messages(tmp_path: Path) -> None:
+    rc, out = run_inprocess(["--dataset", "digits", "--state-dir", str(tmp_path / "b"), "--epochs", "3"], "u\nr\n?\n0\n1\nr\nq\n")
+    assert rc == 0
+    assert "error: nothing to undo" in out
+    assert "error: retraining needs labels of at least 2 different classes" in out
+    assert "retrained the head on 2 labels" in out
+
+
+def test_errors_are_clear(tmp_path: Path, digits) -> None:
+    assert main(["--resume", str(tmp_path / "missing")]) == 2
+    assert main([]) == 2
+    run_inprocess(["--dataset", "digits", "--state-dir", str(tmp_path / "c"), "--oracle", "--max-labels", "2", "--epochs", "3"])
+    with pytest.raises(ValueError, match="already holds a labeling session"):
+        run_inprocess(["--dataset", "digits", "--state-dir", str(tmp_path / "c")])
+    (tmp_path / "c" / STATE_NAME).write_bytes(b"broken")
+    with pytest.raises(ValueError, match="corrupt.*--recover"):
+        run_inprocess(["--resume", str(tmp_path / "c")], "q\n")
+    rc, out = run_inprocess(["--resume", str(tmp_path / "c"), "--recover"], "q\n")
+    assert rc == 0 and "recovered session" in out and "2 labels" in out
+    with pytest.raises(ValueError, match="not 'other'"):
+        run_inprocess(["--resume", str(tmp_path / "c"), "--dataset", "other"])
+
+
+def test_cli_wiring(tmp_path: Path, monkeypatch) -> None:
+    cli = pytest.importorskip("bayesal.cli")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("q\n"))
+    assert cli.main(["label", "--dataset", "digits", "--state-dir", str(tmp_path / "d")]) == 0
+    assert (tmp_path / "d" / "labels.jsonl").exists()
+
+
+def test_rendering() -> None:
+    img = np.zeros((8, 8))
+    img[2:6, 3] = 16.0
+    art = ascii_image(img)
+    rows = art.split("\n")
+    assert len(rows) == 8 and rows[:2] == ["", ""] and rows[2:6] == ["      @@"] * 4  # 2 chars per pixel
+    big = np.random.default_rng(0).random((100, 100, 3))
+    assert max(len(ln) for ln in ascii_image(big).splitlines()) <= 2 * 32
+    assert render_item("a short text", 3) == "a short text"
+    assert render_item("x" * 1000, 3).endswith("…")
+    assert render_item(None, 7) == "(instance #7)"
+    assert len(render_item(np.eye(500), 9).split("\n")) == 32  # downsampled image
+    assert render_item(np.zeros(5), 9).startswith("(instance #9")
+    assert render_item(b"bytes text", 1) == "bytes text"

@@ -52,14 +52,14 @@ def test_efficientnet_on_animal_slice_and_cache_hit(monkeypatch):
     np.testing.assert_allclose(f1, f2, rtol=1e-4, atol=1e-5)  # deterministic, batch-independent
     assert f1.std(axis=0).mean() > 1e-3  # different images give different features
 
-    ds = load_dataset("animals", subset=20, progress=False)
+    ds = load_dataset("animals", subset=20, test_size=10, progress=False)
     assert ds.meta["cache"] == "miss" and ds.train_features.shape[1] == 1280
 
     def boom(self, *a, **k):
         raise AssertionError("backbone called although the features are cached")
 
     monkeypatch.setattr(EfficientNetLite0Backbone, "encode", boom)
-    again = load_dataset("animals", subset=20, progress=False)
+    again = load_dataset("animals", subset=20, test_size=10, progress=False)
     assert again.meta["cache"] == "hit"
     np.testing.assert_array_equal(again.train_features, ds.train_features)
     np.testing.assert_array_equal(again.test_labels, ds.test_labels)

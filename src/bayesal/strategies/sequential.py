@@ -99,7 +99,7 @@ class Sequential(QueryStrategy):
     ) -> QueryResult:
         x, lx, ly, b, gen = prepare(posterior, candidates, labeled, batch_size, generator)
         oracle = None
-        if self.update_with == "oracle":
+        if self.update_with == "oracle" or candidate_labels is not None:
             oracle = check_candidate_labels(candidate_labels, x.shape[0], posterior.num_classes_)
         post = posterior.copy()
         if self.fast and isinstance(self.base, ScoreStrategy) and post.hessian == "shared":
@@ -157,7 +157,8 @@ class Sequential(QueryStrategy):
                 j = argmax_first(u)
                 util = u[j]
             else:
-                res = self.base.query(post, sub, LabeledSet(lx, ly), 1, gen)
+                sub_labels = None if oracle is None else oracle[rem]
+                res = self.base.query(post, sub, LabeledSet(lx, ly), 1, gen, candidate_labels=sub_labels)
                 j, util = int(res.indices[0]), res.utilities[0]
             i = int(rem[j])
             pred = post.predict_proba(x[i : i + 1])[0]

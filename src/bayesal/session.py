@@ -28,8 +28,8 @@ point plus a replay of the updates after it — the same result, computed more s
 
 **Persistence** in ``state_dir``: ``labels.jsonl`` is the source of truth; its first line is a header with
 the configuration (class names, feature hash, seed, strategy, posterior and head settings). Every label
-costs one small fsync-ed line. ``session.state`` is a snapshot (events + posterior tensors, 1.2 MB for
-D=384) replaced atomically after every ``snapshot_every`` events — in a background thread by default
+costs one small fsync-ed line. ``session.state`` is a snapshot (header, events, labels, skipped, RNG
+state = seed + event count, and the posterior tensors, 1.2 MB for D=384) replaced atomically after every ``snapshot_every`` events — in a background thread by default
 (``async_snapshot=True``), coalescing to the latest state, so ``tell`` waits only for the log line. The
 snapshot is only a cache for fast resume: :meth:`Session.resume` loads it and replays the log events it
 does not yet contain; :meth:`Session.recover` rebuilds everything from the log alone. Hence no
@@ -122,14 +122,19 @@ def _resolve_strategy(name: str, kwargs: Mapping[str, Any]) -> QueryStrategy | N
 
 
 class _SnapshotWriter:
-    """Background thread that writes the latest submitted snapshot atomically, coalescing bursts."""
+    """Background thread that writes the latest submitted snapshot atomically, coalescing bursts.
 
-    def __init__(self, path: Path, fsync: bool) -> None:
-        self.path, self.fsync = path, fsync
+    After a write it waits ``min_interval`` seconds before the next one (unless flushed), so a fast
+    stream of labels costs a few snapshots a second instead of one per label."""
+
+    def __init__(self, path: Path, fsync: bool, min_interval: float = 0.0) -> None:
+        self.path, self.fsync, self.min_interval = path, fsync, float(min_interval)
         self._cond = threading.Condition()
         self._pending: dict[str, Any] | None = None
         self._busy = False
         self._closed = False
+        self._urgent = False
+        self._last_write = -float("inf")
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="bayesal-snapshot", daemon=True)
         self._thread.start()
@@ -146,6 +151,9 @@ class _SnapshotWriter:
                     self._cond.wait()
                 if self._pending is None:
                     return
+                due = self._last_write + self.min_interval
+                while not (self._closed or self._urgent) and time.monotonic() < due:
+                    self._cond.wait(timeout=max(0.0, due - time.monotonic()))
                 state, self._pending = self._pending, None
                 self._busy = True
             try:
@@ -153,14 +161,20 @@ class _SnapshotWriter:
             except BaseException as err:  # noqa: BLE001 - reported by flush()
                 self._error = err
             finally:
+                self._last_write = time.monotonic()
                 with self._cond:
                     self._busy = False
+                    if self._pending is None:
+                        self._urgent = False
                     self._cond.notify_all()
 
     def flush(self) -> None:
         with self._cond:
+            self._urgent = True
+            self._cond.notify_all()
             while self._pending is not None or self._busy:
                 self._cond.wait()
+            self._urgent = False
         if self._error is not None:
             err, self._error = self._error, None
             raise RuntimeError(f"writing the snapshot {self.path} failed: {err!r}") from err
@@ -217,6 +231,10 @@ class Session:
         Write the snapshot after this many events (the log alone is always sufficient to recover).
     async_snapshot:
         Write snapshots in a background thread so that :meth:`tell` waits only for the log line.
+    snapshot_interval:
+        Minimum seconds between two background snapshots (the latest state is written once it has
+        passed; :meth:`flush` / :meth:`close` write at once). Labels given by a person are seconds
+        apart, so each gets its snapshot; scripted bursts coalesce.
     undo_cache:
         How many previous posteriors are kept in memory for instant :meth:`undo`.
     meta:
@@ -241,6 +259,7 @@ class Session:
         fsync: bool = True,
         snapshot_every: int = 1,
         async_snapshot: bool = True,
+        snapshot_interval: float = 0.2,
         undo_cache: int = 32,
         meta: Mapping[str, Any] | None = None,
     ) -> None:
@@ -292,7 +311,7 @@ class Session:
             "meta": dict(meta or {}),
         }
         self._setup(header, x, items, strat_obj, fsync=fsync, snapshot_every=snapshot_every,
-                    async_snapshot=async_snapshot, undo_cache=undo_cache)
+                    async_snapshot=async_snapshot, snapshot_interval=snapshot_interval, undo_cache=undo_cache)
         self._post = self._prior()
         if state_dir is not None:
             self._create_dir(Path(state_dir))
@@ -328,8 +347,11 @@ class Session:
         fsync: bool,
         snapshot_every: int,
         async_snapshot: bool,
+        snapshot_interval: float,
         undo_cache: int,
     ) -> None:
+        if not snapshot_interval >= 0:
+            raise ValueError(f"snapshot_interval must be >= 0 seconds, got {snapshot_interval!r}")
         if items is not None and len(items) != x.shape[0]:
             raise ValueError(f"items has {len(items)} entries but the pool has {x.shape[0]} rows")
         if not isinstance(snapshot_every, int) or snapshot_every < 1:
@@ -351,6 +373,7 @@ class Session:
         self._fsync = bool(fsync)
         self._snapshot_every = snapshot_every
         self._async_snapshot = bool(async_snapshot)
+        self._snapshot_interval = float(snapshot_interval)
         self._undo_cache = undo_cache
         # event-sourced state
         self._events: list[dict[str, Any]] = []
@@ -455,6 +478,7 @@ class Session:
         fsync: bool = True,
         snapshot_every: int = 1,
         async_snapshot: bool = True,
+        snapshot_interval: float = 0.2,
         undo_cache: int = 32,
     ) -> "Session":
         """Reopen a session from its snapshot plus the log events the snapshot does not contain yet.
@@ -481,7 +505,8 @@ class Session:
             raise CorruptStateError(
                 f"state file {state_path} and label log disagree at event {k + 1}; use Session.recover()"
             )
-        io_kwargs = dict(fsync=fsync, snapshot_every=snapshot_every, async_snapshot=async_snapshot, undo_cache=undo_cache)
+        io_kwargs = dict(fsync=fsync, snapshot_every=snapshot_every, async_snapshot=async_snapshot,
+                         snapshot_interval=snapshot_interval, undo_cache=undo_cache)
         self = cls._open_common(state_dir, features, header, items, strategy, io_kwargs)
         try:
             post = LastLayerLaplace.from_state_dict(post_state)
@@ -493,6 +518,8 @@ class Session:
         for k, ev in enumerate(snap_events):
             self._fold(ev, where=f"state file event {k + 1}")
             self._events.append(ev)
+        if snap.get("labels", self._labels) != self._labels or set(snap.get("skipped", self._skipped)) != self._skipped:
+            raise CorruptStateError(f"state file {state_path} is corrupt: its labels disagree with its events")
         self._post = post
         self._post_stack = [None] * len(self._history)
         if len(log_events) < len(snap_events):
@@ -518,6 +545,7 @@ class Session:
         fsync: bool = True,
         snapshot_every: int = 1,
         async_snapshot: bool = True,
+        snapshot_interval: float = 0.2,
         undo_cache: int = 32,
     ) -> "Session":
         """Rebuild a session from the label log alone (replaying labels, corrections, skips, undo/redo
@@ -525,7 +553,8 @@ class Session:
         kept aside as ``session.state.corrupt``."""
         state_dir = Path(state_dir)
         header, events, valid_bytes = cls._load_header_and_log(state_dir)
-        io_kwargs = dict(fsync=fsync, snapshot_every=snapshot_every, async_snapshot=async_snapshot, undo_cache=undo_cache)
+        io_kwargs = dict(fsync=fsync, snapshot_every=snapshot_every, async_snapshot=async_snapshot,
+                         snapshot_interval=snapshot_interval, undo_cache=undo_cache)
         self = cls._open_common(state_dir, features, header, items, strategy, io_kwargs)
         for k, ev in enumerate(events):
             self._fold(ev, where=f"label log line {k + 2}")
@@ -791,6 +820,10 @@ class Session:
             "format": FORMAT_VERSION,
             "header": self._header,
             "events": list(self._events),
+            # derived from the events; stored for readers and cross-checked on resume
+            "labels": dict(self._labels),
+            "skipped": sorted(self._skipped),
+            "rng": {"seed": self._seed, "n_events": len(self._events)},
             "posterior": self._post.state_dict(),
         }
 
@@ -804,7 +837,7 @@ class Session:
             save_snapshot(self.state_dir / STATE_NAME, state, fsync=self._fsync)
         else:
             if self._writer is None:
-                self._writer = _SnapshotWriter(self.state_dir / STATE_NAME, self._fsync)
+                self._writer = _SnapshotWriter(self.state_dir / STATE_NAME, self._fsync, self._snapshot_interval)
             self._writer.submit(state)
 
     def flush(self) -> None:

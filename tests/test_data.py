@@ -345,6 +345,21 @@ def test_from_module_string_labels():
     assert ds.num_train == 32 and ds.name == "mine"
     with pytest.raises(ValueError, match="different lengths"):
         from_module(net, x, labels[:-1], pool="avg", progress=False)
+    raw_items = [x[i, 0].numpy() for i in range(40)]  # (8, 8) arrays, made into (1, 8, 8) tensors
+    ds2 = from_module(net, raw_items, labels, pool="avg", progress=False,
+                      transform=lambda a: torch.from_numpy(a)[None])
+    np.testing.assert_allclose(ds2.train_features, ds.train_features, rtol=1e-5, atol=1e-6)
+
+
+def test_label_encoder_round_trip():
+    from bayesal.data import LabelEncoder
+
+    enc = LabelEncoder().fit(["b", "a", "c", "a"])
+    assert enc.class_names == ["a", "b", "c"]
+    codes = enc.transform(["c", "a"])
+    assert codes.tolist() == [2, 0] and enc.inverse_transform(codes) == ["c", "a"]
+    with pytest.raises(ValueError, match="unknown label"):
+        enc.transform(["z"])
 
 
 def test_missing_extra_gives_install_hint(monkeypatch):

@@ -269,6 +269,7 @@ def from_module(
     progress: bool = True,
     pool: str | None = None,
     device: str | None = None,
+    transform: Any | None = None,
     items: Sequence[Any] | None = None,
     name: str = "custom",
     test_size: float | int = 0.2,
@@ -278,10 +279,12 @@ def from_module(
 
     ``data``: a tensor/array ``(N, ...)``, a ``DataLoader`` (not shuffled) or a sized iterable of items
     (see :class:`bayesal.backbones.TorchModuleBackbone`); ``labels (N,)`` in the same order.
+    ``transform`` maps each item to a tensor (for iterables of items); ``pool="avg"`` averages 4-D
+    outputs over space. Features are not cached (the module's weights are not hashed).
     """
     from ..backbones import TorchModuleBackbone
 
-    bb = TorchModuleBackbone(module, name=name, pool=pool, device=device)
+    bb = TorchModuleBackbone(module, name=name, pool=pool, device=device, transform=transform)
     feats = bb.encode(data, batch_size=batch_size, progress=progress)
     check_lengths(len(feats), len(labels))
     return from_arrays(

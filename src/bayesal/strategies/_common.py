@@ -8,7 +8,7 @@ import torch
 
 from ..linalg import safe_cholesky
 from ..posterior import LastLayerLaplace
-from ..predictive import mc_logit_samples, mean_field_probs
+from ..predictive import mc_logit_samples
 from ..rng import as_generator
 from ..validation import as_features
 from .base import LabeledSet
@@ -151,8 +151,11 @@ def predictive_from_logits(
 ) -> torch.Tensor:
     """Predictive ``(N, C)`` from MAP ``logits (N, C)`` and ``variance (N,)`` (or ``(N, C, C)``)."""
     if method == "mean_field":
-        v = variance if variance.ndim == 1 else _centered_diag(variance)
-        return mean_field_probs(logits, v, posterior.lambda_mf)
+        v = variance.unsqueeze(1) if variance.ndim == 1 else _centered_diag(variance)  # (N, 1) or (N, C)
+        scaled = logits * torch.rsqrt(1.0 + posterior.lambda_mf * v.clamp_min(0))
+        # softmax over the leading dim of the (C, N) transpose is several times faster for small C;
+        # same values as ``mean_field_probs`` up to round-off
+        return torch.softmax(scaled.T, dim=0).T
     if method == "mc":
         out = torch.empty_like(logits)
         for rows, s in logit_sample_chunks(logits, variance, n_samples, generator):

@@ -67,11 +67,11 @@ def woodbury_downdate(cov: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """
     if u.shape[0] == 0:
         return cov.clone()
-    su = cov @ u.T  # (P, K)
-    inner = u @ su
+    us = u @ cov  # UΣ (K, P); row-major product, faster than Σ Uᵀ for small K
+    inner = us @ u.T
     inner.diagonal().add_(1.0)
     chol = safe_cholesky(inner)
-    left = torch.linalg.solve_triangular(chol, su.T, upper=False)  # L⁻¹ UΣ, (K, P)
+    left = torch.linalg.solve_triangular(chol, us, upper=False)  # L⁻¹ UΣ, (K, P)
     return torch.addmm(cov, left.T, left, alpha=-1.0)
 
 

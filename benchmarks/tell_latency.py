@@ -67,6 +67,22 @@ def _run(x: np.ndarray, y: np.ndarray, c: int, tells: int, mode: str) -> dict[st
     }
 
 
+def _fsync_baseline(n: int = 200) -> float:
+    """Median ms of appending a 100-byte line and fsync-ing it: the disk's share of a durable tell."""
+    import os
+
+    with tempfile.TemporaryDirectory(dir=".") as tmp:
+        fd = os.open(os.path.join(tmp, "probe"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            os.write(fd, b"x" * 99 + b"\n")
+            os.fsync(fd)
+            times.append(1e3 * (time.perf_counter() - t0))
+        os.close(fd)
+    return statistics.median(times)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=20_000)
@@ -81,6 +97,7 @@ def main() -> None:
         raise SystemExit("use at least 200 tells")
     x, y = _make_pool(args.n, args.d, args.c)
     print(f"pool {args.n} x {args.d}, {args.c} classes, {args.tells} tells, torch threads {torch.get_num_threads()}")
+    print(f"disk baseline: append + fsync of a 100-byte line, median {_fsync_baseline():.3f} ms")
     results = {}
     for mode in ("memory", "no-fsync", "sync-snap", "durable-each", "durable"):
         r = _run(x, y, args.c, args.tells, mode)

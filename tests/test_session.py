@@ -549,3 +549,17 @@ def test_failed_log_write_blocks_further_events(pool, tmp_path, monkeypatch):
     r = Session.resume(tmp_path / "s", x)
     assert r.labels == {1: 0}
     r.close()
+
+
+def test_background_snapshots_coalesce_and_flush(pool, tmp_path):
+    x, _ = pool
+    s = make(pool, tmp_path, snapshot_interval=30.0)
+    for i in range(5):
+        s.tell(i, i % 3)
+    # the log has every label at once; the throttled snapshot has at most the first one so far
+    assert len(read_log(tmp_path / "s" / LOG_NAME).records) == 6
+    s._writer.flush()  # writes the pending state now, ignoring the interval
+    assert len(load_snapshot(tmp_path / "s" / STATE_NAME)["events"]) == 5
+    with pytest.raises(ValueError, match="snapshot_interval"):
+        make(pool, snapshot_interval=-1.0)
+    s.close()

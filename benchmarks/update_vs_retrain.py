@@ -135,14 +135,16 @@ def plot(df: pd.DataFrame, path: Path) -> None:
     fig, axes = plt.subplots(2, len(INIT_SIZES), figsize=(5 * len(INIT_SIZES), 8))
     for j, n_init in enumerate(INIT_SIZES):
         sub = agg[agg.n_init == n_init]
-        for m in METHODS:
+        for k, m in enumerate(METHODS):
             s = sub[sub.method == m]
-            axes[0, j].plot(s.n_new, 100 * s.acc, marker="o", label=m)
+            color = f"C{k}"  # one colour per method in both rows
+            axes[0, j].plot(s.n_new, 100 * s.acc, marker="o", label=m, color=color)
             if m != "base":
-                axes[1, j].plot(s.n_new, s.t * 1e3, marker="o", label=m)
+                axes[1, j].plot(s.n_new, s.t * 1e3, marker="o", label=m, color=color)
         axes[0, j].set(title=f"{n_init} initial labels", xlabel="new labels", ylabel="test accuracy (%)", xscale="log")
         axes[1, j].set(xlabel="new labels", ylabel="time (ms)", yscale="log", xscale="log")
     axes[0, 0].legend(fontsize=8)
+    axes[1, 0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -51,10 +51,11 @@ def make_strategy(spec: str, gamma: float = 10.0, reference: tuple[torch.Tensor,
     """
     from . import strategies as S
 
-    spec = spec.strip().lower().replace("-", "_") if not spec.strip().lower().startswith("seq-") else spec.strip().lower()
+    spec = spec.strip().lower()
     if spec.startswith("seq-"):
         base, _, mode = spec[4:].partition("@")
         return S.Sequential(S.get_strategy(base.replace("-", "_")), update_with=mode or "oracle", gamma=gamma)
+    spec = spec.replace("-", "_")  # CLI spelling: least-confidence → least_confidence
     if spec == "lookahead":
         return S.ExpectedLogLossReduction(gamma=gamma)
     if spec == "oracle_lookahead":

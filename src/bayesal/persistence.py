@@ -19,7 +19,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import zlib
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from .fileio import atomic_write_bytes, fsync_dir
 
 try:  # POSIX advisory lock: one writer per log
     import fcntl
@@ -52,42 +53,6 @@ SNAPSHOT_MAGIC = b"BAYESAL-SNAPSHOT v1\n"
 
 class CorruptStateError(ValueError):
     """A state file or log exists but cannot be trusted (bad checksum, unreadable, inconsistent)."""
-
-
-def fsync_dir(path: str | os.PathLike[str]) -> None:
-    """fsync a directory so that a rename or a new file inside it is durable (no-op where unsupported)."""
-    try:
-        fd = os.open(os.fspath(path), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = True) -> None:
-    """Replace ``path`` by ``data`` atomically: temp file in the same directory, flush, fsync,
-    ``os.replace``, fsync of the directory. With ``fsync=False`` only the atomic rename is kept."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            if fsync:
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    if fsync:
-        fsync_dir(path.parent)
 
 
 def save_snapshot(path: str | os.PathLike[str], state: dict[str, Any], *, fsync: bool = True) -> None:

@@ -14,13 +14,14 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
+
+from ..fileio import atomic_write
 
 __all__ = [
     "cache_dir",
@@ -114,21 +115,9 @@ _UMASK = _current_umask()
 
 
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Atomic, fsync-ed write that creates the directory; the file gets the usual (umask) permissions."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; use the usual permissions
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, write, mode=mode, permissions=0o666 & ~_UMASK)  # mkstemp alone makes 0600
 
 
 class FeatureCache:

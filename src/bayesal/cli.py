@@ -108,6 +108,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gamma", type=float, default=10.0, help="update step size γ (default 10)")
     p.add_argument("--lambda-mf", type=float, default=0.4, help="mean-field scale (default 0.4)")
     p.add_argument("--epochs", type=int, default=200, help="head training epochs per cycle (default 200)")
+    _add_threads_option(p)
+
+
+def _add_threads_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: the small head trains fastest on one thread, and "
+                        "several threads slow down badly when other processes share the cores)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cycles", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=10)
     p.add_argument("--epochs", type=int, default=200)
+    _add_threads_option(p)
     p.set_defaults(func=_cmd_demo)
 
     try:
@@ -156,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None) is not None:
+        if args.threads < 1:
+            print(f"bayesal: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+            return 2
+        import torch
+
+        torch.set_num_threads(args.threads)
     if getattr(args, "dataset", "unset") is None and args.command == "run":
         args.dataset = _default_dataset()
     try:

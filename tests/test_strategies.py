@@ -227,11 +227,11 @@ def test_full_hessian_posterior_supported_by_score_strategies(setup):
 
 @pytest.mark.parametrize("hessian", ["shared", "full"])
 def test_predictive_helper_equals_posterior(hessian):
-    from bayesal.strategies._common import logits_and_variance, predictive_from_logits
+    from bayesal.strategies._common import predictive_from_logits
 
     x, y, w, b = _problem()
     post = LastLayerLaplace(hessian=hessian).fit(x[:20], y[:20], weight=w, bias=b)
-    z, v = logits_and_variance(post, x[20:])
+    z, v = post._logits(x[20:]), post._logit_variance(x[20:])
     torch.testing.assert_close(predictive_from_logits(post, z, v), post.predict_proba(x[20:]), atol=1e-12, rtol=0)
     mc = predictive_from_logits(post, z, v, "mc", 50, torch.Generator().manual_seed(0))
     ref = post.predict_proba(x[20:], method="mc", n_samples=50, generator=torch.Generator().manual_seed(0))

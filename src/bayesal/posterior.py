@@ -170,7 +170,10 @@ class LastLayerLaplace:
 
     def logits(self, features: Any) -> torch.Tensor:
         """MAP logits ``(N, C)``."""
-        x = self._features(features)
+        return self._logits(self._features(features))
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`logits` of already-validated ``x (N, D)`` (no fitted/NaN checks of a large pool)."""
         return x @ self.mean_.T + self.bias_
 
     def _logit_cov_chunk(self, x: torch.Tensor) -> torch.Tensor:
@@ -186,7 +189,10 @@ class LastLayerLaplace:
 
     def logit_variance(self, features: Any) -> torch.Tensor:
         """Shared: ``σ²(x) = φᵀΣφ`` ``(N,)``. Full: the logit covariance ``(N, C, C)``."""
-        x = self._features(features)
+        return self._logit_variance(self._features(features))
+
+    def _logit_variance(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`logit_variance` of already-validated ``x (N, D)``."""
         parts = [self._logit_cov_chunk(ch) for ch in self._chunks(x, self._per_row_cost())]
         if not parts:
             shape = (0,) if self.hessian == "shared" else (0, self.num_classes_, self.num_classes_)

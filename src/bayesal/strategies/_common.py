@@ -17,7 +17,6 @@ __all__ = [
     "check_batch_size",
     "prepare",
     "top_b",
-    "logits_and_variance",
     "argmax_first",
     "predictive_from_logits",
     "logit_sample_chunks",
@@ -83,23 +82,6 @@ def check_candidate_labels(candidate_labels: torch.Tensor | None, n: int, num_cl
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
         raise ValueError(f"candidate_labels must lie in [0, {num_classes - 1}]")
     return y
-
-
-def logits_and_variance(posterior: LastLayerLaplace, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """MAP logits ``(N, C)`` and ``σ² = φᵀΣφ`` ``(N,)`` of already-validated ``x (N, D)``.
-
-    Same values as ``posterior.logits`` / ``posterior.logit_variance`` for a shared covariance, without
-    re-validating a large pool; falls back to those methods for the full GGN.
-    """
-    if posterior.hessian != "shared":
-        return posterior.logits(x), posterior.logit_variance(x)
-    z = x @ posterior.mean_.T + posterior.bias_
-    var = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
-    step = max(1, posterior.chunk_size)
-    for start in range(0, x.shape[0], step):
-        ch = x[start : start + step]
-        var[start : start + step] = ((ch @ posterior.covariance_) * ch).sum(1)
-    return z, var
 
 
 def top_b(scores: torch.Tensor, b: int) -> torch.Tensor:

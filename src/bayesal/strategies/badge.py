@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..posterior import LastLayerLaplace
-from ._common import argmax_first, logits_and_variance, predictive_from_logits, prepare
+from ._common import argmax_first, predictive_from_logits, prepare
 from ._kmeans import _draw
 from .base import LabeledSet, QueryResult, QueryStrategy
 
@@ -44,7 +44,7 @@ class BADGE(QueryStrategy):
         candidate_labels: torch.Tensor | None = None,
     ) -> QueryResult:
         x, _, _, b, gen = prepare(posterior, candidates, labeled, batch_size, generator)
-        z, var = logits_and_variance(posterior, x)
+        z, var = posterior._logits(x), posterior._logit_variance(x)
         probs = predictive_from_logits(posterior, z, var) if self.predictive == "mean_field" else torch.softmax(z, 1)
         a = gradient_embedding_factors(probs)
         an, fn = (a * a).sum(1), (x * x).sum(1)

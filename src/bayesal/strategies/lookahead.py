@@ -23,7 +23,7 @@ from ..posterior import LastLayerLaplace
 from ..predictive import mean_field_probs
 from ..update import curvature_weights
 from ..validation import as_features
-from ._common import argmax_first, check_candidate_labels, logits_and_variance, prepare
+from ._common import argmax_first, check_candidate_labels, prepare
 from ._kmeans import kmeans, sq_dists
 from .base import LabeledSet, QueryResult, QueryStrategy
 from .sequential import rank1_logit_update
@@ -292,8 +292,8 @@ class ExpectedLogLossReduction(QueryStrategy):
             ref = x[torch.randperm(x.shape[0], generator=gen)[: self.n_reference].to(x.device)]
         post = posterior.copy()
         lam = post.lambda_mf
-        z_c, var_c = logits_and_variance(post, x)
-        z_r, var_r = logits_and_variance(post, ref)
+        z_c, var_c = post._logits(x), post._logit_variance(x)
+        z_r, var_r = post._logits(ref), post._logit_variance(ref)
         k_rc = (ref @ post.covariance_) @ x.T
         alive = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         picks, utils = [], []

@@ -9,7 +9,7 @@ import torch
 from ..posterior import LastLayerLaplace
 from ..predictive import mean_field_probs
 from ..update import curvature_weights
-from ._common import argmax_first, check_candidate_labels, logits_and_variance, prepare
+from ._common import argmax_first, check_candidate_labels, prepare
 from .base import LabeledSet, QueryResult, QueryStrategy
 from .score import ScoreStrategy
 
@@ -113,7 +113,7 @@ class Sequential(QueryStrategy):
         self, post: LastLayerLaplace, x: torch.Tensor, b: int, gen: torch.Generator, oracle: torch.Tensor | None
     ) -> QueryResult:
         base: ScoreStrategy = self.base  # type: ignore[assignment]
-        z, var = logits_and_variance(post, x)
+        z, var = post._logits(x), post._logit_variance(x)
         alive = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         picks, utils = [], []
         for _ in range(b):

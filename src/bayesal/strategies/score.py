@@ -11,10 +11,10 @@ from abc import abstractmethod
 import torch
 
 from ..posterior import LastLayerLaplace
-from ._common import predictive_from_logits, prepare, top_b
+from ._common import logit_sample_chunks, predictive_from_logits, prepare, top_b
 from .base import LabeledSet, QueryResult, QueryStrategy
 
-__all__ = ["ScoreStrategy", "PREDICTIVES"]
+__all__ = ["ScoreStrategy", "PredictiveScoreStrategy", "SampledScoreStrategy", "PREDICTIVES"]
 
 PREDICTIVES = ("mean_field", "mc")
 
@@ -79,3 +79,28 @@ class PredictiveScoreStrategy(ScoreStrategy):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(predictive={self.predictive!r})"
+
+
+class SampledScoreStrategy(ScoreStrategy):
+    """A score of ``n_samples`` Laplace logit samples per candidate, drawn in row blocks (the same draws
+    as :meth:`LastLayerLaplace.sample_logits`)."""
+
+    stochastic = True
+
+    def __init__(self, n_samples: int) -> None:
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        self.n_samples = int(n_samples)
+
+    @abstractmethod
+    def score_samples(self, samples: torch.Tensor) -> torch.Tensor:
+        """Utility ``(n,)`` from the logit samples ``(K, n, C)`` of ``n`` candidates."""
+
+    def score_logits(self, posterior, logits, variance, generator):  # noqa: D102 (see base)
+        out = torch.empty(logits.shape[0], dtype=logits.dtype, device=logits.device)
+        for rows, samples in logit_sample_chunks(logits, variance, self.n_samples, generator):
+            out[rows] = self.score_samples(samples)
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(n_samples={self.n_samples})"

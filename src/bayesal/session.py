@@ -61,7 +61,8 @@ import torch
 from .head import HeadConfig
 from .persistence import CorruptStateError, LabelLog, LogLockedError, load_snapshot, read_log, save_snapshot
 from .posterior import LastLayerLaplace
-from .strategies.base import LabeledSet, QueryResult, QueryStrategy
+from .strategies import get_strategy
+from .strategies.base import LabeledSet, QueryStrategy
 from .validation import as_features
 
 __all__ = ["Session", "CorruptStateError", "StateMismatchError", "LogLockedError", "feature_hash"]
@@ -92,33 +93,11 @@ def _derive_seed(seed: int, *parts: Any) -> int:
     return int.from_bytes(h.digest(), "little") & ((1 << 63) - 1)
 
 
-class _MarginFallback(QueryStrategy):
-    """Smallest margin ``p_(1) − p_(2)`` under the mean-field predictive; used only when
-    ``bayesal.strategies.get_strategy`` is not available."""
-
-    name = "margin"
-
-    def query(self, posterior, candidates, labeled, batch_size, generator, candidate_labels=None) -> QueryResult:
-        probs = posterior.predict_proba(candidates)
-        top2 = probs.topk(2, dim=1).values
-        util = -(top2[:, 0] - top2[:, 1])
-        order = torch.argsort(util, descending=True, stable=True)[:batch_size]
-        return QueryResult(indices=order, utilities=util[order])
-
-
 def _resolve_strategy(name: str, kwargs: Mapping[str, Any]) -> QueryStrategy | None:
     """``None`` for 'random' (handled by the session), else a strategy from the factory."""
     if name == "random" and not kwargs:
         return None
-    try:
-        from .strategies import get_strategy  # type: ignore[attr-defined]
-    except ImportError:
-        get_strategy = None
-    if get_strategy is not None:
-        return get_strategy(name, **dict(kwargs))
-    if name == "margin":
-        return _MarginFallback()
-    raise ValueError(f"unknown strategy {name!r} (bayesal.strategies.get_strategy is unavailable; use 'margin' or 'random')")
+    return get_strategy(name, **dict(kwargs))
 
 
 class _SnapshotWriter:

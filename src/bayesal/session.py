@@ -607,14 +607,11 @@ class Session:
         last = max((j for j, a in enumerate(history) if self._is_fit_point(a)), default=-1)
         labels: dict[int, int] = {}
         for a in history[: last + 1]:
-            if a["op"] in ("tell", "correct"):
-                labels[int(a["index"])] = int(a["label"])
+            self._set_label(labels, a)
         post = self._fit(labels, last) if last >= 0 else self._prior()
         for j in range(last + 1, len(history)):
-            a = history[j]
-            if a["op"] in ("tell", "correct"):
-                labels[int(a["index"])] = int(a["label"])
-            post = self._transition(post, a, j, labels)
+            self._set_label(labels, history[j])
+            post = self._transition(post, history[j], j, labels)
         return post
 
     # ------------------------------------------------------------------ event folding
@@ -706,12 +703,19 @@ class Session:
             self._skipped.discard(int(i))
         return action
 
-    def _fold(self, ev: Mapping[str, Any], where: str) -> None:
-        """Apply an event to the bookkeeping only (labels, skipped, history, redo)."""
+    def _validate(self, ev: Mapping[str, Any], where: str | None) -> None:
+        """:meth:`_validate_action`; with ``where`` (a stored event being replayed) a failure is raised as
+        :class:`CorruptStateError` naming it."""
         try:
             self._validate_action(ev)
         except (ValueError, KeyError, TypeError) as err:
+            if where is None:
+                raise
             raise CorruptStateError(f"{where}: cannot apply event {dict(ev)}: {err}") from err
+
+    def _fold(self, ev: Mapping[str, Any], where: str) -> None:
+        """Apply an event to the bookkeeping only (labels, skipped, history, redo)."""
+        self._validate(ev, where)
         op = ev["op"]
         if op == "undo":
             self._redo.append(self._book_revert())
@@ -721,10 +725,15 @@ class Session:
             self._redo.clear()
             self._book_apply(ev)
 
-    def _labels_after(self, action: Mapping[str, Any]) -> dict[int, int]:
-        labels = dict(self._labels)
+    @staticmethod
+    def _set_label(labels: dict[int, int], action: Mapping[str, Any]) -> None:
+        """Record the label a tell or correct ``action`` gives in ``labels`` (other actions give none)."""
         if action["op"] in ("tell", "correct"):
             labels[int(action["index"])] = int(action["label"])
+
+    def _labels_after(self, action: Mapping[str, Any]) -> dict[int, int]:
+        labels = dict(self._labels)
+        self._set_label(labels, action)
         return labels
 
     def _prepare(self, ev: Mapping[str, Any], where: str | None = None) -> Callable[[], None]:
@@ -732,12 +741,7 @@ class Session:
 
         Nothing changes until the returned function is called, so a failure (invalid input, numerical
         error, a failed log write in between) leaves the session untouched."""
-        try:
-            self._validate_action(ev)
-        except (ValueError, KeyError, TypeError) as err:
-            if where is None:
-                raise
-            raise CorruptStateError(f"{where}: cannot apply event {dict(ev)}: {err}") from err
+        self._validate(ev, where)
         op = ev["op"]
         if op == "undo":
             cached = self._post_stack[-1]

@@ -181,6 +181,32 @@ def test_table_split_column(tmp_path):
     assert ds.num_train == 45 and ds.num_test == 15 and ds.num_features == 4
 
 
+def test_csv_variants_index_column_separator_and_label_column_case(tmp_path):
+    x, y = _blobs()
+    df = pd.DataFrame(x, columns=list("abcd"))
+    df["Target"] = y
+    df.to_csv(tmp_path / "semi.csv", sep=";")  # pandas' index column, semicolons, label named "Target"
+    with pytest.warns(UserWarning, match="ignoring index column"):
+        ds = load_features(tmp_path / "semi.csv")
+    assert ds.num_features == 4 and ds.meta["feature_columns"] == list("abcd")
+    with pytest.raises(ValueError, match="no label column 'species'.*--label-column"):
+        load_features(tmp_path / "semi.csv", label_column="species")
+
+
+def test_split_column_with_missing_or_float_labels(tmp_path):
+    x, y = _blobs()
+    df = pd.DataFrame(x, columns=list("abcd"))
+    df["label"] = (y + 1).astype(float)  # 1.0, 2.0, 3.0 are the classes 1, 2, 3, not "1.0"
+    df["split"] = np.where(np.arange(60) < 45, "train", "test")
+    df.to_csv(tmp_path / "f.csv", index=False)
+    assert load_features(tmp_path / "f.csv").class_names == ["1", "2", "3"]
+    df["label"] = np.array(["ant", "bee", "cat"], dtype=object)[y]
+    df.loc[50, "label"] = None
+    df.to_csv(tmp_path / "m.csv", index=False)
+    with pytest.raises(ValueError, match="missing value.*row 50"):
+        load_features(tmp_path / "m.csv")
+
+
 # ---------------------------------------------------------------- validation
 
 
@@ -330,6 +356,9 @@ def test_torch_module_backbone_input_kinds_agree():
     f_numpy = bb.encode(x.numpy(), batch_size=64, progress=False)
     for f in (f_loader, f_items, f_numpy):
         np.testing.assert_allclose(f, f_tensor, rtol=1e-5, atol=1e-6)
+    shuffled = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=7, shuffle=True)
+    with pytest.raises(ValueError, match="shuffle=False"):
+        bb.encode(shuffled, progress=False)
     flat = TorchModuleBackbone(net).encode(x[:3], progress=False)
     assert flat.shape == (3, 6 * 6 * 6)
     with pytest.raises(TypeError, match="torch.nn.Module"):
@@ -374,3 +403,17 @@ def test_missing_extra_gives_install_hint(monkeypatch):
     with pytest.raises(ImportError, match=r"bayesal\[images\]"):
         EfficientNetLite0Backbone().model
     assert os.environ.get("BAYESAL_CACHE")
+
+
+def test_image_value_range_is_decided_by_dtype_not_by_batch():
+    from bayesal.backbones import _images_to_tensor
+
+    dark = np.zeros((8, 8), dtype=np.uint8)
+    dark[2, 2] = 1  # max 1: a 0..255 image that a value-based rule would read as 0..1
+    bright = np.full((8, 8), 255, dtype=np.uint8)
+    alone = _images_to_tensor([dark], 8)
+    together = _images_to_tensor([dark, bright], 8)
+    assert torch.equal(alone[0], together[0])
+    assert torch.allclose(_images_to_tensor([dark.astype(np.float32) / 255], 8), alone)
+    with pytest.raises(ValueError, match=r"values in \[0, 1\]"):
+        _images_to_tensor([bright.astype(np.float32)], 8)

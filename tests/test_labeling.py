@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bayesal.data import load_dataset
-from bayesal.labeling import add_label_arguments, ascii_image, label_main, main, render_item
+from bayesal.labeling import add_label_arguments, ascii_image, label_main, main, parse_answer, render_item
 from bayesal.session import STATE_NAME, Session
 
 
@@ -51,7 +51,9 @@ def test_piped_session_end_to_end(tmp_path: Path, digits) -> None:
     assert "error: class index 42 is out of range" in out
     assert "error: unknown class 'seven'" in out
     assert "skipped #" in out and "undone: skip #" in out
-    assert out.count("expected accuracy") == 5 and "decision flips over last" in out
+    # the signals start once two classes are labeled (the first answer alone gives one class)
+    assert out.count("expected accuracy") == 4 and "decision flips over last" in out
+    assert out.count("stopping signals start once two classes are labeled") == 1
     assert "saved: 5 labels, 0 skipped" in out
     s = Session.resume(state, digits.train_features)
     assert Counter(s.named_labels.values()) == Counter(["3", "5", "1", "2", "4"])
@@ -121,3 +123,49 @@ def test_rendering() -> None:
     assert len(render_item(np.eye(500), 9).split("\n")) == 32  # downsampled image
     assert render_item(np.zeros(5), 9).startswith("(instance #9")
     assert render_item(b"bytes text", 1) == "bytes text"
+
+
+def test_numeric_class_names_are_not_confused_with_class_numbers() -> None:
+    names = ["1", "2", "3", "4"]
+    assert parse_answer("1", names) == "1" and parse_answer("#0", names) == 0
+    with pytest.raises(ValueError, match="class names are numbers"):
+        parse_answer("0", names)
+    digits = [str(c) for c in range(10)]  # names equal to their numbers: no ambiguity
+    assert parse_answer("3", digits) == "3" and parse_answer("42", digits) == 42
+    assert parse_answer("2", ["cat", "dog", "eel"]) == 2 and parse_answer("dog", ["cat", "dog", "eel"]) == "dog"
+
+
+def test_redo_and_fix_commands(tmp_path: Path, digits) -> None:
+    rc, out = run_inprocess(["--dataset", "digits", "--state-dir", str(tmp_path / "f"), "--retrain-every", "0"],
+                            "3\n5\nu\nredo\n")
+    assert rc == 0 and "undone: tell #" in out and "redone: tell #" in out
+    s = Session.resume(tmp_path / "f", digits.train_features)
+    first = next(iter(s.labels))
+    s.close()
+    rc, out = run_inprocess(["--resume", str(tmp_path / "f")], f"fix {first} 7\nfix 99999 1\nfix x\nq\n")
+    assert f"corrected #{first} to '7'" in out and "out of range" in out and "usage: fix I LABEL" in out
+    s = Session.resume(tmp_path / "f", digits.train_features)
+    assert s.named_labels[first] == "7" and s.n_labeled == 2
+    s.close()
+
+
+def test_resume_a_session_on_a_user_csv_file(tmp_path: Path, digits) -> None:
+    import pandas as pd
+
+    df = pd.DataFrame(digits.train_features[:300], columns=[f"f{j}" for j in range(digits.num_features)])
+    df["Target"] = [digits.class_names[c] for c in digits.train_labels[:300]]
+    csv = tmp_path / "mine.csv"
+    df.to_csv(csv)  # with pandas' index column, and a label column in another case
+    with pytest.warns(UserWarning, match="ignoring index column"):
+        rc, out = run_inprocess(["--dataset", str(csv), "--state-dir", str(tmp_path / "u"), "--oracle",
+                                 "--max-labels", "3", "--epochs", "3"])
+    assert rc == 0 and "saved: 3 labels" in out
+    with pytest.warns(UserWarning, match="ignoring index column"):
+        rc, out = run_inprocess(["--resume", str(tmp_path / "u"), "--oracle", "--max-labels", "2", "--epochs", "3"])
+    assert rc == 0 and "resumed session" in out and "saved: 5 labels" in out
+    with pytest.warns(UserWarning):
+        rc, out = run_inprocess(["--resume", str(tmp_path / "u"), "--dataset", str(csv)], "q\n")
+    assert rc == 0
+    csv.rename(tmp_path / "moved.csv")
+    with pytest.raises(ValueError, match="no longer exists"):
+        run_inprocess(["--resume", str(tmp_path / "u")])

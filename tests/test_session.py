@@ -226,6 +226,22 @@ def test_stopping_signals(pool):
     assert np.isfinite(sig["gain_per_label"])
 
 
+def test_stopping_signals_after_resume_match_the_live_session(pool, tmp_path):
+    x, y = pool
+    s = make(pool, tmp_path, strategy="margin")
+    for _ in range(7):
+        i = s.query(1)[0]
+        s.tell(i, int(y[i]))
+        live = s.stopping_signals(window=3)
+    s.close()
+    r = Session.resume(tmp_path / "s", x)
+    again = r.stopping_signals(window=3)  # the point 3 labels back is replayed, not lost
+    r.close()
+    assert again["window_labels"] == 3
+    for key in ("expected_accuracy", "gain_per_label", "flips"):
+        assert again[key] == pytest.approx(live[key], abs=1e-9)
+
+
 def test_from_dataset_digits():
     from bayesal.data import load_dataset
 
@@ -452,8 +468,9 @@ def test_feature_mismatch_and_missing_files(pool, tmp_path):
     with pytest.raises(FileNotFoundError, match="no label log"):
         Session.recover(tmp_path / "nothing", x)
     (tmp_path / "s" / STATE_NAME).unlink()
-    with pytest.raises(FileNotFoundError, match="recover"):
-        Session.resume(tmp_path / "s", x)
+    r = Session.resume(tmp_path / "s", x)  # the snapshot is a cache: rebuilt from the log
+    assert (tmp_path / "s" / STATE_NAME).exists()
+    r.close()
     Session.recover(tmp_path / "s", x).close()
 
 
@@ -468,7 +485,87 @@ def test_corrupt_middle_log_line_is_reported(pool, tmp_path):
     lines[2] = lines[2].replace(b'"index":1', b'"index":9')
     log.write_bytes(b"".join(lines))
     with pytest.raises(CorruptStateError, match="corrupt at line 3"):
-        Session.recover(tmp_path / "s", x)
+        Session.resume(tmp_path / "s", x)
+
+
+def _damage_line(log: Path, k: int) -> None:
+    lines = log.read_bytes().splitlines(keepends=True)
+    lines[k] = lines[k].replace(b'"op"', b'"oq"')  # checksum no longer matches
+    log.write_bytes(b"".join(lines))
+
+
+def test_damaged_middle_log_line_recovered_from_snapshot(pool, tmp_path):
+    x, y = pool
+    s = make(pool, tmp_path)
+    run_oracle(s, y, 6)
+    s.skip(s.query(1)[0])
+    labels, mean = s.labels, s.posterior.mean_.clone()
+    s.close()
+    d = tmp_path / "s"
+    damaged_log = (d / LOG_NAME).read_bytes()
+    _damage_line(d / LOG_NAME, 3)
+    with pytest.raises(CorruptStateError, match="corrupt at line 4"):
+        Session.resume(d, x)
+    r = Session.recover(d, x)  # the snapshot holds every event: nothing is lost
+    assert r.labels == labels and torch.allclose(r.posterior.mean_, mean, atol=1e-10)
+    assert any("rebuilt the label log" in n for n in r.recovery_notes)
+    assert (d / (LOG_NAME + ".damaged")).read_bytes() != damaged_log  # the damaged copy is kept
+    r.tell(r.query(1)[0], 0)
+    r.close()
+    r = Session.resume(d, x)  # the rewritten log and the new snapshot agree
+    assert r.n_labeled == len(labels) + 1
+    r.close()
+
+
+def test_damaged_log_without_snapshot_needs_drop_damaged(pool, tmp_path):
+    x, y = pool
+    s = make(pool, tmp_path)
+    run_oracle(s, y, 5)
+    first_two = dict(list(s.labels.items())[:2])
+    s.close()
+    d = tmp_path / "s"
+    (d / STATE_NAME).write_bytes(b"garbage")
+    _damage_line(d / LOG_NAME, 3)
+    before = files_bytes(d)
+    with pytest.raises(CorruptStateError, match="drop-damaged"):
+        Session.recover(d, x)
+    assert files_bytes(d) == before  # a refused recovery changes nothing
+    r = Session.recover(d, x, drop_damaged=True)
+    assert r.labels == first_two
+    assert any("dropped 3 line(s)" in n for n in r.recovery_notes)
+    assert (d / (LOG_NAME + ".damaged")).exists() and (d / (STATE_NAME + ".corrupt")).read_bytes() == b"garbage"
+    r.close()
+
+
+def test_missing_log_rebuilt_from_snapshot(pool, tmp_path):
+    x, y = pool
+    s = make(pool, tmp_path)
+    run_oracle(s, y, 4)
+    labels = s.labels
+    s.close()
+    (tmp_path / "s" / LOG_NAME).unlink()
+    r = Session.recover(tmp_path / "s", x)
+    assert r.labels == labels
+    r.close()
+    assert len(read_log(tmp_path / "s" / LOG_NAME).records) == 5
+
+
+def test_recover_keeps_a_snapshot_of_another_session(pool, tmp_path):
+    x, y = pool
+    a = make(pool, tmp_path / "a")
+    run_oracle(a, y, 3)
+    a.close()
+    b = make(pool, tmp_path / "b")
+    b.tell(0, 0)
+    b.close()
+    shutil.copy(tmp_path / "b" / "s" / LOG_NAME, tmp_path / "a" / "s" / LOG_NAME)
+    snap_a = (tmp_path / "a" / "s" / STATE_NAME).read_bytes()
+    with pytest.raises(CorruptStateError, match="another session"):
+        Session.resume(tmp_path / "a" / "s", x)
+    r = Session.recover(tmp_path / "a" / "s", x)
+    assert r.labels == {0: 0}
+    assert (tmp_path / "a" / "s" / (STATE_NAME + ".replaced")).read_bytes() == snap_a
+    r.close()
 
 
 def test_inconsistent_log_event_is_reported(pool, tmp_path):

@@ -162,6 +162,9 @@ def _images_to_tensor(batch: Sequence[Any], resolution: int):
     shapes = {a.shape for a in arrs}
     if len(shapes) != 1:
         raise ValueError(f"images in a batch must share one shape, got {sorted(shapes)[:3]}")
+    # the value range is decided by dtype, not by the values: a dark 0..255 image must not be
+    # mistaken for a 0..1 one, or the same image would get different features in different batches
+    integer = all(np.issubdtype(a.dtype, np.integer) for a in arrs)
     x = np.stack(arrs).astype(np.float32)
     if x.ndim == 3:  # (B, H, W) grayscale
         x = np.repeat(x[:, None], 3, axis=1)
@@ -171,8 +174,10 @@ def _images_to_tensor(batch: Sequence[Any], resolution: int):
             x = np.repeat(x, 3, axis=1)
     elif not (x.ndim == 4 and x.shape[1] == 3):
         raise ValueError(f"images must be (H, W), (H, W, 3) or (3, H, W), got {x.shape[1:]}")
-    if x.max(initial=0.0) > 1.0:  # 0..255 values
+    if integer:  # 0..255 values
         x = x / 255.0
+    elif x.size and (x.min() < 0.0 or x.max() > 1.0):
+        raise ValueError("float images must hold values in [0, 1]; pass integer (uint8) images for 0..255 values")
     t = torch.from_numpy(np.ascontiguousarray(x))
     if t.shape[-2:] != (resolution, resolution):
         t = F.interpolate(t, size=(resolution, resolution), mode="bilinear", align_corners=False)
@@ -320,6 +325,9 @@ class TorchModuleBackbone(Backbone):
         if isinstance(data, torch.Tensor):
             return (data[i : i + batch_size] for i in range(0, len(data), batch_size)), len(data)
         if isinstance(data, torch.utils.data.DataLoader):
+            if isinstance(data.sampler, torch.utils.data.RandomSampler):
+                raise ValueError("the DataLoader shuffles (shuffle=True): features would not line up with the "
+                                 "labels; pass a DataLoader with shuffle=False")
             try:
                 total = len(data.dataset)  # type: ignore[arg-type]
             except TypeError:

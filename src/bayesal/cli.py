@@ -38,11 +38,11 @@ def _config(args: argparse.Namespace):
     )
 
 
-def _load(name: str):
+def _load(name: str, **loader_kwargs):
     from .data import load_dataset
 
     t0 = time.perf_counter()
-    ds = load_dataset(name)
+    ds = load_dataset(name, **loader_kwargs)
     print(f"loaded {ds!r} in {time.perf_counter() - t0:.1f}s ({ds.meta.get('backbone', '?')})", file=sys.stderr)
     return ds
 
@@ -58,7 +58,9 @@ def _print_summary(df, metric: str = "accuracy") -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     from .loop import run_experiment
 
-    ds = _load(args.dataset)
+    from .data import file_loader_kwargs
+
+    ds = _load(args.dataset, **file_loader_kwargs(args))
     cfg = _config(args)
     df = run_experiment(ds, args.strategy, cfg, range(args.seed, args.seed + args.seeds), out=args.out,
                         progress=not args.no_progress)
@@ -118,11 +120,15 @@ def _add_threads_option(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .data.registry import add_file_options
+
     ap = argparse.ArgumentParser(prog="bayesal", description="Deep active learning with fast Bayesian updates.")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run AL experiments (paper protocol) and append results")
-    p.add_argument("--dataset", default=None, help="built-in dataset (see `bayesal datasets`)")
+    p.add_argument("--dataset", default=None,
+                   help="built-in dataset (see `bayesal datasets`) or a features file (.npy/.npz/.parquet/.csv)")
+    add_file_options(p)
     p.add_argument("--strategy", nargs="+", required=True,
                    help="strategy specs: NAME, seq-NAME[@oracle|most_likely|sampled|expected], lookahead, oracle-lookahead")
     p.add_argument("--seeds", type=int, default=10, help="number of seeds (default 10)")

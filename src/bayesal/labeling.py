@@ -5,10 +5,12 @@ model's three most probable classes, and reads the answer from stdin — so it c
 
     printf '3\\n5\\ns\\nu\\nq\\n' | python -m bayesal.labeling --dataset digits --state-dir run1
 
-Answers: a class name or class number; ``s`` skip, ``u`` undo, ``r`` retrain the head now, ``?`` help,
-``q`` quit (end of input quits too). Every answer is durably saved before the next instance is shown;
-``--resume DIR`` continues a session (``--recover`` rebuilds it from the label log if the state file is
-damaged). ``--oracle`` answers with the dataset's true labels (a scripted demo).
+Answers: a class name or class number (``#N`` for class number N; needed when the class names are
+themselves numbers); ``s`` skip, ``u`` undo, ``redo`` redo, ``fix I LABEL`` correct the label of
+instance ``#I``, ``r`` retrain the head now, ``?`` help, ``q`` quit (end of input quits too). Every answer is durably saved before the next instance is shown;
+``--resume DIR`` continues a session (``--recover`` rebuilds it when the state file or the label log is
+damaged, keeping every file it replaces; ``--drop-damaged`` lets it keep the intact part of a log
+damaged in the middle when no snapshot holds the rest). ``--oracle`` answers with the dataset's true labels (a scripted demo).
 
 Stopping signals printed after each label (see :meth:`bayesal.session.Session.stopping_signals`):
 
@@ -30,18 +32,26 @@ from typing import Any, TextIO
 
 import numpy as np
 
-__all__ = ["add_label_arguments", "label_main", "render_item", "ascii_image", "main"]
+from .data.registry import add_file_options
+
+__all__ = ["add_label_arguments", "label_main", "parse_answer", "render_item", "ascii_image", "main"]
 
 _RAMP = " .:-=+*#%@"
-_HELP = "answer: class name or number | s = skip | u = undo | r = retrain | ? = help | q = quit"
+_HELP = ("answer: class name or number (#N = class number N) | s = skip | u = undo | redo | "
+         "fix I LABEL = correct instance #I | r = retrain | ? = help | q = quit")
 
 
 def add_label_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``bayesal label`` (shared by ``python -m bayesal.labeling``)."""
-    parser.add_argument("--dataset", default=None, help="built-in dataset to label (e.g. digits)")
+    parser.add_argument("--dataset", default=None,
+                        help="built-in dataset (e.g. digits) or a features file (.npy/.npz/.parquet/.csv)")
+    add_file_options(parser)
     parser.add_argument("--state-dir", default=None, help="directory of a new session (default: ./bayesal-label-<dataset>)")
     parser.add_argument("--resume", default=None, metavar="DIR", help="continue the session saved in DIR")
-    parser.add_argument("--recover", action="store_true", help="with --resume: rebuild the session from its label log")
+    parser.add_argument("--recover", action="store_true",
+                        help="with --resume: rebuild a damaged session (label log or state file), keeping replaced files")
+    parser.add_argument("--drop-damaged", action="store_true",
+                        help="with --recover: keep the intact events of a label log damaged in the middle")
     parser.add_argument("--strategy", default=None, help="query strategy (default margin; a resumed session keeps its own)")
     parser.add_argument("--batch", type=int, default=1, help="instances queried at a time (default 1)")
     parser.add_argument("--oracle", action="store_true", help="answer with the dataset's true labels (scripted demo)")
@@ -92,7 +102,10 @@ def _top_classes(session: Any, index: int, k: int = 3) -> str:
     return ", ".join(f"[{int(c)}] {names[int(c)]} {100 * float(p):.0f}%" for p, c in zip(vals, idx))
 
 
-def _signals_line(sig: dict[str, Any], window: int) -> str:
+def _signals_line(sig: dict[str, Any], n_classes_labeled: int) -> str:
+    if n_classes_labeled < 2:
+        # one class seen: the model's confidence only says "everything is that class"
+        return f"labels {sig['n_labels']} | stopping signals start once two classes are labeled"
     gain = sig["gain_per_label"]
     gain_s = "n/a" if gain != gain else f"{gain:+.4f}"
     span = sig["window_labels"]
@@ -117,41 +130,64 @@ def _read_header(state_dir: Path) -> dict[str, Any]:
     return recs[0]
 
 
+def _same_file(a: str, b: str | None) -> bool:
+    return b is not None and Path(a).expanduser().is_file() and Path(a).expanduser().resolve() == Path(b).resolve()
+
+
 def _open_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, Any]:
-    from .data import load_dataset
+    from .data import file_loader_kwargs, list_datasets, load_dataset
     from .head import HeadConfig
     from .session import Session
 
     if args.resume:
         state_dir = Path(args.resume)
-        header = _read_header(state_dir)
-        name = header.get("meta", {}).get("dataset")
-        if args.dataset and name and args.dataset != name:
-            raise ValueError(f"{state_dir} is a session on dataset {name!r}, not {args.dataset!r}")
-        name = args.dataset or name
-        if not name:
+        meta = _read_header(state_dir).get("meta", {})
+        name, path = meta.get("dataset"), meta.get("dataset_path")
+        if args.dataset and name and args.dataset != name and not _same_file(args.dataset, path):
+            raise ValueError(f"{state_dir} is a session on dataset {path or name!r}, not {args.dataset!r}")
+        if args.dataset:
+            source = args.dataset
+        elif path:
+            source = path
+            if not Path(path).is_file():
+                raise ValueError(f"the session in {state_dir} was made from {path}, which no longer exists; "
+                                 "pass --dataset with the file's new path")
+        elif name:
+            source = name
+        else:
             raise ValueError(f"the session in {state_dir} does not record its dataset; pass --dataset")
-        ds = load_dataset(name)
+        # the feature hash in the log's header still guards against a different file's contents
+        ds = load_dataset(source, **(meta.get("loader") or {}) if path else {})
         from .persistence import CorruptStateError
 
         if args.recover:
-            session = Session.recover(state_dir, ds.train_features, items=ds.train_items, strategy=args.strategy)
+            session = Session.recover(state_dir, ds.train_features, items=ds.train_items, strategy=args.strategy,
+                                      drop_damaged=args.drop_damaged)
         else:
             try:
                 session = Session.resume(state_dir, ds.train_features, items=ds.train_items, strategy=args.strategy)
-            except (CorruptStateError, FileNotFoundError) as err:
-                raise ValueError(f"{err} -- run again with --resume {state_dir} --recover to rebuild it from the label log") from err
+            except CorruptStateError as err:
+                raise ValueError(f"{err} -- run again with --resume {state_dir} --recover to rebuild it") from err
         verb = "recovered" if args.recover else "resumed"
         print(f"{verb} session in {state_dir}: {session.n_labeled} labels, {len(session.skipped)} skipped", file=out)
+        for note in session.recovery_notes:
+            print(f"  {note}", file=out)
         return session, ds
+    if args.recover or args.drop_damaged:
+        raise ValueError("--recover and --drop-damaged need --resume DIR")
     if not args.dataset:
         raise ValueError("pass --dataset NAME (or --resume DIR)")
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
-    ds = load_dataset(args.dataset)
+    loader = file_loader_kwargs(args)
+    ds = load_dataset(args.dataset, **loader)
     state_dir = Path(args.state_dir or f"bayesal-label-{ds.name}")
+    meta: dict[str, Any] = {"dataset": ds.name}
+    if args.dataset not in list_datasets():  # a user file: remember where it is and how it was read
+        meta.update(dataset_path=str(Path(args.dataset).expanduser().resolve()), loader=loader)
     session = Session.from_dataset(
         ds,
+        meta=meta,
         strategy=args.strategy or "margin",
         head_config=HeadConfig(epochs=args.epochs),
         gamma=args.gamma,
@@ -198,7 +234,8 @@ def label_main(args: argparse.Namespace, stdin: TextIO | None = None, stdout: Te
                     break
                 if action == "told":
                     told += 1
-                    print(_signals_line(session.stopping_signals(window=args.window), args.window), file=out, flush=True)
+                    signals = session.stopping_signals(window=args.window)
+                    print(_signals_line(signals, len(set(session.labels.values()))), file=out, flush=True)
                     if max_labels is not None and told >= max_labels:
                         quit_now = True
                         break
@@ -210,6 +247,27 @@ def label_main(args: argparse.Namespace, stdin: TextIO | None = None, stdout: Te
         session.close()
     print(f"saved: {session.n_labeled} labels, {len(session.skipped)} skipped in {session.state_dir}", file=out, flush=True)
     return 0
+
+
+def parse_answer(ans: str, names: list[str]) -> int | str:
+    """A typed answer as a class name (``str``) or class number (``int``).
+
+    ``#N`` is always class number N. Otherwise a class name wins; a bare number is a class number only
+    when no class name is itself a number — with names such as ``"1" … "4"`` the answer ``0`` would be
+    ambiguous, so it is an error that asks for the name or ``#N`` (names ``"0" … "9"`` that equal their
+    numbers are not ambiguous).
+    """
+    ans = ans.strip()
+    if ans.startswith("#") and ans[1:].isdigit():
+        return int(ans[1:])
+    if ans in names:
+        return ans
+    if ans.lstrip("-").isdigit():
+        if any(n.lstrip("-").isdigit() and n != str(c) for c, n in enumerate(names)):
+            raise ValueError(f"{ans!r} is not a class name, and the class names are numbers: type a name "
+                             f"({', '.join(names[:10])}{' …' if len(names) > 10 else ''}) or #N for class number N")
+        return int(ans)
+    return ans  # an unknown name: Session.tell names the known ones
 
 
 def _ask(session: Any, idx: int, inp: TextIO, out: TextIO, oracle_ds: Any) -> str:
@@ -246,10 +304,20 @@ def _ask(session: Any, idx: int, inp: TextIO, out: TextIO, oracle_ds: Any) -> st
                 session.retrain()
                 print(f"retrained the head on {session.n_labeled} labels", file=out)
                 return "requery"
-            label: int | str = ans
-            if ans not in names and ans.lstrip("-").isdigit():
-                label = int(ans)
-            session.tell(idx, label)
+            if ans == "redo":
+                done = session.redo()
+                what = done["op"] + (f" #{done['index']}" if "index" in done else "")
+                print(f"redone: {what}", file=out)
+                return "requery"
+            if ans.split(maxsplit=1)[0] == "fix":
+                parts = ans.split(maxsplit=2)
+                if len(parts) != 3 or not parts[1].lstrip("#").isdigit():
+                    raise ValueError("usage: fix I LABEL (e.g. fix 12 sport) corrects the label of instance #I")
+                target = int(parts[1].lstrip("#"))
+                session.correct(target, parse_answer(parts[2], names))
+                print(f"corrected #{target} to {names[session.labels[target]]!r}", file=out)
+                return "requery"
+            session.tell(idx, parse_answer(ans, names))
             print(f"labeled #{idx} as {names[session.labels[idx]]!r}", file=out)
             return "told"
         except ValueError as err:

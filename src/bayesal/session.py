@@ -47,7 +47,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
-import threading
 import time
 import uuid
 import warnings
@@ -61,15 +60,15 @@ import torch
 from .head import HeadConfig
 from .persistence import CorruptStateError, LabelLog, LogLockedError, load_snapshot, read_log, save_snapshot
 from .posterior import LastLayerLaplace
+from .session_store import (
+    FORMAT_VERSION, LOG_NAME, STATE_NAME, SnapshotWriter, carry_out, check_unlocked, plan_recovery, read_session_log,
+)
 from .strategies import get_strategy
 from .strategies.base import LabeledSet, QueryStrategy
 from .validation import as_features
 
 __all__ = ["Session", "CorruptStateError", "StateMismatchError", "LogLockedError", "feature_hash"]
 
-FORMAT_VERSION = 1
-LOG_NAME = "labels.jsonl"
-STATE_NAME = "session.state"
 ACTIONS = ("tell", "skip", "correct", "retrain")
 POSTERIOR_KEYS = ("prior_precision", "curvature", "hessian", "lambda_mf")
 
@@ -98,74 +97,6 @@ def _resolve_strategy(name: str, kwargs: Mapping[str, Any]) -> QueryStrategy | N
     if name == "random" and not kwargs:
         return None
     return get_strategy(name, **dict(kwargs))
-
-
-class _SnapshotWriter:
-    """Background thread that writes the latest submitted snapshot atomically, coalescing bursts.
-
-    After a write it waits ``min_interval`` seconds before the next one (unless flushed), so a fast
-    stream of labels costs a few snapshots a second instead of one per label."""
-
-    def __init__(self, path: Path, fsync: bool, min_interval: float = 0.0) -> None:
-        self.path, self.fsync, self.min_interval = path, fsync, float(min_interval)
-        self._cond = threading.Condition()
-        self._pending: dict[str, Any] | None = None
-        self._busy = False
-        self._closed = False
-        self._urgent = False
-        self._last_write = -float("inf")
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="bayesal-snapshot", daemon=True)
-        self._thread.start()
-
-    def submit(self, state: dict[str, Any]) -> None:
-        with self._cond:
-            self._pending = state
-            self._cond.notify_all()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while self._pending is None and not self._closed:
-                    self._cond.wait()
-                if self._pending is None:
-                    return
-                due = self._last_write + self.min_interval
-                while not (self._closed or self._urgent) and time.monotonic() < due:
-                    self._cond.wait(timeout=max(0.0, due - time.monotonic()))
-                state, self._pending = self._pending, None
-                self._busy = True
-            try:
-                save_snapshot(self.path, state, fsync=self.fsync)
-            except BaseException as err:  # noqa: BLE001 - reported by flush()
-                self._error = err
-            finally:
-                self._last_write = time.monotonic()
-                with self._cond:
-                    self._busy = False
-                    if self._pending is None:
-                        self._urgent = False
-                    self._cond.notify_all()
-
-    def flush(self) -> None:
-        with self._cond:
-            self._urgent = True
-            self._cond.notify_all()
-            while self._pending is not None or self._busy:
-                self._cond.wait()
-            self._urgent = False
-        if self._error is not None:
-            err, self._error = self._error, None
-            raise RuntimeError(f"writing the snapshot {self.path} failed: {err!r}") from err
-
-    def close(self) -> None:
-        try:
-            self.flush()
-        finally:
-            with self._cond:
-                self._closed = True
-                self._cond.notify_all()
-            self._thread.join()
 
 
 class Session:
@@ -366,9 +297,10 @@ class Session:
         # persistence
         self.state_dir: Path | None = None
         self._log: LabelLog | None = None
-        self._writer: _SnapshotWriter | None = None
+        self._writer: SnapshotWriter | None = None
         self._log_error: OSError | None = None
         self._events_since_snapshot = 0
+        self.recovery_notes: list[str] = []  # what Session.recover did to the files, one line each
         self._trace: list[tuple[int, float, torch.Tensor]] = []
         self._ref_idx: torch.Tensor | None = None
 
@@ -380,36 +312,14 @@ class Session:
             log_path.unlink()
         if log_path.exists() or (path / STATE_NAME).exists():
             raise ValueError(
-                f"{path} already holds a labeling session; use Session.resume({str(path)!r}, features) "
-                "or choose an empty directory"
+                f"{path} already holds a labeling session; resume it (Session.resume({str(path)!r}, features), "
+                f"or bayesal label --resume {path}) or choose an empty directory"
             )
         self.state_dir = path
         self._log = LabelLog.create(path / LOG_NAME, self._header, fsync=self._fsync)
         self._write_snapshot(sync=True)
 
     # ------------------------------------------------------------------ resume / recover
-    @classmethod
-    def _load_header_and_log(cls, state_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
-        log_path = state_dir / LOG_NAME
-        if not log_path.exists():
-            raise FileNotFoundError(f"no label log {log_path}; is {state_dir} a session directory?")
-        res = read_log(log_path)
-        if res.bad_lines:
-            raise CorruptStateError(
-                f"label log {log_path} is corrupt at line {res.bad_lines[0]} (checksum mismatch before the last "
-                f"line); the {len(res.records)} events before it are intact"
-            )
-        if not res.records or res.records[0].get("op") != "header":
-            raise CorruptStateError(f"label log {log_path} has no valid header line")
-        header = res.records[0]
-        if header.get("format") != FORMAT_VERSION:
-            raise CorruptStateError(f"label log {log_path} has unsupported format {header.get('format')!r}")
-        events = res.records[1:]
-        for k, ev in enumerate(events, start=1):
-            if ev.get("seq") != k:
-                raise CorruptStateError(f"label log {log_path}: line {k + 1} has seq {ev.get('seq')!r}, expected {k}")
-        return header, events, res.valid_bytes
-
     @staticmethod
     def _check_features(header: Mapping[str, Any], x: torch.Tensor, state_dir: Path) -> None:
         shape = (header["num_items"], header["num_features"])
@@ -468,14 +378,19 @@ class Session:
         """
         state_dir = Path(state_dir)
         state_path = state_dir / STATE_NAME
+        io_kwargs = dict(fsync=fsync, snapshot_every=snapshot_every, async_snapshot=async_snapshot,
+                         snapshot_interval=snapshot_interval, undo_cache=undo_cache)
+        if not state_path.exists() and (state_dir / LOG_NAME).exists():
+            # the snapshot is only a cache (e.g. the first one was never written): rebuild it from the log
+            return cls.recover(state_dir, features, items=items, strategy=strategy, **io_kwargs)
         if not state_path.exists():
-            raise FileNotFoundError(f"no state file {state_path}; use Session.recover() to rebuild from the label log")
+            raise FileNotFoundError(f"no state file {state_path} and no label log; is {state_dir} a session directory?")
         snap = load_snapshot(state_path)
         try:
             snap_header, snap_events, post_state = snap["header"], list(snap["events"]), snap["posterior"]
         except KeyError as err:
             raise CorruptStateError(f"state file {state_path} is corrupt: missing entry {err}") from err
-        header, log_events, valid_bytes = cls._load_header_and_log(state_dir)
+        header, log_events, valid_bytes = read_session_log(state_dir)
         if snap_header.get("session_id") != header.get("session_id"):
             raise CorruptStateError(f"state file {state_path} belongs to another session than the label log")
         n = min(len(snap_events), len(log_events))
@@ -484,8 +399,6 @@ class Session:
             raise CorruptStateError(
                 f"state file {state_path} and label log disagree at event {k + 1}; use Session.recover()"
             )
-        io_kwargs = dict(fsync=fsync, snapshot_every=snapshot_every, async_snapshot=async_snapshot,
-                         snapshot_interval=snapshot_interval, undo_cache=undo_cache)
         self = cls._open_common(state_dir, features, header, items, strategy, io_kwargs)
         try:
             post = LastLayerLaplace.from_state_dict(post_state)
@@ -521,32 +434,37 @@ class Session:
         *,
         items: Sequence[Any] | None = None,
         strategy: str | QueryStrategy | None = None,
+        drop_damaged: bool = False,
         fsync: bool = True,
         snapshot_every: int = 1,
         async_snapshot: bool = True,
         snapshot_interval: float = 0.2,
         undo_cache: int = 32,
     ) -> "Session":
-        """Rebuild a session from the label log alone (replaying labels, corrections, skips, undo/redo
-        and retrains; a torn last line is dropped) and write a fresh snapshot. A damaged snapshot is
-        kept aside as ``session.state.corrupt``."""
+        """Rebuild a session by replaying its events (labels, corrections, skips, undo/redo, retrains)
+        and write a fresh snapshot and, where needed, a fresh label log.
+
+        The events come from the label log (a torn last line is dropped) or, where the log is damaged,
+        missing or shorter, from the snapshot if it belongs to the same session and agrees with the log's
+        intact part. A log damaged in the middle whose later events no snapshot holds is an error unless
+        ``drop_damaged=True``, which keeps the events before the damage. Files that are replaced are kept
+        aside (``labels.jsonl.damaged``, ``session.state.corrupt`` / ``.replaced``), never deleted, and
+        only after the events replayed without error; :attr:`recovery_notes` says what was done.
+        """
         state_dir = Path(state_dir)
-        header, events, valid_bytes = cls._load_header_and_log(state_dir)
+        check_unlocked(state_dir)
+        plan = plan_recovery(state_dir, drop_damaged=drop_damaged)
         io_kwargs = dict(fsync=fsync, snapshot_every=snapshot_every, async_snapshot=async_snapshot,
                          snapshot_interval=snapshot_interval, undo_cache=undo_cache)
-        self = cls._open_common(state_dir, features, header, items, strategy, io_kwargs)
-        for k, ev in enumerate(events):
-            self._fold(ev, where=f"label log line {k + 2}")
+        self = cls._open_common(state_dir, features, plan.header, items, strategy, io_kwargs)
+        where = "label log line {}" if not plan.rewrite_log else "event {}"
+        for k, ev in enumerate(plan.events):
+            self._fold(ev, where=where.format(k + 2 if not plan.rewrite_log else k + 1))
             self._events.append(ev)
         self._post = self._replay(self._history)
         self._post_stack = [None] * len(self._history)
-        self._log = LabelLog.open(state_dir / LOG_NAME, valid_bytes, fsync=fsync)
-        state_path = state_dir / STATE_NAME
-        if state_path.exists():
-            try:
-                load_snapshot(state_path)
-            except (ValueError, OSError):
-                os.replace(state_path, state_dir / (STATE_NAME + ".corrupt"))
+        self._log = carry_out(plan, state_dir, fsync=fsync)
+        self.recovery_notes = list(plan.notes)
         self._write_snapshot(sync=True)
         return self
 
@@ -820,7 +738,7 @@ class Session:
             save_snapshot(self.state_dir / STATE_NAME, state, fsync=self._fsync)
         else:
             if self._writer is None:
-                self._writer = _SnapshotWriter(self.state_dir / STATE_NAME, self._fsync, self._snapshot_interval)
+                self._writer = SnapshotWriter(self.state_dir / STATE_NAME, self._fsync, self._snapshot_interval)
             self._writer.submit(state)
 
     def flush(self) -> None:
@@ -979,17 +897,18 @@ class Session:
           ``window`` labels — near 0 ⇒ the decisions are stable.
 
         Values are compared with earlier calls of this method (an in-memory trace, one point per
-        distinct label count); ``window_labels`` says how many labels the comparison actually spans
-        (0 on the first call).
+        distinct label count); ``window_labels`` says how many labels the comparison actually spans.
+        On the first call (e.g. after a resume) the point ``window`` labels back is replayed from the
+        history.
         """
         if self._ref_idx is None:
             n = self._x.shape[0]
             gen = torch.Generator().manual_seed(_derive_seed(self._seed, "reference"))
             self._ref_idx = torch.randperm(n, generator=gen)[: min(n, reference_size)].sort().values
-        probs = self._post.predict_proba(self._x[self._ref_idx])
-        ea = float(probs.max(1).values.mean())
-        pred = probs.argmax(1)
+        ea, pred = self._confidence(self._post)
         n_now = len(self._labels)
+        if not self._trace and n_now > 0:
+            self._trace.append(self._past_point(n_now - window))  # e.g. after a resume
         self._trace = [t for t in self._trace if t[0] < n_now]
         self._trace.append((n_now, ea, pred))
         older = [t for t in self._trace if t[0] <= n_now - window]
@@ -1005,6 +924,22 @@ class Session:
             "window_labels": dn,
             "reference_size": int(pred.numel()),
         }
+
+    def _confidence(self, post: LastLayerLaplace) -> tuple[float, torch.Tensor]:
+        """Expected accuracy and predicted classes ``(R,)`` of ``post`` on the reference subset."""
+        probs = post.predict_proba(self._x[self._ref_idx])
+        return float(probs.max(1).values.mean()), probs.argmax(1)
+
+    def _past_point(self, n_labels: int) -> tuple[int, float, torch.Tensor]:
+        """Trace point of the latest history prefix with at most ``max(n_labels, 0)`` labels (replayed)."""
+        labels: dict[int, int] = {}
+        end, n_end = 0, 0
+        for j, action in enumerate(self._history):
+            self._set_label(labels, action)
+            if len(labels) <= max(n_labels, 0):
+                end, n_end = j + 1, len(labels)
+        ea, pred = self._confidence(self._replay(self._history[:end]))
+        return n_end, ea, pred
 
     # ------------------------------------------------------------------ public API: read-only state
     @property

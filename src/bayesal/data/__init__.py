@@ -2,7 +2,7 @@
 
 from .base import Dataset
 from .cache import FeatureCache, cache_dir
-from .registry import list_datasets, load_dataset, register
+from .registry import add_file_options, file_loader_kwargs, list_datasets, load_dataset, register
 from .user import LabelEncoder, from_arrays, from_module, load_features
 
 __all__ = [

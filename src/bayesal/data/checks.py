@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["check_features", "encode_labels", "check_lengths"]
+__all__ = ["check_features", "encode_labels", "check_lengths", "normalize_labels"]
 
 
 def check_features(x: Any, *, name: str = "features", dim: int | None = None) -> np.ndarray:
@@ -60,16 +60,12 @@ def _names_of(values: np.ndarray) -> list[str]:
     return [str(v) for v in values]
 
 
-def encode_labels(
-    labels: Any, class_names: Sequence[str] | None = None, *, min_classes: int = 2
-) -> tuple[np.ndarray, list[str]]:
-    """Map labels to int64 codes ``(N,)`` and return ``(codes, class_names)``.
+def normalize_labels(labels: Any) -> np.ndarray:
+    """Return ``labels`` as a 1-D array ``(N,)`` of integers, booleans or strings.
 
-    Without ``class_names`` the classes are the sorted unique label values (like scikit-learn's
-    ``LabelEncoder``); integer labels ``0..C-1`` therefore keep their values. With ``class_names`` the
-    code of a label is its position in that list; string labels must be names from the list and
-    integer labels must lie in ``[0, len(class_names))``. Fewer than ``min_classes`` classes present
-    is an error.
+    Missing values (``None``, NaN — e.g. an empty CSV cell) and inf are rejected with their row;
+    whole-number floats (how pandas reads an integer column with gaps) become int64 so that ``1.0``
+    stays class ``1`` and does not become the name ``"1.0"``; fractional floats are rejected.
     """
     if hasattr(labels, "detach") and hasattr(labels, "cpu"):
         labels = labels.detach().cpu().numpy()
@@ -81,17 +77,37 @@ def encode_labels(
     if y.size == 0:
         raise ValueError("labels are empty (0 rows)")
     if y.dtype == object:
-        if any(v is None or (isinstance(v, float) and np.isnan(v)) for v in y):
-            i = next(i for i, v in enumerate(y) if v is None or (isinstance(v, float) and np.isnan(v)))
-            raise ValueError(f"labels contain a missing value at row {i}")
-        y = y.astype(str)
-    numeric = np.issubdtype(y.dtype, np.number) or y.dtype == bool
-    if numeric and np.issubdtype(y.dtype, np.floating):
+        missing = [i for i, v in enumerate(y) if v is None or (isinstance(v, float) and np.isnan(v))]
+        if missing:
+            raise ValueError(f"labels contain {len(missing)} missing value(s); first at row {missing[0]}")
+        if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in y):
+            return y.astype(np.int64)
+        return y.astype(str)
+    if np.issubdtype(y.dtype, np.floating):
         if not np.isfinite(y).all():
-            raise ValueError(f"labels contain NaN or inf at row {int(np.flatnonzero(~np.isfinite(y))[0])}")
+            bad = np.flatnonzero(~np.isfinite(y))
+            raise ValueError(f"labels contain {bad.size} missing/NaN/inf value(s); first at row {int(bad[0])}")
         if not np.all(y == np.round(y)):
             raise ValueError("labels are floats with fractional parts; class labels must be integers or strings")
-        y = y.astype(np.int64)
+        return y.astype(np.int64)
+    if not (np.issubdtype(y.dtype, np.number) or y.dtype == bool or y.dtype.kind in "US"):
+        raise ValueError(f"labels must be integers or strings, got dtype {y.dtype}")
+    return y
+
+
+def encode_labels(
+    labels: Any, class_names: Sequence[str] | None = None, *, min_classes: int = 2
+) -> tuple[np.ndarray, list[str]]:
+    """Map labels to int64 codes ``(N,)`` and return ``(codes, class_names)``.
+
+    Without ``class_names`` the classes are the sorted unique label values (like scikit-learn's
+    ``LabelEncoder``); integer labels ``0..C-1`` therefore keep their values. With ``class_names`` the
+    code of a label is its position in that list; string labels must be names from the list and
+    integer labels must lie in ``[0, len(class_names))``. Fewer than ``min_classes`` classes present
+    is an error.
+    """
+    y = normalize_labels(labels)
+    numeric = np.issubdtype(y.dtype, np.number) or y.dtype == bool
     if class_names is None:
         uniq, codes = np.unique(y, return_inverse=True)
         names = _names_of(uniq)

@@ -47,6 +47,23 @@ def load_dataset(name: str | os.PathLike, **kwargs) -> Dataset:
     )
 
 
+def add_file_options(parser) -> None:
+    """Command-line options for reading a user features file (``--dataset FILE``)."""
+    parser.add_argument("--label-column", default=None,
+                        help="with a .csv/.parquet --dataset: the label column (default: label, labels, y, target(s))")
+    parser.add_argument("--item-column", default=None,
+                        help="with a .csv/.parquet --dataset: a column shown while labeling (e.g. the text)")
+
+
+def file_loader_kwargs(args) -> dict[str, str]:
+    """Loader keyword arguments from :func:`add_file_options`; an error if given for a built-in dataset."""
+    kw = {k: v for k in ("label_column", "item_column") if (v := getattr(args, k, None)) is not None}
+    if kw and getattr(args, "dataset", None) in _REGISTRY:
+        opts = ", ".join("--" + k.replace("_", "-") for k in kw)
+        raise ValueError(f"{opts} only apply to a features file, not the built-in dataset {args.dataset!r}")
+    return kw
+
+
 @register("digits", "scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes), raw pixels")
 def load_digits(test_size: float = 0.25, random_state: int = 0) -> Dataset:
     from sklearn.datasets import load_digits as _load

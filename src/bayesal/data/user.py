@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .base import Dataset
-from .checks import check_features, check_lengths, encode_labels
+from .checks import check_features, check_lengths, encode_labels, normalize_labels
 
 __all__ = ["LabelEncoder", "split_indices", "from_arrays", "load_features", "from_module"]
 
@@ -105,7 +105,7 @@ def from_arrays(
         if test_features is None or test_labels is None:
             raise ValueError("give both test_features and test_labels, or neither")
         xt = check_features(test_features, name="test_features", dim=x.shape[1])
-        a, b = np.asarray(labels), np.asarray(test_labels)
+        a, b = normalize_labels(labels), normalize_labels(test_labels)
         check_lengths(len(x), len(a), what="train")
         check_lengths(len(xt), len(b), what="test")
         if a.dtype.kind in "iub" and b.dtype.kind in "iub":
@@ -224,13 +224,19 @@ def load_features(
         if suffix in (".parquet", ".pq"):
             df = pd.read_parquet(p)
         else:
-            df = pd.read_csv(p, sep="\t" if suffix == ".tsv" else ",")
+            df = pd.read_csv(p, sep="\t" if suffix == ".tsv" else _sniff_separator(p))
         if len(df) == 0:
             raise ValueError(f"{p} has no rows")
-        if labels is None and label_column not in df.columns:
-            raise ValueError(f"{p} has no label column {label_column!r}; columns: {list(df.columns)[:20]}")
+        if labels is None:
+            label_column = _find_label_column(df.columns, label_column, p)
         skip = {label_column, item_column, split_column}
         if feature_columns is None:
+            index_like = [c for c in df.columns if str(c).startswith("Unnamed: ") or str(c) == "index"]
+            if index_like:
+                # what DataFrame.to_csv writes for the index: a row number, not a feature
+                warnings.warn(f"{p}: ignoring index column(s) {index_like} (pass feature_columns= to keep them)",
+                              stacklevel=2)
+            skip.update(index_like)
             feature_columns = [c for c in df.columns if c not in skip and pd.api.types.is_numeric_dtype(df[c])]
             if not feature_columns:
                 raise ValueError(f"{p} has no numeric feature columns besides {label_column!r}")
@@ -239,7 +245,7 @@ def load_features(
             if missing:
                 raise ValueError(f"feature column(s) {missing} not in {p}; columns: {list(df.columns)[:20]}")
         x = df[list(feature_columns)].to_numpy()
-        y = np.asarray(labels) if labels is not None else df[label_column].to_numpy()
+        y = normalize_labels(labels if labels is not None else df[label_column].to_numpy())
         items = df[item_column].tolist() if item_column else None
         meta["feature_columns"] = [str(c) for c in feature_columns][:50]
         if split_column and split_column in df.columns:
@@ -248,8 +254,6 @@ def load_features(
             if bad:
                 raise ValueError(f"column {split_column!r} must hold 'train' or 'test', found {bad[:5]}")
             tr, te = split == "train", split == "test"
-            if y.dtype == object:
-                y = y.astype(str)
             return from_arrays(
                 x[tr], y[tr], class_names, name=name, items=_take(items, np.flatnonzero(tr)),
                 test_features=x[te], test_labels=y[te], test_items=_take(items, np.flatnonzero(te)),
@@ -257,6 +261,35 @@ def load_features(
             )
         return from_arrays(x, y, class_names, items=items, meta=meta, **common)
     raise ValueError(f"unsupported file type {suffix!r} for {p}; use .npy, .npz, .parquet or .csv")
+
+
+def _sniff_separator(path: Path) -> str:
+    """The delimiter of a CSV file (``,``, ``;``, tab or ``|``), read from its first line."""
+    import csv
+
+    with open(path, newline="", errors="replace") as f:
+        head = f.readline()
+    try:
+        return csv.Sniffer().sniff(head, delimiters=",;\t|").delimiter
+    except csv.Error:
+        return ","
+
+
+def _find_label_column(columns: Any, wanted: str, path: Path) -> str:
+    """``wanted`` if present; for the default name also the usual alternatives (``y``, ``target``, …),
+    ignoring case."""
+    cols = [str(c) for c in columns]
+    if wanted in cols:
+        return wanted
+    candidates = (wanted,) + (_LABEL_KEYS if wanted == "label" else ())
+    lower = {c.lower(): c for c in cols}
+    for cand in candidates:
+        if cand.lower() in lower:
+            return lower[cand.lower()]
+    raise ValueError(
+        f"{path} has no label column {wanted!r}; columns: {cols[:20]} (pass label_column=..., or "
+        "--label-column on the command line)"
+    )
 
 
 def from_module(

@@ -105,6 +105,32 @@ def test_full_ggn_matches_dense_kron(toy):
     torch.testing.assert_close(new.covariance_, torch.linalg.inv(prec), atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("gamma", [1.0, 10.0])
+def test_full_ggn_mean_step_equals_dense_newton_step(toy, gamma):
+    """μ' = μ − γ H'⁻¹ ∇NLL with H' the dense (CD, CD) precision and row-major vec W."""
+    x, y, w, b = toy
+    post = LastLayerLaplace(hessian="full").fit(x[:30], y[:30], weight=w, bias=b)
+    xn, yn = x[30:36], y[30:36]
+    prec = torch.linalg.inv(post.covariance_)
+    grad = torch.zeros(3, x.shape[1], dtype=torch.float64)
+    for i in range(len(yn)):
+        p = torch.softmax(w @ xn[i] + b, 0)
+        prec += torch.kron(torch.diag(p) - torch.outer(p, p), torch.outer(xn[i], xn[i]))
+        grad -= torch.outer(torch.nn.functional.one_hot(yn[i], 3).double() - p, xn[i])  # ∇NLL (C, D)
+    expected = w - gamma * torch.linalg.solve(prec, grad.reshape(-1)).reshape(3, -1)
+    torch.testing.assert_close(post.update(xn, yn, gamma=gamma).mean_, expected, atol=1e-9, rtol=0)
+
+
+def test_mean_step_paths_agree(toy):
+    """The mean step's two evaluation orders (fewer points than classes, or not) agree."""
+    x, y, *_ = toy
+    post = _fitted(toy)
+    one = post.update(x[30:32], y[30:32], method="rank1")  # M = 2 < C = 3
+    dense_prec, probs = _dense_precision_update(post, x[30:32])
+    grad = -(torch.nn.functional.one_hot(y[30:32], 3).double() - probs).T @ x[30:32]
+    torch.testing.assert_close(one.mean_, post.mean_ - 10 * torch.linalg.solve(dense_prec, grad.T).T, atol=1e-9, rtol=0)
+
+
 def test_full_ggn_factor_reproduces_hessian():
     g = torch.Generator().manual_seed(1)
     phi = torch.randn(4, 3, generator=g, dtype=torch.float64)

@@ -22,13 +22,14 @@ from .update import (
     shared_factor,
     woodbury_downdate,
 )
-from .validation import as_features, as_targets, check_num_classes
+from .validation import as_features, as_targets, check_num_classes, infer_num_classes
 
 __all__ = ["LastLayerLaplace"]
 
 HESSIANS = ("shared", "full")
 UPDATE_METHODS = ("woodbury", "rank1")
 PREDICTIVES = ("mean_field", "mc")
+MC_BLOCK_ELEMENTS = 2**21  # samples × rows × classes per Monte Carlo block (16 MiB in float64)
 
 
 def _centered(cov: torch.Tensor) -> torch.Tensor:
@@ -93,16 +94,15 @@ class LastLayerLaplace:
         """Set the MAP mean and build the covariance from labeled ``features (N, D)``, ``labels (N,)``.
 
         With ``weight (C, D)`` (and optionally ``bias (C,)``) the given head is the MAP estimate;
-        otherwise the head is trained first (``head_config``, seeded by ``random_state``).
+        otherwise the head is trained first (``head_config``, seeded by ``random_state``). Without
+        ``num_classes`` (or ``weight``) C is inferred from soft labels' width or as the largest class
+        index + 1: pass it when the labeled set may lack the last classes.
         """
         x = as_features(features, dtype=self.dtype, device=self.device)
         if weight is not None:
             num_classes = int(weight.shape[0]) if num_classes is None else num_classes
         if num_classes is None:
-            y_raw = torch.as_tensor(labels)
-            if y_raw.numel() == 0:
-                raise ValueError("labels are empty; pass num_classes or at least one labeled point")
-            num_classes = int(y_raw.max()) + 1
+            num_classes = infer_num_classes(labels)
         c = check_num_classes(num_classes)
         targets = as_targets(labels, c, n=x.shape[0], dtype=self.dtype, device=self.device)
         d = x.shape[1]
@@ -160,6 +160,19 @@ class LastLayerLaplace:
         self._check_fitted()
         return as_features(features, dim=self.num_features_, dtype=self.dtype, device=self.device)
 
+    def _pool(self, features: Any) -> torch.Tensor:
+        """``features`` checked for shape only, in their own dtype/device (no copy of a NumPy pool):
+        :meth:`_pool_chunks` converts and checks them chunk by chunk, so scoring a float32 pool never
+        holds a float64 copy of all of it."""
+        self._check_fitted()
+        return as_features(features, dim=self.num_features_, check_finite=False)
+
+    def _pool_chunks(self, x: torch.Tensor, per_row: int = 1, step: int | None = None) -> Iterator[torch.Tensor]:
+        """Chunks of :meth:`_pool` output in ``dtype`` on ``device``, each checked for NaN/inf."""
+        step = step or max(1, self.chunk_size // max(1, per_row))
+        for start in range(0, x.shape[0], step):
+            yield as_features(x[start : start + step], dtype=self.dtype, device=self.device, row_offset=start)
+
     def _chunks(self, x: torch.Tensor, per_row: int = 1) -> Iterator[torch.Tensor]:
         step = max(1, self.chunk_size // max(1, per_row))
         for start in range(0, x.shape[0], step):
@@ -170,7 +183,13 @@ class LastLayerLaplace:
 
     def logits(self, features: Any) -> torch.Tensor:
         """MAP logits ``(N, C)``."""
-        return self._logits(self._features(features))
+        x = self._pool(features)
+        return self._cat([self._logits(ch) for ch in self._pool_chunks(x)], (0, self.num_classes_))
+
+    def _cat(self, parts: list[torch.Tensor], empty_shape: tuple[int, ...]) -> torch.Tensor:
+        if not parts:
+            return torch.zeros(empty_shape, dtype=self.dtype, device=self.device)
+        return torch.cat(parts)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`logits` of already-validated ``x (N, D)`` (no fitted/NaN checks of a large pool)."""
@@ -187,17 +206,30 @@ class LastLayerLaplace:
     def _per_row_cost(self) -> int:
         return 1 if self.hessian == "shared" else self.num_classes_**2 * self.num_features_ // 64 + 1
 
+    def _var_shape(self) -> tuple[int, ...]:
+        return (0,) if self.hessian == "shared" else (0, self.num_classes_, self.num_classes_)
+
     def logit_variance(self, features: Any) -> torch.Tensor:
         """Shared: ``σ²(x) = φᵀΣφ`` ``(N,)``. Full: the logit covariance ``(N, C, C)``."""
-        return self._logit_variance(self._features(features))
+        x = self._pool(features)
+        parts = [self._logit_cov_chunk(ch) for ch in self._pool_chunks(x, self._per_row_cost())]
+        return self._cat(parts, self._var_shape())
 
     def _logit_variance(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`logit_variance` of already-validated ``x (N, D)``."""
         parts = [self._logit_cov_chunk(ch) for ch in self._chunks(x, self._per_row_cost())]
-        if not parts:
-            shape = (0,) if self.hessian == "shared" else (0, self.num_classes_, self.num_classes_)
-            return torch.zeros(shape, dtype=self.dtype, device=self.device)
-        return torch.cat(parts)
+        return self._cat(parts, self._var_shape())
+
+    def _mc_generator(self, generator: torch.Generator | None) -> torch.Generator | None:
+        """The given generator, else one seeded by an int ``random_state`` (reproducible predictive),
+        on the posterior's device; ``None`` (global RNG) when neither is set."""
+        if generator is not None:
+            return generator
+        if isinstance(self.random_state, torch.Generator):
+            return self.random_state
+        if self.random_state is None:
+            return None
+        return torch.Generator(device=self.device).manual_seed(int(self.random_state))
 
     def predict_proba(
         self,
@@ -214,23 +246,27 @@ class LastLayerLaplace:
         """
         if method not in PREDICTIVES:
             raise ValueError(f"unknown predictive {method!r}; choose one of {PREDICTIVES}")
-        x = self._features(features)
         lam = self.lambda_mf if lambda_mf is None else float(lambda_mf)
+        if not lam >= 0 or not math.isfinite(lam):
+            raise ValueError(f"lambda_mf must be a finite number >= 0, got {lambda_mf}")
         if method == "mc" and n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-        per_row = self._per_row_cost() if method == "mean_field" else max(self._per_row_cost(), n_samples * self.num_classes_ // 16)
+        x = self._pool(features)
         out = []
-        for ch in self._chunks(x, per_row):
-            z = ch @ self.mean_.T + self.bias_
-            var = self._logit_cov_chunk(ch)
-            if method == "mean_field":
+        if method == "mean_field":
+            for ch in self._pool_chunks(x, self._per_row_cost()):
+                var = self._logit_cov_chunk(ch)
                 v = var if var.ndim == 1 else _centered(var).diagonal(dim1=1, dim2=2)
-                out.append(mean_field_probs(z, v, lam))
-            else:
-                out.append(mc_probs(z, self._logit_scale(var), n_samples, generator))
-        if not out:
-            return torch.zeros(0, self.num_classes_, dtype=self.dtype, device=self.device)
-        return torch.cat(out)
+                out.append(mean_field_probs(self._logits(ch), v, lam))
+        else:
+            # MC rows come in blocks of a fixed size (not chunk_size), so a seeded result does not
+            # depend on the chunking; a block holds about MC_BLOCK_ELEMENTS samples
+            gen = self._mc_generator(generator)
+            step = max(1, MC_BLOCK_ELEMENTS // (n_samples * self.num_classes_))
+            for ch in self._pool_chunks(x, step=step):
+                scale = self._logit_scale(self._logit_cov_chunk(ch))
+                out.append(mc_probs(self._logits(ch), scale, n_samples, gen))
+        return self._cat(out, (0, self.num_classes_))
 
     def _logit_scale(self, var: torch.Tensor) -> torch.Tensor:
         if var.ndim == 1:
@@ -242,10 +278,11 @@ class LastLayerLaplace:
         return self.predict_proba(features, **kwargs).argmax(1)
 
     def sample_logits(self, features: Any, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Logit samples ``(K, N, C)`` from the Laplace posterior (for BALD, variation ratio)."""
+        """Logit samples ``(K, N, C)`` from the Laplace posterior (for BALD, variation ratio); seeded
+        like the Monte Carlo predictive. The logit covariance is computed chunk by chunk."""
         x = self._features(features)
-        z = x @ self.mean_.T + self.bias_
-        return mc_logit_samples(z, self._logit_scale(self._logit_cov_chunk(x)), n_samples, generator)
+        scale = self._logit_scale(self._logit_variance(x))
+        return mc_logit_samples(self._logits(x), scale, n_samples, self._mc_generator(generator))
 
     def sample_weights(self, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Weight samples ``(K, C, D)`` from ``N(μ, Σ)``."""

@@ -30,7 +30,9 @@ def mc_logit_samples(
     ``(N, C, C)`` of the per-instance logit covariance for the full GGN.
     """
     n, c = logits.shape
-    eps = torch.randn(n_samples, n, c, generator=generator, dtype=logits.dtype).to(logits.device)
+    # draw where the generator lives (a CPU generator for CUDA logits draws on the CPU, then copies)
+    where = generator.device if generator is not None else logits.device
+    eps = torch.randn(n_samples, n, c, generator=generator, dtype=logits.dtype, device=where).to(logits.device)
     if scale.ndim == 1:
         return logits + eps * scale.view(1, n, 1)
     return logits + torch.einsum("nck,snk->snc", scale, eps)

@@ -98,8 +98,11 @@ def newton_mean_step_shared(
     gamma: float,
 ) -> torch.Tensor:
     """``μ'_c = μ_c + γ Σ' Σ_j (y_jc − p_jc) φ_j`` for ``μ (C, D)``, ``Σ' (D, D)``, ``Φ (M, D)``."""
-    grad = (targets - probs).T @ phi  # (C, D), minus the NLL gradient
-    return mean + gamma * grad @ cov_new
+    resid = targets - probs  # (M, C); minus the NLL gradient is residᵀ Φ
+    if phi.shape[0] < mean.shape[0]:
+        # residᵀ (Φ Σ'): O(M D² + M C D), the spec's O(D² + CD) per point, instead of O(C D²)
+        return mean + gamma * resid.T @ (phi @ cov_new)
+    return mean + gamma * (resid.T @ phi) @ cov_new
 
 
 def newton_mean_step_full(

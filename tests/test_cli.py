@@ -6,6 +6,7 @@ import sys
 import pandas as pd
 import pytest
 
+from bayesal import loop
 from bayesal.cli import main
 from bayesal.loop import make_strategy
 
@@ -49,3 +50,19 @@ def test_strategy_specs(spec):
 
     s = make_strategy(spec, reference=(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long)))
     assert hasattr(s, "query")
+
+
+def test_cli_rejects_bad_arguments_before_compute(tmp_path, capsys, monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("computed before validating the arguments")
+
+    monkeypatch.setattr(loop, "run_active_learning", boom)
+    base = ["run", "--dataset", "digits", "--strategy", "random", "--cycles", "1", "--no-progress"]
+    assert main(base + ["--seeds", "0", "--out", str(tmp_path / "r.parquet")]) == 2
+    out = capsys.readouterr()
+    assert "--seeds must be >= 1" in out.err and "wrote" not in out.out
+    assert main(base + ["--out", str(tmp_path / "r.json")]) == 2
+    assert "parquet or .csv" in capsys.readouterr().err
+    assert main(base + ["--initial-size", "0"]) == 2
+    assert "initial_size must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "r.parquet").exists()

@@ -177,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if getattr(args, "seeds", None) is not None and args.seeds < 1:  # before loading data or computing
+        print(f"bayesal: error: --seeds must be >= 1, got {args.seeds}", file=sys.stderr)
+        return 2
     if getattr(args, "dataset", "unset") is None and args.command == "run":
         args.dataset = _default_dataset()
     try:

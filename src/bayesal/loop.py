@@ -15,9 +15,20 @@ from .data.base import Dataset
 from .head import HeadConfig, train_head
 from .metrics import decision_flips, evaluate
 from .posterior import LastLayerLaplace
+from .rng import derive_generator
 from .strategies.base import LabeledSet, QueryStrategy
 
-__all__ = ["ALConfig", "make_strategy", "run_active_learning", "run_experiment", "append_results", "read_results"]
+__all__ = [
+    "ALConfig", "RESULT_COLUMNS", "make_strategy", "run_active_learning", "run_experiment",
+    "append_results", "read_results",
+]
+
+#: Columns of a results file written by :func:`run_experiment`, in order.
+RESULT_COLUMNS: tuple[str, ...] = (
+    "strategy", "seed", "cycle", "num_labels", "accuracy", "nll", "brier", "ece", "accuracy_updated",
+    "decision_flips", "query_time_s", "update_time_s", "train_time_s", "dataset", "batch_size", "config",
+)
+RESULT_SUFFIXES = (".parquet", ".csv")
 
 
 @dataclass(frozen=True)
@@ -37,8 +48,26 @@ class ALConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.cycles < 0:
             raise ValueError(f"batch_size must be >= 1 and cycles >= 0, got {self.batch_size}, {self.cycles}")
+        if self.initial_size is not None and self.initial_size < 1:
+            raise ValueError(f"initial_size must be >= 1 (or None for batch_size), got {self.initial_size}")
         if self.candidate_size is not None and self.candidate_size < self.batch_size:
             raise ValueError(f"candidate_size {self.candidate_size} is smaller than batch_size {self.batch_size}")
+
+    @property
+    def initial(self) -> int:
+        """Number of initial random labels."""
+        return self.batch_size if self.initial_size is None else self.initial_size
+
+    def check_budget(self, pool_size: int) -> None:
+        """Raise if the pool is empty or the label budget exceeds it."""
+        if pool_size == 0:
+            raise ValueError("the pool is empty")
+        budget = self.initial + self.cycles * self.batch_size
+        if budget > pool_size:
+            raise ValueError(
+                f"budget of {self.initial} initial + {self.cycles} cycles x {self.batch_size} = {budget} labels "
+                f"exceeds the pool of {pool_size} instances; lower --initial-size, --cycles or --batch-size"
+            )
 
 
 def make_strategy(spec: str, gamma: float = 10.0, reference: tuple[torch.Tensor, torch.Tensor] | None = None) -> QueryStrategy:
@@ -51,18 +80,34 @@ def make_strategy(spec: str, gamma: float = 10.0, reference: tuple[torch.Tensor,
     """
     from . import strategies as S
 
+    original = spec
     spec = spec.strip().lower()
     if spec.startswith("seq-"):
         base, _, mode = spec[4:].partition("@")
-        return S.Sequential(S.get_strategy(base.replace("-", "_")), update_with=mode or "oracle", gamma=gamma)
-    spec = spec.replace("-", "_")  # CLI spelling: least-confidence → least_confidence
-    if spec == "lookahead":
+        return S.Sequential(_base_strategy(base, original), update_with=mode or "oracle", gamma=gamma)
+    if spec.replace("-", "_") == "lookahead":
         return S.ExpectedLogLossReduction(gamma=gamma)
-    if spec == "oracle_lookahead":
+    if spec.replace("-", "_") == "oracle_lookahead":
         if reference is None:
             raise ValueError("oracle-lookahead needs a held-out reference set")
         return S.OracleLookahead(reference[0], reference[1], gamma=gamma)
-    return S.get_strategy(spec)
+    return _base_strategy(spec, original)
+
+
+def _base_strategy(name: str, spec: str) -> QueryStrategy:
+    """A base strategy by CLI name; unknown names list the specs users type, not internal names."""
+    from . import strategies as S
+
+    try:
+        return S.get_strategy(name.replace("-", "_"))  # CLI spelling: least-confidence → least_confidence
+    except ValueError as err:
+        if "unknown strategy" not in str(err):
+            raise
+    bases = ", ".join(n.replace("_", "-") for n in S.BASE_STRATEGY_NAMES)
+    raise ValueError(
+        f"unknown strategy {spec!r}; choose one of: {bases}, seq-NAME[@oracle|most_likely|sampled|expected] "
+        "(NAME one of the former), lookahead, oracle-lookahead"
+    ) from None
 
 
 def _fit_posterior(x: torch.Tensor, y: torch.Tensor, c: int, cfg: ALConfig, gen: torch.Generator) -> tuple[LastLayerLaplace, float]:
@@ -93,21 +138,16 @@ def run_active_learning(
     y_test = torch.as_tensor(dataset.test_labels).long()
     c = dataset.num_classes
     n_pool = len(y_pool)
-    init = config.initial_size or config.batch_size
-    if n_pool == 0:
-        raise ValueError("the pool is empty")
-    if init + config.cycles * config.batch_size > n_pool:
-        raise ValueError(
-            f"budget of {init} + {config.cycles} x {config.batch_size} labels exceeds the pool of {n_pool} instances"
-        )
+    config.check_budget(n_pool)
     name = strategy if isinstance(strategy, str) else getattr(strategy, "name", type(strategy).__name__)
     if isinstance(strategy, str):
         strategy = make_strategy(strategy, config.gamma, reference=(x_test, y_test))
-    gen = torch.Generator().manual_seed(seed)
-    labeled = torch.randperm(n_pool, generator=gen)[:init]
+    # One stream per purpose and cycle, so that for a given seed every strategy sees the same initial
+    # labels, candidate subsets and head-training order: the comparison between strategies is paired.
+    labeled = torch.randperm(n_pool, generator=derive_generator(seed, "initial"))[: config.initial]
     is_labeled = torch.zeros(n_pool, dtype=torch.bool)
     is_labeled[labeled] = True
-    post, train_time = _fit_posterior(x_pool[labeled], y_pool[labeled], c, config, gen)
+    post, train_time = _fit_posterior(x_pool[labeled], y_pool[labeled], c, config, derive_generator(seed, "head", 0))
     rows: list[dict[str, Any]] = []
 
     def record(cycle: int, query_time: float, update_time: float, acc_updated: float, flips: float) -> None:
@@ -123,11 +163,14 @@ def run_active_learning(
     for cycle in range(1, config.cycles + 1):
         unlabeled = (~is_labeled).nonzero().flatten()
         if config.candidate_size is not None and len(unlabeled) > config.candidate_size:
-            unlabeled = unlabeled[torch.randperm(len(unlabeled), generator=gen)[: config.candidate_size]]
+            # Permute the whole pool (not just the unlabeled part) and keep the first unlabeled ones:
+            # strategies with the same labels get the same candidates, others share all but their picks.
+            order = torch.randperm(n_pool, generator=derive_generator(seed, "candidates", cycle))
+            unlabeled = order[~is_labeled[order]][: config.candidate_size]
         t0 = time.perf_counter()
         result = strategy.query(
             post, x_pool[unlabeled], LabeledSet(x_pool[is_labeled], y_pool[is_labeled]),
-            config.batch_size, gen, candidate_labels=y_pool[unlabeled],
+            config.batch_size, derive_generator(seed, "strategy", cycle), candidate_labels=y_pool[unlabeled],
         )
         query_time = time.perf_counter() - t0
         picked = unlabeled[result.indices]
@@ -139,23 +182,52 @@ def run_active_learning(
         acc_updated = evaluate(updated.predict_proba(x_test), y_test)["accuracy"]
         is_labeled[picked] = True
         before = probs_test
-        post, train_time = _fit_posterior(x_pool[is_labeled], y_pool[is_labeled], c, config, gen)
+        post, train_time = _fit_posterior(x_pool[is_labeled], y_pool[is_labeled], c, config,
+                                          derive_generator(seed, "head", cycle))
         probs_test = post.predict_proba(x_test)
         record(cycle, query_time, update_time, acc_updated, decision_flips(before, probs_test))
     return rows
 
 
+def _check_suffix(path: Path) -> None:
+    if path.suffix not in RESULT_SUFFIXES:
+        raise ValueError(f"results file must end in .parquet or .csv, got {path.name}")
+
+
+def _read_existing(path: Path) -> pd.DataFrame | None:
+    """An existing results file (None if absent or empty); ValueError if unreadable."""
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    return read_results(path)
+
+
+def _check_columns(path: Path, expected: Iterable[str], found: list[str]) -> None:
+    expected = list(expected)
+    if set(expected) != set(found):
+        raise ValueError(
+            f"results file {path} has a different schema; expected columns {expected}, found {found} "
+            f"(the file lacks {sorted(set(expected) - set(found))} and has extra "
+            f"{sorted(set(found) - set(expected))}); write to a new file"
+        )
+
+
 def append_results(rows: Iterable[dict[str, Any]], path: str | Path) -> None:
-    """Append rows to a ``.parquet`` or ``.csv`` results file (Parquet is rewritten atomically)."""
+    """Append rows to a ``.parquet`` or ``.csv`` results file (Parquet is rewritten atomically).
+
+    Raises ValueError, leaving the file untouched, if an existing file has other columns: appending
+    would put CSV rows under the wrong header or fill Parquet columns with NaN."""
     path = Path(path)
+    _check_suffix(path)
     new = pd.DataFrame(list(rows))
+    old = _read_existing(path)
+    if old is not None:
+        _check_columns(path, new.columns, list(old.columns))
+        new = new[list(old.columns)]  # same columns, the file's order
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".csv":
-        new.to_csv(path, mode="a", header=not path.exists() or path.stat().st_size == 0, index=False)
+        new.to_csv(path, mode="a", header=old is None, index=False)
         return
-    if path.suffix != ".parquet":
-        raise ValueError(f"results file must end in .parquet or .csv, got {path.name}")
-    frame = pd.concat([read_results(path), new], ignore_index=True) if path.exists() else new
+    frame = new if old is None else pd.concat([old, new], ignore_index=True)
     tmp = path.with_name(f".{path.name}.tmp")
     frame.to_parquet(tmp, index=False)
     tmp.replace(path)
@@ -181,12 +253,24 @@ def run_experiment(
     progress: bool = True,
 ) -> pd.DataFrame:
     """Run every strategy for every seed; rows are appended to ``out`` after each (strategy, seed)
-    so an interrupted run keeps what it finished. Returns all rows."""
+    so an interrupted run keeps what it finished. Returns all rows.
+
+    Strategies, seeds, the label budget and ``out`` (suffix, readability, columns) are checked before
+    any compute, so a typo cannot cost a finished run."""
     from tqdm.auto import tqdm
 
     seeds = list(seeds)
-    for s in strategies:  # fail fast on a typo before hours of compute
+    if not seeds or not strategies:
+        raise ValueError(f"need at least one strategy and one seed, got {len(strategies)} and {len(seeds)}")
+    for s in strategies:
         make_strategy(s, config.gamma, reference=(torch.zeros(1, dataset.num_features), torch.zeros(1, dtype=torch.long)))
+    config.check_budget(len(dataset.train_labels))
+    if out is not None:
+        out = Path(out)
+        _check_suffix(out)
+        old = _read_existing(out)
+        if old is not None:
+            _check_columns(out, RESULT_COLUMNS, list(old.columns))
     total = len(strategies) * len(seeds) * (config.cycles + 1)
     bar = tqdm(total=total, desc=f"{dataset.name}", disable=not progress, unit="cycle")
     frames = []
@@ -198,10 +282,10 @@ def run_experiment(
                 bar.update(1)
 
             rows = run_active_learning(dataset, strat, config, seed, on_cycle=tick)
-            for r in rows:
-                r.update({"dataset": dataset.name, "batch_size": config.batch_size, "config": str(asdict(config))})
+            rows = [{**r, "dataset": dataset.name, "batch_size": config.batch_size, "config": str(asdict(config))}
+                    for r in rows]
             if out is not None:
                 append_results(rows, out)
             frames.append(pd.DataFrame(rows))
     bar.close()
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return pd.concat(frames, ignore_index=True)

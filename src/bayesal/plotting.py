@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,26 +24,67 @@ def _check(df: pd.DataFrame, metric: str) -> None:
         raise ValueError("results are empty")
 
 
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _config_labels(configs: list[str], skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """Short labels naming only the settings that differ between config strings ("" if none differ)."""
+    try:
+        parsed = {c: _flatten(ast.literal_eval(c)) for c in configs}
+    except (ValueError, SyntaxError, TypeError, AttributeError):  # not a dict repr: number them
+        return {c: f"config {i + 1}" for i, c in enumerate(configs)} if len(configs) > 1 else {c: "" for c in configs}
+    keys = sorted({k for p in parsed.values() for k in p} - set(skip))
+    varying = [k for k in keys if len({repr(p.get(k)) for p in parsed.values()}) > 1]
+    return {c: ", ".join(f"{k}={p.get(k)}" for k in varying) for c, p in parsed.items()}
+
+
+def _with_setting(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Group keys beyond dataset/strategy: batch_size and, where configs differ otherwise, a short
+    ``setting`` label, so runs with other batch sizes or configs are never merged into one curve."""
+    keys = ["batch_size"] if "batch_size" in df.columns else []
+    if "config" in df.columns:
+        skip = ("batch_size",) if keys else ()
+        labels = _config_labels([str(c) for c in df["config"].dropna().unique()], skip)
+        if any(labels.values()):
+            df = df.assign(setting=df["config"].map(lambda c: labels.get(str(c), "") if pd.notna(c) else ""))
+            keys.append("setting")
+    return df, keys
+
+
+def _group_keys(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    df, extra = _with_setting(df)
+    return df, [k for k in ("dataset", "strategy") if k in df.columns] + extra
+
+
 def curve_summary(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
-    """Mean, standard error and seed count of ``metric`` per (dataset, strategy, num_labels)."""
+    """Mean, standard error and seed count of ``metric`` per (dataset, strategy, batch_size[, setting],
+    num_labels); ``setting`` names the config fields that differ, present only when some do."""
     _check(df, metric)
-    keys = [k for k in ("dataset", "strategy") if k in df.columns] + ["num_labels"]
-    g = df.groupby(keys)[metric]
+    df, keys = _group_keys(df)
+    keys = keys + ["num_labels"]
+    g = df.groupby(keys, dropna=False)[metric]
     out = g.agg(["mean", "std", "count"]).reset_index()
     out["sem"] = out["std"].fillna(0.0) / np.sqrt(out["count"])
     return out
 
 
 def aulc_table(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
-    """AULC per strategy: computed per seed, then mean ± standard error over seeds, best first."""
+    """AULC per strategy (and batch size / setting): computed per seed, then mean ± standard error over
+    seeds, best first. ``batch_size`` is shown only when the results hold more than one."""
     _check(df, metric)
-    keys = [k for k in ("dataset", "strategy") if k in df.columns]
+    df, keys = _group_keys(df)
     per_seed = (
-        df.sort_values("num_labels").groupby(keys + ["seed"])
+        df.sort_values("num_labels").groupby(keys + ["seed"], dropna=False)
         .apply(lambda s: aulc(s["num_labels"], s[metric]), include_groups=False)
         .rename("aulc").reset_index()
     )
-    tab = per_seed.groupby(keys)["aulc"].agg(["mean", "std", "count"]).reset_index()
+    tab = per_seed.groupby(keys, dropna=False)["aulc"].agg(["mean", "std", "count"]).reset_index()
+    if "batch_size" in tab.columns and tab["batch_size"].nunique(dropna=False) < 2:
+        tab = tab.drop(columns="batch_size")
     tab["sem"] = tab["std"].fillna(0.0) / np.sqrt(tab["count"])
     tab = tab.rename(columns={"mean": f"aulc_{metric}", "count": "seeds"}).drop(columns="std")
     return tab.sort_values(f"aulc_{metric}", ascending=metric in ("nll", "brier", "ece")).reset_index(drop=True)
@@ -59,8 +102,13 @@ def plot_learning_curves(df: pd.DataFrame, out: str | Path, metric: str = "accur
     fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False)
     for ax, ds in zip(axes[0], datasets):
         part = summ if ds is None else summ[summ["dataset"] == ds]
-        for strat, s in part.groupby("strategy"):
-            ax.plot(s["num_labels"], s["mean"], marker=".", label=f"{strat} (n={int(s['count'].max())})")
+        keys = [k for k in ("strategy", "batch_size", "setting") if k in part.columns]
+        many_b = "batch_size" in part.columns and summ["batch_size"].nunique(dropna=False) > 1
+        for key, s in part.groupby(keys, dropna=False):
+            strat, rest = key[0], dict(zip(keys[1:], key[1:]))
+            extra = f", b={rest['batch_size']}" if many_b else ""
+            extra += f", {rest['setting']}" if rest.get("setting") else ""
+            ax.plot(s["num_labels"], s["mean"], marker=".", label=f"{strat}{extra} (n={int(s['count'].max())})")
             ax.fill_between(s["num_labels"], s["mean"] - s["sem"], s["mean"] + s["sem"], alpha=0.2)
         ax.set(xlabel="number of labels", ylabel=metric, title=title or (ds or ""))
         ax.grid(alpha=0.3)

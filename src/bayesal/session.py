@@ -60,6 +60,8 @@ import torch
 from .head import HeadConfig
 from .persistence import CorruptStateError, LabelLog, LogLockedError, load_snapshot, read_log, save_snapshot
 from .posterior import LastLayerLaplace
+from .rng import derive_seed
+from .session_book import LabelBook
 from .session_store import (
     FORMAT_VERSION, LOG_NAME, STATE_NAME, SnapshotWriter, carry_out, check_unlocked, plan_recovery, read_session_log,
 )
@@ -84,12 +86,6 @@ def feature_hash(features: torch.Tensor) -> str:
     h.update(repr(arr.shape).encode())
     h.update(memoryview(arr).cast("B"))
     return h.hexdigest()
-
-
-def _derive_seed(seed: int, *parts: Any) -> int:
-    """A 63-bit seed from ``seed`` and a tuple of tags/counters (stable across processes)."""
-    h = hashlib.blake2b(repr((int(seed),) + parts).encode(), digest_size=8)
-    return int.from_bytes(h.digest(), "little") & ((1 << 63) - 1)
 
 
 def _resolve_strategy(name: str, kwargs: Mapping[str, Any]) -> QueryStrategy | None:
@@ -273,7 +269,6 @@ class Session:
         self.items = items
         self._strategy = strategy
         self._names: list[str] = list(header["class_names"])
-        self._name_to_class = {n: c for c, n in enumerate(self._names)}
         self._seed = int(header["seed"])
         self._gamma = float(header["gamma"])
         self._retrain_every = header["retrain_every"]
@@ -287,10 +282,7 @@ class Session:
         self._undo_cache = undo_cache
         # event-sourced state
         self._events: list[dict[str, Any]] = []
-        self._history: list[dict[str, Any]] = []
-        self._redo: list[dict[str, Any]] = []
-        self._labels: dict[int, int] = {}
-        self._skipped: set[int] = set()
+        self._book = LabelBook(self._names, x.shape[0])  # labels, skipped, history, redo
         self._post_stack: list[LastLayerLaplace | None] = []
         self._prior_cache: LastLayerLaplace | None = None
         self._post: LastLayerLaplace
@@ -410,10 +402,10 @@ class Session:
         for k, ev in enumerate(snap_events):
             self._fold(ev, where=f"state file event {k + 1}")
             self._events.append(ev)
-        if snap.get("labels", self._labels) != self._labels or set(snap.get("skipped", self._skipped)) != self._skipped:
+        if snap.get("labels", self._book.labels) != self._book.labels or set(snap.get("skipped", self._book.skipped)) != self._book.skipped:
             raise CorruptStateError(f"state file {state_path} is corrupt: its labels disagree with its events")
         self._post = post
-        self._post_stack = [None] * len(self._history)
+        self._post_stack = [None] * len(self._book.history)
         if len(log_events) < len(snap_events):
             # only possible with fsync=False: the log lost lines the snapshot has; rewrite the log
             self._log = LabelLog.rewrite(state_dir / LOG_NAME, [header] + snap_events, fsync=fsync)
@@ -461,8 +453,8 @@ class Session:
         for k, ev in enumerate(plan.events):
             self._fold(ev, where=where.format(k + 2 if not plan.rewrite_log else k + 1))
             self._events.append(ev)
-        self._post = self._replay(self._history)
-        self._post_stack = [None] * len(self._history)
+        self._post = self._replay(self._book.history)
+        self._post_stack = [None] * len(self._book.history)
         self._log = carry_out(plan, state_dir, fsync=fsync)
         self.recovery_notes = list(plan.notes)
         self._write_snapshot(sync=True)
@@ -485,7 +477,7 @@ class Session:
         """Head trained from scratch on ``labels`` (sorted by index) and its Laplace posterior."""
         idx = sorted(labels)
         y = torch.tensor([labels[i] for i in idx], dtype=torch.long)
-        post = self._new_posterior(random_state=_derive_seed(self._seed, "fit", position))
+        post = self._new_posterior(random_state=derive_seed(self._seed, "fit", position))
         return post.fit(self._x[idx], y, num_classes=len(self._names))
 
     def _correct_mean(self, post: LastLayerLaplace, index: int, old: int, new: int) -> LastLayerLaplace:
@@ -525,107 +517,19 @@ class Session:
         last = max((j for j, a in enumerate(history) if self._is_fit_point(a)), default=-1)
         labels: dict[int, int] = {}
         for a in history[: last + 1]:
-            self._set_label(labels, a)
+            LabelBook.set_label(labels, a)
         post = self._fit(labels, last) if last >= 0 else self._prior()
         for j in range(last + 1, len(history)):
-            self._set_label(labels, history[j])
+            LabelBook.set_label(labels, history[j])
             post = self._transition(post, history[j], j, labels)
         return post
 
     # ------------------------------------------------------------------ event folding
-    def _check_index(self, index: Any) -> int:
-        if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
-            if isinstance(index, torch.Tensor) and index.numel() == 1 and not index.is_floating_point():
-                index = int(index)
-            else:
-                raise ValueError(f"index must be an integer pool position, got {index!r}")
-        index = int(index)
-        n = self._x.shape[0]
-        if not 0 <= index < n:
-            raise ValueError(f"index {index} is out of range for a pool of {n} instances [0, {n - 1}]")
-        return index
-
-    def _check_label(self, label: Any) -> int:
-        """Class index of ``label`` (a class name or an index into ``class_names``)."""
-        if isinstance(label, str):
-            if label in self._name_to_class:
-                return self._name_to_class[label]
-            raise ValueError(f"unknown class {label!r}; known classes: {', '.join(self._names)}")
-        if isinstance(label, (bool, np.bool_)):
-            raise ValueError(f"label must be a class name or class index, got {label!r}")
-        if isinstance(label, torch.Tensor) and label.numel() == 1 and not label.is_floating_point():
-            label = int(label)
-        if isinstance(label, (int, np.integer)):
-            c = int(label)
-            if not 0 <= c < len(self._names):
-                raise ValueError(f"class index {c} is out of range [0, {len(self._names) - 1}]")
-            return c
-        raise ValueError(f"label must be a class name or class index, got {label!r}")
-
-    def _validate_action(self, ev: Mapping[str, Any]) -> None:
-        """Raise ``ValueError`` if ``ev`` cannot be applied to the current bookkeeping."""
-        op = ev.get("op")
-        if op in ("tell", "skip", "correct"):
-            i = self._check_index(ev.get("index"))
-            if op == "tell":
-                self._check_label(int(ev["label"]))
-                if i in self._labels:
-                    raise ValueError(
-                        f"index {i} is already labeled as {self._names[self._labels[i]]!r}; use correct() to change it"
-                    )
-            elif op == "skip":
-                if i in self._labels:
-                    raise ValueError(f"index {i} is already labeled as {self._names[self._labels[i]]!r}; cannot skip it")
-                if i in self._skipped:
-                    raise ValueError(f"index {i} is already skipped")
-            else:
-                self._check_label(int(ev["label"]))
-                if i not in self._labels:
-                    raise ValueError(f"index {i} is not labeled yet; use tell()")
-                if int(ev["old"]) != self._labels[i]:
-                    raise ValueError(f"correction of index {i} expects old label {ev['old']}, found {self._labels[i]}")
-        elif op == "retrain":
-            if len(set(self._labels.values())) < 2:
-                raise ValueError("retraining needs labels of at least 2 different classes")
-        elif op == "undo":
-            if not self._history:
-                raise ValueError("nothing to undo")
-        elif op == "redo":
-            if not self._redo:
-                raise ValueError("nothing to redo")
-        else:
-            raise ValueError(f"unknown event {op!r}")
-
-    def _book_apply(self, action: Mapping[str, Any]) -> None:
-        op = action["op"]
-        if op == "tell":
-            i = int(action["index"])
-            self._labels[i] = int(action["label"])
-            self._skipped.discard(i)
-        elif op == "correct":
-            self._labels[int(action["index"])] = int(action["label"])
-        elif op == "skip":
-            self._skipped.add(int(action["index"]))
-        self._history.append(dict(action))  # type: ignore[arg-type]
-
-    def _book_revert(self) -> dict[str, Any]:
-        action = self._history.pop()
-        op, i = action["op"], action.get("index")
-        if op == "tell":
-            del self._labels[int(i)]
-            if action.get("was_skipped"):
-                self._skipped.add(int(i))
-        elif op == "correct":
-            self._labels[int(i)] = int(action["old"])
-        elif op == "skip":
-            self._skipped.discard(int(i))
-        return action
-
     def _validate(self, ev: Mapping[str, Any], where: str | None) -> None:
-        """:meth:`_validate_action`; with ``where`` (a stored event being replayed) a failure is raised as
+        """:meth:`LabelBook.validate`; with ``where`` (a stored event being replayed) a failure is raised as
         :class:`CorruptStateError` naming it."""
         try:
-            self._validate_action(ev)
+            self._book.validate(ev)
         except (ValueError, KeyError, TypeError) as err:
             if where is None:
                 raise
@@ -634,25 +538,7 @@ class Session:
     def _fold(self, ev: Mapping[str, Any], where: str) -> None:
         """Apply an event to the bookkeeping only (labels, skipped, history, redo)."""
         self._validate(ev, where)
-        op = ev["op"]
-        if op == "undo":
-            self._redo.append(self._book_revert())
-        elif op == "redo":
-            self._book_apply(self._redo.pop())
-        else:
-            self._redo.clear()
-            self._book_apply(ev)
-
-    @staticmethod
-    def _set_label(labels: dict[int, int], action: Mapping[str, Any]) -> None:
-        """Record the label a tell or correct ``action`` gives in ``labels`` (other actions give none)."""
-        if action["op"] in ("tell", "correct"):
-            labels[int(action["index"])] = int(action["label"])
-
-    def _labels_after(self, action: Mapping[str, Any]) -> dict[int, int]:
-        labels = dict(self._labels)
-        self._set_label(labels, action)
-        return labels
+        self._book.fold(ev)
 
     def _prepare(self, ev: Mapping[str, Any], where: str | None = None) -> Callable[[], None]:
         """Validate ``ev`` and compute the posterior it leads to; return the function that commits it.
@@ -663,23 +549,23 @@ class Session:
         op = ev["op"]
         if op == "undo":
             cached = self._post_stack[-1]
-            new_post = cached if cached is not None else self._replay(self._history[:-1])
+            new_post = cached if cached is not None else self._replay(self._book.history[:-1])
 
             def commit() -> None:
                 self._post_stack.pop()
-                self._redo.append(self._book_revert())
+                self._book.redo.append(self._book.revert())
                 self._post = new_post
 
             return commit
-        action = self._redo[-1] if op == "redo" else ev
-        new_post = self._transition(self._post, action, len(self._history), self._labels_after(action))
+        action = self._book.redo[-1] if op == "redo" else ev
+        new_post = self._transition(self._post, action, len(self._book.history), self._book.labels_after(action))
 
         def commit() -> None:
             if op == "redo":
-                self._redo.pop()
+                self._book.redo.pop()
             else:
-                self._redo.clear()
-            self._book_apply(action)
+                self._book.redo.clear()
+            self._book.apply(action)
             self._post_stack.append(self._post)
             k = len(self._post_stack) - self._undo_cache - 1
             if k >= 0:
@@ -722,8 +608,8 @@ class Session:
             "header": self._header,
             "events": list(self._events),
             # derived from the events; stored for readers and cross-checked on resume
-            "labels": dict(self._labels),
-            "skipped": sorted(self._skipped),
+            "labels": dict(self._book.labels),
+            "skipped": sorted(self._book.skipped),
             "rng": {"seed": self._seed, "n_events": len(self._events)},
             "posterior": self._post.state_dict(),
         }
@@ -774,14 +660,14 @@ class Session:
         Any unlabeled index is accepted (not only the last queried; a skipped one is un-skipped).
         Returns after the label is durably logged. May retrain the head (``retrain_every``).
         """
-        i = self._check_index(index)
-        c = self._check_label(label)
-        if i in self._labels:
+        i = self._book.check_index(index)
+        c = self._book.check_label(label)
+        if i in self._book.labels:
             raise ValueError(
-                f"index {i} is already labeled as {self._names[self._labels[i]]!r}; use correct() to change it"
+                f"index {i} is already labeled as {self._names[self._book.labels[i]]!r}; use correct() to change it"
             )
         ev: dict[str, Any] = {"op": "tell", "index": i, "label": c, "name": self._names[c]}
-        if i in self._skipped:
+        if i in self._book.skipped:
             ev["was_skipped"] = True
         if self._retrain_due(c):
             ev["retrain"] = True
@@ -789,31 +675,31 @@ class Session:
 
     def skip(self, index: int) -> None:
         """Mark pool ``index`` as skipped: it is no longer queried (``tell`` still accepts it)."""
-        self._record({"op": "skip", "index": self._check_index(index)})
+        self._record({"op": "skip", "index": self._book.check_index(index)})
 
     def correct(self, index: int, new_label: int | str) -> None:
         """Change the label of an already labeled ``index``; the posterior mean is shifted accordingly."""
-        i = self._check_index(index)
-        c = self._check_label(new_label)
-        if i not in self._labels:
+        i = self._book.check_index(index)
+        c = self._book.check_label(new_label)
+        if i not in self._book.labels:
             raise ValueError(f"index {i} is not labeled yet; use tell()")
-        if self._labels[i] == c:
+        if self._book.labels[i] == c:
             return
-        self._record({"op": "correct", "index": i, "label": c, "old": self._labels[i], "name": self._names[c]})
+        self._record({"op": "correct", "index": i, "label": c, "old": self._book.labels[i], "name": self._names[c]})
 
     def undo(self) -> dict[str, Any]:
         """Undo the last action (tell, skip, correct or retrain); returns it. ``ValueError`` if none."""
-        if not self._history:
+        if not self._book.history:
             raise ValueError("nothing to undo")
-        action = dict(self._history[-1])
+        action = dict(self._book.history[-1])
         self._record({"op": "undo"})
         return action
 
     def redo(self) -> dict[str, Any]:
         """Re-apply the last undone action; returns it. ``ValueError`` if there is none."""
-        if not self._redo:
+        if not self._book.redo:
             raise ValueError("nothing to redo")
-        action = dict(self._redo[-1])
+        action = dict(self._book.redo[-1])
         self._record({"op": "redo"})
         return action
 
@@ -824,10 +710,10 @@ class Session:
     def _retrain_due(self, new_class: int) -> bool:
         if self._retrain_every is None:
             return False
-        if len(set(self._labels.values()) | {new_class}) < 2:
+        if len(set(self._book.labels.values()) | {new_class}) < 2:
             return False
         since = 0
-        for a in reversed(self._history):
+        for a in reversed(self._book.history):
             if self._is_fit_point(a):
                 break
             since += a["op"] == "tell"
@@ -837,16 +723,16 @@ class Session:
     def available_indices(self) -> np.ndarray:
         """Sorted pool indices that are neither labeled nor skipped ``(n,)``."""
         mask = np.ones(self._x.shape[0], dtype=bool)
-        if self._labels:
-            mask[np.fromiter(self._labels.keys(), dtype=np.int64)] = False
-        if self._skipped:
-            mask[np.fromiter(self._skipped, dtype=np.int64)] = False
+        if self._book.labels:
+            mask[np.fromiter(self._book.labels.keys(), dtype=np.int64)] = False
+        if self._book.skipped:
+            mask[np.fromiter(self._book.skipped, dtype=np.int64)] = False
         return np.flatnonzero(mask)
 
     @property
     def cold_start(self) -> bool:
         """True while fewer than 2 classes have been labeled: queries are then random."""
-        return len(set(self._labels.values())) < 2
+        return len(set(self._book.labels.values())) < 2
 
     def query(self, k: int = 1) -> list[int]:
         """``k`` pool indices to label next (fewer if the pool is nearly exhausted; ``[]`` when done).
@@ -861,7 +747,7 @@ class Session:
         if avail.size == 0:
             return []
         k = min(int(k), int(avail.size))
-        gen = torch.Generator().manual_seed(_derive_seed(self._seed, "query", len(self._events)))
+        gen = torch.Generator().manual_seed(derive_seed(self._seed, "query", len(self._events)))
         if self._strategy is None or self.cold_start:
             pick = torch.randperm(avail.size, generator=gen)[:k].numpy()
             return [int(i) for i in avail[pick]]
@@ -869,9 +755,9 @@ class Session:
         if self._candidate_size is not None and avail.size > self._candidate_size:
             sub = torch.randperm(avail.size, generator=gen)[: self._candidate_size].sort().values.numpy()
             cand = avail[sub]
-        lab_idx = sorted(self._labels)
+        lab_idx = sorted(self._book.labels)
         labeled = LabeledSet(
-            features=self._x[lab_idx], labels=torch.tensor([self._labels[i] for i in lab_idx], dtype=torch.long)
+            features=self._x[lab_idx], labels=torch.tensor([self._book.labels[i] for i in lab_idx], dtype=torch.long)
         )
         res = self._strategy.query(self._post.copy(), self._x[torch.from_numpy(cand)], labeled, k, gen)
         picks = torch.as_tensor(res.indices).long().reshape(-1).tolist()
@@ -883,7 +769,7 @@ class Session:
         """Mean-field predictive ``(n, C)`` of the current posterior for pool ``indices`` (all if None)."""
         if indices is None:
             return self._post.predict_proba(self._x)
-        idx = [self._check_index(i) for i in indices]
+        idx = [self._book.check_index(i) for i in indices]
         return self._post.predict_proba(self._x[idx])
 
     def stopping_signals(self, window: int = 10, reference_size: int = 2000) -> dict[str, Any]:
@@ -903,10 +789,10 @@ class Session:
         """
         if self._ref_idx is None:
             n = self._x.shape[0]
-            gen = torch.Generator().manual_seed(_derive_seed(self._seed, "reference"))
+            gen = torch.Generator().manual_seed(derive_seed(self._seed, "reference"))
             self._ref_idx = torch.randperm(n, generator=gen)[: min(n, reference_size)].sort().values
         ea, pred = self._confidence(self._post)
-        n_now = len(self._labels)
+        n_now = len(self._book.labels)
         if not self._trace and n_now > 0:
             self._trace.append(self._past_point(n_now - window))  # e.g. after a resume
         self._trace = [t for t in self._trace if t[0] < n_now]
@@ -934,11 +820,11 @@ class Session:
         """Trace point of the latest history prefix with at most ``max(n_labels, 0)`` labels (replayed)."""
         labels: dict[int, int] = {}
         end, n_end = 0, 0
-        for j, action in enumerate(self._history):
-            self._set_label(labels, action)
+        for j, action in enumerate(self._book.history):
+            LabelBook.set_label(labels, action)
             if len(labels) <= max(n_labels, 0):
                 end, n_end = j + 1, len(labels)
-        ea, pred = self._confidence(self._replay(self._history[:end]))
+        ea, pred = self._confidence(self._replay(self._book.history[:end]))
         return n_end, ea, pred
 
     # ------------------------------------------------------------------ public API: read-only state
@@ -963,24 +849,24 @@ class Session:
     @property
     def labels(self) -> dict[int, int]:
         """``{pool index: class index}`` of the current labels (in labeling order)."""
-        return dict(self._labels)
+        return dict(self._book.labels)
 
     @property
     def named_labels(self) -> dict[int, str]:
-        return {i: self._names[c] for i, c in self._labels.items()}
+        return {i: self._names[c] for i, c in self._book.labels.items()}
 
     @property
     def skipped(self) -> set[int]:
-        return set(self._skipped)
+        return set(self._book.skipped)
 
     @property
     def n_labeled(self) -> int:
-        return len(self._labels)
+        return len(self._book.labels)
 
     @property
     def history(self) -> list[dict[str, Any]]:
         """Effective actions (after undo/redo), oldest first."""
-        return [dict(a) for a in self._history]
+        return [dict(a) for a in self._book.history]
 
     @property
     def events(self) -> list[dict[str, Any]]:
@@ -989,11 +875,11 @@ class Session:
 
     @property
     def can_undo(self) -> bool:
-        return bool(self._history)
+        return bool(self._book.history)
 
     @property
     def can_redo(self) -> bool:
-        return bool(self._redo)
+        return bool(self._book.redo)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -1007,6 +893,6 @@ class Session:
     def __repr__(self) -> str:
         where = f", state_dir={str(self.state_dir)!r}" if self.state_dir is not None else ""
         return (
-            f"Session(N={self._x.shape[0]}, D={self._x.shape[1]}, C={len(self._names)}, labeled={len(self._labels)}, "
-            f"skipped={len(self._skipped)}, strategy={self._header['strategy']['name']!r}{where})"
+            f"Session(N={self._x.shape[0]}, D={self._x.shape[1]}, C={len(self._names)}, labeled={len(self._book.labels)}, "
+            f"skipped={len(self._book.skipped)}, strategy={self._header['strategy']['name']!r}{where})"
         )

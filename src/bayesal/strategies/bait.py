@@ -1,32 +1,40 @@
-"""BAIT: greedy Fisher-information design on the last layer, in kernel form.
+"""BAIT (Ash et al. 2021, "Gone Fishing"): greedy forward Fisher-information design on the last layer.
 
-Notation (``C`` classes, ``D`` features, vec order ``(c, d)``):
+Notation (``C`` classes, ``D`` features, ``P = C·D``, vec order ``(c, d)`` = row-major ``vec W``):
 
-* candidate Fisher ``I(x) = B_x ⊗ φ_x φ_xᵀ`` with ``B_x = diag p_x − p_x p_xᵀ`` at the Laplace mean,
-  written ``V_x V_xᵀ`` with ``V_x = A_x ⊗ φ_x`` ``(CD, C)``, ``A_x A_xᵀ = B_x``;
-* the design matrix starts at the posterior precision ``M_0 = I_C ⊗ Σ⁻¹`` and grows by ``V_s V_sᵀ`` per
-  pick; the target is the pool Fisher ``F = Σ_u V_u V_uᵀ``;
-* greedy step: maximise the drop of ``tr(M⁻¹ F)``, ``Δ(x) = tr[(I + V_xᵀM⁻¹V_x)⁻¹ V_xᵀM⁻¹FM⁻¹V_x]``
-  (the standard low-rank trace form, ``C × C`` per candidate).
+* per-point Fisher at the MAP head ``I(x) = B_x ⊗ φ_x φ_xᵀ`` with ``B_x = diag p_x − p_x p_xᵀ``,
+  written ``V_x V_xᵀ`` with ``V_x = A_x ⊗ φ_x`` ``(P, C)``, ``A_x A_xᵀ = B_x``;
+* the design matrix starts at the labeled-set information ``M_0 = λ I + Σ_{l∈L} I(l)`` (textbook
+  BAIT, current model's probabilities) and grows by ``I(s)`` per pick; the target is the pool
+  Fisher ``F = Σ_u I(u)``; the greedy step minimises ``tr((M_0 + Σ_{s∈batch} I(s))⁻¹ F)``, i.e.
+  maximises ``Δ(x) = tr[(I + V_xᵀM⁻¹V_x)⁻¹ V_xᵀM⁻¹FM⁻¹V_x]`` (``C × C`` per candidate).
+  The reference code averages both Fishers (labeled over ``|L| + b``); with sums as here that is
+  the same design up to the scale of ``λ``.
+* ``information="laplace"`` instead starts from the posterior precision (``I_C ⊗ Σ⁻¹`` or the full
+  GGN precision): a Bayesian variant, not the published BAIT.
 
-Never forming a ``CD × CD`` matrix: with ``M_t⁻¹ = I ⊗ Σ − Z Zᵀ`` (``Z`` the Woodbury columns of the
-picks), every quantity is a ``C × C`` block built from the kernel ``K_xu = φ_xᵀ Σ φ_u`` and the
-projections ``P_x = V_xᵀ Z``; the new columns of ``P`` after a pick ``s`` are
-``G_t(x, s) L⁻ᵀ`` with ``G_t(x, s) = K_xs A_xᵀA_s − P_x P_sᵀ``, ``L Lᵀ = I + G_t(s, s)``.
-The ``C × C`` blocks ``P_x P_xᵀ``, ``Q_x P_xᵀ`` and ``P_x S P_xᵀ`` are accumulated as columns arrive.
-Cost: ``O(N N_F D)`` once plus ``O(N N_F C² + (N + N_F) C² r)`` per pick (``r = t·C``).
+Computation: ``W = M_0⁻¹``, ``F`` and ``H = W F W`` are ``P × P``; with ``M_t⁻¹ = W − Z Zᵀ``
+(``Z (P, t·C)`` the Woodbury columns of the picks) every candidate needs only ``C × C`` blocks:
+``V_xᵀWV_x``, ``V_xᵀHV_x`` once, and ``P_xP_xᵀ``, ``Q_xP_xᵀ``, ``P_xSP_xᵀ`` (``P_x = V_xᵀZ``,
+``Q_x = V_xᵀWFZ``, ``S = ZᵀFZ``) accumulated as columns arrive. The Kronecker structure of
+``V_x`` turns every ``V_xᵀ Y`` into one ``(N, D) @ (D, C·k)`` product.
+Memory ``O(P² + N·C² + chunk)``; time ``O((N + N_F + L)·C²D² + P³)`` once plus ``O(N·C²D + P²C)``
+per pick.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..linalg import safe_cholesky
+from ..linalg import safe_cholesky, spd_inverse, symmetrize
 from ..posterior import LastLayerLaplace
 from ._common import argmax_first, prepare
 from .base import LabeledSet, QueryResult, QueryStrategy
 
-__all__ = ["BAIT", "fisher_factor"]
+__all__ = ["BAIT", "fisher_factor", "CHUNK_ELEMENTS"]
+
+#: Upper bound on the elements of one ``(rows, C·C·D)`` temporary block.
+CHUNK_ELEMENTS = 1 << 22
 
 
 def fisher_factor(probs: torch.Tensor) -> torch.Tensor:
@@ -35,20 +43,95 @@ def fisher_factor(probs: torch.Tensor) -> torch.Tensor:
     return torch.diag_embed(sq) - probs.unsqueeze(2) * sq.unsqueeze(1)
 
 
-class BAIT(QueryStrategy):
-    """Greedy forward BAIT with the last-layer Fisher at the Laplace mean.
+def _row_chunks(n: int, per_row: int, chunk_elements: int) -> list[slice]:
+    step = max(1, chunk_elements // max(1, per_row))
+    return [slice(i, min(n, i + step)) for i in range(0, n, step)]
 
-    ``pool="all"`` (default) takes the target Fisher over candidates ∪ labeled, ``"candidates"`` over
-    the candidates only. ``M_0`` is the posterior precision, so a posterior updated by
-    :class:`~.sequential.Sequential` is taken into account. Utilities are ``Δ(x)`` at the pick.
+
+def _fisher_sum(x: torch.Tensor, a: torch.Tensor, chunk_elements: int) -> torch.Tensor:
+    """``Σ_i B_i ⊗ φ_i φ_iᵀ`` ``(P, P)`` for ``x (N, D)``, ``a (N, C, C)`` (``B = A Aᵀ``), row-chunked."""
+    n, d = x.shape
+    c = a.shape[1]
+    acc = x.new_zeros(c * c * d, d)
+    for rows in _row_chunks(n, c * c * d, chunk_elements):
+        bm = a[rows] @ a[rows].transpose(1, 2)  # (n, C, C)
+        y = (bm.reshape(-1, c * c, 1) * x[rows].unsqueeze(1)).reshape(-1, c * c * d)
+        acc += y.T @ x[rows]  # [(c, c', d), e] = Σ_i B_i[c, c'] φ_i[d] φ_i[e]
+    return acc.view(c, c, d, d).permute(0, 2, 1, 3).reshape(c * d, c * d)
+
+
+def _kron_quad(x: torch.Tensor, a: torch.Tensor, m: torch.Tensor, chunk_elements: int) -> torch.Tensor:
+    """``V_xᵀ M V_x`` ``(N, C, C)`` for symmetric ``m (P, P)``, without forming any ``V_x``."""
+    n, d = x.shape
+    c = a.shape[1]
+    m_perm = m.reshape(c, d, c, d).permute(1, 0, 2, 3).reshape(d, c * c * d)  # [d, (c, c', e)]
+    k = x.new_empty(n, c, c)
+    for rows in _row_chunks(n, c * c * d, chunk_elements):
+        t = (x[rows] @ m_perm).view(-1, c * c, d)
+        k[rows] = (t @ x[rows].unsqueeze(2)).view(-1, c, c)  # φᵀ M_{cc'} φ
+    return a.transpose(1, 2) @ k @ a
+
+
+def _kron_apply(x: torch.Tensor, a: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``V_xᵀ Y`` ``(N, C, k)`` for ``y (P, k)``: one ``(N, D) @ (D, C·k)`` product."""
+    n, d = x.shape
+    c, k = a.shape[1], y.shape[1]
+    y_perm = y.reshape(c, d, k).permute(1, 0, 2).reshape(d, c * k)
+    return a.transpose(1, 2) @ (x @ y_perm).view(n, c, k)
+
+
+def _kron_vec(a: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+    """``V = A ⊗ φ`` ``(P, C)`` for one point, ``a (C, C)``, ``phi (D,)``."""
+    return (a.unsqueeze(1) * phi.view(1, -1, 1)).reshape(-1, a.shape[1])
+
+
+class BAIT(QueryStrategy):
+    """Greedy forward BAIT with the last-layer Fisher at the MAP head (no backward pruning).
+
+    ``pool="all"`` (default, as in the reference) takes the target Fisher ``F`` over candidates ∪
+    labeled, ``"candidates"`` over the candidates only. ``information="labeled"`` (default):
+    ``M_0 = λI + Σ_L I(l)`` (standard BAIT; ``lam`` defaults to the posterior's prior precision);
+    ``"laplace"``: ``M_0`` = the posterior precision (``lam`` unused). Rows are processed in blocks of
+    about ``chunk_elements`` temporaries. Utilities are ``Δ(x)`` at the pick.
     """
 
     name = "bait"
 
-    def __init__(self, pool: str = "all") -> None:
+    def __init__(
+        self,
+        pool: str = "all",
+        information: str = "labeled",
+        lam: float | None = None,
+        chunk_elements: int = CHUNK_ELEMENTS,
+    ) -> None:
         if pool not in ("all", "candidates"):
             raise ValueError(f"unknown pool {pool!r}; choose 'all' or 'candidates'")
+        if information not in ("labeled", "laplace"):
+            raise ValueError(f"unknown information {information!r}; choose 'labeled' or 'laplace'")
+        if lam is not None and not float(lam) > 0:
+            raise ValueError(f"lam must be > 0, got {lam}")
+        if int(chunk_elements) < 1:
+            raise ValueError(f"chunk_elements must be >= 1, got {chunk_elements}")
         self.pool = pool
+        self.information = information
+        self.lam = None if lam is None else float(lam)
+        self.chunk_elements = int(chunk_elements)
+
+    def _initial_inverse(self, posterior: LastLayerLaplace, lx: torch.Tensor) -> torch.Tensor:
+        """``W = M_0⁻¹`` ``(P, P)`` in float64."""
+        c, d = posterior.num_classes_, posterior.num_features_
+        f64 = torch.float64
+        if self.information == "laplace":
+            cov = posterior.covariance_.to(f64)
+            if posterior.hessian == "shared":
+                return torch.kron(torch.eye(c, dtype=f64, device=cov.device), cov.contiguous())
+            return cov.contiguous().clone()  # full GGN covariance, already over row-major vec W
+        lam = posterior.prior_precision if self.lam is None else self.lam
+        m0 = lam * torch.eye(c * d, dtype=f64, device=lx.device)
+        if lx.shape[0]:
+            a_l = fisher_factor(torch.softmax(posterior.logits(lx).to(f64), dim=1))
+            m0 += _fisher_sum(lx.to(f64), a_l, self.chunk_elements)
+        return spd_inverse(m0)
 
     def query(
         self,
@@ -59,59 +142,58 @@ class BAIT(QueryStrategy):
         generator: torch.Generator,
         candidate_labels: torch.Tensor | None = None,
     ) -> QueryResult:
-        x, lx, _, b, _ = prepare(posterior, candidates, labeled, batch_size, generator)
-        if posterior.hessian != "shared":
-            raise ValueError("BAIT needs a posterior with hessian='shared' (covariance I_C ⊗ Σ)")
-        fx = torch.cat([x, lx]) if self.pool == "all" else x
-        n, c = x.shape[0], posterior.num_classes_
-        sig = posterior.covariance_
-        a_f = fisher_factor(torch.softmax(posterior.logits(fx), dim=1))  # (NF, C, C)
-        a_x = a_f[:n]
-        b_f = a_f @ a_f.transpose(1, 2)  # B_u
-        k_xf = (x @ sig) @ fx.T  # (N, NF)
-        kappa = k_xf[:, :n].diagonal().clone()  # candidates are the first n pool rows
-        ata_x = a_x.transpose(1, 2) @ a_x  # A_xᵀA_x  (N, C, C)
-        w1 = ((k_xf**2) @ b_f.reshape(-1, c * c)).view(n, c, c)
-        term1 = a_x.transpose(1, 2) @ w1 @ a_x  # constant part of the numerator
+        x_in, lx, _, b, _ = prepare(posterior, candidates, labeled, batch_size, generator)
+        # traces are differences of large sums: float64 throughout
+        x = x_in.to(torch.float64)
+        n, c, ce = x.shape[0], posterior.num_classes_, self.chunk_elements
+        a_x = fisher_factor(torch.softmax(posterior.logits(x).to(torch.float64), dim=1))  # (N, C, C)
+        fisher = _fisher_sum(x, a_x, ce)
+        if self.pool == "all" and lx.shape[0]:
+            a_l = fisher_factor(torch.softmax(posterior.logits(lx).to(torch.float64), dim=1))
+            fisher += _fisher_sum(lx.to(torch.float64), a_l, ce)
+        w = self._initial_inverse(posterior, lx)
+        wf = w @ fisher
+        h = symmetrize(wf @ w)  # W F W
+        g0 = _kron_quad(x, a_x, w, ce)  # V_xᵀ W V_x
+        n0 = _kron_quad(x, a_x, h, ce)  # V_xᵀ W F W V_x
         eye = torch.eye(c, dtype=x.dtype, device=x.device)
-        p_x_buf = x.new_zeros(n, c, b * c)  # P_x = V_xᵀ Z, filled C columns per pick
-        p_f_buf = x.new_zeros(fx.shape[0], c, b * c)  # P_u = V_uᵀ Z
+        z_buf = x.new_zeros(w.shape[0], b * c)  # Woodbury columns Z of the picks
         pp = x.new_zeros(n, c, c)  # P_x P_xᵀ
-        qp = x.new_zeros(n, c, c)  # Q_x P_xᵀ with Q_x = Σ_u K_xu A_u P_u
-        psp = x.new_zeros(n, c, c)  # P_x S P_xᵀ with S = Σ_u P_uᵀ P_u
+        qp = x.new_zeros(n, c, c)  # Q_x P_xᵀ
+        psp = x.new_zeros(n, c, c)  # P_x S P_xᵀ
         alive = torch.ones(n, dtype=torch.bool, device=x.device)
         picks, utils = [], []
         for t in range(b):
-            p_x, p_f = p_x_buf[:, :, : t * c], p_f_buf[:, :, : t * c]
-            inner = kappa.view(n, 1, 1) * ata_x - pp + eye  # I + G_t(x, x)
-            cross = a_x.transpose(1, 2) @ qp
-            numer = term1 - cross - cross.transpose(1, 2) + psp
-            # tr(inner⁻¹ numer) through batched Cholesky inverses (inner is SPD, ≥ I)
-            delta = (torch.cholesky_inverse(torch.linalg.cholesky_ex(inner)[0]) * numer).sum((1, 2))
+            inner = g0 - pp + eye  # I + V_xᵀ M_t⁻¹ V_x, SPD and ≥ I
+            numer = n0 - qp - qp.transpose(1, 2) + psp  # V_xᵀ M_t⁻¹ F M_t⁻¹ V_x
+            delta = torch.linalg.solve(inner, numer).diagonal(dim1=1, dim2=2).sum(1)  # tr(inner⁻¹ numer)
             delta = torch.where(alive, delta, torch.full_like(delta, -torch.inf))
             s = argmax_first(delta)
             picks.append(s)
             utils.append(delta[s])
             alive[s] = False
-            # the pick's C new Woodbury columns, seen through every candidate and every pool point
+            if t == b - 1:
+                break
+            # the pick's C new Woodbury columns z = M_t⁻¹ V_s L⁻ᵀ, L Lᵀ = inner_s
+            z_old = z_buf[:, : t * c]
+            v_s = _kron_vec(a_x[s], x[s])
+            u = w @ v_s - z_old @ (z_old.T @ v_s)
             chol = safe_cholesky(inner[s])
-            a_s, ps = a_x[s], p_x[s]
-            g_xs = k_xf[:, s].view(n, 1, 1) * (a_x.transpose(1, 2) @ a_s) - p_x @ ps.T
-            g_fs = k_xf[s].view(-1, 1, 1) * (a_f.transpose(1, 2) @ a_s) - p_f @ ps.T
-            chol_inv_t = torch.linalg.solve_triangular(chol, eye, upper=False).T  # L⁻ᵀ
-            new_x = g_xs @ chol_inv_t
-            new_f = g_fs @ chol_inv_t
-            new_q = (k_xf @ (a_f @ new_f).reshape(fx.shape[0], -1)).view(n, c, c)
-            s_cross = torch.einsum("ukj,ukl->jl", p_f, new_f)  # new off-diagonal block of S, (r, C)
-            s_new = torch.einsum("ukj,ukl->jl", new_f, new_f)  # new diagonal block of S, (C, C)
-            ps_cross = (p_x @ s_cross) @ new_x.transpose(1, 2)
-            psp += ps_cross + ps_cross.transpose(1, 2) + new_x @ s_new @ new_x.transpose(1, 2)
-            pp += new_x @ new_x.transpose(1, 2)
-            qp += new_q @ new_x.transpose(1, 2)
-            p_x_buf[:, :, t * c : (t + 1) * c] = new_x
-            p_f_buf[:, :, t * c : (t + 1) * c] = new_f
+            z_new = torch.linalg.solve_triangular(chol, u.T, upper=False).T
+            fz = fisher @ z_new
+            s_cross = z_old.T @ fz  # new off-diagonal block of S, (t·C, C)
+            s_new = z_new.T @ fz  # new diagonal block of S, (C, C)
+            new_p = _kron_apply(x, a_x, z_new)  # new columns of P_x
+            new_q = _kron_apply(x, a_x, wf @ z_new)  # new columns of Q_x = V_xᵀ W F Z
+            old_ps = _kron_apply(x, a_x, z_old @ s_cross)  # P_x,old · s_cross
+            new_pt = new_p.transpose(1, 2)
+            cross = old_ps @ new_pt
+            psp += cross + cross.transpose(1, 2) + new_p @ s_new @ new_pt
+            pp += new_p @ new_pt
+            qp += new_q @ new_pt
+            z_buf[:, t * c : (t + 1) * c] = z_new
         idx = torch.tensor(picks, dtype=torch.long, device=x.device)
-        return QueryResult(indices=idx, utilities=torch.stack(utils).to(x.dtype))
+        return QueryResult(indices=idx, utilities=torch.stack(utils).to(x_in.dtype))
 
     def __repr__(self) -> str:
-        return f"BAIT(pool={self.pool!r})"
+        return f"BAIT(pool={self.pool!r}, information={self.information!r}, lam={self.lam})"

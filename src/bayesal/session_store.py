@@ -69,15 +69,19 @@ def _header_and_events(records: list[dict[str, Any]], where: Path) -> tuple[dict
     return header, events
 
 
-def set_aside(path: Path, tag: str) -> Path:
-    """Rename ``path`` to ``path.<tag>`` (``.<tag>.1``, ``.<tag>.2``, … if taken); returns the new path."""
+def set_aside(path: Path, tag: str, *, copy: bool = False) -> Path:
+    """Rename (or, with ``copy=True``, durably copy) ``path`` to ``path.<tag>`` (``.<tag>.1``, … if
+    taken); returns the new path."""
     target = path.with_name(f"{path.name}.{tag}")
     k = 0
     while target.exists():
         k += 1
         target = path.with_name(f"{path.name}.{tag}.{k}")
-    os.replace(path, target)
-    fsync_dir(path.parent)
+    if copy:
+        atomic_write_bytes(target, path.read_bytes(), fsync=True)
+    else:
+        os.replace(path, target)
+        fsync_dir(path.parent)
     return target
 
 
@@ -208,11 +212,12 @@ def carry_out(plan: RecoveryPlan, state_dir: Path, *, fsync: bool = True) -> Lab
         set_aside(state_path, plan.state_aside)
     if not plan.rewrite_log:
         return LabelLog.open(log_path, plan.valid_bytes, fsync=fsync)
-    if plan.log_aside and log_path.exists():
-        set_aside(log_path, plan.log_aside)
-    data = b"".join(encode_record(r) for r in [plan.header, *plan.events])
     if log_path.exists():
+        if plan.log_aside:
+            # a copy, then an atomic replace: a crash in between still leaves a log in place
+            set_aside(log_path, plan.log_aside, copy=True)
         return LabelLog.rewrite(log_path, [plan.header, *plan.events], fsync=fsync)
+    data = b"".join(encode_record(r) for r in [plan.header, *plan.events])
     atomic_write_bytes(log_path, data, fsync=True)
     return LabelLog.open(log_path, len(data), fsync=fsync)
 

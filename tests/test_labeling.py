@@ -169,3 +169,22 @@ def test_resume_a_session_on_a_user_csv_file(tmp_path: Path, digits) -> None:
     csv.rename(tmp_path / "moved.csv")
     with pytest.raises(ValueError, match="no longer exists"):
         run_inprocess(["--resume", str(tmp_path / "u")])
+    with pytest.warns(UserWarning):  # the moved file is accepted; the feature hash guards its content
+        rc, out = run_inprocess(["--resume", str(tmp_path / "u"), "--dataset", str(tmp_path / "moved.csv")], "q\n")
+    assert rc == 0 and "resumed session" in out
+    with pytest.raises(ValueError, match="must name that file"):
+        run_inprocess(["--resume", str(tmp_path / "u"), "--dataset", "digits"])
+
+
+def test_cli_recovers_from_the_state_file_when_the_log_is_gone(tmp_path: Path) -> None:
+    from bayesal.session import LOG_NAME
+
+    run_inprocess(["--dataset", "digits", "--state-dir", str(tmp_path / "g"), "--oracle", "--max-labels", "3",
+                   "--epochs", "3"])
+    (tmp_path / "g" / LOG_NAME).unlink()
+    with pytest.raises(ValueError, match="missing.*--recover"):
+        run_inprocess(["--resume", str(tmp_path / "g")], "q\n")
+    rc, out = run_inprocess(["--resume", str(tmp_path / "g"), "--recover"], "q\n")
+    assert rc == 0 and "recovered session" in out and "3 labels" in out and "rebuilt the label log" in out
+    with pytest.raises(ValueError, match="only applies with --recover"):
+        run_inprocess(["--resume", str(tmp_path / "g"), "--drop-damaged"])

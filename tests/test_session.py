@@ -532,9 +532,60 @@ def test_damaged_log_without_snapshot_needs_drop_damaged(pool, tmp_path):
     assert files_bytes(d) == before  # a refused recovery changes nothing
     r = Session.recover(d, x, drop_damaged=True)
     assert r.labels == first_two
-    assert any("dropped 3 line(s)" in n for n in r.recovery_notes)
+    assert any("the 3 line(s) from the damage on were not replayed" in n for n in r.recovery_notes)
     assert (d / (LOG_NAME + ".damaged")).exists() and (d / (STATE_NAME + ".corrupt")).read_bytes() == b"garbage"
     r.close()
+
+
+def test_damaged_complete_last_line_is_damage_not_a_torn_write(pool, tmp_path):
+    x, y = pool
+    s = make(pool, tmp_path, snapshot_every=100)  # the snapshot lags behind the log
+    run_oracle(s, y, 5)
+    s._log.close()
+    s._log = None  # simulate a crash: no final snapshot
+    s._dir_lock.release()
+    d = tmp_path / "s"
+    _damage_line(d / LOG_NAME, 5)  # the last line, with its newline
+    with pytest.raises(CorruptStateError, match="corrupt at line 6"):
+        Session.resume(d, x)
+    with pytest.raises(CorruptStateError, match="drop-damaged"):
+        Session.recover(d, x)
+    r = Session.recover(d, x, drop_damaged=True)
+    assert r.n_labeled == 4 and (d / (LOG_NAME + ".damaged")).exists()
+    r.close()
+
+
+def test_a_second_opener_is_refused_while_a_session_is_open(pool, tmp_path):
+    """The directory lock is held from before recovery plans until close: no stale plan can run."""
+    x, y = pool
+    s = make(pool, tmp_path)
+    run_oracle(s, y, 3)
+    s.close()
+    d = tmp_path / "s"
+    (d / STATE_NAME).unlink()
+    r = Session.recover(d, x)
+    before = files_bytes(d)
+    for opener in (Session.recover, Session.resume):
+        with pytest.raises(ValueError, match="open for writing elsewhere"):
+            opener(d, x)
+    assert files_bytes(d) == before
+    r.tell(r.query(1)[0], 0)
+    r.close()
+    assert Session.resume(d, x).n_labeled == 4
+
+
+def test_new_session_never_deletes_a_log_with_content(pool, tmp_path):
+    x, y = pool
+    s = make(pool, tmp_path)
+    run_oracle(s, y, 3)
+    s.close()
+    d = tmp_path / "s"
+    (d / STATE_NAME).unlink()
+    _damage_line(d / LOG_NAME, 0)  # a damaged header line, intact labels after it
+    raw = (d / LOG_NAME).read_bytes()
+    with pytest.raises(ValueError, match="already holds a labeling session"):
+        make(pool, tmp_path)
+    assert (d / LOG_NAME).read_bytes() == raw
 
 
 def test_missing_log_rebuilt_from_snapshot(pool, tmp_path):
@@ -544,6 +595,8 @@ def test_missing_log_rebuilt_from_snapshot(pool, tmp_path):
     labels = s.labels
     s.close()
     (tmp_path / "s" / LOG_NAME).unlink()
+    with pytest.raises(CorruptStateError, match="label log .* is missing.*--recover"):
+        Session.resume(tmp_path / "s", x)
     r = Session.recover(tmp_path / "s", x)
     assert r.labels == labels
     r.close()

@@ -51,7 +51,8 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recover", action="store_true",
                         help="with --resume: rebuild a damaged session (label log or state file), keeping replaced files")
     parser.add_argument("--drop-damaged", action="store_true",
-                        help="with --recover: keep the intact events of a label log damaged in the middle")
+                        help="with --recover: for a label log damaged in the middle that no state file covers, "
+                             "keep the events before the damage (the rest stays in labels.jsonl.damaged)")
     parser.add_argument("--strategy", default=None, help="query strategy (default margin; a resumed session keeps its own)")
     parser.add_argument("--batch", type=int, default=1, help="instances queried at a time (default 1)")
     parser.add_argument("--oracle", action="store_true", help="answer with the dataset's true labels (scripted demo)")
@@ -118,20 +119,23 @@ def _signals_line(sig: dict[str, Any], n_classes_labeled: int) -> str:
 
 # ------------------------------------------------------------------------------------ main
 def _read_header(state_dir: Path) -> dict[str, Any]:
-    from .persistence import read_log
-    from .session import LOG_NAME
+    """The session header: from the label log, else (log missing or damaged) from the state file."""
+    from .persistence import load_snapshot, read_log
+    from .session import LOG_NAME, STATE_NAME
 
-    log = state_dir / LOG_NAME
-    if not log.exists():
-        raise FileNotFoundError(f"{state_dir} holds no labeling session (no {LOG_NAME})")
-    recs = read_log(log).records
-    if not recs or recs[0].get("op") != "header":
-        raise ValueError(f"the label log in {state_dir} has no valid header")
-    return recs[0]
-
-
-def _same_file(a: str, b: str | None) -> bool:
-    return b is not None and Path(a).expanduser().is_file() and Path(a).expanduser().resolve() == Path(b).resolve()
+    log, state = state_dir / LOG_NAME, state_dir / STATE_NAME
+    recs = read_log(log).records if log.exists() else []
+    if recs and recs[0].get("op") == "header":
+        return recs[0]
+    if state.exists():
+        try:
+            return load_snapshot(state)["header"]
+        except (ValueError, KeyError, TypeError):
+            pass
+    if not log.exists() and not state.exists():
+        raise FileNotFoundError(f"{state_dir} holds no labeling session (no {LOG_NAME}, no {STATE_NAME})")
+    raise ValueError(f"neither the label log nor the state file in {state_dir} has a readable session header; "
+                     "the session cannot be reopened")
 
 
 def _open_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, Any]:
@@ -139,12 +143,17 @@ def _open_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, Any]:
     from .head import HeadConfig
     from .session import Session
 
+    if args.drop_damaged and not args.recover:
+        raise ValueError("--drop-damaged only applies with --recover")
     if args.resume:
         state_dir = Path(args.resume)
         meta = _read_header(state_dir).get("meta", {})
         name, path = meta.get("dataset"), meta.get("dataset_path")
-        if args.dataset and name and args.dataset != name and not _same_file(args.dataset, path):
-            raise ValueError(f"{state_dir} is a session on dataset {path or name!r}, not {args.dataset!r}")
+        if args.dataset and not path and name and args.dataset != name:
+            raise ValueError(f"{state_dir} is a session on dataset {name!r}, not {args.dataset!r}")
+        if args.dataset and path and not Path(args.dataset).expanduser().is_file():
+            raise ValueError(f"{state_dir} is a session on the file {path}; --dataset must name that file "
+                             f"(or where it has moved), not {args.dataset!r}")
         if args.dataset:
             source = args.dataset
         elif path:

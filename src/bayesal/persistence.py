@@ -10,7 +10,8 @@ Two kinds of files live in a session's ``state_dir``:
 * a **label log** (:class:`LabelLog`): JSON lines, one per event, each ``"<crc32 hex> <json>\\n"``. A line
   is written with one ``os.write`` and fsync-ed before the call that produced it returns, so every
   acknowledged event is on disk. A torn last line (crash mid-write) fails its checksum or lacks the
-  newline and is ignored; :meth:`LabelLog.open` truncates it away before new lines are appended.
+  newline and is ignored; :meth:`LabelLog.open` truncates it away before new lines are appended. A
+  complete line with a bad checksum is damage (disk or manual editing), never a crash, and is reported.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ __all__ = [
     "LabelLog",
     "CorruptStateError",
     "LogLockedError",
+    "DirectoryLock",
 ]
 
 SNAPSHOT_MAGIC = b"BAYESAL-SNAPSHOT v1\n"
@@ -127,8 +129,9 @@ class LogReadResult:
 
 
 def read_log(path: str | os.PathLike[str]) -> LogReadResult:
-    """Read a label log. A damaged *last* line is a torn write and is ignored; a damaged line with
-    valid lines after it is reported in ``bad_lines`` (reading stops at the first damaged line)."""
+    """Read a label log. Bytes after the last newline are a torn write (a line is written with one
+    ``os.write`` ending in its newline, so a crash can only cut off the end) and are ignored; a
+    complete line that fails its checksum is damage, reported in ``bad_lines`` (reading stops there)."""
     raw = Path(path).read_bytes()
     records: list[dict[str, Any]] = []
     pos = 0
@@ -137,10 +140,7 @@ def read_log(path: str | os.PathLike[str]) -> LogReadResult:
     for k, line in enumerate(complete):
         rec = decode_record(line)
         if rec is None:
-            later = [j for j in range(k + 1, len(complete)) if decode_record(complete[j]) is not None]
-            if later:
-                return LogReadResult(records, pos, torn_tail=False, bad_lines=[k + 1])
-            return LogReadResult(records, pos, torn_tail=True)
+            return LogReadResult(records, pos, torn_tail=False, bad_lines=[k + 1])
         records.append(rec)
         pos += len(line) + 1
     return LogReadResult(records, pos, torn_tail=bool(tail))
@@ -160,6 +160,37 @@ def _lock_fd(fd: int, path: Path) -> None:
         raise LogLockedError(
             f"label log {path} is open for writing elsewhere (another process or an unclosed Session); close it first"
         ) from err
+
+
+class DirectoryLock:
+    """Exclusive ``flock`` on a session directory, held from before a session reads or plans anything
+    until it is closed: two processes (or two Session objects) never create, resume or recover the
+    same directory at once, so no one acts on a picture of the files that has gone stale."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._fd: int | None = os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        if fcntl is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                os.close(self._fd)
+                self._fd = None
+                raise LogLockedError(
+                    f"the session in {self.path} is open for writing elsewhere (another process or an "
+                    "unclosed Session); close it first"
+                ) from err
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self.release()
+        except Exception:
+            pass
 
 
 class LabelLog:

@@ -58,12 +58,12 @@ import numpy as np
 import torch
 
 from .head import HeadConfig
-from .persistence import CorruptStateError, LabelLog, LogLockedError, load_snapshot, read_log, save_snapshot
+from .persistence import CorruptStateError, DirectoryLock, LabelLog, LogLockedError, load_snapshot, save_snapshot
 from .posterior import LastLayerLaplace
 from .rng import derive_seed
 from .session_book import LabelBook
 from .session_store import (
-    FORMAT_VERSION, LOG_NAME, STATE_NAME, SnapshotWriter, carry_out, check_unlocked, plan_recovery, read_session_log,
+    FORMAT_VERSION, LOG_NAME, STATE_NAME, SnapshotWriter, carry_out, plan_recovery, read_session_log,
 )
 from .strategies import get_strategy
 from .strategies.base import LabeledSet, QueryStrategy
@@ -86,6 +86,16 @@ def feature_hash(features: torch.Tensor) -> str:
     h.update(repr(arr.shape).encode())
     h.update(memoryview(arr).cast("B"))
     return h.hexdigest()
+
+
+_TORN_NOTE = "dropped an incomplete last line of the label log (a write cut off by a crash, never acknowledged)"
+
+
+def _lock_dir(state_dir: Path) -> DirectoryLock:
+    """Lock an existing session directory (``FileNotFoundError`` if there is none)."""
+    if not state_dir.is_dir():
+        raise FileNotFoundError(f"no label log {state_dir / LOG_NAME}; is {state_dir} a session directory?")
+    return DirectoryLock(state_dir)
 
 
 def _resolve_strategy(name: str, kwargs: Mapping[str, Any]) -> QueryStrategy | None:
@@ -289,6 +299,7 @@ class Session:
         # persistence
         self.state_dir: Path | None = None
         self._log: LabelLog | None = None
+        self._dir_lock: DirectoryLock | None = None
         self._writer: SnapshotWriter | None = None
         self._log_error: OSError | None = None
         self._events_since_snapshot = 0
@@ -299,17 +310,29 @@ class Session:
     def _create_dir(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
         log_path = path / LOG_NAME
-        if log_path.exists() and not (path / STATE_NAME).exists() and not read_log(log_path).records:
-            # a creation that died before its header line was durable: nothing was acknowledged
-            log_path.unlink()
-        if log_path.exists() or (path / STATE_NAME).exists():
-            raise ValueError(
-                f"{path} already holds a labeling session; resume it (Session.resume({str(path)!r}, features), "
-                f"or bayesal label --resume {path}) or choose an empty directory"
-            )
-        self.state_dir = path
-        self._log = LabelLog.create(path / LOG_NAME, self._header, fsync=self._fsync)
-        self._write_snapshot(sync=True)
+
+        def refuse_if_occupied() -> None:
+            # a log without one complete line is a creation that died before its header was written:
+            # nothing was acknowledged; anything more (even a damaged log) is kept and refused
+            if (path / STATE_NAME).exists() or (log_path.exists() and b"\n" in log_path.read_bytes()):
+                raise ValueError(
+                    f"{path} already holds a labeling session; resume it (Session.resume({str(path)!r}, features), "
+                    f"or bayesal label --resume {path}) or choose an empty directory"
+                )
+
+        refuse_if_occupied()
+        lock = DirectoryLock(path)
+        try:
+            refuse_if_occupied()  # again under the lock
+            if log_path.exists():
+                log_path.unlink()
+            self.state_dir = path
+            self._log = LabelLog.create(path / LOG_NAME, self._header, fsync=self._fsync)
+            self._write_snapshot(sync=True)
+        except BaseException:
+            lock.release()
+            raise
+        self._dir_lock = lock
 
     # ------------------------------------------------------------------ resume / recover
     @staticmethod
@@ -369,14 +392,27 @@ class Session:
         from the label log alone. ``strategy`` overrides the saved one.
         """
         state_dir = Path(state_dir)
-        state_path = state_dir / STATE_NAME
         io_kwargs = dict(fsync=fsync, snapshot_every=snapshot_every, async_snapshot=async_snapshot,
                          snapshot_interval=snapshot_interval, undo_cache=undo_cache)
-        if not state_path.exists() and (state_dir / LOG_NAME).exists():
+        lock = _lock_dir(state_dir)
+        try:
+            return cls._resume_locked(lock, state_dir, features, items, strategy, io_kwargs)
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _resume_locked(cls, lock: DirectoryLock, state_dir: Path, features: Any, items: Any,
+                       strategy: str | QueryStrategy | None, io_kwargs: dict[str, Any]) -> "Session":
+        state_path, log_path = state_dir / STATE_NAME, state_dir / LOG_NAME
+        if not state_path.exists() and log_path.exists():
             # the snapshot is only a cache (e.g. the first one was never written): rebuild it from the log
-            return cls.recover(state_dir, features, items=items, strategy=strategy, **io_kwargs)
+            return cls._recover_locked(lock, state_dir, features, items, strategy, False, io_kwargs)
         if not state_path.exists():
             raise FileNotFoundError(f"no state file {state_path} and no label log; is {state_dir} a session directory?")
+        if not log_path.exists():
+            raise CorruptStateError(f"the label log {log_path} is missing; Session.recover() (bayesal label "
+                                    f"--resume {state_dir} --recover) rebuilds it from the state file")
         snap = load_snapshot(state_path)
         try:
             snap_header, snap_events, post_state = snap["header"], list(snap["events"]), snap["posterior"]
@@ -392,6 +428,7 @@ class Session:
                 f"state file {state_path} and label log disagree at event {k + 1}; use Session.recover()"
             )
         self = cls._open_common(state_dir, features, header, items, strategy, io_kwargs)
+        self._dir_lock = lock
         try:
             post = LastLayerLaplace.from_state_dict(post_state)
         except ValueError as err:
@@ -402,15 +439,19 @@ class Session:
         for k, ev in enumerate(snap_events):
             self._fold(ev, where=f"state file event {k + 1}")
             self._events.append(ev)
-        if snap.get("labels", self._book.labels) != self._book.labels or set(snap.get("skipped", self._book.skipped)) != self._book.skipped:
+        if (snap.get("labels", self._book.labels) != self._book.labels
+                or set(snap.get("skipped", self._book.skipped)) != self._book.skipped):
             raise CorruptStateError(f"state file {state_path} is corrupt: its labels disagree with its events")
         self._post = post
         self._post_stack = [None] * len(self._book.history)
         if len(log_events) < len(snap_events):
             # only possible with fsync=False: the log lost lines the snapshot has; rewrite the log
-            self._log = LabelLog.rewrite(state_dir / LOG_NAME, [header] + snap_events, fsync=fsync)
+            self._log = LabelLog.rewrite(state_dir / LOG_NAME, [header] + snap_events, fsync=io_kwargs["fsync"])
+            self.recovery_notes.append("the label log lacked events the state file holds; rewrote it from them")
         else:
-            self._log = LabelLog.open(state_dir / LOG_NAME, valid_bytes, fsync=fsync)
+            if valid_bytes < log_path.stat().st_size:
+                self.recovery_notes.append(_TORN_NOTE)
+            self._log = LabelLog.open(state_dir / LOG_NAME, valid_bytes, fsync=io_kwargs["fsync"])
         for k in range(len(snap_events), len(log_events)):
             self._apply(log_events[k], where=f"label log line {k + 2}")
             self._events.append(log_events[k])
@@ -444,18 +485,29 @@ class Session:
         only after the events replayed without error; :attr:`recovery_notes` says what was done.
         """
         state_dir = Path(state_dir)
-        check_unlocked(state_dir)
-        plan = plan_recovery(state_dir, drop_damaged=drop_damaged)
         io_kwargs = dict(fsync=fsync, snapshot_every=snapshot_every, async_snapshot=async_snapshot,
                          snapshot_interval=snapshot_interval, undo_cache=undo_cache)
+        lock = _lock_dir(state_dir)
+        try:
+            return cls._recover_locked(lock, state_dir, features, items, strategy, drop_damaged, io_kwargs)
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _recover_locked(cls, lock: DirectoryLock, state_dir: Path, features: Any, items: Any,
+                        strategy: str | QueryStrategy | None, drop_damaged: bool,
+                        io_kwargs: dict[str, Any]) -> "Session":
+        plan = plan_recovery(state_dir, drop_damaged=drop_damaged)  # under the lock: cannot go stale
         self = cls._open_common(state_dir, features, plan.header, items, strategy, io_kwargs)
+        self._dir_lock = lock
         where = "label log line {}" if not plan.rewrite_log else "event {}"
         for k, ev in enumerate(plan.events):
             self._fold(ev, where=where.format(k + 2 if not plan.rewrite_log else k + 1))
             self._events.append(ev)
         self._post = self._replay(self._book.history)
         self._post_stack = [None] * len(self._book.history)
-        self._log = carry_out(plan, state_dir, fsync=fsync)
+        self._log = carry_out(plan, state_dir, fsync=io_kwargs["fsync"])
         self.recovery_notes = list(plan.notes)
         self._write_snapshot(sync=True)
         return self
@@ -646,6 +698,9 @@ class Session:
                 self._writer = None
             self._log.close()
             self._log = None
+            if self._dir_lock is not None:
+                self._dir_lock.release()
+                self._dir_lock = None
 
     def __enter__(self) -> "Session":
         return self

@@ -24,7 +24,7 @@ from .persistence import CorruptStateError, LabelLog, encode_record, load_snapsh
 
 __all__ = [
     "FORMAT_VERSION", "LOG_NAME", "STATE_NAME", "SnapshotWriter", "read_session_log", "RecoveryPlan",
-    "plan_recovery", "carry_out", "check_unlocked", "set_aside",
+    "plan_recovery", "carry_out", "set_aside",
 ]
 
 FORMAT_VERSION = 1
@@ -44,8 +44,8 @@ def read_session_log(state_dir: Path) -> tuple[dict[str, Any], list[dict[str, An
     res = read_log(log_path)
     if res.bad_lines:
         raise CorruptStateError(
-            f"label log {log_path} is corrupt at line {res.bad_lines[0]} (checksum mismatch before the last "
-            f"line); the {max(0, len(res.records) - 1)} events before it are intact"
+            f"label log {log_path} is corrupt at line {res.bad_lines[0]} (checksum mismatch); the "
+            f"{max(0, len(res.records) - 1)} events before it are intact"
         )
     header, events = _header_and_events(res.records, log_path)
     if len(events) != len(res.records) - 1:
@@ -173,18 +173,30 @@ def plan_recovery(state_dir: Path, *, drop_damaged: bool = False) -> RecoveryPla
         raise CorruptStateError(f"{log_problem}; the state file in {state_dir} cannot replace it")
     if log_problem is not None:
         if not drop_damaged:
+            if snap_problem is not None:
+                why = f"it is {snap_problem}"
+            elif not same_session:
+                why = "it belongs to another session"
+            elif snap_events is not None and snap_events[: len(events)] != events[: len(snap_events)]:
+                why = "it disagrees with the log"
+            else:
+                why = f"it holds {len(snap_events or [])} events, the log's intact part {len(events)}"
             raise CorruptStateError(
-                f"{log_problem}. The state file does not hold the later events either ({snap_problem or 'it has fewer'}). "
-                f"Recover with drop_damaged=True (bayesal label --resume DIR --recover --drop-damaged) to keep the "
-                f"{len(events)} intact events; the damaged log is kept as {LOG_NAME}.damaged"
+                f"{log_problem}. The state file cannot supply the later events ({why}). Recover with "
+                f"drop_damaged=True (bayesal label --resume DIR --recover --drop-damaged) to keep the {len(events)} "
+                f"events before the damage; the {dropped} line(s) from the damage on are not replayed (after a lost "
+                f"event their meaning, e.g. of an undo, cannot be trusted) and the log is kept as {LOG_NAME}.damaged"
             )
         plan = RecoveryPlan(header, events, 0, rewrite_log=True, log_aside="damaged")
         plan.notes.append(
-            f"kept the {len(events)} intact events of the damaged label log and dropped {dropped} line(s) after "
-            f"the damage (the old log is kept as {LOG_NAME}.damaged)"
+            f"kept the {len(events)} events before the damage in the label log; the {dropped} line(s) from the "
+            f"damage on were not replayed and are kept in {LOG_NAME}.damaged"
         )
     else:
         plan = RecoveryPlan(header, events, valid_bytes)
+        if valid_bytes < log_path.stat().st_size:
+            plan.notes.append("dropped an incomplete last line of the label log (a write cut off by a crash, "
+                              "never acknowledged)")
     reproduced = snap_events is not None and same_session and snap_events == plan.events[: len(snap_events)]
     if snap_problem == "missing" or reproduced:
         pass
@@ -196,13 +208,6 @@ def plan_recovery(state_dir: Path, *, drop_damaged: bool = False) -> RecoveryPla
         what = "belongs to another session" if not same_session else "disagrees with the label log"
         plan.notes.append(f"the state file {what}; kept as {STATE_NAME}.replaced")
     return plan
-
-
-def check_unlocked(state_dir: Path) -> None:
-    """Raise :class:`~bayesal.persistence.LogLockedError` if another writer holds the session's log."""
-    log_path = state_dir / LOG_NAME
-    if log_path.exists():
-        LabelLog.open(log_path, log_path.stat().st_size).close()  # takes and releases the lock
 
 
 def carry_out(plan: RecoveryPlan, state_dir: Path, *, fsync: bool = True) -> LabelLog:

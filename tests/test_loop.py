@@ -191,6 +191,26 @@ def test_run_experiment_batch_sizes_stay_apart(digits, tmp_path):
     assert "setting" not in tab.columns  # configs differ only in the batch size, shown already
 
 
+def test_rerun_resumes_instead_of_duplicating(digits, tmp_path):
+    out = tmp_path / "r.parquet"
+    cfg = ALConfig(batch_size=5, cycles=1, candidate_size=100, head=HeadConfig(epochs=5))
+    first = run_experiment(digits, ["random"], cfg, [0], out=out, progress=False)
+    calls = []
+    real = loop.run_active_learning
+    loop.run_active_learning = lambda *a, **k: calls.append(a[3]) or real(*a, **k)
+    try:
+        again = run_experiment(digits, ["random"], cfg, [0, 1], out=out, progress=False)
+    finally:
+        loop.run_active_learning = real
+    assert calls == [1] and again.attrs["skipped_runs"] == 1  # seed 0 was complete: not rerun
+    df = read_results(out)
+    assert len(df) == 2 * 2 and sorted(df.seed.unique()) == [0, 1]
+    pd.testing.assert_frame_equal(again[again.seed == 0].reset_index(drop=True), first, check_dtype=False)
+    doubled = pd.concat([df, df[df.seed == 0]], ignore_index=True)  # e.g. a file appended twice by hand
+    assert list(aulc_table(doubled).seeds) == [2]
+    assert curve_summary(doubled)["count"].max() == 2
+
+
 def test_summary_keeps_batch_sizes_and_configs_apart(tmp_path):
     df = _fake_results().assign(batch_size=10, config=str({"batch_size": 10, "head": {"epochs": 200}}))
     assert "batch_size" not in aulc_table(df).columns  # one batch size: the table stays as it was

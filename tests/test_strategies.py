@@ -352,3 +352,24 @@ def test_typicality_chunked_equals_dense():
         torch.testing.assert_close(
             typicality(x, 5, squared=squared, chunk_elements=40), typicality(x, 5, squared=squared), atol=1e-12, rtol=1e-12
         )
+
+
+def test_bait_refuses_a_head_too_large_for_its_matrices():
+    from bayesal.strategies import BAIT
+
+    g = torch.Generator().manual_seed(0)
+    post = LastLayerLaplace().fit(torch.randn(20, 50, generator=g), torch.arange(20) % 4,
+                                  weight=torch.zeros(4, 50), num_classes=4)
+    cand = torch.randn(30, 50, generator=g)
+    with pytest.raises(ValueError, match=r"max_params = 100.*PCA"):
+        BAIT(max_params=100).query(post, cand, LabeledSet(cand[:0], torch.zeros(0, dtype=torch.long)), 2, g)
+    assert len(BAIT().query(post, cand, LabeledSet(cand[:0], torch.zeros(0, dtype=torch.long)), 2, g).indices) == 2
+
+
+def test_derived_seeds_do_not_depend_on_numpy_integer_types():
+    import numpy as np
+
+    from bayesal.rng import derive_seed
+
+    assert derive_seed(0, "head", np.int64(3)) == derive_seed(0, "head", 3) == derive_seed(np.int32(0), "head", 3)
+    assert derive_seed(0, "head", 3) != derive_seed(0, "head", 4)

@@ -64,7 +64,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = _config(args)
     df = run_experiment(ds, args.strategy, cfg, range(args.seed, args.seed + args.seeds), out=args.out,
                         progress=not args.no_progress)
-    print(f"wrote {len(df)} rows to {args.out}")
+    skipped = df.attrs.get("skipped_runs", 0)
+    note = f" ({skipped} finished (strategy, seed) run(s) already in the file were kept, not rerun)" if skipped else ""
+    print(f"{args.out}: {len(df)} rows for this command{note}")
     _print_summary(df)
     return 0
 

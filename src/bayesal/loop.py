@@ -256,7 +256,10 @@ def run_experiment(
     so an interrupted run keeps what it finished. Returns all rows.
 
     Strategies, seeds, the label budget and ``out`` (suffix, readability, columns) are checked before
-    any compute, so a typo cannot cost a finished run."""
+    any compute, so a typo cannot cost a finished run. A (strategy, seed) already complete in ``out``
+    for the same dataset and config is not run again (its rows are returned as they are): rerunning an
+    interrupted command resumes it instead of duplicating rows. ``df.attrs["skipped_runs"]`` counts them.
+    """
     from tqdm.auto import tqdm
 
     seeds = list(seeds)
@@ -265,27 +268,44 @@ def run_experiment(
     for s in strategies:
         make_strategy(s, config.gamma, reference=(torch.zeros(1, dataset.num_features), torch.zeros(1, dtype=torch.long)))
     config.check_budget(len(dataset.train_labels))
+    old = None
     if out is not None:
         out = Path(out)
         _check_suffix(out)
         old = _read_existing(out)
         if old is not None:
             _check_columns(out, RESULT_COLUMNS, list(old.columns))
+    cfg_str = str(asdict(config))
+    done: dict[tuple[str, int], pd.DataFrame] = {}
+    if old is not None:
+        mine = old[(old["dataset"] == dataset.name) & (old["config"].astype(str) == cfg_str)]
+        for (strat, seed), part in mine.groupby(["strategy", "seed"]):
+            if part["cycle"].nunique() == config.cycles + 1:  # complete: every cycle is there
+                done[(str(strat), int(seed))] = part.drop_duplicates("cycle", keep="last")
     total = len(strategies) * len(seeds) * (config.cycles + 1)
     bar = tqdm(total=total, desc=f"{dataset.name}", disable=not progress, unit="cycle")
     frames = []
+    skipped = 0
     for strat in strategies:
         for seed in seeds:
+            if (strat, int(seed)) in done:
+                frames.append(done[(strat, int(seed))])
+                skipped += 1
+                bar.update(config.cycles + 1)
+                continue
+
             def tick(row: dict[str, Any]) -> None:
                 bar.set_postfix(strategy=row["strategy"], seed=row["seed"], labels=row["num_labels"],
                                 acc=f"{row['accuracy']:.3f}")
                 bar.update(1)
 
             rows = run_active_learning(dataset, strat, config, seed, on_cycle=tick)
-            rows = [{**r, "dataset": dataset.name, "batch_size": config.batch_size, "config": str(asdict(config))}
+            rows = [{**r, "dataset": dataset.name, "batch_size": config.batch_size, "config": cfg_str}
                     for r in rows]
             if out is not None:
                 append_results(rows, out)
             frames.append(pd.DataFrame(rows))
     bar.close()
-    return pd.concat(frames, ignore_index=True)
+    df = pd.concat(frames, ignore_index=True)
+    df.attrs["skipped_runs"] = skipped
+    return df

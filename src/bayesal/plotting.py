@@ -55,8 +55,18 @@ def _with_setting(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return df, keys
 
 
+RUN_KEYS = ("dataset", "strategy", "seed", "cycle", "batch_size", "config")
+
+
+def _dedupe(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (dataset, strategy, seed, cycle, batch size, config): a run appended twice to the same
+    file must not count as two seeds (it would shrink the standard error by √2)."""
+    keys = [k for k in RUN_KEYS if k in df.columns]
+    return df.drop_duplicates(keys, keep="last") if "cycle" in keys else df
+
+
 def _group_keys(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    df, extra = _with_setting(df)
+    df, extra = _with_setting(_dedupe(df))
     return df, [k for k in ("dataset", "strategy") if k in df.columns] + extra
 
 

@@ -29,7 +29,9 @@ def as_generator(random_state: RandomState = None) -> torch.Generator:
 def derive_seed(seed: int, *parts: Any) -> int:
     """A 63-bit seed from ``seed`` and tags/counters, stable across processes and platforms: one
     independent stream per purpose, so one consumer's draws cannot shift another's."""
-    h = hashlib.blake2b(repr((int(seed),) + parts).encode(), digest_size=8)
+    # NumPy integers hash as Python ints (their repr differs, and changes between NumPy versions)
+    norm = tuple(int(p) if hasattr(p, "__index__") and not isinstance(p, bool) else p for p in parts)
+    h = hashlib.blake2b(repr((int(seed),) + norm).encode(), digest_size=8)
     return int.from_bytes(h.digest(), "little") & ((1 << 63) - 1)
 
 

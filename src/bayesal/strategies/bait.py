@@ -93,6 +93,10 @@ class BAIT(QueryStrategy):
     ``M_0 = λI + Σ_L I(l)`` (standard BAIT; ``lam`` defaults to the posterior's prior precision);
     ``"laplace"``: ``M_0`` = the posterior precision (``lam`` unused). Rows are processed in blocks of
     about ``chunk_elements`` temporaries. Utilities are ``Δ(x)`` at the pick.
+
+    Several ``(C·D, C·D)`` float64 matrices are held and one is inverted, so memory grows as (C·D)² and
+    time as (C·D)³; ``max_params`` (default 8192: ≈ 0.5 GiB per matrix) turns a query that would take
+    minutes and many GiB into an immediate ``ValueError`` naming the limit. Raise it knowingly.
     """
 
     name = "bait"
@@ -103,6 +107,7 @@ class BAIT(QueryStrategy):
         information: str = "labeled",
         lam: float | None = None,
         chunk_elements: int = CHUNK_ELEMENTS,
+        max_params: int = 8192,
     ) -> None:
         if pool not in ("all", "candidates"):
             raise ValueError(f"unknown pool {pool!r}; choose 'all' or 'candidates'")
@@ -116,6 +121,7 @@ class BAIT(QueryStrategy):
         self.information = information
         self.lam = None if lam is None else float(lam)
         self.chunk_elements = int(chunk_elements)
+        self.max_params = int(max_params)
 
     def _initial_inverse(self, posterior: LastLayerLaplace, lx: torch.Tensor) -> torch.Tensor:
         """``W = M_0⁻¹`` ``(P, P)`` in float64."""
@@ -142,6 +148,14 @@ class BAIT(QueryStrategy):
         generator: torch.Generator,
         candidate_labels: torch.Tensor | None = None,
     ) -> QueryResult:
+        p = posterior.num_classes_ * posterior.num_features_
+        if p > self.max_params:
+            raise ValueError(
+                f"BAIT needs (C·D)² = {p}² float64 matrices ({8 * p * p / 2**30:.1f} GiB each) for C = "
+                f"{posterior.num_classes_} classes and D = {posterior.num_features_} features, above max_params = "
+                f"{self.max_params}; reduce D (e.g. PCA of the features), use another strategy, or pass a larger "
+                "max_params knowingly"
+            )
         x_in, lx, _, b, _ = prepare(posterior, candidates, labeled, batch_size, generator)
         # traces are differences of large sums: float64 throughout
         x = x_in.to(torch.float64)

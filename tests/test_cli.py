@@ -66,3 +66,8 @@ def test_cli_rejects_bad_arguments_before_compute(tmp_path, capsys, monkeypatch)
     assert main(base + ["--initial-size", "0"]) == 2
     assert "initial_size must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "r.parquet").exists()
+    from bayesal import cli as cli_mod
+
+    monkeypatch.setattr(cli_mod, "_load", boom)  # a typo must not cost loading (or featurising) data
+    assert main(["run", "--dataset", "bbcnews", "--strategy", "margn", "--no-progress"]) == 2
+    assert "unknown strategy 'margn'" in capsys.readouterr().err

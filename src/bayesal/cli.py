@@ -56,12 +56,12 @@ def _print_summary(df, metric: str = "accuracy") -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .loop import run_experiment
-
     from .data import file_loader_kwargs
+    from .loop import check_run_request, run_experiment
 
-    ds = _load(args.dataset, **file_loader_kwargs(args))
     cfg = _config(args)
+    check_run_request(args.strategy, args.out, args.gamma)  # before loading: a typo costs no featurisation
+    ds = _load(args.dataset, **file_loader_kwargs(args))
     df = run_experiment(ds, args.strategy, cfg, range(args.seed, args.seed + args.seeds), out=args.out,
                         progress=not args.no_progress)
     skipped = df.attrs.get("skipped_runs", 0)

@@ -1,4 +1,5 @@
-"""``bayesal label``: label a built-in dataset in the terminal with instant Bayesian updates.
+"""``bayesal label``: label a built-in dataset or a features file in the terminal, with instant
+Bayesian updates.
 
 Shows one instance at a time (its text, an ASCII rendering of a small image, or its index), the
 model's three most probable classes, and reads the answer from stdin — so it can be scripted::
@@ -176,6 +177,8 @@ def _open_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, Any]:
             try:
                 session = Session.resume(state_dir, ds.train_features, items=ds.train_items, strategy=args.strategy)
             except CorruptStateError as err:
+                if "--recover" in str(err):  # the message already says how to get out
+                    raise ValueError(str(err)) from err
                 raise ValueError(f"{err} -- run again with --resume {state_dir} --recover to rebuild it") from err
         verb = "recovered" if args.recover else "resumed"
         print(f"{verb} session in {state_dir}: {session.n_labeled} labels, {len(session.skipped)} skipped", file=out)

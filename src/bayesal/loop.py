@@ -19,7 +19,7 @@ from .rng import derive_generator
 from .strategies.base import LabeledSet, QueryStrategy
 
 __all__ = [
-    "ALConfig", "RESULT_COLUMNS", "make_strategy", "run_active_learning", "run_experiment",
+    "ALConfig", "RESULT_COLUMNS", "check_run_request", "make_strategy", "run_active_learning", "run_experiment",
     "append_results", "read_results",
 ]
 
@@ -244,6 +244,25 @@ def read_results(path: str | Path) -> pd.DataFrame:
         raise ValueError(f"could not read results file {path}: {err}") from err
 
 
+def check_run_request(strategies: list[str], out: str | Path | None, gamma: float = 10.0) -> pd.DataFrame | None:
+    """Check strategy specs and the results file (suffix, readability, columns) without any data, so
+    the CLI can refuse a typo before loading (and maybe featurising) a dataset. Returns the rows
+    already in ``out`` (None if it is absent or empty)."""
+    if not strategies:
+        raise ValueError("need at least one strategy")
+    dummy = (torch.zeros(1, 1), torch.zeros(1, dtype=torch.long))
+    for s in strategies:
+        make_strategy(s, gamma, reference=dummy)
+    if out is None:
+        return None
+    out = Path(out)
+    _check_suffix(out)
+    old = _read_existing(out)
+    if old is not None:
+        _check_columns(out, RESULT_COLUMNS, list(old.columns))
+    return old
+
+
 def run_experiment(
     dataset: Dataset,
     strategies: list[str],
@@ -263,18 +282,11 @@ def run_experiment(
     from tqdm.auto import tqdm
 
     seeds = list(seeds)
-    if not seeds or not strategies:
-        raise ValueError(f"need at least one strategy and one seed, got {len(strategies)} and {len(seeds)}")
-    for s in strategies:
-        make_strategy(s, config.gamma, reference=(torch.zeros(1, dataset.num_features), torch.zeros(1, dtype=torch.long)))
+    if not seeds:
+        raise ValueError("need at least one seed")
+    old = check_run_request(strategies, out, config.gamma)
     config.check_budget(len(dataset.train_labels))
-    old = None
-    if out is not None:
-        out = Path(out)
-        _check_suffix(out)
-        old = _read_existing(out)
-        if old is not None:
-            _check_columns(out, RESULT_COLUMNS, list(old.columns))
+    out = None if out is None else Path(out)
     cfg_str = str(asdict(config))
     done: dict[tuple[str, int], pd.DataFrame] = {}
     if old is not None:

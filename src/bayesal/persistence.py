@@ -9,9 +9,10 @@ Two kinds of files live in a session's ``state_dir``:
   payload is prefixed by a magic line and its SHA-256, so a damaged file is reported as such.
 * a **label log** (:class:`LabelLog`): JSON lines, one per event, each ``"<crc32 hex> <json>\\n"``. A line
   is written with one ``os.write`` and fsync-ed before the call that produced it returns, so every
-  acknowledged event is on disk. A torn last line (crash mid-write) fails its checksum or lacks the
-  newline and is ignored; :meth:`LabelLog.open` truncates it away before new lines are appended. A
-  complete line with a bad checksum is damage (disk or manual editing), never a crash, and is reported.
+  acknowledged event is on disk. Bytes after the last newline are a torn write (a crash mid-write
+  can only cut a line's end) and are ignored; :meth:`LabelLog.open` truncates them away before new
+  lines are appended. A complete line with a bad checksum is damage (disk or manual editing), never a
+  crash, and is reported.
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ def decode_record(line: bytes) -> dict[str, Any] | None:
 class LogReadResult:
     """``records``: the valid prefix of the log; ``valid_bytes``: its length in bytes;
     ``torn_tail``: True if bytes after the valid prefix were ignored (a torn or garbled last line);
-    ``bad_lines``: 1-based numbers of damaged lines followed by valid ones (corruption, not a torn write)."""
+    ``bad_lines``: the 1-based number of the first complete line that fails its checksum (damage, not a
+    torn write)."""
 
     records: list[dict[str, Any]]
     valid_bytes: int

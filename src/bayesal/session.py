@@ -32,8 +32,9 @@ costs one small fsync-ed line. ``session.state`` is a snapshot (header, events, 
 state = seed + event count, and the posterior tensors, 1.2 MB for D=384) replaced atomically after every ``snapshot_every`` events — in a background thread by default
 (``async_snapshot=True``), coalescing to the latest state, so ``tell`` waits only for the log line. The
 snapshot is only a cache for fast resume: :meth:`Session.resume` loads it and replays the log events it
-does not yet contain; :meth:`Session.recover` rebuilds everything from the log alone. Hence no
-acknowledged label is lost, whatever moment the process dies at.
+does not yet contain; :meth:`Session.recover` rebuilds the session from whichever copy of the events
+is intact (the log, or the snapshot where the log is damaged or missing; see
+:mod:`bayesal.session_store`). Hence no acknowledged label is lost, whatever moment the process dies at.
 
 **Randomness.** There is no mutable RNG to save: the randomness of each query is drawn from a generator
 seeded by ``(seed, number of events so far)`` and each head fit by ``(seed, position in the history)``.
@@ -389,7 +390,7 @@ class Session:
 
         Raises :class:`CorruptStateError` (a ``ValueError``) if the snapshot or log is damaged and
         :class:`StateMismatchError` if ``features`` are not the session's pool; :meth:`recover` rebuilds
-        from the label log alone. ``strategy`` overrides the saved one.
+        from whichever copy of the events is intact. ``strategy`` overrides the saved one.
         """
         state_dir = Path(state_dir)
         io_kwargs = dict(fsync=fsync, snapshot_every=snapshot_every, async_snapshot=async_snapshot,

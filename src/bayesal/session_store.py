@@ -36,7 +36,7 @@ def read_session_log(state_dir: Path) -> tuple[dict[str, Any], list[dict[str, An
     """``(header, events, valid_bytes)`` of the log in ``state_dir``; a torn last line is ignored.
 
     Raises ``FileNotFoundError`` without a log and :class:`CorruptStateError` for a damaged line
-    followed by valid ones, a missing/unsupported header or events out of sequence.
+    (a complete line that fails its checksum), a missing/unsupported header or events out of sequence.
     """
     log_path = state_dir / LOG_NAME
     if not log_path.exists():

@@ -555,14 +555,19 @@ def test_damaged_complete_last_line_is_damage_not_a_torn_write(pool, tmp_path):
     r.close()
 
 
+def _three_labels_no_snapshot(pool, tmp_path) -> Path:
+    """A closed session directory with 3 labels in its log and its snapshot deleted."""
+    s = make(pool, tmp_path)
+    run_oracle(s, pool[1], 3)
+    s.close()
+    (tmp_path / "s" / STATE_NAME).unlink()
+    return tmp_path / "s"
+
+
 def test_a_second_opener_is_refused_while_a_session_is_open(pool, tmp_path):
     """The directory lock is held from before recovery plans until close: no stale plan can run."""
-    x, y = pool
-    s = make(pool, tmp_path)
-    run_oracle(s, y, 3)
-    s.close()
-    d = tmp_path / "s"
-    (d / STATE_NAME).unlink()
+    x, _ = pool
+    d = _three_labels_no_snapshot(pool, tmp_path)
     r = Session.recover(d, x)
     before = files_bytes(d)
     for opener in (Session.recover, Session.resume):
@@ -575,12 +580,7 @@ def test_a_second_opener_is_refused_while_a_session_is_open(pool, tmp_path):
 
 
 def test_new_session_never_deletes_a_log_with_content(pool, tmp_path):
-    x, y = pool
-    s = make(pool, tmp_path)
-    run_oracle(s, y, 3)
-    s.close()
-    d = tmp_path / "s"
-    (d / STATE_NAME).unlink()
+    d = _three_labels_no_snapshot(pool, tmp_path)
     _damage_line(d / LOG_NAME, 0)  # a damaged header line, intact labels after it
     raw = (d / LOG_NAME).read_bytes()
     with pytest.raises(ValueError, match="already holds a labeling session"):

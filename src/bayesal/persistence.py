@@ -152,7 +152,8 @@ class LogLockedError(ValueError):
     """The log is held by another writer (another process or another open session)."""
 
 
-def _lock_fd(fd: int, path: Path) -> None:
+def _lock_fd(fd: int, path: Path, what: str = "label log") -> None:
+    """Take an exclusive non-blocking ``flock`` on ``fd``; on failure close it and raise."""
     if fcntl is None:  # pragma: no cover
         return
     try:
@@ -160,42 +161,43 @@ def _lock_fd(fd: int, path: Path) -> None:
     except OSError as err:
         os.close(fd)
         raise LogLockedError(
-            f"label log {path} is open for writing elsewhere (another process or an unclosed Session); close it first"
+            f"{what} {path} is open for writing elsewhere (another process or an unclosed Session); close it first"
         ) from err
 
 
-class DirectoryLock:
-    """Exclusive ``flock`` on a session directory, held from before a session reads or plans anything
-    until it is closed: two processes (or two Session objects) never create, resume or recover the
-    same directory at once, so no one acts on a picture of the files that has gone stale."""
+class _OwnsFd:
+    """Holds one file descriptor ``_fd``, closed by :meth:`close` (or at garbage collection)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self._fd: int | None = os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        if fcntl is not None:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as err:
-                os.close(self._fd)
-                self._fd = None
-                raise LogLockedError(
-                    f"the session in {self.path} is open for writing elsewhere (another process or an "
-                    "unclosed Session); close it first"
-                ) from err
+    _fd: int | None = None
 
-    def release(self) -> None:
+    def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
 
     def __del__(self) -> None:  # pragma: no cover - best effort
         try:
-            self.release()
+            self.close()
         except Exception:
             pass
 
 
-class LabelLog:
+class DirectoryLock(_OwnsFd):
+    """Exclusive ``flock`` on a session directory, held from before a session reads or plans anything
+    until it is closed: two processes (or two Session objects) never create, resume or recover the
+    same directory at once, so no one acts on a picture of the files that has gone stale."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        _lock_fd(fd, self.path, what="the session in")
+        self._fd = fd
+
+    def release(self) -> None:
+        self.close()
+
+
+class LabelLog(_OwnsFd):
     """Append-only, fsync-ed JSON-lines log (see the module docstring for the line format).
 
     An open log holds an exclusive ``flock`` so that two writers never interleave lines.
@@ -257,13 +259,3 @@ class LabelLog:
         if self.fsync:
             os.fsync(self._fd)
 
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def __del__(self) -> None:  # pragma: no cover - best effort
-        try:
-            self.close()
-        except Exception:
-            pass

@@ -119,36 +119,17 @@ def _signals_line(sig: dict[str, Any], n_classes_labeled: int) -> str:
 
 
 # ------------------------------------------------------------------------------------ main
-def _read_header(state_dir: Path) -> dict[str, Any]:
-    """The session header: from the label log, else (log missing or damaged) from the state file."""
-    from .persistence import load_snapshot, read_log
-    from .session import LOG_NAME, STATE_NAME
-
-    log, state = state_dir / LOG_NAME, state_dir / STATE_NAME
-    recs = read_log(log).records if log.exists() else []
-    if recs and recs[0].get("op") == "header":
-        return recs[0]
-    if state.exists():
-        try:
-            return load_snapshot(state)["header"]
-        except (ValueError, KeyError, TypeError):
-            pass
-    if not log.exists() and not state.exists():
-        raise FileNotFoundError(f"{state_dir} holds no labeling session (no {LOG_NAME}, no {STATE_NAME})")
-    raise ValueError(f"neither the label log nor the state file in {state_dir} has a readable session header; "
-                     "the session cannot be reopened")
-
-
 def _open_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, Any]:
     from .data import file_loader_kwargs, list_datasets, load_dataset
     from .head import HeadConfig
     from .session import Session
+    from .session_store import read_session_header
 
     if args.drop_damaged and not args.recover:
         raise ValueError("--drop-damaged only applies with --recover")
     if args.resume:
         state_dir = Path(args.resume)
-        meta = _read_header(state_dir).get("meta", {})
+        meta = read_session_header(state_dir).get("meta", {})
         name, path = meta.get("dataset"), meta.get("dataset_path")
         if args.dataset and not path and name and args.dataset != name:
             raise ValueError(f"{state_dir} is a session on dataset {name!r}, not {args.dataset!r}")
@@ -185,8 +166,8 @@ def _open_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, Any]:
         for note in session.recovery_notes:
             print(f"  {note}", file=out)
         return session, ds
-    if args.recover or args.drop_damaged:
-        raise ValueError("--recover and --drop-damaged need --resume DIR")
+    if args.recover:  # (--drop-damaged without --recover is refused above)
+        raise ValueError("--recover needs --resume DIR")
     if not args.dataset:
         raise ValueError("pass --dataset NAME (or --resume DIR)")
     if args.batch < 1:

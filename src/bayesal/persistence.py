@@ -122,12 +122,13 @@ class LogReadResult:
     """``records``: the valid prefix of the log; ``valid_bytes``: its length in bytes;
     ``torn_tail``: True if bytes after the valid prefix were ignored (a torn or garbled last line);
     ``bad_lines``: the 1-based number of the first complete line that fails its checksum (damage, not a
-    torn write)."""
+    torn write); ``n_lines``: complete lines in the file, read or not."""
 
     records: list[dict[str, Any]]
     valid_bytes: int
     torn_tail: bool = False
     bad_lines: list[int] = field(default_factory=list)
+    n_lines: int = 0
 
 
 def read_log(path: str | os.PathLike[str]) -> LogReadResult:
@@ -142,10 +143,10 @@ def read_log(path: str | os.PathLike[str]) -> LogReadResult:
     for k, line in enumerate(complete):
         rec = decode_record(line)
         if rec is None:
-            return LogReadResult(records, pos, torn_tail=False, bad_lines=[k + 1])
+            return LogReadResult(records, pos, torn_tail=False, bad_lines=[k + 1], n_lines=len(complete))
         records.append(rec)
         pos += len(line) + 1
-    return LogReadResult(records, pos, torn_tail=bool(tail))
+    return LogReadResult(records, pos, torn_tail=bool(tail), n_lines=len(complete))
 
 
 class LogLockedError(ValueError):

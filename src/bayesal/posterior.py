@@ -169,12 +169,14 @@ class LastLayerLaplace:
 
     def _pool_chunks(self, x: torch.Tensor, per_row: int = 1, step: int | None = None) -> Iterator[torch.Tensor]:
         """Chunks of :meth:`_pool` output in ``dtype`` on ``device``, each checked for NaN/inf."""
-        step = step or max(1, self.chunk_size // max(1, per_row))
-        for start in range(0, x.shape[0], step):
-            yield as_features(x[start : start + step], dtype=self.dtype, device=self.device, row_offset=start)
+        start = 0
+        for chunk in self._chunks(x, per_row, step):
+            yield as_features(chunk, dtype=self.dtype, device=self.device, row_offset=start)
+            start += chunk.shape[0]
 
-    def _chunks(self, x: torch.Tensor, per_row: int = 1) -> Iterator[torch.Tensor]:
-        step = max(1, self.chunk_size // max(1, per_row))
+    def _chunks(self, x: torch.Tensor, per_row: int = 1, step: int | None = None) -> Iterator[torch.Tensor]:
+        """Row blocks of ``x``: ``step`` rows, or as many as ``chunk_size`` allows at ``per_row`` cost."""
+        step = step or max(1, self.chunk_size // max(1, per_row))
         for start in range(0, x.shape[0], step):
             yield x[start : start + step]
 

@@ -64,7 +64,7 @@ from .posterior import LastLayerLaplace
 from .rng import derive_seed
 from .session_book import LabelBook
 from .session_store import (
-    FORMAT_VERSION, LOG_NAME, STATE_NAME, SnapshotWriter, carry_out, plan_recovery, read_session_log,
+    FORMAT_VERSION, LOG_NAME, STATE_NAME, TORN_NOTE, SnapshotWriter, carry_out, plan_recovery, read_session_log,
 )
 from .strategies import get_strategy
 from .strategies.base import LabeledSet, QueryStrategy
@@ -87,9 +87,6 @@ def feature_hash(features: torch.Tensor) -> str:
     h.update(repr(arr.shape).encode())
     h.update(memoryview(arr).cast("B"))
     return h.hexdigest()
-
-
-_TORN_NOTE = "dropped an incomplete last line of the label log (a write cut off by a crash, never acknowledged)"
 
 
 def _lock_dir(state_dir: Path) -> DirectoryLock:
@@ -451,7 +448,7 @@ class Session:
             self.recovery_notes.append("the label log lacked events the state file holds; rewrote it from them")
         else:
             if valid_bytes < log_path.stat().st_size:
-                self.recovery_notes.append(_TORN_NOTE)
+                self.recovery_notes.append(TORN_NOTE)
             self._log = LabelLog.open(state_dir / LOG_NAME, valid_bytes, fsync=io_kwargs["fsync"])
         for k in range(len(snap_events), len(log_events)):
             self._apply(log_events[k], where=f"label log line {k + 2}")
@@ -606,7 +603,7 @@ class Session:
 
             def commit() -> None:
                 self._post_stack.pop()
-                self._book.redo.append(self._book.revert())
+                self._book.fold(ev)
                 self._post = new_post
 
             return commit
@@ -614,11 +611,7 @@ class Session:
         new_post = self._transition(self._post, action, len(self._book.history), self._book.labels_after(action))
 
         def commit() -> None:
-            if op == "redo":
-                self._book.redo.pop()
-            else:
-                self._book.redo.clear()
-            self._book.apply(action)
+            self._book.fold(ev)  # the same bookkeeping as a replayed event
             self._post_stack.append(self._post)
             k = len(self._post_stack) - self._undo_cache - 1
             if k >= 0:

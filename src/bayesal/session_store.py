@@ -20,16 +20,19 @@ from pathlib import Path
 from typing import Any
 
 from .fileio import atomic_write_bytes, fsync_dir
-from .persistence import CorruptStateError, LabelLog, encode_record, load_snapshot, read_log, save_snapshot
+from .persistence import (
+    CorruptStateError, LabelLog, LogReadResult, encode_record, load_snapshot, read_log, save_snapshot,
+)
 
 __all__ = [
-    "FORMAT_VERSION", "LOG_NAME", "STATE_NAME", "SnapshotWriter", "read_session_log", "RecoveryPlan",
+    "FORMAT_VERSION", "LOG_NAME", "STATE_NAME", "TORN_NOTE", "SnapshotWriter", "read_session_header", "read_session_log", "RecoveryPlan",
     "plan_recovery", "carry_out", "set_aside",
 ]
 
 FORMAT_VERSION = 1
 LOG_NAME = "labels.jsonl"
 STATE_NAME = "session.state"
+TORN_NOTE = "dropped an incomplete last line of the label log (a write cut off by a crash, never acknowledged)"
 
 
 def read_session_log(state_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
@@ -41,7 +44,11 @@ def read_session_log(state_dir: Path) -> tuple[dict[str, Any], list[dict[str, An
     log_path = state_dir / LOG_NAME
     if not log_path.exists():
         raise FileNotFoundError(f"no label log {log_path}; is {state_dir} a session directory?")
-    res = read_log(log_path)
+    return _checked_log(read_log(log_path), log_path)
+
+
+def _checked_log(res: LogReadResult, log_path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+    """:func:`read_session_log` of an already read log."""
     if res.bad_lines:
         raise CorruptStateError(
             f"label log {log_path} is corrupt at line {res.bad_lines[0]} (checksum mismatch); the "
@@ -52,6 +59,23 @@ def read_session_log(state_dir: Path) -> tuple[dict[str, Any], list[dict[str, An
         k = len(events) + 1
         raise CorruptStateError(f"label log {log_path}: line {k + 1} has seq {res.records[k].get('seq')!r}, expected {k}")
     return header, events, res.valid_bytes
+
+
+def read_session_header(state_dir: Path) -> dict[str, Any]:
+    """The session header: from the label log, else (log missing or damaged) from the state file."""
+    log, state = state_dir / LOG_NAME, state_dir / STATE_NAME
+    recs = read_log(log).records if log.exists() else []
+    if recs and recs[0].get("op") == "header":
+        return recs[0]
+    if state.exists():
+        try:
+            return load_snapshot(state)["header"]
+        except (ValueError, KeyError, TypeError):
+            pass
+    if not log.exists() and not state.exists():
+        raise FileNotFoundError(f"{state_dir} holds no labeling session (no {LOG_NAME}, no {STATE_NAME})")
+    raise ValueError(f"neither the label log nor the state file in {state_dir} has a readable session header; "
+                     "the session cannot be reopened")
 
 
 def _header_and_events(records: list[dict[str, Any]], where: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -135,21 +159,21 @@ def plan_recovery(state_dir: Path, *, drop_damaged: bool = False) -> RecoveryPla
     events: list[dict[str, Any]] = []
     valid_bytes = 0
     dropped = 0
-    try:
-        header, events, valid_bytes = read_session_log(state_dir)
-    except FileNotFoundError as err:
+    if not log_path.exists():
         if snap_header is None:
-            raise
-        log_problem = str(err)
-    except CorruptStateError as err:
-        log_problem = str(err)
+            raise FileNotFoundError(f"no label log {log_path}; is {state_dir} a session directory?")
+        log_problem = f"no label log {log_path}"
+    else:
         res = read_log(log_path)
         try:
-            header, events = _header_and_events(res.records, log_path)
-        except CorruptStateError:
-            header, events = None, []
-        n_lines = log_path.read_bytes().count(b"\n")
-        dropped = max(0, n_lines - 1 - len(events))
+            header, events, valid_bytes = _checked_log(res, log_path)
+        except CorruptStateError as err:
+            log_problem = str(err)
+            try:
+                header, events = _header_and_events(res.records, log_path)
+            except CorruptStateError:
+                header, events = None, []
+            dropped = max(0, res.n_lines - 1 - len(events))
     if header is None and snap_header is None:
         raise CorruptStateError(
             f"neither the label log nor the state file in {state_dir} holds a readable session "
@@ -195,8 +219,7 @@ def plan_recovery(state_dir: Path, *, drop_damaged: bool = False) -> RecoveryPla
     else:
         plan = RecoveryPlan(header, events, valid_bytes)
         if valid_bytes < log_path.stat().st_size:
-            plan.notes.append("dropped an incomplete last line of the label log (a write cut off by a crash, "
-                              "never acknowledged)")
+            plan.notes.append(TORN_NOTE)
     reproduced = snap_events is not None and same_session and snap_events == plan.events[: len(snap_events)]
     if snap_problem == "missing" or reproduced:
         pass

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from bayesal.data import list_datasets, load_dataset
-from bayesal.head import HeadConfig
-from bayesal.loop import ALConfig, run_experiment
-from bayesal.plotting import aulc_table, plot_learning_curves
+from bayesal.experiments.plotting import aulc_table, plot_learning_curves
+from bayesal.experiments.runner import ALConfig, run_experiment
+from bayesal.laplace.head import HeadConfig
 
 STRATEGIES = ["seq-margin", "margin", "badge", "random"]
 

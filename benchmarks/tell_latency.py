@@ -27,7 +27,7 @@ import time
 import numpy as np
 import torch
 
-from bayesal.session import Session
+from bayesal.labeling.session import Session
 
 
 def _make_pool(n: int, d: int, c: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

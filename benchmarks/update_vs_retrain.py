@@ -17,14 +17,13 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
-from bayesal import HeadConfig, LastLayerLaplace
-from bayesal.baselines import MCReweighting, finetune_head, first_order_update, retrain_head
+from bayesal import LastLayerLaplace
 from bayesal.data import list_datasets, load_dataset
-from bayesal.metrics import accuracy
+from bayesal.experiments.metrics import accuracy
+from bayesal.laplace.baselines import MCReweighting, finetune_head, first_order_update, retrain_head
 
 INIT_SIZES = (10, 100, 1000)
 NEW_SIZES = (1, 10, 50)

@@ -1,7 +1,6 @@
 """bayesal: deep active learning with fast Bayesian updates of a last-layer Laplace approximation."""
 
-from .head import HeadConfig, train_head
-from .posterior import LastLayerLaplace
+from .laplace import HeadConfig, LastLayerLaplace, train_head
 
 __all__ = ["LastLayerLaplace", "HeadConfig", "train_head", "__version__"]
 __version__ = "0.1.0"

@@ -1,5 +1,6 @@
 """Built-in datasets (offline), feature caches and user data."""
 
+from . import builtin as _builtin  # noqa: E402,F401  (registers the built-in datasets)
 from .base import Dataset
 from .cache import FeatureCache, cache_dir
 from .registry import add_file_options, file_loader_kwargs, list_datasets, load_dataset, register
@@ -16,4 +17,6 @@ __all__ = [
     "LabelEncoder",
     "FeatureCache",
     "cache_dir",
+    "add_file_options",
+    "file_loader_kwargs",
 ]

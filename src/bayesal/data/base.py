@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,7 @@ class Dataset:
     def num_test(self) -> int:
         return int(self.test_features.shape[0])
 
-    def validate(self) -> "Dataset":
+    def validate(self) -> Dataset:
         """Check shapes, dtypes, finiteness and label ranges; raise ``ValueError`` naming the problem."""
         from .checks import check_features, check_lengths
 
@@ -116,7 +117,7 @@ class Dataset:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Dataset":
+    def load(cls, path: str | os.PathLike) -> Dataset:
         """Read a dataset written by :meth:`save`."""
         with np.load(path, allow_pickle=False) as z:
             if "header_json" not in z.files:

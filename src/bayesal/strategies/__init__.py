@@ -7,11 +7,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
+from .badge import BADGE
 from .bait import BAIT
 from .bald import BALD
-from .badge import BADGE
 from .base import LabeledSet, QueryResult, QueryStrategy
 from .coreset import CoreSet
 from .entropy import EntropySampling

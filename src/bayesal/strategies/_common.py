@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
-from ..linalg import safe_cholesky
-from ..posterior import LastLayerLaplace
-from ..predictive import mc_logit_samples
-from ..rng import as_generator
-from ..validation import as_features
+from bayesal.laplace.linalg import safe_cholesky
+from bayesal.laplace.posterior import LastLayerLaplace
+from bayesal.laplace.predictive import mc_logit_samples
+from bayesal.utils.rng import as_generator
+from bayesal.utils.validation import as_features
+
 from .base import LabeledSet
 
 __all__ = [

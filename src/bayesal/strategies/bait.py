@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import torch
 
-from ..linalg import safe_cholesky, spd_inverse, symmetrize
-from ..posterior import LastLayerLaplace
+from bayesal.laplace.linalg import safe_cholesky, spd_inverse, symmetrize
+from bayesal.laplace.posterior import LastLayerLaplace
+
 from ._common import argmax_first, prepare
 from .base import LabeledSet, QueryResult, QueryStrategy
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..posterior import LastLayerLaplace
+from bayesal.laplace.posterior import LastLayerLaplace
 
 __all__ = ["LabeledSet", "QueryResult", "QueryStrategy"]
 

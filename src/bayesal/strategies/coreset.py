@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..posterior import LastLayerLaplace
+from bayesal.laplace.posterior import LastLayerLaplace
+
 from ._common import argmax_first, prepare
 from ._kmeans import sq_dists
 from .base import LabeledSet, QueryResult, QueryStrategy

@@ -18,11 +18,12 @@ import time
 
 import torch
 
-from ..linalg import safe_cholesky
-from ..posterior import LastLayerLaplace
-from ..predictive import mean_field_probs
-from ..update import curvature_weights
-from ..validation import as_features
+from bayesal.laplace.linalg import safe_cholesky
+from bayesal.laplace.posterior import LastLayerLaplace
+from bayesal.laplace.predictive import mean_field_probs
+from bayesal.laplace.update import curvature_weights
+from bayesal.utils.validation import as_features
+
 from ._common import argmax_first, check_candidate_labels, prepare
 from ._kmeans import kmeans, sq_dists
 from .base import LabeledSet, QueryResult, QueryStrategy

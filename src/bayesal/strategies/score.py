@@ -10,7 +10,8 @@ from abc import abstractmethod
 
 import torch
 
-from ..posterior import LastLayerLaplace
+from bayesal.laplace.posterior import LastLayerLaplace
+
 from ._common import logit_sample_chunks, predictive_from_logits, prepare, top_b
 from .base import LabeledSet, QueryResult, QueryStrategy
 

@@ -6,9 +6,10 @@ import math
 
 import torch
 
-from ..posterior import LastLayerLaplace
-from ..predictive import mean_field_probs
-from ..update import curvature_weights
+from bayesal.laplace.posterior import LastLayerLaplace
+from bayesal.laplace.predictive import mean_field_probs
+from bayesal.laplace.update import curvature_weights
+
 from ._common import argmax_first, check_candidate_labels, prepare
 from .base import LabeledSet, QueryResult, QueryStrategy
 from .score import ScoreStrategy

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bayesal import HeadConfig, LastLayerLaplace
-from bayesal.baselines import MCReweighting, finetune_head, first_order_update
+from bayesal.laplace.baselines import MCReweighting, finetune_head, first_order_update
 
 
 def test_fit_trains_head_when_no_weight_given(toy):
@@ -255,7 +255,7 @@ def test_first_order_and_finetune_follow_the_spec(toy):
 def test_head_training_uses_the_spec_recipe(toy):
     """200 epochs, RAdam(lr 1e-2, wd 1e-4), cosine schedule, batch 64, from zeros: train_head equals
     that recipe written out step by step."""
-    from bayesal.head import train_head
+    from bayesal.laplace.head import train_head
 
     cfg = HeadConfig()
     assert (cfg.epochs, cfg.lr, cfg.weight_decay, cfg.batch_size) == (200, 1e-2, 1e-4, 64)

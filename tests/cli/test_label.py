@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bayesal.cli.label import add_label_arguments, ascii_image, label_main, main, parse_answer, render_item
 from bayesal.data import load_dataset
-from bayesal.labeling import add_label_arguments, ascii_image, label_main, main, parse_answer, render_item
-from bayesal.session import STATE_NAME, Session
+from bayesal.labeling.session import STATE_NAME, Session
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_piped_session_end_to_end(tmp_path: Path, digits) -> None:
     state = tmp_path / "run"
     answers = "3\n5\nfoo\n42\ns\nu\n1\n2\nseven\n4\nq\n"
     proc = subprocess.run(
-        [sys.executable, "-m", "bayesal.labeling", "--dataset", "digits", "--state-dir", str(state),
+        [sys.executable, "-m", "bayesal.cli.label", "--dataset", "digits", "--state-dir", str(state),
          "--epochs", "5", "--retrain-every", "3", "--strategy", "margin"],
         input=answers, capture_output=True, text=True, timeout=120,
     )
@@ -103,7 +103,7 @@ def test_errors_are_clear(tmp_path: Path, digits) -> None:
 
 
 def test_cli_wiring(tmp_path: Path, monkeypatch) -> None:
-    cli = pytest.importorskip("bayesal.cli")
+    cli = pytest.importorskip("bayesal.cli.commands")
     monkeypatch.setattr(sys, "stdin", io.StringIO("q\n"))
     assert cli.main(["label", "--dataset", "digits", "--state-dir", str(tmp_path / "d")]) == 0
     assert (tmp_path / "d" / "labels.jsonl").exists()
@@ -177,7 +177,7 @@ def test_resume_a_session_on_a_user_csv_file(tmp_path: Path, digits) -> None:
 
 
 def test_cli_recovers_from_the_state_file_when_the_log_is_gone(tmp_path: Path) -> None:
-    from bayesal.session import LOG_NAME
+    from bayesal.labeling.session import LOG_NAME
 
     run_inprocess(["--dataset", "digits", "--state-dir", str(tmp_path / "g"), "--oracle", "--max-labels", "3",
                    "--epochs", "3"])

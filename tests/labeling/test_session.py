@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from bayesal.head import HeadConfig
-from bayesal.persistence import (
+from bayesal.labeling.session import LOG_NAME, STATE_NAME, Session, StateMismatchError
+from bayesal.labeling.storage import (
     CorruptStateError,
     LabelLog,
     atomic_write_bytes,
@@ -21,8 +21,8 @@ from bayesal.persistence import (
     read_log,
     save_snapshot,
 )
-from bayesal.posterior import LastLayerLaplace
-from bayesal.session import LOG_NAME, STATE_NAME, Session, StateMismatchError
+from bayesal.laplace.head import HeadConfig
+from bayesal.laplace.posterior import LastLayerLaplace
 from bayesal.strategies.base import QueryResult, QueryStrategy
 
 NAMES = ["ant", "bee", "cat"]

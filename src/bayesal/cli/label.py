@@ -4,7 +4,7 @@ Bayesian updates.
 Shows one instance at a time (its text, an ASCII rendering of a small image, or its index), the
 model's three most probable classes, and reads the answer from stdin — so it can be scripted::
 
-    printf '3\\n5\\ns\\nu\\nq\\n' | python -m bayesal.labeling --dataset digits --state-dir run1
+    printf '3\\n5\\ns\\nu\\nq\\n' | python -m bayesal.cli.label --dataset digits --state-dir run1
 
 Answers: a class name or class number (``#N`` for class number N; needed when the class names are
 themselves numbers); ``s`` skip, ``u`` undo, ``redo`` redo, ``fix I LABEL`` correct the label of
@@ -13,7 +13,7 @@ instance ``#I``, ``r`` retrain the head now, ``?`` help, ``q`` quit (end of inpu
 damaged, keeping every file it replaces; ``--drop-damaged`` lets it keep the intact part of a log
 damaged in the middle when no snapshot holds the rest). ``--oracle`` answers with the dataset's true labels (a scripted demo).
 
-Stopping signals printed after each label (see :meth:`bayesal.session.Session.stopping_signals`):
+Stopping signals printed after each label (see :meth:`bayesal.labeling.session.Session.stopping_signals`):
 
 * **expected accuracy** ``EA = mean_x max_c p(c | x)`` over (a fixed subset of ≤ 2000 of) the pool — the
   model's own estimate of its accuracy;
@@ -33,7 +33,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from .data.registry import add_file_options
+from bayesal.data.registry import add_file_options
 
 __all__ = ["add_label_arguments", "label_main", "parse_answer", "render_item", "ascii_image", "main"]
 
@@ -43,7 +43,7 @@ _HELP = ("answer: class name or number (#N = class number N) | s = skip | u = un
 
 
 def add_label_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``bayesal label`` (shared by ``python -m bayesal.labeling``)."""
+    """Options of ``bayesal label`` (shared by ``python -m bayesal.cli.label``)."""
     parser.add_argument("--dataset", default=None,
                         help="built-in dataset (e.g. digits) or a features file (.npy/.npz/.parquet/.csv)")
     add_file_options(parser)
@@ -120,10 +120,10 @@ def _signals_line(sig: dict[str, Any], n_classes_labeled: int) -> str:
 
 # ------------------------------------------------------------------------------------ main
 def _open_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, Any]:
-    from .data import file_loader_kwargs, list_datasets, load_dataset
-    from .head import HeadConfig
-    from .session import Session
-    from .session_store import read_session_header
+    from bayesal.data import file_loader_kwargs, list_datasets, load_dataset
+    from bayesal.labeling.recovery import read_session_header
+    from bayesal.labeling.session import Session
+    from bayesal.laplace.head import HeadConfig
 
     if args.drop_damaged and not args.recover:
         raise ValueError("--drop-damaged only applies with --recover")
@@ -149,7 +149,7 @@ def _open_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, Any]:
             raise ValueError(f"the session in {state_dir} does not record its dataset; pass --dataset")
         # the feature hash in the log's header still guards against a different file's contents
         ds = load_dataset(source, **(meta.get("loader") or {}) if path else {})
-        from .persistence import CorruptStateError
+        from bayesal.labeling.storage import CorruptStateError
 
         if args.recover:
             session = Session.recover(state_dir, ds.train_features, items=ds.train_items, strategy=args.strategy,
@@ -318,8 +318,8 @@ def _ask(session: Any, idx: int, inp: TextIO, out: TextIO, oracle_ds: Any) -> st
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m bayesal.labeling``."""
-    parser = argparse.ArgumentParser(prog="python -m bayesal.labeling", description=__doc__.split("\n\n")[0])
+    """Entry point of ``python -m bayesal.cli.label``."""
+    parser = argparse.ArgumentParser(prog="python -m bayesal.cli.label", description=__doc__.split("\n\n")[0])
     add_label_arguments(parser)
     args = parser.parse_args(argv)
     try:

@@ -1,14 +1,14 @@
 """Interactive active-learning session: query, tell, undo, retrain — crash-safe (GitHub issue #5).
 
 A :class:`Session` holds a pool of features ``(N, D)``, the class names, a query strategy and a
-:class:`~bayesal.posterior.LastLayerLaplace` posterior. Every answer is absorbed immediately with the
+:class:`~bayesal.laplace.posterior.LastLayerLaplace` posterior. Every answer is absorbed immediately with the
 closed-form Bayesian update (SPEC §4, milliseconds); :meth:`Session.retrain` refits the head from
 scratch, automatically every ``retrain_every`` labels if configured.
 
 Design
 ------
 **Event sourcing.** Everything the user does is an *event* — ``tell``, ``skip``, ``correct``, ``retrain``,
-``undo``, ``redo`` — appended to the label log (``labels.jsonl``, see :mod:`bayesal.persistence`) and
+``undo``, ``redo`` — appended to the label log (``labels.jsonl``, see :mod:`bayesal.labeling.storage`) and
 fsync-ed *before* the call returns. The session state is a deterministic function of the log:
 folding the events gives the effective action history (undo pops an action onto a redo stack, redo
 pushes it back, any new action clears the redo stack), and from the history the posterior follows:
@@ -34,7 +34,7 @@ state = seed + event count, and the posterior tensors, 1.2 MB for D=384) replace
 snapshot is only a cache for fast resume: :meth:`Session.resume` loads it and replays the log events it
 does not yet contain; :meth:`Session.recover` rebuilds the session from whichever copy of the events
 is intact (the log, or the snapshot where the log is damaged or missing; see
-:mod:`bayesal.session_store`). Hence no acknowledged label is lost, whatever moment the process dies at.
+:mod:`bayesal.labeling.recovery`). Hence no acknowledged label is lost, whatever moment the process dies at.
 
 **Randomness.** There is no mutable RNG to save: the randomness of each query is drawn from a generator
 seeded by ``(seed, number of events so far)`` and each head fit by ``(seed, position in the history)``.
@@ -50,25 +50,33 @@ import hashlib
 import os
 import time
 import uuid
-import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from .head import HeadConfig
-from .persistence import CorruptStateError, DirectoryLock, LabelLog, LogLockedError, load_snapshot, save_snapshot
-from .posterior import LastLayerLaplace
-from .rng import derive_seed
-from .session_book import LabelBook
-from .session_store import (
-    FORMAT_VERSION, LOG_NAME, STATE_NAME, TORN_NOTE, SnapshotWriter, carry_out, plan_recovery, read_session_log,
+from bayesal.laplace.head import HeadConfig
+from bayesal.laplace.posterior import LastLayerLaplace
+from bayesal.strategies import get_strategy
+from bayesal.strategies.base import LabeledSet, QueryStrategy
+from bayesal.utils.rng import derive_seed
+from bayesal.utils.validation import as_features
+
+from .history import LabelBook
+from .recovery import (
+    FORMAT_VERSION,
+    LOG_NAME,
+    STATE_NAME,
+    TORN_NOTE,
+    SnapshotWriter,
+    carry_out,
+    plan_recovery,
+    read_session_log,
 )
-from .strategies import get_strategy
-from .strategies.base import LabeledSet, QueryStrategy
-from .validation import as_features
+from .storage import CorruptStateError, DirectoryLock, LabelLog, LogLockedError, load_snapshot, save_snapshot
 
 __all__ = ["Session", "CorruptStateError", "StateMismatchError", "LogLockedError", "feature_hash"]
 
@@ -232,7 +240,7 @@ class Session:
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
-    def from_dataset(cls, dataset: Any, **kwargs: Any) -> "Session":
+    def from_dataset(cls, dataset: Any, **kwargs: Any) -> Session:
         """Session over ``dataset.train_features`` with its class names and ``train_items``."""
         meta = dict(kwargs.pop("meta", None) or {})
         meta.setdefault("dataset", getattr(dataset, "name", None))
@@ -348,7 +356,7 @@ class Session:
 
     @classmethod
     def _open_common(cls, state_dir: Path, features: Any, header: dict[str, Any], items: Any,
-                     strategy: str | QueryStrategy | None, io_kwargs: dict[str, Any]) -> "Session":
+                     strategy: str | QueryStrategy | None, io_kwargs: dict[str, Any]) -> Session:
         x = as_features(features, name="pool features", dtype=torch.float64)
         cls._check_features(header, x, state_dir)
         strat_cfg = header["strategy"]
@@ -382,7 +390,7 @@ class Session:
         async_snapshot: bool = True,
         snapshot_interval: float = 0.2,
         undo_cache: int = 32,
-    ) -> "Session":
+    ) -> Session:
         """Reopen a session from its snapshot plus the log events the snapshot does not contain yet.
 
         Raises :class:`CorruptStateError` (a ``ValueError``) if the snapshot or log is damaged and
@@ -401,7 +409,7 @@ class Session:
 
     @classmethod
     def _resume_locked(cls, lock: DirectoryLock, state_dir: Path, features: Any, items: Any,
-                       strategy: str | QueryStrategy | None, io_kwargs: dict[str, Any]) -> "Session":
+                       strategy: str | QueryStrategy | None, io_kwargs: dict[str, Any]) -> Session:
         state_path, log_path = state_dir / STATE_NAME, state_dir / LOG_NAME
         if not state_path.exists() and log_path.exists():
             # the snapshot is only a cache (e.g. the first one was never written): rebuild it from the log
@@ -471,7 +479,7 @@ class Session:
         async_snapshot: bool = True,
         snapshot_interval: float = 0.2,
         undo_cache: int = 32,
-    ) -> "Session":
+    ) -> Session:
         """Rebuild a session by replaying its events (labels, corrections, skips, undo/redo, retrains)
         and write a fresh snapshot and, where needed, a fresh label log.
 
@@ -495,7 +503,7 @@ class Session:
     @classmethod
     def _recover_locked(cls, lock: DirectoryLock, state_dir: Path, features: Any, items: Any,
                         strategy: str | QueryStrategy | None, drop_damaged: bool,
-                        io_kwargs: dict[str, Any]) -> "Session":
+                        io_kwargs: dict[str, Any]) -> Session:
         plan = plan_recovery(state_dir, drop_damaged=drop_damaged)  # under the lock: cannot go stale
         self = cls._open_common(state_dir, features, plan.header, items, strategy, io_kwargs)
         self._dir_lock = lock
@@ -696,7 +704,7 @@ class Session:
                 self._dir_lock.release()
                 self._dir_lock = None
 
-    def __enter__(self) -> "Session":
+    def __enter__(self) -> Session:
         return self
 
     def __exit__(self, *exc: Any) -> None:

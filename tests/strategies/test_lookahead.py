@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bayesal import LastLayerLaplace
-from bayesal.predictive import mean_field_probs
+from bayesal.laplace.predictive import mean_field_probs
 from bayesal.strategies import ExpectedLogLossReduction, LabeledSet, OracleLookahead
 from bayesal.strategies.lookahead import batch_update_reference
 

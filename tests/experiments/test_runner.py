@@ -5,12 +5,18 @@ import pytest
 import torch
 
 from bayesal.data import load_dataset
-from bayesal.head import HeadConfig
-from bayesal import loop
-from bayesal.loop import (
-    RESULT_COLUMNS, ALConfig, append_results, make_strategy, read_results, run_active_learning, run_experiment,
+from bayesal.experiments import runner as loop
+from bayesal.experiments.plotting import aulc_table, curve_summary, plot_learning_curves
+from bayesal.experiments.runner import (
+    RESULT_COLUMNS,
+    ALConfig,
+    append_results,
+    make_strategy,
+    read_results,
+    run_active_learning,
+    run_experiment,
 )
-from bayesal.plotting import aulc_table, curve_summary, plot_learning_curves
+from bayesal.laplace.head import HeadConfig
 from bayesal.strategies import RandomSampling
 from bayesal.strategies.base import QueryResult, QueryStrategy
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .validation import as_features, as_targets, check_num_classes
+from bayesal.utils.validation import as_features, as_targets, check_num_classes
 
 __all__ = ["HeadConfig", "train_head"]
 

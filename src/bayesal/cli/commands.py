@@ -13,14 +13,14 @@ DEMO_STRATEGIES = ["random", "margin", "seq-margin", "badge"]
 
 
 def _default_dataset() -> str:
-    from .data import list_datasets
+    from bayesal.data import list_datasets
 
     names = list_datasets()
     return next((n for n in ("bbcnews", "digits") if n in names), sorted(names)[0])
 
 
 def _cmd_datasets(args: argparse.Namespace) -> int:
-    from .data import list_datasets
+    from bayesal.data import list_datasets
 
     for name, desc in list_datasets().items():
         print(f"{name:14s} {desc}")
@@ -28,8 +28,8 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace):
-    from .head import HeadConfig
-    from .loop import ALConfig
+    from bayesal.experiments.runner import ALConfig
+    from bayesal.laplace.head import HeadConfig
 
     return ALConfig(
         batch_size=args.batch_size, cycles=args.cycles, initial_size=args.initial_size,
@@ -39,7 +39,7 @@ def _config(args: argparse.Namespace):
 
 
 def _load(name: str, **loader_kwargs):
-    from .data import load_dataset
+    from bayesal.data import load_dataset
 
     t0 = time.perf_counter()
     ds = load_dataset(name, **loader_kwargs)
@@ -48,7 +48,7 @@ def _load(name: str, **loader_kwargs):
 
 
 def _print_summary(df, metric: str = "accuracy") -> None:
-    from .plotting import aulc_table
+    from bayesal.experiments.plotting import aulc_table
 
     tab = aulc_table(df, metric)
     print(f"\narea under the learning curve ({metric}), mean ± s.e. over seeds")
@@ -56,8 +56,8 @@ def _print_summary(df, metric: str = "accuracy") -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .data import file_loader_kwargs
-    from .loop import check_run_request, run_experiment
+    from bayesal.data import file_loader_kwargs
+    from bayesal.experiments.runner import check_run_request, run_experiment
 
     cfg = _config(args)
     check_run_request(args.strategy, args.out, args.gamma)  # before loading: a typo costs no featurisation
@@ -72,8 +72,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from .loop import read_results
-    from .plotting import plot_learning_curves
+    from bayesal.experiments.plotting import plot_learning_curves
+    from bayesal.experiments.runner import read_results
 
     df = read_results(args.results)
     out = args.out or Path(args.results).with_suffix(f".{args.metric}.png")
@@ -85,9 +85,9 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Short AL comparison on built-in real data, with a plot and an AULC table."""
-    from .head import HeadConfig
-    from .loop import ALConfig, run_experiment
-    from .plotting import plot_learning_curves
+    from bayesal.experiments.plotting import plot_learning_curves
+    from bayesal.experiments.runner import ALConfig, run_experiment
+    from bayesal.laplace.head import HeadConfig
 
     ds = _load(args.dataset or _default_dataset())
     out = Path(args.out)
@@ -122,7 +122,7 @@ def _add_threads_option(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .data.registry import add_file_options
+    from bayesal.data.registry import add_file_options
 
     ap = argparse.ArgumentParser(prog="bayesal", description="Deep active learning with fast Bayesian updates.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     try:
-        from .labeling import add_label_arguments, label_main
+        from .label import add_label_arguments, label_main
     except ImportError:  # labeling is optional at import time
         pass
     else:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
+
+from bayesal.utils.rng import RandomState, as_generator
+from bayesal.utils.validation import as_features, as_targets, check_num_classes, infer_num_classes
 
 from .head import HeadConfig, train_head
 from .linalg import safe_cholesky, spd_inverse
 from .predictive import DEFAULT_LAMBDA_MF, mc_logit_samples, mc_probs, mean_field_probs
-from .rng import RandomState, as_generator
 from .update import (
     CURVATURES,
     curvature_weights,
@@ -22,7 +25,6 @@ from .update import (
     shared_factor,
     woodbury_downdate,
 )
-from .validation import as_features, as_targets, check_num_classes, infer_num_classes
 
 __all__ = ["LastLayerLaplace"]
 
@@ -90,7 +92,7 @@ class LastLayerLaplace:
         weight: torch.Tensor | None = None,
         bias: torch.Tensor | None = None,
         num_classes: int | None = None,
-    ) -> "LastLayerLaplace":
+    ) -> LastLayerLaplace:
         """Set the MAP mean and build the covariance from labeled ``features (N, D)``, ``labels (N,)``.
 
         With ``weight (C, D)`` (and optionally ``bias (C,)``) the given head is the MAP estimate;
@@ -132,7 +134,7 @@ class LastLayerLaplace:
         return self
 
     @classmethod
-    def from_linear(cls, linear: torch.nn.Linear, features: Any, labels: Any, **kwargs: Any) -> "LastLayerLaplace":
+    def from_linear(cls, linear: torch.nn.Linear, features: Any, labels: Any, **kwargs: Any) -> LastLayerLaplace:
         """Laplace posterior around a trained ``torch.nn.Linear`` head (its weights are the MAP)."""
         bias = linear.bias if linear.bias is not None else None
         return cls(**kwargs).fit(features, labels, weight=linear.weight, bias=bias)
@@ -316,7 +318,7 @@ class LastLayerLaplace:
         gamma: float = 10.0,
         method: str = "woodbury",
         inplace: bool = False,
-    ) -> "LastLayerLaplace":
+    ) -> LastLayerLaplace:
         """One Newton step on new labeled data ``features (M, D)``, ``labels (M,)`` or soft ``(M, C)``.
 
         ``Σ' = (Σ⁻¹ + Σ_j H_j)⁻¹`` via the batched Woodbury identity (``method="woodbury"``) or a chain
@@ -344,7 +346,7 @@ class LastLayerLaplace:
         target._scale_tril = None
         return target
 
-    def copy(self) -> "LastLayerLaplace":
+    def copy(self) -> LastLayerLaplace:
         """Independent copy: tensors cloned, configuration shared (it is immutable)."""
         out = copy.copy(self)
         for name in ("mean_", "bias_", "covariance_", "_scale_tril"):
@@ -373,7 +375,7 @@ class LastLayerLaplace:
         }
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any], device: torch.device | str | None = None) -> "LastLayerLaplace":
+    def from_state_dict(cls, state: dict[str, Any], device: torch.device | str | None = None) -> LastLayerLaplace:
         """Rebuild a posterior saved with :meth:`state_dict`; raises ``ValueError`` on malformed state."""
         try:
             cfg = dict(state["config"])

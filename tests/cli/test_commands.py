@@ -6,9 +6,9 @@ import sys
 import pandas as pd
 import pytest
 
-from bayesal import loop
-from bayesal.cli import main
-from bayesal.loop import make_strategy
+from bayesal.cli.commands import main
+from bayesal.experiments import runner as loop
+from bayesal.experiments.runner import make_strategy
 
 
 def test_run_then_plot_end_to_end(tmp_path):
@@ -66,7 +66,7 @@ def test_cli_rejects_bad_arguments_before_compute(tmp_path, capsys, monkeypatch)
     assert main(base + ["--initial-size", "0"]) == 2
     assert "initial_size must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "r.parquet").exists()
-    from bayesal import cli as cli_mod
+    from bayesal.cli import commands as cli_mod
 
     monkeypatch.setattr(cli_mod, "_load", boom)  # a typo must not cost loading (or featurising) data
     assert main(["run", "--dataset", "bbcnews", "--strategy", "margn", "--no-progress"]) == 2

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .fileio import atomic_write_bytes, fsync_dir
+from bayesal.utils.atomic import atomic_write_bytes, fsync_dir
 
 try:  # POSIX advisory lock: one writer per log
     import fcntl
@@ -210,7 +210,7 @@ class LabelLog(_OwnsFd):
         self._fd: int | None = None
 
     @classmethod
-    def create(cls, path: str | os.PathLike[str], header: dict[str, Any], *, fsync: bool = True) -> "LabelLog":
+    def create(cls, path: str | os.PathLike[str], header: dict[str, Any], *, fsync: bool = True) -> LabelLog:
         """Create a new log whose first line is ``header``; fails if the file exists."""
         log = cls(path, fsync=fsync)
         fd = os.open(log.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
@@ -222,7 +222,7 @@ class LabelLog(_OwnsFd):
         return log
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], valid_bytes: int, *, fsync: bool = True) -> "LabelLog":
+    def open(cls, path: str | os.PathLike[str], valid_bytes: int, *, fsync: bool = True) -> LabelLog:
         """Lock an existing log and open it for appending after truncating it to its ``valid_bytes``
         prefix (drops a torn last line so the next record starts on a fresh line)."""
         log = cls(path, fsync=fsync)
@@ -235,7 +235,7 @@ class LabelLog(_OwnsFd):
         return log
 
     @classmethod
-    def rewrite(cls, path: str | os.PathLike[str], records: list[dict[str, Any]], *, fsync: bool = True) -> "LabelLog":
+    def rewrite(cls, path: str | os.PathLike[str], records: list[dict[str, Any]], *, fsync: bool = True) -> LabelLog:
         """Atomically replace the log by ``records`` and open it for appending (holding the old
         file's lock meanwhile)."""
         path = Path(path)

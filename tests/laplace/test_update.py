@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bayesal import LastLayerLaplace
-from bayesal.linalg import is_spd, spd_inverse
-from bayesal.update import full_ggn_factor, rank1_downdate, woodbury_downdate
+from bayesal.laplace.linalg import is_spd, spd_inverse
+from bayesal.laplace.update import full_ggn_factor, rank1_downdate, woodbury_downdate
 
 
 def _fitted(toy, **kw):

@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 import torch
 
-from bayesal.persistence import read_log
-from bayesal.session import LOG_NAME, STATE_NAME, Session
+from bayesal.labeling.session import LOG_NAME, STATE_NAME, Session
+from bayesal.labeling.storage import read_log
 
 N_DIRS, KILLS_PER_DIR = 6, 9  # 54 kills
 N, D, C = 400, 6, 3
@@ -36,8 +36,8 @@ RUNNER = textwrap.dedent(
     import os, sys, tempfile
     import numpy as np
     import torch
-    from bayesal.head import HeadConfig
-    from bayesal.session import Session
+    from bayesal.laplace.head import HeadConfig
+    from bayesal.labeling.session import Session
 
     torch.set_num_threads(1)  # no OpenMP pool in the runner: forking it stays safe
     X = np.load(sys.argv[1])

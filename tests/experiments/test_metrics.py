@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from bayesal.metrics import accuracy, aulc, brier, decision_flips, ece, evaluate, nll
+from bayesal.experiments.metrics import accuracy, aulc, brier, decision_flips, ece, evaluate, nll
 
 
 def test_metrics_on_known_values():

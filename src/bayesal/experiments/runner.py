@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
-from .data.base import Dataset
-from .head import HeadConfig, train_head
+from bayesal.data.base import Dataset
+from bayesal.laplace.head import HeadConfig, train_head
+from bayesal.laplace.posterior import LastLayerLaplace
+from bayesal.strategies.base import LabeledSet, QueryStrategy
+from bayesal.utils.rng import derive_generator
+
 from .metrics import decision_flips, evaluate
-from .posterior import LastLayerLaplace
-from .rng import derive_generator
-from .strategies.base import LabeledSet, QueryStrategy
 
 __all__ = [
     "ALConfig", "RESULT_COLUMNS", "check_run_request", "make_strategy", "run_active_learning", "run_experiment",
@@ -78,7 +79,7 @@ def make_strategy(spec: str, gamma: float = 10.0, reference: tuple[torch.Tensor,
     ``lookahead`` (expected log-loss reduction, no labels needed) and ``oracle-lookahead`` (the paper's
     upper bound; needs ``reference`` = held-out ``(features, labels)``).
     """
-    from . import strategies as S
+    from bayesal import strategies as S
 
     original = spec
     spec = spec.strip().lower()
@@ -96,7 +97,7 @@ def make_strategy(spec: str, gamma: float = 10.0, reference: tuple[torch.Tensor,
 
 def _base_strategy(name: str, spec: str) -> QueryStrategy:
     """A base strategy by CLI name; unknown names list the specs users type, not internal names."""
-    from . import strategies as S
+    from bayesal import strategies as S
 
     try:
         return S.get_strategy(name.replace("-", "_"))  # CLI spelling: least-confidence → least_confidence

@@ -7,9 +7,10 @@ from typing import Any
 
 import torch
 
+from bayesal.utils.validation import as_targets
+
 from .head import HeadConfig, train_head
 from .posterior import LastLayerLaplace
-from .validation import as_targets
 
 __all__ = ["first_order_update", "MCReweighting", "retrain_head", "finetune_head"]
 
@@ -39,7 +40,7 @@ class MCReweighting:
         self.samples = posterior.sample_weights(n_samples, generator)  # (K, C, D)
         self.log_weights = torch.zeros(n_samples, dtype=posterior.dtype, device=posterior.device)
 
-    def update(self, features: Any, labels: Any) -> "MCReweighting":
+    def update(self, features: Any, labels: Any) -> MCReweighting:
         """Absorb new labeled points (in place); returns ``self``."""
         x = self.posterior._features(features)
         t = as_targets(labels, self.posterior.num_classes_, n=x.shape[0], dtype=self.posterior.dtype,

@@ -3,13 +3,14 @@
 A :class:`LabelBook` knows nothing of posteriors or files: it validates an event against the current
 state (an index in range and not yet labeled, a known class, something to undo, …) and folds it in.
 Actions are ``tell``, ``skip``, ``correct`` and ``retrain``; ``undo`` moves the last action onto the
-redo stack, ``redo`` moves it back, and any new action clears the redo stack. :class:`~bayesal.session.Session`
+redo stack, ``redo`` moves it back, and any new action clears the redo stack. :class:`~bayesal.labeling.session.Session`
 keeps one book and derives the posterior from its history.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch

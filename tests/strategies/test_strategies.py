@@ -369,7 +369,7 @@ def test_bait_refuses_a_head_too_large_for_its_matrices():
 def test_derived_seeds_do_not_depend_on_numpy_integer_types():
     import numpy as np
 
-    from bayesal.rng import derive_seed
+    from bayesal.utils.rng import derive_seed
 
     assert derive_seed(0, "head", np.int64(3)) == derive_seed(0, "head", 3) == derive_seed(np.int32(0), "head", 3)
     assert derive_seed(0, "head", 3) != derive_seed(0, "head", 4)

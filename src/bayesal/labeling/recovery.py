@@ -2,7 +2,7 @@
 
 A session directory holds the label log ``labels.jsonl`` (the source of truth: a header line, then
 one line per event) and the snapshot ``session.state`` (a cache of the same events plus the posterior,
-for fast resume); see :mod:`bayesal.persistence` for the file formats and :mod:`bayesal.session` for
+for fast resume); see :mod:`bayesal.labeling.storage` for the file formats and :mod:`bayesal.labeling.session` for
 the events. This module knows the names, reads a log strictly (:func:`read_session_log`), writes
 snapshots in the background (:class:`SnapshotWriter`) and plans a recovery (:func:`plan_recovery`):
 which copy of the events to trust when the log or the snapshot is damaged, missing or from another
@@ -19,9 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .fileio import atomic_write_bytes, fsync_dir
-from .persistence import (
-    CorruptStateError, LabelLog, LogReadResult, encode_record, load_snapshot, read_log, save_snapshot,
+from bayesal.utils.atomic import atomic_write_bytes, fsync_dir
+
+from .storage import (
+    CorruptStateError,
+    LabelLog,
+    LogReadResult,
+    encode_record,
+    load_snapshot,
+    read_log,
+    save_snapshot,
 )
 
 __all__ = [

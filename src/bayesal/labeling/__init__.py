@@ -1,0 +1,1 @@
+"""Labeling by a person: a crash-safe :class:`Session` over a label log, its history and recovery."""

@@ -1,0 +1,1 @@
+"""Helpers every layer may use: input validation, random streams and atomic file writes."""

@@ -65,6 +65,7 @@ from bayesal.strategies.base import LabeledSet, QueryStrategy
 from bayesal.utils.rng import derive_seed
 from bayesal.utils.validation import as_features
 
+from ..exceptions import StateMismatchError
 from .history import LabelBook
 from .recovery import (
     FORMAT_VERSION,
@@ -84,8 +85,6 @@ ACTIONS = ("tell", "skip", "correct", "retrain")
 POSTERIOR_KEYS = ("prior_precision", "curvature", "hessian", "lambda_mf")
 
 
-class StateMismatchError(ValueError):
-    """The saved session does not belong to the given pool features (hash or shape differ)."""
 
 
 def feature_hash(features: torch.Tensor) -> str:

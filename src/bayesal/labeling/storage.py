@@ -31,6 +31,8 @@ import torch
 
 from bayesal.utils.atomic import atomic_write_bytes, fsync_dir
 
+from ..exceptions import CorruptStateError, SessionLockedError
+
 try:  # POSIX advisory lock: one writer per log
     import fcntl
 except ImportError:  # pragma: no cover - Windows
@@ -54,8 +56,6 @@ __all__ = [
 SNAPSHOT_MAGIC = b"BAYESAL-SNAPSHOT v1\n"
 
 
-class CorruptStateError(ValueError):
-    """A state file or log exists but cannot be trusted (bad checksum, unreadable, inconsistent)."""
 
 
 def save_snapshot(path: str | os.PathLike[str], state: dict[str, Any], *, fsync: bool = True) -> None:
@@ -149,8 +149,7 @@ def read_log(path: str | os.PathLike[str]) -> LogReadResult:
     return LogReadResult(records, pos, torn_tail=bool(tail), n_lines=len(complete))
 
 
-class LogLockedError(ValueError):
-    """The log is held by another writer (another process or another open session)."""
+LogLockedError = SessionLockedError  # the log is held by another writer (process or open session)
 
 
 def _lock_fd(fd: int, path: Path, what: str = "label log") -> None:

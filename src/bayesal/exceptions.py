@@ -1,0 +1,62 @@
+"""Exception types of bayesal.
+
+Every error bayesal raises on purpose is a :class:`BayesalError`, so callers (and the CLI, which prints
+the message instead of a traceback) can tell a known problem from a bug. Each subclass also derives from
+the built-in type a Python user would expect (``ValueError`` for bad input, ``OSError`` for files), so
+``except ValueError`` keeps working. Callers branch on the type, never on the message text.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BayesalError",
+    "InvalidInputError",
+    "NotFittedError",
+    "NumericalError",
+    "DataFileError",
+    "StorageError",
+    "CorruptStateError",
+    "SessionLockedError",
+    "StateMismatchError",
+    "ResultsFileError",
+]
+
+
+class BayesalError(Exception):
+    """Base class of every error bayesal raises on purpose; its message says what, where and what to do."""
+
+
+class InvalidInputError(BayesalError, ValueError):
+    """An argument or an input array has the wrong type, shape, range or content."""
+
+
+class NotFittedError(BayesalError, RuntimeError):
+    """A model was used before ``fit`` (like scikit-learn's ``NotFittedError``)."""
+
+
+class NumericalError(BayesalError, ArithmeticError):
+    """A computation would overflow or lose positive definiteness (e.g. features of extreme scale)."""
+
+
+class DataFileError(BayesalError, ValueError):
+    """A data, cache or features file cannot be read as what it claims to be."""
+
+
+class StorageError(BayesalError, OSError):
+    """Writing or reading a file failed (read-only location, disk full, not a directory, ...)."""
+
+
+class CorruptStateError(BayesalError, ValueError):
+    """A state file or label log exists but cannot be trusted (bad checksum, unreadable, inconsistent)."""
+
+
+class SessionLockedError(BayesalError, ValueError):
+    """Another process holds the session directory."""
+
+
+class StateMismatchError(BayesalError, ValueError):
+    """A saved session does not belong to the data or configuration it is resumed with."""
+
+
+class ResultsFileError(BayesalError, ValueError):
+    """An experiment results file has the wrong format, columns or content."""

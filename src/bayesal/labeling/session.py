@@ -58,6 +58,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bayesal.exceptions import StateMismatchError
 from bayesal.laplace.head import HeadConfig
 from bayesal.laplace.posterior import LastLayerLaplace
 from bayesal.strategies import get_strategy
@@ -65,7 +66,6 @@ from bayesal.strategies.base import LabeledSet, QueryStrategy
 from bayesal.utils.rng import derive_seed
 from bayesal.utils.validation import as_features
 
-from ..exceptions import StateMismatchError
 from .history import LabelBook
 from .recovery import (
     FORMAT_VERSION,

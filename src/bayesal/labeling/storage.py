@@ -29,9 +29,8 @@ from typing import Any
 
 import torch
 
+from bayesal.exceptions import CorruptStateError, SessionLockedError
 from bayesal.utils.atomic import atomic_write_bytes, fsync_dir
-
-from ..exceptions import CorruptStateError, SessionLockedError
 
 try:  # POSIX advisory lock: one writer per log
     import fcntl

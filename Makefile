@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.bayesal-installed
-EXTRAS ?= dev,text,images
+EXTRAS ?= dev,text,images,serve,ray,zarr
 
 .PHONY: install demo test lint bench clean
 

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
 
     gen = lambda: torch.Generator().manual_seed(args.seed)  # noqa: E731
     topb, topb_s = timed(lambda: MarginSampling().query(post, pool, labeled, args.b, gen()))
-    seq = Sequential(MarginSampling(), update_with=args.update_with, gamma=10.0)
+    seq = Sequential(MarginSampling(), update_with=args.update_with)
     seq_res, seq_s = timed(lambda: seq.query(post, pool, labeled, args.b, gen(), candidate_labels=pool_y))
     badge_res, badge_s = timed(lambda: BADGE().query(post, pool, labeled, args.b, gen()))
     overlap = len(set(seq_res.indices.tolist()) & set(topb.indices.tolist()))
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"badge: {badge_s:.2f} s  ({badge_s / args.b * 1e3:.1f} ms/pick)")
 
     n_ell = min(args.ell_candidates, args.n)
-    ell = ExpectedLogLossReduction(n_reference=args.ell_reference, gamma=10.0)
+    ell = ExpectedLogLossReduction(n_reference=args.ell_reference)
     _, ell_s = timed(lambda: ell.query(post, pool[:n_ell], labeled, 1, gen()))
     st = ell.last_stats
     print(f"ell: {st['candidates_scored']} candidates x {args.c} labels vs {st['n_reference']} reference points "

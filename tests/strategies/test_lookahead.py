@@ -5,8 +5,8 @@ import torch
 
 from bayesal import LastLayerLaplace
 from bayesal.laplace.predictive import mean_field_probs
+from bayesal.laplace.update import batch_update_reference
 from bayesal.strategies import ExpectedLogLossReduction, LabeledSet, OracleLookahead
-from bayesal.strategies.lookahead import batch_update_reference
 
 C, D = 3, 6
 
@@ -27,14 +27,14 @@ def setup(request):
 @pytest.mark.parametrize("loss", ["log", "zero_one"])
 def test_risk_table_equals_explicit_updates(setup, loss):
     post, _, xc, _, ref, _ = setup
-    ell = ExpectedLogLossReduction(loss=loss, gamma=10.0, chunk_elements=500)  # forces several blocks
+    ell = ExpectedLogLossReduction(loss=loss, chunk_elements=500)  # forces several blocks
     z_c, v_c = post.logits(xc), post.logit_variance(xc)
     curv = torch.ones(xc.shape[0], dtype=torch.float64)
     if post.curvature == "categorical":
         pm = torch.softmax(z_c, 1).max(1).values
         curv = pm * (1 - pm)
     k_rc = ref @ post.covariance_ @ xc.T
-    table = ell.risk_table(post.lambda_mf, z_c, v_c, curv, post.logits(ref), post.logit_variance(ref), k_rc)
+    table = ell.risk_table(post.gamma, post.lambda_mf, z_c, v_c, curv, post.logits(ref), post.logit_variance(ref), k_rc)
     for i in (0, 7, 21):
         for y in range(C):
             p = post.update(xc[i : i + 1], torch.tensor([y]), gamma=10.0).predict_proba(ref)
@@ -63,7 +63,7 @@ def test_batch_update_reference_equals_woodbury(setup):
 def test_ell_batch_equals_its_own_greedy_steps(setup):
     """Pick 2 = argmax of the utility recomputed on the posterior updated with the expected label."""
     post, lab, xc, *_ = setup
-    ell = ExpectedLogLossReduction(reference=xc[:20], gamma=10.0)
+    ell = ExpectedLogLossReduction(reference=xc[:20])
     res = ell.query(post, xc, lab, 2, torch.Generator().manual_seed(0))
     i = int(res.indices[0])
     p = post.predict_proba(xc[i : i + 1])

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from bayesal import LastLayerLaplace
+from bayesal.laplace.update import rank1_logit_update
 from bayesal.strategies import (
     BADGE,
     BAIT,
@@ -17,7 +18,6 @@ from bayesal.strategies import (
     TypiClust,
     VariationRatio,
 )
-from bayesal.strategies.sequential import rank1_logit_update
 
 C, D = 3, 6
 
@@ -49,8 +49,8 @@ SCORE_BASES = [
 @pytest.mark.parametrize("update_with", ["oracle", "most_likely", "sampled", "expected"])
 def test_cached_fast_path_equals_reinference(setup, base, update_with):
     post, lab, xc, yc = setup
-    fast = Sequential(base, update_with=update_with, gamma=10.0, fast=True)
-    slow = Sequential(base, update_with=update_with, gamma=10.0, fast=False)
+    fast = Sequential(base, update_with=update_with, fast=True)
+    slow = Sequential(base, update_with=update_with, fast=False)
     rf = fast.query(post, xc, lab, 6, torch.Generator().manual_seed(7), candidate_labels=yc)
     rs = slow.query(post, xc, lab, 6, torch.Generator().manual_seed(7), candidate_labels=yc)
     assert rf.indices.tolist() == rs.indices.tolist()
@@ -75,7 +75,7 @@ def test_rank1_logit_update_matches_posterior_update(setup):
 @pytest.mark.parametrize("base", [MarginSampling(), BADGE(), CoreSet(), BAIT(), TypiClust(n_neighbors=3)], ids=repr)
 def test_oracle_equals_manual_pick_update_loop(setup, base):
     post, lab, xc, yc = setup
-    seq = Sequential(base, update_with="oracle", gamma=10.0)
+    seq = Sequential(base, update_with="oracle")
     res = seq.query(post, xc, lab, 4, torch.Generator().manual_seed(2), candidate_labels=yc)
 
     gen = torch.Generator().manual_seed(2)
@@ -102,7 +102,7 @@ def test_caller_posterior_untouched_and_labels_required(setup):
 
 def test_expected_update_is_p_weighted_mean_step(setup):
     post, lab, xc, yc = setup
-    seq = Sequential(MarginSampling(), update_with="expected", gamma=10.0)
+    seq = Sequential(MarginSampling(), update_with="expected")
     res = seq.query(post, xc, lab, 1, torch.Generator().manual_seed(0))
     i = int(res.indices[0])
     p = post.predict_proba(xc[i : i + 1])[0]
@@ -116,7 +116,7 @@ def test_sequential_margin_spreads_over_duplicates(setup):
     x = xc[:10].repeat(3, 1)
     top = MarginSampling().query(post, x, lab, 3, torch.Generator().manual_seed(0))
     assert len(set((top.indices % 10).tolist())) == 1
-    seq = Sequential(MarginSampling(), update_with="most_likely", gamma=10.0)
+    seq = Sequential(MarginSampling(), update_with="most_likely")
     res = seq.query(post, x, lab, 3, torch.Generator().manual_seed(0))
     assert len(set((res.indices % 10).tolist())) > 1
 

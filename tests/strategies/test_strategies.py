@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from bayesal import LastLayerLaplace
+from bayesal.laplace.update import fisher_factor
 from bayesal.strategies import (
     BADGE,
     BAIT,
@@ -16,7 +17,6 @@ from bayesal.strategies import (
     Sequential,
     get_strategy,
 )
-from bayesal.strategies.bait import fisher_factor
 
 C, D = 4, 8
 

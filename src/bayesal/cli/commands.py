@@ -60,7 +60,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from bayesal.experiments.runner import check_run_request, run_experiment
 
     cfg = _config(args)
-    check_run_request(args.strategy, args.out, args.gamma)  # before loading: a typo costs no featurisation
+    check_run_request(args.strategy, args.out)  # before loading: a typo costs no featurisation
     ds = _load(args.dataset, **file_loader_kwargs(args))
     df = run_experiment(ds, args.strategy, cfg, range(args.seed, args.seed + args.seeds), out=args.out,
                         progress=not args.no_progress)
@@ -109,8 +109,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--initial-size", type=int, default=None, help="initial random labels (default: b)")
     p.add_argument("--candidate-size", type=int, default=1000,
                    help="random candidates scored per query (default 1000; 0 = whole pool)")
-    p.add_argument("--gamma", type=float, default=10.0, help="update step size γ (default 10)")
-    p.add_argument("--lambda-mf", type=float, default=0.4, help="mean-field scale (default 0.4)")
+    p.add_argument("--gamma", type=float, default=None, help="update step size γ (default: the posterior's, 10)")
+    p.add_argument("--lambda-mf", type=float, default=None, help="mean-field scale (default: the posterior's, π/8)")
     p.add_argument("--epochs", type=int, default=200, help="head training epochs per cycle (default 200)")
     _add_threads_option(p)
 

@@ -59,7 +59,8 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--oracle", action="store_true", help="answer with the dataset's true labels (scripted demo)")
     parser.add_argument("--max-labels", type=int, default=None, help="stop after this many labels in this run (oracle default 20)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of a new session (default 0)")
-    parser.add_argument("--gamma", type=float, default=10.0, help="step size of the Bayesian update (default 10)")
+    parser.add_argument("--gamma", type=float, default=None,
+                        help="step size of the Bayesian update (default: the posterior's, 10)")
     parser.add_argument("--retrain-every", type=int, default=10, help="retrain the head after this many labels; 0 = never (default 10)")
     parser.add_argument("--epochs", type=int, default=200, help="head training epochs on retrain (default 200)")
     parser.add_argument("--candidate-size", type=int, default=1000, help="random candidates scored per query (default 1000)")

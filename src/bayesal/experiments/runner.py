@@ -14,6 +14,7 @@ import torch
 from bayesal.data.base import Dataset
 from bayesal.laplace.head import HeadConfig, train_head
 from bayesal.laplace.posterior import LastLayerLaplace
+from bayesal.laplace.update import check_gamma
 from bayesal.strategies.base import LabeledSet, QueryStrategy
 from bayesal.utils.rng import derive_generator
 
@@ -35,15 +36,19 @@ RESULT_SUFFIXES = (".parquet", ".csv")
 @dataclass(frozen=True)
 class ALConfig:
     """Protocol settings; defaults follow the paper (b random initial labels, 20 cycles, 1000 random
-    candidates per query, head retrained from scratch after each cycle, γ = 10, λ_mf = 0.4)."""
+    candidates per query, head retrained from scratch after each cycle).
+
+    ``gamma`` and ``lambda_mf`` are handed to the posterior, which owns them (every update and every
+    strategy simulating one uses its step size); ``None`` means :class:`LastLayerLaplace`'s default.
+    """
 
     batch_size: int = 10
     cycles: int = 20
     initial_size: int | None = None  # None: batch_size
     candidate_size: int | None = 1000  # None: the whole unlabeled pool
-    gamma: float = 10.0
+    gamma: float | None = None
     prior_precision: float = 1.0
-    lambda_mf: float = 0.4
+    lambda_mf: float | None = None
     head: HeadConfig = field(default_factory=HeadConfig)
 
     def __post_init__(self) -> None:
@@ -53,6 +58,17 @@ class ALConfig:
             raise ValueError(f"initial_size must be >= 1 (or None for batch_size), got {self.initial_size}")
         if self.candidate_size is not None and self.candidate_size < self.batch_size:
             raise ValueError(f"candidate_size {self.candidate_size} is smaller than batch_size {self.batch_size}")
+        if self.gamma is not None:
+            check_gamma(self.gamma)
+
+    def posterior_options(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`LastLayerLaplace` set by this config (unset ones keep its defaults)."""
+        opts: dict[str, Any] = {"prior_precision": self.prior_precision}
+        if self.gamma is not None:
+            opts["gamma"] = self.gamma
+        if self.lambda_mf is not None:
+            opts["lambda_mf"] = self.lambda_mf
+        return opts
 
     @property
     def initial(self) -> int:
@@ -71,7 +87,7 @@ class ALConfig:
             )
 
 
-def make_strategy(spec: str, gamma: float = 10.0, reference: tuple[torch.Tensor, torch.Tensor] | None = None) -> QueryStrategy:
+def make_strategy(spec: str, reference: tuple[torch.Tensor, torch.Tensor] | None = None) -> QueryStrategy:
     """Build a strategy from a spec string.
 
     ``NAME`` (e.g. ``margin``, ``badge``), ``seq-NAME`` (sequential with oracle labels, the paper's
@@ -85,13 +101,13 @@ def make_strategy(spec: str, gamma: float = 10.0, reference: tuple[torch.Tensor,
     spec = spec.strip().lower()
     if spec.startswith("seq-"):
         base, _, mode = spec[4:].partition("@")
-        return S.Sequential(_base_strategy(base, original), update_with=mode or "oracle", gamma=gamma)
+        return S.Sequential(_base_strategy(base, original), update_with=mode or "oracle")
     if spec.replace("-", "_") == "lookahead":
-        return S.ExpectedLogLossReduction(gamma=gamma)
+        return S.ExpectedLogLossReduction()
     if spec.replace("-", "_") == "oracle_lookahead":
         if reference is None:
             raise ValueError("oracle-lookahead needs a held-out reference set")
-        return S.OracleLookahead(reference[0], reference[1], gamma=gamma)
+        return S.OracleLookahead(reference[0], reference[1])
     return _base_strategy(spec, original)
 
 
@@ -114,7 +130,7 @@ def _base_strategy(name: str, spec: str) -> QueryStrategy:
 def _fit_posterior(x: torch.Tensor, y: torch.Tensor, c: int, cfg: ALConfig, gen: torch.Generator) -> tuple[LastLayerLaplace, float]:
     t0 = time.perf_counter()
     w, b = train_head(x, y, c, config=cfg.head, generator=gen)
-    post = LastLayerLaplace(prior_precision=cfg.prior_precision, lambda_mf=cfg.lambda_mf).fit(
+    post = LastLayerLaplace(**cfg.posterior_options()).fit(
         x, y, weight=w, bias=b, num_classes=c
     )
     return post, time.perf_counter() - t0
@@ -142,7 +158,7 @@ def run_active_learning(
     config.check_budget(n_pool)
     name = strategy if isinstance(strategy, str) else getattr(strategy, "name", type(strategy).__name__)
     if isinstance(strategy, str):
-        strategy = make_strategy(strategy, config.gamma, reference=(x_test, y_test))
+        strategy = make_strategy(strategy, reference=(x_test, y_test))
     # One stream per purpose and cycle, so that for a given seed every strategy sees the same initial
     # labels, candidate subsets and head-training order: the comparison between strategies is paired.
     labeled = torch.randperm(n_pool, generator=derive_generator(seed, "initial"))[: config.initial]
@@ -178,7 +194,7 @@ def run_active_learning(
         if len(picked) != config.batch_size or bool(is_labeled[picked].any()) or len(set(picked.tolist())) != len(picked):
             raise RuntimeError(f"strategy {name} returned invalid indices {result.indices.tolist()}")
         t0 = time.perf_counter()
-        updated = post.update(x_pool[picked], y_pool[picked], gamma=config.gamma)
+        updated = post.update(x_pool[picked], y_pool[picked])
         update_time = time.perf_counter() - t0
         acc_updated = evaluate(updated.predict_proba(x_test), y_test)["accuracy"]
         is_labeled[picked] = True
@@ -245,7 +261,7 @@ def read_results(path: str | Path) -> pd.DataFrame:
         raise ValueError(f"could not read results file {path}: {err}") from err
 
 
-def check_run_request(strategies: list[str], out: str | Path | None, gamma: float = 10.0) -> pd.DataFrame | None:
+def check_run_request(strategies: list[str], out: str | Path | None) -> pd.DataFrame | None:
     """Check strategy specs and the results file (suffix, readability, columns) without any data, so
     the CLI can refuse a typo before loading (and maybe featurising) a dataset. Returns the rows
     already in ``out`` (None if it is absent or empty)."""
@@ -253,7 +269,7 @@ def check_run_request(strategies: list[str], out: str | Path | None, gamma: floa
         raise ValueError("need at least one strategy")
     dummy = (torch.zeros(1, 1), torch.zeros(1, dtype=torch.long))
     for s in strategies:
-        make_strategy(s, gamma, reference=dummy)
+        make_strategy(s, reference=dummy)
     if out is None:
         return None
     out = Path(out)
@@ -285,7 +301,7 @@ def run_experiment(
     seeds = list(seeds)
     if not seeds:
         raise ValueError("need at least one seed")
-    old = check_run_request(strategies, out, config.gamma)
+    old = check_run_request(strategies, out)
     config.check_budget(len(dataset.train_labels))
     out = None if out is None else Path(out)
     cfg_str = str(asdict(config))

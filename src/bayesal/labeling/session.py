@@ -134,7 +134,8 @@ class Session:
     head_config:
         :class:`HeadConfig` of :meth:`retrain` (the paper's 200 epochs by default).
     gamma:
-        Step size ``γ`` of the Bayesian update (10 in the paper).
+        Step size ``γ`` of the Bayesian update, of label corrections and of every update a strategy
+        simulates (it is the posterior's); None: :class:`LastLayerLaplace`'s default (10, the paper's).
     retrain_every:
         Retrain the head from scratch after this many new labels (None: only on :meth:`retrain`).
         Needs labels of at least 2 classes.
@@ -172,7 +173,7 @@ class Session:
         strategy_kwargs: Mapping[str, Any] | None = None,
         posterior_config: Mapping[str, Any] | None = None,
         head_config: HeadConfig | None = None,
-        gamma: float = 10.0,
+        gamma: float | None = None,
         retrain_every: int | None = None,
         candidate_size: int | None = 1000,
         random_state: int | None = None,
@@ -188,8 +189,6 @@ class Session:
         if x.shape[0] == 0:
             raise ValueError("pool features are empty; need at least one instance")
         names = self._check_class_names(class_names)
-        if not (isinstance(gamma, (int, float)) and np.isfinite(gamma) and gamma >= 0):
-            raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
         if retrain_every is not None and (not isinstance(retrain_every, int) or retrain_every < 1):
             raise ValueError(f"retrain_every must be a positive integer or None, got {retrain_every!r}")
         if candidate_size is not None and (not isinstance(candidate_size, int) or candidate_size < 1):
@@ -198,7 +197,8 @@ class Session:
         unknown = set(pcfg) - set(POSTERIOR_KEYS)
         if unknown:
             raise ValueError(f"unknown posterior_config keys {sorted(unknown)}; allowed: {POSTERIOR_KEYS}")
-        LastLayerLaplace(**pcfg)  # validates the values
+        # validates the values; the posterior owns γ's default
+        gamma = LastLayerLaplace(**pcfg, **({} if gamma is None else {"gamma": gamma})).gamma
         hcfg = head_config or HeadConfig()
         if random_state is None:
             random_state = int.from_bytes(os.urandom(4), "little")
@@ -435,10 +435,11 @@ class Session:
         self = cls._open_common(state_dir, features, header, items, strategy, io_kwargs)
         self._dir_lock = lock
         try:
-            post = LastLayerLaplace.from_state_dict(post_state)
+            # the header's step size wins (snapshots written before it was saved with the posterior)
+            post = LastLayerLaplace.from_state_dict(post_state).with_update_options(gamma=self._gamma)
         except ValueError as err:
             raise CorruptStateError(f"state file {state_path} is corrupt: {err}") from err
-        if (post.num_classes_, post.num_features_) != (len(self._names), self._x.shape[1]):
+        if (post.num_classes, post.num_features) != (len(self._names), self._x.shape[1]):
             raise CorruptStateError(f"state file {state_path} is corrupt: posterior shape does not match the header")
         # fold the snapshot's events (bookkeeping only), then replay the log's newer events fully
         for k, ev in enumerate(snap_events):
@@ -519,7 +520,7 @@ class Session:
 
     # ------------------------------------------------------------------ posterior construction
     def _new_posterior(self, **kwargs: Any) -> LastLayerLaplace:
-        return LastLayerLaplace(**self._pcfg, dtype=torch.float64, head_config=self._hcfg, **kwargs)
+        return LastLayerLaplace(**self._pcfg, gamma=self._gamma, dtype=torch.float64, head_config=self._hcfg, **kwargs)
 
     def _prior(self) -> LastLayerLaplace:
         """Zero-mean prior posterior ``N(0, λ₀⁻¹ I)`` (no data), shared — it is never modified."""
@@ -537,19 +538,6 @@ class Session:
         post = self._new_posterior(random_state=derive_seed(self._seed, "fit", position))
         return post.fit(self._x[idx], y, num_classes=len(self._names))
 
-    def _correct_mean(self, post: LastLayerLaplace, index: int, old: int, new: int) -> LastLayerLaplace:
-        """``μ ← μ + γ Σ (e_new − e_old) φᵀ`` (covariance unchanged), as a new object."""
-        phi = self._x[index]
-        diff = torch.zeros(len(self._names), dtype=torch.float64)
-        diff[new], diff[old] = 1.0, -1.0
-        out = copy.copy(post)
-        if post.hessian == "shared":
-            out.mean_ = post.mean_ + self._gamma * torch.outer(diff, post.covariance_ @ phi)
-        else:
-            grad = torch.outer(diff, phi).reshape(-1)
-            out.mean_ = post.mean_ + self._gamma * (post.covariance_ @ grad).reshape(post.mean_.shape)
-        return out
-
     def _transition(self, post: LastLayerLaplace, action: Mapping[str, Any], position: int,
                     labels_after: Mapping[int, int]) -> LastLayerLaplace:
         """Posterior after applying ``action`` at history ``position``."""
@@ -558,9 +546,9 @@ class Session:
             if action.get("retrain"):
                 return self._fit(labels_after, position)
             i = int(action["index"])
-            return post.update(self._x[i : i + 1], torch.tensor([int(action["label"])]), gamma=self._gamma)
+            return post.update(self._x[i : i + 1], torch.tensor([int(action["label"])]))
         if op == "correct":
-            return self._correct_mean(post, int(action["index"]), int(action["old"]), int(action["label"]))
+            return post.relabel(self._x[int(action["index"])], int(action["old"]), int(action["label"]))
         if op == "retrain":
             return self._fit(labels_after, position)
         return post  # skip

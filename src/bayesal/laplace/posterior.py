@@ -14,11 +14,23 @@ from bayesal.utils.validation import as_features, as_targets, check_num_classes,
 
 from .head import HeadConfig, train_head
 from .linalg import safe_cholesky, spd_inverse
-from .predictive import DEFAULT_LAMBDA_MF, mc_logit_samples, mc_probs, mean_field_probs
+from .predictive import (
+    DEFAULT_LAMBDA_MF,
+    PREDICTIVES,
+    centered,
+    logit_scale,
+    mc_logit_samples,
+    mc_probs,
+    mean_field_probs,
+)
 from .update import (
     CURVATURES,
+    DEFAULT_GAMMA,
+    LogitStep,
+    check_gamma,
     curvature_weights,
     full_ggn_factor,
+    label_correction_step,
     newton_mean_step_full,
     newton_mean_step_shared,
     rank1_downdate,
@@ -30,14 +42,7 @@ __all__ = ["LastLayerLaplace"]
 
 HESSIANS = ("shared", "full")
 UPDATE_METHODS = ("woodbury", "rank1")
-PREDICTIVES = ("mean_field", "mc")
 MC_BLOCK_ELEMENTS = 2**21  # samples × rows × classes per Monte Carlo block (16 MiB in float64)
-
-
-def _centered(cov: torch.Tensor) -> torch.Tensor:
-    """``P S P`` with ``P = I − 11ᵀ/C``: softmax ignores a shift shared by all logits, so the variance
-    along the all-ones direction (large under the full GGN) must not damp the mean-field logits."""
-    return cov - cov.mean(-1, keepdim=True) - cov.mean(-2, keepdim=True) + cov.mean((-2, -1), keepdim=True)
 
 
 class LastLayerLaplace:
@@ -48,8 +53,15 @@ class LastLayerLaplace:
     multi-class GGN with a ``(C·D, C·D)`` covariance over row-major ``vec W``, for small ``C·D``.
     The bias is a point estimate. Covariances are kept in ``dtype`` (float64 by default).
 
+    ``gamma`` is the step size ``γ`` of the mean in :meth:`update` (and of every update simulated on
+    this posterior: sequential selection, look-ahead, label corrections); it is saved in
+    :meth:`state_dict`.
+
     Fitted attributes: ``mean_ (C, D)``, ``bias_ (C,)``, ``covariance_``, ``num_classes_``,
-    ``num_features_``, ``n_updates_`` (points absorbed by :meth:`update` since the last fit).
+    ``num_features_``, ``n_updates_`` (points absorbed by :meth:`update` since the last fit). Code
+    outside :mod:`bayesal.laplace` uses the public read-only views (:attr:`num_classes`,
+    :attr:`covariance`, ...) and the fast paths (:meth:`check_features`, :meth:`logits`,
+    :meth:`logit_variance`, :meth:`covariance_product`, :meth:`logit_step`, :meth:`relabel`).
     """
 
     def __init__(
@@ -58,6 +70,7 @@ class LastLayerLaplace:
         curvature: str = "gaussian",
         hessian: str = "shared",
         lambda_mf: float = DEFAULT_LAMBDA_MF,
+        gamma: float = DEFAULT_GAMMA,
         dtype: torch.dtype = torch.float64,
         device: torch.device | str | None = None,
         head_config: HeadConfig = HeadConfig(),
@@ -76,6 +89,7 @@ class LastLayerLaplace:
         self.curvature = curvature
         self.hessian = hessian
         self.lambda_mf = float(lambda_mf)
+        self.gamma = check_gamma(gamma)
         self.dtype = dtype
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.head_config = head_config
@@ -185,8 +199,74 @@ class LastLayerLaplace:
     def _point_probs(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(x @ self.mean_.T + self.bias_, dim=-1)
 
-    def logits(self, features: Any) -> torch.Tensor:
-        """MAP logits ``(N, C)``."""
+    # ----------------------------------------------------------- public views
+    @property
+    def num_classes(self) -> int:
+        """Number of classes ``C`` (fitted)."""
+        self._check_fitted()
+        return self.num_classes_
+
+    @property
+    def num_features(self) -> int:
+        """Feature dimension ``D`` (fitted)."""
+        self._check_fitted()
+        return self.num_features_
+
+    @property
+    def is_fitted(self) -> bool:
+        """Whether :meth:`fit` (or :meth:`from_state_dict`) has set the mean and covariance."""
+        return hasattr(self, "mean_")
+
+    @property
+    def shared_covariance(self) -> bool:
+        """True when the classes share one ``Σ (D, D)`` (``hessian="shared"``): the structure the
+        cached-logit fast paths (:meth:`covariance_product`, :meth:`logit_step`) need."""
+        return self.hessian == "shared"
+
+    @property
+    def covariance(self) -> torch.Tensor:
+        """The weight covariance: ``Σ (D, D)`` (shared) or ``(C·D, C·D)`` over row-major ``vec W`` (full).
+        Read only: do not modify the returned tensor."""
+        self._check_fitted()
+        return self.covariance_
+
+    def check_features(self, features: Any, name: str = "features") -> torch.Tensor:
+        """Validate ``features (N, D)`` once: finite, ``D`` columns, in :attr:`dtype` on :attr:`device`.
+
+        The result can be handed to the fast paths with ``checked=True``, which then skip every check.
+
+        Parameters
+        ----------
+        features : array-like
+            ``(N, D)`` rows (a ``(D,)`` vector is one row).
+        name : str
+            What to call them in error messages.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(N, D)`` in the posterior's dtype and device.
+        """
+        self._check_fitted()
+        return as_features(features, name=name, dim=self.num_features_, dtype=self.dtype, device=self.device)
+
+    def logits(self, features: Any, *, checked: bool = False) -> torch.Tensor:
+        """MAP logits ``(N, C)``.
+
+        Parameters
+        ----------
+        features : array-like
+            ``(N, D)``; converted and checked chunk by chunk (a float32 pool is never copied whole).
+        checked : bool
+            ``features`` come from :meth:`check_features`: skip the checks (fast path).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(N, C)`` in :attr:`dtype`.
+        """
+        if checked:
+            return self._logits(features)
         x = self._pool(features)
         return self._cat([self._logits(ch) for ch in self._pool_chunks(x)], (0, self.num_classes_))
 
@@ -213,8 +293,23 @@ class LastLayerLaplace:
     def _var_shape(self) -> tuple[int, ...]:
         return (0,) if self.hessian == "shared" else (0, self.num_classes_, self.num_classes_)
 
-    def logit_variance(self, features: Any) -> torch.Tensor:
-        """Shared: ``σ²(x) = φᵀΣφ`` ``(N,)``. Full: the logit covariance ``(N, C, C)``."""
+    def logit_variance(self, features: Any, *, checked: bool = False) -> torch.Tensor:
+        """Shared: ``σ²(x) = φᵀΣφ`` ``(N,)``. Full: the logit covariance ``(N, C, C)``.
+
+        Parameters
+        ----------
+        features : array-like
+            ``(N, D)``; converted and checked chunk by chunk.
+        checked : bool
+            ``features`` come from :meth:`check_features`: skip the checks (fast path).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(N,)`` or ``(N, C, C)`` in :attr:`dtype`.
+        """
+        if checked:
+            return self._logit_variance(features)
         x = self._pool(features)
         parts = [self._logit_cov_chunk(ch) for ch in self._pool_chunks(x, self._per_row_cost())]
         return self._cat(parts, self._var_shape())
@@ -223,6 +318,59 @@ class LastLayerLaplace:
         """:meth:`logit_variance` of already-validated ``x (N, D)``."""
         parts = [self._logit_cov_chunk(ch) for ch in self._chunks(x, self._per_row_cost())]
         return self._cat(parts, self._var_shape())
+
+    def covariance_product(self, features: torch.Tensor) -> torch.Tensor:
+        """``Φ Σ (N, D)`` (rows ``Σφ_i``) for checked ``features (N, D)`` or ``Σφ (D,)`` for one ``(D,)``.
+
+        Kernels between point sets follow as ``(A Σ) Bᵀ``. Needs the shared covariance.
+
+        Parameters
+        ----------
+        features : torch.Tensor
+            Output of :meth:`check_features` (or a row of it).
+
+        Returns
+        -------
+        torch.Tensor
+            Same shape as ``features``.
+        """
+        self._require_shared("covariance_product")
+        if features.ndim == 1:
+            return self.covariance_ @ features
+        return features @ self.covariance_
+
+    def logit_step(
+        self, phi: torch.Tensor, target: torch.Tensor, *, logits: torch.Tensor | None = None, gamma: float | None = None
+    ) -> LogitStep:
+        """The rank-1 update with ``(φ, y)`` as a :class:`~bayesal.laplace.update.LogitStep`, to
+        refresh cached logits/variances of any point set in ``O(N·D)`` (``step.apply``) without
+        re-inference. This posterior is not modified (absorb the point with :meth:`update`).
+
+        Parameters
+        ----------
+        phi : torch.Tensor
+            Checked features of the point ``(D,)``.
+        target : torch.Tensor
+            Its (possibly soft) label ``(C,)``.
+        logits : torch.Tensor, optional
+            Cached MAP logits at ``φ`` ``(C,)``; computed when not given.
+        gamma : float, optional
+            Step size; ``None`` uses :attr:`gamma`.
+
+        Returns
+        -------
+        LogitStep
+        """
+        self._require_shared("logit_step")
+        z = self._logits(phi.unsqueeze(0))[0] if logits is None else logits
+        probs = torch.softmax(z, dim=0)
+        m = float(curvature_weights(probs.unsqueeze(0), self.curvature)[0])
+        return LogitStep(phi, self.covariance_ @ phi, target, probs, m, self._step_size(gamma))
+
+    def _require_shared(self, what: str) -> None:
+        self._check_fitted()
+        if self.hessian != "shared":
+            raise ValueError(f"{what} needs a posterior with hessian='shared' (covariance I_C ⊗ Σ), not {self.hessian!r}")
 
     def _mc_generator(self, generator: torch.Generator | None) -> torch.Generator | None:
         """The given generator, else one seeded by an int ``random_state`` (reproducible predictive),
@@ -260,7 +408,7 @@ class LastLayerLaplace:
         if method == "mean_field":
             for ch in self._pool_chunks(x, self._per_row_cost()):
                 var = self._logit_cov_chunk(ch)
-                v = var if var.ndim == 1 else _centered(var).diagonal(dim1=1, dim2=2)
+                v = var if var.ndim == 1 else centered(var).diagonal(dim1=1, dim2=2)
                 out.append(mean_field_probs(self._logits(ch), v, lam))
         else:
             # MC rows come in blocks of a fixed size (not chunk_size), so a seeded result does not
@@ -268,14 +416,9 @@ class LastLayerLaplace:
             gen = self._mc_generator(generator)
             step = max(1, MC_BLOCK_ELEMENTS // (n_samples * self.num_classes_))
             for ch in self._pool_chunks(x, step=step):
-                scale = self._logit_scale(self._logit_cov_chunk(ch))
+                scale = logit_scale(self._logit_cov_chunk(ch))
                 out.append(mc_probs(self._logits(ch), scale, n_samples, gen))
         return self._cat(out, (0, self.num_classes_))
-
-    def _logit_scale(self, var: torch.Tensor) -> torch.Tensor:
-        if var.ndim == 1:
-            return var.clamp_min(0).sqrt()
-        return safe_cholesky(var)
 
     def predict(self, features: Any, **kwargs: Any) -> torch.Tensor:
         """Most probable class ``(N,)`` under the predictive."""
@@ -285,7 +428,7 @@ class LastLayerLaplace:
         """Logit samples ``(K, N, C)`` from the Laplace posterior (for BALD, variation ratio); seeded
         like the Monte Carlo predictive. The logit covariance is computed chunk by chunk."""
         x = self._features(features)
-        scale = self._logit_scale(self._logit_variance(x))
+        scale = logit_scale(self._logit_variance(x))
         return mc_logit_samples(self._logits(x), scale, n_samples, self._mc_generator(generator))
 
     def sample_weights(self, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -315,7 +458,7 @@ class LastLayerLaplace:
         self,
         features: Any,
         labels: Any,
-        gamma: float = 10.0,
+        gamma: float | None = None,
         method: str = "woodbury",
         inplace: bool = False,
     ) -> LastLayerLaplace:
@@ -323,12 +466,29 @@ class LastLayerLaplace:
 
         ``Σ' = (Σ⁻¹ + Σ_j H_j)⁻¹`` via the batched Woodbury identity (``method="woodbury"``) or a chain
         of Sherman–Morrison rank-1 steps (``"rank1"``); ``μ' = μ + γ Σ' Σ_j (y_j − p_j) φ_jᵀ`` with
-        ``p_j`` at the current mean. Returns a new posterior unless ``inplace=True``.
+        ``p_j`` at the current mean.
+
+        Parameters
+        ----------
+        features : array-like
+            New labeled features ``(M, D)``.
+        labels : array-like
+            Class indices ``(M,)`` or soft labels ``(M, C)``.
+        gamma : float, optional
+            Step size ``γ`` of the mean; ``None`` uses :attr:`gamma`, the posterior's own.
+        method : {"woodbury", "rank1"}
+            How the covariance is downdated (same result).
+        inplace : bool
+            Update this object instead of returning a new one.
+
+        Returns
+        -------
+        LastLayerLaplace
+            The updated posterior (``self`` when ``inplace``).
         """
         if method not in UPDATE_METHODS:
             raise ValueError(f"unknown update method {method!r}; choose one of {UPDATE_METHODS}")
-        if not math.isfinite(gamma) or gamma < 0:
-            raise ValueError(f"gamma must be a finite number >= 0, got {gamma}")
+        gamma = self._step_size(gamma)
         x = self._features(features)
         targets = as_targets(labels, self.num_classes_, n=x.shape[0], dtype=self.dtype, device=self.device)
         # Not in place: a shallow copy suffices, since mean_ and covariance_ are replaced, never mutated.
@@ -345,6 +505,61 @@ class LastLayerLaplace:
         target.n_updates_ = self.n_updates_ + x.shape[0]
         target._scale_tril = None
         return target
+
+    def _step_size(self, gamma: float | None) -> float:
+        """The one place an update's options are resolved: ``None`` means the posterior's own."""
+        return self.gamma if gamma is None else check_gamma(gamma)
+
+    def with_update_options(self, gamma: float | None = None) -> LastLayerLaplace:
+        """A shallow copy whose updates use other options (``None`` keeps this posterior's).
+
+        Parameters
+        ----------
+        gamma : float, optional
+            Step size ``γ`` of the mean.
+
+        Returns
+        -------
+        LastLayerLaplace
+            The copy (tensors shared: they are replaced, never modified, by updates).
+        """
+        out = copy.copy(self)
+        if gamma is not None:
+            out.gamma = check_gamma(gamma)
+        return out
+
+    def relabel(self, features: Any, old: int, new: int, gamma: float | None = None) -> LastLayerLaplace:
+        """Posterior after the label of an absorbed point ``features (D,)`` changed from ``old`` to ``new``.
+
+        Swaps the point's likelihood term in one Newton step: ``μ ← μ + γ Σ (e_new − e_old) φᵀ``. The
+        covariance is kept (exact for the "gaussian" curvature, whose Hessian does not depend on the
+        label).
+
+        Parameters
+        ----------
+        features : array-like
+            The point's features ``(D,)`` or ``(1, D)``.
+        old, new : int
+            Previous and corrected class index.
+        gamma : float, optional
+            Step size; ``None`` uses :attr:`gamma`.
+
+        Returns
+        -------
+        LastLayerLaplace
+            A new posterior (this one is not modified).
+        """
+        phi = self._features(features)
+        if phi.shape[0] != 1:
+            raise ValueError(f"relabel takes one point (D,), got {phi.shape[0]} rows")
+        c = self.num_classes_
+        for name, value in (("old", old), ("new", new)):
+            if isinstance(value, bool) or int(value) != value or not 0 <= int(value) < c:
+                raise ValueError(f"{name} label must be a class index in [0, {c - 1}], got {value!r}")
+        out = copy.copy(self)
+        out.mean_ = label_correction_step(self.mean_, self.covariance_, phi[0], int(old), int(new),
+                                          self._step_size(gamma))
+        return out
 
     def copy(self) -> LastLayerLaplace:
         """Independent copy: tensors cloned, configuration shared (it is immutable)."""
@@ -365,6 +580,7 @@ class LastLayerLaplace:
                 "curvature": self.curvature,
                 "hessian": self.hessian,
                 "lambda_mf": self.lambda_mf,
+                "gamma": self.gamma,
                 "dtype": str(self.dtype).replace("torch.", ""),
                 "chunk_size": self.chunk_size,
             },
@@ -397,5 +613,5 @@ class LastLayerLaplace:
         fitted = f", C={self.num_classes_}, D={self.num_features_}" if hasattr(self, "mean_") else ""
         return (
             f"LastLayerLaplace(prior_precision={self.prior_precision}, curvature={self.curvature!r}, "
-            f"hessian={self.hessian!r}{fitted})"
+            f"hessian={self.hessian!r}, gamma={self.gamma}{fitted})"
         )

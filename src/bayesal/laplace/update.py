@@ -14,21 +14,55 @@ harmless and the inner matrix ≥ I, so its Cholesky factorization is always wel
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
+
+from bayesal.exceptions import InvalidInputError
 
 from .linalg import safe_cholesky
 
 __all__ = [
+    "DEFAULT_GAMMA",
+    "check_gamma",
     "curvature_weights",
+    "fisher_factor",
     "shared_factor",
     "full_ggn_factor",
     "woodbury_downdate",
     "rank1_downdate",
     "newton_mean_step_shared",
     "newton_mean_step_full",
+    "label_correction_step",
+    "rank1_logit_update",
+    "rank1_kernel_downdate",
+    "batch_update_reference",
+    "LogitStep",
 ]
 
 CURVATURES = ("gaussian", "categorical")
+
+#: Default step size ``γ`` of the mean update (the paper's).
+DEFAULT_GAMMA = 10.0
+
+
+def check_gamma(gamma: float) -> float:
+    """``gamma`` as a float; ``ValueError`` unless it is a finite number ``>= 0``.
+
+    Parameters
+    ----------
+    gamma : float
+        Step size of the mean update.
+
+    Returns
+    -------
+    float
+        The validated step size.
+    """
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma < 0:
+        raise InvalidInputError(f"gamma must be a finite number >= 0, got {gamma!r}")
+    return float(gamma)
 
 
 def curvature_weights(probs: torch.Tensor, curvature: str) -> torch.Tensor:
@@ -39,6 +73,15 @@ def curvature_weights(probs: torch.Tensor, curvature: str) -> torch.Tensor:
         pmax = probs.max(dim=1).values
         return pmax * (1.0 - pmax)
     raise ValueError(f"unknown curvature {curvature!r}; choose one of {CURVATURES}")
+
+
+def fisher_factor(probs: torch.Tensor) -> torch.Tensor:
+    """``A (N, C, C)`` with ``A Aᵀ = diag p − p pᵀ`` for ``probs (N, C)``: ``A = diag √p − p √pᵀ``.
+
+    The softmax Hessian (Fisher) of each point factored without an eigendecomposition.
+    """
+    sq = probs.clamp_min(0).sqrt()
+    return torch.diag_embed(sq) - probs.unsqueeze(2) * sq.unsqueeze(1)
 
 
 def shared_factor(phi: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -52,8 +95,7 @@ def full_ggn_factor(phi: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     Uses ``diag p − p pᵀ = A Aᵀ`` with ``A = diag(√p) − p √pᵀ``, so no eigendecomposition is needed.
     """
     m, c = probs.shape
-    sq = probs.clamp_min(0).sqrt()
-    a = torch.diag_embed(sq) - probs.unsqueeze(2) * sq.unsqueeze(1)  # (M, C, C), a[j, c, k]
+    a = fisher_factor(probs)  # (M, C, C), a[j, c, k]
     # U_j[k, c*D + d] = A_j[c, k] φ_j[d]
     u = torch.einsum("jck,jd->jkcd", a, phi)
     return u.reshape(m * c, c * phi.shape[1])
@@ -116,3 +158,129 @@ def newton_mean_step_full(
     """Full-GGN version: ``vec μ' = vec μ + γ Σ' vec(Σ_j (y_j − p_j) φ_jᵀ)`` with ``Σ' (CD, CD)``."""
     grad = ((targets - probs).T @ phi).reshape(-1)
     return mean + gamma * (cov_new @ grad).reshape(mean.shape)
+
+
+def label_correction_step(
+    mean: torch.Tensor, cov: torch.Tensor, phi: torch.Tensor, old: int, new: int, gamma: float
+) -> torch.Tensor:
+    """Mean after replacing the label ``old`` of ``phi (D,)`` by ``new``: ``μ + γ Σ (e_new − e_old) φᵀ``.
+
+    This is the Newton mean step of the swapped likelihood terms (the residual ``y − p`` becomes
+    ``e_new − e_old``). The covariance is unchanged whenever a point's Hessian does not depend on its
+    label (the "gaussian" curvature); ``cov`` is ``(D, D)`` (shared) or ``(C·D, C·D)`` (full GGN).
+    """
+    c = mean.shape[0]
+    e_new = torch.zeros(1, c, dtype=mean.dtype, device=mean.device)
+    e_old = torch.zeros_like(e_new)
+    e_new[0, new], e_old[0, old] = 1.0, 1.0
+    step = newton_mean_step_shared if cov.shape[0] == mean.shape[1] else newton_mean_step_full
+    return step(mean, cov, phi.reshape(1, -1), e_new, e_old, gamma)
+
+
+def rank1_logit_update(
+    features: torch.Tensor,
+    logits: torch.Tensor,
+    variance: torch.Tensor,
+    sigma_phi: torch.Tensor,
+    phi: torch.Tensor,
+    target: torch.Tensor,
+    probs: torch.Tensor,
+    curvature: float,
+    gamma: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cached ``z (N, C)``, ``σ² (N,)`` after the rank-1 update with one point, in ``O(N·D)``.
+
+    ``features Φ (N, D)``, ``sigma_phi s = Σφ (D,)`` (old Σ), ``target y (C,)``, ``probs p (C,)``
+    (MAP softmax at ``φ``), ``curvature m``. With ``u = √m φ``:
+    ``σ²' = σ² − (√m Φs)² / (1 + m φᵀs)``, ``Σ'φ = s / (1 + m φᵀs)``, ``z' = z + γ (Φ Σ'φ) ⊗ (y − p)``.
+    """
+    denom = 1.0 + curvature * float(torch.dot(phi, sigma_phi))
+    phi_s = features @ sigma_phi  # (N,)
+    new_var = torch.addcmul(variance, phi_s, phi_s, value=-curvature / denom)
+    new_logits = torch.addr(logits, phi_s, target - probs, alpha=gamma / denom)
+    return new_logits, new_var
+
+
+def rank1_kernel_downdate(
+    kernel: torch.Tensor, left_s: torch.Tensor, right_s: torch.Tensor, curvature: float, denom: float
+) -> torch.Tensor:
+    """``A Σ' Bᵀ`` from ``kernel = A Σ Bᵀ (R, N)`` after a rank-1 update with one point (in place).
+
+    ``left_s = A Σφ (R,)``, ``right_s = B Σφ (N,)``, ``denom = 1 + m φᵀΣφ``: Sherman–Morrison gives
+    ``A Σ' Bᵀ = A Σ Bᵀ − (m / denom) (AΣφ)(BΣφ)ᵀ``.
+    """
+    kernel -= (curvature / denom) * torch.outer(left_s, right_s)
+    return kernel
+
+
+def batch_update_reference(
+    ref_logits: torch.Tensor,
+    ref_var: torch.Tensor,
+    k_rb: torch.Tensor,
+    k_bb: torch.Tensor,
+    targets: torch.Tensor,
+    probs: torch.Tensor,
+    curv: torch.Tensor,
+    gamma: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference ``z (R, C)``, ``σ² (R,)`` after a Woodbury update with a batch of ``b`` points.
+
+    ``k_rb = Φ_R Σ Φ_Bᵀ (R, b)``, ``k_bb = Φ_B Σ Φ_Bᵀ (b, b)``, ``targets``/``probs (b, C)`` (MAP
+    softmax), ``curv m (b,)``. With ``S = diag √m``: ``Φ_R Σ' Φ_Bᵀ = K_RB − K_RB S (I + S K_BB S)⁻¹ S K_BB``
+    and ``σ²' = σ² − ‖L⁻¹ S K_BR‖²`` column-wise, ``L Lᵀ = I + S K_BB S``.
+    """
+    sq = curv.clamp_min(0).sqrt()
+    inner = sq[:, None] * k_bb * sq[None, :]
+    inner.diagonal().add_(1.0)
+    chol = safe_cholesky(inner)
+    w = torch.linalg.solve_triangular(chol, sq[:, None] * k_rb.T, upper=False)  # (b, R)
+    var = ref_var - (w * w).sum(0)
+    v = torch.linalg.solve_triangular(chol, sq[:, None] * k_bb, upper=False)  # (b, b)
+    k_new = k_rb - w.T @ v  # Φ_R Σ' Φ_Bᵀ
+    return ref_logits + gamma * k_new @ (targets - probs), var
+
+
+@dataclass(frozen=True)
+class LogitStep:
+    """One simulated rank-1 update with ``(φ, y)`` on a shared-covariance posterior, for caches.
+
+    Built by :meth:`LastLayerLaplace.logit_step`. Attributes: ``phi (D,)``, ``sigma_phi = Σφ (D,)``
+    under the covariance before the step, ``target y (C,)``, ``probs`` the MAP softmax at ``φ``,
+    ``curvature m`` and the step size ``gamma``.
+    """
+
+    phi: torch.Tensor
+    sigma_phi: torch.Tensor
+    target: torch.Tensor
+    probs: torch.Tensor
+    curvature: float
+    gamma: float
+
+    @property
+    def denom(self) -> float:
+        """``1 + m φᵀΣφ``."""
+        return 1.0 + self.curvature * float(torch.dot(self.phi, self.sigma_phi))
+
+    def apply(
+        self, features: torch.Tensor, logits: torch.Tensor, variance: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached MAP ``logits (N, C)`` and ``variance (N,)`` of ``features (N, D)`` after the step.
+
+        Parameters
+        ----------
+        features : torch.Tensor
+            ``(N, D)`` rows the cache belongs to, in the posterior's dtype.
+        logits, variance : torch.Tensor
+            ``(N, C)`` and ``(N,)`` before the step.
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            New ``(logits, variance)``, ``O(N·D)``.
+        """
+        return rank1_logit_update(features, logits, variance, self.sigma_phi, self.phi, self.target, self.probs,
+                                  self.curvature, self.gamma)
+
+    def downdate_kernel(self, kernel: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """``kernel = A Σ Bᵀ (R, N)`` for ``left A (R, D)``, ``right B (N, D)`` → ``A Σ' Bᵀ`` (in place)."""
+        return rank1_kernel_downdate(kernel, left @ self.sigma_phi, right @ self.sigma_phi, self.curvature, self.denom)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 
-from bayesal.laplace.linalg import safe_cholesky
 from bayesal.laplace.posterior import LastLayerLaplace
-from bayesal.laplace.predictive import mc_logit_samples
+from bayesal.laplace.predictive import logit_sample_blocks
+from bayesal.laplace.predictive import predictive_from_logits as _predictive
 from bayesal.utils.rng import as_generator
-from bayesal.utils.validation import as_features
 
 from .base import LabeledSet
 
@@ -22,11 +19,10 @@ __all__ = [
     "predictive_from_logits",
     "logit_sample_chunks",
     "entropy",
-    "MC_CHUNK_ELEMENTS",
 ]
 
-#: Upper bound on the elements of one ``(K, n, C)`` block of Monte Carlo logit samples.
-MC_CHUNK_ELEMENTS = 1 << 22
+#: Row blocks of Monte Carlo logit samples (the posterior's own draws, see ``logit_sample_blocks``).
+logit_sample_chunks = logit_sample_blocks
 
 
 def check_batch_size(batch_size: int, n: int) -> int:
@@ -53,15 +49,14 @@ def prepare(
     Returns candidates ``(N, D)`` and labeled features ``(L, D)`` in the posterior's dtype, labeled
     labels ``(L,)`` (long), the batch size and a generator (a fresh one when ``None``).
     """
-    posterior._check_fitted()
-    d = posterior.num_features_
-    x = as_features(candidates, name="candidates", dim=d, dtype=posterior.dtype, device=posterior.device)
+    x = posterior.check_features(candidates, name="candidates")
+    d = posterior.num_features
     b = check_batch_size(batch_size, x.shape[0])
     if labeled is None or torch.as_tensor(labeled.features).numel() == 0:
         lx = torch.zeros(0, d, dtype=posterior.dtype, device=posterior.device)
         ly = torch.zeros(0, dtype=torch.long, device=posterior.device)
     else:
-        lx = as_features(labeled.features, name="labeled features", dim=d, dtype=posterior.dtype, device=posterior.device)
+        lx = posterior.check_features(labeled.features, name="labeled features")
         ly = torch.as_tensor(labeled.labels).reshape(-1).long().to(posterior.device)
         if ly.shape[0] != lx.shape[0]:
             raise ValueError(f"labeled set has {lx.shape[0]} feature rows but {ly.shape[0]} labels")
@@ -97,33 +92,6 @@ def argmax_first(scores: torch.Tensor) -> int:
     return int((s == s.max()).nonzero()[0])
 
 
-def _centered_diag(cov: torch.Tensor) -> torch.Tensor:
-    """Diagonal of ``P S P`` (``P`` removes the all-ones direction) for ``cov (N, C, C)``."""
-    c = cov - cov.mean(-1, keepdim=True) - cov.mean(-2, keepdim=True) + cov.mean((-2, -1), keepdim=True)
-    return c.diagonal(dim1=-2, dim2=-1)
-
-
-def _logit_scale(variance: torch.Tensor) -> torch.Tensor:
-    return variance.clamp_min(0).sqrt() if variance.ndim == 1 else safe_cholesky(variance)
-
-
-def logit_sample_chunks(
-    logits: torch.Tensor, variance: torch.Tensor, n_samples: int, generator: torch.Generator | None
-) -> Iterator[tuple[slice, torch.Tensor]]:
-    """Laplace logit samples in row blocks: yields ``(rows, samples (K, n, C))``.
-
-    Each block is exactly what :meth:`LastLayerLaplace.sample_logits` returns for those rows.
-    """
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-    n, c = logits.shape
-    step = max(1, MC_CHUNK_ELEMENTS // (n_samples * c))
-    for start in range(0, n, step):
-        rows = slice(start, min(n, start + step))
-        scale = _logit_scale(variance[rows])
-        yield rows, mc_logit_samples(logits[rows], scale, n_samples, generator)
-
-
 def predictive_from_logits(
     posterior: LastLayerLaplace,
     logits: torch.Tensor,
@@ -132,19 +100,8 @@ def predictive_from_logits(
     n_samples: int = 1000,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Predictive ``(N, C)`` from MAP ``logits (N, C)`` and ``variance (N,)`` (or ``(N, C, C)``)."""
-    if method == "mean_field":
-        v = variance.unsqueeze(1) if variance.ndim == 1 else _centered_diag(variance)  # (N, 1) or (N, C)
-        scaled = logits * torch.rsqrt(1.0 + posterior.lambda_mf * v.clamp_min(0))
-        # softmax over the leading dim of the (C, N) transpose is several times faster for small C;
-        # same values as ``mean_field_probs`` up to round-off
-        return torch.softmax(scaled.T, dim=0).T
-    if method == "mc":
-        out = torch.empty_like(logits)
-        for rows, s in logit_sample_chunks(logits, variance, n_samples, generator):
-            out[rows] = torch.softmax(s, dim=-1).mean(0)
-        return out
-    raise ValueError(f"unknown predictive {method!r}; choose 'mean_field' or 'mc'")
+    """Predictive ``(N, C)`` of ``posterior`` (its ``λ_mf``) from MAP ``logits (N, C)`` and ``variance``."""
+    return _predictive(logits, variance, posterior.lambda_mf, method, n_samples, generator)
 
 
 def entropy(probs: torch.Tensor, dim: int = -1) -> torch.Tensor:

@@ -45,7 +45,7 @@ class BADGE(QueryStrategy):
         candidate_labels: torch.Tensor | None = None,
     ) -> QueryResult:
         x, _, _, b, gen = prepare(posterior, candidates, labeled, batch_size, generator)
-        z, var = posterior._logits(x), posterior._logit_variance(x)
+        z, var = posterior.logits(x, checked=True), posterior.logit_variance(x, checked=True)
         probs = predictive_from_logits(posterior, z, var) if self.predictive == "mean_field" else torch.softmax(z, 1)
         a = gradient_embedding_factors(probs)
         an, fn = (a * a).sum(1), (x * x).sum(1)

@@ -28,6 +28,7 @@ import torch
 
 from bayesal.laplace.linalg import safe_cholesky, spd_inverse, symmetrize
 from bayesal.laplace.posterior import LastLayerLaplace
+from bayesal.laplace.update import fisher_factor
 
 from ._common import argmax_first, prepare
 from .base import LabeledSet, QueryResult, QueryStrategy
@@ -36,12 +37,6 @@ __all__ = ["BAIT", "fisher_factor", "CHUNK_ELEMENTS"]
 
 #: Upper bound on the elements of one ``(rows, C·C·D)`` temporary block.
 CHUNK_ELEMENTS = 1 << 22
-
-
-def fisher_factor(probs: torch.Tensor) -> torch.Tensor:
-    """``A (N, C, C)`` with ``A Aᵀ = diag p − p pᵀ`` (``A = diag √p − p √pᵀ``)."""
-    sq = probs.clamp_min(0).sqrt()
-    return torch.diag_embed(sq) - probs.unsqueeze(2) * sq.unsqueeze(1)
 
 
 def _row_chunks(n: int, per_row: int, chunk_elements: int) -> list[slice]:
@@ -126,11 +121,11 @@ class BAIT(QueryStrategy):
 
     def _initial_inverse(self, posterior: LastLayerLaplace, lx: torch.Tensor) -> torch.Tensor:
         """``W = M_0⁻¹`` ``(P, P)`` in float64."""
-        c, d = posterior.num_classes_, posterior.num_features_
+        c, d = posterior.num_classes, posterior.num_features
         f64 = torch.float64
         if self.information == "laplace":
-            cov = posterior.covariance_.to(f64)
-            if posterior.hessian == "shared":
+            cov = posterior.covariance.to(f64)
+            if posterior.shared_covariance:
                 return torch.kron(torch.eye(c, dtype=f64, device=cov.device), cov.contiguous())
             return cov.contiguous().clone()  # full GGN covariance, already over row-major vec W
         lam = posterior.prior_precision if self.lam is None else self.lam
@@ -149,18 +144,18 @@ class BAIT(QueryStrategy):
         generator: torch.Generator,
         candidate_labels: torch.Tensor | None = None,
     ) -> QueryResult:
-        p = posterior.num_classes_ * posterior.num_features_
+        p = posterior.num_classes * posterior.num_features
         if p > self.max_params:
             raise ValueError(
                 f"BAIT needs (C·D)² = {p}² float64 matrices ({8 * p * p / 2**30:.1f} GiB each) for C = "
-                f"{posterior.num_classes_} classes and D = {posterior.num_features_} features, above max_params = "
+                f"{posterior.num_classes} classes and D = {posterior.num_features} features, above max_params = "
                 f"{self.max_params}; reduce D (e.g. PCA of the features), use another strategy, or pass a larger "
                 "max_params knowingly"
             )
         x_in, lx, _, b, _ = prepare(posterior, candidates, labeled, batch_size, generator)
         # traces are differences of large sums: float64 throughout
         x = x_in.to(torch.float64)
-        n, c, ce = x.shape[0], posterior.num_classes_, self.chunk_elements
+        n, c, ce = x.shape[0], posterior.num_classes, self.chunk_elements
         a_x = fisher_factor(torch.softmax(posterior.logits(x).to(torch.float64), dim=1))  # (N, C, C)
         fisher = _fisher_sum(x, a_x, ce)
         if self.pool == "all" and lx.shape[0]:

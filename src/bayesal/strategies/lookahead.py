@@ -13,55 +13,25 @@ the reference variances drop by a term that does not depend on the label.
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
 
-from bayesal.laplace.linalg import safe_cholesky
 from bayesal.laplace.posterior import LastLayerLaplace
 from bayesal.laplace.predictive import mean_field_probs
-from bayesal.laplace.update import curvature_weights
+from bayesal.laplace.update import batch_update_reference, curvature_weights
 from bayesal.utils.validation import as_features
 
 from ._common import argmax_first, check_candidate_labels, prepare
 from ._kmeans import kmeans, sq_dists
 from .base import LabeledSet, QueryResult, QueryStrategy
-from .sequential import rank1_logit_update
 
-__all__ = ["OracleLookahead", "ExpectedLogLossReduction", "batch_update_reference"]
+__all__ = ["OracleLookahead", "ExpectedLogLossReduction"]
 
 
 def _check_shared(posterior: LastLayerLaplace, who: str) -> None:
-    if posterior.hessian != "shared":
+    if not posterior.shared_covariance:
         raise ValueError(f"{who} needs a posterior with hessian='shared' (covariance I_C ⊗ Σ)")
-
-
-def batch_update_reference(
-    ref_logits: torch.Tensor,
-    ref_var: torch.Tensor,
-    k_rb: torch.Tensor,
-    k_bb: torch.Tensor,
-    targets: torch.Tensor,
-    probs: torch.Tensor,
-    curv: torch.Tensor,
-    gamma: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference ``z (R, C)``, ``σ² (R,)`` after a Woodbury update with a batch of ``b`` points.
-
-    ``k_rb = Φ_R Σ Φ_Bᵀ (R, b)``, ``k_bb = Φ_B Σ Φ_Bᵀ (b, b)``, ``targets``/``probs (b, C)`` (MAP
-    softmax), ``curv m (b,)``. With ``S = diag √m``: ``Φ_R Σ' Φ_Bᵀ = K_RB − K_RB S (I + S K_BB S)⁻¹ S K_BB``
-    and ``σ²' = σ² − ‖L⁻¹ S K_BR‖²`` column-wise, ``L Lᵀ = I + S K_BB S``.
-    """
-    sq = curv.clamp_min(0).sqrt()
-    inner = sq[:, None] * k_bb * sq[None, :]
-    inner.diagonal().add_(1.0)
-    chol = safe_cholesky(inner)
-    w = torch.linalg.solve_triangular(chol, sq[:, None] * k_rb.T, upper=False)  # (b, R)
-    var = ref_var - (w * w).sum(0)
-    v = torch.linalg.solve_triangular(chol, sq[:, None] * k_bb, upper=False)  # (b, b)
-    k_new = k_rb - w.T @ v  # Φ_R Σ' Φ_Bᵀ
-    return ref_logits + gamma * k_new @ (targets - probs), var
 
 
 class OracleLookahead(QueryStrategy):
@@ -72,7 +42,8 @@ class OracleLookahead(QueryStrategy):
     ``1 − (p_(1) − p_(2))`` is above its mean. Each batch is scored after a Woodbury update with its
     true labels (``candidate_labels``), by the mean-field cross-entropy on ``(reference_features,
     reference_labels)``. Utilities: the cross-entropy reduction of the chosen batch (same for each
-    pick). ``last_stats`` holds the scores of all batches and the time taken.
+    pick). ``last_stats`` holds the scores of all batches and the time taken. The simulated update is
+    the posterior's (its step size ``gamma``).
     """
 
     name = "oracle_lookahead"
@@ -82,13 +53,10 @@ class OracleLookahead(QueryStrategy):
         reference_features: torch.Tensor,
         reference_labels: torch.Tensor,
         n_batches: int = 300,
-        gamma: float = 10.0,
         kmeans_iter: int = 10,
     ) -> None:
         if n_batches < 1:
             raise ValueError(f"n_batches must be >= 1, got {n_batches}")
-        if not math.isfinite(gamma) or gamma < 0:
-            raise ValueError(f"gamma must be a finite number >= 0, got {gamma}")
         self.reference_features = as_features(reference_features, name="reference_features")
         self.reference_labels = torch.as_tensor(reference_labels).reshape(-1).long()
         if self.reference_labels.shape[0] != self.reference_features.shape[0]:
@@ -96,7 +64,6 @@ class OracleLookahead(QueryStrategy):
         if self.reference_features.shape[0] == 0:
             raise ValueError("the reference set is empty")
         self.n_batches = int(n_batches)
-        self.gamma = float(gamma)
         self.kmeans_iter = int(kmeans_iter)
         self.last_stats: dict = {}
 
@@ -135,21 +102,20 @@ class OracleLookahead(QueryStrategy):
     ) -> QueryResult:
         x, _, _, b, gen = prepare(posterior, candidates, labeled, batch_size, generator)
         _check_shared(posterior, "OracleLookahead")
-        y = check_candidate_labels(candidate_labels, x.shape[0], posterior.num_classes_)
-        c = posterior.num_classes_
+        y = check_candidate_labels(candidate_labels, x.shape[0], posterior.num_classes)
+        c = posterior.num_classes
         t0 = time.perf_counter()
-        ref = as_features(self.reference_features, name="reference_features", dim=posterior.num_features_,
-                          dtype=posterior.dtype, device=posterior.device)
+        ref = posterior.check_features(self.reference_features, name="reference_features")
         ref_y = self.reference_labels.to(posterior.device)
         if int(ref_y.min()) < 0 or int(ref_y.max()) >= c:
             raise ValueError(f"reference_labels must lie in [0, {c - 1}]")
-        z_r, var_r = posterior.logits(ref), posterior.logit_variance(ref)
-        z_c = posterior.logits(x)
+        z_r, var_r = posterior.logits(ref, checked=True), posterior.logit_variance(ref, checked=True)
+        z_c = posterior.logits(x, checked=True)
         p_map = torch.softmax(z_c, dim=1)
         curv = curvature_weights(p_map, posterior.curvature)
         onehot = torch.nn.functional.one_hot(y, c).to(x.dtype)
-        ref_sig = ref @ posterior.covariance_  # (R, D)
-        x_sig = x @ posterior.covariance_  # (N, D)
+        ref_sig = posterior.covariance_product(ref)  # (R, D)
+        x_sig = posterior.covariance_product(x)  # (N, D)
 
         def cross_entropy(z: torch.Tensor, v: torch.Tensor) -> float:
             p = mean_field_probs(z, v, posterior.lambda_mf)
@@ -161,7 +127,7 @@ class OracleLookahead(QueryStrategy):
         for k, idx in enumerate(batches):
             xb = x[idx]
             z_new, v_new = batch_update_reference(
-                z_r, var_r, ref_sig @ xb.T, x_sig[idx] @ xb.T, onehot[idx], p_map[idx], curv[idx], self.gamma
+                z_r, var_r, ref_sig @ xb.T, x_sig[idx] @ xb.T, onehot[idx], p_map[idx], curv[idx], posterior.gamma
             )
             scores[k] = cross_entropy(z_new, v_new)
         best = argmax_first(-scores)
@@ -176,7 +142,7 @@ class OracleLookahead(QueryStrategy):
         return QueryResult(indices=idx, utilities=util)
 
     def __repr__(self) -> str:
-        return f"OracleLookahead(n_batches={self.n_batches}, gamma={self.gamma})"
+        return f"OracleLookahead(n_batches={self.n_batches})"
 
 
 class ExpectedLogLossReduction(QueryStrategy):
@@ -189,7 +155,8 @@ class ExpectedLogLossReduction(QueryStrategy):
     generator). Every ``(x, y)`` pair is scored in closed form, vectorised in blocks of candidates
     (``chunk_elements`` bounds one ``(n, R, C)`` block; all labels of a candidate cost ``O(R·C)``
     through leave-one-out sums). Batches: greedy, updating after each pick
-    with the soft label ``p`` (``update_with="expected"``) or the most likely label.
+    with the soft label ``p`` (``update_with="expected"``) or the most likely label; every simulated
+    update is the posterior's (its step size ``gamma``).
     ``last_stats["candidates_per_second"]`` reports the scoring throughput of the last query.
     """
 
@@ -200,7 +167,6 @@ class ExpectedLogLossReduction(QueryStrategy):
         n_reference: int = 500,
         reference: torch.Tensor | None = None,
         loss: str = "log",
-        gamma: float = 10.0,
         update_with: str = "expected",
         chunk_elements: int = 1 << 21,
     ) -> None:
@@ -210,12 +176,9 @@ class ExpectedLogLossReduction(QueryStrategy):
             raise ValueError(f"unknown update_with {update_with!r}; choose 'expected' or 'most_likely'")
         if n_reference < 1:
             raise ValueError(f"n_reference must be >= 1, got {n_reference}")
-        if not math.isfinite(gamma) or gamma < 0:
-            raise ValueError(f"gamma must be a finite number >= 0, got {gamma}")
         self.n_reference = int(n_reference)
         self.reference = None if reference is None else as_features(reference, name="reference")
         self.loss = loss
-        self.gamma = float(gamma)
         self.update_with = update_with
         self.chunk_elements = int(chunk_elements)
         self.last_stats: dict = {}
@@ -229,6 +192,7 @@ class ExpectedLogLossReduction(QueryStrategy):
 
     def risk_table(
         self,
+        gamma: float,
         lambda_mf: float,
         z_c: torch.Tensor,
         var_c: torch.Tensor,
@@ -237,7 +201,7 @@ class ExpectedLogLossReduction(QueryStrategy):
         var_r: torch.Tensor,
         k_rc: torch.Tensor,
     ) -> torch.Tensor:
-        """``R(x, y)`` ``(N, C)`` for candidates with MAP logits ``z_c (N, C)``, variances ``var_c``
+        """``R(x, y)`` ``(N, C)`` after an update with step size ``gamma``, for candidates with MAP logits ``z_c (N, C)``, variances ``var_c``
         (``= φᵀΣφ``), curvatures ``curv (N,)``; reference ``z_r (R, C)``, ``var_r (R,)``,
         ``k_rc = Φ_R Σ Φ_cᵀ (R, N)``."""
         n, c = z_c.shape
@@ -251,7 +215,7 @@ class ExpectedLogLossReduction(QueryStrategy):
             k = k_rc[:, sl].T  # (n, R)
             v_new = var_r.unsqueeze(0) - curv[sl, None] * k * k / denom[sl, None]
             scale = torch.rsqrt(1.0 + lambda_mf * v_new.clamp_min(0))  # (n, R)
-            coef = (self.gamma / denom[sl, None]) * k  # (n, R)
+            coef = (gamma / denom[sl, None]) * k  # (n, R)
             # scaled logits after the update with label y: base + delta · e_y
             base = (z_r.unsqueeze(0) - coef.unsqueeze(2) * p_map[sl].unsqueeze(1)) * scale.unsqueeze(2)
             out[sl] = self._risk_one_hot_shift(base, coef * scale).mean(1)
@@ -287,15 +251,14 @@ class ExpectedLogLossReduction(QueryStrategy):
         x, _, _, b, gen = prepare(posterior, candidates, labeled, batch_size, generator)
         _check_shared(posterior, "ExpectedLogLossReduction")
         if self.reference is not None:
-            ref = as_features(self.reference, name="reference", dim=posterior.num_features_,
-                              dtype=posterior.dtype, device=posterior.device)
+            ref = posterior.check_features(self.reference, name="reference")
         else:
             ref = x[torch.randperm(x.shape[0], generator=gen)[: self.n_reference].to(x.device)]
         post = posterior.copy()
         lam = post.lambda_mf
-        z_c, var_c = post._logits(x), post._logit_variance(x)
-        z_r, var_r = post._logits(ref), post._logit_variance(ref)
-        k_rc = (ref @ post.covariance_) @ x.T
+        z_c, var_c = post.logits(x, checked=True), post.logit_variance(x, checked=True)
+        z_r, var_r = post.logits(ref, checked=True), post.logit_variance(ref, checked=True)
+        k_rc = post.covariance_product(ref) @ x.T
         alive = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         picks, utils = [], []
         scored, seconds = 0, 0.0
@@ -304,7 +267,7 @@ class ExpectedLogLossReduction(QueryStrategy):
             rem = alive.nonzero().flatten()
             p_map = torch.softmax(z_c[rem], dim=1)
             curv = curvature_weights(p_map, post.curvature)
-            table = self.risk_table(lam, z_c[rem], var_c[rem], curv, z_r, var_r, k_rc[:, rem])
+            table = self.risk_table(post.gamma, lam, z_c[rem], var_c[rem], curv, z_r, var_r, k_rc[:, rem])
             pred = mean_field_probs(z_c[rem], var_c[rem], lam)
             now = self._risk(z_r * torch.rsqrt(1.0 + lam * var_r.clamp_min(0)).unsqueeze(1)).mean()
             u = now - (pred * table).sum(1)
@@ -320,14 +283,11 @@ class ExpectedLogLossReduction(QueryStrategy):
             # fantasized update: caches of candidates, reference and their kernel, and the posterior
             target = pred[j] if self.update_with == "expected" else torch.nn.functional.one_hot(
                 pred[j].argmax(), pred.shape[1]).to(x.dtype)
-            pm = torch.softmax(z_c[i], dim=0)
-            m = float(curvature_weights(pm.unsqueeze(0), post.curvature)[0])
-            s = post.covariance_ @ x[i]
-            denom = 1.0 + m * float(torch.dot(x[i], s))
-            k_rc -= (m / denom) * torch.outer(ref @ s, x @ s)
-            z_c, var_c = rank1_logit_update(x, z_c, var_c, s, x[i], target, pm, m, self.gamma)
-            z_r, var_r = rank1_logit_update(ref, z_r, var_r, s, x[i], target, pm, m, self.gamma)
-            post.update(x[i : i + 1], target.unsqueeze(0), gamma=self.gamma, method="rank1", inplace=True)
+            step = post.logit_step(x[i], target, logits=z_c[i])
+            k_rc = step.downdate_kernel(k_rc, ref, x)
+            z_c, var_c = step.apply(x, z_c, var_c)
+            z_r, var_r = step.apply(ref, z_r, var_r)
+            post.update(x[i : i + 1], target.unsqueeze(0), method="rank1", inplace=True)
         self.last_stats = {
             "candidates_scored": scored,
             "seconds": seconds,
@@ -338,4 +298,4 @@ class ExpectedLogLossReduction(QueryStrategy):
 
     def __repr__(self) -> str:
         return (f"ExpectedLogLossReduction(n_reference={self.n_reference}, loss={self.loss!r}, "
-                f"gamma={self.gamma}, update_with={self.update_with!r})")
+                f"update_with={self.update_with!r})")

@@ -2,45 +2,18 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from bayesal.laplace.posterior import LastLayerLaplace
 from bayesal.laplace.predictive import mean_field_probs
-from bayesal.laplace.update import curvature_weights
 
 from ._common import argmax_first, check_candidate_labels, prepare
 from .base import LabeledSet, QueryResult, QueryStrategy
 from .score import ScoreStrategy
 
-__all__ = ["Sequential", "UPDATE_WITH", "rank1_logit_update"]
+__all__ = ["Sequential", "UPDATE_WITH"]
 
 UPDATE_WITH = ("oracle", "most_likely", "sampled", "expected")
-
-
-def rank1_logit_update(
-    features: torch.Tensor,
-    logits: torch.Tensor,
-    variance: torch.Tensor,
-    sigma_phi: torch.Tensor,
-    phi: torch.Tensor,
-    target: torch.Tensor,
-    probs: torch.Tensor,
-    curvature: float,
-    gamma: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cached ``z (N, C)``, ``σ² (N,)`` after the rank-1 update with one point, in ``O(N·D)``.
-
-    ``features Φ (N, D)``, ``sigma_phi s = Σφ (D,)`` (old Σ), ``target y (C,)``, ``probs p (C,)``
-    (MAP softmax at ``φ``), ``curvature m``. With ``u = √m φ``:
-    ``σ²' = σ² − (√m Φs)² / (1 + m φᵀs)``, ``Σ'φ = s / (1 + m φᵀs)``, ``z' = z + γ (Φ Σ'φ) ⊗ (y − p)``.
-    """
-    denom = 1.0 + curvature * float(torch.dot(phi, sigma_phi))
-    phi_s = features @ sigma_phi  # (N,)
-    new_var = torch.addcmul(variance, phi_s, phi_s, value=-curvature / denom)
-    new_logits = torch.addr(logits, phi_s, target - probs, alpha=gamma / denom)
-    return new_logits, new_var
 
 
 class Sequential(QueryStrategy):
@@ -48,10 +21,12 @@ class Sequential(QueryStrategy):
 
     ``update_with``: ``"oracle"`` (``candidate_labels``), ``"most_likely"`` (argmax of the mean-field
     predictive), ``"sampled"`` (drawn from it with ``generator``) or ``"expected"`` (the soft label
-    ``p``: the ``p``-weighted average of the per-label mean steps). ``gamma``: update step size.
+    ``p``: the ``p``-weighted average of the per-label mean steps). Every simulated update is the
+    posterior's own (its step size ``gamma``).
 
     For :class:`~.score.ScoreStrategy` bases on a shared-covariance posterior (and ``fast=True``) the
-    candidates' MAP logits and variances are cached and refreshed with :func:`rank1_logit_update`,
+    candidates' MAP logits and variances are cached and refreshed with the posterior's
+    :meth:`~bayesal.laplace.LastLayerLaplace.logit_step`,
     ``O(N·D)`` per pick; other bases are re-queried with ``batch_size=1`` on the updated posterior
     (the picks join the labeled set, with the update label's argmax). The final posterior is left
     in ``last_posterior_``; the caller's posterior is never modified.
@@ -59,16 +34,13 @@ class Sequential(QueryStrategy):
 
     name = "sequential"
 
-    def __init__(self, base: QueryStrategy, update_with: str = "oracle", gamma: float = 10.0, fast: bool = True) -> None:
+    def __init__(self, base: QueryStrategy, update_with: str = "oracle", fast: bool = True) -> None:
         if not isinstance(base, QueryStrategy):
             raise ValueError(f"base must be a QueryStrategy, got {type(base).__name__}")
         if update_with not in UPDATE_WITH:
             raise ValueError(f"unknown update_with {update_with!r}; choose one of {UPDATE_WITH}")
-        if not math.isfinite(gamma) or gamma < 0:
-            raise ValueError(f"gamma must be a finite number >= 0, got {gamma}")
         self.base = base
         self.update_with = update_with
-        self.gamma = float(gamma)
         self.fast = bool(fast)
         self.last_posterior_: LastLayerLaplace | None = None
 
@@ -101,9 +73,9 @@ class Sequential(QueryStrategy):
         x, lx, ly, b, gen = prepare(posterior, candidates, labeled, batch_size, generator)
         oracle = None
         if self.update_with == "oracle" or candidate_labels is not None:
-            oracle = check_candidate_labels(candidate_labels, x.shape[0], posterior.num_classes_)
+            oracle = check_candidate_labels(candidate_labels, x.shape[0], posterior.num_classes)
         post = posterior.copy()
-        if self.fast and isinstance(self.base, ScoreStrategy) and post.hessian == "shared":
+        if self.fast and isinstance(self.base, ScoreStrategy) and post.shared_covariance:
             result = self._query_cached(post, x, b, gen, oracle)
         else:
             result = self._query_requery(post, x, lx, ly, b, gen, oracle)
@@ -114,7 +86,7 @@ class Sequential(QueryStrategy):
         self, post: LastLayerLaplace, x: torch.Tensor, b: int, gen: torch.Generator, oracle: torch.Tensor | None
     ) -> QueryResult:
         base: ScoreStrategy = self.base  # type: ignore[assignment]
-        z, var = post._logits(x), post._logit_variance(x)
+        z, var = post.logits(x, checked=True), post.logit_variance(x, checked=True)
         alive = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         picks, utils = [], []
         for _ in range(b):
@@ -128,11 +100,8 @@ class Sequential(QueryStrategy):
                 i = j = argmax_first(u)
             pred = mean_field_probs(z[i : i + 1], var[i : i + 1], post.lambda_mf)[0]
             target = self._target(pred, i, oracle, gen)
-            p_map = torch.softmax(z[i], dim=0)
-            m = float(curvature_weights(p_map.unsqueeze(0), post.curvature)[0])
-            s = post.covariance_ @ x[i]
-            z, var = rank1_logit_update(x, z, var, s, x[i], target, p_map, m, self.gamma)
-            post.update(x[i : i + 1], target.unsqueeze(0), gamma=self.gamma, method="rank1", inplace=True)
+            z, var = post.logit_step(x[i], target, logits=z[i]).apply(x, z, var)
+            post.update(x[i : i + 1], target.unsqueeze(0), method="rank1", inplace=True)
             picks.append(i)
             utils.append(u[j])
             alive[i] = False
@@ -164,7 +133,7 @@ class Sequential(QueryStrategy):
             i = int(rem[j])
             pred = post.predict_proba(x[i : i + 1])[0]
             target = self._target(pred, i, oracle, gen)
-            post.update(x[i : i + 1], target.unsqueeze(0), gamma=self.gamma, method="rank1", inplace=True)
+            post.update(x[i : i + 1], target.unsqueeze(0), method="rank1", inplace=True)
             lx = torch.cat([lx, x[i : i + 1]])
             ly = torch.cat([ly, target.argmax().view(1).to(ly.dtype)])
             picks.append(i)
@@ -173,4 +142,4 @@ class Sequential(QueryStrategy):
         return QueryResult(torch.tensor(picks, dtype=torch.long, device=x.device), torch.stack(utils).to(x.dtype))
 
     def __repr__(self) -> str:
-        return f"Sequential({self.base!r}, update_with={self.update_with!r}, gamma={self.gamma})"
+        return f"Sequential({self.base!r}, update_with={self.update_with!r})"

@@ -1,0 +1,40 @@
+"""How a Session builds and runs its strategy: the posterior's γ drives selection too."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bayesal.labeling.session import Session
+from bayesal.laplace.head import HeadConfig
+from bayesal.strategies import LabeledSet, MarginSampling, Sequential
+
+
+def _pool(n=120, d=5, c=3, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(c, d)) * 1.5
+    y = rng.integers(0, c, size=n)
+    return (centers[y] + rng.normal(size=(n, d))).astype(np.float64), y
+
+
+def _expected_picks(s: Session, x: np.ndarray, k: int, gamma: float) -> list[int]:
+    """Sequential most-likely margin picks over all available instances (deterministic: no draws)."""
+    avail = s.available_indices()
+    lab = sorted(s.labels)
+    labeled = LabeledSet(torch.as_tensor(x[lab]), torch.tensor([s.labels[i] for i in lab]))
+    post = s.posterior.with_update_options(gamma=gamma)
+    res = Sequential(MarginSampling(), update_with="most_likely").query(
+        post, torch.as_tensor(x[avail]), labeled, k, torch.Generator().manual_seed(0))
+    return [int(avail[i]) for i in res.indices]
+
+
+def test_sequential_session_selects_with_the_session_gamma():
+    x, y = _pool()
+    s = Session(x, 3, strategy="sequential", strategy_kwargs={"update_with": "most_likely"}, gamma=1.0,
+                candidate_size=None, random_state=0, head_config=HeadConfig(epochs=5))
+    for i in range(9):
+        s.tell(i, int(y[i]))
+    assert not s.cold_start and s.posterior.gamma == 1.0
+    picks = s.query(6)
+    assert picks == _expected_picks(s, x, 6, gamma=1.0)
+    assert picks != _expected_picks(s, x, 6, gamma=10.0)  # the test can tell the two step sizes apart

@@ -64,7 +64,7 @@ def test_cli_rejects_bad_arguments_before_compute(tmp_path, capsys, monkeypatch)
     assert main(base + ["--out", str(tmp_path / "r.json")]) == 2
     assert "parquet or .csv" in capsys.readouterr().err
     assert main(base + ["--initial-size", "0"]) == 2
-    assert "initial_size must be >= 1" in capsys.readouterr().err
+    assert "--initial-size must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "r.parquet").exists()
     from bayesal.cli import commands as cli_mod
 

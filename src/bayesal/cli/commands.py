@@ -7,6 +7,16 @@ import sys
 import time
 from pathlib import Path
 
+from .arguments import (
+    Parser,
+    add_debug_option,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_guarded,
+)
+
 __all__ = ["main", "build_parser"]
 
 DEMO_STRATEGIES = ["random", "margin", "seq-margin", "badge"]
@@ -104,19 +114,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch-size", type=int, default=10, help="labels per cycle b (default 10)")
-    p.add_argument("--cycles", type=int, default=20, help="AL cycles (default 20)")
-    p.add_argument("--initial-size", type=int, default=None, help="initial random labels (default: b)")
-    p.add_argument("--candidate-size", type=int, default=1000,
+    p.add_argument("--batch-size", type=positive_int, default=10, help="labels per cycle b (default 10)")
+    p.add_argument("--cycles", type=non_negative_int, default=20, help="AL cycles (default 20)")
+    p.add_argument("--initial-size", type=positive_int, default=None, help="initial random labels (default: b)")
+    p.add_argument("--candidate-size", type=non_negative_int, default=1000,
                    help="random candidates scored per query (default 1000; 0 = whole pool)")
-    p.add_argument("--gamma", type=float, default=None, help="update step size γ (default: the posterior's, 10)")
-    p.add_argument("--lambda-mf", type=float, default=None, help="mean-field scale (default: the posterior's, π/8)")
-    p.add_argument("--epochs", type=int, default=200, help="head training epochs per cycle (default 200)")
+    p.add_argument("--gamma", type=positive_float, default=None, help="update step size γ (default: the posterior's, 10)")
+    p.add_argument("--lambda-mf", type=non_negative_float, default=None, help="mean-field scale (default: the posterior's, π/8)")
+    p.add_argument("--epochs", type=non_negative_int, default=200, help="head training epochs per cycle (default 200)")
     _add_threads_option(p)
 
 
 def _add_threads_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=positive_int, default=1,
                    help="torch CPU threads (default 1: the small head trains fastest on one thread, and "
                         "several threads slow down badly when other processes share the cores)")
 
@@ -124,7 +134,8 @@ def _add_threads_option(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from bayesal.data.registry import add_file_options
 
-    ap = argparse.ArgumentParser(prog="bayesal", description="Deep active learning with fast Bayesian updates.")
+    ap = Parser(prog="bayesal", description="Deep active learning with fast Bayesian updates.")
+    add_debug_option(ap, top=True)
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run AL experiments (paper protocol) and append results")
@@ -133,8 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_file_options(p)
     p.add_argument("--strategy", nargs="+", required=True,
                    help="strategy specs: NAME, seq-NAME[@oracle|most_likely|sampled|expected], lookahead, oracle-lookahead")
-    p.add_argument("--seeds", type=int, default=10, help="number of seeds (default 10)")
-    p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    p.add_argument("--seeds", type=positive_int, default=10, help="number of seeds (default 10)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="first seed (default 0)")
     p.add_argument("--out", default="results.parquet", help="results file, .parquet or .csv (appended)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_run_options(p)
@@ -152,10 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="a short AL comparison on built-in real data, with a plot")
     p.add_argument("--dataset", default=None)
     p.add_argument("--out", default="demo_output")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--cycles", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=10)
-    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--seeds", type=positive_int, default=3)
+    p.add_argument("--cycles", type=non_negative_int, default=10)
+    p.add_argument("--batch-size", type=positive_int, default=10)
+    p.add_argument("--epochs", type=non_negative_int, default=200)
     _add_threads_option(p)
     p.set_defaults(func=_cmd_demo)
 
@@ -167,31 +178,25 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser("label", help="label instances in the terminal, one at a time, with instant updates")
         add_label_arguments(p)
         p.set_defaults(func=label_main)
+    for p in sub.choices.values():
+        add_debug_option(p)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Entry point of ``bayesal``: a known error ends in one line on stderr and exit status 2 (a usage
+    error is reported by argparse before anything is loaded); ``--debug`` adds the traceback."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help, or a usage error already printed by argparse
+        return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
     if getattr(args, "threads", None) is not None:
-        if args.threads < 1:
-            print(f"bayesal: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
-            return 2
         import torch
 
         torch.set_num_threads(args.threads)
-    if getattr(args, "seeds", None) is not None and args.seeds < 1:  # before loading data or computing
-        print(f"bayesal: error: --seeds must be >= 1, got {args.seeds}", file=sys.stderr)
-        return 2
     if getattr(args, "dataset", "unset") is None and args.command == "run":
         args.dataset = _default_dataset()
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"bayesal: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("bayesal: interrupted; results written so far are kept", file=sys.stderr)
-        return 130
+    return run_guarded(args.func, args, "bayesal")
 
 
 if __name__ == "__main__":

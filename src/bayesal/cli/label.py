@@ -34,12 +34,17 @@ from typing import Any, TextIO
 import numpy as np
 
 from bayesal.data.registry import add_file_options
+from bayesal.exceptions import StorageError
+from bayesal.utils.locations import safe_name
+
+from .arguments import Parser, non_negative_int, positive_float, positive_int, run_guarded
 
 __all__ = ["add_label_arguments", "label_main", "parse_answer", "render_item", "ascii_image", "main"]
 
 _RAMP = " .:-=+*#%@"
-_HELP = ("answer: class name or number (#N = class number N) | s = skip | u = undo | redo | "
-         "fix I LABEL = correct instance #I | r = retrain | ? = help | q = quit")
+_HELP = ("answer: class name or number (#N = class number N, =NAME = class NAME) | s = skip | u = undo | redo | "
+         "fix I LABEL = correct instance #I | r = retrain | ? = help | q = quit (:q, :s, ... always mean the command)")
+_COMMAND_WORDS = ("q", "quit", "exit", "?", "h", "help", "s", "u", "r", "redo", "fix")
 
 
 def add_label_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,16 +60,16 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --recover: for a label log damaged in the middle that no state file covers, "
                              "keep the events before the damage (the rest stays in labels.jsonl.damaged)")
     parser.add_argument("--strategy", default=None, help="query strategy (default margin; a resumed session keeps its own)")
-    parser.add_argument("--batch", type=int, default=1, help="instances queried at a time (default 1)")
+    parser.add_argument("--batch", type=positive_int, default=1, help="instances queried at a time (default 1)")
     parser.add_argument("--oracle", action="store_true", help="answer with the dataset's true labels (scripted demo)")
-    parser.add_argument("--max-labels", type=int, default=None, help="stop after this many labels in this run (oracle default 20)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of a new session (default 0)")
-    parser.add_argument("--gamma", type=float, default=None,
+    parser.add_argument("--max-labels", type=non_negative_int, default=None, help="stop after this many labels in this run (oracle default 20)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed of a new session (default 0)")
+    parser.add_argument("--gamma", type=positive_float, default=None,
                         help="step size of the Bayesian update (default: the posterior's, 10)")
-    parser.add_argument("--retrain-every", type=int, default=10, help="retrain the head after this many labels; 0 = never (default 10)")
-    parser.add_argument("--epochs", type=int, default=200, help="head training epochs on retrain (default 200)")
-    parser.add_argument("--candidate-size", type=int, default=1000, help="random candidates scored per query (default 1000)")
-    parser.add_argument("--window", type=int, default=10, help="labels spanned by the stopping signals (default 10)")
+    parser.add_argument("--retrain-every", type=non_negative_int, default=10, help="retrain the head after this many labels; 0 = never (default 10)")
+    parser.add_argument("--epochs", type=non_negative_int, default=200, help="head training epochs on retrain (default 200)")
+    parser.add_argument("--candidate-size", type=non_negative_int, default=1000, help="random candidates scored per query (default 1000)")
+    parser.add_argument("--window", type=positive_int, default=10, help="labels spanned by the stopping signals (default 10)")
 
 
 # ------------------------------------------------------------------------------------ display
@@ -175,7 +180,8 @@ def _open_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, Any]:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
     loader = file_loader_kwargs(args)
     ds = load_dataset(args.dataset, **loader)
-    state_dir = Path(args.state_dir or f"bayesal-label-{ds.name}")
+    # the default name comes from the data (a file's name or a dataset header): never a path of its own
+    state_dir = Path(args.state_dir or f"bayesal-label-{safe_name(ds.name)}")
     meta: dict[str, Any] = {"dataset": ds.name}
     if args.dataset not in list_datasets():  # a user file: remember where it is and how it was read
         meta.update(dataset_path=str(Path(args.dataset).expanduser().resolve()), loader=loader)
@@ -237,8 +243,17 @@ def label_main(args: argparse.Namespace, stdin: TextIO | None = None, stdout: Te
                     break
             if quit_now:
                 break
-    finally:
+    except StorageError as err:
+        try:
+            session.close()
+        except OSError:
+            pass
+        raise StorageError(f"{err} (the {session.n_labeled} labels given before it are saved in {session.state_dir}; "
+                           f"once there is space again, continue with --resume {session.state_dir})") from err
+    except BaseException:
         session.close()
+        raise
+    session.close()
     print(f"saved: {session.n_labeled} labels, {len(session.skipped)} skipped in {session.state_dir}", file=out, flush=True)
     return 0
 
@@ -256,12 +271,19 @@ def parse_answer(ans: str, names: list[str]) -> int | str:
         return int(ans[1:])
     if ans in names:
         return ans
+    if ans.startswith("=") and ans[1:] in names:  # =NAME: always a class name (e.g. a class called "q")
+        return ans[1:]
     if ans.lstrip("-").isdigit():
         if any(n.lstrip("-").isdigit() and n != str(c) for c, n in enumerate(names)):
             raise ValueError(f"{ans!r} is not a class name, and the class names are numbers: type a name "
                              f"({', '.join(names[:10])}{' …' if len(names) > 10 else ''}) or #N for class number N")
         return int(ans)
     return ans  # an unknown name: Session.tell names the known ones
+
+
+def _first_word(text: str) -> str:
+    parts = text.split(maxsplit=1)
+    return parts[0] if parts else ""
 
 
 def _ask(session: Any, idx: int, inp: TextIO, out: TextIO, oracle_ds: Any) -> str:
@@ -279,6 +301,12 @@ def _ask(session: Any, idx: int, inp: TextIO, out: TextIO, oracle_ds: Any) -> st
             print("(end of input)", file=out)
             return "quit"
         ans = line.strip()
+        if ans.startswith(":") and _first_word(ans[1:]) in _COMMAND_WORDS:
+            ans = ans[1:]  # :q, :s, ... are always commands
+        elif ans in names and _first_word(ans) in _COMMAND_WORDS:
+            print(f"error: {ans!r} is both a class name and a command: type ={ans} for the class or :{ans} "
+                  "for the command", file=out)
+            continue
         if ans in ("q", "quit", "exit"):
             return "quit"
         if ans in ("", "?", "h", "help"):
@@ -320,17 +348,14 @@ def _ask(session: Any, idx: int, inp: TextIO, out: TextIO, oracle_ds: Any) -> st
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m bayesal.cli.label``."""
-    parser = argparse.ArgumentParser(prog="python -m bayesal.cli.label", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m bayesal.cli.label", description=__doc__.split("\n\n")[0])
     add_label_arguments(parser)
-    args = parser.parse_args(argv)
+    parser.add_argument("--debug", action="store_true", help="on an error, print the full traceback as well")
     try:
-        return label_main(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"bayesal label: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("bayesal label: interrupted; every answer given so far is saved", file=sys.stderr)
-        return 130
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
+    return run_guarded(label_main, args, "bayesal label")
 
 
 if __name__ == "__main__":

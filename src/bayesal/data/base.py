@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from bayesal.exceptions import DataFileError, InvalidInputError
+
 __all__ = ["Dataset"]
 
 
@@ -56,7 +58,7 @@ class Dataset:
 
         c = self.num_classes
         if c < 2:
-            raise ValueError(f"dataset {self.name!r} has {c} class(es); at least 2 are needed")
+            raise InvalidInputError(f"dataset {self.name!r} has {c} class(es); at least 2 are needed")
         self.train_features = check_features(self.train_features, name="train_features")
         d = self.train_features.shape[1]
         if np.asarray(self.test_features).size == 0:
@@ -67,14 +69,14 @@ class Dataset:
             labels = np.asarray(getattr(self, f"{split}_labels")).reshape(-1)
             check_lengths(len(feats), len(labels), what=split)
             if labels.size and not np.issubdtype(labels.dtype, np.integer):
-                raise ValueError(f"{split}_labels must be integers, got dtype {labels.dtype}")
+                raise InvalidInputError(f"{split}_labels must be integers, got dtype {labels.dtype}")
             labels = labels.astype(np.int64)
             if labels.size and (labels.min() < 0 or labels.max() >= c):
-                raise ValueError(f"{split}_labels must lie in [0, {c}), got range [{labels.min()}, {labels.max()}]")
+                raise InvalidInputError(f"{split}_labels must lie in [0, {c}), got range [{labels.min()}, {labels.max()}]")
             setattr(self, f"{split}_labels", labels)
             items = getattr(self, f"{split}_items")
             if items is not None and len(items) != len(feats):
-                raise ValueError(f"{split}_items has {len(items)} entries but there are {len(feats)} {split} rows")
+                raise InvalidInputError(f"{split}_items has {len(items)} entries but there are {len(feats)} {split} rows")
         return self
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -118,12 +120,14 @@ class Dataset:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Dataset:
-        """Read a dataset written by :meth:`save`."""
-        with np.load(path, allow_pickle=False) as z:
-            if "header_json" not in z.files:
-                raise ValueError(f"{path} is not a bayesal dataset file (no header_json entry)")
-            header = json.loads(str(z["header_json"]))
-            arrays = {k: z[k] for k in z.files if k != "header_json"}
+        """Read a dataset written by :meth:`save`; a damaged file or header raises :class:`DataFileError`."""
+        from .user import _load_npz
+
+        arrays = _load_npz(Path(path))
+        header = _check_header(arrays.pop("header_json", None), path)
+        missing = [k for k in ("train_features", "train_labels", "test_features", "test_labels") if k not in arrays]
+        if missing:
+            raise DataFileError(f"dataset file {path} lacks the array(s) {missing}; it is damaged: save it again")
 
         def items(split: str) -> Any:
             a = arrays.get(f"{split}_items")
@@ -140,7 +144,7 @@ class Dataset:
             class_names=list(header["class_names"]),
             train_items=items("train"),
             test_items=items("test"),
-            meta={**header.get("meta", {}), "loaded_from": str(path)},
+            meta={**header["meta"], "loaded_from": str(path)},
         )
         return ds.validate()
 
@@ -163,3 +167,41 @@ def _items_array(items: Sequence[Any]) -> np.ndarray | None:
     except (TypeError, ValueError):
         return None
     return arr if arr.dtype.kind in "biuf" else None
+
+
+_HEADER_KEYS = {"format": str, "version": int, "name": str, "class_names": list, "meta": dict, "dropped_items": list}
+MAX_HEADER_BYTES = 1 << 20
+
+
+def _check_header(raw: Any, path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON header of a dataset file, checked against its schema (known keys with their types, a
+    supported version, bounded size and nesting): a file never steers the loader with unexpected keys."""
+    if raw is None:
+        raise DataFileError(f"{path} is not a bayesal dataset file (no header_json entry)")
+    text = str(raw)
+    if len(text) > MAX_HEADER_BYTES:
+        raise DataFileError(f"dataset file {path} has a header of {len(text)} bytes (at most {MAX_HEADER_BYTES}); "
+                            "it is not a bayesal dataset file")
+    try:
+        header = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise DataFileError(f"dataset file {path} has an unreadable header ({type(err).__name__}); save it again") from err
+    if not isinstance(header, dict) or header.get("format") != "bayesal-dataset":
+        raise DataFileError(f"{path} is not a bayesal dataset file (its header has no format 'bayesal-dataset')")
+    unknown = sorted(set(header) - set(_HEADER_KEYS))
+    if unknown:
+        raise DataFileError(f"dataset file {path} has unknown header key(s) {unknown[:5]}; it was not written by "
+                            "this version of bayesal")
+    for key, typ in _HEADER_KEYS.items():
+        if key in header and (not isinstance(header[key], typ) or isinstance(header[key], bool)):
+            raise DataFileError(f"dataset file {path}: header field {key!r} must be a {typ.__name__}, "
+                                f"got {type(header[key]).__name__}")
+    if header.get("version") != 1:
+        raise DataFileError(f"dataset file {path} has version {header.get('version')!r}; this bayesal reads version 1")
+    for key in ("name", "class_names"):
+        if key not in header:
+            raise DataFileError(f"dataset file {path}: header lacks {key!r}")
+    if not all(isinstance(c, str) for c in header["class_names"]):
+        raise DataFileError(f"dataset file {path}: class_names must be strings")
+    header.setdefault("meta", {})
+    return header

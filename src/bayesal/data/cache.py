@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from bayesal.utils.atomic import atomic_write
+from bayesal.utils.locations import check_writable_dir
 
 __all__ = [
     "cache_dir",
@@ -246,6 +247,9 @@ def cached_features(
                 "seconds": meta.get("seconds"),
                 "load_seconds": time.perf_counter() - t0,
             }
+    if use_cache:  # before the (maybe long) featurisation: an unwritable cache must not cost it
+        where = "feature cache" + (" ($BAYESAL_CACHE)" if cache is None and os.environ.get("BAYESAL_CACHE") else "")
+        check_writable_dir(store.root, what=where)
     t0 = time.perf_counter()
     feats = np.ascontiguousarray(backbone.encode(items, batch_size=batch_size, progress=progress), dtype=np.float32)
     seconds = time.perf_counter() - t0

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from bayesal.exceptions import InvalidInputError
+
 __all__ = ["check_features", "encode_labels", "check_lengths", "normalize_labels"]
 
 
@@ -21,26 +23,32 @@ def check_features(x: Any, *, name: str = "features", dim: int | None = None) ->
     try:
         arr = np.asarray(x)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} could not be converted to an array: {err}") from err
+        raise InvalidInputError(f"{name} could not be converted to an array: {err}") from err
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         try:
             arr = arr.astype(np.float64)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}: {err}") from err
+            raise InvalidInputError(f"{name} must be numeric, got dtype {arr.dtype}: {err}") from err
     if arr.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (N, D), got shape {arr.shape}")
+        raise InvalidInputError(f"{name} must be 2-D (N, D), got shape {arr.shape}")
     if arr.shape[0] == 0:
-        raise ValueError(f"{name} are empty (0 rows); at least one instance per class is needed")
+        raise InvalidInputError(f"{name} are empty (0 rows); at least one instance per class is needed")
     if arr.shape[1] == 0:
-        raise ValueError(f"{name} have 0 columns; at least one feature is needed")
+        raise InvalidInputError(f"{name} have 0 columns; at least one feature is needed")
     if dim is not None and arr.shape[1] != dim:
-        raise ValueError(f"{name} have {arr.shape[1]} columns, expected D={dim}")
+        raise InvalidInputError(f"{name} have {arr.shape[1]} columns, expected D={dim}")
     finite = np.isfinite(arr)
+    if finite.all() and arr.dtype != np.float32 and arr.size:
+        big = np.abs(arr) > np.finfo(np.float32).max  # would become inf in float32
+        if big.any():
+            r, c = (int(v[0]) for v in np.nonzero(big))
+            raise InvalidInputError(f"{name} hold {arr[r, c]:.3g} at row {r}, column {c}, beyond the float32 range "
+                                    "(3.4e38) the features are stored in; rescale the features")
     if not finite.all():
         bad_rows = np.flatnonzero(~finite.all(axis=1))
         r = int(bad_rows[0])
         c = int(np.flatnonzero(~finite[r])[0])
-        raise ValueError(
+        raise InvalidInputError(
             f"{name} contain NaN or inf in {bad_rows.size} row(s); first at row {r}, column {c} "
             f"(value {arr[r, c]})"
         )
@@ -51,7 +59,7 @@ def check_lengths(n_features: int, n_labels: int, *, what: str = "") -> None:
     """Raise ``ValueError`` if features and labels have different lengths."""
     if n_features != n_labels:
         where = f" ({what})" if what else ""
-        raise ValueError(
+        raise InvalidInputError(
             f"features and labels have different lengths{where}: {n_features} rows of features but "
             f"{n_labels} labels"
         )
@@ -74,25 +82,25 @@ def normalize_labels(labels: Any) -> np.ndarray:
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
-        raise ValueError(f"labels must be 1-D (N,), got shape {y.shape}")
+        raise InvalidInputError(f"labels must be 1-D (N,), got shape {y.shape}")
     if y.size == 0:
-        raise ValueError("labels are empty (0 rows)")
+        raise InvalidInputError("labels are empty (0 rows)")
     if y.dtype == object:
         missing = [i for i, v in enumerate(y) if v is None or (isinstance(v, float) and np.isnan(v))]
         if missing:
-            raise ValueError(f"labels contain {len(missing)} missing value(s); first at row {missing[0]}")
+            raise InvalidInputError(f"labels contain {len(missing)} missing value(s); first at row {missing[0]}")
         if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in y):
             return y.astype(np.int64)
         return y.astype(str)
     if np.issubdtype(y.dtype, np.floating):
         if not np.isfinite(y).all():
             bad = np.flatnonzero(~np.isfinite(y))
-            raise ValueError(f"labels contain {bad.size} missing/NaN/inf value(s); first at row {int(bad[0])}")
+            raise InvalidInputError(f"labels contain {bad.size} missing/NaN/inf value(s); first at row {int(bad[0])}")
         if not np.all(y == np.round(y)):
-            raise ValueError("labels are floats with fractional parts; class labels must be integers or strings")
+            raise InvalidInputError("labels are floats with fractional parts; class labels must be integers or strings")
         return y.astype(np.int64)
     if not (np.issubdtype(y.dtype, np.number) or y.dtype == bool or y.dtype.kind in "US"):
-        raise ValueError(f"labels must be integers or strings, got dtype {y.dtype}")
+        raise InvalidInputError(f"labels must be integers or strings, got dtype {y.dtype}")
     return y
 
 
@@ -115,13 +123,13 @@ def encode_labels(
     else:
         names = [str(c) for c in class_names]
         if len(set(names)) != len(names):
-            raise ValueError(f"class_names contain duplicates: {names}")
+            raise InvalidInputError(f"class_names contain duplicates: {names}")
         if numeric:
             codes = y.astype(np.int64)
             bad = (codes < 0) | (codes >= len(names))
             if bad.any():
                 i = int(np.flatnonzero(bad)[0])
-                raise ValueError(
+                raise InvalidInputError(
                     f"label {int(codes[i])} at row {i} is outside [0, {len(names)}) for the "
                     f"{len(names)} given class names"
                 )
@@ -131,12 +139,12 @@ def encode_labels(
             unknown = sorted(set(np.unique(ys)) - set(index))
             if unknown:
                 shown = ", ".join(repr(u) for u in unknown[:5]) + (" …" if len(unknown) > 5 else "")
-                raise ValueError(f"unknown label name(s) not in class_names {names}: {shown}")
+                raise InvalidInputError(f"unknown label name(s) not in class_names {names}: {shown}")
             codes = np.fromiter((index[v] for v in ys), dtype=np.int64, count=ys.size)
     codes = np.asarray(codes, dtype=np.int64).reshape(-1)
     present = np.unique(codes).size
     if present < min_classes:
-        raise ValueError(
+        raise InvalidInputError(
             f"labels contain only {present} class(es) ({names[int(codes[0])]!r}); at least "
             f"{min_classes} classes are needed for classification"
         )

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bayesal.exceptions import DataFileError, InvalidInputError
+from bayesal.utils.locations import require_regular_file
 
 from .base import Dataset
 from .checks import check_features, check_lengths, encode_labels, normalize_labels
@@ -33,7 +37,7 @@ class LabelEncoder:
     def transform(self, labels: Any) -> np.ndarray:
         """Codes ``(N,)`` int64; unknown names raise ``ValueError``."""
         if self.class_names is None:
-            raise ValueError("LabelEncoder is not fitted")
+            raise InvalidInputError("LabelEncoder is not fitted")
         return encode_labels(labels, self.class_names, min_classes=1)[0]
 
     def fit_transform(self, labels: Any) -> np.ndarray:
@@ -41,7 +45,7 @@ class LabelEncoder:
 
     def inverse_transform(self, codes: Any) -> list[str]:
         if self.class_names is None:
-            raise ValueError("LabelEncoder is not fitted")
+            raise InvalidInputError("LabelEncoder is not fitted")
         return [self.class_names[int(c)] for c in np.asarray(codes).reshape(-1)]
 
 
@@ -54,9 +58,9 @@ def split_indices(
     if test_size == 0:
         return idx, idx[:0]
     if isinstance(test_size, float) and not 0.0 < test_size < 1.0:
-        raise ValueError(f"test_size must be in (0, 1) or an integer count, got {test_size}")
+        raise InvalidInputError(f"test_size must be in (0, 1) or an integer count, got {test_size}")
     if isinstance(test_size, (int, np.integer)) and not 0 < test_size < n:
-        raise ValueError(f"test_size={test_size} must be between 1 and {n - 1} for {n} rows")
+        raise InvalidInputError(f"test_size={test_size} must be between 1 and {n - 1} for {n} rows")
     from sklearn.model_selection import train_test_split
 
     counts = np.bincount(labels)
@@ -104,7 +108,7 @@ def from_arrays(
     info = {"source": "user arrays", "backbone": "user features", **(meta or {})}
     if test_features is not None or test_labels is not None:
         if test_features is None or test_labels is None:
-            raise ValueError("give both test_features and test_labels, or neither")
+            raise InvalidInputError("give both test_features and test_labels, or neither")
         xt = check_features(test_features, name="test_features", dim=x.shape[1])
         a, b = normalize_labels(labels), normalize_labels(test_labels)
         check_lengths(len(x), len(a), what="train")
@@ -115,14 +119,14 @@ def from_arrays(
             both = np.concatenate([a.astype(str), b.astype(str)])
         codes, names = encode_labels(both, class_names)
         if np.unique(codes[: len(a)]).size < 2:
-            raise ValueError("train labels contain fewer than 2 classes; at least 2 are needed")
+            raise InvalidInputError("train labels contain fewer than 2 classes; at least 2 are needed")
         ds = Dataset(name, x, codes[: len(a)], xt, codes[len(a):], names, items, test_items, info)
         return ds.validate()
     y, names = encode_labels(labels, class_names)
     check_lengths(len(x), len(y))
     if items is not None:
         if len(items) != len(x):
-            raise ValueError(f"items has {len(items)} entries but features have {len(x)} rows")
+            raise InvalidInputError(f"items has {len(items)} entries but features have {len(x)} rows")
     tr, te = split_indices(y, test_size, random_state)
     info.update(test_size=test_size, random_state=random_state)
     ds = Dataset(
@@ -139,10 +143,45 @@ def from_arrays(
     return ds.validate()
 
 
+def _load_npy(path: Path) -> np.ndarray:
+    """One ``.npy`` array (no pickles); a damaged or foreign file raises :class:`DataFileError`."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - numpy raises ValueError, OSError, EOFError, ... for bad files
+        raise DataFileError(f"could not read {path} as a .npy array: {_first_line(err)}") from err
+    if not isinstance(arr, np.ndarray):
+        raise DataFileError(f"{path} is not a .npy array file (it holds several arrays: name it .npz)")
+    return arr
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file (no pickles); a damaged or foreign file raises :class:`DataFileError`."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not hasattr(z, "files"):
+                raise DataFileError(f"{path} is a single .npy array, not an .npz archive: name it .npy")
+            return {k: z[k] for k in z.files}
+    except DataFileError:
+        raise
+    except FileNotFoundError:
+        raise
+    except AttributeError as err:  # np.load returned a bare array: no context manager
+        raise DataFileError(f"{path} is a single .npy array, not an .npz archive: name it .npy") from err
+    except Exception as err:  # noqa: BLE001 - BadZipFile, zlib.error, ValueError, EOFError, ... for bad files
+        raise DataFileError(f"could not read {path} as an .npz archive: {_first_line(err)}") from err
+
+
 def _read_labels_file(path: Path) -> np.ndarray:
+    require_regular_file(path, what="labels file")
     if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False)
-    lines = [ln.strip() for ln in path.read_text().splitlines()]
+        return _load_npy(path)
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as err:
+        raise DataFileError(f"labels file {path} is not text: {err.reason}") from err
+    lines = [ln.strip() for ln in text.splitlines()]
     lines = [ln for ln in lines if ln]
     try:
         return np.array([int(v) for v in lines], dtype=np.int64)
@@ -179,12 +218,13 @@ def load_features(
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"no such file: {p}")
+    require_regular_file(p, what="data file")  # a FIFO would block the reader
     suffix = p.suffix.lower()
     name = name or p.stem
     common = dict(test_size=test_size, random_state=random_state, name=name)
     meta = {"source": str(p), "backbone": "user features"}
     if suffix == ".npy":
-        x = np.load(p, allow_pickle=False)
+        x = _load_npy(p)
         if labels is None:
             if labels_path is None:
                 for cand in (p.with_name(p.stem + "_labels.npy"), p.with_name(p.stem + ".labels.npy")):
@@ -192,42 +232,33 @@ def load_features(
                         labels_path = cand
                         break
             if labels_path is None:
-                raise ValueError(
+                raise DataFileError(
                     f"{p} holds features only; pass labels=... or labels_path=... (or put the labels in "
                     f"{p.stem}_labels.npy next to it)"
                 )
             labels = _read_labels_file(Path(labels_path))
         return from_arrays(x, labels, class_names, meta=meta, **common)
     if suffix == ".npz":
-        with np.load(p, allow_pickle=False) as z:
-            keys = set(z.files)
-            if "header_json" in keys:
-                pass
-            else:
-                fk = next((k for k in _FEATURE_KEYS if k in keys), None)
-                lk = next((k for k in _LABEL_KEYS if k in keys), None)
-                if fk is None:
-                    raise ValueError(f"{p} has no 'features' or 'X' array (keys: {sorted(keys)})")
-                x = z[fk]
-                if labels is None:
-                    if lk is None:
-                        raise ValueError(f"{p} has no 'labels' or 'y' array (keys: {sorted(keys)}); pass labels=...")
-                    labels = z[lk]
-                if class_names is None and "class_names" in keys:
-                    class_names = [str(c) for c in z["class_names"]]
-                items = z["items"] if "items" in keys else None
-        if "header_json" in keys:
+        z = _load_npz(p)
+        if "header_json" in z:
             return Dataset.load(p)
+        fk = next((k for k in _FEATURE_KEYS if k in z), None)
+        lk = next((k for k in _LABEL_KEYS if k in z), None)
+        if fk is None:
+            raise DataFileError(f"{p} has no 'features' or 'X' array (keys: {sorted(z)})")
+        x = z[fk]
+        if labels is None:
+            if lk is None:
+                raise DataFileError(f"{p} has no 'labels' or 'y' array (keys: {sorted(z)}); pass labels=...")
+            labels = z[lk]
+        if class_names is None and "class_names" in z:
+            class_names = [str(c) for c in np.asarray(z["class_names"]).reshape(-1)]
+        items = z.get("items")
         return from_arrays(x, labels, class_names, items=items, meta=meta, **common)
     if suffix in (".parquet", ".pq", ".csv", ".tsv", ".txt"):
-        import pandas as pd
-
-        if suffix in (".parquet", ".pq"):
-            df = pd.read_parquet(p)
-        else:
-            df = pd.read_csv(p, sep="\t" if suffix == ".tsv" else _sniff_separator(p))
+        df = _read_table(p, suffix)
         if len(df) == 0:
-            raise ValueError(f"{p} has no rows")
+            raise DataFileError(f"{p} has no rows")
         if labels is None:
             label_column = _find_label_column(df.columns, label_column, p)
         skip = {label_column, item_column, split_column}
@@ -238,14 +269,20 @@ def load_features(
                 warnings.warn(f"{p}: ignoring index column(s) {index_like} (pass feature_columns= to keep them)",
                               stacklevel=2)
             skip.update(index_like)
-            feature_columns = [c for c in df.columns if c not in skip and pd.api.types.is_numeric_dtype(df[c])]
-            if not feature_columns:
-                raise ValueError(f"{p} has no numeric feature columns besides {label_column!r}")
+            candidates = [c for c in df.columns if c not in skip]
+            x, used, text_cols = _feature_matrix(df, candidates, p, strict=False)
+            if text_cols:
+                warnings.warn(f"{p}: column(s) {text_cols[:10]} hold text, not numbers, and are not used as features "
+                              "(pass item_column= to show one while labeling, or feature_columns= to choose)",
+                              stacklevel=2)
+            if not used:
+                raise DataFileError(f"{p} has no numeric feature columns besides {label_column!r}")
         else:
             missing = [c for c in feature_columns if c not in df.columns]
             if missing:
-                raise ValueError(f"feature column(s) {missing} not in {p}; columns: {list(df.columns)[:20]}")
-        x = df[list(feature_columns)].to_numpy()
+                raise DataFileError(f"feature column(s) {missing} not in {p}; columns: {list(df.columns)[:20]}")
+            x, used, _ = _feature_matrix(df, list(feature_columns), p, strict=True)
+        feature_columns = used
         y = normalize_labels(labels if labels is not None else df[label_column].to_numpy())
         items = df[item_column].tolist() if item_column else None
         meta["feature_columns"] = [str(c) for c in feature_columns][:50]
@@ -253,7 +290,7 @@ def load_features(
             split = df[split_column].astype(str).str.lower().to_numpy()
             bad = sorted(set(split) - {"train", "test"})
             if bad:
-                raise ValueError(f"column {split_column!r} must hold 'train' or 'test', found {bad[:5]}")
+                raise DataFileError(f"column {split_column!r} must hold 'train' or 'test', found {bad[:5]}")
             tr, te = split == "train", split == "test"
             return from_arrays(
                 x[tr], y[tr], class_names, name=name, items=_take(items, np.flatnonzero(tr)),
@@ -261,7 +298,107 @@ def load_features(
                 meta={**meta, "split_column": split_column},
             )
         return from_arrays(x, y, class_names, items=items, meta=meta, **common)
-    raise ValueError(f"unsupported file type {suffix!r} for {p}; use .npy, .npz, .parquet or .csv")
+    raise DataFileError(f"unsupported file type {suffix!r} for {p}; use .npy, .npz, .parquet or .csv")
+
+
+_DECIMAL_COMMA = re.compile(r"^\s*[-+]?(\d+,\d*|,\d+)([eE][-+]?\d+)?\s*$")
+
+
+def _read_table(p: Path, suffix: str) -> Any:
+    """A CSV/TSV/Parquet file as a DataFrame; a CSV with decimal commas (``1,5`` in a ``;``-separated
+    file) is read with ``decimal=","``. Unreadable files raise :class:`DataFileError`."""
+    import pandas as pd
+
+    try:
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(p)
+        sep = "\t" if suffix == ".tsv" else _sniff_separator(p)
+        df = pd.read_csv(p, sep=sep)
+        if sep != "," and any(_all_decimal_commas(df[c]) for c in df.columns if df[c].dtype == object):
+            df = pd.read_csv(p, sep=sep, decimal=",")
+        return df
+    except (OSError, ValueError, UnicodeDecodeError, MemoryError, RecursionError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise DataFileError(f"could not read {p} as a {suffix.lstrip('.')} table: {_first_line(err)}") from err
+    except Exception as err:  # noqa: BLE001 - pyarrow/pandas raise many types for a damaged file
+        raise DataFileError(f"could not read {p} as a {suffix.lstrip('.')} table: {_first_line(err)}") from err
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
+
+
+def _all_decimal_commas(col: Any) -> bool:
+    values = col.dropna()
+    return len(values) > 0 and all(isinstance(v, str) and _DECIMAL_COMMA.match(v) for v in values)
+
+
+def _feature_matrix(df: Any, columns: list[Any], path: Path, *, strict: bool) -> tuple[np.ndarray, list[str], list[str]]:
+    """``(features (N, D) float64, feature names, text columns left out)`` from ``columns`` of ``df``.
+
+    Numeric columns are used as they are; a column of lists/arrays (embeddings stored as lists, e.g.
+    Parquet ``list<float>``) becomes one feature per element; a column of numbers written as text is
+    parsed. A column that is mostly numbers but has a cell that is not is an error naming the row
+    and column (never dropped); with ``strict=False`` a column that is mostly text is returned in the
+    third list instead (the caller warns), with ``strict=True`` that is an error too."""
+    import pandas as pd
+
+    blocks: list[np.ndarray] = []
+    names: list[str] = []
+    text_cols: list[str] = []
+    for c in columns:
+        col = df[c]
+        if pd.api.types.is_bool_dtype(col) or pd.api.types.is_numeric_dtype(col):
+            blocks.append(col.to_numpy(dtype=np.float64, na_value=np.nan)[:, None])
+            names.append(str(c))
+            continue
+        values = col.to_numpy(dtype=object)
+        first = next((v for v in values if v is not None and not (isinstance(v, float) and np.isnan(v))), None)
+        if isinstance(first, (list, tuple, np.ndarray)):
+            blocks.append(_list_column(values, c, path))
+            k = blocks[-1].shape[1]
+            names.extend(f"{c}[{j}]" for j in range(k))
+            continue
+        parsed = pd.to_numeric(col, errors="coerce")
+        bad = parsed.isna() & col.notna()
+        n_ok = int((parsed.notna()).sum())
+        if not bool(bad.any()):
+            blocks.append(parsed.to_numpy(dtype=np.float64, na_value=np.nan)[:, None])
+            names.append(str(c))
+            continue
+        if strict or n_ok >= int(bad.sum()):
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            where = f"row {row + 1}" + (f" (line {row + 2} of the file)" if path.suffix.lower() != ".parquet" else "")
+            hint = (" (the file seems to use decimal commas: save it with decimal points, or as ';'-separated)"
+                    if isinstance(values[row], str) and _DECIMAL_COMMA.match(values[row]) else "")
+            raise DataFileError(f"{path}: column {str(c)!r} holds {values[row]!r} in {where}, which is not a number"
+                                f"{hint}; fix that cell, or pass feature_columns= without this column")
+        text_cols.append(str(c))
+    if not blocks:
+        return np.zeros((len(df), 0)), names, text_cols
+    return np.concatenate(blocks, axis=1), names, text_cols
+
+
+def _list_column(values: np.ndarray, column: Any, path: Path) -> np.ndarray:
+    """A column whose cells are equal-length numeric lists/arrays as an ``(N, k)`` array."""
+    rows = []
+    k = None
+    for i, v in enumerate(values):
+        if not isinstance(v, (list, tuple, np.ndarray)):
+            raise DataFileError(f"{path}: column {str(column)!r} holds lists, but row {i + 1} holds {v!r}")
+        try:
+            arr = np.asarray(v, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise DataFileError(f"{path}: column {str(column)!r} row {i + 1} holds a list that is not all numbers") from None
+        if k is None:
+            k = arr.size
+        elif arr.size != k:
+            raise DataFileError(f"{path}: column {str(column)!r} holds lists of length {k}, but row {i + 1} has "
+                                f"{arr.size} elements; every row needs the same length")
+        rows.append(arr)
+    return np.stack(rows) if rows else np.zeros((0, 0))
 
 
 def _sniff_separator(path: Path) -> str:
@@ -287,7 +424,7 @@ def _find_label_column(columns: Any, wanted: str, path: Path) -> str:
     for cand in candidates:
         if cand.lower() in lower:
             return lower[cand.lower()]
-    raise ValueError(
+    raise DataFileError(
         f"{path} has no label column {wanted!r}; columns: {cols[:20]} (pass label_column=..., or "
         "--label-column on the command line)"
     )

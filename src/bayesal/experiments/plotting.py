@@ -55,7 +55,19 @@ def _with_setting(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return df, keys
 
 
-RUN_KEYS = ("dataset", "strategy", "seed", "cycle", "batch_size", "config")
+RUN_KEYS = ("dataset", "data_fingerprint", "strategy", "seed", "cycle", "batch_size", "config")
+
+
+def _distinct_data(df: pd.DataFrame) -> pd.DataFrame:
+    """Runs on different data under one name (a file changed between runs) get the name plus the start
+    of their data fingerprint, so their curves are never pooled."""
+    if "data_fingerprint" not in df.columns or "dataset" not in df.columns:
+        return df
+    n_fp = df.groupby("dataset", dropna=False)["data_fingerprint"].transform("nunique")
+    if not bool((n_fp > 1).any()):
+        return df
+    label = df["dataset"].astype(str) + " [data " + df["data_fingerprint"].astype(str).str[:8] + "]"
+    return df.assign(dataset=df["dataset"].where(n_fp <= 1, label))
 
 
 def _dedupe(df: pd.DataFrame) -> pd.DataFrame:
@@ -66,7 +78,7 @@ def _dedupe(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _group_keys(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    df, extra = _with_setting(_dedupe(df))
+    df, extra = _with_setting(_distinct_data(_dedupe(df)))
     return df, [k for k in ("dataset", "strategy") if k in df.columns] + extra
 
 

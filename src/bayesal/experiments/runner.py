@@ -19,18 +19,22 @@ from bayesal.strategies.base import LabeledSet, QueryStrategy
 from bayesal.utils.rng import derive_generator
 
 from .metrics import decision_flips, evaluate
+from .results import (
+    RESULT_COLUMNS,
+    _read_existing,
+    append_results,
+    check_results_frame,
+    check_results_path,
+    data_fingerprint,
+    read_results,
+)
 
 __all__ = [
     "ALConfig", "RESULT_COLUMNS", "check_run_request", "make_strategy", "run_active_learning", "run_experiment",
     "append_results", "read_results",
 ]
+# (RESULT_COLUMNS, append_results and read_results live in .results; re-exported for existing imports)
 
-#: Columns of a results file written by :func:`run_experiment`, in order.
-RESULT_COLUMNS: tuple[str, ...] = (
-    "strategy", "seed", "cycle", "num_labels", "accuracy", "nll", "brier", "ece", "accuracy_updated",
-    "decision_flips", "query_time_s", "update_time_s", "train_time_s", "dataset", "batch_size", "config",
-)
-RESULT_SUFFIXES = (".parquet", ".csv")
 
 
 @dataclass(frozen=True)
@@ -206,65 +210,10 @@ def run_active_learning(
     return rows
 
 
-def _check_suffix(path: Path) -> None:
-    if path.suffix not in RESULT_SUFFIXES:
-        raise ValueError(f"results file must end in .parquet or .csv, got {path.name}")
-
-
-def _read_existing(path: Path) -> pd.DataFrame | None:
-    """An existing results file (None if absent or empty); ValueError if unreadable."""
-    if not path.exists() or path.stat().st_size == 0:
-        return None
-    return read_results(path)
-
-
-def _check_columns(path: Path, expected: Iterable[str], found: list[str]) -> None:
-    expected = list(expected)
-    if set(expected) != set(found):
-        raise ValueError(
-            f"results file {path} has a different schema; expected columns {expected}, found {found} "
-            f"(the file lacks {sorted(set(expected) - set(found))} and has extra "
-            f"{sorted(set(found) - set(expected))}); write to a new file"
-        )
-
-
-def append_results(rows: Iterable[dict[str, Any]], path: str | Path) -> None:
-    """Append rows to a ``.parquet`` or ``.csv`` results file (Parquet is rewritten atomically).
-
-    Raises ValueError, leaving the file untouched, if an existing file has other columns: appending
-    would put CSV rows under the wrong header or fill Parquet columns with NaN."""
-    path = Path(path)
-    _check_suffix(path)
-    new = pd.DataFrame(list(rows))
-    old = _read_existing(path)
-    if old is not None:
-        _check_columns(path, new.columns, list(old.columns))
-        new = new[list(old.columns)]  # same columns, the file's order
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".csv":
-        new.to_csv(path, mode="a", header=old is None, index=False)
-        return
-    frame = new if old is None else pd.concat([old, new], ignore_index=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)
-
-
-def read_results(path: str | Path) -> pd.DataFrame:
-    """Load a results file written by :func:`append_results`, with a clear error if it is unreadable."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no results file at {path}")
-    try:
-        return pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
-    except Exception as err:  # pyarrow/pandas raise many types for corrupt files
-        raise ValueError(f"could not read results file {path}: {err}") from err
-
-
 def check_run_request(strategies: list[str], out: str | Path | None) -> pd.DataFrame | None:
-    """Check strategy specs and the results file (suffix, readability, columns) without any data, so
-    the CLI can refuse a typo before loading (and maybe featurising) a dataset. Returns the rows
-    already in ``out`` (None if it is absent or empty)."""
+    """Check strategy specs and the results file (suffix, a writable location, readability, columns and
+    types) without any data, so the CLI can refuse a typo or an unwritable ``--out`` before loading (and
+    maybe featurising) a dataset. Returns the rows already in ``out`` (None if it is absent or empty)."""
     if not strategies:
         raise ValueError("need at least one strategy")
     dummy = (torch.zeros(1, 1), torch.zeros(1, dtype=torch.long))
@@ -272,11 +221,10 @@ def check_run_request(strategies: list[str], out: str | Path | None) -> pd.DataF
         make_strategy(s, reference=dummy)
     if out is None:
         return None
-    out = Path(out)
-    _check_suffix(out)
+    out = check_results_path(out)
     old = _read_existing(out)
     if old is not None:
-        _check_columns(out, RESULT_COLUMNS, list(old.columns))
+        check_results_frame(old, out)
     return old
 
 
@@ -294,7 +242,9 @@ def run_experiment(
     Strategies, seeds, the label budget and ``out`` (suffix, readability, columns) are checked before
     any compute, so a typo cannot cost a finished run. A (strategy, seed) already complete in ``out``
     for the same dataset and config is not run again (its rows are returned as they are): rerunning an
-    interrupted command resumes it instead of duplicating rows. ``df.attrs["skipped_runs"]`` counts them.
+    interrupted command resumes it instead of duplicating rows. The dataset is identified by a
+    fingerprint of its content (:func:`~bayesal.experiments.results.data_fingerprint`), so changed data
+    under the same name is run afresh. ``df.attrs["skipped_runs"]`` counts the kept runs.
     """
     from tqdm.auto import tqdm
 
@@ -305,9 +255,10 @@ def run_experiment(
     config.check_budget(len(dataset.train_labels))
     out = None if out is None else Path(out)
     cfg_str = str(asdict(config))
+    fingerprint = data_fingerprint(dataset)
     done: dict[tuple[str, int], pd.DataFrame] = {}
     if old is not None:
-        mine = old[(old["dataset"] == dataset.name) & (old["config"].astype(str) == cfg_str)]
+        mine = old[(old["data_fingerprint"].astype(str) == fingerprint) & (old["config"].astype(str) == cfg_str)]
         for (strat, seed), part in mine.groupby(["strategy", "seed"]):
             if part["cycle"].nunique() == config.cycles + 1:  # complete: every cycle is there
                 done[(str(strat), int(seed))] = part.drop_duplicates("cycle", keep="last")
@@ -329,8 +280,8 @@ def run_experiment(
                 bar.update(1)
 
             rows = run_active_learning(dataset, strat, config, seed, on_cycle=tick)
-            rows = [{**r, "dataset": dataset.name, "batch_size": config.batch_size, "config": cfg_str}
-                    for r in rows]
+            rows = [{**r, "dataset": dataset.name, "data_fingerprint": fingerprint,
+                     "batch_size": config.batch_size, "config": cfg_str} for r in rows]
             if out is not None:
                 append_results(rows, out)
             frames.append(pd.DataFrame(rows))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from bayesal.exceptions import NumericalError
+
 __all__ = ["symmetrize", "safe_cholesky", "spd_inverse", "is_spd"]
 
 
@@ -28,7 +30,7 @@ def safe_cholesky(a: torch.Tensor, jitter: float = 1e-10, max_tries: int = 8) ->
         factor, info = torch.linalg.cholesky_ex(a + (jitter * 10**k) * scale * eye)
         if not bool(torch.any(info != 0)):
             return factor
-    raise torch.linalg.LinAlgError(
+    raise NumericalError(
         f"matrix is not positive definite even with jitter {jitter * 10 ** (max_tries - 1):.1e}"
         " x mean diagonal; check the features for NaN/inf or duplicated columns"
     )

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 
+from bayesal.exceptions import NotFittedError, NumericalError
 from bayesal.utils.rng import RandomState, as_generator
-from bayesal.utils.validation import as_features, as_targets, check_num_classes, infer_num_classes
+from bayesal.utils.validation import (
+    as_features,
+    as_targets,
+    check_dtype,
+    check_num_classes,
+    check_scalar,
+    infer_num_classes,
+)
 
 from .head import HeadConfig, train_head
 from .linalg import safe_cholesky, spd_inverse
@@ -77,8 +84,10 @@ class LastLayerLaplace:
         random_state: RandomState = None,
         chunk_size: int = 8192,
     ) -> None:
-        if not prior_precision > 0 or not math.isfinite(prior_precision):
-            raise ValueError(f"prior_precision must be a positive number, got {prior_precision}")
+        prior_precision = check_scalar(prior_precision, "prior_precision", low=0, low_inclusive=False)
+        lambda_mf = check_scalar(lambda_mf, "lambda_mf", low=0)
+        dtype = check_dtype(dtype)
+        chunk_size = check_scalar(chunk_size, "chunk_size", integer=True, low=1)
         if curvature not in CURVATURES:
             raise ValueError(f"unknown curvature {curvature!r}; choose one of {CURVATURES}")
         if hessian not in HESSIANS:
@@ -170,7 +179,7 @@ class LastLayerLaplace:
     # -------------------------------------------------------------- predictive
     def _check_fitted(self) -> None:
         if not hasattr(self, "mean_"):
-            raise RuntimeError("this LastLayerLaplace is not fitted yet; call fit() first")
+            raise NotFittedError("this LastLayerLaplace is not fitted yet; call fit() first")
 
     def _features(self, features: Any) -> torch.Tensor:
         self._check_fitted()
@@ -398,11 +407,9 @@ class LastLayerLaplace:
         """
         if method not in PREDICTIVES:
             raise ValueError(f"unknown predictive {method!r}; choose one of {PREDICTIVES}")
-        lam = self.lambda_mf if lambda_mf is None else float(lambda_mf)
-        if not lam >= 0 or not math.isfinite(lam):
-            raise ValueError(f"lambda_mf must be a finite number >= 0, got {lambda_mf}")
-        if method == "mc" and n_samples < 1:
-            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        lam = self.lambda_mf if lambda_mf is None else check_scalar(lambda_mf, "lambda_mf", low=0)
+        if method == "mc":
+            n_samples = check_scalar(n_samples, "n_samples", integer=True, low=1)
         x = self._pool(features)
         out = []
         if method == "mean_field":
@@ -427,6 +434,7 @@ class LastLayerLaplace:
     def sample_logits(self, features: Any, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Logit samples ``(K, N, C)`` from the Laplace posterior (for BALD, variation ratio); seeded
         like the Monte Carlo predictive. The logit covariance is computed chunk by chunk."""
+        n_samples = check_scalar(n_samples, "n_samples", integer=True, low=1)
         x = self._features(features)
         scale = logit_scale(self._logit_variance(x))
         return mc_logit_samples(self._logits(x), scale, n_samples, self._mc_generator(generator))
@@ -434,6 +442,7 @@ class LastLayerLaplace:
     def sample_weights(self, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Weight samples ``(K, C, D)`` from ``N(μ, Σ)``."""
         self._check_fitted()
+        n_samples = check_scalar(n_samples, "n_samples", integer=True, low=1)
         c, d = self.num_classes_, self.num_features_
         if self.hessian == "shared":
             eps = torch.randn(n_samples, c, d, generator=generator, dtype=self.dtype).to(self.device)
@@ -499,6 +508,9 @@ class LastLayerLaplace:
         u = self._hessian_factor(x, probs)
         downdate = woodbury_downdate if method == "woodbury" else rank1_downdate
         cov = downdate(self.covariance_, u)
+        if not bool(torch.isfinite(cov.diagonal()).all() and (cov.diagonal() > 0).all()):
+            raise NumericalError("the updated covariance lost positive definiteness; rescale the features "
+                                 "(e.g. standardize them) or refit the posterior")
         step = newton_mean_step_shared if self.hessian == "shared" else newton_mean_step_full
         target.mean_ = step(self.mean_, cov, x, targets, probs, gamma)
         target.covariance_ = cov

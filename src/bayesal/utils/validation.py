@@ -1,13 +1,93 @@
-"""Input checks shared by the public API: every error names the problem and the offending argument."""
+"""Input checks shared by the public API: every error names the problem and the offending argument.
+
+Errors are :class:`~bayesal.exceptions.InvalidInputError` (a ``ValueError``) for a wrong type, shape
+or range, and :class:`~bayesal.exceptions.NumericalError` for features whose scale would overflow the
+covariance or the predictive in the working dtype.
+"""
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["as_features", "as_targets", "check_num_classes", "infer_num_classes"]
+from bayesal.exceptions import InvalidInputError, NumericalError
+
+__all__ = [
+    "as_features", "as_targets", "check_num_classes", "infer_num_classes", "check_scalar", "check_dtype",
+    "max_feature_scale",
+]
+
+FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def check_scalar(
+    value: Any,
+    name: str,
+    *,
+    integer: bool = False,
+    low: float | None = None,
+    high: float | None = None,
+    low_inclusive: bool = True,
+    allow_none: bool = False,
+) -> Any:
+    """``value`` as a Python ``float`` (or ``int`` with ``integer=True``) after checking type and range.
+
+    Accepts Python and NumPy numbers and 0-d tensors; refuses strings, booleans, NaN and infinities
+    (a string ``'1'`` would otherwise fail later in a comparison with a ``TypeError``). Bounds are
+    inclusive unless ``low_inclusive=False``. ``None`` passes through with ``allow_none=True``.
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.ndim == 0:
+        value = value.item()
+    elif isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        kind = "a whole number" if integer else "a number"
+        raise InvalidInputError(f"{name} must be {kind}, got {_describe(value)}")
+    if integer:
+        if not isinstance(value, numbers.Integral):
+            raise InvalidInputError(f"{name} must be a whole number, got {_describe(value)}")
+        out: Any = int(value)
+    else:
+        out = float(value)
+        if not math.isfinite(out):
+            raise InvalidInputError(f"{name} must be a finite number, got {value}")
+    if low is not None and (out < low or (out == low and not low_inclusive)):
+        raise InvalidInputError(f"{name} must be {'>=' if low_inclusive else '>'} {low:g}, got {value}")
+    if high is not None and out > high:
+        raise InvalidInputError(f"{name} must be <= {high:g}, got {value}")
+    return out
+
+
+def check_dtype(dtype: Any, name: str = "dtype") -> torch.dtype:
+    """``torch.float32`` or ``torch.float64`` (also given as ``"float32"``/``"float64"`` or a NumPy
+    float dtype); other types are refused: half precision cannot hold a covariance, integers none."""
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype.replace("torch.", ""), dtype)
+    elif not isinstance(dtype, torch.dtype):
+        try:
+            dtype = {np.dtype("float32"): torch.float32, np.dtype("float64"): torch.float64}.get(np.dtype(dtype), dtype)
+        except TypeError:
+            pass
+    if dtype not in FLOAT_DTYPES:
+        raise InvalidInputError(f"{name} must be torch.float32 or torch.float64, got {dtype!r}")
+    return dtype
+
+
+def max_feature_scale(dtype: torch.dtype) -> float:
+    """Largest ``|x|`` accepted in features of ``dtype``: sums of ``x²`` over up to 10⁸ rows (the
+    precision matrix) stay finite, about 1.3e150 in float64 and 1.8e15 in float32."""
+    return math.sqrt(torch.finfo(dtype).max) * 1e-4
 
 
 def as_features(
@@ -27,30 +107,44 @@ def as_features(
     ``(0, dim)``."""
     if isinstance(x, np.ndarray):
         if not np.issubdtype(x.dtype, np.number):
-            raise ValueError(f"{name} must be numeric, got dtype {x.dtype}")
+            raise InvalidInputError(f"{name} must be numeric, got dtype {x.dtype}")
         x = torch.from_numpy(np.ascontiguousarray(x))
     elif not isinstance(x, torch.Tensor):
         try:
             x = torch.as_tensor(np.asarray(x, dtype=np.float64))
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{name} could not be converted to a numeric array: {err}") from err
+            raise InvalidInputError(f"{name} could not be converted to a numeric array: {err}") from err
     if x.ndim == 1 and dim is not None and x.shape[0] == dim:
         x = x.unsqueeze(0)
     elif x.ndim == 1 and dim is not None and x.shape[0] == 0:
         x = x.reshape(0, dim)
     if x.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (N, D), got shape {tuple(x.shape)}")
+        raise InvalidInputError(f"{name} must be 2-D (N, D), got shape {tuple(x.shape)}")
     if dim is not None and x.shape[1] != dim:
-        raise ValueError(f"{name} have {x.shape[1]} columns but the model expects D={dim}")
+        raise InvalidInputError(f"{name} have {x.shape[1]} columns but the model expects D={dim}")
     if not x.is_floating_point():
         x = x.to(torch.get_default_dtype())
     if dtype is not None or device is not None:
         x = x.to(dtype=dtype or x.dtype, device=device)
-    if check_finite and x.numel() and not bool(torch.isfinite(x).all()):
-        bad = (~torch.isfinite(x)).any(dim=1).nonzero().flatten()
-        raise ValueError(
-            f"{name} contain NaN or inf in {bad.numel()} row(s), first at row {int(bad[0]) + row_offset}"
-        )
+    if check_finite and x.numel():
+        # one pass: a row's max |x| is NaN/inf exactly when the row holds NaN/inf
+        limit = max_feature_scale(x.dtype)
+        row_max = x.abs().amax(dim=1)
+        if bool((row_max <= limit).all()):
+            return x
+        if not bool(torch.isfinite(row_max).all()):
+            bad = (~torch.isfinite(row_max)).nonzero().flatten()
+            raise InvalidInputError(
+                f"{name} contain NaN or inf in {bad.numel()} row(s), first at row {int(bad[0]) + row_offset}"
+            )
+        big = row_max > limit
+        if bool(big.any()):
+            row = int(big.nonzero()[0])
+            raise NumericalError(
+                f"{name} reach |x| = {float(x[row].abs().max()):.3g} in row {row + row_offset}, beyond the "
+                f"{limit:.3g} that {str(x.dtype).replace('torch.', '')} can square and sum without overflow; "
+                "rescale the features (e.g. standardize them)"
+            )
     return x
 
 
@@ -73,7 +167,7 @@ def as_targets(
         if arr.dtype.kind == "u":  # torch supports few unsigned dtypes; class indices fit in int64
             arr = arr.astype(np.int64)
         elif arr.dtype.kind not in "iubf":
-            raise ValueError(f"{name} must be integer class indices or (M, C) soft labels, got dtype {arr.dtype}"
+            raise InvalidInputError(f"{name} must be integer class indices or (M, C) soft labels, got dtype {arr.dtype}"
                              " (map class names to indices first, e.g. with bayesal.data.LabelEncoder)")
         y = torch.as_tensor(arr)
     if y.dtype == torch.bool:
@@ -83,33 +177,34 @@ def as_targets(
     if y.ndim == 1:
         if y.is_floating_point():
             if not bool(torch.isfinite(y).all()) or not bool((y == y.round()).all()):
-                raise ValueError(f"{name} must be integer class indices, got non-integer values")
+                raise InvalidInputError(f"{name} must be integer class indices, got non-integer values")
             y = y.long()
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-            raise ValueError(
+            raise InvalidInputError(
                 f"{name} contain class index {int(y.max()) if int(y.max()) >= num_classes else int(y.min())}"
                 f" outside [0, {num_classes - 1}]"
             )
         out = torch.nn.functional.one_hot(y.long(), num_classes).to(dtype=dtype, device=device)
     elif y.ndim == 2:
         if y.shape[1] != num_classes:
-            raise ValueError(f"soft {name} have {y.shape[1]} columns, expected C={num_classes}")
+            raise InvalidInputError(f"soft {name} have {y.shape[1]} columns, expected C={num_classes}")
         out = y.to(dtype=dtype, device=device)
         if not bool(torch.isfinite(out).all()) or bool((out < 0).any()):
-            raise ValueError(f"soft {name} must be finite and non-negative")
+            raise InvalidInputError(f"soft {name} must be finite and non-negative")
         if not torch.allclose(out.sum(1), torch.ones_like(out[:, 0]), atol=1e-6):
-            raise ValueError(f"soft {name} rows must sum to 1")
+            raise InvalidInputError(f"soft {name} rows must sum to 1")
     else:
-        raise ValueError(f"{name} must be (M,) class indices or (M, C) soft labels, got {tuple(y.shape)}")
+        raise InvalidInputError(f"{name} must be (M,) class indices or (M, C) soft labels, got {tuple(y.shape)}")
     if n is not None and out.shape[0] != n:
-        raise ValueError(f"{name} has {out.shape[0]} entries but features have {n} rows")
+        raise InvalidInputError(f"{name} has {out.shape[0]} entries but features have {n} rows")
     return out
 
 
 def check_num_classes(num_classes: int) -> int:
-    if int(num_classes) < 2:
-        raise ValueError(f"need at least 2 classes, got {num_classes}")
-    return int(num_classes)
+    c = check_scalar(num_classes, "num_classes", integer=True)
+    if c < 2:
+        raise InvalidInputError(f"need at least 2 classes, got num_classes={num_classes}")
+    return c
 
 
 def infer_num_classes(y: Any, *, name: str = "labels") -> int:
@@ -119,7 +214,7 @@ def infer_num_classes(y: Any, *, name: str = "labels") -> int:
     if arr.ndim == 2:
         return int(arr.shape[1])
     if arr.size == 0:
-        raise ValueError(f"{name} are empty; pass num_classes or at least one labeled point")
+        raise InvalidInputError(f"{name} are empty; pass num_classes or at least one labeled point")
     if arr.dtype.kind not in "iuf":
-        raise ValueError(f"{name} must be integer class indices or (M, C) soft labels, got dtype {arr.dtype}")
+        raise InvalidInputError(f"{name} must be integer class indices or (M, C) soft labels, got dtype {arr.dtype}")
     return int(arr.max()) + 1

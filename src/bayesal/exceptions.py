@@ -18,6 +18,8 @@ __all__ = [
     "CorruptStateError",
     "SessionLockedError",
     "StateMismatchError",
+    "SessionNotFoundError",
+    "SessionExistsError",
     "ResultsFileError",
 ]
 
@@ -56,6 +58,14 @@ class SessionLockedError(BayesalError, ValueError):
 
 class StateMismatchError(BayesalError, ValueError):
     """A saved session does not belong to the data or configuration it is resumed with."""
+
+
+class SessionNotFoundError(StorageError, FileNotFoundError):
+    """A directory that should hold a labeling session holds none (no label log, no state file)."""
+
+
+class SessionExistsError(InvalidInputError):
+    """A new labeling session was asked for in a directory that already holds one."""
 
 
 class ResultsFileError(BayesalError, ValueError):

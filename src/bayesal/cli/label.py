@@ -34,7 +34,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from bayesal.data.registry import add_file_options
-from bayesal.exceptions import StorageError
+from bayesal.exceptions import CorruptStateError, InvalidInputError, StorageError
 from bayesal.utils.locations import safe_name
 
 from .arguments import Parser, non_negative_int, positive_float, positive_int, run_guarded
@@ -132,52 +132,48 @@ def _open_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, Any]:
     from bayesal.laplace.head import HeadConfig
 
     if args.drop_damaged and not args.recover:
-        raise ValueError("--drop-damaged only applies with --recover")
+        raise InvalidInputError("--drop-damaged only applies with --recover")
     if args.resume:
         state_dir = Path(args.resume)
         meta = read_session_header(state_dir).get("meta", {})
         name, path = meta.get("dataset"), meta.get("dataset_path")
         if args.dataset and not path and name and args.dataset != name:
-            raise ValueError(f"{state_dir} is a session on dataset {name!r}, not {args.dataset!r}")
+            raise InvalidInputError(f"{state_dir} is a session on dataset {name!r}, not {args.dataset!r}")
         if args.dataset and path and not Path(args.dataset).expanduser().is_file():
-            raise ValueError(f"{state_dir} is a session on the file {path}; --dataset must name that file "
+            raise InvalidInputError(f"{state_dir} is a session on the file {path}; --dataset must name that file "
                              f"(or where it has moved), not {args.dataset!r}")
         if args.dataset:
             source = args.dataset
         elif path:
             source = path
             if not Path(path).is_file():
-                raise ValueError(f"the session in {state_dir} was made from {path}, which no longer exists; "
+                raise InvalidInputError(f"the session in {state_dir} was made from {path}, which no longer exists; "
                                  "pass --dataset with the file's new path")
         elif name:
             source = name
         else:
-            raise ValueError(f"the session in {state_dir} does not record its dataset; pass --dataset")
+            raise InvalidInputError(f"the session in {state_dir} does not record its dataset; pass --dataset")
         # the feature hash in the log's header still guards against a different file's contents
         ds = load_dataset(source, **(meta.get("loader") or {}) if path else {})
-        from bayesal.labeling.storage import CorruptStateError
-
         if args.recover:
             session = Session.recover(state_dir, ds.train_features, items=ds.train_items, strategy=args.strategy,
                                       drop_damaged=args.drop_damaged)
         else:
             try:
                 session = Session.resume(state_dir, ds.train_features, items=ds.train_items, strategy=args.strategy)
-            except CorruptStateError as err:
-                if "--recover" in str(err):  # the message already says how to get out
-                    raise ValueError(str(err)) from err
-                raise ValueError(f"{err} -- run again with --resume {state_dir} --recover to rebuild it") from err
+            except CorruptStateError as err:  # resume names the Python remedy; say the command-line one
+                raise CorruptStateError(f"{err} -- run again with --resume {state_dir} --recover to rebuild it") from err
         verb = "recovered" if args.recover else "resumed"
         print(f"{verb} session in {state_dir}: {session.n_labeled} labels, {len(session.skipped)} skipped", file=out)
         for note in session.recovery_notes:
             print(f"  {note}", file=out)
         return session, ds
     if args.recover:  # (--drop-damaged without --recover is refused above)
-        raise ValueError("--recover needs --resume DIR")
+        raise InvalidInputError("--recover needs --resume DIR")
     if not args.dataset:
-        raise ValueError("pass --dataset NAME (or --resume DIR)")
+        raise InvalidInputError("pass --dataset NAME (or --resume DIR)")
     if args.batch < 1:
-        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+        raise InvalidInputError(f"--batch must be >= 1, got {args.batch}")
     loader = file_loader_kwargs(args)
     ds = load_dataset(args.dataset, **loader)
     # the default name comes from the data (a file's name or a dataset header): never a path of its own
@@ -205,7 +201,7 @@ def label_main(args: argparse.Namespace, stdin: TextIO | None = None, stdout: Te
     inp = stdin if stdin is not None else sys.stdin
     out = stdout if stdout is not None else sys.stdout
     if args.batch < 1:
-        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+        raise InvalidInputError(f"--batch must be >= 1, got {args.batch}")
     session, ds = _open_session(args, out)
     names = session.class_names
     max_labels = args.max_labels if args.max_labels is not None else (20 if args.oracle else None)
@@ -275,7 +271,7 @@ def parse_answer(ans: str, names: list[str]) -> int | str:
         return ans[1:]
     if ans.lstrip("-").isdigit():
         if any(n.lstrip("-").isdigit() and n != str(c) for c, n in enumerate(names)):
-            raise ValueError(f"{ans!r} is not a class name, and the class names are numbers: type a name "
+            raise InvalidInputError(f"{ans!r} is not a class name, and the class names are numbers: type a name "
                              f"({', '.join(names[:10])}{' …' if len(names) > 10 else ''}) or #N for class number N")
         return int(ans)
     return ans  # an unknown name: Session.tell names the known ones
@@ -334,7 +330,7 @@ def _ask(session: Any, idx: int, inp: TextIO, out: TextIO, oracle_ds: Any) -> st
             if ans.split(maxsplit=1)[0] == "fix":
                 parts = ans.split(maxsplit=2)
                 if len(parts) != 3 or not parts[1].lstrip("#").isdigit():
-                    raise ValueError("usage: fix I LABEL (e.g. fix 12 sport) corrects the label of instance #I")
+                    raise InvalidInputError("usage: fix I LABEL (e.g. fix 12 sport) corrects the label of instance #I")
                 target = int(parts[1].lstrip("#"))
                 session.correct(target, parse_answer(parts[2], names))
                 print(f"corrected #{target} to {names[session.labels[target]]!r}", file=out)

@@ -119,10 +119,11 @@ def _base_strategy(name: str, spec: str) -> QueryStrategy:
     """A base strategy by CLI name; unknown names list the specs users type, not internal names."""
     from bayesal import strategies as S
 
+    key = name.replace("-", "_")  # CLI spelling: least-confidence → least_confidence
     try:
-        return S.get_strategy(name.replace("-", "_"))  # CLI spelling: least-confidence → least_confidence
-    except ValueError as err:
-        if "unknown strategy" not in str(err):
+        return S.get_strategy(key)
+    except ValueError:
+        if key in S.STRATEGY_NAMES:  # a known strategy that refused its arguments: that error is the one
             raise
     bases = ", ".join(n.replace("_", "-") for n in S.BASE_STRATEGY_NAMES)
     raise ValueError(

@@ -1,21 +1,67 @@
-"""The bookkeeping of a labeling session: labels, skipped instances and the undoable action history.
+"""The bookkeeping of a labeling session: labels, skipped instances, the undoable action history and
+the bounded cache of the states before each action.
 
 A :class:`LabelBook` knows nothing of posteriors or files: it validates an event against the current
 state (an index in range and not yet labeled, a known class, something to undo, …) and folds it in.
 Actions are ``tell``, ``skip``, ``correct`` and ``retrain``; ``undo`` moves the last action onto the
-redo stack, ``redo`` moves it back, and any new action clears the redo stack. :class:`~bayesal.labeling.session.Session`
-keeps one book and derives the posterior from its history.
+redo stack, ``redo`` moves it back, and any new action clears the redo stack.
+:class:`~bayesal.labeling.session.Session` keeps one book and derives the posterior from its history;
+an :class:`UndoCache` keeps the posteriors before the last few actions so that undo is instant.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
 
-__all__ = ["LabelBook"]
+from bayesal.exceptions import InvalidInputError
+
+__all__ = ["LabelBook", "UndoCache", "is_fit_point"]
+
+T = TypeVar("T")
+
+
+def is_fit_point(action: Mapping[str, Any]) -> bool:
+    """True for an action after which the head is trained from scratch (a retrain, or a tell that
+    triggered the automatic retrain): the posterior there depends on the labels only."""
+    return action["op"] == "retrain" or (action["op"] == "tell" and bool(action.get("retrain")))
+
+
+class UndoCache(Generic[T]):
+    """The states before each action of the history, of which only the last ``size`` are kept.
+
+    Entry ``j`` is the state before action ``j``; older entries are ``None`` (their state is recomputed
+    by replaying the history). States are never modified in place, so keeping them costs no copy.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = max(0, int(size))
+        self._stack: list[T | None] = []
+
+    def push(self, state: T) -> None:
+        """Record ``state`` as the state before a new action (forgetting the oldest beyond ``size``)."""
+        self._stack.append(state)
+        k = len(self._stack) - self.size - 1
+        if k >= 0:
+            self._stack[k] = None
+
+    def peek(self) -> T | None:
+        """The state before the last action (``None`` if it is no longer kept)."""
+        return self._stack[-1] if self._stack else None
+
+    def pop(self) -> T | None:
+        """Forget the last action's entry and return it (``None`` if it was no longer kept)."""
+        return self._stack.pop() if self._stack else None
+
+    def reset(self, n_actions: int) -> None:
+        """``n_actions`` entries, none kept (after a resume: every undo replays)."""
+        self._stack = [None] * n_actions
+
+    def __len__(self) -> int:
+        return len(self._stack)
 
 
 class LabelBook:
@@ -36,11 +82,11 @@ class LabelBook:
             if isinstance(index, torch.Tensor) and index.numel() == 1 and not index.is_floating_point():
                 index = int(index)
             else:
-                raise ValueError(f"index must be an integer pool position, got {index!r}")
+                raise InvalidInputError(f"index must be an integer pool position, got {index!r}")
         index = int(index)
         n = self.n_items
         if not 0 <= index < n:
-            raise ValueError(f"index {index} is out of range for a pool of {n} instances [0, {n - 1}]")
+            raise InvalidInputError(f"index {index} is out of range for a pool of {n} instances [0, {n - 1}]")
         return index
 
     def check_label(self, label: Any) -> int:
@@ -48,51 +94,52 @@ class LabelBook:
         if isinstance(label, str):
             if label in self.name_to_class:
                 return self.name_to_class[label]
-            raise ValueError(f"unknown class {label!r}; known classes: {', '.join(self.names)}")
+            raise InvalidInputError(f"unknown class {label!r}; known classes: {', '.join(self.names)}")
         if isinstance(label, (bool, np.bool_)):
-            raise ValueError(f"label must be a class name or class index, got {label!r}")
+            raise InvalidInputError(f"label must be a class name or class index, got {label!r}")
         if isinstance(label, torch.Tensor) and label.numel() == 1 and not label.is_floating_point():
             label = int(label)
         if isinstance(label, (int, np.integer)):
             c = int(label)
             if not 0 <= c < len(self.names):
-                raise ValueError(f"class index {c} is out of range [0, {len(self.names) - 1}]")
+                raise InvalidInputError(f"class index {c} is out of range [0, {len(self.names) - 1}]")
             return c
-        raise ValueError(f"label must be a class name or class index, got {label!r}")
+        raise InvalidInputError(f"label must be a class name or class index, got {label!r}")
 
     def validate(self, ev: Mapping[str, Any]) -> None:
-        """Raise ``ValueError`` if ``ev`` cannot be applied to the current bookkeeping."""
+        """Raise :class:`~bayesal.exceptions.InvalidInputError` if ``ev`` cannot be applied to the current
+        bookkeeping."""
         op = ev.get("op")
         if op in ("tell", "skip", "correct"):
             i = self.check_index(ev.get("index"))
             if op == "tell":
                 self.check_label(int(ev["label"]))
                 if i in self.labels:
-                    raise ValueError(
+                    raise InvalidInputError(
                         f"index {i} is already labeled as {self.names[self.labels[i]]!r}; use correct() to change it"
                     )
             elif op == "skip":
                 if i in self.labels:
-                    raise ValueError(f"index {i} is already labeled as {self.names[self.labels[i]]!r}; cannot skip it")
+                    raise InvalidInputError(f"index {i} is already labeled as {self.names[self.labels[i]]!r}; cannot skip it")
                 if i in self.skipped:
-                    raise ValueError(f"index {i} is already skipped")
+                    raise InvalidInputError(f"index {i} is already skipped")
             else:
                 self.check_label(int(ev["label"]))
                 if i not in self.labels:
-                    raise ValueError(f"index {i} is not labeled yet; use tell()")
+                    raise InvalidInputError(f"index {i} is not labeled yet; use tell()")
                 if int(ev["old"]) != self.labels[i]:
-                    raise ValueError(f"correction of index {i} expects old label {ev['old']}, found {self.labels[i]}")
+                    raise InvalidInputError(f"correction of index {i} expects old label {ev['old']}, found {self.labels[i]}")
         elif op == "retrain":
             if len(set(self.labels.values())) < 2:
-                raise ValueError("retraining needs labels of at least 2 different classes")
+                raise InvalidInputError("retraining needs labels of at least 2 different classes")
         elif op == "undo":
             if not self.history:
-                raise ValueError("nothing to undo")
+                raise InvalidInputError("nothing to undo")
         elif op == "redo":
             if not self.redo:
-                raise ValueError("nothing to redo")
+                raise InvalidInputError("nothing to redo")
         else:
-            raise ValueError(f"unknown event {op!r}")
+            raise InvalidInputError(f"unknown event {op!r}")
 
     def apply(self, action: Mapping[str, Any]) -> None:
         op = action["op"]
@@ -125,13 +172,22 @@ class LabelBook:
         if action["op"] in ("tell", "correct"):
             labels[int(action["index"])] = int(action["label"])
 
+    def tells_since_fit(self) -> int:
+        """Tells in the history after its last fit point (all of them if there is none)."""
+        since = 0
+        for action in reversed(self.history):
+            if is_fit_point(action):
+                break
+            since += action["op"] == "tell"
+        return since
+
     def labels_after(self, action: Mapping[str, Any]) -> dict[int, int]:
         labels = dict(self.labels)
         self.set_label(labels, action)
         return labels
 
     def fold(self, ev: Mapping[str, Any]) -> None:
-        """Validate ``ev`` and apply it (an action, an undo or a redo); raises ``ValueError`` if invalid."""
+        """Validate ``ev`` and apply it (an action, an undo or a redo); raises ``InvalidInputError`` if invalid."""
         self.validate(ev)
         op = ev["op"]
         if op == "undo":

@@ -1,6 +1,6 @@
-"""Crash-safe files for the labeling session: atomic snapshots and an append-only label log.
+"""File formats of a labeling session directory: the atomic snapshot and the append-only label log.
 
-Two kinds of files live in a session's ``state_dir``:
+Two files live in a session's ``state_dir``:
 
 * a **snapshot** (:func:`save_snapshot` / :func:`load_snapshot`): one file holding everything needed to
   resume quickly (posterior tensors included). It is replaced atomically — written to a temporary file
@@ -13,6 +13,9 @@ Two kinds of files live in a session's ``state_dir``:
   can only cut a line's end) and are ignored; :meth:`LabelLog.open` truncates them away before new
   lines are appended. A complete line with a bad checksum is damage (disk or manual editing), never a
   crash, and is reported.
+
+This module knows bytes and lines only; which events the lines hold and what a session does with them
+live in :mod:`bayesal.labeling.store` and :mod:`bayesal.labeling.recovery`.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any
 
 import torch
 
-from bayesal.exceptions import CorruptStateError, SessionLockedError
+from bayesal.exceptions import CorruptStateError, InvalidInputError, SessionLockedError, StorageError
 from bayesal.utils.atomic import atomic_write_bytes, fsync_dir
 
 try:  # POSIX advisory lock: one writer per log
@@ -38,6 +41,9 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
+    "FORMAT_VERSION",
+    "LOG_NAME",
+    "STATE_NAME",
     "fsync_dir",
     "atomic_write_bytes",
     "save_snapshot",
@@ -53,8 +59,12 @@ __all__ = [
 ]
 
 SNAPSHOT_MAGIC = b"BAYESAL-SNAPSHOT v1\n"
-
-
+#: Version of the header and snapshot layout (sessions of this version resume).
+FORMAT_VERSION = 1
+#: The label log: the source of truth (header line, then one line per event).
+LOG_NAME = "labels.jsonl"
+#: The snapshot: a cache of the events plus the posterior, for fast resume.
+STATE_NAME = "session.state"
 
 
 def save_snapshot(path: str | os.PathLike[str], state: dict[str, Any], *, fsync: bool = True) -> None:
@@ -96,7 +106,7 @@ def encode_record(record: dict[str, Any]) -> bytes:
     """One log line ``b"<crc32 of json, 8 hex> <compact json>\\n"``."""
     body = json.dumps(record, separators=(",", ":"), sort_keys=True, allow_nan=False)
     if "\n" in body:
-        raise ValueError("log records must not contain newlines")
+        raise InvalidInputError("a label log record must not contain a newline; it would split into two lines")
     data = body.encode()
     return b"%08x %s\n" % (zlib.crc32(data) & 0xFFFFFFFF, data)
 
@@ -250,7 +260,7 @@ class LabelLog(_OwnsFd):
     def append(self, record: dict[str, Any]) -> None:
         """Write one line with a single ``os.write`` and fsync it (unless ``fsync=False``)."""
         if self._fd is None:
-            raise ValueError(f"label log {self.path} is closed")
+            raise StorageError(f"the label log {self.path} is closed; reopen the session to write to it")
         data = encode_record(record)
         written = os.write(self._fd, data)
         while written < len(data):  # pragma: no cover - short writes on regular files are rare

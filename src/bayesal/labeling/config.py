@@ -1,0 +1,127 @@
+"""The saved configuration of a labeling session: the header line of its label log.
+
+The header records what a session needs to be rebuilt from its events: the pool (shape and a hash of
+the features), the class names, the seed, the strategy, the posterior and head settings, the update
+step ``gamma``, ``retrain_every`` and ``candidate_size``. :func:`new_header` validates the settings
+and builds it; :func:`check_features` tells whether a pool is the one a saved header was made for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bayesal.exceptions import InvalidInputError, StateMismatchError
+from bayesal.laplace.head import HeadConfig
+from bayesal.laplace.posterior import LastLayerLaplace
+
+from .storage import FORMAT_VERSION
+
+__all__ = ["POSTERIOR_KEYS", "feature_hash", "check_class_names", "new_header", "check_features"]
+
+#: Keyword arguments of :class:`LastLayerLaplace` a session saves.
+POSTERIOR_KEYS = ("prior_precision", "curvature", "hessian", "lambda_mf")
+
+
+def feature_hash(features: torch.Tensor) -> str:
+    """BLAKE2b digest of the pool features ``(N, D)`` as float64 (independent of the input dtype)."""
+    arr = np.ascontiguousarray(features.detach().cpu().to(torch.float64).numpy())
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr(arr.shape).encode())
+    h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()
+
+
+def check_class_names(class_names: Sequence[str] | int) -> list[str]:
+    """The class names as strings (``"0" … "C-1"`` for an integer ``C``); at least 2, unique."""
+    if isinstance(class_names, (int, np.integer)) and not isinstance(class_names, bool):
+        names = [str(c) for c in range(int(class_names))]
+    else:
+        names = [str(c) for c in class_names]
+    if len(names) < 2:
+        raise InvalidInputError(f"need at least 2 classes, got {len(names)}")
+    if len(set(names)) != len(names):
+        raise InvalidInputError(f"class names must be unique, got {names}")
+    return names
+
+
+def new_header(
+    x: torch.Tensor,
+    class_names: Sequence[str] | int,
+    *,
+    strategy: dict[str, Any],
+    posterior_config: Mapping[str, Any] | None,
+    head_config: HeadConfig | None,
+    gamma: float | None,
+    retrain_every: int | None,
+    candidate_size: int | None,
+    random_state: int | None,
+    meta: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """Validate the settings of a new session over the pool ``x`` ``(N, D)`` and build its header.
+
+    ``strategy`` is the strategy's saved description (``name``, ``kwargs``, ``object``); ``gamma`` of
+    ``None`` is the posterior's default. A
+    ``random_state`` of ``None`` draws a seed; it is saved either way. Raises
+    :class:`~bayesal.exceptions.InvalidInputError` naming the first bad setting.
+    """
+    names = check_class_names(class_names)
+    if retrain_every is not None and (isinstance(retrain_every, bool) or not isinstance(retrain_every, int)
+                                      or retrain_every < 1):
+        raise InvalidInputError(f"retrain_every must be a positive integer or None, got {retrain_every!r}")
+    if candidate_size is not None and (isinstance(candidate_size, bool) or not isinstance(candidate_size, int)
+                                       or candidate_size < 1):
+        raise InvalidInputError(f"candidate_size must be a positive integer or None, got {candidate_size!r}")
+    pcfg = dict(posterior_config or {})
+    unknown = set(pcfg) - set(POSTERIOR_KEYS)
+    if unknown:
+        raise InvalidInputError(f"unknown posterior_config keys {sorted(unknown)}; allowed: {POSTERIOR_KEYS}")
+    # validates the values; the posterior owns γ's default
+    gamma = LastLayerLaplace(**pcfg, **({} if gamma is None else {"gamma": gamma})).gamma
+    if random_state is None:
+        random_state = int.from_bytes(os.urandom(4), "little")
+    if isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)):
+        raise InvalidInputError(f"random_state must be an int or None, got {random_state!r}")
+    return {
+        "op": "header",
+        "seq": 0,
+        "format": FORMAT_VERSION,
+        "session_id": uuid.uuid4().hex,
+        "created": round(time.time(), 3),
+        "num_items": int(x.shape[0]),
+        "num_features": int(x.shape[1]),
+        "feature_hash": feature_hash(x),
+        "class_names": names,
+        "seed": int(random_state),
+        "strategy": strategy,
+        "posterior": pcfg,
+        "head": asdict(head_config or HeadConfig()),
+        "gamma": float(gamma),
+        "retrain_every": retrain_every,
+        "candidate_size": candidate_size,
+        "meta": dict(meta or {}),
+    }
+
+
+def check_features(header: Mapping[str, Any], x: torch.Tensor, state_dir: Path) -> None:
+    """Raise :class:`~bayesal.exceptions.StateMismatchError` unless ``x`` is the pool ``header`` was
+    made for (same shape and feature hash)."""
+    shape = (header["num_items"], header["num_features"])
+    if tuple(x.shape) != shape:
+        raise StateMismatchError(
+            f"the session in {state_dir} was created for pool features of shape {shape}, got {tuple(x.shape)}"
+        )
+    if feature_hash(x) != header["feature_hash"]:
+        raise StateMismatchError(
+            f"the pool features do not match the session in {state_dir}: feature hash mismatch "
+            "(different data, order or preprocessing)"
+        )

@@ -1,4 +1,4 @@
-"""Command-line interface: ``bayesal run | plot | label | datasets | demo``."""
+"""Command-line interface: ``bayesal run | plot | label | labelstudio | datasets | demo``."""
 
 from __future__ import annotations
 
@@ -178,6 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser("label", help="label instances in the terminal, one at a time, with instant updates")
         add_label_arguments(p)
         p.set_defaults(func=label_main)
+    try:
+        from .labelstudio import add_labelstudio_arguments, labelstudio_main
+    except ImportError:  # the Label Studio backend is optional at import time
+        pass
+    else:
+        p = sub.add_parser("labelstudio", help="run bayesal as a Label Studio ML backend (active learning)")
+        add_labelstudio_arguments(p)
+        p.set_defaults(func=labelstudio_main)
     for p in sub.choices.values():
         add_debug_option(p)
     return ap

@@ -1,0 +1,57 @@
+"""``bayesal labelstudio``: run bayesal as a Label Studio ML backend."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["add_labelstudio_arguments", "labelstudio_main"]
+
+
+def add_labelstudio_arguments(p: argparse.ArgumentParser) -> None:
+    from bayesal.labelstudio.project import SCORE_STRATEGIES
+
+    from .arguments import non_negative_float, positive_float, positive_int
+
+    p.add_argument("--state-dir", required=True,
+                   help="folder for the backend's state (one sub-folder per Label Studio project)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=positive_int, default=9090, help="port (default 9090)")
+    p.add_argument("--strategy", default="margin", choices=SCORE_STRATEGIES,
+                   help="utility reported as each prediction's score (default margin)")
+    p.add_argument("--gamma", type=non_negative_float, default=10.0, help="update step size γ (default 10)")
+    p.add_argument("--prior-precision", type=positive_float, default=1.0, help="prior precision λ₀ (default 1)")
+    p.add_argument("--seed", type=int, default=None, help="seed of head refits (default: drawn, saved)")
+    p.add_argument("--files-root", default=None,
+                   help="Label Studio's local-files root (LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT), for image tasks")
+    p.add_argument("--upload-root", default=None,
+                   help="<Label Studio data dir>/media/upload, for images uploaded to Label Studio")
+    p.add_argument("--basic-auth", default=None, metavar="USER:PASSWORD",
+                   help="require HTTP Basic authentication (needed with a --host other than loopback)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default 1)")
+
+
+def labelstudio_main(args: argparse.Namespace) -> int:
+    from bayesal.labelstudio import BackendSettings, run
+
+    auth = None
+    if args.basic_auth is not None:
+        user, sep, password = args.basic_auth.partition(":")
+        if not sep or not user or not password:
+            print("bayesal: error: --basic-auth must be USER:PASSWORD", file=sys.stderr)
+            return 2
+        auth = (user, password)
+    files_root = args.files_root or None
+    if files_root is None:
+        import os
+
+        files_root = os.environ.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT") or None
+    settings = BackendSettings(
+        strategy=args.strategy, gamma=args.gamma, prior_precision=args.prior_precision, seed=args.seed,
+        files_root=files_root, upload_root=args.upload_root,
+    )
+    print(f"bayesal Label Studio backend on http://{args.host}:{args.port} (state in {args.state_dir}); "
+          f"connect it in Label Studio: Project → Settings → Model → Connect Model", file=sys.stderr)
+    run(args.state_dir, host=args.host, port=args.port, settings=settings, basic_auth=auth, log_level=args.log_level)
+    return 0

@@ -1,0 +1,314 @@
+"""What the ML backend does for each Label Studio call, independent of HTTP.
+
+:class:`LabelStudioBackend` keeps one :class:`~.project.ProjectModel` per Label Studio project, in
+``<state_dir>/project-<id>-<created>``; ``<id>.<created>`` is the project uid Label Studio sends
+(project id and creation time), so a new Label Studio instance that reuses project id 1 gets a fresh
+folder. It turns Label Studio's bodies into model calls:
+
+* ``setup(project, schema)`` — parse the labeling config, open the project, return the model version;
+* ``predict(tasks, project, label_config)`` — one prediction per task: the most probable class as the
+  ``<Choices>`` result and the strategy's utility as ``score``;
+* ``webhook(payload)`` — ``ANNOTATION_CREATED`` / ``ANNOTATIONS_CREATED`` / ``ANNOTATION_UPDATED``
+  apply the Bayesian update, ``ANNOTATIONS_DELETED`` / ``TASKS_DELETED`` remove annotations,
+  ``PROJECT_UPDATED`` records a changed labeling config, ``START_TRAINING`` refits the head; other
+  actions are acknowledged and ignored;
+* ``train(annotations, project, label_config)`` — the older ``/train`` call with every annotated
+  task: bring the annotations in line with Label Studio's, then refit.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from bayesal.data.backbones import Backbone
+from bayesal.exceptions import InvalidInputError
+
+from .config import ChoicesConfig, parse_label_config
+from .features import FeatureStore, TaskFeaturizer, default_backbone
+from .project import FEATURES_NAME, ProjectModel
+
+__all__ = ["LabelStudioBackend", "BackendSettings", "annotation_labels", "ANNOTATION_ACTIONS"]
+
+ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED")
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    """Model settings shared by all projects (see :class:`~.project.ProjectModel`) and where local
+    image files may be read from (see :class:`~.features.TaskFeaturizer`)."""
+
+    strategy: str = "margin"
+    gamma: float = 10.0
+    prior_precision: float = 1.0
+    seed: int | None = None
+    files_root: str | None = None
+    upload_root: str | None = None
+    fsync: bool = True
+
+
+def _project_uid(project: Any) -> tuple[int, str]:
+    """``(id, uid)`` from a ``/setup``/``/predict`` project string ``"<id>.<created unix time>"``, a bare id,
+    or a webhook's project object (``id`` and ISO ``created_at``)."""
+    if isinstance(project, Mapping):
+        pid = project.get("id")
+        created = project.get("created_at")
+        if not isinstance(pid, int):
+            raise InvalidInputError("the webhook's project has no integer id; is this a Label Studio webhook?")
+        if isinstance(created, str) and created:
+            try:
+                ts = int(datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp())
+            except ValueError as err:
+                raise InvalidInputError(f"project {pid}: cannot read created_at {created!r}") from err
+            return pid, f"{pid}.{ts}"
+        return pid, str(pid)
+    text = str(project)
+    head, _, tail = text.partition(".")
+    if not head.isdigit() or (tail and not tail.isdigit()):
+        raise InvalidInputError(f"project {project!r} is not a Label Studio project id ('<id>' or '<id>.<created>')")
+    return int(head), text
+
+
+def annotation_labels(annotation: Mapping[str, Any], config: ChoicesConfig) -> list[str] | None:
+    """The class names an annotation chose in the config's ``<Choices>``; None if it chose none (a
+    skipped/cancelled annotation, or one that labels other controls only)."""
+    if annotation.get("was_cancelled"):
+        return None
+    chosen: list[str] = []
+    for item in annotation.get("result") or []:
+        if not isinstance(item, Mapping) or item.get("from_name") != config.from_name:
+            continue
+        value = item.get("value")
+        choices = value.get("choices") if isinstance(value, Mapping) else None
+        if isinstance(choices, list):
+            chosen.extend(str(c) for c in choices)
+    return chosen or None
+
+
+class _Project:
+    """A project's model and featurizer."""
+
+    def __init__(self, model: ProjectModel, featurizer: TaskFeaturizer) -> None:
+        self.model = model
+        self.featurizer = featurizer
+
+
+class LabelStudioBackend:
+    """The ML backend's state: projects under ``state_dir``, each with its model and feature cache.
+
+    ``backbones`` maps an item kind (``"text"``, ``"image"``) to the backbone to use; by default the
+    backbones of bayesal's data sets (:func:`~.features.default_backbone`).
+    """
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str],
+        settings: BackendSettings | None = None,
+        backbones: Mapping[str, Backbone] | None = None,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.settings = settings or BackendSettings()
+        self._backbones = dict(backbones or {})
+        self._projects: dict[str, _Project] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ projects
+    def backbone(self, kind: str) -> Backbone:
+        if kind not in self._backbones:
+            self._backbones[kind] = default_backbone(kind)
+        return self._backbones[kind]
+
+    def _folder(self, uid: str) -> Path:
+        return self.state_dir / f"project-{uid.replace('.', '-')}"
+
+    def _known_uid(self, pid: int, uid: str) -> str:
+        """``uid``, or for a bare id the one project folder with that id."""
+        if "." in uid:
+            return uid
+        matches = sorted({u for u in self._projects if u.split(".")[0] == str(pid)}
+                         | {p.name[len("project-"):].replace("-", ".", 1) for p in self.state_dir.glob(f"project-{pid}-*")})
+        return matches[0] if len(matches) == 1 else uid
+
+    def project(self, project: Any, label_config: str | None = None) -> _Project:
+        """The project (opened on first use); ``label_config`` (XML) is recorded if given."""
+        pid, uid = _project_uid(project)
+        config = parse_label_config(label_config) if label_config else None
+        with self._lock:
+            uid = self._known_uid(pid, uid)
+            proj = self._projects.get(uid)
+            if proj is None:
+                folder = self._folder(uid)
+                if config is None and not (folder / "annotations.log").exists():
+                    raise InvalidInputError(
+                        f"Label Studio project {pid} is not set up with this backend yet and the request carries no "
+                        "labeling config; connect the backend in the project's Model settings"
+                    )
+                proj = self._open(folder, config)
+                self._projects[uid] = proj
+        if config is not None and proj.model.set_config(config):
+            proj.featurizer = self._featurizer(proj.model, config)
+        return proj
+
+    def _open(self, folder: Path, config: ChoicesConfig | None) -> _Project:
+        kind = config.kind if config is not None else None
+        if kind is None:  # a known folder: its logged config says which backbone
+            from bayesal.labeling.storage import read_log
+
+            records = read_log(folder / "annotations.log").records
+            configs = [r["config"] for r in records if r.get("op") == "config"]
+            if not configs:
+                raise InvalidInputError(f"project folder {folder} holds no labeling config; connect the backend again")
+            kind = ChoicesConfig.from_dict(configs[-1]).kind
+        bb = self.backbone(kind)
+        s = self.settings
+        model = ProjectModel(folder, int(bb.dim or 0), strategy=s.strategy, gamma=s.gamma,
+                             prior_precision=s.prior_precision, seed=s.seed, fsync=s.fsync)
+        if config is not None:
+            model.set_config(config)
+        cfg = model.config
+        if cfg is None:  # pragma: no cover - set above or read from the log
+            raise InvalidInputError(f"project folder {folder} holds no labeling config")
+        return _Project(model, self._featurizer(model, cfg))
+
+    def _featurizer(self, model: ProjectModel, config: ChoicesConfig) -> TaskFeaturizer:
+        bb = self.backbone(config.kind)
+        store = FeatureStore(model.state_dir / FEATURES_NAME, model.dim, bb.config())
+        return TaskFeaturizer(config, bb, files_root=self.settings.files_root,
+                              upload_root=self.settings.upload_root, store=store)
+
+    def warm_up(self, kind: str) -> threading.Thread:
+        """Load the backbone for ``kind`` in a background thread (Label Studio's setup call times out
+        after 3 s; loading a model can take longer)."""
+        bb = self.backbone(kind)
+        t = threading.Thread(target=lambda: getattr(bb, "model", None), name="bayesal-backbone", daemon=True)
+        t.start()
+        return t
+
+    def close(self) -> None:
+        with self._lock:
+            projects, self._projects = list(self._projects.values()), {}
+        for p in projects:
+            p.model.close()
+
+    # ------------------------------------------------------------------ calls
+    def setup(self, project: Any, schema: str) -> str:
+        """``/setup``: record the labeling config; the current model version."""
+        if not schema:
+            raise InvalidInputError("setup needs the project's labeling config (schema)")
+        proj = self.project(project, schema)
+        self.warm_up(proj.featurizer.config.kind)
+        return proj.model.model_version
+
+    def predict(self, tasks: Sequence[Mapping[str, Any]], project: Any, label_config: str | None) -> tuple[list[dict[str, Any]], str]:
+        """``/predict``: one prediction per task and the model version."""
+        proj = self.project(project, label_config)
+        cfg = proj.featurizer.config
+        if not tasks:
+            return [], proj.model.model_version
+        feats = proj.featurizer.encode(tasks)
+        probs, utility = proj.model.predict(feats)
+        version = proj.model.model_version
+        results = []
+        for p, u in zip(probs, utility):
+            top = int(p.argmax())
+            results.append({
+                "result": [{
+                    "from_name": cfg.from_name, "to_name": cfg.to_name, "type": "choices",
+                    "value": {"choices": [cfg.classes[top]]}, "score": round(float(p[top]), 6),
+                }],
+                "score": round(float(u), 6),
+                "model_version": version,
+            })
+        return results, version
+
+    def versions(self, project: Any = None) -> list[str]:
+        """Model version of ``project``, or of every open project when None."""
+        if project is not None:
+            return [self.project(project).model.model_version]
+        with self._lock:
+            return sorted(p.model.model_version for p in self._projects.values())
+
+    def webhook(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """``/webhook``: apply one Label Studio event; a summary of what changed."""
+        action = payload.get("action")
+        handlers: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
+            "ANNOTATION_CREATED": self._on_annotations,
+            "ANNOTATIONS_CREATED": self._on_annotations,
+            "ANNOTATION_UPDATED": self._on_annotations,
+            "ANNOTATIONS_DELETED": self._on_annotations_deleted,
+            "TASKS_DELETED": self._on_tasks_deleted,
+            "PROJECT_UPDATED": self._on_project_updated,
+            "START_TRAINING": self._on_start_training,
+        }
+        handler = handlers.get(str(action))
+        if handler is None or not isinstance(payload.get("project"), Mapping):
+            return {"action": action, "status": "ignored"}
+        return {"action": action, **handler(payload)}
+
+    def _webhook_project(self, payload: Mapping[str, Any]) -> _Project:
+        project = payload["project"]
+        return self.project(project, project.get("label_config") or None)
+
+    def _on_annotations(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        proj = self._webhook_project(payload)
+        anns, tasks = payload.get("annotation"), payload.get("task")
+        anns = anns if isinstance(anns, list) else [anns]
+        tasks = tasks if isinstance(tasks, list) else [tasks]
+        by_id = {t.get("id"): t for t in tasks if isinstance(t, Mapping)}
+        changed = 0
+        for ann in anns:
+            if not isinstance(ann, Mapping) or not isinstance(ann.get("id"), int):
+                raise InvalidInputError("a webhook annotation has no integer id; is this a Label Studio webhook?")
+            changed += self._sync_annotation(proj, ann, by_id.get(ann.get("task")))
+        return {"status": "ok", "changed": changed, "model_version": proj.model.model_version}
+
+    def _sync_annotation(self, proj: _Project, ann: Mapping[str, Any], task: Mapping[str, Any] | None) -> int:
+        labels = annotation_labels(ann, proj.featurizer.config)
+        if labels is None:
+            return int(proj.model.delete(ann["id"]))
+        if task is None:
+            raise InvalidInputError(f"annotation {ann['id']}: the webhook carries no task {ann.get('task')} to read the item from")
+        feature = proj.featurizer.encode([task])[0]
+        return int(proj.model.annotate(ann["id"], task["id"], labels, feature))
+
+    def _on_annotations_deleted(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        proj = self._webhook_project(payload)
+        ids = [a.get("id") for a in payload.get("annotations") or [] if isinstance(a, Mapping)]
+        changed = sum(proj.model.delete(i) for i in ids if isinstance(i, int))
+        return {"status": "ok", "changed": changed, "model_version": proj.model.model_version}
+
+    def _on_tasks_deleted(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        proj = self._webhook_project(payload)
+        gone = {t.get("id") for t in payload.get("tasks") or [] if isinstance(t, Mapping)}
+        changed = sum(proj.model.delete(a) for a in proj.model.annotations_of_tasks(gone))
+        return {"status": "ok", "changed": changed, "model_version": proj.model.model_version}
+
+    def _on_project_updated(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        proj = self._webhook_project(payload)
+        return {"status": "ok", "model_version": proj.model.model_version}
+
+    def _on_start_training(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        proj = self._webhook_project(payload)
+        proj.model.train()
+        return {"status": "ok", "model_version": proj.model.model_version}
+
+    def train(self, annotated_tasks: Sequence[Mapping[str, Any]], project: Any, label_config: str | None) -> str:
+        """``/train``: make the annotations match ``annotated_tasks`` (Label Studio's export of every
+        task with annotations), then refit the head. Returns the model version."""
+        proj = self.project(project, label_config)
+        live: set[int] = set()
+        for task in annotated_tasks:
+            for ann in task.get("annotations") or []:
+                if isinstance(ann, Mapping) and isinstance(ann.get("id"), int):
+                    live.add(ann["id"])
+                    self._sync_annotation(proj, ann, task)
+        for stale in set(proj.model.annotation_ids()) - live:
+            proj.model.delete(stale)
+        proj.model.train()
+        return proj.model.model_version

@@ -1,0 +1,403 @@
+"""One Label Studio project's model: the annotations it has seen and the Laplace posterior they give.
+
+Label Studio owns the tasks and annotations; the backend keeps what it needs to answer ``/predict``
+without asking Label Studio anything: for every annotation its task id, its label(s) and the task's
+features. Everything is *event sourced*:
+
+* ``annotations.log`` (a :class:`~bayesal.labeling.storage.LabelLog`: fsync-ed, checksummed JSON
+  lines) holds a header and one line per event — ``config`` (the labeling config: class names),
+  ``annotation`` (created or changed; with the features, so the log alone rebuilds the model),
+  ``delete`` and ``train``. A webhook is acknowledged only after its line is on disk.
+* The model is a deterministic function of the log. The *timeline* is the list of live annotations in
+  the order they were first created (a changed annotation keeps its place, a deleted one leaves it),
+  with the ``train`` markers between them. The posterior is its fold: start from the zero-mean prior
+  ``N(0, λ₀⁻¹ I)``; each annotation is one closed-form Bayesian update (SPEC §4, ``γ = gamma``); a
+  ``train`` marker refits the head from scratch on the annotations before it (seeded by the project
+  seed and the marker's position) and rebuilds the Laplace covariance.
+* A new annotation is the fold's next step, so it costs one ``O(D² + CD)`` update. A changed or
+  deleted annotation, a changed label set or a train marker changes the middle of the timeline: the
+  posterior is folded again from the start (lazily, at the next prediction).
+* ``posterior.state`` is a snapshot of the posterior after a given event, written in the background
+  (coalesced): on restart the log is replayed and, where the snapshot matches, the fold resumes from it
+  instead of from the prior. The snapshot is only a cache; a lost or stale one costs time, never labels.
+
+The model version (Label Studio's ``model_version``) is ``bayesal-<log id>-<events>``: it changes
+with every event that changes the model, so Label Studio asks again for predictions after each one.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bayesal.exceptions import CorruptStateError, InvalidInputError, StateMismatchError
+from bayesal.labeling.recovery import SnapshotWriter
+from bayesal.labeling.storage import DirectoryLock, LabelLog, load_snapshot, read_log
+from bayesal.laplace.posterior import LastLayerLaplace
+from bayesal.strategies import get_strategy
+from bayesal.strategies.score import ScoreStrategy
+from bayesal.utils.rng import derive_generator, derive_seed
+
+from .config import ChoicesConfig
+
+__all__ = ["ProjectModel", "Observation", "SCORE_STRATEGIES", "LOG_NAME", "SNAPSHOT_NAME", "FEATURES_NAME"]
+
+LOG_NAME = "annotations.log"
+SNAPSHOT_NAME = "posterior.state"
+FEATURES_NAME = "features.bin"
+FORMAT = 1
+#: Strategies whose utility is a per-task score (what a prediction's ``score`` can carry).
+SCORE_STRATEGIES = ("margin", "entropy", "least_confidence", "bald", "variation_ratio")
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One annotation: its id, task id, chosen class names and the task's features ``(D,)``."""
+
+    annotation: int
+    task: int
+    labels: tuple[str, ...]
+    feature: np.ndarray
+
+    def same_as(self, other: Observation) -> bool:
+        return (
+            self.task == other.task
+            and self.labels == other.labels
+            and np.array_equal(self.feature, other.feature)
+        )
+
+
+def _encode_feature(x: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(x, dtype="<f4").tobytes()).decode("ascii")
+
+
+def _decode_feature(s: str, dim: int) -> np.ndarray:
+    x = np.frombuffer(base64.b64decode(s.encode("ascii")), dtype="<f4")
+    if x.shape[0] != dim:
+        raise ValueError(f"a stored feature has {x.shape[0]} values, expected {dim}")
+    return x.astype(np.float32)
+
+
+class ProjectModel:
+    """The posterior of one Label Studio project, folded from its annotation log (see the module doc).
+
+    Parameters
+    ----------
+    state_dir:
+        Directory of this project (created). Holds the log, the snapshot and the feature cache.
+    dim:
+        Feature dimension D of the backbone.
+    strategy:
+        Name of a per-task score strategy (:data:`SCORE_STRATEGIES`); its utility is the prediction score.
+    gamma, prior_precision, curvature:
+        The Bayesian update's step size and the posterior's prior precision and curvature.
+    seed:
+        Seed of head refits (saved in the header when the project is created; None draws one).
+    fsync:
+        fsync log lines and snapshots (off only in tests and benchmarks).
+    snapshot_interval:
+        Minimum seconds between two background snapshots.
+    """
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str],
+        dim: int,
+        *,
+        strategy: str = "margin",
+        gamma: float = 10.0,
+        prior_precision: float = 1.0,
+        curvature: str = "gaussian",
+        seed: int | None = None,
+        fsync: bool = True,
+        snapshot_interval: float = 1.0,
+    ) -> None:
+        if strategy not in SCORE_STRATEGIES:
+            raise InvalidInputError(
+                f"strategy {strategy!r} gives no per-task score for Label Studio; choose one of {SCORE_STRATEGIES}"
+            )
+        if not (np.isfinite(gamma) and gamma >= 0):
+            raise InvalidInputError(f"gamma must be a finite number >= 0, got {gamma!r}")
+        self.state_dir = Path(state_dir)
+        self.dim = int(dim)
+        self.strategy_name = strategy
+        self._strategy = get_strategy(strategy)
+        if not isinstance(self._strategy, ScoreStrategy):  # pragma: no cover - guarded by SCORE_STRATEGIES
+            raise InvalidInputError(f"strategy {strategy!r} has no per-task score")
+        self.gamma = float(gamma)
+        self._pcfg = {"prior_precision": float(prior_precision), "curvature": curvature}
+        LastLayerLaplace(**self._pcfg)  # validates
+        self._fsync = fsync
+        self._lock = threading.RLock()
+        self._config: ChoicesConfig | None = None
+        self._obs: dict[int, Observation] = {}
+        self._timeline: list[int | str] = []  # annotation ids and train markers "train:<seq>"
+        self._post: LastLayerLaplace | None = None  # None: must be folded again
+        self._seq = 0
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._dir_lock = DirectoryLock(self.state_dir)
+        try:
+            self._open(seed)
+        except BaseException:
+            self._dir_lock.release()
+            raise
+        self._writer = SnapshotWriter(self.state_dir / SNAPSHOT_NAME, fsync=fsync, min_interval=snapshot_interval)
+
+    # ------------------------------------------------------------------ files
+    def _open(self, seed: int | None) -> None:
+        path = self.state_dir / LOG_NAME
+        if not path.exists():
+            seed = int.from_bytes(os.urandom(4), "little") if seed is None else int(seed)
+            self._header = {
+                "op": "header", "seq": 0, "format": FORMAT, "log_id": uuid.uuid4().hex[:8],
+                "created": round(time.time(), 3), "dim": self.dim, "seed": seed,
+            }
+            self._log = LabelLog.create(path, self._header, fsync=self._fsync)
+            return
+        res = read_log(path)
+        if res.bad_lines:
+            raise CorruptStateError(
+                f"annotation log {path} is damaged at line {res.bad_lines[0]} (checksum mismatch); move it away "
+                "to start this project's model afresh, then re-send the annotations (e.g. Label Studio's Start Training)"
+            )
+        if not res.records or res.records[0].get("op") != "header" or res.records[0].get("format") != FORMAT:
+            raise CorruptStateError(f"annotation log {path} has no bayesal header; is {self.state_dir} a project folder?")
+        self._header = res.records[0]
+        if int(self._header["dim"]) != self.dim:
+            raise StateMismatchError(
+                f"project folder {self.state_dir} holds {self._header['dim']}-d features but the backbone gives "
+                f"{self.dim}-d; use another --state-dir or the backbone it was made with"
+            )
+        snap = self._load_snapshot()
+        start = snap[0] if snap else 0
+        if start == 0:
+            self._post = None
+        for rec in res.records[1:]:
+            try:
+                self._apply(rec)
+            except (KeyError, TypeError, ValueError) as err:
+                raise CorruptStateError(f"annotation log {path}: event {rec.get('seq')} is malformed ({err})") from err
+            if snap and rec["seq"] == start:
+                self._post = snap[1] if self._config is not None and snap[1].num_classes_ == len(self._config.classes) else None
+        self._log = LabelLog.open(path, res.valid_bytes, fsync=self._fsync)
+
+    def _fingerprint(self) -> dict[str, Any]:
+        return {"log_id": self._header["log_id"], "gamma": self.gamma, **self._pcfg}
+
+    def _load_snapshot(self) -> tuple[int, LastLayerLaplace] | None:
+        """``(seq, posterior)`` of a snapshot made by this log with these settings, else None."""
+        try:
+            state = load_snapshot(self.state_dir / SNAPSHOT_NAME)
+            if state.get("fingerprint") != self._fingerprint():
+                return None
+            return int(state["seq"]), LastLayerLaplace.from_state_dict(state["posterior"])
+        except (FileNotFoundError, CorruptStateError, ValueError, KeyError, TypeError):
+            return None  # a cache: folding the log gives the same posterior
+
+    def _submit_snapshot(self) -> None:
+        if self._post is not None:
+            self._writer.submit(
+                {"seq": self._seq, "fingerprint": self._fingerprint(), "posterior": self._post.state_dict()}
+            )
+
+    def close(self) -> None:
+        """Write the final snapshot and release the files."""
+        with self._lock:
+            if getattr(self, "_log", None) is None:
+                return
+            try:
+                if self._config is not None and self._obs:
+                    self.posterior()
+                    self._submit_snapshot()
+                self._writer.close()
+            finally:
+                self._log.close()
+                self._log = None  # type: ignore[assignment]
+                self._dir_lock.release()
+
+    # ------------------------------------------------------------------ events
+    def _append(self, record: dict[str, Any]) -> None:
+        record = {**record, "seq": self._seq + 1}
+        self._log.append(record)  # on disk before the model changes
+        self._apply(record)
+        self._submit_snapshot()
+
+    def _apply(self, rec: dict[str, Any]) -> None:
+        """Apply one logged event to the timeline, and to the posterior where it is the fold's next step."""
+        op = rec["op"]
+        if op == "config":
+            new = ChoicesConfig.from_dict(rec["config"])
+            if self._config is None or new.classes != self._config.classes:
+                self._post = None
+            self._config = new
+        elif op == "annotation":
+            obs = Observation(
+                int(rec["id"]), int(rec["task"]), tuple(str(x) for x in rec["labels"]), _decode_feature(rec["feature"], self.dim)
+            )
+            if obs.annotation in self._obs:  # changed: same place in the timeline, refold
+                self._post = None
+            else:
+                self._timeline.append(obs.annotation)
+                if self._post is not None:
+                    self._post = self._step(self._post, obs)
+            self._obs[obs.annotation] = obs
+        elif op == "delete":
+            self._obs.pop(int(rec["id"]))
+            self._timeline.remove(int(rec["id"]))
+            self._post = None
+        elif op == "train":
+            self._timeline.append(f"train:{rec['seq']}")
+            self._post = None
+        else:
+            raise ValueError(f"unknown event {op!r}")
+        self._seq = int(rec["seq"])
+
+    # ------------------------------------------------------------------ the fold
+    def _current_config(self) -> ChoicesConfig:
+        if self._config is None:
+            raise InvalidInputError(
+                f"the Label Studio project in {self.state_dir} has no labeling config yet; connect the backend "
+                "to the project (Label Studio then calls /setup) first"
+            )
+        return self._config
+
+    def _target(self, obs: Observation) -> torch.Tensor | None:
+        """Soft label ``(C,)`` (mass split over the chosen classes) or None if none is a current class."""
+        config = self._current_config()
+        idx = [i for i in (config.class_index(n) for n in obs.labels) if i is not None]
+        if not idx:
+            return None
+        y = torch.zeros(len(config.classes), dtype=torch.float64)
+        y[idx] = 1.0 / len(idx)
+        return y
+
+    def _step(self, post: LastLayerLaplace, obs: Observation) -> LastLayerLaplace:
+        y = self._target(obs)
+        if y is None:
+            return post
+        x = torch.from_numpy(obs.feature).to(torch.float64).unsqueeze(0)
+        return post.update(x, y.unsqueeze(0), gamma=self.gamma)
+
+    def _prior(self) -> LastLayerLaplace:
+        c = len(self._current_config().classes)
+        return LastLayerLaplace(**self._pcfg).fit(
+            torch.zeros(0, self.dim, dtype=torch.float64), torch.zeros(0, dtype=torch.long),
+            weight=torch.zeros(c, self.dim, dtype=torch.float64), num_classes=c,
+        )
+
+    def _fit(self, seen: list[Observation], marker: str) -> LastLayerLaplace:
+        targets = [self._target(o) for o in seen]
+        keep = [(o, t) for o, t in zip(seen, targets) if t is not None]
+        if not keep:
+            return self._prior()
+        x = torch.from_numpy(np.stack([o.feature for o, _ in keep])).to(torch.float64)
+        y = torch.stack([t for _, t in keep])
+        seed = derive_seed(int(self._header["seed"]), "labelstudio-train", int(marker.split(":")[1]))
+        post = LastLayerLaplace(**self._pcfg, random_state=seed)
+        return post.fit(x, y, num_classes=len(self._current_config().classes))
+
+    def posterior(self) -> LastLayerLaplace:
+        """The current posterior (folded from the timeline if an event invalidated it)."""
+        with self._lock:
+            self._current_config()
+            if self._post is None:
+                post = self._prior()
+                seen: list[Observation] = []
+                for item in self._timeline:
+                    if isinstance(item, str):
+                        post = self._fit(seen, item)
+                    else:
+                        obs = self._obs[item]
+                        post = self._step(post, obs)
+                        seen.append(obs)
+                self._post = post
+            return self._post
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def config(self) -> ChoicesConfig | None:
+        return self._config
+
+    @property
+    def model_version(self) -> str:
+        return f"bayesal-{self._header['log_id']}-{self._seq}"
+
+    @property
+    def n_annotations(self) -> int:
+        return len(self._obs)
+
+    def labeled_tasks(self) -> dict[int, tuple[str, ...]]:
+        """``task id → labels`` of the live annotations (the latest annotation of a task wins)."""
+        with self._lock:
+            return {self._obs[a].task: self._obs[a].labels for a in self._timeline if isinstance(a, int)}
+
+    def annotation_ids(self) -> list[int]:
+        """Ids of the live annotations, in timeline order."""
+        with self._lock:
+            return [a for a in self._timeline if isinstance(a, int)]
+
+    def annotations_of_tasks(self, tasks: set[Any]) -> list[int]:
+        """Ids of the live annotations of the given task ids."""
+        with self._lock:
+            return [a for a, o in self._obs.items() if o.task in tasks]
+
+    def set_config(self, config: ChoicesConfig) -> bool:
+        """Record the project's labeling config; True if it changed (a new class list refolds)."""
+        with self._lock:
+            if config == self._config:
+                return False
+            self._append({"op": "config", "config": config.to_dict()})
+            return True
+
+    def annotate(self, annotation: int, task: int, labels: Sequence[str], feature: np.ndarray) -> bool:
+        """Add or change an annotation; True if the model changed (a repeated webhook changes nothing)."""
+        with self._lock:
+            feat = np.ascontiguousarray(feature, dtype=np.float32).reshape(-1)
+            if feat.shape[0] != self.dim or not np.isfinite(feat).all():
+                raise InvalidInputError(f"annotation {annotation}: features must be {self.dim} finite numbers")
+            obs = Observation(int(annotation), int(task), tuple(str(x) for x in labels), feat)
+            old = self._obs.get(obs.annotation)
+            if old is not None and old.same_as(obs):
+                return False
+            self._append({
+                "op": "annotation", "id": obs.annotation, "task": obs.task,
+                "labels": list(obs.labels), "feature": _encode_feature(feat),
+            })
+            return True
+
+    def delete(self, annotation: int) -> bool:
+        """Forget an annotation; True if it was known."""
+        with self._lock:
+            if int(annotation) not in self._obs:
+                return False
+            self._append({"op": "delete", "id": int(annotation)})
+            return True
+
+    def train(self) -> None:
+        """Refit the head from scratch on all annotations (a ``train`` marker) and rebuild the posterior."""
+        with self._lock:
+            self._append({"op": "train"})
+            self.posterior()
+            self._submit_snapshot()
+
+    def predict(self, features: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predictive probabilities ``(N, C)`` and the strategy's utility ``(N,)`` of ``features (N, D)``."""
+        with self._lock:
+            post = self.posterior()
+            x = torch.as_tensor(np.asarray(features, dtype=np.float64))
+            if x.ndim != 2 or x.shape[1] != self.dim:
+                raise InvalidInputError(f"features must have shape (N, {self.dim}), got {tuple(x.shape)}")
+            probs = post.predict_proba(x)
+            gen = derive_generator(int(self._header["seed"]), "labelstudio-score", self._seq)
+            utility = self._strategy.scores(post, x, gen)
+            return probs, utility

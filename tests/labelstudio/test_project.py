@@ -1,0 +1,254 @@
+"""The project model's event fold: incremental updates, changes, deletions, refits and restarts all
+give the posterior of the chained Bayesian updates over the live annotations in creation order."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bayesal.exceptions import InvalidInputError, StateMismatchError
+from bayesal.labelstudio.config import parse_label_config
+from bayesal.labelstudio.project import SNAPSHOT_NAME, ProjectModel
+
+D, GAMMA = 6, 10.0
+CONFIG = parse_label_config('<View><Text name="t" value="$text"/><Choices name="c" toName="t">'
+                            '<Choice value="a"/><Choice value="b"/><Choice value="c"/></Choices></View>')
+POOL = np.random.default_rng(0).normal(size=(8, D)).astype(np.float32)
+
+
+def dense_chain(observed: list[tuple[int, str]], classes=("a", "b", "c")) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, covariance)`` of chained one-point updates from N(0, I), by explicit inverses."""
+    prec = torch.eye(D, dtype=torch.float64)
+    mu = torch.zeros(len(classes), D, dtype=torch.float64)
+    for task, label in observed:
+        phi = torch.as_tensor(POOL[task], dtype=torch.float64)
+        y = torch.zeros(len(classes), dtype=torch.float64)
+        y[classes.index(label)] = 1
+        p = torch.softmax(mu @ phi, 0)
+        prec = prec + torch.outer(phi, phi)
+        mu = mu + GAMMA * torch.outer(y - p, torch.linalg.inv(prec) @ phi)
+    return mu, torch.linalg.inv(prec)
+
+
+def state(model: ProjectModel) -> tuple[torch.Tensor, torch.Tensor]:
+    s = model.posterior().state_dict()
+    return s["mean"], s["covariance"]
+
+
+def open_model(path, **kw) -> ProjectModel:
+    kw.setdefault("fsync", False)
+    kw.setdefault("seed", 0)
+    model = ProjectModel(path, D, gamma=GAMMA, **kw)
+    model.set_config(CONFIG)
+    return model
+
+
+ops = st.lists(
+    st.tuples(st.sampled_from(["create", "update", "delete"]), st.integers(0, 7), st.sampled_from("abc")),
+    min_size=1, max_size=14,
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops)
+def test_any_event_sequence_gives_the_chain_over_the_live_annotations(events):
+    with tempfile.TemporaryDirectory() as tmp:
+        model = open_model(Path(tmp) / "p")
+        live: dict[int, tuple[int, str]] = {}  # annotation id -> (task, label), in creation order
+        next_id = 1
+        for op, k, label in events:
+            if op == "create" or not live:
+                model.annotate(next_id, k, [label], POOL[k])
+                live[next_id] = (k, label)
+                next_id += 1
+            elif op == "update":
+                aid = list(live)[k % len(live)]
+                model.annotate(aid, live[aid][0], [label], POOL[live[aid][0]])
+                live[aid] = (live[aid][0], label)
+            else:
+                aid = list(live)[k % len(live)]
+                assert model.delete(aid)
+                del live[aid]
+            mean, cov = state(model)
+            ref_mean, ref_cov = dense_chain(list(live.values()))
+            torch.testing.assert_close(mean, ref_mean, atol=1e-9, rtol=1e-7)
+            torch.testing.assert_close(cov, ref_cov, atol=1e-9, rtol=1e-7)
+        version = model.model_version
+        model.close()
+        # the log alone (no snapshot) gives the same model
+        (Path(tmp) / "p" / SNAPSHOT_NAME).unlink(missing_ok=True)
+        again = open_model(Path(tmp) / "p")
+        assert again.model_version == version
+        torch.testing.assert_close(state(again)[0], dense_chain(list(live.values()))[0], atol=1e-9, rtol=1e-7)
+        again.close()
+
+
+def test_a_stale_snapshot_resumes_and_replays_the_rest(tmp_path):
+    model = open_model(tmp_path / "p", snapshot_interval=0.0)
+    for i in range(4):
+        model.annotate(i, i, ["abc"[i % 3]], POOL[i])
+    model.close()
+    stale = tmp_path / "stale.state"
+    shutil.copy(tmp_path / "p" / SNAPSHOT_NAME, stale)  # the posterior after 4 annotations
+    model = open_model(tmp_path / "p")
+    model.annotate(10, 5, ["c"], POOL[5])  # an update after the snapshot: resumed incrementally
+    model.annotate(11, 6, ["a"], POOL[6])
+    model.delete(2)  # a deletion after it: refolded
+    model.annotate(12, 7, ["b"], POOL[7])
+    expected = state(model)
+    model.close()
+    shutil.copy(stale, tmp_path / "p" / SNAPSHOT_NAME)
+    again = open_model(tmp_path / "p")
+    torch.testing.assert_close(state(again), expected)
+    ref = dense_chain([(0, "a"), (1, "b"), (3, "a"), (5, "c"), (6, "a"), (7, "b")])
+    torch.testing.assert_close(state(again), ref, atol=1e-9, rtol=1e-7)
+    again.close()
+
+
+def test_a_snapshot_from_other_settings_is_not_used(tmp_path):
+    model = open_model(tmp_path / "p")
+    model.annotate(1, 0, ["a"], POOL[0])
+    model.close()
+    other = ProjectModel(tmp_path / "p", D, gamma=1.0, fsync=False)  # γ changed: refold with γ = 1
+    mean = other.posterior().state_dict()["mean"]
+    phi = torch.as_tensor(POOL[0], dtype=torch.float64)
+    sigma = torch.linalg.inv(torch.eye(D, dtype=torch.float64) + torch.outer(phi, phi))
+    expected = torch.outer(torch.tensor([2 / 3, -1 / 3, -1 / 3], dtype=torch.float64), sigma @ phi)
+    torch.testing.assert_close(mean, expected, atol=1e-9, rtol=1e-7)
+    other.close()
+
+
+@pytest.mark.slow
+def test_train_refits_and_later_annotations_update_the_refit(tmp_path):
+    from bayesal.laplace.posterior import LastLayerLaplace
+
+    model = open_model(tmp_path / "p")
+    for i, lab in enumerate("abcab"):
+        model.annotate(i, i, [lab], POOL[i])
+    model.train()
+    fitted = model.posterior().state_dict()
+    probs, _ = model.predict(POOL[:5])
+    assert probs.argmax(1).tolist() == [0, 1, 2, 0, 1]  # the refit head reproduces its labels
+    model.annotate(9, 6, ["c"], POOL[6])
+    expected = LastLayerLaplace.from_state_dict(fitted).update(
+        torch.as_tensor(POOL[6:7], dtype=torch.float64), torch.tensor([2]), gamma=GAMMA
+    ).state_dict()
+    torch.testing.assert_close(state(model), (expected["mean"], expected["covariance"]))
+    model.close()
+    os.remove(tmp_path / "p" / SNAPSHOT_NAME)
+    again = open_model(tmp_path / "p")  # the refit is redone from the log, with the same seed
+    torch.testing.assert_close(state(again), (expected["mean"], expected["covariance"]))
+    again.close()
+
+
+def test_labels_of_removed_classes_are_ignored_until_they_return(tmp_path):
+    model = open_model(tmp_path / "p")
+    model.annotate(1, 0, ["a"], POOL[0])
+    model.annotate(2, 1, ["c"], POOL[1])
+    two = parse_label_config('<View><Text name="t" value="$text"/><Choices name="c" toName="t">'
+                             '<Choice value="a"/><Choice value="b"/></Choices></View>')
+    assert model.set_config(two)
+    torch.testing.assert_close(state(model), dense_chain([(0, "a")], classes=("a", "b")), atol=1e-9, rtol=1e-7)
+    assert model.set_config(CONFIG)
+    torch.testing.assert_close(state(model), dense_chain([(0, "a"), (1, "c")]), atol=1e-9, rtol=1e-7)
+    assert not model.set_config(CONFIG)
+    model.close()
+
+
+def test_multi_choice_annotations_are_soft_labels(tmp_path):
+    model = open_model(tmp_path / "p")
+    model.annotate(1, 0, ["a", "c"], POOL[0])
+    phi = torch.as_tensor(POOL[0], dtype=torch.float64)
+    sigma = torch.linalg.inv(torch.eye(D, dtype=torch.float64) + torch.outer(phi, phi))
+    y = torch.tensor([0.5, 0.0, 0.5], dtype=torch.float64)
+    torch.testing.assert_close(state(model)[0], GAMMA * torch.outer(y - 1 / 3, sigma @ phi), atol=1e-9, rtol=1e-7)
+    model.close()
+
+
+def test_bad_input_is_refused_and_nothing_is_lost(tmp_path):
+    model = open_model(tmp_path / "p")
+    model.annotate(1, 0, ["a"], POOL[0])
+    with pytest.raises(InvalidInputError):
+        model.annotate(2, 1, ["b"], np.full(D, np.nan))
+    with pytest.raises(InvalidInputError):
+        model.annotate(2, 1, ["b"], np.zeros(D + 1))
+    with pytest.raises(InvalidInputError, match="per-task score"):
+        ProjectModel(tmp_path / "q", D, strategy="badge")
+    assert model.annotation_ids() == [1]
+    model.close()
+    with pytest.raises(StateMismatchError, match="6-d"):
+        ProjectModel(tmp_path / "p", D + 2)
+    again = open_model(tmp_path / "p")
+    assert again.annotation_ids() == [1] and again.labeled_tasks() == {0: ("a",)}
+    again.close()
+
+
+def test_one_backend_per_project_folder(tmp_path):
+    from bayesal.exceptions import SessionLockedError
+
+    model = open_model(tmp_path / "p")
+    with pytest.raises(SessionLockedError):
+        ProjectModel(tmp_path / "p", D)
+    model.close()
+
+
+@pytest.mark.slow
+def test_sigkill_loses_no_acknowledged_annotation(tmp_path, recorded, harness):
+    """The real CLI server, killed with SIGKILL after acknowledging webhooks, restarts with the same model."""
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("sentence_transformers")
+    port = harness.free_port()
+    cmd = [sys.executable, "-m", "bayesal", "labelstudio", "--state-dir", str(tmp_path / "state"),
+           "--port", str(port), "--seed", "0", "--log-level", "warning"]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2] / "src"))
+
+    def start() -> subprocess.Popen:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    return proc
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        proc.kill()
+        raise RuntimeError(proc.stderr.read().decode() if proc.stderr else "no output")
+
+    url = f"http://127.0.0.1:{port}"
+    pbody = recorded("text_predict_post")
+    proc = start()
+    try:
+        assert httpx.post(url + "/setup", json=recorded("text_setup_post"), timeout=60).status_code == 200
+        for k, label in enumerate(["sport", "business", "tech"]):
+            body = recorded("text_webhook_annotation_created")
+            body["annotation"].update(id=10 + k, task=pbody["tasks"][k]["id"])
+            body["annotation"]["result"][0]["value"]["choices"] = [label]
+            body["task"] = pbody["tasks"][k]
+            assert httpx.post(url + "/webhook", json=body, timeout=120).status_code == 201
+        assert httpx.post(url + "/webhook", json=dict(recorded("text_webhook_annotations_deleted"),
+                                                      annotations=[{"id": 11}]), timeout=60).json()["changed"] == 1
+        before = httpx.post(url + "/predict", json=pbody, timeout=120).json()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    proc = start()
+    try:
+        after = httpx.post(url + "/predict", json=pbody, timeout=120).json()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert after["model_version"] == before["model_version"]
+    np.testing.assert_allclose([r["score"] for r in after["results"]], [r["score"] for r in before["results"]], atol=1e-6)

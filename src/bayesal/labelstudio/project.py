@@ -188,7 +188,7 @@ class ProjectModel:
             except (KeyError, TypeError, ValueError) as err:
                 raise CorruptStateError(f"annotation log {path}: event {rec.get('seq')} is malformed ({err})") from err
             if snap and rec["seq"] == start:
-                self._post = snap[1] if self._config is not None and snap[1].num_classes_ == len(self._config.classes) else None
+                self._post = snap[1] if self._config is not None and snap[1].num_classes == len(self._config.classes) else None
         self._log = LabelLog.open(path, res.valid_bytes, fsync=self._fsync)
 
     def _fingerprint(self) -> dict[str, Any]:

@@ -41,8 +41,8 @@ import numpy as np
 import torch
 
 from bayesal.exceptions import CorruptStateError, InvalidInputError, StateMismatchError
-from bayesal.labeling.recovery import SnapshotWriter
 from bayesal.labeling.storage import DirectoryLock, LabelLog, load_snapshot, read_log
+from bayesal.labeling.store import SnapshotWriter
 from bayesal.laplace.posterior import LastLayerLaplace
 from bayesal.strategies import get_strategy
 from bayesal.strategies.score import ScoreStrategy

@@ -23,7 +23,7 @@ import time
 import torch
 
 from bayesal import HeadConfig, LastLayerLaplace
-from bayesal.strategies import BADGE, ExpectedLogLossReduction, LabeledSet, MarginSampling, Sequential
+from bayesal.strategies import BADGE, ExpectedLogLossReduction, LabeledSet, MarginSampling, is_oracle, make_strategy
 
 
 def make_pool(n: int, d: int, c: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,8 +65,11 @@ def main(argv: list[str] | None = None) -> None:
 
     gen = lambda: torch.Generator().manual_seed(args.seed)  # noqa: E731
     topb, topb_s = timed(lambda: MarginSampling().query(post, pool, labeled, args.b, gen()))
-    seq = Sequential(MarginSampling(), update_with=args.update_with)
-    seq_res, seq_s = timed(lambda: seq.query(post, pool, labeled, args.b, gen(), candidate_labels=pool_y))
+    seq = make_strategy(f"seq-margin@{args.update_with}")
+    if is_oracle(seq):
+        seq_res, seq_s = timed(lambda: seq.query_with_labels(post, pool, labeled, args.b, gen(), pool_y))
+    else:
+        seq_res, seq_s = timed(lambda: seq.query(post, pool, labeled, args.b, gen()))
     badge_res, badge_s = timed(lambda: BADGE().query(post, pool, labeled, args.b, gen()))
     overlap = len(set(seq_res.indices.tolist()) & set(topb.indices.tolist()))
     print(f"topb-margin: {topb_s:.2f} s")

@@ -21,6 +21,7 @@ __all__ = [
     "SessionNotFoundError",
     "SessionExistsError",
     "ResultsFileError",
+    "StrategyError",
 ]
 
 
@@ -70,3 +71,7 @@ class SessionExistsError(InvalidInputError):
 
 class ResultsFileError(BayesalError, ValueError):
     """An experiment results file has the wrong format, columns or content."""
+
+
+class StrategyError(BayesalError, RuntimeError):
+    """A query strategy returned an invalid batch (wrong size, repeated or out-of-range indices)."""

@@ -8,7 +8,7 @@ import pytest
 
 from bayesal.cli.commands import main
 from bayesal.experiments import runner as loop
-from bayesal.experiments.runner import make_strategy
+from bayesal.strategies import OracleStrategy, QueryStrategy, make_strategy
 
 
 def test_run_then_plot_end_to_end(tmp_path):
@@ -48,8 +48,8 @@ def test_cli_errors_are_clear(tmp_path, capsys):
 def test_strategy_specs(spec):
     import torch
 
-    s = make_strategy(spec, reference=(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long)))
-    assert hasattr(s, "query")
+    s = make_strategy(spec, held_out=(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long)))
+    assert isinstance(s, OracleStrategy if spec == "seq-margin" else QueryStrategy)
 
 
 def test_cli_rejects_bad_arguments_before_compute(tmp_path, capsys, monkeypatch):

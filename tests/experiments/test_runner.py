@@ -11,13 +11,12 @@ from bayesal.experiments.runner import (
     RESULT_COLUMNS,
     ALConfig,
     append_results,
-    make_strategy,
     read_results,
     run_active_learning,
     run_experiment,
 )
 from bayesal.laplace.head import HeadConfig
-from bayesal.strategies import RandomSampling
+from bayesal.strategies import RandomSampling, make_strategy
 from bayesal.strategies.base import QueryResult, QueryStrategy
 
 
@@ -26,7 +25,7 @@ class FirstK(QueryStrategy):
 
     name = "firstk"
 
-    def query(self, posterior, candidates, labeled, batch_size, generator, candidate_labels=None):
+    def query(self, posterior, candidates, labeled, batch_size, generator):
         return QueryResult(torch.arange(batch_size), torch.zeros(batch_size))
 
 
@@ -107,17 +106,17 @@ class Recorder(QueryStrategy):
     def __init__(self, inner: QueryStrategy) -> None:
         self.inner, self.name, self.calls = inner, f"rec-{inner.name}", []
 
-    def query(self, posterior, candidates, labeled, batch_size, generator, candidate_labels=None):
+    def query(self, posterior, candidates, labeled, batch_size, generator):
         self.calls.append((candidates.clone(), labeled.features.clone()))
-        return self.inner.query(posterior, candidates, labeled, batch_size, generator, candidate_labels)
+        return self.inner.query(posterior, candidates, labeled, batch_size, generator)
 
 
 class NoisyFirstK(FirstK):
     """Picks like FirstK but draws from its generator, as randomised strategies do."""
 
-    def query(self, posterior, candidates, labeled, batch_size, generator, candidate_labels=None):
+    def query(self, posterior, candidates, labeled, batch_size, generator):
         torch.rand(1000, generator=generator)
-        return super().query(posterior, candidates, labeled, batch_size, generator, candidate_labels)
+        return super().query(posterior, candidates, labeled, batch_size, generator)
 
 
 def test_strategies_with_one_seed_are_paired(digits):

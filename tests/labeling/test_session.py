@@ -35,7 +35,7 @@ class TinyMargin(QueryStrategy):
 
     name = "tiny_margin"
 
-    def query(self, posterior, candidates, labeled, batch_size, generator, candidate_labels=None):
+    def query(self, posterior, candidates, labeled, batch_size, generator):
         p = posterior.predict_proba(candidates).topk(2, dim=1).values
         util = p[:, 1] - p[:, 0]
         order = torch.argsort(util, descending=True, stable=True)[:batch_size]

@@ -1,13 +1,15 @@
-"""How a Session builds and runs its strategy: the posterior's γ drives selection too."""
+"""How a Session builds and runs its strategy: the registry's specs, deployable only, with the posterior's γ."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
+from bayesal.exceptions import InvalidInputError
 from bayesal.labeling.session import Session
 from bayesal.laplace.head import HeadConfig
-from bayesal.strategies import LabeledSet, MarginSampling, Sequential
+from bayesal.strategies import LabeledSet, MarginSampling, OracleSequential, Sequential
 
 
 def _pool(n=120, d=5, c=3, seed=0):
@@ -38,3 +40,43 @@ def test_sequential_session_selects_with_the_session_gamma():
     picks = s.query(6)
     assert picks == _expected_picks(s, x, 6, gamma=1.0)
     assert picks != _expected_picks(s, x, 6, gamma=10.0)  # the test can tell the two step sizes apart
+
+
+def test_sequential_session_defaults_to_a_deployable_mode():
+    """'sequential' alone used to mean oracle labels and failed at the first query after the cold start."""
+    x, y = _pool()
+    s = Session(x, 3, strategy="sequential", candidate_size=None, random_state=1, head_config=HeadConfig(epochs=5))
+    for i in range(6):
+        s.tell(i, int(y[i]))
+    assert not s.cold_start
+    picks = s.query(3)
+    assert len(set(picks)) == 3 and not set(picks) & set(s.labels)
+    # the default is the soft-label ('expected') update, the same picks as naming it
+    t = Session(x, 3, strategy="seq-margin@expected", candidate_size=None, random_state=1,
+                head_config=HeadConfig(epochs=5))
+    for i in range(6):
+        t.tell(i, int(y[i]))
+    assert t.query(3) == picks
+
+
+@pytest.mark.parametrize("strategy", ["seq-margin", "seq-badge@oracle", "oracle-lookahead", "oracle_sequential"])
+def test_oracle_strategies_are_refused_at_construction(strategy):
+    x, _ = _pool()
+    with pytest.raises(InvalidInputError, match="true labels"):
+        Session(x, 3, strategy=strategy)
+
+
+def test_oracle_strategy_object_is_refused():
+    x, _ = _pool()
+    with pytest.raises(InvalidInputError, match="true labels"):
+        Session(x, 3, strategy=OracleSequential(MarginSampling()))
+
+
+def test_every_spec_of_the_registry_is_understood():
+    x, y = _pool()
+    for spec in ("random", "margin", "least-confidence", "seq-entropy@most_likely", "lookahead"):
+        s = Session(x, 3, strategy=spec, candidate_size=40, random_state=2, head_config=HeadConfig(epochs=5))
+        for i in range(6):
+            s.tell(i, int(y[i]))
+        picks = s.query(2)
+        assert len(set(picks)) == 2 and not set(picks) & set(s.labels), spec

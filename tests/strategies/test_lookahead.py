@@ -105,7 +105,7 @@ def test_oracle_lookahead_picks_the_helpful_true_label():
     cands = torch.tensor([[0, 0, 1.0], [0, 1.0, 0], [0, 1.1, 0], [0, 0, -1.0], [0, 0, 2.0]], dtype=torch.float64)
     cand_y = torch.tensor([0, 0, 1, 1, 1])  # index 1 helps, index 2 hurts, the rest are irrelevant
     strat = OracleLookahead(ref, ref_y, n_batches=60)
-    res = strat.query(post, cands, lab, 1, torch.Generator().manual_seed(0), candidate_labels=cand_y)
+    res = strat.query_with_labels(post, cands, lab, 1, torch.Generator().manual_seed(0), cand_y)
     assert res.indices.tolist() == [1]
     assert float(res.utilities[0]) > 0
     assert strat.last_stats["batch_cross_entropy"].shape == (60,)
@@ -114,7 +114,9 @@ def test_oracle_lookahead_picks_the_helpful_true_label():
 def test_oracle_lookahead_needs_labels(setup):
     post, lab, xc, yc, ref, ref_y = setup
     with pytest.raises(ValueError, match="candidate_labels"):
-        OracleLookahead(ref, ref_y, n_batches=3).query(post, xc, lab, 2, torch.Generator().manual_seed(0))
+        OracleLookahead(ref, ref_y, n_batches=3).query_with_labels(post, xc, lab, 2, torch.Generator().manual_seed(0),
+                                                               None)
+    assert not hasattr(OracleLookahead(ref, ref_y, n_batches=3), "query")  # no label-free entry point
     with pytest.raises(ValueError, match="differ in length"):
         OracleLookahead(ref, ref_y[:-1])
 
@@ -122,7 +124,7 @@ def test_oracle_lookahead_needs_labels(setup):
 def test_oracle_lookahead_best_batch_is_best_score(setup):
     post, lab, xc, yc, ref, ref_y = setup
     strat = OracleLookahead(ref, ref_y, n_batches=9)
-    res = strat.query(post, xc, lab, 3, torch.Generator().manual_seed(1), candidate_labels=yc)
+    res = strat.query_with_labels(post, xc, lab, 3, torch.Generator().manual_seed(1), yc)
     upd = post.update(xc[res.indices], yc[res.indices], gamma=10.0)
     p = upd.predict_proba(ref)
     ce = -p.gather(1, ref_y[:, None]).log().mean()

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from bayesal import LastLayerLaplace
+from bayesal.exceptions import InvalidInputError
 from bayesal.laplace.update import rank1_logit_update
 from bayesal.strategies import (
     BADGE,
@@ -14,6 +15,7 @@ from bayesal.strategies import (
     LabeledSet,
     LeastConfidence,
     MarginSampling,
+    OracleSequential,
     Sequential,
     TypiClust,
     VariationRatio,
@@ -49,10 +51,15 @@ SCORE_BASES = [
 @pytest.mark.parametrize("update_with", ["oracle", "most_likely", "sampled", "expected"])
 def test_cached_fast_path_equals_reinference(setup, base, update_with):
     post, lab, xc, yc = setup
-    fast = Sequential(base, update_with=update_with, fast=True)
-    slow = Sequential(base, update_with=update_with, fast=False)
-    rf = fast.query(post, xc, lab, 6, torch.Generator().manual_seed(7), candidate_labels=yc)
-    rs = slow.query(post, xc, lab, 6, torch.Generator().manual_seed(7), candidate_labels=yc)
+    if update_with == "oracle":
+        fast, slow = OracleSequential(base, fast=True), OracleSequential(base, fast=False)
+        rf = fast.query_with_labels(post, xc, lab, 6, torch.Generator().manual_seed(7), yc)
+        rs = slow.query_with_labels(post, xc, lab, 6, torch.Generator().manual_seed(7), yc)
+    else:
+        fast = Sequential(base, update_with=update_with, fast=True)
+        slow = Sequential(base, update_with=update_with, fast=False)
+        rf = fast.query(post, xc, lab, 6, torch.Generator().manual_seed(7))
+        rs = slow.query(post, xc, lab, 6, torch.Generator().manual_seed(7))
     assert rf.indices.tolist() == rs.indices.tolist()
     torch.testing.assert_close(rf.utilities, rs.utilities, atol=1e-8, rtol=0)
     torch.testing.assert_close(fast.last_posterior_.mean_, slow.last_posterior_.mean_, atol=1e-8, rtol=0)
@@ -75,8 +82,8 @@ def test_rank1_logit_update_matches_posterior_update(setup):
 @pytest.mark.parametrize("base", [MarginSampling(), BADGE(), CoreSet(), BAIT(), TypiClust(n_neighbors=3)], ids=repr)
 def test_oracle_equals_manual_pick_update_loop(setup, base):
     post, lab, xc, yc = setup
-    seq = Sequential(base, update_with="oracle")
-    res = seq.query(post, xc, lab, 4, torch.Generator().manual_seed(2), candidate_labels=yc)
+    seq = OracleSequential(base)
+    res = seq.query_with_labels(post, xc, lab, 4, torch.Generator().manual_seed(2), yc)
 
     gen = torch.Generator().manual_seed(2)
     cur, remaining, picks = post, list(range(xc.shape[0])), []
@@ -97,7 +104,17 @@ def test_caller_posterior_untouched_and_labels_required(setup):
     Sequential(MarginSampling(), update_with="most_likely").query(post, xc, lab, 3, torch.Generator().manual_seed(0))
     assert torch.equal(post.mean_, before[0]) and torch.equal(post.covariance_, before[1])
     with pytest.raises(ValueError, match="candidate_labels"):
-        Sequential(MarginSampling()).query(post, xc, lab, 3, torch.Generator().manual_seed(0))
+        OracleSequential(MarginSampling()).query_with_labels(post, xc, lab, 3, torch.Generator().manual_seed(0), None)
+    with pytest.raises(InvalidInputError, match="OracleSequential"):
+        Sequential(MarginSampling(), update_with="oracle")
+
+
+def test_default_update_is_deployable(setup):
+    post, lab, xc, yc = setup
+    seq = Sequential(MarginSampling())
+    assert seq.update_with == "expected"
+    expected = Sequential(MarginSampling(), update_with="expected").query(post, xc, lab, 3, torch.Generator())
+    assert seq.query(post, xc, lab, 3, torch.Generator()).indices.tolist() == expected.indices.tolist()
 
 
 def test_expected_update_is_p_weighted_mean_step(setup):

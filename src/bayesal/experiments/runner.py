@@ -15,7 +15,9 @@ from bayesal.data.base import Dataset
 from bayesal.laplace.head import HeadConfig, train_head
 from bayesal.laplace.posterior import LastLayerLaplace
 from bayesal.laplace.update import check_gamma
-from bayesal.strategies.base import LabeledSet, QueryStrategy
+from bayesal.strategies.base import LabeledSet, Strategy
+from bayesal.strategies.registry import make_strategy
+from bayesal.strategies.selection import select
 from bayesal.utils.rng import derive_generator
 
 from .metrics import decision_flips, evaluate
@@ -30,7 +32,7 @@ from .results import (
 )
 
 __all__ = [
-    "ALConfig", "RESULT_COLUMNS", "check_run_request", "make_strategy", "run_active_learning", "run_experiment",
+    "ALConfig", "RESULT_COLUMNS", "check_run_request", "run_active_learning", "run_experiment",
     "append_results", "read_results",
 ]
 # (RESULT_COLUMNS, append_results and read_results live in .results; re-exported for existing imports)
@@ -91,47 +93,6 @@ class ALConfig:
             )
 
 
-def make_strategy(spec: str, reference: tuple[torch.Tensor, torch.Tensor] | None = None) -> QueryStrategy:
-    """Build a strategy from a spec string.
-
-    ``NAME`` (e.g. ``margin``, ``badge``), ``seq-NAME`` (sequential with oracle labels, the paper's
-    simulation), ``seq-NAME@MODE`` with ``MODE`` in oracle|most_likely|sampled|expected (deployable),
-    ``lookahead`` (expected log-loss reduction, no labels needed) and ``oracle-lookahead`` (the paper's
-    upper bound; needs ``reference`` = held-out ``(features, labels)``).
-    """
-    from bayesal import strategies as S
-
-    original = spec
-    spec = spec.strip().lower()
-    if spec.startswith("seq-"):
-        base, _, mode = spec[4:].partition("@")
-        return S.Sequential(_base_strategy(base, original), update_with=mode or "oracle")
-    if spec.replace("-", "_") == "lookahead":
-        return S.ExpectedLogLossReduction()
-    if spec.replace("-", "_") == "oracle_lookahead":
-        if reference is None:
-            raise ValueError("oracle-lookahead needs a held-out reference set")
-        return S.OracleLookahead(reference[0], reference[1])
-    return _base_strategy(spec, original)
-
-
-def _base_strategy(name: str, spec: str) -> QueryStrategy:
-    """A base strategy by CLI name; unknown names list the specs users type, not internal names."""
-    from bayesal import strategies as S
-
-    key = name.replace("-", "_")  # CLI spelling: least-confidence → least_confidence
-    try:
-        return S.get_strategy(key)
-    except ValueError:
-        if key in S.STRATEGY_NAMES:  # a known strategy that refused its arguments: that error is the one
-            raise
-    bases = ", ".join(n.replace("_", "-") for n in S.BASE_STRATEGY_NAMES)
-    raise ValueError(
-        f"unknown strategy {spec!r}; choose one of: {bases}, seq-NAME[@oracle|most_likely|sampled|expected] "
-        "(NAME one of the former), lookahead, oracle-lookahead"
-    ) from None
-
-
 def _fit_posterior(x: torch.Tensor, y: torch.Tensor, c: int, cfg: ALConfig, gen: torch.Generator) -> tuple[LastLayerLaplace, float]:
     t0 = time.perf_counter()
     w, b = train_head(x, y, c, config=cfg.head, generator=gen)
@@ -143,7 +104,7 @@ def _fit_posterior(x: torch.Tensor, y: torch.Tensor, c: int, cfg: ALConfig, gen:
 
 def run_active_learning(
     dataset: Dataset,
-    strategy: QueryStrategy | str,
+    strategy: Strategy | str,
     config: ALConfig = ALConfig(),
     seed: int = 0,
     on_cycle: Callable[[dict[str, Any]], None] | None = None,
@@ -153,6 +114,9 @@ def run_active_learning(
     Each row: strategy, seed, cycle, num_labels, accuracy, nll, brier, ece (on the test split, after
     retraining), accuracy_updated (after the fast Bayesian update, before retraining), decision
     flips caused by retraining, query_time_s, update_time_s, train_time_s.
+
+    ``strategy`` is a spec for :func:`~bayesal.strategies.make_strategy` (oracle specs get the test
+    split as their held-out reference set and the pool's true labels) or a strategy object.
     """
     x_pool = torch.as_tensor(dataset.train_features, dtype=torch.float64)
     y_pool = torch.as_tensor(dataset.train_labels).long()
@@ -163,7 +127,7 @@ def run_active_learning(
     config.check_budget(n_pool)
     name = strategy if isinstance(strategy, str) else getattr(strategy, "name", type(strategy).__name__)
     if isinstance(strategy, str):
-        strategy = make_strategy(strategy, reference=(x_test, y_test))
+        strategy = make_strategy(strategy, held_out=(x_test, y_test))
     # One stream per purpose and cycle, so that for a given seed every strategy sees the same initial
     # labels, candidate subsets and head-training order: the comparison between strategies is paired.
     labeled = torch.randperm(n_pool, generator=derive_generator(seed, "initial"))[: config.initial]
@@ -183,21 +147,15 @@ def run_active_learning(
     probs_test = post.predict_proba(x_test)
     record(0, float("nan"), float("nan"), float("nan"), float("nan"))
     for cycle in range(1, config.cycles + 1):
-        unlabeled = (~is_labeled).nonzero().flatten()
-        if config.candidate_size is not None and len(unlabeled) > config.candidate_size:
-            # Permute the whole pool (not just the unlabeled part) and keep the first unlabeled ones:
-            # strategies with the same labels get the same candidates, others share all but their picks.
-            order = torch.randperm(n_pool, generator=derive_generator(seed, "candidates", cycle))
-            unlabeled = order[~is_labeled[order]][: config.candidate_size]
+        # one candidate stream per cycle, separate from the strategy's: strategies with the same labels
+        # get the same candidates, others share all but their picks
         t0 = time.perf_counter()
-        result = strategy.query(
-            post, x_pool[unlabeled], LabeledSet(x_pool[is_labeled], y_pool[is_labeled]),
-            config.batch_size, derive_generator(seed, "strategy", cycle), candidate_labels=y_pool[unlabeled],
+        picked = select(
+            strategy, post, x_pool, ~is_labeled, LabeledSet(x_pool[is_labeled], y_pool[is_labeled]),
+            config.batch_size, derive_generator(seed, "strategy", cycle), candidate_size=config.candidate_size,
+            candidate_generator=derive_generator(seed, "candidates", cycle), pool_labels=y_pool,
         )
         query_time = time.perf_counter() - t0
-        picked = unlabeled[result.indices]
-        if len(picked) != config.batch_size or bool(is_labeled[picked].any()) or len(set(picked.tolist())) != len(picked):
-            raise RuntimeError(f"strategy {name} returned invalid indices {result.indices.tolist()}")
         t0 = time.perf_counter()
         updated = post.update(x_pool[picked], y_pool[picked])
         update_time = time.perf_counter() - t0
@@ -219,7 +177,7 @@ def check_run_request(strategies: list[str], out: str | Path | None) -> pd.DataF
         raise ValueError("need at least one strategy")
     dummy = (torch.zeros(1, 1), torch.zeros(1, dtype=torch.long))
     for s in strategies:
-        make_strategy(s, reference=dummy)
+        make_strategy(s, held_out=dummy)
     if out is None:
         return None
     out = check_results_path(out)

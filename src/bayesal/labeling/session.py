@@ -41,8 +41,10 @@ import torch
 from bayesal.exceptions import CorruptStateError, InvalidInputError, StateMismatchError
 from bayesal.laplace.head import HeadConfig
 from bayesal.laplace.posterior import LastLayerLaplace
-from bayesal.strategies import get_strategy
-from bayesal.strategies.base import LabeledSet, QueryStrategy
+from bayesal.strategies.base import LabeledSet, QueryStrategy, Strategy
+from bayesal.strategies.random_sampling import RandomSampling
+from bayesal.strategies.registry import is_oracle, make_strategy
+from bayesal.strategies.selection import select
 from bayesal.utils.rng import derive_seed
 from bayesal.utils.validation import as_features
 
@@ -60,11 +62,16 @@ __all__ = [
 ]
 
 
-def _resolve_strategy(name: str, kwargs: Mapping[str, Any]) -> QueryStrategy | None:
-    """``None`` for 'random' (handled by the session), else a strategy from the factory."""
-    if name == "random" and not kwargs:
-        return None
-    return get_strategy(name, **dict(kwargs))
+def _resolve_strategy(spec: str | Strategy, kwargs: Mapping[str, Any]) -> QueryStrategy:
+    """The session's strategy from the registry; refused at once if it needs true labels."""
+    strategy = make_strategy(spec, **dict(kwargs))
+    if is_oracle(strategy) or not isinstance(strategy, QueryStrategy):
+        raise InvalidInputError(
+            f"strategy {spec!r} needs the candidates' true labels (a simulation oracle), which a labeling "
+            "session does not have; use a deployable one, e.g. 'seq-margin@expected', 'sequential' "
+            "(update_with 'expected', 'most_likely' or 'sampled') or 'lookahead'"
+        )
+    return strategy
 
 
 class Session:
@@ -80,8 +87,10 @@ class Session:
     items : sequence of length N, optional
         What a person labels (texts, images); display only, never saved.
     strategy : str or QueryStrategy, default "margin"
-        Strategy name for :func:`bayesal.strategies.get_strategy` (``"random"`` is built in), or a
-        :class:`QueryStrategy` object (then it must be passed again to :meth:`resume`).
+        A deployable strategy spec for :func:`bayesal.strategies.make_strategy` (``"margin"``,
+        ``"seq-margin@expected"``, ``"sequential"``, ``"lookahead"``, ``"random"``, ...), or a
+        :class:`QueryStrategy` object (then it must be passed again to :meth:`resume`). Strategies
+        that need true labels (``"seq-margin"``, ``"oracle-lookahead"``) are refused here.
     strategy_kwargs : mapping, optional
         Keyword arguments for the factory (saved).
     posterior_config : mapping, optional
@@ -140,8 +149,8 @@ class Session:
         x = as_features(features, name="pool features", dtype=torch.float64)
         if x.shape[0] == 0:
             raise InvalidInputError("pool features are empty; need at least one instance")
-        if isinstance(strategy, QueryStrategy):
-            strat_obj: QueryStrategy | None = strategy
+        if isinstance(strategy, Strategy):
+            strat_obj = _resolve_strategy(strategy, {})
             strat_cfg = {"name": getattr(strategy, "name", type(strategy).__name__), "kwargs": {}, "object": True}
         elif isinstance(strategy, str):
             strat_cfg = {"name": strategy, "kwargs": dict(strategy_kwargs or {}), "object": False}
@@ -184,7 +193,7 @@ class Session:
         return cls(dataset.train_features, list(dataset.class_names), meta=meta, **kwargs)
 
     def _setup(self, header: dict[str, Any], x: torch.Tensor, items: Sequence[Any] | None,
-               strategy: QueryStrategy | None, options: StorageOptions) -> None:
+               strategy: QueryStrategy, options: StorageOptions) -> None:
         if items is not None and len(items) != x.shape[0]:
             raise InvalidInputError(f"items has {len(items)} entries but the pool has {x.shape[0]} rows")
         self._header = header
@@ -321,10 +330,8 @@ class Session:
 
     @staticmethod
     def _saved_strategy(header: Mapping[str, Any], strategy: str | QueryStrategy | None,
-                        state_dir: Path) -> QueryStrategy | None:
-        if isinstance(strategy, QueryStrategy):
-            return strategy
-        if isinstance(strategy, str):
+                        state_dir: Path) -> QueryStrategy:
+        if isinstance(strategy, (Strategy, str)):
             return _resolve_strategy(strategy, {})
         if strategy is not None:
             raise InvalidInputError(f"strategy must be a name, a QueryStrategy or None, got {strategy!r}")
@@ -512,9 +519,10 @@ class Session:
     def query(self, k: int = 1) -> list[int]:
         """Pool indices to label next.
 
-        Random while :attr:`cold_start` or for the 'random' strategy; else the strategy scores a random
-        subset of ``candidate_size`` unlabeled, unskipped instances under the current posterior.
-        Deterministic given the seed and the events so far.
+        Random while :attr:`cold_start`; else the strategy scores a random subset of ``candidate_size``
+        unlabeled, unskipped instances under the current posterior (the selection step of the
+        experiment loop, :func:`bayesal.strategies.select`). Deterministic given the seed and the
+        events so far.
 
         Parameters
         ----------
@@ -533,22 +541,19 @@ class Session:
             return []
         k = min(int(k), int(avail.size))
         gen = torch.Generator().manual_seed(derive_seed(self._seed, "query", len(self._state.events)))
-        if self._strategy is None or self.cold_start:
-            pick = torch.randperm(avail.size, generator=gen)[:k].numpy()
-            return [int(i) for i in avail[pick]]
-        cand = avail
-        if self._candidate_size is not None and avail.size > self._candidate_size:
-            sub = torch.randperm(avail.size, generator=gen)[: self._candidate_size].sort().values.numpy()
-            cand = avail[sub]
+        available = torch.zeros(self._x.shape[0], dtype=torch.bool)
+        available[torch.from_numpy(avail)] = True
         lab_idx = sorted(self._book.labels)
         labeled = LabeledSet(
             features=self._x[lab_idx], labels=torch.tensor([self._book.labels[i] for i in lab_idx], dtype=torch.long)
         )
-        res = self._strategy.query(self._state.posterior.copy(), self._x[torch.from_numpy(cand)], labeled, k, gen)
-        picks = torch.as_tensor(res.indices).long().reshape(-1).tolist()
-        if len(picks) != k or len(set(picks)) != k or any(not 0 <= p < cand.size for p in picks):
-            raise RuntimeError(f"strategy {self._strategy!r} returned invalid indices {picks} for k={k}")
-        return [int(cand[p]) for p in picks]
+        if self.cold_start:  # uniformly among all available instances
+            strategy, candidate_size = RandomSampling(), None
+        else:
+            strategy, candidate_size = self._strategy, self._candidate_size
+        picks = select(strategy, self._state.posterior.copy(), self._x, available, labeled, k, gen,
+                       candidate_size=candidate_size)
+        return [int(i) for i in picks]
 
     def predict_proba(self, indices: Iterable[int] | None = None) -> torch.Tensor:
         """Mean-field predictive of the current posterior.

@@ -58,7 +58,8 @@ class MCReweighting:
         x = self.posterior._features(features)
         w = self.weights
         out = []
-        for ch in self.posterior._chunks(x, per_row=self.samples.shape[0] * self.posterior.num_classes_ // 16):
+        # the block temporaries are (K, n, C)
+        for ch in self.posterior._chunks(x, per_row=self.samples.shape[0] * self.posterior.num_classes_):
             probs = torch.softmax(torch.einsum("nd,kcd->knc", ch, self.samples) + self.posterior.bias_, dim=-1)
             out.append(torch.einsum("k,knc->nc", w, probs))
         return torch.cat(out) if out else torch.zeros(0, self.posterior.num_classes_, dtype=self.posterior.dtype)

@@ -21,9 +21,9 @@ from bayesal.utils.validation import (
 
 from .head import HeadConfig, train_head
 from .linalg import safe_cholesky, spd_inverse
+from .options import BLOCK_ELEMENTS, Curvature, Hessian, Predictive, UpdateMethod
 from .predictive import (
     DEFAULT_LAMBDA_MF,
-    PREDICTIVES,
     centered,
     logit_scale,
     mc_logit_samples,
@@ -31,7 +31,6 @@ from .predictive import (
     mean_field_probs,
 )
 from .update import (
-    CURVATURES,
     DEFAULT_GAMMA,
     LogitStep,
     check_gamma,
@@ -47,9 +46,6 @@ from .update import (
 
 __all__ = ["LastLayerLaplace"]
 
-HESSIANS = ("shared", "full")
-UPDATE_METHODS = ("woodbury", "rank1")
-MC_BLOCK_ELEMENTS = 2**21  # samples × rows × classes per Monte Carlo block (16 MiB in float64)
 
 
 class LastLayerLaplace:
@@ -74,36 +70,32 @@ class LastLayerLaplace:
     def __init__(
         self,
         prior_precision: float = 1.0,
-        curvature: str = "gaussian",
-        hessian: str = "shared",
+        curvature: str | Curvature = Curvature.GAUSSIAN,
+        hessian: str | Hessian = Hessian.SHARED,
         lambda_mf: float = DEFAULT_LAMBDA_MF,
         gamma: float = DEFAULT_GAMMA,
         dtype: torch.dtype = torch.float64,
         device: torch.device | str | None = None,
         head_config: HeadConfig = HeadConfig(),
         random_state: RandomState = None,
-        chunk_size: int = 8192,
+        chunk_size: int | None = None,
     ) -> None:
         prior_precision = check_scalar(prior_precision, "prior_precision", low=0, low_inclusive=False)
         lambda_mf = check_scalar(lambda_mf, "lambda_mf", low=0)
         dtype = check_dtype(dtype)
-        chunk_size = check_scalar(chunk_size, "chunk_size", integer=True, low=1)
-        if curvature not in CURVATURES:
-            raise ValueError(f"unknown curvature {curvature!r}; choose one of {CURVATURES}")
-        if hessian not in HESSIANS:
-            raise ValueError(f"unknown hessian {hessian!r}; choose one of {HESSIANS}")
+        chunk_size = None if chunk_size is None else check_scalar(chunk_size, "chunk_size", integer=True, low=1)
         if not lambda_mf >= 0:
             raise ValueError(f"lambda_mf must be >= 0, got {lambda_mf}")
         self.prior_precision = float(prior_precision)
-        self.curvature = curvature
-        self.hessian = hessian
+        self.curvature = Curvature.parse(curvature)
+        self.hessian = Hessian.parse(hessian)
         self.lambda_mf = float(lambda_mf)
         self.gamma = check_gamma(gamma)
         self.dtype = dtype
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.head_config = head_config
         self.random_state = random_state
-        self.chunk_size = int(chunk_size)
+        self.chunk_size = None if chunk_size is None else int(chunk_size)
         self._scale_tril: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ fitting
@@ -164,15 +156,20 @@ class LastLayerLaplace:
 
     def _prior_plus_ggn(self, x: torch.Tensor) -> torch.Tensor:
         """``λ₀ I + Σ_i H_i`` accumulated over chunks of ``x``."""
-        p = self.num_features_ if self.hessian == "shared" else self.num_features_ * self.num_classes_
+        p = self._num_params()
         prec = self.prior_precision * torch.eye(p, dtype=self.dtype, device=self.device)
-        for chunk in self._chunks(x, per_row=p if self.hessian == "full" else 1):
+        # a chunk's factor U is (n, D) (shared) or (n·C, C·D) (full)
+        for chunk in self._chunks(x, per_row=p * (1 if self.shared_covariance else self.num_classes_)):
             u = self._hessian_factor(chunk, self._point_probs(chunk))
             prec.addmm_(u.T, u)
         return prec
 
+    def _num_params(self) -> int:
+        """Side of the covariance: ``D`` (shared) or ``C·D`` (full)."""
+        return self.num_features_ * (1 if self.shared_covariance else self.num_classes_)
+
     def _hessian_factor(self, x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-        if self.hessian == "shared":
+        if self.shared_covariance:
             return shared_factor(x, curvature_weights(probs, self.curvature))
         return full_ggn_factor(x, probs)
 
@@ -192,16 +189,19 @@ class LastLayerLaplace:
         self._check_fitted()
         return as_features(features, dim=self.num_features_, check_finite=False)
 
-    def _pool_chunks(self, x: torch.Tensor, per_row: int = 1, step: int | None = None) -> Iterator[torch.Tensor]:
+    def _pool_chunks(self, x: torch.Tensor, per_row: int | None = None, step: int | None = None) -> Iterator[torch.Tensor]:
         """Chunks of :meth:`_pool` output in ``dtype`` on ``device``, each checked for NaN/inf."""
         start = 0
         for chunk in self._chunks(x, per_row, step):
             yield as_features(chunk, dtype=self.dtype, device=self.device, row_offset=start)
             start += chunk.shape[0]
 
-    def _chunks(self, x: torch.Tensor, per_row: int = 1, step: int | None = None) -> Iterator[torch.Tensor]:
-        """Row blocks of ``x``: ``step`` rows, or as many as ``chunk_size`` allows at ``per_row`` cost."""
-        step = step or max(1, self.chunk_size // max(1, per_row))
+    def _chunks(self, x: torch.Tensor, per_row: int | None = None, step: int | None = None) -> Iterator[torch.Tensor]:
+        """Row blocks of ``x``: ``step`` rows if given, else ``chunk_size`` rows if set, else as many
+        as keep a temporary of ``per_row`` elements per row (default ``D + C``) under ``BLOCK_ELEMENTS``."""
+        if step is None:
+            per_row = per_row or x.shape[1] + getattr(self, "num_classes_", 0)
+            step = self.chunk_size or max(1, BLOCK_ELEMENTS // max(1, per_row))
         for start in range(0, x.shape[0], step):
             yield x[start : start + step]
 
@@ -230,7 +230,7 @@ class LastLayerLaplace:
     def shared_covariance(self) -> bool:
         """True when the classes share one ``Σ (D, D)`` (``hessian="shared"``): the structure the
         cached-logit fast paths (:meth:`covariance_product`, :meth:`logit_step`) need."""
-        return self.hessian == "shared"
+        return self.hessian is Hessian.SHARED
 
     @property
     def covariance(self) -> torch.Tensor:
@@ -290,17 +290,18 @@ class LastLayerLaplace:
 
     def _logit_cov_chunk(self, x: torch.Tensor) -> torch.Tensor:
         """``σ² (n,)`` (shared) or the logit covariance ``(n, C, C)`` (full) of one chunk."""
-        if self.hessian == "shared":
+        if self.shared_covariance:
             return ((x @ self.covariance_) * x).sum(1)
         c, d = self.num_classes_, self.num_features_
         cov4 = self.covariance_.view(c, d, c, d)
         return torch.einsum("ncke,ne->nck", torch.einsum("nd,cdke->ncke", x, cov4), x)
 
     def _per_row_cost(self) -> int:
-        return 1 if self.hessian == "shared" else self.num_classes_**2 * self.num_features_ // 64 + 1
+        """Elements per row of the logit-covariance temporaries: ``x Σ`` or ``(n, C, C, D)``."""
+        return self.num_features_ if self.shared_covariance else self.num_classes_**2 * self.num_features_
 
     def _var_shape(self) -> tuple[int, ...]:
-        return (0,) if self.hessian == "shared" else (0, self.num_classes_, self.num_classes_)
+        return (0,) if self.shared_covariance else (0, self.num_classes_, self.num_classes_)
 
     def logit_variance(self, features: Any, *, checked: bool = False) -> torch.Tensor:
         """Shared: ``σ²(x) = φᵀΣφ`` ``(N,)``. Full: the logit covariance ``(N, C, C)``.
@@ -378,8 +379,8 @@ class LastLayerLaplace:
 
     def _require_shared(self, what: str) -> None:
         self._check_fitted()
-        if self.hessian != "shared":
-            raise ValueError(f"{what} needs a posterior with hessian='shared' (covariance I_C ⊗ Σ), not {self.hessian!r}")
+        if not self.shared_covariance:
+            raise ValueError(f"{what} needs a posterior with hessian='shared' (covariance I_C ⊗ Σ), not {self.hessian.value!r}")
 
     def _mc_generator(self, generator: torch.Generator | None) -> torch.Generator | None:
         """The given generator, else one seeded by an int ``random_state`` (reproducible predictive),
@@ -395,7 +396,7 @@ class LastLayerLaplace:
     def predict_proba(
         self,
         features: Any,
-        method: str = "mean_field",
+        method: str | Predictive = Predictive.MEAN_FIELD,
         n_samples: int = 1000,
         generator: torch.Generator | None = None,
         lambda_mf: float | None = None,
@@ -405,23 +406,23 @@ class LastLayerLaplace:
         Works in chunks of rows so that a large pool never materialises ``(N, D, D)`` or
         ``(K, N, C)`` at once.
         """
-        if method not in PREDICTIVES:
-            raise ValueError(f"unknown predictive {method!r}; choose one of {PREDICTIVES}")
+        method = Predictive.parse(method, "predictive")
         lam = self.lambda_mf if lambda_mf is None else check_scalar(lambda_mf, "lambda_mf", low=0)
-        if method == "mc":
+        if method is Predictive.MC:
             n_samples = check_scalar(n_samples, "n_samples", integer=True, low=1)
         x = self._pool(features)
         out = []
-        if method == "mean_field":
+        if method is Predictive.MEAN_FIELD:
             for ch in self._pool_chunks(x, self._per_row_cost()):
                 var = self._logit_cov_chunk(ch)
                 v = var if var.ndim == 1 else centered(var).diagonal(dim1=1, dim2=2)
                 out.append(mean_field_probs(self._logits(ch), v, lam))
         else:
             # MC rows come in blocks of a fixed size (not chunk_size), so a seeded result does not
-            # depend on the chunking; a block holds about MC_BLOCK_ELEMENTS samples
+            # depend on the chunking; a block holds about BLOCK_ELEMENTS samples (the strategies'
+            # logit_sample_blocks use the same blocks, hence the same draws)
             gen = self._mc_generator(generator)
-            step = max(1, MC_BLOCK_ELEMENTS // (n_samples * self.num_classes_))
+            step = max(1, BLOCK_ELEMENTS // (n_samples * self.num_classes_))
             for ch in self._pool_chunks(x, step=step):
                 scale = logit_scale(self._logit_cov_chunk(ch))
                 out.append(mc_probs(self._logits(ch), scale, n_samples, gen))
@@ -444,7 +445,7 @@ class LastLayerLaplace:
         self._check_fitted()
         n_samples = check_scalar(n_samples, "n_samples", integer=True, low=1)
         c, d = self.num_classes_, self.num_features_
-        if self.hessian == "shared":
+        if self.shared_covariance:
             eps = torch.randn(n_samples, c, d, generator=generator, dtype=self.dtype).to(self.device)
             return self.mean_ + eps @ self.scale_tril.T
         eps = torch.randn(n_samples, c * d, generator=generator, dtype=self.dtype).to(self.device)
@@ -468,7 +469,7 @@ class LastLayerLaplace:
         features: Any,
         labels: Any,
         gamma: float | None = None,
-        method: str = "woodbury",
+        method: str | UpdateMethod = UpdateMethod.WOODBURY,
         inplace: bool = False,
     ) -> LastLayerLaplace:
         """One Newton step on new labeled data ``features (M, D)``, ``labels (M,)`` or soft ``(M, C)``.
@@ -495,8 +496,7 @@ class LastLayerLaplace:
         LastLayerLaplace
             The updated posterior (``self`` when ``inplace``).
         """
-        if method not in UPDATE_METHODS:
-            raise ValueError(f"unknown update method {method!r}; choose one of {UPDATE_METHODS}")
+        method = UpdateMethod.parse(method, "update method")
         gamma = self._step_size(gamma)
         x = self._features(features)
         targets = as_targets(labels, self.num_classes_, n=x.shape[0], dtype=self.dtype, device=self.device)
@@ -506,12 +506,12 @@ class LastLayerLaplace:
             return target
         probs = self._point_probs(x)
         u = self._hessian_factor(x, probs)
-        downdate = woodbury_downdate if method == "woodbury" else rank1_downdate
+        downdate = woodbury_downdate if method is UpdateMethod.WOODBURY else rank1_downdate
         cov = downdate(self.covariance_, u)
         if not bool(torch.isfinite(cov.diagonal()).all() and (cov.diagonal() > 0).all()):
             raise NumericalError("the updated covariance lost positive definiteness; rescale the features "
                                  "(e.g. standardize them) or refit the posterior")
-        step = newton_mean_step_shared if self.hessian == "shared" else newton_mean_step_full
+        step = newton_mean_step_shared if self.shared_covariance else newton_mean_step_full
         target.mean_ = step(self.mean_, cov, x, targets, probs, gamma)
         target.covariance_ = cov
         target.n_updates_ = self.n_updates_ + x.shape[0]
@@ -589,8 +589,8 @@ class LastLayerLaplace:
         return {
             "config": {
                 "prior_precision": self.prior_precision,
-                "curvature": self.curvature,
-                "hessian": self.hessian,
+                "curvature": self.curvature.value,
+                "hessian": self.hessian.value,
                 "lambda_mf": self.lambda_mf,
                 "gamma": self.gamma,
                 "dtype": str(self.dtype).replace("torch.", ""),
@@ -616,7 +616,7 @@ class LastLayerLaplace:
         except (KeyError, TypeError, AttributeError) as err:
             raise ValueError(f"malformed posterior state: {err!r}") from err
         post.num_classes_, post.num_features_ = post.mean_.shape
-        p = post.num_features_ * (1 if post.hessian == "shared" else post.num_classes_)
+        p = post._num_params()
         if post.bias_.shape != (post.num_classes_,) or post.covariance_.shape != (p, p):
             raise ValueError("malformed posterior state: tensor shapes do not agree")
         return post
@@ -624,6 +624,6 @@ class LastLayerLaplace:
     def __repr__(self) -> str:
         fitted = f", C={self.num_classes_}, D={self.num_features_}" if hasattr(self, "mean_") else ""
         return (
-            f"LastLayerLaplace(prior_precision={self.prior_precision}, curvature={self.curvature!r}, "
-            f"hessian={self.hessian!r}, gamma={self.gamma}{fitted})"
+            f"LastLayerLaplace(prior_precision={self.prior_precision}, curvature={self.curvature.value!r}, "
+            f"hessian={self.hessian.value!r}, gamma={self.gamma}{fitted})"
         )

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import torch
 
 from .linalg import safe_cholesky
+from .options import BLOCK_ELEMENTS, Predictive
 
 __all__ = [
     "DEFAULT_LAMBDA_MF",
-    "MC_BLOCK_ELEMENTS",
     "PREDICTIVES",
     "centered",
     "logit_scale",
@@ -23,10 +23,7 @@ __all__ = [
 ]
 
 DEFAULT_LAMBDA_MF = math.pi / 8
-PREDICTIVES = ("mean_field", "mc")
-#: Upper bound on the elements of one ``(K, n, C)`` block of Monte Carlo logit samples drawn by
-#: :func:`logit_sample_blocks` (the strategies' samples).
-MC_BLOCK_ELEMENTS = 1 << 22
+PREDICTIVES = Predictive.choices()
 
 
 def centered(cov: torch.Tensor) -> torch.Tensor:
@@ -88,13 +85,13 @@ def logit_sample_blocks(
     """Laplace logit samples in row blocks: yields ``(rows, samples (K, n, C))``.
 
     ``logits (N, C)``, ``variance (N,)`` or ``(N, C, C)``; each block holds at most about
-    :data:`MC_BLOCK_ELEMENTS` sampled logits and is exactly what
-    :meth:`LastLayerLaplace.sample_logits` returns for those rows.
+    :data:`~bayesal.laplace.options.BLOCK_ELEMENTS` sampled logits, the same blocks (hence the same
+    draws for a seeded generator) as the Monte Carlo ``LastLayerLaplace.predict_proba``.
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     n, c = logits.shape
-    step = max(1, MC_BLOCK_ELEMENTS // (n_samples * c))
+    step = max(1, BLOCK_ELEMENTS // (n_samples * c))
     for start in range(0, n, step):
         rows = slice(start, min(n, start + step))
         yield rows, mc_logit_samples(logits[rows], logit_scale(variance[rows]), n_samples, generator)
@@ -118,7 +115,7 @@ def predictive_from_logits(
         Logit variance ``(N,)`` (shared covariance) or logit covariance ``(N, C, C)`` (full GGN).
     lambda_mf : float
         Mean-field scale ``λ``.
-    method : {"mean_field", "mc"}
+    method : Predictive or {"mean_field", "mc"}
         Mean-field approximation or Monte Carlo with ``n_samples`` draws from ``generator``.
 
     Returns
@@ -126,15 +123,14 @@ def predictive_from_logits(
     torch.Tensor
         Class probabilities ``(N, C)``.
     """
-    if method == "mean_field":
+    method = Predictive.parse(method, "predictive")
+    if method is Predictive.MEAN_FIELD:
         v = variance.unsqueeze(1) if variance.ndim == 1 else centered(variance).diagonal(dim1=-2, dim2=-1)
         scaled = logits * torch.rsqrt(1.0 + lambda_mf * v.clamp_min(0))
         # softmax over the leading dim of the (C, N) transpose is several times faster for small C;
         # same values as ``mean_field_probs`` up to round-off
         return torch.softmax(scaled.T, dim=0).T
-    if method == "mc":
-        out = torch.empty_like(logits)
-        for rows, s in logit_sample_blocks(logits, variance, n_samples, generator):
-            out[rows] = torch.softmax(s, dim=-1).mean(0)
-        return out
-    raise ValueError(f"unknown predictive {method!r}; choose one of {PREDICTIVES}")
+    out = torch.empty_like(logits)
+    for rows, s in logit_sample_blocks(logits, variance, n_samples, generator):
+        out[rows] = torch.softmax(s, dim=-1).mean(0)
+    return out

@@ -22,6 +22,7 @@ import torch
 from bayesal.exceptions import InvalidInputError
 
 from .linalg import safe_cholesky
+from .options import Curvature
 
 __all__ = [
     "DEFAULT_GAMMA",
@@ -41,7 +42,7 @@ __all__ = [
     "LogitStep",
 ]
 
-CURVATURES = ("gaussian", "categorical")
+CURVATURES = Curvature.choices()
 
 #: Default step size ``γ`` of the mean update (the paper's).
 DEFAULT_GAMMA = 10.0
@@ -65,14 +66,12 @@ def check_gamma(gamma: float) -> float:
     return float(gamma)
 
 
-def curvature_weights(probs: torch.Tensor, curvature: str) -> torch.Tensor:
+def curvature_weights(probs: torch.Tensor, curvature: str | Curvature) -> torch.Tensor:
     """Per-point curvature ``m (N,)``: 1 for 'gaussian', ``p_max (1 − p_max)`` for 'categorical'."""
-    if curvature == "gaussian":
+    if Curvature.parse(curvature) is Curvature.GAUSSIAN:
         return torch.ones(probs.shape[0], dtype=probs.dtype, device=probs.device)
-    if curvature == "categorical":
-        pmax = probs.max(dim=1).values
-        return pmax * (1.0 - pmax)
-    raise ValueError(f"unknown curvature {curvature!r}; choose one of {CURVATURES}")
+    pmax = probs.max(dim=1).values
+    return pmax * (1.0 - pmax)
 
 
 def fisher_factor(probs: torch.Tensor) -> torch.Tensor:
@@ -173,7 +172,7 @@ def label_correction_step(
     e_new = torch.zeros(1, c, dtype=mean.dtype, device=mean.device)
     e_old = torch.zeros_like(e_new)
     e_new[0, new], e_old[0, old] = 1.0, 1.0
-    step = newton_mean_step_shared if cov.shape[0] == mean.shape[1] else newton_mean_step_full
+    step = newton_mean_step_shared if cov.shape[0] == mean.shape[1] else newton_mean_step_full  # Σ (D, D)?
     return step(mean, cov, phi.reshape(1, -1), e_new, e_old, gamma)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from bayesal.exceptions import InvalidInputError
 from bayesal.laplace.posterior import LastLayerLaplace
 from bayesal.laplace.predictive import logit_sample_blocks
 from bayesal.laplace.predictive import predictive_from_logits as _predictive
@@ -26,14 +27,16 @@ logit_sample_chunks = logit_sample_blocks
 
 
 def check_batch_size(batch_size: int, n: int) -> int:
-    """``batch_size`` as an int in ``[1, n]``; ``ValueError`` naming the problem otherwise."""
+    """``batch_size`` as an int in ``[1, n]``; :class:`InvalidInputError` naming the problem otherwise."""
     if isinstance(batch_size, bool) or int(batch_size) != batch_size:
-        raise ValueError(f"batch_size must be an integer, got {batch_size!r}")
+        raise InvalidInputError(f"batch_size must be an integer, got {batch_size!r}")
     b = int(batch_size)
     if b < 1:
-        raise ValueError(f"batch_size must be >= 1, got {b}")
+        raise InvalidInputError(f"batch_size must be >= 1, got {b}")
+    if n == 0:
+        raise InvalidInputError("there are no candidates to choose from (the candidate pool is empty)")
     if b > n:
-        raise ValueError(f"batch_size={b} exceeds the number of candidates ({n})")
+        raise InvalidInputError(f"batch_size={b} exceeds the number of candidates ({n})")
     return b
 
 

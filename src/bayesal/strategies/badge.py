@@ -42,7 +42,6 @@ class BADGE(QueryStrategy):
         labeled: LabeledSet,
         batch_size: int,
         generator: torch.Generator,
-        candidate_labels: torch.Tensor | None = None,
     ) -> QueryResult:
         x, _, _, b, gen = prepare(posterior, candidates, labeled, batch_size, generator)
         z, var = posterior.logits(x, checked=True), posterior.logit_variance(x, checked=True)

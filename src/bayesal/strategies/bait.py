@@ -27,16 +27,14 @@ from __future__ import annotations
 import torch
 
 from bayesal.laplace.linalg import safe_cholesky, spd_inverse, symmetrize
+from bayesal.laplace.options import BLOCK_ELEMENTS
 from bayesal.laplace.posterior import LastLayerLaplace
 from bayesal.laplace.update import fisher_factor
 
 from ._common import argmax_first, prepare
 from .base import LabeledSet, QueryResult, QueryStrategy
 
-__all__ = ["BAIT", "fisher_factor", "CHUNK_ELEMENTS"]
-
-#: Upper bound on the elements of one ``(rows, C·C·D)`` temporary block.
-CHUNK_ELEMENTS = 1 << 22
+__all__ = ["BAIT"]
 
 
 def _row_chunks(n: int, per_row: int, chunk_elements: int) -> list[slice]:
@@ -102,7 +100,7 @@ class BAIT(QueryStrategy):
         pool: str = "all",
         information: str = "labeled",
         lam: float | None = None,
-        chunk_elements: int = CHUNK_ELEMENTS,
+        chunk_elements: int = BLOCK_ELEMENTS,
         max_params: int = 8192,
     ) -> None:
         if pool not in ("all", "candidates"):
@@ -142,7 +140,6 @@ class BAIT(QueryStrategy):
         labeled: LabeledSet,
         batch_size: int,
         generator: torch.Generator,
-        candidate_labels: torch.Tensor | None = None,
     ) -> QueryResult:
         p = posterior.num_classes * posterior.num_features
         if p > self.max_params:

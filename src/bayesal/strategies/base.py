@@ -1,4 +1,4 @@
-"""The one query-strategy interface every strategy implements."""
+"""The two strategy interfaces: deployable :class:`QueryStrategy` and simulation-only :class:`OracleStrategy`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from bayesal.laplace.posterior import LastLayerLaplace
 
-__all__ = ["LabeledSet", "QueryResult", "QueryStrategy"]
+__all__ = ["LabeledSet", "QueryResult", "Strategy", "QueryStrategy", "OracleStrategy"]
 
 
 @dataclass(frozen=True)
@@ -29,15 +29,21 @@ class QueryResult:
     utilities: torch.Tensor
 
 
-class QueryStrategy(ABC):
-    """``query(posterior, candidates (N, D), labeled, batch_size, generator) → QueryResult``.
+class Strategy:  # noqa: B024 (a common base only; the abstract methods are on the two kinds)
+    """What every strategy has: a ``name``. Subclass :class:`QueryStrategy` or :class:`OracleStrategy`."""
 
-    ``candidate_labels (N,)`` is only read by oracle variants (simulation with known labels).
+    name: str = "strategy"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class QueryStrategy(Strategy, ABC):
+    """A deployable strategy: it needs no labels of the candidates.
+
     Implementations must return ``batch_size`` distinct indices and be deterministic for a seeded
     ``generator``.
     """
-
-    name: str = "strategy"
 
     @abstractmethod
     def query(
@@ -47,9 +53,54 @@ class QueryStrategy(ABC):
         labeled: LabeledSet,
         batch_size: int,
         generator: torch.Generator,
-        candidate_labels: torch.Tensor | None = None,
     ) -> QueryResult:
-        ...
+        """Pick ``batch_size`` of the ``candidates``.
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        Parameters
+        ----------
+        posterior : LastLayerLaplace
+            The current (fitted) posterior; it is not modified.
+        candidates : torch.Tensor
+            Candidate features ``(N, D)``.
+        labeled : LabeledSet
+            The labeled data so far (``L`` may be 0).
+        batch_size : int
+            Number of picks ``b``, ``1 <= b <= N``.
+        generator : torch.Generator
+            Source of every random draw.
+
+        Returns
+        -------
+        QueryResult
+            ``indices (b,)`` into ``candidates`` and their ``utilities (b,)``.
+        """
+
+
+class OracleStrategy(Strategy, ABC):
+    """A simulation-only strategy: it reads the true labels of the candidates (an upper bound, as in
+    the paper's experiments), so it cannot run where labels are still unknown (a labeling session)."""
+
+    @abstractmethod
+    def query_with_labels(
+        self,
+        posterior: LastLayerLaplace,
+        candidates: torch.Tensor,
+        labeled: LabeledSet,
+        batch_size: int,
+        generator: torch.Generator,
+        candidate_labels: torch.Tensor,
+    ) -> QueryResult:
+        """Pick ``batch_size`` of the ``candidates`` knowing their labels.
+
+        Parameters
+        ----------
+        posterior, candidates, labeled, batch_size, generator
+            As in :meth:`QueryStrategy.query`.
+        candidate_labels : torch.Tensor
+            True class indices of the candidates ``(N,)``.
+
+        Returns
+        -------
+        QueryResult
+            ``indices (b,)`` into ``candidates`` and their ``utilities (b,)``.
+        """

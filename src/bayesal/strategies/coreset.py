@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from bayesal.laplace.options import BLOCK_ELEMENTS
 from bayesal.laplace.posterior import LastLayerLaplace
 
 from ._common import argmax_first, prepare
@@ -17,13 +18,16 @@ class CoreSet(QueryStrategy):
     """k-center greedy: repeatedly pick the candidate farthest from the labeled set and the picks.
 
     Utilities are that Euclidean distance. With no labeled data the first pick is drawn uniformly with
-    ``generator`` (its utility is ``inf``). ``chunk_size`` bounds the labeled-distance blocks.
+    ``generator`` (its utility is ``inf``). ``chunk_elements`` bounds the ``(N, rows)`` blocks of
+    distances to the labeled set.
     """
 
     name = "coreset"
 
-    def __init__(self, chunk_size: int = 4096) -> None:
-        self.chunk_size = int(chunk_size)
+    def __init__(self, chunk_elements: int = BLOCK_ELEMENTS) -> None:
+        if int(chunk_elements) < 1:
+            raise ValueError(f"chunk_elements must be >= 1, got {chunk_elements}")
+        self.chunk_elements = int(chunk_elements)
 
     def query(
         self,
@@ -32,13 +36,13 @@ class CoreSet(QueryStrategy):
         labeled: LabeledSet,
         batch_size: int,
         generator: torch.Generator,
-        candidate_labels: torch.Tensor | None = None,
     ) -> QueryResult:
         x, lx, _, b, gen = prepare(posterior, candidates, labeled, batch_size, generator)
         n = x.shape[0]
         mind = torch.full((n,), torch.inf, dtype=x.dtype, device=x.device)
-        for start in range(0, lx.shape[0], self.chunk_size):
-            mind = torch.minimum(mind, sq_dists(x, lx[start : start + self.chunk_size]).min(1).values)
+        step = max(1, self.chunk_elements // max(1, n))
+        for start in range(0, lx.shape[0], step):
+            mind = torch.minimum(mind, sq_dists(x, lx[start : start + step]).min(1).values)
         picks, utils = [], []
         for t in range(b):
             if t == 0 and lx.shape[0] == 0:

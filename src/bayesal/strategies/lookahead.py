@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from bayesal.laplace.options import BLOCK_ELEMENTS
 from bayesal.laplace.posterior import LastLayerLaplace
 from bayesal.laplace.predictive import mean_field_probs
 from bayesal.laplace.update import batch_update_reference, curvature_weights
@@ -24,7 +25,8 @@ from bayesal.utils.validation import as_features
 
 from ._common import argmax_first, check_candidate_labels, prepare
 from ._kmeans import kmeans, sq_dists
-from .base import LabeledSet, QueryResult, QueryStrategy
+from .base import LabeledSet, OracleStrategy, QueryResult, QueryStrategy
+from .sequential import UpdateWith
 
 __all__ = ["OracleLookahead", "ExpectedLogLossReduction"]
 
@@ -34,7 +36,7 @@ def _check_shared(posterior: LastLayerLaplace, who: str) -> None:
         raise ValueError(f"{who} needs a posterior with hessian='shared' (covariance I_C ⊗ Σ)")
 
 
-class OracleLookahead(QueryStrategy):
+class OracleLookahead(OracleStrategy):
     """Upper-bound look-ahead: best of ``n_batches`` candidate batches by held-out cross-entropy.
 
     Batches: a third uniformly random, a third k-means-diverse (the candidate nearest each center of a
@@ -91,15 +93,16 @@ class OracleLookahead(QueryStrategy):
         out += [above[torch.randperm(above.numel(), generator=gen)[:b].to(x.device)] for _ in range(n_mg)]
         return out
 
-    def query(
+    def query_with_labels(
         self,
         posterior: LastLayerLaplace,
         candidates: torch.Tensor,
         labeled: LabeledSet,
         batch_size: int,
         generator: torch.Generator,
-        candidate_labels: torch.Tensor | None = None,
+        candidate_labels: torch.Tensor,
     ) -> QueryResult:
+        """See :meth:`OracleStrategy.query_with_labels`."""
         x, _, _, b, gen = prepare(posterior, candidates, labeled, batch_size, generator)
         _check_shared(posterior, "OracleLookahead")
         y = check_candidate_labels(candidate_labels, x.shape[0], posterior.num_classes)
@@ -167,13 +170,14 @@ class ExpectedLogLossReduction(QueryStrategy):
         n_reference: int = 500,
         reference: torch.Tensor | None = None,
         loss: str = "log",
-        update_with: str = "expected",
-        chunk_elements: int = 1 << 21,
+        update_with: str | UpdateWith = UpdateWith.EXPECTED,
+        chunk_elements: int = BLOCK_ELEMENTS,
     ) -> None:
         if loss not in ("log", "zero_one"):
             raise ValueError(f"unknown loss {loss!r}; choose 'log' or 'zero_one'")
-        if update_with not in ("expected", "most_likely"):
-            raise ValueError(f"unknown update_with {update_with!r}; choose 'expected' or 'most_likely'")
+        update_with = UpdateWith.parse(update_with, "update_with")
+        if update_with not in (UpdateWith.EXPECTED, UpdateWith.MOST_LIKELY):
+            raise ValueError(f"unknown update_with {update_with.value!r}; choose 'expected' or 'most_likely'")
         if n_reference < 1:
             raise ValueError(f"n_reference must be >= 1, got {n_reference}")
         self.n_reference = int(n_reference)
@@ -246,8 +250,8 @@ class ExpectedLogLossReduction(QueryStrategy):
         labeled: LabeledSet,
         batch_size: int,
         generator: torch.Generator,
-        candidate_labels: torch.Tensor | None = None,
     ) -> QueryResult:
+        """See :meth:`QueryStrategy.query`."""
         x, _, _, b, gen = prepare(posterior, candidates, labeled, batch_size, generator)
         _check_shared(posterior, "ExpectedLogLossReduction")
         if self.reference is not None:
@@ -281,7 +285,7 @@ class ExpectedLogLossReduction(QueryStrategy):
             if len(picks) == b:
                 break
             # fantasized update: caches of candidates, reference and their kernel, and the posterior
-            target = pred[j] if self.update_with == "expected" else torch.nn.functional.one_hot(
+            target = pred[j] if self.update_with is UpdateWith.EXPECTED else torch.nn.functional.one_hot(
                 pred[j].argmax(), pred.shape[1]).to(x.dtype)
             step = post.logit_step(x[i], target, logits=z_c[i])
             k_rc = step.downdate_kernel(k_rc, ref, x)
@@ -298,4 +302,4 @@ class ExpectedLogLossReduction(QueryStrategy):
 
     def __repr__(self) -> str:
         return (f"ExpectedLogLossReduction(n_reference={self.n_reference}, loss={self.loss!r}, "
-                f"update_with={self.update_with!r})")
+                f"update_with={self.update_with.value!r})")

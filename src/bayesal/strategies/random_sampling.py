@@ -24,7 +24,6 @@ class RandomSampling(QueryStrategy):
         labeled: LabeledSet,
         batch_size: int,
         generator: torch.Generator,
-        candidate_labels: torch.Tensor | None = None,
     ) -> QueryResult:
         x, _, _, b, gen = prepare(posterior, candidates, labeled, batch_size, generator)
         idx = torch.randperm(x.shape[0], generator=gen)[:b].to(x.device)

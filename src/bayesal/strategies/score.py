@@ -10,14 +10,13 @@ from abc import abstractmethod
 
 import torch
 
+from bayesal.laplace.options import Predictive
 from bayesal.laplace.posterior import LastLayerLaplace
 
 from ._common import logit_sample_chunks, predictive_from_logits, prepare, top_b
 from .base import LabeledSet, QueryResult, QueryStrategy
 
-__all__ = ["ScoreStrategy", "PredictiveScoreStrategy", "SampledScoreStrategy", "PREDICTIVES"]
-
-PREDICTIVES = ("mean_field", "mc")
+__all__ = ["ScoreStrategy", "PredictiveScoreStrategy", "SampledScoreStrategy"]
 
 
 class ScoreStrategy(QueryStrategy):
@@ -50,7 +49,6 @@ class ScoreStrategy(QueryStrategy):
         labeled: LabeledSet,
         batch_size: int,
         generator: torch.Generator,
-        candidate_labels: torch.Tensor | None = None,
     ) -> QueryResult:
         x, _, _, b, gen = prepare(posterior, candidates, labeled, batch_size, generator)
         u = self.scores(posterior, x, gen)
@@ -61,14 +59,12 @@ class ScoreStrategy(QueryStrategy):
 class PredictiveScoreStrategy(ScoreStrategy):
     """A score of the predictive ``p (N, C)``: mean-field by default, Monte Carlo on request."""
 
-    def __init__(self, predictive: str = "mean_field", n_samples: int = 1000) -> None:
-        if predictive not in PREDICTIVES:
-            raise ValueError(f"unknown predictive {predictive!r}; choose one of {PREDICTIVES}")
+    def __init__(self, predictive: str | Predictive = Predictive.MEAN_FIELD, n_samples: int = 1000) -> None:
+        self.predictive = Predictive.parse(predictive, "predictive")
         if n_samples < 1:
             raise ValueError(f"n_samples must be >= 1, got {n_samples}")
-        self.predictive = predictive
         self.n_samples = int(n_samples)
-        self.stochastic = predictive == "mc"
+        self.stochastic = self.predictive is Predictive.MC
 
     @abstractmethod
     def score_probs(self, probs: torch.Tensor) -> torch.Tensor:
@@ -79,7 +75,7 @@ class PredictiveScoreStrategy(ScoreStrategy):
         return self.score_probs(probs)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(predictive={self.predictive!r})"
+        return f"{type(self).__name__}(predictive={self.predictive.value!r})"
 
 
 class SampledScoreStrategy(ScoreStrategy):

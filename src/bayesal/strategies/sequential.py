@@ -1,44 +1,52 @@
-"""Sequential ("pseudo-batch") selection: pick one, update the posterior with its label, repeat."""
+"""Sequential ("pseudo-batch") selection: pick one, update the posterior with its label, repeat.
+
+:class:`Sequential` updates with a label it makes up (deployable); :class:`OracleSequential` with the
+candidates' true labels (the paper's simulation, an :class:`~.base.OracleStrategy`).
+"""
 
 from __future__ import annotations
 
 import torch
 
+from bayesal.exceptions import InvalidInputError
+from bayesal.laplace.options import Option
 from bayesal.laplace.posterior import LastLayerLaplace
 from bayesal.laplace.predictive import mean_field_probs
 
 from ._common import argmax_first, check_candidate_labels, prepare
-from .base import LabeledSet, QueryResult, QueryStrategy
+from .base import LabeledSet, OracleStrategy, QueryResult, QueryStrategy
 from .score import ScoreStrategy
 
-__all__ = ["Sequential", "UPDATE_WITH"]
-
-UPDATE_WITH = ("oracle", "most_likely", "sampled", "expected")
+__all__ = ["Sequential", "OracleSequential", "UpdateWith", "UPDATE_WITH", "DEPLOYABLE_UPDATES"]
 
 
-class Sequential(QueryStrategy):
+class UpdateWith(Option):
+    """Which label the simulated update after each pick uses."""
+
+    ORACLE = "oracle"  #: the candidate's true label (simulation only)
+    MOST_LIKELY = "most_likely"  #: argmax of the mean-field predictive
+    SAMPLED = "sampled"  #: drawn from the mean-field predictive with the generator
+    EXPECTED = "expected"  #: the soft label ``p`` (the ``p``-weighted average of the per-label mean steps)
+
+
+UPDATE_WITH: tuple[str, ...] = UpdateWith.choices()
+#: The modes that need no true labels.
+DEPLOYABLE_UPDATES: tuple[str, ...] = tuple(m for m in UPDATE_WITH if m != UpdateWith.ORACLE)
+
+
+class _SequentialSelection:
     """Batch by repeated single picks of ``base`` with a Bayesian update after each pick.
 
-    ``update_with``: ``"oracle"`` (``candidate_labels``), ``"most_likely"`` (argmax of the mean-field
-    predictive), ``"sampled"`` (drawn from it with ``generator``) or ``"expected"`` (the soft label
-    ``p``: the ``p``-weighted average of the per-label mean steps). Every simulated update is the
-    posterior's own (its step size ``gamma``).
-
-    For :class:`~.score.ScoreStrategy` bases on a shared-covariance posterior (and ``fast=True``) the
+    Every simulated update is the posterior's own (its step size ``gamma``). For
+    :class:`~.score.ScoreStrategy` bases on a shared-covariance posterior (and ``fast=True``) the
     candidates' MAP logits and variances are cached and refreshed with the posterior's
-    :meth:`~bayesal.laplace.LastLayerLaplace.logit_step`,
-    ``O(N·D)`` per pick; other bases are re-queried with ``batch_size=1`` on the updated posterior
-    (the picks join the labeled set, with the update label's argmax). The final posterior is left
-    in ``last_posterior_``; the caller's posterior is never modified.
+    :meth:`~bayesal.laplace.LastLayerLaplace.logit_step`, ``O(N·D)`` per pick; other bases are
+    re-queried with ``batch_size=1`` on the updated posterior (the picks join the labeled set, with
+    the update label's argmax). The final posterior is left in ``last_posterior_``; the caller's
+    posterior is never modified.
     """
 
-    name = "sequential"
-
-    def __init__(self, base: QueryStrategy, update_with: str = "oracle", fast: bool = True) -> None:
-        if not isinstance(base, QueryStrategy):
-            raise ValueError(f"base must be a QueryStrategy, got {type(base).__name__}")
-        if update_with not in UPDATE_WITH:
-            raise ValueError(f"unknown update_with {update_with!r}; choose one of {UPDATE_WITH}")
+    def __init__(self, base: QueryStrategy | OracleStrategy, update_with: UpdateWith, fast: bool) -> None:
         self.base = base
         self.update_with = update_with
         self.fast = bool(fast)
@@ -50,30 +58,27 @@ class Sequential(QueryStrategy):
     ) -> torch.Tensor:
         """Update target ``(C,)`` for the pick: one-hot, or the soft label ``p`` for 'expected'."""
         c = probs.shape[0]
-        if self.update_with == "expected":
+        if self.update_with is UpdateWith.EXPECTED:
             return probs / probs.sum()
-        if self.update_with == "oracle":
+        if self.update_with is UpdateWith.ORACLE:
             y = int(oracle[index])
-        elif self.update_with == "most_likely":
+        elif self.update_with is UpdateWith.MOST_LIKELY:
             y = argmax_first(probs)
         else:
             y = int(torch.multinomial((probs / probs.sum()).cpu(), 1, generator=generator)[0])
         return torch.nn.functional.one_hot(torch.tensor(y), c).to(dtype=probs.dtype, device=probs.device)
 
     # ----------------------------------------------------------------- query
-    def query(
+    def _select(
         self,
         posterior: LastLayerLaplace,
-        candidates: torch.Tensor,
-        labeled: LabeledSet,
-        batch_size: int,
-        generator: torch.Generator,
-        candidate_labels: torch.Tensor | None = None,
+        x: torch.Tensor,
+        lx: torch.Tensor,
+        ly: torch.Tensor,
+        b: int,
+        gen: torch.Generator,
+        oracle: torch.Tensor | None,
     ) -> QueryResult:
-        x, lx, ly, b, gen = prepare(posterior, candidates, labeled, batch_size, generator)
-        oracle = None
-        if self.update_with == "oracle" or candidate_labels is not None:
-            oracle = check_candidate_labels(candidate_labels, x.shape[0], posterior.num_classes)
         post = posterior.copy()
         if self.fast and isinstance(self.base, ScoreStrategy) and post.shared_covariance:
             result = self._query_cached(post, x, b, gen, oracle)
@@ -127,8 +132,10 @@ class Sequential(QueryStrategy):
                 j = argmax_first(u)
                 util = u[j]
             else:
-                sub_labels = None if oracle is None else oracle[rem]
-                res = self.base.query(post, sub, LabeledSet(lx, ly), 1, gen, candidate_labels=sub_labels)
+                if isinstance(self.base, OracleStrategy):
+                    res = self.base.query_with_labels(post, sub, LabeledSet(lx, ly), 1, gen, oracle[rem])
+                else:
+                    res = self.base.query(post, sub, LabeledSet(lx, ly), 1, gen)
                 j, util = int(res.indices[0]), res.utilities[0]
             i = int(rem[j])
             pred = post.predict_proba(x[i : i + 1])[0]
@@ -142,4 +149,87 @@ class Sequential(QueryStrategy):
         return QueryResult(torch.tensor(picks, dtype=torch.long, device=x.device), torch.stack(utils).to(x.dtype))
 
     def __repr__(self) -> str:
-        return f"Sequential({self.base!r}, update_with={self.update_with!r})"
+        return f"{type(self).__name__}({self.base!r}, update_with={self.update_with.value!r})"
+
+
+class Sequential(_SequentialSelection, QueryStrategy):
+    """Sequential selection with made-up labels: deployable (no true labels needed).
+
+    Parameters
+    ----------
+    base : QueryStrategy
+        The strategy asked for one pick at a time.
+    update_with : {"expected", "most_likely", "sampled"}
+        The label of each simulated update: the soft label ``p`` of the mean-field predictive
+        (default), its argmax, or a draw from it with the generator. For true labels use
+        :class:`OracleSequential`.
+    fast : bool
+        Use the cached-logit fast path where it applies.
+    """
+
+    name = "sequential"
+
+    def __init__(self, base: QueryStrategy, update_with: str | UpdateWith = UpdateWith.EXPECTED, fast: bool = True) -> None:
+        mode = UpdateWith.parse(update_with, "update_with")
+        if mode is UpdateWith.ORACLE:
+            raise InvalidInputError(
+                "Sequential(update_with='oracle') would need the candidates' true labels; use "
+                f"OracleSequential(base) in simulations, or one of {DEPLOYABLE_UPDATES} to deploy"
+            )
+        if isinstance(base, OracleStrategy):
+            raise InvalidInputError(
+                f"base {base!r} needs true labels; wrap it in OracleSequential, or pick a deployable base"
+            )
+        if not isinstance(base, QueryStrategy):
+            raise InvalidInputError(f"base must be a QueryStrategy, got {type(base).__name__}")
+        super().__init__(base, mode, fast)
+
+    def query(
+        self,
+        posterior: LastLayerLaplace,
+        candidates: torch.Tensor,
+        labeled: LabeledSet,
+        batch_size: int,
+        generator: torch.Generator,
+    ) -> QueryResult:
+        """See :meth:`QueryStrategy.query`; the final simulated posterior is left in ``last_posterior_``."""
+        x, lx, ly, b, gen = prepare(posterior, candidates, labeled, batch_size, generator)
+        return self._select(posterior, x, lx, ly, b, gen, None)
+
+
+class OracleSequential(_SequentialSelection, OracleStrategy):
+    """Sequential selection that updates with the candidates' true labels (the paper's simulation).
+
+    Parameters
+    ----------
+    base : QueryStrategy or OracleStrategy
+        The strategy asked for one pick at a time (an oracle base gets the remaining labels).
+    update_with : {"oracle", "expected", "most_likely", "sampled"}
+        The label of each simulated update; default the true one.
+    fast : bool
+        Use the cached-logit fast path where it applies.
+    """
+
+    name = "oracle_sequential"
+
+    def __init__(
+        self, base: QueryStrategy | OracleStrategy, update_with: str | UpdateWith = UpdateWith.ORACLE, fast: bool = True
+    ) -> None:
+        if not isinstance(base, (QueryStrategy, OracleStrategy)):
+            raise InvalidInputError(f"base must be a QueryStrategy or OracleStrategy, got {type(base).__name__}")
+        super().__init__(base, UpdateWith.parse(update_with, "update_with"), fast)
+
+    def query_with_labels(
+        self,
+        posterior: LastLayerLaplace,
+        candidates: torch.Tensor,
+        labeled: LabeledSet,
+        batch_size: int,
+        generator: torch.Generator,
+        candidate_labels: torch.Tensor,
+    ) -> QueryResult:
+        """See :meth:`OracleStrategy.query_with_labels`; the final simulated posterior is left in
+        ``last_posterior_``."""
+        x, lx, ly, b, gen = prepare(posterior, candidates, labeled, batch_size, generator)
+        oracle = check_candidate_labels(candidate_labels, x.shape[0], posterior.num_classes)
+        return self._select(posterior, x, lx, ly, b, gen, oracle)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from bayesal.laplace.options import BLOCK_ELEMENTS
 from bayesal.laplace.posterior import LastLayerLaplace
 
 from ._common import argmax_first, prepare
@@ -30,12 +31,8 @@ from .base import LabeledSet, QueryResult, QueryStrategy
 
 __all__ = ["TypiClust", "typicality"]
 
-#: Upper bound on the elements of one ``(rows, N)`` block of pairwise distances.
-DIST_CHUNK_ELEMENTS = 1 << 22
-
-
 def typicality(
-    x: torch.Tensor, k: int, squared: bool = False, chunk_elements: int = DIST_CHUNK_ELEMENTS
+    x: torch.Tensor, k: int, squared: bool = False, chunk_elements: int = BLOCK_ELEMENTS
 ) -> torch.Tensor:
     """``1 / mean distance to the k nearest neighbours`` ``(N,)`` within ``x (N, D)``.
 
@@ -88,7 +85,6 @@ class TypiClust(QueryStrategy):
         labeled: LabeledSet,
         batch_size: int,
         generator: torch.Generator,
-        candidate_labels: torch.Tensor | None = None,
     ) -> QueryResult:
         x, lx, _, b, gen = prepare(posterior, candidates, labeled, batch_size, generator)
         n, n_lab = x.shape[0], lx.shape[0]

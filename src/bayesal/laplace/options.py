@@ -1,0 +1,92 @@
+"""The option sets of the posterior as ``str`` enums: a member compares equal to its plain string.
+
+``Curvature.parse("categorical")`` (or a member) returns the member and turns a typo into an
+:class:`~bayesal.exceptions.InvalidInputError` that lists the choices. Saved configurations keep the
+plain string (``member.value``).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, TypeVar
+
+from bayesal.exceptions import InvalidInputError
+
+__all__ = ["Option", "Curvature", "Hessian", "UpdateMethod", "Predictive", "BLOCK_ELEMENTS"]
+
+#: Upper bound on the elements of one temporary block (32 MiB in float64): every row-chunked
+#: computation in bayesal (pool scoring, Monte Carlo samples, BAIT, TypiClust, look-ahead) sizes its
+#: blocks from it.
+BLOCK_ELEMENTS = 1 << 22
+
+_O = TypeVar("_O", bound="Option")
+
+
+class Option(str, Enum):
+    """Base of the option enums: ``str(member)`` and f-strings give the plain value."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+    @classmethod
+    def choices(cls) -> tuple[str, ...]:
+        """The accepted values, in declaration order."""
+        return tuple(m.value for m in cls)
+
+    @classmethod
+    def parse(cls: type[_O], value: Any, what: str | None = None) -> _O:
+        """The member for ``value`` (a member or its string).
+
+        Parameters
+        ----------
+        value : str or Option
+            What the user passed.
+        what : str, optional
+            Name of the setting for the error message (default: the enum's name in lower case).
+
+        Returns
+        -------
+        Option
+            The member.
+
+        Raises
+        ------
+        InvalidInputError
+            If ``value`` is not one of :meth:`choices`.
+        """
+        try:
+            return cls(value)
+        except ValueError:
+            name = what or cls.__name__.lower()
+            raise InvalidInputError(f"unknown {name} {value!r}; choose one of {cls.choices()}") from None
+
+
+class Curvature(Option):
+    """Per-point curvature ``m_i`` of the shared-covariance precision."""
+
+    GAUSSIAN = "gaussian"  #: ``m = 1`` (label-independent; the paper's)
+    CATEGORICAL = "categorical"  #: ``m = p_max (1 − p_max)``
+
+
+class Hessian(Option):
+    """Structure of the weight covariance."""
+
+    SHARED = "shared"  #: one ``Σ (D, D)`` shared by the classes (the paper's)
+    FULL = "full"  #: the multi-class GGN, ``(C·D, C·D)``
+
+
+class UpdateMethod(Option):
+    """How :meth:`LastLayerLaplace.update` downdates the covariance (same result)."""
+
+    WOODBURY = "woodbury"  #: one batched Woodbury block
+    RANK1 = "rank1"  #: a chain of Sherman–Morrison steps
+
+
+class Predictive(Option):
+    """Approximation of the posterior predictive."""
+
+    MEAN_FIELD = "mean_field"  #: ``softmax(z / sqrt(1 + λ σ²))``
+    MC = "mc"  #: Monte Carlo over Laplace logit samples

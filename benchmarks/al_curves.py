@@ -1,4 +1,4 @@
-"""Learning curves on the built-in text dataset (issue #4): top-b margin vs sequential margin
+"""Learning curves on the built-in text dataset: top-b margin vs sequential margin
 (Bayesian update after every pick) vs BADGE vs random, paper protocol, several seeds.
 
 Writes results (Parquet), a learning-curve plot and the AULC table; the LAST line is

@@ -1,4 +1,4 @@
-"""Update vs retrain (SPEC §4, issue #2): accuracy and time of the closed-form Bayesian update against
+"""Update vs retrain (docs/method.md §4): accuracy and time of the closed-form Bayesian update against
 the baselines, on real data, measured side by side in one run.
 
 For initial labeled sizes {10, 100, 1000} and new points {1, 10, 50}: accuracy of base / first-order /

@@ -1,4 +1,4 @@
-"""Session API, persistence, reproducibility, bad inputs and corrupt state (issue #5)."""
+"""Session API, persistence, reproducibility, bad inputs and corrupt state."""
 
 from __future__ import annotations
 

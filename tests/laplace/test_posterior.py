@@ -1,4 +1,4 @@
-"""Fitting, predictive and persistence of the last-layer Laplace posterior (SPEC §2–3)."""
+"""Fitting, predictive and persistence of the last-layer Laplace posterior (docs/method.md §2–3)."""
 
 import math
 

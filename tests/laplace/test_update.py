@@ -1,4 +1,4 @@
-"""The Bayesian update against exact dense computations (SPEC §4)."""
+"""The Bayesian update against exact dense computations (docs/method.md §4)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Look-ahead strategies: closed forms against explicit updates, and toy problems (issue #4 part 3)."""
+"""Look-ahead strategies: closed forms against explicit updates, and toy problems (docs/method.md §5)."""
 
 import pytest
 import torch

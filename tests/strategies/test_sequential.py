@@ -1,4 +1,4 @@
-"""Sequential (pseudo-batch) selection with Bayesian updates (SPEC §5, issue #4 part 2)."""
+"""Sequential (pseudo-batch) selection with Bayesian updates (docs/method.md §5)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Contract and behaviour of the single-shot query strategies (SPEC §5, issue #4 part 1)."""
+"""Contract and behaviour of the single-shot query strategies (docs/method.md §5)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""The active-learning loop of the paper's protocol (SPEC §6) and the multi-seed experiment runner."""
+"""The active-learning loop of the paper's protocol (docs/method.md §6) and the multi-seed experiment runner."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ features. Everything is *event sourced*:
 * The model is a deterministic function of the log. The *timeline* is the list of live annotations in
   the order they were first created (a changed annotation keeps its place, a deleted one leaves it),
   with the ``train`` markers between them. The posterior is its fold: start from the zero-mean prior
-  ``N(0, λ₀⁻¹ I)``; each annotation is one closed-form Bayesian update (SPEC §4, ``γ = gamma``); a
+  ``N(0, λ₀⁻¹ I)``; each annotation is one closed-form Bayesian update (docs/method.md §4, ``γ = gamma``); a
   ``train`` marker refits the head from scratch on the annotations before it (seeded by the project
   seed and the marker's position) and rebuilds the Laplace covariance.
 * A new annotation is the fold's next step, so it costs one ``O(D² + CD)`` update. A changed or

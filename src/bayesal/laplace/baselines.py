@@ -1,4 +1,4 @@
-"""Baselines the Bayesian update is compared against (SPEC §4): first-order step, Monte Carlo
+"""Baselines the Bayesian update is compared against (docs/method.md §4): first-order step, Monte Carlo
 reweighting, retraining the head from scratch and fine-tuning it."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Last-layer Laplace approximation with closed-form Bayesian updates (SPEC §2–4)."""
+"""Last-layer Laplace approximation with closed-form Bayesian updates (docs/method.md §2–4)."""
 
 from __future__ import annotations
 

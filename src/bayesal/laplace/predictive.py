@@ -1,4 +1,4 @@
-"""Predictive distributions of a Gaussian last layer (SPEC §3), as pure functions on tensors."""
+"""Predictive distributions of a Gaussian last layer (docs/method.md §3), as pure functions on tensors."""
 
 from __future__ import annotations
 

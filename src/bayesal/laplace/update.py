@@ -1,4 +1,4 @@
-"""The closed-form Bayesian update of a Gaussian last-layer posterior (SPEC §4), as pure functions.
+"""The closed-form Bayesian update of a Gaussian last-layer posterior (docs/method.md §4), as pure functions.
 
 The generalized Gauss–Newton Hessian of new data is written as a factor ``U (K, P)`` with
 ``H = Uᵀ U``: for the shared covariance ``U = sqrt(m) Φ`` (``K = M`` points, ``P = D``); for the full

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from bayesal.exceptions import NotFittedError, NumericalError
+from bayesal.exceptions import InvalidInputError, NotFittedError, NumericalError
 from bayesal.utils.rng import RandomState, as_generator
 from bayesal.utils.validation import (
     as_features,
@@ -84,8 +84,6 @@ class LastLayerLaplace:
         lambda_mf = check_scalar(lambda_mf, "lambda_mf", low=0)
         dtype = check_dtype(dtype)
         chunk_size = None if chunk_size is None else check_scalar(chunk_size, "chunk_size", integer=True, low=1)
-        if not lambda_mf >= 0:
-            raise ValueError(f"lambda_mf must be >= 0, got {lambda_mf}")
         self.prior_precision = float(prior_precision)
         self.curvature = Curvature.parse(curvature)
         self.hessian = Hessian.parse(hessian)
@@ -380,7 +378,7 @@ class LastLayerLaplace:
     def _require_shared(self, what: str) -> None:
         self._check_fitted()
         if not self.shared_covariance:
-            raise ValueError(f"{what} needs a posterior with hessian='shared' (covariance I_C ⊗ Σ), not {self.hessian.value!r}")
+            raise InvalidInputError(f"{what} needs a posterior with hessian='shared' (covariance I_C ⊗ Σ), not {self.hessian.value!r}")
 
     def _mc_generator(self, generator: torch.Generator | None) -> torch.Generator | None:
         """The given generator, else one seeded by an int ``random_state`` (reproducible predictive),
@@ -563,11 +561,11 @@ class LastLayerLaplace:
         """
         phi = self._features(features)
         if phi.shape[0] != 1:
-            raise ValueError(f"relabel takes one point (D,), got {phi.shape[0]} rows")
+            raise InvalidInputError(f"relabel takes one point (D,), got {phi.shape[0]} rows")
         c = self.num_classes_
         for name, value in (("old", old), ("new", new)):
             if isinstance(value, bool) or int(value) != value or not 0 <= int(value) < c:
-                raise ValueError(f"{name} label must be a class index in [0, {c - 1}], got {value!r}")
+                raise InvalidInputError(f"{name} label must be a class index in [0, {c - 1}], got {value!r}")
         out = copy.copy(self)
         out.mean_ = label_correction_step(self.mean_, self.covariance_, phi[0], int(old), int(new),
                                           self._step_size(gamma))

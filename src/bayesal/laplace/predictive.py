@@ -7,6 +7,8 @@ from collections.abc import Iterator
 
 import torch
 
+from bayesal.exceptions import InvalidInputError
+
 from .linalg import safe_cholesky
 from .options import BLOCK_ELEMENTS, Predictive
 
@@ -89,7 +91,7 @@ def logit_sample_blocks(
     draws for a seeded generator) as the Monte Carlo ``LastLayerLaplace.predict_proba``.
     """
     if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+        raise InvalidInputError(f"n_samples must be >= 1, got {n_samples}")
     n, c = logits.shape
     step = max(1, BLOCK_ELEMENTS // (n_samples * c))
     for start in range(0, n, step):

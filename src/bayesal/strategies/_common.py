@@ -62,7 +62,7 @@ def prepare(
         lx = posterior.check_features(labeled.features, name="labeled features")
         ly = torch.as_tensor(labeled.labels).reshape(-1).long().to(posterior.device)
         if ly.shape[0] != lx.shape[0]:
-            raise ValueError(f"labeled set has {lx.shape[0]} feature rows but {ly.shape[0]} labels")
+            raise InvalidInputError(f"labeled set has {lx.shape[0]} feature rows but {ly.shape[0]} labels")
     gen = generator if generator is not None else as_generator(None)
     return x, lx, ly, b, gen
 
@@ -70,16 +70,16 @@ def prepare(
 def check_candidate_labels(candidate_labels: torch.Tensor | None, n: int, num_classes: int) -> torch.Tensor:
     """Integer ``candidate_labels (N,)`` in range; ``ValueError`` if missing or malformed."""
     if candidate_labels is None:
-        raise ValueError("this strategy needs candidate_labels (oracle labels of the candidates)")
+        raise InvalidInputError("this strategy needs candidate_labels (oracle labels of the candidates)")
     y = torch.as_tensor(candidate_labels).reshape(-1)
     if y.shape[0] != n:
-        raise ValueError(f"candidate_labels has {y.shape[0]} entries but there are {n} candidates")
+        raise InvalidInputError(f"candidate_labels has {y.shape[0]} entries but there are {n} candidates")
     if y.is_floating_point():
         if not bool(torch.isfinite(y).all()) or not bool((y == y.round()).all()):
-            raise ValueError("candidate_labels must be integer class indices")
+            raise InvalidInputError("candidate_labels must be integer class indices")
     y = y.long()
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise ValueError(f"candidate_labels must lie in [0, {num_classes - 1}]")
+        raise InvalidInputError(f"candidate_labels must lie in [0, {num_classes - 1}]")
     return y
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from bayesal.exceptions import InvalidInputError
+
 __all__ = ["sq_dists", "kmeans_pp_init", "kmeans"]
 
 
@@ -26,7 +28,7 @@ def kmeans_pp_init(x: torch.Tensor, k: int, generator: torch.Generator) -> torch
     """Indices ``(k,)`` of distinct k-means++ seeds: first uniform, then ∝ squared distance."""
     n = x.shape[0]
     if not 1 <= k <= n:
-        raise ValueError(f"k-means needs 1 <= k <= number of points ({n}), got k={k}")
+        raise InvalidInputError(f"k-means needs 1 <= k <= number of points ({n}), got k={k}")
     alive = torch.ones(n, dtype=torch.bool, device=x.device)
     first = int(torch.randint(n, (1,), generator=generator)[0])
     picks = [first]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from bayesal.exceptions import InvalidInputError
 from bayesal.laplace.posterior import LastLayerLaplace
 
 from ._common import argmax_first, predictive_from_logits, prepare
@@ -32,7 +33,7 @@ class BADGE(QueryStrategy):
 
     def __init__(self, predictive: str = "mean_field") -> None:
         if predictive not in ("mean_field", "map"):
-            raise ValueError(f"unknown predictive {predictive!r}; choose 'mean_field' or 'map'")
+            raise InvalidInputError(f"unknown predictive {predictive!r}; choose 'mean_field' or 'map'")
         self.predictive = predictive
 
     def query(

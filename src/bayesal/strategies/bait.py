@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from bayesal.exceptions import InvalidInputError
 from bayesal.laplace.linalg import safe_cholesky, spd_inverse, symmetrize
 from bayesal.laplace.options import BLOCK_ELEMENTS
 from bayesal.laplace.posterior import LastLayerLaplace
@@ -104,13 +105,13 @@ class BAIT(QueryStrategy):
         max_params: int = 8192,
     ) -> None:
         if pool not in ("all", "candidates"):
-            raise ValueError(f"unknown pool {pool!r}; choose 'all' or 'candidates'")
+            raise InvalidInputError(f"unknown pool {pool!r}; choose 'all' or 'candidates'")
         if information not in ("labeled", "laplace"):
-            raise ValueError(f"unknown information {information!r}; choose 'labeled' or 'laplace'")
+            raise InvalidInputError(f"unknown information {information!r}; choose 'labeled' or 'laplace'")
         if lam is not None and not float(lam) > 0:
-            raise ValueError(f"lam must be > 0, got {lam}")
+            raise InvalidInputError(f"lam must be > 0, got {lam}")
         if int(chunk_elements) < 1:
-            raise ValueError(f"chunk_elements must be >= 1, got {chunk_elements}")
+            raise InvalidInputError(f"chunk_elements must be >= 1, got {chunk_elements}")
         self.pool = pool
         self.information = information
         self.lam = None if lam is None else float(lam)
@@ -143,7 +144,7 @@ class BAIT(QueryStrategy):
     ) -> QueryResult:
         p = posterior.num_classes * posterior.num_features
         if p > self.max_params:
-            raise ValueError(
+            raise InvalidInputError(
                 f"BAIT needs (C·D)² = {p}² float64 matrices ({8 * p * p / 2**30:.1f} GiB each) for C = "
                 f"{posterior.num_classes} classes and D = {posterior.num_features} features, above max_params = "
                 f"{self.max_params}; reduce D (e.g. PCA of the features), use another strategy, or pass a larger "

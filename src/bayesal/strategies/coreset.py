@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from bayesal.exceptions import InvalidInputError
 from bayesal.laplace.options import BLOCK_ELEMENTS
 from bayesal.laplace.posterior import LastLayerLaplace
 
@@ -26,7 +27,7 @@ class CoreSet(QueryStrategy):
 
     def __init__(self, chunk_elements: int = BLOCK_ELEMENTS) -> None:
         if int(chunk_elements) < 1:
-            raise ValueError(f"chunk_elements must be >= 1, got {chunk_elements}")
+            raise InvalidInputError(f"chunk_elements must be >= 1, got {chunk_elements}")
         self.chunk_elements = int(chunk_elements)
 
     def query(

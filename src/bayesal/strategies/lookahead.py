@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from bayesal.exceptions import InvalidInputError
 from bayesal.laplace.options import BLOCK_ELEMENTS
 from bayesal.laplace.posterior import LastLayerLaplace
 from bayesal.laplace.predictive import mean_field_probs
@@ -33,7 +34,7 @@ __all__ = ["OracleLookahead", "ExpectedLogLossReduction"]
 
 def _check_shared(posterior: LastLayerLaplace, who: str) -> None:
     if not posterior.shared_covariance:
-        raise ValueError(f"{who} needs a posterior with hessian='shared' (covariance I_C ⊗ Σ)")
+        raise InvalidInputError(f"{who} needs a posterior with hessian='shared' (covariance I_C ⊗ Σ)")
 
 
 class OracleLookahead(OracleStrategy):
@@ -58,13 +59,13 @@ class OracleLookahead(OracleStrategy):
         kmeans_iter: int = 10,
     ) -> None:
         if n_batches < 1:
-            raise ValueError(f"n_batches must be >= 1, got {n_batches}")
+            raise InvalidInputError(f"n_batches must be >= 1, got {n_batches}")
         self.reference_features = as_features(reference_features, name="reference_features")
         self.reference_labels = torch.as_tensor(reference_labels).reshape(-1).long()
         if self.reference_labels.shape[0] != self.reference_features.shape[0]:
-            raise ValueError("reference_features and reference_labels differ in length")
+            raise InvalidInputError("reference_features and reference_labels differ in length")
         if self.reference_features.shape[0] == 0:
-            raise ValueError("the reference set is empty")
+            raise InvalidInputError("the reference set is empty")
         self.n_batches = int(n_batches)
         self.kmeans_iter = int(kmeans_iter)
         self.last_stats: dict = {}
@@ -111,7 +112,7 @@ class OracleLookahead(OracleStrategy):
         ref = posterior.check_features(self.reference_features, name="reference_features")
         ref_y = self.reference_labels.to(posterior.device)
         if int(ref_y.min()) < 0 or int(ref_y.max()) >= c:
-            raise ValueError(f"reference_labels must lie in [0, {c - 1}]")
+            raise InvalidInputError(f"reference_labels must lie in [0, {c - 1}]")
         z_r, var_r = posterior.logits(ref, checked=True), posterior.logit_variance(ref, checked=True)
         z_c = posterior.logits(x, checked=True)
         p_map = torch.softmax(z_c, dim=1)
@@ -174,12 +175,12 @@ class ExpectedLogLossReduction(QueryStrategy):
         chunk_elements: int = BLOCK_ELEMENTS,
     ) -> None:
         if loss not in ("log", "zero_one"):
-            raise ValueError(f"unknown loss {loss!r}; choose 'log' or 'zero_one'")
+            raise InvalidInputError(f"unknown loss {loss!r}; choose 'log' or 'zero_one'")
         update_with = UpdateWith.parse(update_with, "update_with")
         if update_with not in (UpdateWith.EXPECTED, UpdateWith.MOST_LIKELY):
-            raise ValueError(f"unknown update_with {update_with.value!r}; choose 'expected' or 'most_likely'")
+            raise InvalidInputError(f"unknown update_with {update_with.value!r}; choose 'expected' or 'most_likely'")
         if n_reference < 1:
-            raise ValueError(f"n_reference must be >= 1, got {n_reference}")
+            raise InvalidInputError(f"n_reference must be >= 1, got {n_reference}")
         self.n_reference = int(n_reference)
         self.reference = None if reference is None else as_features(reference, name="reference")
         self.loss = loss

@@ -10,6 +10,7 @@ from abc import abstractmethod
 
 import torch
 
+from bayesal.exceptions import InvalidInputError
 from bayesal.laplace.options import Predictive
 from bayesal.laplace.posterior import LastLayerLaplace
 
@@ -62,7 +63,7 @@ class PredictiveScoreStrategy(ScoreStrategy):
     def __init__(self, predictive: str | Predictive = Predictive.MEAN_FIELD, n_samples: int = 1000) -> None:
         self.predictive = Predictive.parse(predictive, "predictive")
         if n_samples < 1:
-            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+            raise InvalidInputError(f"n_samples must be >= 1, got {n_samples}")
         self.n_samples = int(n_samples)
         self.stochastic = self.predictive is Predictive.MC
 
@@ -86,7 +87,7 @@ class SampledScoreStrategy(ScoreStrategy):
 
     def __init__(self, n_samples: int) -> None:
         if n_samples < 1:
-            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+            raise InvalidInputError(f"n_samples must be >= 1, got {n_samples}")
         self.n_samples = int(n_samples)
 
     @abstractmethod

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from bayesal.exceptions import InvalidInputError
 from bayesal.laplace.options import BLOCK_ELEMENTS
 from bayesal.laplace.posterior import LastLayerLaplace
 
@@ -71,7 +72,7 @@ class TypiClust(QueryStrategy):
         squared_distances: bool = False,
     ) -> None:
         if n_neighbors < 1 or max_clusters < 1:
-            raise ValueError("n_neighbors and max_clusters must be >= 1")
+            raise InvalidInputError("n_neighbors and max_clusters must be >= 1")
         self.min_cluster_size = int(min_cluster_size)
         self.n_neighbors = int(n_neighbors)
         self.max_clusters = int(max_clusters)

@@ -14,6 +14,7 @@ import pytest
 
 from bayesal.cli.label import add_label_arguments, ascii_image, label_main, main, parse_answer, render_item
 from bayesal.data import load_dataset
+from bayesal.exceptions import CorruptStateError, SessionExistsError
 from bayesal.labeling.session import STATE_NAME, Session
 
 
@@ -91,10 +92,10 @@ def test_errors_are_clear(tmp_path: Path, digits) -> None:
     assert main(["--resume", str(tmp_path / "missing")]) == 2
     assert main([]) == 2
     run_inprocess(["--dataset", "digits", "--state-dir", str(tmp_path / "c"), "--oracle", "--max-labels", "2", "--epochs", "3"])
-    with pytest.raises(ValueError, match="already holds a labeling session"):
+    with pytest.raises(SessionExistsError, match="already holds a labeling session"):
         run_inprocess(["--dataset", "digits", "--state-dir", str(tmp_path / "c")])
     (tmp_path / "c" / STATE_NAME).write_bytes(b"broken")
-    with pytest.raises(ValueError, match="corrupt.*--recover"):
+    with pytest.raises(CorruptStateError, match="corrupt.*--recover"):
         run_inprocess(["--resume", str(tmp_path / "c")], "q\n")
     rc, out = run_inprocess(["--resume", str(tmp_path / "c"), "--recover"], "q\n")
     assert rc == 0 and "recovered session" in out and "2 labels" in out
@@ -182,7 +183,7 @@ def test_cli_recovers_from_the_state_file_when_the_log_is_gone(tmp_path: Path) -
     run_inprocess(["--dataset", "digits", "--state-dir", str(tmp_path / "g"), "--oracle", "--max-labels", "3",
                    "--epochs", "3"])
     (tmp_path / "g" / LOG_NAME).unlink()
-    with pytest.raises(ValueError, match="missing.*--recover"):
+    with pytest.raises(CorruptStateError, match="missing.*--recover"):
         run_inprocess(["--resume", str(tmp_path / "g")], "q\n")
     rc, out = run_inprocess(["--resume", str(tmp_path / "g"), "--recover"], "q\n")
     assert rc == 0 and "recovered session" in out and "3 labels" in out and "rebuilt the label log" in out

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from bayesal.exceptions import StorageError
+from bayesal.exceptions import (
+    InvalidInputError,
+    SessionExistsError,
+    SessionLockedError,
+    SessionNotFoundError,
+    StorageError,
+)
 from bayesal.labeling.session import LOG_NAME, STATE_NAME, Session, StateMismatchError
 from bayesal.labeling.storage import (
     CorruptStateError,
@@ -340,9 +346,9 @@ def test_log_shorter_than_snapshot_is_rewritten(pool, tmp_path):
 def test_directory_lock_and_existing_session(pool, tmp_path):
     x, _ = pool
     s = make(pool, tmp_path)
-    with pytest.raises(ValueError, match="already holds a labeling session"):
+    with pytest.raises(SessionExistsError, match="already holds a labeling session"):
         make(pool, tmp_path)
-    with pytest.raises(ValueError, match="open for writing elsewhere"):
+    with pytest.raises(SessionLockedError, match="open for writing elsewhere"):
         Session.resume(tmp_path / "s", x)
     s.close()
     Session.resume(tmp_path / "s", x).close()
@@ -466,7 +472,7 @@ def test_feature_mismatch_and_missing_files(pool, tmp_path):
         Session.resume(tmp_path / "s", other)
     with pytest.raises(StateMismatchError, match="shape"):
         Session.resume(tmp_path / "s", x[:-1])
-    with pytest.raises(FileNotFoundError, match="no label log"):
+    with pytest.raises(SessionNotFoundError, match="no label log"):
         Session.recover(tmp_path / "nothing", x)
     (tmp_path / "s" / STATE_NAME).unlink()
     r = Session.resume(tmp_path / "s", x)  # the snapshot is a cache: rebuilt from the log
@@ -570,7 +576,7 @@ def test_a_second_opener_is_refused_while_a_session_is_open(pool, tmp_path):
     r = Session.recover(d, x)
     before = files_bytes(d)
     for opener in (Session.recover, Session.resume):
-        with pytest.raises(ValueError, match="open for writing elsewhere"):
+        with pytest.raises(SessionLockedError, match="open for writing elsewhere"):
             opener(d, x)
     assert files_bytes(d) == before
     r.tell(r.query(1)[0], 0)
@@ -582,7 +588,7 @@ def test_new_session_never_deletes_a_log_with_content(pool, tmp_path):
     d = _three_labels_no_snapshot(pool, tmp_path)
     _damage_line(d / LOG_NAME, 0)  # a damaged header line, intact labels after it
     raw = (d / LOG_NAME).read_bytes()
-    with pytest.raises(ValueError, match="already holds a labeling session"):
+    with pytest.raises(SessionExistsError, match="already holds a labeling session"):
         make(pool, tmp_path)
     assert (d / LOG_NAME).read_bytes() == raw
 
@@ -712,3 +718,35 @@ def test_background_snapshots_coalesce_and_flush(pool, tmp_path):
     with pytest.raises(ValueError, match="snapshot_interval"):
         make(pool, snapshot_interval=-1.0)
     s.close()
+
+
+def test_storage_options_object_or_keywords(pool, tmp_path):
+    from bayesal.labeling import StorageOptions
+
+    x, _ = pool
+    s = make(pool, tmp_path, storage=StorageOptions(fsync=False, snapshot_every=3), async_snapshot=False)
+    assert s.storage == StorageOptions(fsync=False, snapshot_every=3, async_snapshot=False)
+    s.tell(0, 0)
+    assert load_snapshot(tmp_path / "s" / STATE_NAME)["events"] == []  # not due yet
+    s.close()
+    with pytest.raises(InvalidInputError, match="unknown storage option"):
+        Session.resume(tmp_path / "s", x, snapshot_evry=2)
+    r = Session.resume(tmp_path / "s", x, storage=StorageOptions(undo_cache=0))
+    assert r.storage.undo_cache == 0 and r.labels == {0: 0}
+    r.tell(1, 1)
+    r.undo()  # nothing cached: the posterior before is replayed
+    assert r.labels == {0: 0}
+    r.close()
+
+
+def test_a_closed_session_refuses_new_answers(pool, tmp_path):
+    x, _ = pool
+    s = make(pool, tmp_path)
+    s.tell(0, 0)
+    s.close()
+    with pytest.raises(StorageError, match="closed"):
+        s.tell(1, 1)
+    assert s.labels == {0: 0}
+    r = Session.resume(tmp_path / "s", x)
+    assert r.labels == {0: 0}
+    r.close()

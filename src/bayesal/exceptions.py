@@ -22,6 +22,7 @@ __all__ = [
     "SessionExistsError",
     "ResultsFileError",
     "StrategyError",
+    "StaleAnswerError",
 ]
 
 
@@ -75,3 +76,7 @@ class ResultsFileError(BayesalError, ValueError):
 
 class StrategyError(BayesalError, RuntimeError):
     """A query strategy returned an invalid batch (wrong size, repeated or out-of-range indices)."""
+
+
+class StaleAnswerError(BayesalError, ValueError):
+    """An answer, correction or undo refers to a state that another person or tab has already changed."""

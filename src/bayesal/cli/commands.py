@@ -1,4 +1,4 @@
-"""Command-line interface: ``bayesal run | plot | label | labelstudio | datasets | demo``."""
+"""Command-line interface: ``bayesal run | plot | label | serve | labelstudio | datasets | demo``."""
 
 from __future__ import annotations
 
@@ -186,6 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser("labelstudio", help="run bayesal as a Label Studio ML backend (active learning)")
         add_labelstudio_arguments(p)
         p.set_defaults(func=labelstudio_main)
+    try:
+        from .serve import add_serve_arguments, serve_main
+    except ImportError:  # the web app needs the `serve` extra
+        pass
+    else:
+        p = sub.add_parser("serve", help="label in the browser (web app), with instant Bayesian updates")
+        add_serve_arguments(p)
+        p.set_defaults(func=serve_main)
     for p in sub.choices.values():
         add_debug_option(p)
     return ap

@@ -1,0 +1,444 @@
+"""The labeling service behind the web app: one :class:`~bayesal.labeling.session.Session`, many clients.
+
+Every call takes one lock, so answers from several tabs or people are applied one at a time, in the
+order they arrive, each durably logged by the session before it is acknowledged. A client (a browser
+tab, identified by a random id it sends) holds a *lease* on the item it is shown: while the lease is
+fresh, other clients are given the next best item instead, so two people rarely see the same one.
+When it still happens (an expired lease, ``lease_seconds=0``, an undo elsewhere), the second answer
+for an item finds it already labeled and gets :class:`~bayesal.exceptions.StaleAnswerError` — it is
+not recorded, and nothing recorded before is touched.
+
+The item a client sees next is computed right after its answer is absorbed (Bayesian update, then the
+strategy's pick under the updated posterior) and returned in the same response; the live panel
+(stopping signals, class counts, learning curve) is computed once per state, on request, and cached.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from bayesal.exceptions import InvalidInputError, StaleAnswerError
+from bayesal.labeling.session import Session
+
+from .render import item_view, line_plot_svg
+
+__all__ = ["LabelingService", "shortcut_keys"]
+
+_KEYS = "123456789" + "abcdefghijklmnopqrstuvwxyz"
+_RESERVED_KEYS = set("suyz")  # skip, undo (u / ctrl-z), redo (y / ctrl-y) are not class shortcuts
+_CLIENT_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_LEASES = 1024
+
+
+def shortcut_keys(class_names: list[str]) -> list[str | None]:
+    """Keyboard shortcut of each class.
+
+    Classes named by single distinct keys (digits ``0``–``9``, letters other than the command keys
+    ``s``, ``u``, ``y``) keep their own name as the key; otherwise ``1``–``9``, then letters. Classes
+    beyond the available keys have no shortcut (their button still works).
+    """
+    own = [n.lower() for n in class_names]
+    if all(len(k) == 1 and (k.isdigit() or "a" <= k <= "z") and k not in _RESERVED_KEYS for k in own) and len(
+        set(own)
+    ) == len(own):
+        return own
+    keys = [k for k in _KEYS if k not in _RESERVED_KEYS]
+    return [keys[c] if c < len(keys) else None for c in range(len(class_names))]
+
+
+class LabelingService:
+    """Thread-safe labeling service over a :class:`Session` (the web app's model layer).
+
+    Parameters
+    ----------
+    session:
+        An open session (new, resumed or recovered); the service closes it in :meth:`close`.
+    name:
+        Project name shown on the page (e.g. the dataset name).
+    test_features, test_labels:
+        Optional held-out split ``(M, D)`` / ``(M,)``: the live panel then shows the learning curve
+        (held-out accuracy of the current posterior against the number of labels).
+    window:
+        Labels spanned by the stopping signals (``Session.stopping_signals(window=...)``).
+    lease_seconds:
+        How long an item shown to one client is kept from the others (0: every client is shown the
+        strategy's top pick).
+    clock:
+        Monotonic clock in seconds (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        *,
+        name: str = "bayesal",
+        test_features: Any = None,
+        test_labels: Any = None,
+        window: int = 10,
+        lease_seconds: float = 120.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not isinstance(window, int) or window < 1:
+            raise InvalidInputError(f"window must be a positive integer, got {window!r}")
+        if not lease_seconds >= 0:
+            raise InvalidInputError(f"lease_seconds must be >= 0, got {lease_seconds!r}")
+        self.session = session
+        self.name = str(name)
+        self.window = window
+        self.lease_seconds = float(lease_seconds)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._names = session.class_names
+        self._keys = shortcut_keys(self._names)
+        self._test: tuple[torch.Tensor, np.ndarray] | None = None
+        if test_features is not None and test_labels is not None and len(test_labels) > 0:
+            tx = torch.as_tensor(np.asarray(test_features), dtype=torch.float64)
+            ty = np.asarray(test_labels, dtype=np.int64).reshape(-1)
+            if tx.ndim != 2 or tx.shape[0] != ty.shape[0] or tx.shape[1] != session.features.shape[1]:
+                raise InvalidInputError(
+                    f"held-out split of shape {tuple(tx.shape)} with {ty.shape[0]} labels does not match the pool's "
+                    f"{session.features.shape[1]} features; pass test features (M, D) and labels (M,)"
+                )
+            self._test = (tx, ty)
+        self._version = 0  # bumped by every change made through the service
+        self._leases: dict[str, tuple[int, float]] = {}
+        self._query_cache: tuple[int, int, list[int]] | None = None
+        self._stats_cache: tuple[int, dict[str, Any]] | None = None
+        self._trace: dict[int, dict[str, float]] = {}  # label count -> panel values at that count
+        self._views: dict[int, dict[str, Any]] = {}
+        self.acknowledged = 0  # answers recorded through this service (tell), for tests and benchmarks
+        self._closed = False
+
+    # ------------------------------------------------------------------ helpers (lock held)
+    def _client(self, client: str | None) -> str:
+        if client is None or client == "":
+            return "anonymous"
+        if not _CLIENT_RE.match(client):
+            raise InvalidInputError("the client id must be 1-64 letters, digits, '-' or '_'")
+        return client
+
+    def _label_index(self, label: str) -> int:
+        if label not in self._names:
+            shown = ", ".join(self._names[:20]) + (" …" if len(self._names) > 20 else "")
+            raise InvalidInputError(f"unknown class {label!r}; the classes are: {shown}")
+        return self._names.index(label)
+
+    def _check_index(self, index: int) -> int:
+        n = int(self.session.features.shape[0])
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
+            raise InvalidInputError(f"item index {index!r} is not in the pool [0, {n})")
+        return index
+
+    def _changed(self) -> None:
+        self._version += 1
+
+    def _query(self, k: int) -> list[int]:
+        cached = self._query_cache
+        if cached is not None and cached[0] == self._version and cached[1] >= k:
+            return cached[2][:k]
+        picks = self.session.query(k)
+        self._query_cache = (self._version, k, picks)
+        return picks
+
+    def _available(self, index: int, labels: dict[int, int], skipped: set[int]) -> bool:
+        return index not in labels and index not in skipped
+
+    def _pick(self, client: str, prefer: int | None = None) -> int | None:
+        """The item to show ``client``: its leased one if still open, else the best one nobody holds."""
+        now = self._clock()
+        self._leases = {c: lease for c, lease in self._leases.items() if lease[1] > now}
+        labels, skipped = self.session.labels, self.session.skipped
+        mine = self._leases.get(client)
+        choice: int | None = None
+        if prefer is not None and self._available(prefer, labels, skipped):
+            choice = prefer
+        elif mine is not None and self._available(mine[0], labels, skipped):
+            choice = mine[0]
+        else:
+            held = {i for c, (i, _) in self._leases.items() if c != client}
+            picks = self._query(len(held) + 1)
+            if not picks:
+                self._leases.pop(client, None)
+                return None
+            choice = next((i for i in picks if i not in held), picks[0])
+        if self.lease_seconds > 0:
+            self._leases[client] = (choice, now + self.lease_seconds)
+            if len(self._leases) > MAX_LEASES:  # bounded: forget the leases that expire first
+                for c, _ in sorted(self._leases.items(), key=lambda kv: kv[1][1])[: len(self._leases) - MAX_LEASES]:
+                    del self._leases[c]
+        return choice
+
+    def _item_view(self, index: int) -> dict[str, Any]:
+        view = self._views.get(index)
+        if view is None:
+            items = self.session.items
+            view = item_view(items[index] if items is not None else None, index)
+            if len(self._views) > 256:
+                self._views.clear()
+            self._views[index] = view
+        return view
+
+    def _card(self, index: int | None) -> dict[str, Any]:
+        """Everything the page shows about the current item (``index=None``: the pool is exhausted)."""
+        base = {
+            "version": self._version,
+            "n_labeled": self.session.n_labeled,
+            "can_undo": self.session.can_undo,
+            "can_redo": self.session.can_redo,
+        }
+        if index is None:
+            return {**base, "index": None, "done": True}
+        probs = self.session.predict_proba([index])[0]
+        vals, idx = probs.topk(min(3, probs.numel()))
+        top = [{"label": self._names[int(c)], "p": round(float(p), 4)} for p, c in zip(vals, idx)]
+        return {**base, "index": index, "done": False, "item": self._item_view(index), "top": top}
+
+    def _describe(self, action: dict[str, Any]) -> dict[str, Any]:
+        out = {"op": action["op"]}
+        if "index" in action:
+            out["index"] = int(action["index"])
+        if action["op"] in ("tell", "correct"):
+            out["label"] = self._names[int(action["label"])]
+        return out
+
+    # ------------------------------------------------------------------ public API
+    def info(self) -> dict[str, Any]:
+        """Static facts for the page: project name, classes with shortcuts, pool size."""
+        return {
+            "name": self.name,
+            "classes": [{"label": n, "key": k} for n, k in zip(self._names, self._keys)],
+            "pool_size": int(self.session.features.shape[0]),
+            "has_test": self._test is not None,
+            "window": self.window,
+        }
+
+    def next_item(self, client: str | None = None) -> dict[str, Any]:
+        """The item ``client`` should label now (the same one again until it is answered or skipped)."""
+        with self._lock:
+            return self._card(self._pick(self._client(client)))
+
+    def answer(self, index: int, label: str, client: str | None = None) -> dict[str, Any]:
+        """Record ``label`` for item ``index`` (durable before return); the response holds the next item.
+
+        Raises :class:`StaleAnswerError` if the item is labeled already (by another tab or person);
+        :class:`InvalidInputError` for an unknown class or index.
+        """
+        with self._lock:
+            cid = self._client(client)
+            i, c = self._check_index(index), self._label_index(label)
+            labels = self.session.labels
+            if i in labels:
+                raise StaleAnswerError(
+                    f"item #{i} was already labeled {self._names[labels[i]]!r} (in another tab or by another "
+                    "person); your answer was not recorded. Correct it in the history if it is wrong"
+                )
+            self.session.tell(i, c)
+            self.acknowledged += 1
+            self._changed()
+            if self._leases.get(cid, (None,))[0] == i:
+                del self._leases[cid]
+            return {"recorded": {"op": "tell", "index": i, "label": self._names[c]}, "next": self._card(self._pick(cid))}
+
+    def skip(self, index: int, client: str | None = None) -> dict[str, Any]:
+        """Skip item ``index`` (it is not queried again; it can still be labeled later)."""
+        with self._lock:
+            cid = self._client(client)
+            i = self._check_index(index)
+            labels, skipped = self.session.labels, self.session.skipped
+            if i in labels:
+                raise StaleAnswerError(f"item #{i} was already labeled {self._names[labels[i]]!r} elsewhere; nothing skipped")
+            if i not in skipped:
+                self.session.skip(i)
+                self._changed()
+            if self._leases.get(cid, (None,))[0] == i:
+                del self._leases[cid]
+            return {"recorded": {"op": "skip", "index": i}, "next": self._card(self._pick(cid))}
+
+    def correct(self, index: int, label: str, client: str | None = None) -> dict[str, Any]:
+        """Change the label of the already labeled item ``index``."""
+        with self._lock:
+            cid = self._client(client)
+            i, c = self._check_index(index), self._label_index(label)
+            if i not in self.session.labels:
+                raise StaleAnswerError(f"item #{i} is not labeled (any more); nothing to correct")
+            self.session.correct(i, c)
+            self._changed()
+            return {"recorded": {"op": "correct", "index": i, "label": self._names[c]}, "next": self._card(self._pick(cid))}
+
+    def undo(self, client: str | None = None, expect_index: int | None = None) -> dict[str, Any]:
+        """Undo the last action; with ``expect_index`` only if that action concerns that item.
+
+        The page sends the item of its own last action, so that one person's undo never silently
+        takes back another person's label (:class:`StaleAnswerError` instead). An undone answer's
+        item is shown again.
+        """
+        with self._lock:
+            cid = self._client(client)
+            history = self.session.history
+            if not history:
+                raise StaleAnswerError("there is nothing to undo")
+            last = history[-1]
+            if expect_index is not None and int(last.get("index", -1)) != expect_index:
+                raise StaleAnswerError(
+                    f"the last action is no longer yours ({self._describe(last)['op']} of item "
+                    f"#{last.get('index', '-')}, made in another tab or by another person); nothing was undone"
+                )
+            done = self.session.undo()
+            self._changed()
+            prefer = int(done["index"]) if done["op"] in ("tell", "skip") else None
+            return {"undone": self._describe(done), "next": self._card(self._pick(cid, prefer=prefer))}
+
+    def redo(self, client: str | None = None) -> dict[str, Any]:
+        """Re-apply the last undone action."""
+        with self._lock:
+            cid = self._client(client)
+            if not self.session.can_redo:
+                raise StaleAnswerError("there is nothing to redo")
+            done = self.session.redo()
+            self._changed()
+            if done["op"] in ("tell", "skip") and self._leases.get(cid, (None,))[0] == int(done["index"]):
+                del self._leases[cid]
+            return {"redone": self._describe(done), "next": self._card(self._pick(cid))}
+
+    def retrain(self, client: str | None = None) -> dict[str, Any]:
+        """Train the head from scratch on all labels (seconds) and rebuild the posterior."""
+        with self._lock:
+            cid = self._client(client)
+            if len(set(self.session.labels.values())) < 2:
+                raise InvalidInputError("retraining needs labels of at least 2 classes")
+            t0 = time.perf_counter()
+            self.session.retrain()
+            self._changed()
+            return {"retrained_on": self.session.n_labeled, "seconds": round(time.perf_counter() - t0, 3),
+                    "next": self._card(self._pick(cid))}
+
+    def recent(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The last ``limit`` labeled items, newest first: index, label, a short preview."""
+        with self._lock:
+            labels = list(self.session.labels.items())[-limit:][::-1]
+            out = []
+            for i, c in labels:
+                view = self._item_view(i)
+                preview = view.get("text", "")[:80] if view["kind"] != "image" else ""
+                row = {"index": i, "label": self._names[c], "preview": preview}
+                if view["kind"] == "image":
+                    row["src"] = view["src"]
+                out.append(row)
+            return out
+
+    def stats(self) -> dict[str, Any]:
+        """The live panel: labels, class counts, stopping signals and their trace as SVG plots."""
+        with self._lock:
+            if self._stats_cache is not None and self._stats_cache[0] == self._version:
+                return self._stats_cache[1]
+            labels = self.session.labels
+            n = len(labels)
+            counts = Counter(labels.values())
+            sig = self.session.stopping_signals(window=self.window)
+            two_classes = len(counts) >= 2
+            point: dict[str, float] = {
+                "expected_accuracy": float(sig["expected_accuracy"]),
+                "gain_per_label": float(sig["gain_per_label"]),
+                "flip_rate": float(sig["flip_rate"]),
+            }
+            if self._test is not None:
+                tx, ty = self._test
+                pred = self.session.posterior.predict_proba(tx).argmax(1).numpy()
+                point["test_accuracy"] = float((pred == ty).mean())
+            if two_classes:
+                self._trace = {k: v for k, v in self._trace.items() if k < n}
+                self._trace[n] = point
+            else:
+                self._trace = {}
+            xs = sorted(self._trace)
+            col = {key: [self._trace[k].get(key, float("nan")) for k in xs] for key in point}
+            acc_series = [("expected", xs, col["expected_accuracy"], "#1f77b4")]
+            if self._test is not None:
+                acc_series.append(("held-out", xs, col["test_accuracy"], "#d62728"))
+            plots = {
+                "accuracy": line_plot_svg(acc_series, title="accuracy", y_range=(0.0, 1.0)),
+                "gain": line_plot_svg([("gain/label", xs, col["gain_per_label"], "#2ca02c")],
+                                      title=f"gain per label (last {self.window})"),
+                "flips": line_plot_svg([("flips %", xs, [100 * v for v in col["flip_rate"]], "#9467bd")],
+                                       title=f"decision flips % (last {self.window})"),
+            }
+            gain = sig["gain_per_label"]
+            out = {
+                "version": self._version,
+                "n_labeled": n,
+                "n_skipped": len(self.session.skipped),
+                "pool_size": int(self.session.features.shape[0]),
+                "counts": [{"label": name, "count": counts.get(c, 0)} for c, name in enumerate(self._names)],
+                "signals_ready": two_classes,
+                "expected_accuracy": round(float(sig["expected_accuracy"]), 4),
+                "gain_per_label": None if gain != gain else round(float(gain), 5),
+                "flips": int(sig["flips"]),
+                "flip_rate": round(float(sig["flip_rate"]), 4),
+                "window_labels": int(sig["window_labels"]),
+                "reference_size": int(sig["reference_size"]),
+                "test_accuracy": round(point["test_accuracy"], 4) if "test_accuracy" in point else None,
+                "plots": plots,
+            }
+            self._stats_cache = (self._version, out)
+            return out
+
+    # ------------------------------------------------------------------ exports
+    def _label_rows(self) -> list[dict[str, Any]]:
+        items = self.session.items
+        rows = []
+        for i, c in self.session.labels.items():
+            row: dict[str, Any] = {"index": i, "label": self._names[c], "label_index": c}
+            item = items[i] if items is not None else None
+            if isinstance(item, str):
+                row["item"] = item
+            rows.append(row)
+        return rows
+
+    def export_csv(self) -> str:
+        """Labels as CSV: ``index,label,label_index,item`` (item: the text, empty for other items)."""
+        with self._lock:
+            rows = self._label_rows()
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=["index", "label", "label_index", "item"], lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({"item": "", **r})
+        return buf.getvalue()
+
+    def export_jsonl(self) -> str:
+        """Labels as JSON lines ``{"index", "label", "label_index"[, "item"]}``."""
+        with self._lock:
+            rows = self._label_rows()
+        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+    def export_posterior(self) -> bytes:
+        """``torch.save`` of the trained head's posterior (``LastLayerLaplace.state_dict()``), the class
+        names and the session configuration; load with ``torch.load`` and ``LastLayerLaplace.from_state_dict``."""
+        with self._lock:
+            payload = {
+                "posterior": self.session.posterior.state_dict(),
+                "class_names": list(self._names),
+                "n_labeled": self.session.n_labeled,
+                "config": self.session.config,
+            }
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        return buf.getvalue()
+
+    def close(self) -> None:
+        """Flush and close the session (idempotent)."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self.session.close()

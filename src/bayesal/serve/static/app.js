@@ -1,0 +1,284 @@
+"use strict";
+// bayesal serve: the labeling page. Plain JavaScript, no dependencies; every request carries the token header.
+(function () {
+  const params = new URLSearchParams(location.search);
+  if (params.has("token")) {
+    sessionStorage.setItem("bayesal-token", params.get("token"));
+    history.replaceState(null, "", location.pathname);  // keep the secret out of the address bar
+  }
+  const token = sessionStorage.getItem("bayesal-token") || "-";
+  let clientId = sessionStorage.getItem("bayesal-client");
+  if (!clientId) {
+    const b = new Uint8Array(12);
+    crypto.getRandomValues(b);
+    clientId = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+    sessionStorage.setItem("bayesal-client", clientId);
+  }
+
+  const $ = (id) => document.getElementById(id);
+  const state = { info: null, card: null, busy: false, keyOf: {}, mine: [], t0: null };
+  // answer -> next item rendered, in ms (read by the browser tests and the latency benchmark)
+  window.bayesalTimings = [];
+  window.bayesalRenders = 0;  // items put on screen so far
+
+  async function api(method, path, body) {
+    const opts = { method, headers: { "X-Bayesal-Token": token, "X-Bayesal-Client": clientId } };
+    if (body !== undefined) {
+      opts.headers["Content-Type"] = "application/json";
+      opts.body = JSON.stringify(body);
+    }
+    const res = await fetch(path, opts);
+    const type = res.headers.get("Content-Type") || "";
+    const data = type.includes("json") ? await res.json() : await res.blob();
+    return { ok: res.ok, status: res.status, data };
+  }
+
+  function message(text, kind) {
+    const m = $("message");
+    m.textContent = text || "";
+    m.className = kind || "";
+  }
+
+  function el(tag, attrs, text) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+
+  function renderCard(card) {
+    state.card = card;
+    const c = $("card");
+    c.dataset.version = card.version;
+    $("undo").disabled = !card.can_undo;
+    $("redo").disabled = !card.can_redo;
+    const item = $("item");
+    item.replaceChildren();
+    $("model").replaceChildren();
+    document.querySelectorAll("#classes button").forEach((b) => { b.disabled = card.done; b.classList.remove("top"); });
+    $("skip").disabled = card.done;
+    if (card.done) {
+      c.dataset.index = "";
+      $("item-meta").textContent = "";
+      item.appendChild(el("p", { id: "done" }, "Every item is labeled or skipped. Export the labels above."));
+      return;
+    }
+    c.dataset.index = card.index;
+    $("item-meta").textContent = `item #${card.index} · ${card.n_labeled} labeled`;
+    const v = card.item;
+    if (v.kind === "image") {
+      item.appendChild(el("img", { src: v.src, alt: `item #${card.index}` }));
+    } else {
+      item.appendChild(el("div", { class: "text" }, v.text));
+    }
+    const model = $("model");
+    model.appendChild(el("span", {}, "model:"));
+    card.top.forEach((t, k) => {
+      const p = el("span", { class: "prob" });
+      const bar = el("span", { class: "bar" });
+      bar.style.width = `${Math.max(2, Math.round(60 * t.p))}px`;
+      p.append(el("b", {}, t.label), bar, el("span", {}, `${(100 * t.p).toFixed(0)}%`));
+      model.appendChild(p);
+      if (k === 0) {
+        const b = document.querySelector(`#classes button[data-label="${CSS.escape(t.label)}"]`);
+        if (b) b.classList.add("top");
+      }
+    });
+  }
+
+  function shown(card) {
+    // the next item is on screen: record the latency once the browser has painted it
+    renderCard(card);
+    const t0 = state.t0;
+    state.t0 = null;
+    requestAnimationFrame(() => {
+      if (t0 !== null) window.bayesalTimings.push(performance.now() - t0);
+      window.bayesalRenders += 1;
+    });
+    setTimeout(refreshPanel, 0);  // the panel follows, off the answer's path
+  }
+
+  async function act(path, body, okText) {
+    if (state.busy) return;
+    state.busy = true;
+    try {
+      const r = await api("POST", path, body);
+      if (r.ok) {
+        message(okText ? okText(r.data) : "", "ok");
+        if (r.data.next) shown(r.data.next);
+        return r.data;
+      }
+      message(r.data.detail || `request failed (${r.status})`, "warn");
+      state.t0 = null;
+      if (r.data.next) shown(r.data.next);
+      return null;
+    } catch (err) {
+      state.t0 = null;
+      message(`the server did not answer (${err}); your last action may not be saved — reload to check`, "warn");
+      return null;
+    } finally {
+      state.busy = false;
+    }
+  }
+
+  async function answer(label) {
+    const card = state.card;
+    if (!card || card.done || state.busy) return;
+    state.t0 = performance.now();
+    const data = await act("/api/answer", { index: card.index, label }, (d) => `#${d.recorded.index} → ${d.recorded.label}`);
+    if (data) state.mine.push(card.index);
+  }
+
+  async function skip() {
+    const card = state.card;
+    if (!card || card.done || state.busy) return;
+    state.t0 = performance.now();
+    const data = await act("/api/skip", { index: card.index }, (d) => `skipped #${d.recorded.index}`);
+    if (data) state.mine.push(card.index);
+  }
+
+  async function undo() {
+    const expect = state.mine.length ? state.mine[state.mine.length - 1] : null;
+    const data = await act("/api/undo", { expect_index: expect }, (d) => `undone: ${d.undone.op} #${d.undone.index ?? ""}`);
+    if (data && state.mine.length) state.mine.pop();
+  }
+
+  async function redo() {
+    const data = await act("/api/redo", {}, (d) => `redone: ${d.redone.op} #${d.redone.index ?? ""}`);
+    if (data && data.redone.index !== undefined) state.mine.push(data.redone.index);
+  }
+
+  async function retrain() {
+    message("retraining the head on all labels …", "");
+    await act("/api/retrain", {}, (d) => `retrained on ${d.retrained_on} labels in ${d.seconds}s`);
+  }
+
+  async function correct(index, label) {
+    await act("/api/correct", { index, label }, (d) => `corrected #${d.recorded.index} → ${d.recorded.label}`);
+  }
+
+  async function download(path, name) {
+    const r = await api("GET", path);
+    if (!r.ok) { message(`export failed (${r.status})`, "warn"); return; }
+    const a = el("a", { href: URL.createObjectURL(r.data), download: name });
+    document.body.appendChild(a);
+    a.click();
+    setTimeout(() => { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
+  }
+
+  let panelPending = false;
+  async function refreshPanel() {
+    if (panelPending) return;
+    panelPending = true;
+    try {
+      const r = await api("GET", "/api/panel");
+      if (r.ok) renderPanel(r.data);
+    } catch (err) {
+      /* the next answer refreshes it */
+    } finally {
+      panelPending = false;
+    }
+  }
+
+  function renderPanel(data) {
+    const s = data.stats;
+    const panel = $("panel");
+    panel.dataset.version = s.version;
+    panel.dataset.labels = s.n_labeled;
+    $("summary").textContent = `${s.n_labeled} labeled · ${s.n_skipped} skipped · pool ${s.pool_size}`;
+    const max = Math.max(1, ...s.counts.map((c) => c.count));
+    const rows = s.counts.map((c) => {
+      const tr = el("tr");
+      const bar = el("div", { class: "cbar" });
+      bar.style.width = `${Math.round(100 * c.count / max)}%`;
+      const cell = el("td");
+      cell.appendChild(bar);
+      tr.append(el("td", {}, c.label), el("td", { class: "n" }, String(c.count)), cell);
+      return tr;
+    });
+    $("counts").replaceChildren(...rows);
+    const sig = $("signals");
+    sig.replaceChildren();
+    const line = (k, v) => { const d = el("div"); d.append(el("span", {}, k), el("b", {}, v)); sig.appendChild(d); };
+    if (!s.signals_ready) {
+      sig.appendChild(el("p", {}, "Stopping signals start once two classes are labeled."));
+    } else {
+      line("expected accuracy", s.expected_accuracy.toFixed(3));
+      if (s.test_accuracy !== null) line("held-out accuracy", s.test_accuracy.toFixed(3));
+      line(`gain per label (last ${s.window_labels})`, s.gain_per_label === null ? "n/a" : s.gain_per_label.toFixed(4));
+      line(`decision flips (last ${s.window_labels})`, `${s.flips} of ${s.reference_size}`);
+    }
+    // server-rendered SVG (numbers only, names escaped on the server)
+    $("plots").innerHTML = s.plots.accuracy + s.plots.gain + s.plots.flips;
+    renderRecent(data.recent);
+  }
+
+  function renderRecent(recent) {
+    const list = $("recent");
+    const items = recent.map((r) => {
+      const li = el("li", { "data-index": r.index });
+      li.appendChild(el("span", {}, `#${r.index}`));
+      if (r.src) li.appendChild(el("img", { src: r.src, alt: `item #${r.index}` }));
+      li.appendChild(el("span", { class: "pv" }, r.preview || ""));
+      const sel = el("select", { "aria-label": `label of item #${r.index}` });
+      for (const c of state.info.classes) {
+        const o = el("option", { value: c.label }, c.label);
+        if (c.label === r.label) o.selected = true;
+        sel.appendChild(o);
+      }
+      sel.addEventListener("change", () => correct(r.index, sel.value));
+      li.appendChild(sel);
+      return li;
+    });
+    list.replaceChildren(...items);
+  }
+
+  function buildClasses(info) {
+    const box = $("classes");
+    box.replaceChildren();
+    info.classes.forEach((c) => {
+      const b = el("button", { "data-label": c.label });
+      if (c.key) { b.append(el("kbd", {}, c.key), document.createTextNode(" ")); state.keyOf[c.key] = c.label; }
+      b.append(document.createTextNode(c.label));
+      b.addEventListener("click", () => answer(c.label));
+      box.appendChild(b);
+    });
+  }
+
+  document.addEventListener("keydown", (ev) => {
+    const tag = (ev.target && ev.target.tagName) || "";
+    if (tag === "SELECT" || tag === "INPUT" || tag === "TEXTAREA" || ev.altKey || ev.metaKey) return;
+    const k = ev.key.toLowerCase();
+    if (ev.ctrlKey) {
+      if (k === "z") { ev.preventDefault(); undo(); } else if (k === "y") { ev.preventDefault(); redo(); }
+      return;
+    }
+    if (k === "u") undo();
+    else if (k === "y") redo();
+    else if (k === "s") skip();
+    else if (state.keyOf[k] !== undefined) answer(state.keyOf[k]);
+    else return;
+    ev.preventDefault();
+  });
+
+  async function start() {
+    const info = await api("GET", "/api/info");
+    if (!info.ok) { message(info.data.detail || `the server refused (${info.status})`, "warn"); return; }
+    state.info = info.data;
+    buildClasses(info.data);
+    $("undo").addEventListener("click", undo);
+    $("redo").addEventListener("click", redo);
+    $("retrain").addEventListener("click", retrain);
+    $("skip").addEventListener("click", skip);
+    $("export-csv").addEventListener("click", () => download("/api/export/labels.csv", "labels.csv"));
+    $("export-jsonl").addEventListener("click", () => download("/api/export/labels.jsonl", "labels.jsonl"));
+    $("export-posterior").addEventListener("click", () => download("/api/export/posterior.pt", "posterior.pt"));
+    const r = await api("GET", "/api/next");
+    if (r.ok) shown(r.data); else message(r.data.detail || `request failed (${r.status})`, "warn");
+    document.body.dataset.ready = "1";
+    // other tabs and people label too: refresh the panel now and then (only while this tab is visible)
+    setInterval(() => { if (!document.hidden && !state.busy) refreshPanel(); }, 5000);
+  }
+
+  start();
+})();

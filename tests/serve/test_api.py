@@ -1,0 +1,330 @@
+"""The web app's JSON API, its security checks and the labeling service's multi-client rules."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from bayesal.exceptions import InvalidInputError, StaleAnswerError  # noqa: E402
+from bayesal.labeling.session import Session  # noqa: E402
+from bayesal.laplace.head import HeadConfig  # noqa: E402
+from bayesal.laplace.posterior import LastLayerLaplace  # noqa: E402
+from bayesal.serve import LabelingService, create_app  # noqa: E402
+from bayesal.serve.app import TOKEN_HEADER, check_bind, is_loopback  # noqa: E402
+from bayesal.serve.service import shortcut_keys  # noqa: E402
+
+NAMES = ["business", "sport", "tech"]
+LOCAL = "http://127.0.0.1:8765"
+
+
+@pytest.fixture(scope="module")
+def pool():
+    rng = np.random.default_rng(0)
+    n, d, c = 240, 6, 3
+    centers = rng.normal(size=(c, d)) * 2.5
+    y = rng.integers(0, c, size=n)
+    x = (centers[y] + rng.normal(size=(n, d))).astype(np.float32)
+    texts = [f"document {i} about {NAMES[k]}" for i, k in enumerate(y)]
+    tx = (centers[np.arange(60) % c] + rng.normal(size=(60, d))).astype(np.float32)
+    return x, y, texts, tx, np.arange(60) % c
+
+
+def make_service(pool, tmp_path: Path, **kw) -> LabelingService:
+    x, _, texts, tx, ty = pool
+    session = Session(x, NAMES, items=texts, random_state=1, head_config=HeadConfig(epochs=10), candidate_size=100,
+                      state_dir=tmp_path / "s", fsync=False)
+    return LabelingService(session, name="toy", test_features=tx, test_labels=ty, **kw)
+
+
+@pytest.fixture
+def service(pool, tmp_path):
+    svc = make_service(pool, tmp_path)
+    yield svc
+    svc.close()
+
+
+def client_for(svc: LabelingService, token: str | None = None, client_id: str = "tab1", **headers) -> TestClient:
+    h = {TOKEN_HEADER: token or "-", "X-Bayesal-Client": client_id, **headers}
+    return TestClient(create_app(svc, token=token), base_url=LOCAL, headers=h)
+
+
+def saved_labels(tmp_path: Path, pool) -> dict[int, int]:
+    """Labels read back from the session directory by a fresh session (what survived on disk)."""
+    s = Session.resume(tmp_path / "s", pool[0], fsync=False)
+    try:
+        return s.labels
+    finally:
+        s.close()
+
+
+def test_page_is_self_contained_and_locked_down(service):
+    c = client_for(service)
+    r = c.get("/")
+    assert r.status_code == 200
+    assert "<script nonce=" in r.text and "bayesalTimings" in r.text
+    # everything is inline: no script, stylesheet or image is fetched from anywhere
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", r.text)
+    csp = r.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "connect-src 'self'" in csp and "unsafe-inline" not in csp
+    assert r.headers["cache-control"] == "no-store"
+
+
+def test_answer_is_logged_and_returns_the_next_item(service, pool, tmp_path):
+    c = client_for(service)
+    card = c.get("/api/next").json()
+    assert card["item"] == {"kind": "text", "text": pool[2][card["index"]]}
+    assert len(card["top"]) == 3 and abs(sum(t["p"] for t in card["top"]) - 1) < 0.05
+    assert c.get("/api/next").json()["index"] == card["index"]  # the same item until it is answered
+    r = c.post("/api/answer", json={"index": card["index"], "label": "sport"})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["recorded"] == {"op": "tell", "index": card["index"], "label": "sport"}
+    assert body["next"]["index"] != card["index"] and body["next"]["n_labeled"] == 1
+    service.close()
+    assert saved_labels(tmp_path, pool) == {card["index"]: 1}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"index": 0, "label": "spor"},  # unknown class
+        {"index": 0, "label": ""},
+        {"index": "0", "label": "sport"},  # no coercion of strings to numbers
+        {"index": -1, "label": "sport"},
+        {"index": 10**6, "label": "sport"},
+        {"index": 0, "label": "sport", "path": "/etc/passwd"},  # unknown fields are refused
+        {"index": 0},
+    ],
+)
+def test_invalid_answers_are_refused_and_record_nothing(service, body):
+    c = client_for(service)
+    r = c.post("/api/answer", json=body)
+    assert r.status_code == 422
+    assert service.session.n_labeled == 0 and len(service.session.events) == 0
+
+
+def test_unknown_class_message_names_the_classes(service):
+    r = client_for(service).post("/api/answer", json={"index": 3, "label": "sports"})
+    assert r.status_code == 422 and "business, sport, tech" in r.json()["detail"]
+
+
+def test_non_json_bodies_are_refused(service):
+    c = client_for(service)
+    r = c.post("/api/answer", content='{"index": 0, "label": "sport"}', headers={"Content-Type": "text/plain"})
+    assert r.status_code == 422 and service.session.n_labeled == 0
+
+
+def test_stale_answer_gets_a_clear_message_and_loses_nothing(pool, tmp_path):
+    svc = make_service(pool, tmp_path, lease_seconds=0)  # both tabs are shown the top pick
+    a, b = client_for(svc, client_id="tabA"), client_for(svc, client_id="tabB")
+    item = a.get("/api/next").json()["index"]
+    assert b.get("/api/next").json()["index"] == item
+    assert a.post("/api/answer", json={"index": item, "label": "tech"}).status_code == 200
+    r = b.post("/api/answer", json={"index": item, "label": "business"})
+    assert r.status_code == 409
+    body = r.json()
+    assert body["stale"] and "already labeled 'tech'" in body["detail"] and "not recorded" in body["detail"]
+    assert body["next"]["index"] != item  # the second tab moves on
+    assert svc.session.labels == {item: 2}
+    svc.close()
+    assert saved_labels(tmp_path, pool) == {item: 2}
+
+
+def test_fresh_leases_give_tabs_different_items(service):
+    a, b = client_for(service, client_id="tabA"), client_for(service, client_id="tabB")
+    ia = a.get("/api/next").json()["index"]
+    ib = b.get("/api/next").json()["index"]
+    assert ia != ib
+    assert a.get("/api/next").json()["index"] == ia and b.get("/api/next").json()["index"] == ib
+
+
+def test_leases_expire(pool, tmp_path):
+    now = [0.0]
+    svc = make_service(pool, tmp_path, lease_seconds=10, clock=lambda: now[0])
+    a, b = svc.next_item("tabA")["index"], svc.next_item("tabB")["index"]
+    assert a != b
+    now[0] = 11.0  # tab A went away: its item is offered again
+    assert svc.next_item("tabC")["index"] == a
+    svc.close()
+
+
+def test_skip_undo_redo_and_correct(service):
+    c = client_for(service)
+    first = c.get("/api/next").json()["index"]
+    second = c.post("/api/answer", json={"index": first, "label": "business"}).json()["next"]["index"]
+    third = c.post("/api/skip", json={"index": second}).json()["next"]["index"]
+    assert service.session.skipped == {second}
+    r = c.post("/api/undo", json={"expect_index": second}).json()
+    assert r["undone"] == {"op": "skip", "index": second} and r["next"]["index"] == second
+    r = c.post("/api/undo", json={"expect_index": first}).json()
+    assert r["undone"] == {"op": "tell", "index": first, "label": "business"}
+    assert r["next"]["index"] == first and service.session.labels == {}  # the undone item is shown again
+    r = c.post("/api/redo", json={}).json()
+    assert r["redone"]["index"] == first and service.session.labels == {first: 0}
+    r = c.post("/api/correct", json={"index": first, "label": "tech"})
+    assert r.status_code == 200 and service.session.labels == {first: 2}
+    assert c.post("/api/correct", json={"index": third, "label": "tech"}).status_code == 409  # not labeled
+    assert c.post("/api/redo", json={}).status_code == 409  # nothing to redo after a new action
+
+
+def test_undo_never_takes_back_another_persons_label(service):
+    a, b = client_for(service, client_id="tabA"), client_for(service, client_id="tabB")
+    ia = a.get("/api/next").json()["index"]
+    a.post("/api/answer", json={"index": ia, "label": "sport"})
+    ib = b.get("/api/next").json()["index"]
+    b.post("/api/answer", json={"index": ib, "label": "tech"})
+    r = a.post("/api/undo", json={"expect_index": ia})  # A's own last answer is no longer the last action
+    assert r.status_code == 409 and "another" in r.json()["detail"]
+    assert service.session.labels == {ia: 1, ib: 2}
+
+
+def test_retrain_needs_two_classes_then_works(service):
+    c = client_for(service)
+    i = c.get("/api/next").json()["index"]
+    j = c.post("/api/answer", json={"index": i, "label": "sport"}).json()["next"]["index"]
+    assert c.post("/api/retrain", json={}).status_code == 422
+    c.post("/api/answer", json={"index": j, "label": "tech"})
+    r = c.post("/api/retrain", json={})
+    assert r.status_code == 200 and r.json()["retrained_on"] == 2
+    assert service.session.history[-1]["op"] == "retrain"
+
+
+def test_panel_has_counts_signals_and_plots(service, pool):
+    c = client_for(service)
+    _, y, *_ = pool
+    card = c.get("/api/next").json()
+    for _ in range(12):
+        card = c.post("/api/answer", json={"index": card["index"], "label": NAMES[y[card["index"]]]}).json()["next"]
+        panel = c.get("/api/panel").json()
+    s = panel["stats"]
+    assert s["n_labeled"] == 12 and sum(x["count"] for x in s["counts"]) == 12
+    assert s["signals_ready"] and 0 < s["expected_accuracy"] <= 1 and 0 <= s["test_accuracy"] <= 1
+    assert s["window_labels"] == 10
+    # the plots hold one point per label count seen since two classes were labeled
+    n_points = len(re.findall(r"<polyline points=\"([^\"]*)\"", s["plots"]["accuracy"])[0].split())
+    assert 2 <= n_points <= 12
+    assert all(p.startswith("<svg") for p in s["plots"].values())
+    assert [r["index"] for r in panel["recent"]][:1] == [list(service.session.labels)[-1]]
+    assert c.get("/api/panel").json()["stats"] == s  # cached per state
+
+
+def test_exports(service, pool):
+    c = client_for(service)
+    card = c.get("/api/next").json()
+    done = {}
+    for label in ["sport", "tech", "business", "tech"]:
+        done[card["index"]] = label
+        card = c.post("/api/answer", json={"index": card["index"], "label": label}).json()["next"]
+    r = c.get("/api/export/labels.csv")
+    assert r.headers["content-disposition"] == 'attachment; filename="labels.csv"'
+    lines = r.text.strip().split("\n")
+    assert lines[0] == "index,label,label_index,item" and len(lines) == 5
+    rows = [json.loads(line) for line in c.get("/api/export/labels.jsonl").text.splitlines()]
+    assert {r["index"]: r["label"] for r in rows} == done
+    assert all(r["item"] == pool[2][r["index"]] and NAMES[r["label_index"]] == r["label"] for r in rows)
+    payload = torch.load(io.BytesIO(c.get("/api/export/posterior.pt").content), weights_only=False)
+    post = LastLayerLaplace.from_state_dict(payload["posterior"])
+    assert payload["class_names"] == NAMES and payload["n_labeled"] == 4
+    x = service.session.features[:5]
+    torch.testing.assert_close(post.predict_proba(x), service.session.predict_proba(range(5)))
+
+
+def test_token_is_checked_on_every_request(service):
+    secret = "correct-horse-battery"
+    good = client_for(service, token=secret)
+    assert good.get("/api/info").status_code == 200
+    assert good.post("/api/skip", json={"index": 0}).status_code == 200
+    bare = TestClient(create_app(service, token=secret), base_url=LOCAL)
+    assert bare.get("/api/info").status_code == 401
+    assert bare.get("/").status_code == 401
+    assert bare.get("/?token=" + secret).status_code == 200
+    assert bare.get("/?token=wrong").status_code == 401
+    for headers in ({TOKEN_HEADER: "wrong"}, {TOKEN_HEADER: ""}, {"Cookie": f"token={secret}"}):
+        assert bare.post("/api/answer", json={"index": 1, "label": "sport"}, headers=headers).status_code == 401
+        assert bare.get("/api/export/labels.csv", headers=headers).status_code == 401
+    # a token in the query string opens only the page, never the API
+    assert bare.get(f"/api/export/labels.csv?token={secret}").status_code == 401
+    # with a token, any Host is fine (the server is meant to be reached from elsewhere)
+    assert TestClient(create_app(service, token=secret), base_url="http://10.0.0.5:8765",
+                      headers={TOKEN_HEADER: secret}).get("/api/info").status_code == 200
+    assert service.session.n_labeled == 0 and service.session.skipped == {0}
+
+
+def test_without_token_the_api_needs_the_header_and_a_local_host(service):
+    bare = TestClient(create_app(service), base_url=LOCAL)
+    assert bare.get("/").status_code == 200  # the page itself
+    # a cross-site form or image cannot add a custom header: refused (CSRF)
+    assert bare.post("/api/answer", json={"index": 1, "label": "sport"}).status_code == 401
+    assert bare.get("/api/next", headers={TOKEN_HEADER: "-"}).status_code == 200
+    rebound = TestClient(create_app(service), base_url="http://evil.example:8765", headers={TOKEN_HEADER: "-"})
+    assert rebound.get("/api/info").status_code == 403  # DNS rebinding
+    assert service.session.n_labeled == 0
+
+
+def test_bind_rules():
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1") and is_loopback("127.0.0.2")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2") and not is_loopback("example.org")
+    assert check_bind("127.0.0.1", None) is None
+    generated = check_bind("0.0.0.0", None)
+    assert generated and len(generated) >= 20 and check_bind("0.0.0.0", None) != generated
+    assert check_bind("0.0.0.0", "my-long-secret") == "my-long-secret"
+    with pytest.raises(InvalidInputError):
+        check_bind("0.0.0.0", "short")
+
+
+def test_concurrent_clients_lose_no_label(pool, tmp_path):
+    svc = make_service(pool, tmp_path, lease_seconds=5)
+    _, y, *_ = pool
+    acked: list[tuple[int, int]] = []
+    stale = [0]
+    lock = threading.Lock()
+
+    def worker(cid: str) -> None:
+        for _ in range(15):
+            card = svc.next_item(cid)
+            if card["done"]:
+                return
+            try:
+                svc.answer(card["index"], NAMES[y[card["index"]]], cid)
+            except StaleAnswerError:
+                with lock:
+                    stale[0] += 1
+                continue
+            with lock:
+                acked.append((card["index"], int(y[card["index"]])))
+
+    threads = [threading.Thread(target=worker, args=(f"c{k}",)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)
+    assert len(acked) == svc.acknowledged and len(acked) + stale[0] == 60
+    assert len({i for i, _ in acked}) == len(acked)
+    svc.close()
+    assert saved_labels(tmp_path, pool) == dict(acked)
+
+
+def test_bad_client_id_is_refused(service):
+    c = client_for(service, client_id="../../etc")
+    assert c.get("/api/next").status_code == 422
+
+
+def test_shortcut_keys():
+    assert shortcut_keys(["0", "1", "2"]) == ["0", "1", "2"]  # digit classes keep their own keys
+    assert shortcut_keys(["a", "b"]) == ["a", "b"]
+    assert shortcut_keys(["cat", "dog"]) == ["1", "2"]
+    keys = shortcut_keys([f"c{i}" for i in range(40)])
+    assert keys[:10] == ["1", "2", "3", "4", "5", "6", "7", "8", "9", "a"]
+    assert not {"s", "u", "y"} & set(keys) and keys[-1] is None and len(set(keys[:32])) == 32
+    assert shortcut_keys(["s", "t"]) == ["1", "2"]  # 's' is the skip key

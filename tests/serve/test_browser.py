@@ -1,0 +1,167 @@
+"""``bayesal serve`` in a real browser (headless Chromium driven by Playwright).
+
+Labels by keyboard, undo, correct, reload, SIGKILL + restart, two tabs on one item, a wrong token.
+Skipped, with the reason shown, where no Chromium is installed (CI installs Debian's package).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("uvicorn")
+sync_api = pytest.importorskip("playwright.sync_api")
+
+from bayesal.data import load_dataset  # noqa: E402
+from bayesal.labeling.session import Session  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                       reason="no Chromium (apt-get install chromium); .ci/run installs it so CI runs these tests"),
+]
+WAIT_MS = 30_000
+
+
+@pytest.fixture(scope="module")
+def browser():
+    pw = sync_api.sync_playwright().start()
+    b = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+    yield b
+    b.close()
+    pw.stop()
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def open_page(browser, url: str):
+    page = browser.new_context().new_page()
+    page.set_default_timeout(WAIT_MS)
+    page.goto(url)
+    wait_ready(page)
+    return page
+
+
+def wait_ready(page) -> None:
+    page.wait_for_selector("body[data-ready='1']")
+    page.wait_for_function("window.bayesalRenders >= 1")  # the first item is on screen
+
+
+def shown_index(page) -> int:
+    return int(page.get_attribute("#card", "data-index"))
+
+
+def press_and_wait(page, key: str) -> None:
+    """Press ``key`` and wait until the next item has been rendered (the page counts each one)."""
+    n = page.evaluate("window.bayesalRenders")
+    page.keyboard.press(key)
+    page.wait_for_function("n => window.bayesalRenders > n", arg=n)
+
+
+def wait_panel(page, n_labels: int) -> None:
+    page.wait_for_selector(f"#panel[data-labels='{n_labels}']")
+
+
+def test_keyboard_labeling_undo_correct_reload_and_sigkill(browser, digits, serve_process, tmp_path):
+    state = tmp_path / "proj"
+    srv = serve_process(["--dataset", "digits", "--state-dir", str(state)])
+    page = open_page(browser, srv.page)
+    acked: dict[int, int] = {}
+    truth = digits.train_labels
+
+    def label_one() -> int:
+        i = shown_index(page)
+        press_and_wait(page, str(truth[i]))  # digit classes: the key is the digit itself
+        assert page.text_content("#message") == f"#{i} → {truth[i]}"
+        acked[i] = int(truth[i])
+        return i
+
+    for _ in range(15):
+        label_one()
+    wait_panel(page, 15)
+
+    # undo by keyboard: the last answer is taken back and its item is shown again
+    last = list(acked)[-1]
+    press_and_wait(page, "u")
+    assert shown_index(page) == last and page.text_content("#message").startswith(f"undone: tell #{last}")
+    del acked[last]
+    wait_panel(page, 14)
+    label_one()
+
+    # reload mid-way: the session goes on where it was
+    page.reload()
+    wait_ready(page)
+    wait_panel(page, 15)
+    for _ in range(15):
+        label_one()
+    wait_panel(page, 30)
+    assert page.locator("#counts tr").count() == 10
+    assert page.locator("#plots svg").count() == 3 and page.locator("#plots polyline").count() >= 2
+
+    # correct a past label in the history list
+    target = list(acked)[-3]
+    new = (acked[target] + 1) % 10
+    page.select_option(f"#recent li[data-index='{target}'] select", str(new))
+    page.wait_for_function("t => document.getElementById('message').textContent.startsWith(t)",
+                           arg=f"corrected #{target} → {new}")
+    acked[target] = new
+    assert len(acked) == 30
+
+    # crash: every acknowledged label must be on disk
+    srv.kill()
+    again = serve_process(["--resume", str(state)])
+    page2 = open_page(browser, again.page)
+    wait_panel(page2, 30)
+    assert shown_index(page2) not in acked
+    again.stop()
+    s = Session.resume(state, digits.train_features)
+    try:
+        assert s.labels == acked
+    finally:
+        s.close()
+
+
+def test_two_tabs_answer_the_same_item(browser, digits, serve_process, tmp_path):
+    srv = serve_process(["--dataset", "digits", "--state-dir", str(tmp_path / "p"), "--lease-seconds", "0"])
+    tab_a, tab_b = open_page(browser, srv.page), open_page(browser, srv.page)
+    item = shown_index(tab_a)
+    assert shown_index(tab_b) == item  # without leases both are shown the top pick
+    right = str(digits.train_labels[item])
+    wrong = str((digits.train_labels[item] + 1) % 10)
+    press_and_wait(tab_a, right)
+    press_and_wait(tab_b, wrong)
+    msg = tab_b.text_content("#message")
+    assert f"item #{item} was already labeled '{right}'" in msg and "not recorded" in msg
+    assert tab_b.get_attribute("#message", "class") == "warn"
+    assert shown_index(tab_b) != item  # the second tab moved on to the next item
+    wait_panel(tab_b, 1)
+    srv.stop()
+    s = Session.resume(tmp_path / "p", digits.train_features)
+    try:
+        assert s.labels == {item: int(right)}
+    finally:
+        s.close()
+
+
+def test_wrong_token_is_refused(browser, serve_process, tmp_path):
+    srv = serve_process(["--dataset", "digits", "--state-dir", str(tmp_path / "t")], token="browser-test-token")
+    page = browser.new_context().new_page()
+    page.set_default_timeout(WAIT_MS)
+    resp = page.goto(srv.url + "?token=wrong-token-here")
+    assert resp.status == 401 and "wrong token" in page.content()
+    resp = page.goto(srv.url)
+    assert resp.status == 401
+    good = open_page(browser, srv.page)
+    assert "token=" not in good.url  # the page drops the secret from the address bar
+    # a script with a wrong header (e.g. from another origin) is refused; the page's own header works
+    status = good.evaluate("fetch('/api/info', {headers: {'X-Bayesal-Token': 'nope'}}).then(r => r.status)")
+    assert status == 401
+    assert good.evaluate("fetch('/api/info').then(r => r.status)") == 401
+    press_and_wait(good, "s")  # the page itself keeps working (skip)
+    assert good.text_content("#message").startswith("skipped #")

@@ -112,7 +112,7 @@ def line_plot_svg(
     The axis ranges cover every finite point (``y_range`` fixes the y axis, e.g. ``(0, 1)``). Names are
     escaped; the result is safe to insert into the page.
     """
-    pad_l, pad_r, pad_t, pad_b = 34, 8, 16, 16
+    pad_l, pad_r, pad_t, pad_b = 42, 8, 16, 16
     pts = [
         (name, [(float(a), float(b)) for a, b in zip(xs, ys) if math.isfinite(a) and math.isfinite(b)], colour)
         for name, xs, ys, colour in series
@@ -164,4 +164,4 @@ def line_plot_svg(
 def _fmt(v: float) -> str:
     if abs(v) >= 100 or v == int(v):
         return f"{v:.0f}"
-    return f"{v:.2f}" if abs(v) >= 0.01 else f"{v:.0e}"
+    return f"{v:.2g}"

@@ -1,0 +1,118 @@
+"""Screenshots of ``bayesal serve`` for the README, taken by headless Chromium (Playwright).
+
+    python docs/make_screenshots.py            # writes docs/serve-text.png, docs/serve-images.png, docs/serve-stale.png
+
+Starts real servers on 127.0.0.1 (bbcnews and digits, fresh sessions in a temporary directory), gives
+some answers through the page and the API (the dataset's true labels, as a person would), then
+photographs the page.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from playwright.sync_api import sync_playwright
+
+from bayesal.data import load_dataset
+
+DOCS = Path(__file__).resolve().parent
+SRC = str(DOCS.parent / "src")
+CHROMIUM = "/usr/bin/chromium"
+H = {"X-Bayesal-Token": "-", "X-Bayesal-Client": "script"}
+
+
+def start(args: list[str], log: Path) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "bayesal", "serve", *args, "--port", str(port)],
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env)  # noqa: SIM115
+    url = f"http://127.0.0.1:{port}/"
+    for _ in range(600):
+        try:
+            if httpx.get(url + "api/info", headers=H, timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError(log.read_text())
+
+
+def answer_via_api(url: str, truth, names: list[str], n: int) -> None:
+    card = httpx.get(url + "api/next", headers=H).json()
+    for _ in range(n):
+        r = httpx.post(url + "api/answer", headers=H, json={"index": card["index"], "label": names[truth[card["index"]]]})
+        card = r.json()["next"]
+        httpx.get(url + "api/panel", headers=H)  # as the page does after each answer: one point per label count
+
+
+def open_page(browser, url: str):
+    page = browser.new_page(viewport={"width": 1280, "height": 860}, device_scale_factor=1)
+    page.goto(url)
+    page.wait_for_selector("body[data-ready='1']")
+    page.wait_for_function("window.bayesalRenders >= 1")
+    return page
+
+
+def press(page, key: str) -> None:
+    n = page.evaluate("window.bayesalRenders")
+    page.keyboard.press(key)
+    page.wait_for_function("n => window.bayesalRenders > n", arg=n)
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
+        tmp = Path(tmp)
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+
+        bbc = load_dataset("bbcnews")
+        proc, url = start(["--dataset", "bbcnews", "--state-dir", str(tmp / "bbc")], tmp / "bbc.log")
+        try:
+            answer_via_api(url, bbc.train_labels, bbc.class_names, 40)
+            page = open_page(browser, url)
+            keys = {c["label"]: c["key"] for c in httpx.get(url + "api/info", headers=H).json()["classes"]}
+            for _ in range(2):
+                i = int(page.get_attribute("#card", "data-index"))
+                press(page, keys[bbc.class_names[bbc.train_labels[i]]])
+            page.wait_for_selector("#panel[data-labels='42']")
+            page.screenshot(path=str(DOCS / "serve-text.png"), full_page=True)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+        digits = load_dataset("digits")
+        proc, url = start(["--dataset", "digits", "--state-dir", str(tmp / "dig"), "--lease-seconds", "0"],
+                          tmp / "dig.log")
+        try:
+            answer_via_api(url, digits.train_labels, digits.class_names, 60)
+            page = open_page(browser, url)
+            i = int(page.get_attribute("#card", "data-index"))
+            press(page, str(digits.train_labels[i]))
+            page.wait_for_selector("#panel[data-labels='61']")
+            page.screenshot(path=str(DOCS / "serve-images.png"), full_page=True)
+            # two tabs on one item: the second answer is refused with a message
+            other = open_page(browser, url)
+            first = open_page(browser, url)
+            i = int(first.get_attribute("#card", "data-index"))
+            press(first, str(digits.train_labels[i]))
+            press(other, str((digits.train_labels[i] + 3) % 10))
+            other.wait_for_selector("#panel[data-labels='62']")
+            other.screenshot(path=str(DOCS / "serve-stale.png"), clip={"x": 0, "y": 0, "width": 1280, "height": 560})
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        browser.close()
+    for name in ("serve-text.png", "serve-images.png", "serve-stale.png"):
+        print(f"wrote {DOCS / name} ({(DOCS / name).stat().st_size // 1024} KiB)")
+
+
+if __name__ == "__main__":
+    main()

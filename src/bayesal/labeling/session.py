@@ -53,11 +53,11 @@ from .history import LabelBook
 from .replay import PosteriorReplay
 from .signals import StoppingSignals
 from .state import SessionState
-from .storage import LOG_NAME, STATE_NAME, LogLockedError
+from .storage import LOG_NAME, STATE_NAME
 from .store import SessionStore, StorageOptions
 
 __all__ = [
-    "Session", "StorageOptions", "CorruptStateError", "StateMismatchError", "LogLockedError", "feature_hash",
+    "Session", "StorageOptions", "CorruptStateError", "StateMismatchError", "feature_hash",
     "LOG_NAME", "STATE_NAME",
 ]
 

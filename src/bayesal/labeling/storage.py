@@ -54,7 +54,6 @@ __all__ = [
     "read_log",
     "LabelLog",
     "CorruptStateError",
-    "LogLockedError",
     "DirectoryLock",
 ]
 
@@ -158,9 +157,6 @@ def read_log(path: str | os.PathLike[str]) -> LogReadResult:
     return LogReadResult(records, pos, torn_tail=bool(tail), n_lines=len(complete))
 
 
-LogLockedError = SessionLockedError  # the log is held by another writer (process or open session)
-
-
 def _lock_fd(fd: int, path: Path, what: str = "label log") -> None:
     """Take an exclusive non-blocking ``flock`` on ``fd``; on failure close it and raise."""
     if fcntl is None:  # pragma: no cover
@@ -169,7 +165,7 @@ def _lock_fd(fd: int, path: Path, what: str = "label log") -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
         os.close(fd)
-        raise LogLockedError(
+        raise SessionLockedError(
             f"{what} {path} is open for writing elsewhere (another process or an unclosed Session); close it first"
         ) from err
 

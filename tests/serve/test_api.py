@@ -328,3 +328,32 @@ def test_shortcut_keys():
     assert keys[:10] == ["1", "2", "3", "4", "5", "6", "7", "8", "9", "a"]
     assert not {"s", "u", "y"} & set(keys) and keys[-1] is None and len(set(keys[:32])) == 32
     assert shortcut_keys(["s", "t"]) == ["1", "2"]  # 's' is the skip key
+
+
+def test_storage_failure_is_reported_and_records_nothing(service):
+    c = client_for(service)
+    i = c.get("/api/next").json()["index"]
+    service.session.close()  # e.g. the server is shutting down: the session refuses answers
+    r = c.post("/api/answer", json={"index": i, "label": "sport"})
+    assert r.status_code == 503 and "nothing was recorded" in r.json()["detail"]
+    assert service.acknowledged == 0
+
+
+def test_exhausted_pool_says_done(tmp_path):
+    x = np.random.default_rng(1).normal(size=(4, 3))
+    svc = LabelingService(Session(x, ["a", "b"], state_dir=tmp_path / "s", fsync=False, random_state=0), name="tiny")
+    c = client_for(svc)
+    card = c.get("/api/next").json()
+    for k in range(4):
+        card = c.post("/api/answer", json={"index": card["index"], "label": "ab"[k % 2]}).json()["next"]
+    assert card["done"] and card["index"] is None and card["n_labeled"] == 4
+    assert c.get("/api/next").json()["done"]
+    svc.close()
+
+
+def test_page_url():
+    from bayesal.serve.server import page_url
+
+    assert page_url("127.0.0.1", 8765, None) == "http://127.0.0.1:8765/"
+    assert page_url("0.0.0.0", 80, "tok") == "http://<this machine's address>:80/?token=tok"
+    assert page_url("::1", 8000, None) == "http://[::1]:8000/"

@@ -165,3 +165,11 @@ def test_wrong_token_is_refused(browser, serve_process, tmp_path):
     assert good.evaluate("fetch('/api/info').then(r => r.status)") == 401
     press_and_wait(good, "s")  # the page itself keeps working (skip)
     assert good.text_content("#message").startswith("skipped #")
+    # exports download through the page (its fetch carries the token header)
+    i = shown_index(good)
+    press_and_wait(good, "3")
+    with good.expect_download() as dl:
+        good.click("#export-csv")
+    path = dl.value.path()
+    assert dl.value.suggested_filename == "labels.csv"
+    assert Path(path).read_text().splitlines() == ["index,label,label_index,item", f"{i},3,3,"]

@@ -27,7 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from bayesal.exceptions import InvalidInputError, StaleAnswerError
+from bayesal.exceptions import BayesalError, InvalidInputError, StaleAnswerError
 
 from .service import LabelingService
 
@@ -134,6 +134,11 @@ def create_app(service: LabelingService, *, token: str | None = None) -> FastAPI
         except InvalidInputError:
             pass
         return JSONResponse(body, status_code=409)
+
+    @app.exception_handler(BayesalError)
+    async def unavailable(request: Request, err: BayesalError) -> JSONResponse:
+        # e.g. the label log cannot be written (disk full) or the session was closed: nothing was recorded
+        return JSONResponse({"detail": f"{err} (nothing was recorded)"}, status_code=503)
 
     def client(request: Request) -> str | None:
         return request.headers.get(CLIENT_HEADER)

@@ -16,7 +16,10 @@
   }
 
   const $ = (id) => document.getElementById(id);
-  const state = { info: null, card: null, busy: false, keyOf: {}, mine: [], t0: null };
+  // this tab's own answers and skips (newest last), kept across reloads: undo takes back only those
+  const mine = JSON.parse(sessionStorage.getItem("bayesal-mine") || "[]");
+  const remember = () => sessionStorage.setItem("bayesal-mine", JSON.stringify(mine.slice(-200)));
+  const state = { info: null, card: null, busy: false, keyOf: {}, mine, t0: null };
   // answer -> next item rendered, in ms (read by the browser tests and the latency benchmark)
   window.bayesalTimings = [];
   window.bayesalRenders = 0;  // items put on screen so far
@@ -126,7 +129,7 @@
     if (!card || card.done || state.busy) return;
     state.t0 = performance.now();
     const data = await act("/api/answer", { index: card.index, label }, (d) => `#${d.recorded.index} → ${d.recorded.label}`);
-    if (data) state.mine.push(card.index);
+    if (data) { state.mine.push(card.index); remember(); }
   }
 
   async function skip() {
@@ -134,18 +137,18 @@
     if (!card || card.done || state.busy) return;
     state.t0 = performance.now();
     const data = await act("/api/skip", { index: card.index }, (d) => `skipped #${d.recorded.index}`);
-    if (data) state.mine.push(card.index);
+    if (data) { state.mine.push(card.index); remember(); }
   }
 
   async function undo() {
     const expect = state.mine.length ? state.mine[state.mine.length - 1] : null;
     const data = await act("/api/undo", { expect_index: expect }, (d) => `undone: ${d.undone.op} #${d.undone.index ?? ""}`);
-    if (data && state.mine.length) state.mine.pop();
+    if (data && state.mine.length) { state.mine.pop(); remember(); }
   }
 
   async function redo() {
     const data = await act("/api/redo", {}, (d) => `redone: ${d.redone.op} #${d.redone.index ?? ""}`);
-    if (data && data.redone.index !== undefined) state.mine.push(data.redone.index);
+    if (data && data.redone.index !== undefined) { state.mine.push(data.redone.index); remember(); }
   }
 
   async function retrain() {

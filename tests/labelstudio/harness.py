@@ -25,6 +25,9 @@ ENV_VAR = "BAYESAL_LABEL_STUDIO"
 USER = "bayesal@example.com"
 PASSWORD = "bayesal-test-pass"
 TOKEN = "b" * 40  # a legacy API token Label Studio accepts as "Token <TOKEN>"
+#: Label Studio feature flag: the Data Manager's "Prediction score" is then the mean over the predictions
+#: of the connected model's current version (off, it only counts predictions named like the model's title)
+SCORE_OF_CURRENT_VERSION_FLAG = "ff_front_dev_1682_model_version_dropdown_070622_short"
 
 TEXT_CONFIG = (
     '<View><Text name="text" value="$text"/>'
@@ -81,6 +84,7 @@ class LabelStudio:
             "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
             "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(data_dir),
             "WEBHOOK_TIMEOUT": "30",
+            SCORE_OF_CURRENT_VERSION_FLAG: "true",
         })
         log_path = data_dir / "label-studio.log"
         log = open(log_path, "wb")
@@ -97,7 +101,7 @@ class LabelStudio:
             if proc.poll() is not None:
                 raise RuntimeError(f"Label Studio exited with code {proc.returncode}:\n{server.log_tail()}")
             try:
-                if server.http.get("/api/projects", timeout=5).status_code == 200:
+                if server.http.get("/api/projects", timeout=5).status_code == 200 and proc.poll() is None:
                     return server
             except httpx.HTTPError:
                 pass
@@ -154,6 +158,12 @@ class LabelStudio:
         """Data Manager action "Delete predictions" on all tasks."""
         return self.api("POST", "/api/dm/actions", params={"id": "delete_tasks_predictions", "project": project},
                         json={"selectedItems": {"all": True, "excluded": []}})
+
+    def tasks_by_score(self, project: int) -> list[dict[str, Any]]:
+        """The project's tasks as a Data Manager view sorted by "Prediction score", highest first."""
+        view = self.api("POST", "/api/dm/views", json={"project": project, "data": {"ordering": ["-tasks:predictions_score"]}})
+        out = self.api("GET", "/api/tasks", params={"view": view["id"], "project": project, "page_size": 1000})
+        return out["tasks"] if isinstance(out, dict) else out
 
     def predictions(self, project: int) -> list[dict[str, Any]]:
         return self.api("GET", "/api/predictions/", params={"project": project})

@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+# imported here, not on use: if the backend cannot be imported, `bayesal` runs without this command
+from bayesal.labelstudio.project import SCORE_STRATEGIES
+
+from .arguments import non_negative_float, positive_float, positive_int
+
 __all__ = ["add_labelstudio_arguments", "labelstudio_main"]
 
 
 def add_labelstudio_arguments(p: argparse.ArgumentParser) -> None:
-    from bayesal.labelstudio.project import SCORE_STRATEGIES
-
-    from .arguments import non_negative_float, positive_float, positive_int
-
     p.add_argument("--state-dir", required=True,
                    help="folder for the backend's state (one sub-folder per Label Studio project)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")

@@ -357,3 +357,12 @@ def test_page_url():
     assert page_url("127.0.0.1", 8765, None) == "http://127.0.0.1:8765/"
     assert page_url("0.0.0.0", 80, "tok") == "http://<this machine's address>:80/?token=tok"
     assert page_url("::1", 8000, None) == "http://[::1]:8000/"
+
+
+def test_names_are_escaped_in_the_page(pool, tmp_path):
+    x, *_ = pool
+    svc = LabelingService(Session(x, NAMES, state_dir=tmp_path / "s", fsync=False, random_state=0),
+                          name='<script>alert("x")</script>')
+    page = client_for(svc).get("/").text
+    assert "<script>alert" not in page and "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
+    svc.close()

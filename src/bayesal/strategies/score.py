@@ -10,18 +10,23 @@ from abc import abstractmethod
 
 import torch
 
+from bayesal.data.pool import Pool
 from bayesal.exceptions import InvalidInputError
 from bayesal.laplace.options import Predictive
 from bayesal.laplace.posterior import LastLayerLaplace
 
 from ._common import logit_sample_chunks, predictive_from_logits, prepare, top_b
 from .base import LabeledSet, QueryResult, QueryStrategy
+from .pool_scoring import pool_top_b
 
 __all__ = ["ScoreStrategy", "PredictiveScoreStrategy", "SampledScoreStrategy"]
 
 
 class ScoreStrategy(QueryStrategy):
     """Top-b of a utility ``u (N,)`` that is a function of the candidates' logit distribution.
+
+    ``candidates`` may be a :class:`~bayesal.data.pool.Pool` (a memory-mapped ``.npy``, shards, Zarr):
+    it is then scored chunk by chunk with a running top-b, in memory ``O(chunk + b)``.
 
     ``stochastic``: whether the score draws random numbers (Monte Carlo); deterministic scores must be
     row-wise, i.e. a candidate's utility must not depend on the other rows.
@@ -51,6 +56,8 @@ class ScoreStrategy(QueryStrategy):
         batch_size: int,
         generator: torch.Generator,
     ) -> QueryResult:
+        if isinstance(candidates, Pool):  # out of core: one chunk at a time, running top-b
+            return pool_top_b(self, posterior, candidates, batch_size, generator=generator)
         x, _, _, b, gen = prepare(posterior, candidates, labeled, batch_size, generator)
         u = self.scores(posterior, x, gen)
         idx = top_b(u, b)

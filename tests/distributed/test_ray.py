@@ -11,7 +11,7 @@ from bayesal.data.backbones import TorchModuleBackbone
 from bayesal.distributed import featurize_with_ray, pool_parts, score_pool
 from bayesal.exceptions import InvalidInputError
 from bayesal.laplace.posterior import LastLayerLaplace
-from bayesal.strategies import BALD, BADGE, EntropySampling, MarginSampling
+from bayesal.strategies import BADGE, BALD, EntropySampling, MarginSampling
 from bayesal.strategies.pool_scoring import TopK, merge_top_k
 
 

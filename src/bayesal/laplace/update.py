@@ -186,8 +186,10 @@ def rank1_logit_update(
     probs: torch.Tensor,
     curvature: float,
     gamma: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cached ``z (N, C)``, ``σ² (N,)`` after the rank-1 update with one point, in ``O(N·D)``.
+    return_products: bool = False,
+) -> tuple[torch.Tensor, ...]:
+    """Cached ``z (N, C)``, ``σ² (N,)`` after the rank-1 update with one point, in ``O(N·D)``
+    (and the products ``Φs (N,)`` with ``return_products=True``).
 
     ``features Φ (N, D)``, ``sigma_phi s = Σφ (D,)`` (old Σ), ``target y (C,)``, ``probs p (C,)``
     (MAP softmax at ``φ``), ``curvature m``. With ``u = √m φ``:
@@ -197,6 +199,8 @@ def rank1_logit_update(
     phi_s = features @ sigma_phi  # (N,)
     new_var = torch.addcmul(variance, phi_s, phi_s, value=-curvature / denom)
     new_logits = torch.addr(logits, phi_s, target - probs, alpha=gamma / denom)
+    if return_products:
+        return new_logits, new_var, phi_s
     return new_logits, new_var
 
 
@@ -279,6 +283,14 @@ class LogitStep:
         """
         return rank1_logit_update(features, logits, variance, self.sigma_phi, self.phi, self.target, self.probs,
                                   self.curvature, self.gamma)
+
+    def apply_with_products(
+        self, features: torch.Tensor, logits: torch.Tensor, variance: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`apply` (bit-identical results) that also returns the products ``Φ Σφ (N,)``, from which
+        a caller can bound how far each cached logit moved (``|γ/denom · (Φ Σφ)_n| · span(y − p)``)."""
+        return rank1_logit_update(features, logits, variance, self.sigma_phi, self.phi, self.target, self.probs,
+                                  self.curvature, self.gamma, return_products=True)
 
     def downdate_kernel(self, kernel: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
         """``kernel = A Σ Bᵀ (R, N)`` for ``left A (R, D)``, ``right B (N, D)`` → ``A Σ' Bᵀ`` (in place)."""

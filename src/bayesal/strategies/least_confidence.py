@@ -13,6 +13,8 @@ class LeastConfidence(PredictiveScoreStrategy):
     """Utility ``1 − max_c p_c`` of the (mean-field by default) predictive."""
 
     name = "least_confidence"
+    #: |Δ max_c p_c| ≤ ‖Δp‖_∞ ≤ ½‖Δp‖₁ (Δp sums to zero)
+    probs_lipschitz = 0.5
 
     def score_probs(self, probs: torch.Tensor) -> torch.Tensor:
         return 1.0 - probs.max(dim=1).values

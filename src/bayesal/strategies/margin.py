@@ -13,6 +13,8 @@ class MarginSampling(PredictiveScoreStrategy):
     """Utility ``1 − (p_(1) − p_(2))`` of the (mean-field by default) predictive, in ``[0, 1]``."""
 
     name = "margin"
+    #: |Δ(p₍₁₎ − p₍₂₎)| ≤ 2‖Δp‖_∞ ≤ ‖Δp‖₁ (Δp sums to zero)
+    probs_lipschitz = 1.0
 
     def score_probs(self, probs: torch.Tensor) -> torch.Tensor:
         top2 = probs.topk(2, dim=1).values

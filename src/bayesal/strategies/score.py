@@ -34,6 +34,13 @@ class ScoreStrategy(QueryStrategy):
 
     stochastic: bool = False
 
+    def mean_field_lipschitz(self) -> float | None:
+        """``L`` with ``|u(w) − u(w')| ≤ L · span(w − w')`` when the utility is a function of the mean-field
+        probabilities ``softmax(w)`` of the scaled logits ``w = z / sqrt(1 + λσ²)`` (``span`` = max − min
+        over classes); ``None`` when no such bound is known. Sequential selection uses it to re-score
+        only the candidates whose score can still be the best."""
+        return None
+
     @abstractmethod
     def score_logits(
         self,
@@ -74,9 +81,19 @@ class PredictiveScoreStrategy(ScoreStrategy):
         self.n_samples = int(n_samples)
         self.stochastic = self.predictive is Predictive.MC
 
+    #: ``L`` with ``|u(p) − u(q)| ≤ L ‖p − q‖₁`` for the score of probabilities (``None``: unknown).
+    probs_lipschitz: float | None = None
+
     @abstractmethod
     def score_probs(self, probs: torch.Tensor) -> torch.Tensor:
         """Utility ``(N,)`` from the predictive ``probs (N, C)``."""
+
+    def mean_field_lipschitz(self) -> float | None:  # noqa: D102 (see base)
+        # ‖softmax(w) − softmax(w')‖₁ ≤ span(w − w'): the softmax Jacobian J = diag(p) − ppᵀ has
+        # ‖J v‖₁ = Σ_k p_k |v_k − pᵀv| ≤ span(v) at every point of the segment from w to w'
+        if self.predictive is not Predictive.MEAN_FIELD or self.probs_lipschitz is None:
+            return None
+        return self.probs_lipschitz
 
     def score_logits(self, posterior, logits, variance, generator):  # noqa: D102 (see base)
         probs = predictive_from_logits(posterior, logits, variance, self.predictive, self.n_samples, generator)

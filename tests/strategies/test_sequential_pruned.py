@@ -1,0 +1,89 @@
+"""Sequential selection with lazy re-scoring picks exactly what the plain loop picks."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bayesal import LastLayerLaplace
+from bayesal.strategies import LabeledSet, LeastConfidence, MarginSampling, OracleSequential, Sequential
+
+
+class CountingMargin(MarginSampling):
+    """Margin sampling that counts the rows it scores."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows = 0
+
+    def score_logits(self, posterior, logits, variance, generator):
+        self.rows += logits.shape[0]
+        return super().score_logits(posterior, logits, variance, generator)
+
+
+def _problem(n, d, c, seed, normalise, curvature="gaussian", gamma=10.0, spread=1.0):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(c, d, generator=g, dtype=torch.float64) * spread
+    y = torch.randint(c, (n + 40,), generator=g)
+    x = centers[y] + torch.randn(n + 40, d, generator=g, dtype=torch.float64) * 0.7
+    if normalise:  # like sentence embeddings (MiniLM is L2-normalised)
+        x = x / x.norm(dim=1, keepdim=True)
+    post = LastLayerLaplace(curvature=curvature, gamma=gamma, random_state=seed).fit(x[:40], y[:40], num_classes=c)
+    return post, LabeledSet(x[:40], y[:40]), x[40:], y[40:]
+
+
+def _pick(strategy, post, labeled, x, b, seed, labels=None):
+    gen = torch.Generator().manual_seed(seed)
+    if labels is not None:
+        return strategy.query_with_labels(post, x, labeled, b, gen, labels)
+    return strategy.query(post, x, labeled, b, gen)
+
+
+@pytest.mark.parametrize("base_cls", [MarginSampling, LeastConfidence])
+@pytest.mark.parametrize("update_with", ["expected", "most_likely", "sampled"])
+@pytest.mark.parametrize("normalise", [True, False])
+def test_pruned_picks_equal_the_plain_loop(base_cls, update_with, normalise):
+    post, labeled, x, _ = _problem(1000, 32, 5, seed=3, normalise=normalise)
+    plain = _pick(Sequential(base_cls(), update_with=update_with, prune=False), post, labeled, x, 25, 0)
+    pruned = _pick(Sequential(base_cls(), update_with=update_with), post, labeled, x, 25, 0)
+    assert pruned.indices.tolist() == plain.indices.tolist()
+    torch.testing.assert_close(pruned.utilities, plain.utilities, rtol=0, atol=1e-12)
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(20, 100), c=st.integers(2, 6), b=st.integers(1, 12),
+       gamma=st.sampled_from([0.0, 1.0, 10.0]), curvature=st.sampled_from(["gaussian", "categorical"]),
+       normalise=st.booleans(), spread=st.sampled_from([0.2, 1.0, 3.0]))
+def test_pruned_equals_plain_and_reinference_on_random_problems(seed, n, c, b, gamma, curvature, normalise, spread):
+    post, labeled, x, y = _problem(n, 8, c, seed, normalise, curvature, gamma, spread)
+    b = min(b, n)
+    plain = _pick(OracleSequential(MarginSampling(), prune=False), post, labeled, x, b, seed, y)
+    pruned = _pick(OracleSequential(MarginSampling()), post, labeled, x, b, seed, y)
+    slow = _pick(OracleSequential(MarginSampling(), fast=False), post, labeled, x, b, seed, y)
+    assert pruned.indices.tolist() == plain.indices.tolist() == slow.indices.tolist()
+
+
+def test_duplicates_and_ties_go_to_the_lowest_index():
+    post, labeled, x, _ = _problem(200, 8, 3, seed=5, normalise=True)
+    x = torch.cat([x, x[:50]])  # every one of the first 50 rows twice
+    plain = _pick(Sequential(MarginSampling(), prune=False), post, labeled, x, 30, 0)
+    pruned = _pick(Sequential(MarginSampling()), post, labeled, x, 30, 0)
+    assert pruned.indices.tolist() == plain.indices.tolist()
+
+
+def test_pruning_rescores_a_fraction_of_the_pool():
+    post, labeled, x, _ = _problem(3000, 64, 10, seed=2, normalise=True, spread=2.0)
+    full, lazy = CountingMargin(), CountingMargin()
+    a = _pick(Sequential(full, prune=False), post, labeled, x, 30, 0)
+    b = _pick(Sequential(lazy), post, labeled, x, 30, 0)
+    assert a.indices.tolist() == b.indices.tolist()
+    assert full.rows == 30 * 3000
+    assert lazy.rows < 0.5 * full.rows, (lazy.rows, full.rows)
+
+
+def test_pruning_does_not_apply_to_scores_without_a_bound():
+    from bayesal.strategies import EntropySampling
+
+    assert EntropySampling().mean_field_lipschitz() is None
+    assert MarginSampling(predictive="mc").mean_field_lipschitz() is None
+    assert MarginSampling().mean_field_lipschitz() == 1.0 and LeastConfidence().mean_field_lipschitz() == 0.5

@@ -26,6 +26,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from starlette.concurrency import run_in_threadpool
 
 from bayesal.exceptions import BayesalError, InvalidInputError, StaleAnswerError
 
@@ -129,8 +130,8 @@ def create_app(service: LabelingService, *, token: str | None = None) -> FastAPI
     @app.exception_handler(StaleAnswerError)
     async def stale(request: Request, err: StaleAnswerError) -> JSONResponse:
         body: dict[str, Any] = {"detail": str(err), "stale": True}
-        try:
-            body["next"] = service.next_item(request.headers.get(CLIENT_HEADER))
+        try:  # off the event loop: the service may be busy with another answer
+            body["next"] = await run_in_threadpool(service.next_item, request.headers.get(CLIENT_HEADER))
         except InvalidInputError:
             pass
         return JSONResponse(body, status_code=409)

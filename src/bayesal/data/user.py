@@ -314,7 +314,7 @@ def _read_table(p: Path, suffix: str) -> Any:
             return pd.read_parquet(p)
         sep = "\t" if suffix == ".tsv" else _sniff_separator(p)
         df = pd.read_csv(p, sep=sep)
-        if sep != "," and any(_all_decimal_commas(df[c]) for c in df.columns if df[c].dtype == object):
+        if sep != "," and any(_all_decimal_commas(df[c]) for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])):
             df = pd.read_csv(p, sep=sep, decimal=",")
         return df
     except (OSError, ValueError, UnicodeDecodeError, MemoryError, RecursionError) as err:

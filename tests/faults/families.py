@@ -425,7 +425,48 @@ def _write_paths(workdir: Path) -> dict[str, tuple[Callable[[int], Any], Callabl
             return sum(12 for k in stored if cache.get(f"k{k}") is None)
 
     paths["feature cache"] = (write_cache, verify_cache)
+
+    from bayesal.labeling.session import Session
+    from bayesal.laplace.head import HeadConfig
+
+    pool = (rng.normal(size=(400, 3)) + np.eye(3)[np.arange(400) % 3] * 2).astype(np.float32)
+    state_dir = workdir / "disk_session"
+    told: dict[int, int] = {}
+
+    def open_session() -> Any:
+        log = state_dir / "labels.jsonl"
+        if log.exists() and b"\n" in log.read_bytes():  # a log without a complete line: never acknowledged
+            return Session.resume(state_dir, pool, async_snapshot=False)
+        return Session(pool, ["a", "b", "c"], state_dir=state_dir, random_state=0, candidate_size=None,
+                       head_config=HeadConfig(epochs=2), async_snapshot=False)
+
+    def write_session(k: int) -> None:
+        s = open_session()
+        try:
+            i = int(s.available_indices()[0])
+            s.tell(i, k % 3)  # acknowledged once it returns
+            told[i] = k % 3
+        finally:
+            s.close()
+
+    def verify_session() -> int:
+        if not told:
+            return 0
+        s = open_session()
+        try:
+            return sum(1 for i, c in told.items() if s.labels.get(i) != c)
+        finally:
+            s.close()
+
+    paths["labeling session"] = (write_session, verify_session)
     return paths
+
+
+def _count_lost(tally: Tally, name: str, lost: int) -> None:
+    if name == "labeling session":
+        tally.lost_labels += lost
+    else:
+        tally.lost_result_rows += lost
 
 
 def faults_disk(tally: Tally, workdir: Path, n: int) -> None:
@@ -451,7 +492,7 @@ def faults_disk(tally: Tally, workdir: Path, n: int) -> None:
                     with disk_full_after(fail_at, partial=partial):
                         tally.attempt(f"disk full: {name} at write {fail_at}", lambda w=write, k=k: w(k))
                     write(k + 100000)  # space is back: the next write works
-                    tally.lost_result_rows += verify()
+                    _count_lost(tally, name, verify())
             if budget > 0:
                 budget -= 1
                 with read_only(root):
@@ -459,4 +500,159 @@ def faults_disk(tally: Tally, workdir: Path, n: int) -> None:
                 if outcome == "correct":  # a write "succeeded" on a read-only directory: impossible
                     tally.silent_drops += 1
                     tally.note("silent_drop", f"read-only: {name} reported success")
-                tally.lost_result_rows += verify()
+                _count_lost(tally, name, verify())
+
+
+# ------------------------------------------------------------------------------ session files
+def _session_template(workdir: Path) -> tuple[Path, np.ndarray, dict[int, int]]:
+    """A small closed session (tells and a skip) to mutate; returns its directory, pool and labels."""
+    from bayesal.labeling.session import Session
+    from bayesal.laplace.head import HeadConfig
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(30, 3)) + np.eye(3)[np.arange(30) % 3] * 2).astype(np.float32)
+    path = workdir / "template"
+    s = Session(x, ["a", "b", "c"], state_dir=path, random_state=0, head_config=HeadConfig(epochs=2),
+                candidate_size=None, fsync=False, async_snapshot=False)
+    for k, i in enumerate([0, 1, 2, 5, 7, 9]):
+        s.tell(i, k % 3)
+    s.skip(4)
+    labels = dict(s.labels)
+    s.close()
+    return path, x, labels
+
+
+def _fresh_copy(template: Path, target: Path) -> Path:
+    import shutil
+
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(template, target)
+    return target
+
+
+def _resume_check(x: np.ndarray, state_dir: Path, truth: dict[int, int] | None) -> Callable[[], Any]:
+    """Resume (and, when resuming refuses, recover) ``state_dir``; returns the labels."""
+    from bayesal.labeling.session import Session
+
+    def run() -> Any:
+        from bayesal.exceptions import CorruptStateError
+
+        try:
+            s = Session.resume(state_dir, x, fsync=False, async_snapshot=False)
+        except CorruptStateError:  # what the user is told to do next
+            s = Session.recover(state_dir, x, fsync=False, async_snapshot=False)
+        try:
+            labels = dict(s.labels)
+            names = s.class_names
+        finally:
+            s.close()
+        return labels, len(names)
+    return run
+
+
+def _labels_ok(truth: dict[int, int] | None, n: int) -> Callable[[Any], bool]:
+    def check(got: Any) -> bool:
+        labels, c = got
+        if truth is not None:  # damaged bytes: what loads is a prefix of what was saved
+            return all(truth.get(i) == v for i, v in labels.items())
+        return all(0 <= i < n and 0 <= v < c for i, v in labels.items())  # a crafted, valid-looking file
+    return check
+
+
+def fuzz_session_log(tally: Tally, workdir: Path, n: int) -> None:
+    from bayesal.labeling.storage import LOG_NAME, STATE_NAME, encode_record, read_log
+
+    template, x, truth = _session_template(workdir)
+    log_bytes = (template / LOG_NAME).read_bytes()
+    records = read_log(template / LOG_NAME).records
+    target = workdir / "case"
+
+    @given(st.sampled_from(["bytes", "record", "fifo"]), mutated(log_bytes), st.integers(0, len(records) - 1),
+           st.text(max_size=10), json_values, st.integers(0, 2), st.booleans())
+    @_settings(n)
+    def run(kind: str, data: bytes, line: int, key: str, value: Any, deep: int, drop_state: bool) -> None:
+        d = _fresh_copy(template, target)
+        if drop_state:  # the log is then the only source
+            (d / STATE_NAME).unlink()
+        if kind == "fifo":
+            (d / LOG_NAME).unlink()
+            os.mkfifo(d / LOG_NAME)
+            tally.attempt("session log: FIFO", _resume_check(x, d, truth), _labels_ok(truth, len(x)), timeout=20)
+            return
+        if kind == "bytes":
+            (d / LOG_NAME).write_bytes(data)
+        else:  # a valid checksum around content that is not ours
+            recs = [dict(r) for r in records]
+            for _ in range(deep * 500):
+                value = [value]
+            if key in recs[line] and deep == 0 and len(key) % 2:
+                del recs[line][key]
+            else:
+                recs[line][key or "label"] = value
+            try:
+                (d / LOG_NAME).write_bytes(b"".join(encode_record(r) for r in recs))
+            except (ValueError, RecursionError):
+                (d / LOG_NAME).write_bytes(b"".join(encode_record(r) for r in records[:line]))
+        tally.attempt(f"session log: {kind}", _resume_check(x, d, truth),
+                      _labels_ok(truth if kind == "bytes" else None, len(x)), timeout=20)
+
+    run()
+
+
+def fuzz_session_snapshot(tally: Tally, workdir: Path, n: int) -> None:
+    import hashlib
+
+    import torch
+
+    from bayesal.labeling.storage import LOG_NAME, SNAPSHOT_MAGIC, STATE_NAME, load_snapshot
+
+    template, x, truth = _session_template(workdir)
+    snap_bytes = (template / STATE_NAME).read_bytes()
+    snap = load_snapshot(template / STATE_NAME)
+    target = workdir / "case"
+
+    def write_snapshot(path: Path, state: Any) -> None:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        payload = buf.getvalue()
+        path.write_bytes(SNAPSHOT_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload)
+
+    @given(st.sampled_from(["bytes", "payload", "fifo"]), mutated(snap_bytes),
+           st.sampled_from(sorted(snap) + ["extra"]), st.sampled_from(["header", "posterior", "events", "top"]),
+           json_values, st.booleans())
+    @_settings(n)
+    def run(kind: str, data: bytes, key: str, part: str, value: Any, drop_log: bool) -> None:
+        d = _fresh_copy(template, target)
+        if drop_log:  # the snapshot is then the only source
+            (d / LOG_NAME).unlink()
+        if kind == "fifo":
+            (d / STATE_NAME).unlink()
+            os.mkfifo(d / STATE_NAME)
+        elif kind == "bytes":
+            (d / STATE_NAME).write_bytes(data)
+        else:
+            state = {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v) for k, v in snap.items()}
+            if part == "top":
+                state[key] = value
+            elif part == "header":
+                state["header"] = {**state["header"], key: value}
+            elif part == "posterior":
+                post = dict(state["posterior"])
+                post[key if key in post else "covariance"] = (
+                    torch.full_like(post["covariance"], float("nan")) if isinstance(value, float) else value)
+                state["posterior"] = post
+            else:
+                events = list(state["events"])
+                if events:
+                    events[len(events) // 2] = {**events[len(events) // 2], key: value}
+                state["events"] = events
+            write_snapshot(d / STATE_NAME, state)
+        tally.attempt(f"session snapshot: {kind}/{part}", _resume_check(x, d, truth),
+                      _labels_ok(truth if kind == "bytes" else None, len(x)), timeout=20)
+
+    run()
+
+
+READERS["session_log"] = fuzz_session_log
+READERS["session_snapshot"] = fuzz_session_snapshot

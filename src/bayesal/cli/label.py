@@ -135,7 +135,7 @@ def _open_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, Any]:
         raise InvalidInputError("--drop-damaged only applies with --recover")
     if args.resume:
         state_dir = Path(args.resume)
-        meta = read_session_header(state_dir).get("meta", {})
+        meta = _checked_meta(read_session_header(state_dir).get("meta", {}), state_dir)
         name, path = meta.get("dataset"), meta.get("dataset_path")
         if args.dataset and not path and name and args.dataset != name:
             raise InvalidInputError(f"{state_dir} is a session on dataset {name!r}, not {args.dataset!r}")
@@ -194,6 +194,21 @@ def _open_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, Any]:
     )
     print(f"new session in {state_dir} (resume with --resume {state_dir})", file=out)
     return session, ds
+
+
+def _checked_meta(meta: Any, state_dir: Path) -> dict[str, Any]:
+    """The data source a saved session names (written by this command): strings only, and only the
+    loader options this command passes, so a session file cannot inject other loader arguments."""
+    from bayesal.exceptions import CorruptStateError
+
+    ok = isinstance(meta, dict) and all(isinstance(meta.get(k), (str, type(None))) for k in ("dataset", "dataset_path"))
+    loader = meta.get("loader") if isinstance(meta, dict) else None
+    ok = ok and (loader is None or (isinstance(loader, dict) and set(loader) <= {"label_column", "item_column"}
+                                    and all(isinstance(v, str) for v in loader.values())))
+    if not ok:
+        raise CorruptStateError(f"the session in {state_dir} records its data source in an unexpected form; "
+                                "pass --dataset with the data file")
+    return meta
 
 
 def label_main(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:

@@ -26,6 +26,7 @@ from typing import Any
 from bayesal.exceptions import CorruptStateError, SessionNotFoundError
 from bayesal.utils.atomic import atomic_write_bytes, fsync_dir
 
+from .schema import check_event, check_header, check_snapshot
 from .storage import (
     FORMAT_VERSION,
     LOG_NAME,
@@ -62,6 +63,7 @@ def _checked_log(res: LogReadResult, log_path: Path) -> tuple[Event, list[Event]
     header, events = _header_and_events(res.records, log_path)
     if len(events) != len(res.records) - 1:
         k = len(events) + 1
+        check_event(res.records[k], k, f"label log {log_path} (line {k + 1})")  # raises, naming the problem
         raise CorruptStateError(f"label log {log_path}: line {k + 1} has seq {res.records[k].get('seq')!r}, expected {k}")
     return header, events, res.valid_bytes
 
@@ -73,10 +75,13 @@ def _header_and_events(records: list[Event], where: Path) -> tuple[Event, list[E
     header = records[0]
     if header.get("format") != FORMAT_VERSION:
         raise CorruptStateError(f"label log {where} has unsupported format {header.get('format')!r}")
+    check_header(header, f"label log {where}", complete=False)
     events: list[Event] = []
     for k, ev in enumerate(records[1:], start=1):
-        if ev.get("seq") != k:
-            break
+        try:
+            check_event(ev, k, f"label log {where} (line {k + 1})")
+        except CorruptStateError:
+            break  # the intact prefix ends here; _checked_log names the problem
         events.append(ev)
     return header, events
 
@@ -103,10 +108,13 @@ def read_session_header(state_dir: Path) -> Event:
     log, state = state_dir / LOG_NAME, state_dir / STATE_NAME
     recs = read_log(log).records if log.exists() else []
     if recs and recs[0].get("op") == "header":
-        return recs[0]
+        try:
+            return check_header(recs[0], f"label log {log}", complete=False)
+        except CorruptStateError:
+            pass
     if state.exists():
         try:
-            return load_snapshot(state)["header"]
+            return check_snapshot(load_snapshot(state), f"state file {state}")["header"]
         except (ValueError, KeyError, TypeError):
             pass
     if not log.exists() and not state.exists():
@@ -165,7 +173,7 @@ def _scan_snapshot(scan: DirectoryScan) -> None:
         scan.snap_problem = "missing"
         return
     try:
-        snap = load_snapshot(path)
+        snap = check_snapshot(load_snapshot(path), f"state file {path}")
         header, events = snap["header"], list(snap["events"])
     except CorruptStateError as err:
         scan.snap_problem, scan.snap_error = f"unreadable ({err})", err

@@ -51,6 +51,7 @@ from bayesal.utils.validation import as_features
 from .config import check_features, feature_hash, new_header
 from .history import LabelBook
 from .replay import PosteriorReplay
+from .schema import check_header
 from .signals import StoppingSignals
 from .state import SessionState
 from .storage import LOG_NAME, STATE_NAME
@@ -196,7 +197,7 @@ class Session:
                strategy: QueryStrategy, options: StorageOptions) -> None:
         if items is not None and len(items) != x.shape[0]:
             raise InvalidInputError(f"items has {len(items)} entries but the pool has {x.shape[0]} rows")
-        self._header = header
+        self._header = check_header(header, "the session header")  # complete, before any setting is used
         self._x = x
         self.items = items
         self._strategy = strategy
@@ -205,10 +206,15 @@ class Session:
         self._retrain_every: int | None = header["retrain_every"]
         self._candidate_size: int | None = header["candidate_size"]
         self._options = options
-        self._replay = PosteriorReplay(x, len(self._names), seed=self._seed, gamma=float(header["gamma"]),
-                                       posterior_config=header["posterior"], head_config=HeadConfig(**header["head"]))
-        self._book = LabelBook(self._names, x.shape[0])  # labels, skipped, history, redo
-        self._state = SessionState(self._replay, self._book, options.undo_cache)
+        try:  # the settings come from a file: a bad one is a corrupt header, not a TypeError
+            self._replay = PosteriorReplay(x, len(self._names), seed=self._seed, gamma=float(header["gamma"]),
+                                           posterior_config=header["posterior"],
+                                           head_config=HeadConfig(**header["head"]))
+            self._book = LabelBook(self._names, x.shape[0])  # labels, skipped, history, redo
+            self._state = SessionState(self._replay, self._book, options.undo_cache)
+        except (TypeError, ValueError) as err:
+            raise CorruptStateError(f"the session header holds settings this version cannot use ({err}); "
+                                    "it was edited or written by another version") from err
         self._signals = StoppingSignals(x, self._seed)
         self._state_dir: Path | None = None
         self._store: SessionStore | None = None

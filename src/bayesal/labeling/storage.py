@@ -34,6 +34,7 @@ import torch
 
 from bayesal.exceptions import CorruptStateError, InvalidInputError, SessionLockedError, StorageError
 from bayesal.utils.atomic import atomic_write_bytes, fsync_dir
+from bayesal.utils.locations import require_regular_file, storage_error
 
 try:  # POSIX advisory lock: one writer per log
     import fcntl
@@ -58,6 +59,9 @@ __all__ = [
 ]
 
 SNAPSHOT_MAGIC = b"BAYESAL-SNAPSHOT v1\n"
+#: Bounds on what is read back: one log line, one snapshot.
+MAX_LINE_BYTES = 16 << 20
+MAX_SNAPSHOT_BYTES = 16 << 30
 #: Version of the header and snapshot layout (sessions of this version resume).
 FORMAT_VERSION = 1
 #: The label log: the source of truth (header line, then one line per event).
@@ -82,6 +86,10 @@ def load_snapshot(path: str | os.PathLike[str]) -> dict[str, Any]:
     naming the problem if the magic line, the checksum or the payload is bad.
     """
     path = Path(path)
+    require_regular_file(path, what="state file")  # a FIFO in its place must not block the reader
+    if path.stat().st_size > MAX_SNAPSHOT_BYTES:
+        raise CorruptStateError(f"state file {path} is corrupt: {path.stat().st_size} bytes, over the "
+                                f"{MAX_SNAPSHOT_BYTES} a snapshot can have")
     raw = path.read_bytes()
     if not raw.startswith(SNAPSHOT_MAGIC):
         raise CorruptStateError(f"state file {path} is corrupt: it does not start with the bayesal snapshot header")
@@ -114,13 +122,13 @@ def decode_record(line: bytes) -> dict[str, Any] | None:
     """The record of one complete line (without or with its newline), or None if the checksum fails."""
     line = line.rstrip(b"\n")
     crc, sep, data = line.partition(b" ")
-    if not sep or len(crc) != 8:
+    if not sep or len(crc) != 8 or len(data) > MAX_LINE_BYTES:
         return None
     try:
         if int(crc, 16) != zlib.crc32(data) & 0xFFFFFFFF:
             return None
         record = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested thousands deep, never ours
         return None
     return record if isinstance(record, dict) else None
 
@@ -143,6 +151,7 @@ def read_log(path: str | os.PathLike[str]) -> LogReadResult:
     """Read a label log. Bytes after the last newline are a torn write (a line is written with one
     ``os.write`` ending in its newline, so a crash can only cut off the end) and are ignored; a
     complete line that fails its checksum is damage, reported in ``bad_lines`` (reading stops there)."""
+    require_regular_file(path, what="label log")  # a FIFO in its place must not block the reader
     raw = Path(path).read_bytes()
     records: list[dict[str, Any]] = []
     pos = 0
@@ -217,12 +226,19 @@ class LabelLog(_OwnsFd):
     def create(cls, path: str | os.PathLike[str], header: dict[str, Any], *, fsync: bool = True) -> LabelLog:
         """Create a new log whose first line is ``header``; fails if the file exists."""
         log = cls(path, fsync=fsync)
-        fd = os.open(log.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        try:
+            fd = os.open(log.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        except OSError as err:
+            raise storage_error("create the label log", log.path, err) from err
         _lock_fd(fd, log.path)
         log._fd = fd
-        log.append(header)
-        if fsync:
-            fsync_dir(log.path.parent)
+        try:
+            log.append(header)
+            if fsync:
+                fsync_dir(log.path.parent)
+        except BaseException:
+            log.close()  # releases the log's lock: a retry in this process must not find it held
+            raise
         return log
 
     @classmethod
@@ -230,12 +246,19 @@ class LabelLog(_OwnsFd):
         """Lock an existing log and open it for appending after truncating it to its ``valid_bytes``
         prefix (drops a torn last line so the next record starts on a fresh line)."""
         log = cls(path, fsync=fsync)
-        fd = os.open(log.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            fd = os.open(log.path, os.O_WRONLY | os.O_APPEND)
+        except OSError as err:
+            raise storage_error("open the label log", log.path, err) from err
         _lock_fd(fd, log.path)
-        if os.fstat(fd).st_size != valid_bytes:
-            os.ftruncate(fd, valid_bytes)
-            os.fsync(fd)
         log._fd = fd
+        if os.fstat(fd).st_size != valid_bytes:
+            try:
+                os.ftruncate(fd, valid_bytes)
+                os.fsync(fd)
+            except OSError as err:
+                log.close()
+                raise storage_error("cut the torn last line of the label log", log.path, err) from err
         return log
 
     @classmethod
@@ -258,9 +281,16 @@ class LabelLog(_OwnsFd):
         if self._fd is None:
             raise StorageError(f"the label log {self.path} is closed; reopen the session to write to it")
         data = encode_record(record)
-        written = os.write(self._fd, data)
-        while written < len(data):  # pragma: no cover - short writes on regular files are rare
-            written += os.write(self._fd, data[written:])
-        if self.fsync:
-            os.fsync(self._fd)
+        size = os.fstat(self._fd).st_size
+        try:
+            written = os.write(self._fd, data)
+            while written < len(data):  # a short write: the disk filled up mid-line
+                written += os.write(self._fd, data[written:])
+            if self.fsync:
+                os.fsync(self._fd)
+        except OSError as err:
+            # leave the log as it was before this line (no half line for the next append to follow)
+            with suppress(OSError):
+                os.ftruncate(self._fd, size)
+            raise storage_error("append to the label log", self.path, err) from err
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bayesal.exceptions import InvalidInputError, SessionExistsError, SessionNotFoundError, StorageError
+from bayesal.utils.locations import check_writable_dir
 
 from .recovery import RecoveryPlan, carry_out, plan_recovery, plan_resume
 from .storage import LOG_NAME, STATE_NAME, DirectoryLock, LabelLog, save_snapshot
@@ -107,7 +108,7 @@ class SessionStore:
         log without one complete line (a creation that died before its header was written, so nothing
         was acknowledged) is replaced; anything more, even a damaged log, is kept and refused.
         """
-        path.mkdir(parents=True, exist_ok=True)
+        check_writable_dir(path, what="session directory")  # a file in the way, read-only: one clear error
         cls._refuse_if_occupied(path)
         store = cls(path, DirectoryLock(path), options)
         try:

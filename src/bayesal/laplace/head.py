@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bayesal.utils.validation import as_features, as_targets, check_num_classes
+from bayesal.utils.validation import as_features, as_targets, check_num_classes, check_scalar
 
 __all__ = ["HeadConfig", "train_head"]
 
@@ -20,6 +20,12 @@ class HeadConfig:
     lr: float = 1e-2
     weight_decay: float = 1e-4
     batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        check_scalar(self.epochs, "epochs", integer=True, low=0)
+        check_scalar(self.lr, "lr", low=0, low_inclusive=False)
+        check_scalar(self.weight_decay, "weight_decay", low=0)
+        check_scalar(self.batch_size, "batch_size", integer=True, low=1)
 
 
 def train_head(

@@ -578,7 +578,7 @@ def fuzz_session_log(tally: Tally, workdir: Path, n: int) -> None:
         if kind == "fifo":
             (d / LOG_NAME).unlink()
             os.mkfifo(d / LOG_NAME)
-            tally.attempt("session log: FIFO", _resume_check(x, d, truth), _labels_ok(truth, len(x)), timeout=20)
+            tally.attempt("session log: FIFO", _resume_check(x, d, truth), _labels_ok(truth, len(x)), timeout=60)
             return
         if kind == "bytes":
             (d / LOG_NAME).write_bytes(data)
@@ -595,7 +595,7 @@ def fuzz_session_log(tally: Tally, workdir: Path, n: int) -> None:
             except (ValueError, RecursionError):
                 (d / LOG_NAME).write_bytes(b"".join(encode_record(r) for r in records[:line]))
         tally.attempt(f"session log: {kind}", _resume_check(x, d, truth),
-                      _labels_ok(truth if kind == "bytes" else None, len(x)), timeout=20)
+                      _labels_ok(truth if kind == "bytes" else None, len(x)), timeout=60)
 
     run()
 
@@ -649,7 +649,7 @@ def fuzz_session_snapshot(tally: Tally, workdir: Path, n: int) -> None:
                 state["events"] = events
             write_snapshot(d / STATE_NAME, state)
         tally.attempt(f"session snapshot: {kind}/{part}", _resume_check(x, d, truth),
-                      _labels_ok(truth if kind == "bytes" else None, len(x)), timeout=20)
+                      _labels_ok(truth if kind == "bytes" else None, len(x)), timeout=60)
 
     run()
 

@@ -52,13 +52,14 @@ class Tally:
             self.examples[kind].append(what)
 
     def attempt(self, label: str, fn: Callable[[], Any], check: Callable[[Any], bool] | None = None,
-                timeout: float = 10.0) -> str:
+                timeout: float = 30.0) -> str:
         """Run ``fn()``; a :class:`BayesalError` is a clear error, a result passing ``check`` is correct,
         a result failing it a silent drop, any other exception an other exception, a run past
         ``timeout`` seconds a hang. Returns the outcome's name."""
         self.inputs_tried += 1
         old = signal.signal(signal.SIGALRM, _alarm)
-        signal.setitimer(signal.ITIMER_REAL, timeout)
+        # re-fires every second after the limit: an alarm swallowed somewhere (a gc callback) comes back
+        signal.setitimer(signal.ITIMER_REAL, timeout, 1.0)
         try:
             result = fn()
         except Hang:

@@ -35,7 +35,7 @@ import numpy as np
 
 from bayesal.data.registry import add_file_options
 from bayesal.exceptions import CorruptStateError, InvalidInputError, StorageError
-from bayesal.utils.locations import safe_name
+from bayesal.utils.locations import check_writable_dir, safe_name
 
 from .arguments import Parser, non_negative_int, positive_float, positive_int, run_guarded
 
@@ -175,6 +175,8 @@ def _open_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, Any]:
     if args.batch < 1:
         raise InvalidInputError(f"--batch must be >= 1, got {args.batch}")
     loader = file_loader_kwargs(args)
+    if args.state_dir:  # before loading (maybe featurising) the data: a file in the way, read-only
+        check_writable_dir(args.state_dir, what="session directory (--state-dir)", create=False)
     ds = load_dataset(args.dataset, **loader)
     # the default name comes from the data (a file's name or a dataset header): never a path of its own
     state_dir = Path(args.state_dir or f"bayesal-label-{safe_name(ds.name)}")

@@ -228,6 +228,8 @@ class LabelLog(_OwnsFd):
         log = cls(path, fsync=fsync)
         try:
             fd = os.open(log.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        except FileExistsError:  # the caller decides whether a log in place may be replaced
+            raise
         except OSError as err:
             raise storage_error("create the label log", log.path, err) from err
         _lock_fd(fd, log.path)

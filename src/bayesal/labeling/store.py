@@ -180,8 +180,8 @@ class SessionStore:
             self._log.append(event)
         except OSError as err:
             self._log_error = err
-            raise StorageError(f"could not write to the label log {self.path / LOG_NAME} ({err}); the last "
-                               "action was not recorded") from err
+            what = str(err) if isinstance(err, StorageError) else f"could not write to the label log {self.path / LOG_NAME} ({err})"
+            raise StorageError(f"{what}; the last action was not recorded") from err
 
     def committed(self, state: Callable[[], dict[str, Any]]) -> None:
         """Count one committed event and write the snapshot ``state()`` if ``snapshot_every`` are due."""

@@ -77,13 +77,16 @@ def check_writable_dir(path: str | os.PathLike[str], *, what: str = "directory",
             errno.ENOTDIR,
             f"cannot use {path} as the {what}: {existing} is a file, not a directory; choose another location",
         )
-    if not path.exists() and not create:
-        return path
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise storage_error(f"create the {what}", path, err) from err
-    probe = path / f".bayesal-probe-{os.getpid()}"
+    target = path
+    if not path.exists():
+        if not create:  # probe the nearest existing ancestor: could the directory be made there?
+            target = existing
+        else:
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise storage_error(f"create the {what}", path, err) from err
+    probe = target / f".bayesal-probe-{os.getpid()}"
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.close(fd)

@@ -656,3 +656,33 @@ def fuzz_session_snapshot(tally: Tally, workdir: Path, n: int) -> None:
 
 READERS["session_log"] = fuzz_session_log
 READERS["session_snapshot"] = fuzz_session_snapshot
+
+
+def fuzz_pool_npy(tally: Tally, workdir: Path, n: int) -> None:
+    """A memory-mapped ``.npy`` pool: opened, read in chunks and by random rows."""
+    from bayesal.data import open_pool
+
+    buf = io.BytesIO()
+    np.save(buf, np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32))
+    original = buf.getvalue()
+    path = workdir / "pool.npy"
+
+    @given(mutated(original))
+    @_settings(n)
+    def run(data: bytes) -> None:
+        path.write_bytes(data)
+
+        def read() -> Any:
+            pool = open_pool(path)
+            blocks = [blk for _, blk in pool.chunks(16)]
+            rows = sum(len(b) for b in blocks)
+            if rows:
+                pool.take([0, rows - 1])
+            return rows, blocks
+
+        tally.attempt("pool npy", read, lambda got: data != original or got[0] == 50)
+
+    run()
+
+
+READERS["pool_npy"] = fuzz_pool_npy

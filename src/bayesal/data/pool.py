@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import tokenize
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -254,13 +255,15 @@ def read_npy_header(path: str | os.PathLike) -> tuple[tuple[int, ...], np.dtype,
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            major, _ = np.lib.format.read_magic(f)
+            major, minor = np.lib.format.read_magic(f)
+            if (major, minor) not in ((1, 0), (2, 0), (3, 0)):  # what numpy itself can map later
+                raise ValueError(f"unsupported .npy format version {major}.{minor}")
             if major == 1:
                 shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
             else:
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
             offset = f.tell()
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SyntaxError, TypeError, tokenize.TokenError) as err:  # a damaged header
         raise DataFileError(f"{path}: not a readable .npy file ({err}); write it with numpy.save") from err
     return tuple(shape), np.dtype(dtype), bool(fortran), offset
 

@@ -331,3 +331,23 @@ def test_basic_auth_guards_every_route_but_health(make_client, recorded):
     right = {"Authorization": "Basic " + base64.b64encode(b"ls:s3cret").decode()}
     assert client.post("/setup", json=body, headers=right).status_code == 200
     assert client.post("/webhook", json=recorded("text_webhook_annotation_created")).status_code == 401
+
+
+def test_sequential_margin_scores_a_batch_of_unlabeled_tasks_on_top(make_client, recorded):
+    client = make_client(strategy="seq-margin", batch_size=2)
+    pbody = recorded("text_predict_post")
+    created = recorded("text_webhook_annotation_created")
+    client.post("/webhook", json=created)
+    s = scores(predict(client, pbody))
+    on_top = [t["id"] for t, v in zip(pbody["tasks"], s) if v > 1]
+    assert len(on_top) == 2 and created["task"]["id"] not in on_top
+    np.testing.assert_allclose(sorted(s[s > 1]), [1.5, 2.0])
+
+
+def test_a_project_switching_from_text_to_images_is_refused(make_client, recorded):
+    client = make_client()
+    body = recorded("text_setup_post")
+    client.post("/setup", json=body)
+    body["schema"] = recorded("image_setup_post")["schema"]
+    r = client.post("/setup", json=body)
+    assert r.status_code == 400 and "now labels image items" in r.json()["error"]

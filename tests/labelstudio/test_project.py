@@ -252,3 +252,32 @@ def test_sigkill_loses_no_acknowledged_annotation(tmp_path, recorded, harness):
         proc.wait(timeout=30)
     assert after["model_version"] == before["model_version"]
     np.testing.assert_allclose([r["score"] for r in after["results"]], [r["score"] for r in before["results"]], atol=1e-6)
+
+
+def test_sequential_margin_puts_a_diverse_batch_on_top(tmp_path):
+    """``seq-margin``: b picks with an update after each score above all other tasks, in pick order;
+    an exact duplicate of the first pick is not picked again (top-b margin would take all copies)."""
+    plain = open_model(tmp_path / "plain")
+    seq = open_model(tmp_path / "seq", strategy="seq-margin", batch_size=3)
+    for i, lab in enumerate("ab"):
+        for m in (plain, seq):
+            m.annotate(i, i, [lab], POOL[i])
+    _, u = plain.predict(POOL)
+    top = int(torch.argmax(u[2:])) + 2
+    pool = np.concatenate([POOL, POOL[[top, top]]])  # two more copies of the most uncertain task
+    labeled = [True, True] + [False] * (len(pool) - 2)
+    _, base = plain.predict(pool)
+    assert len({round(float(base[i]), 12) for i in (top, len(POOL), len(POOL) + 1)}) == 1
+    _, scores = seq.predict(pool, labeled=labeled)
+    picks = [int(i) for i in torch.argsort(scores, descending=True)[:3]]
+    np.testing.assert_allclose(sorted(scores[picks].tolist(), reverse=True), [2.0, 1 + 2 / 3, 1 + 1 / 3])
+    assert picks[0] in (top, len(POOL), len(POOL) + 1)  # the first pick is the plain margin's best
+    copies = {top, len(POOL), len(POOL) + 1}
+    assert len(copies & set(picks)) == 1  # ... and its copies are not picked again
+    assert not set(picks) & {0, 1}  # labeled tasks are never picked
+    rest = [i for i in range(len(pool)) if i not in picks]
+    torch.testing.assert_close(scores[rest], base[rest])  # the others keep the margin utility
+    with pytest.raises(InvalidInputError):
+        seq.predict(pool, labeled=[True])
+    plain.close()
+    seq.close()

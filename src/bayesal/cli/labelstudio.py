@@ -19,7 +19,11 @@ def add_labelstudio_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=positive_int, default=9090, help="port (default 9090)")
     p.add_argument("--strategy", default="margin", choices=SCORE_STRATEGIES,
-                   help="utility reported as each prediction's score (default margin)")
+                   help="utility reported as each prediction's score (default margin); seq-NAME: the "
+                        "--batch-size tasks picked one after another with a Bayesian update in between "
+                        "score above all others, in pick order")
+    p.add_argument("--batch-size", type=positive_int, default=10,
+                   help="picks of a seq- strategy per prediction request (default 10)")
     p.add_argument("--gamma", type=non_negative_float, default=10.0, help="update step size γ (default 10)")
     p.add_argument("--prior-precision", type=positive_float, default=1.0, help="prior precision λ₀ (default 1)")
     p.add_argument("--seed", type=int, default=None, help="seed of head refits (default: drawn, saved)")
@@ -49,7 +53,7 @@ def labelstudio_main(args: argparse.Namespace) -> int:
 
         files_root = os.environ.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT") or None
     settings = BackendSettings(
-        strategy=args.strategy, gamma=args.gamma, prior_precision=args.prior_precision, seed=args.seed,
+        strategy=args.strategy, batch_size=args.batch_size, gamma=args.gamma, prior_precision=args.prior_precision, seed=args.seed,
         files_root=files_root, upload_root=args.upload_root,
     )
     print(f"bayesal Label Studio backend on http://{args.host}:{args.port} (state in {args.state_dir}); "

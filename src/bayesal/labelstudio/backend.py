@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bayesal.data.backbones import Backbone
-from bayesal.exceptions import InvalidInputError
+from bayesal.exceptions import InvalidInputError, StateMismatchError
 
 from .config import ChoicesConfig, parse_label_config
 from .features import FeatureStore, TaskFeaturizer, default_backbone
@@ -44,6 +44,7 @@ class BackendSettings:
     image files may be read from (see :class:`~.features.TaskFeaturizer`)."""
 
     strategy: str = "margin"
+    batch_size: int = 10
     gamma: float = 10.0
     prior_precision: float = 1.0
     seed: int | None = None
@@ -151,7 +152,14 @@ class LabelStudioBackend:
                     )
                 proj = self._open(folder, config)
                 self._projects[uid] = proj
-        if config is not None and proj.model.set_config(config):
+        if config is not None and config != proj.featurizer.config:
+            if self.backbone(config.kind).dim != proj.model.dim:
+                raise StateMismatchError(
+                    f"Label Studio project {pid} now labels {config.kind} items, but its model in "
+                    f"{proj.model.state_dir} was made for {proj.featurizer.config.kind}; move that folder away "
+                    "to start its model afresh"
+                )
+            proj.model.set_config(config)
             proj.featurizer = self._featurizer(proj.model, config)
         return proj
 
@@ -167,7 +175,7 @@ class LabelStudioBackend:
             kind = ChoicesConfig.from_dict(configs[-1]).kind
         bb = self.backbone(kind)
         s = self.settings
-        model = ProjectModel(folder, int(bb.dim or 0), strategy=s.strategy, gamma=s.gamma,
+        model = ProjectModel(folder, int(bb.dim or 0), strategy=s.strategy, batch_size=s.batch_size, gamma=s.gamma,
                              prior_precision=s.prior_precision, seed=s.seed, fsync=s.fsync)
         if config is not None:
             model.set_config(config)
@@ -212,7 +220,8 @@ class LabelStudioBackend:
         if not tasks:
             return [], proj.model.model_version
         feats = proj.featurizer.encode(tasks)
-        probs, utility = proj.model.predict(feats)
+        done = proj.model.labeled_tasks()
+        probs, utility = proj.model.predict(feats, labeled=[t.get("id") in done for t in tasks])
         version = proj.model.model_version
         results = []
         for p, u in zip(probs, utility):

@@ -45,19 +45,23 @@ from bayesal.labeling.storage import DirectoryLock, LabelLog, load_snapshot, rea
 from bayesal.labeling.store import SnapshotWriter
 from bayesal.laplace.posterior import LastLayerLaplace
 from bayesal.strategies import get_strategy
+from bayesal.strategies.base import LabeledSet
 from bayesal.strategies.score import ScoreStrategy
+from bayesal.strategies.sequential import Sequential
 from bayesal.utils.rng import derive_generator, derive_seed
 
 from .config import ChoicesConfig
 
-__all__ = ["ProjectModel", "Observation", "SCORE_STRATEGIES", "LOG_NAME", "SNAPSHOT_NAME", "FEATURES_NAME"]
+__all__ = ["ProjectModel", "Observation", "SCORE_STRATEGIES", "SEQUENTIAL_STRATEGIES", "LOG_NAME", "SNAPSHOT_NAME", "FEATURES_NAME"]
 
 LOG_NAME = "annotations.log"
 SNAPSHOT_NAME = "posterior.state"
 FEATURES_NAME = "features.bin"
 FORMAT = 1
-#: Strategies whose utility is a per-task score (what a prediction's ``score`` can carry).
-SCORE_STRATEGIES = ("margin", "entropy", "least_confidence", "bald", "variation_ratio")
+#: Strategies whose utility is a per-task score (what a prediction's ``score`` can carry), and their
+#: sequential versions (``seq-<base>``, bases with utilities in [0, 1]): see :meth:`ProjectModel.predict`.
+SEQUENTIAL_STRATEGIES = ("seq-margin", "seq-least_confidence")
+SCORE_STRATEGIES = ("margin", "entropy", "least_confidence", "bald", "variation_ratio") + SEQUENTIAL_STRATEGIES
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,8 @@ class ProjectModel:
         Feature dimension D of the backbone.
     strategy:
         Name of a per-task score strategy (:data:`SCORE_STRATEGIES`); its utility is the prediction score.
+    batch_size:
+        Picks of a sequential strategy per prediction request.
     gamma, prior_precision, curvature:
         The Bayesian update's step size and the posterior's prior precision and curvature.
     seed:
@@ -115,6 +121,7 @@ class ProjectModel:
         dim: int,
         *,
         strategy: str = "margin",
+        batch_size: int = 10,
         gamma: float = 10.0,
         prior_precision: float = 1.0,
         curvature: str = "gaussian",
@@ -130,8 +137,12 @@ class ProjectModel:
             raise InvalidInputError(f"gamma must be a finite number >= 0, got {gamma!r}")
         self.state_dir = Path(state_dir)
         self.dim = int(dim)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidInputError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.strategy_name = strategy
-        self._strategy = get_strategy(strategy)
+        self.batch_size = batch_size
+        self._sequential = strategy.startswith("seq-")
+        self._strategy = get_strategy(strategy.removeprefix("seq-"))
         if not isinstance(self._strategy, ScoreStrategy):  # pragma: no cover - guarded by SCORE_STRATEGIES
             raise InvalidInputError(f"strategy {strategy!r} has no per-task score")
         self.gamma = float(gamma)
@@ -390,8 +401,15 @@ class ProjectModel:
             self.posterior()
             self._submit_snapshot()
 
-    def predict(self, features: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Predictive probabilities ``(N, C)`` and the strategy's utility ``(N,)`` of ``features (N, D)``."""
+    def predict(self, features: np.ndarray, labeled: Sequence[bool] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predictive probabilities ``(N, C)`` and scores ``(N,)`` of ``features (N, D)``.
+
+        The score is the strategy's utility. For a sequential strategy (``seq-margin``) the
+        ``batch_size`` tasks it picks one after another among the rows not marked in ``labeled`` —
+        updating the posterior with each pick's most likely label in between, so the picks are not
+        near-duplicates — score above every other task, in pick order: ``1 + (b − r) / b`` for the
+        ``r``-th of ``b`` picks (the base utility is at most 1); the other tasks keep the base utility.
+        """
         with self._lock:
             post = self.posterior()
             x = torch.as_tensor(np.asarray(features, dtype=np.float64))
@@ -400,4 +418,31 @@ class ProjectModel:
             probs = post.predict_proba(x)
             gen = derive_generator(int(self._header["seed"]), "labelstudio-score", self._seq)
             utility = self._strategy.scores(post, x, gen)
+            if self._sequential and x.shape[0]:
+                utility = self._sequential_scores(post, x, utility, labeled, gen)
             return probs, utility
+
+    def _sequential_scores(
+        self, post: LastLayerLaplace, x: torch.Tensor, utility: torch.Tensor, labeled: Sequence[bool] | None,
+        gen: torch.Generator,
+    ) -> torch.Tensor:
+        mask = torch.zeros(x.shape[0], dtype=torch.bool) if labeled is None else torch.as_tensor(list(labeled), dtype=torch.bool)
+        if mask.shape[0] != x.shape[0]:
+            raise InvalidInputError(f"labeled has {mask.shape[0]} entries for {x.shape[0]} rows")
+        pool = (~mask).nonzero().flatten()
+        b = min(self.batch_size, int(pool.numel()))
+        if b == 0:
+            return utility
+        obs = [self._obs[a] for a in self._timeline if isinstance(a, int)]
+        targets = [self._target(o) for o in obs]
+        keep = [(o, t) for o, t in zip(obs, targets) if t is not None]
+        lab = LabeledSet(
+            torch.from_numpy(np.stack([o.feature for o, _ in keep])).to(torch.float64) if keep
+            else torch.zeros(0, self.dim, dtype=torch.float64),
+            torch.tensor([int(t.argmax()) for _, t in keep], dtype=torch.long),
+        )
+        picks = Sequential(self._strategy, update_with="most_likely").query(post, x[pool], lab, b, gen).indices
+        out = utility.clone()
+        for r, i in enumerate(picks.tolist()):
+            out[pool[i]] = 1.0 + (b - r) / b
+        return out

@@ -7,6 +7,8 @@ EXTRAS ?= dev,text,images,serve,ray,zarr
 # Label Studio, for the integration test of the ML backend, in a venv of its own (it pins Django and NumPy).
 LS_VENV ?= .lsvenv
 LS_EXE := $(LS_VENV)/bin/label-studio
+# A migrated Label Studio database, copied by the tests into each new server (saves its migrations).
+LS_DB := $(LS_VENV)/migrated/label_studio.sqlite3
 
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 
@@ -51,12 +53,16 @@ $(LS_EXE):
 	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
 	$(LS_VENV)/bin/pip install -q label-studio==1.23.2
 
-labelstudio-env: $(LS_EXE)
+$(LS_DB): $(LS_EXE)
+	$(LS_EXE) version --data-dir $(LS_VENV)/migrated > /dev/null
+
+labelstudio-env: $(LS_DB)
 
 # Only the tests that start a real Label Studio (marked `labelstudio`); `make test` skips them unless
 # BAYESAL_LABEL_STUDIO names a label-studio executable.
-test-labelstudio: $(STAMP) $(LS_EXE)
-	BAYESAL_LABEL_STUDIO=$(abspath $(LS_EXE)) BAYESAL_LABEL_STUDIO_REQUIRED=1 $(PY) -m pytest -q -rs -m labelstudio tests/labelstudio
+test-labelstudio: $(STAMP) $(LS_DB)
+	BAYESAL_LABEL_STUDIO=$(abspath $(LS_EXE)) BAYESAL_LABEL_STUDIO_DB_TEMPLATE=$(abspath $(dir $(LS_DB))) \
+	BAYESAL_LABEL_STUDIO_REQUIRED=1 $(PY) -m pytest -q -rs -m labelstudio tests/labelstudio
 
 bench: $(STAMP)
 	$(PY) benchmarks/update_vs_retrain.py

@@ -161,7 +161,8 @@ def trials_run(workdir: Path, trials: int, rng: random.Random) -> dict[str, Any]
         done: set[str] = set()
         for _ in range(per_dir):
             acks: list[str] = []
-            in_child(_run_workload(out), kill_after=rng.uniform(0.0, min(full, 1.5)), acks=acks)
+            # children run slower than the warm parent on a loaded machine: spread the kills wider
+            in_child(_run_workload(out), kill_after=rng.uniform(0.0, min(max(4 * full, 0.6), 2.0)), acks=acks)
             kills += 1
             done.update(acks)
             acked += len(acks)

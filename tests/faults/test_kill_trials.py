@@ -28,7 +28,7 @@ def _trials(workload: str, tmp_path: Path, n: int) -> dict:
 def test_kill_bayesal_run(tmp_path):
     res = _trials("run", tmp_path, 51)
     assert res["kills"] >= 50 and res["errors"] == 0 and res["hangs"] == 0
-    assert res["acked_runs"] >= 20, res  # kills landed while runs were being written
+    assert res["acked_runs"] >= 10, res  # kills landed while runs were being written
     assert res["lost_result_rows"] == 0, res
 
 

@@ -87,3 +87,24 @@ def test_pruning_does_not_apply_to_scores_without_a_bound():
     assert EntropySampling().mean_field_lipschitz() is None
     assert MarginSampling(predictive="mc").mean_field_lipschitz() is None
     assert MarginSampling().mean_field_lipschitz() == 1.0 and LeastConfidence().mean_field_lipschitz() == 0.5
+
+
+def test_strategies_that_need_every_row_accept_a_pool(tmp_path, monkeypatch):
+    import numpy as np
+
+    from bayesal.data import open_pool
+    from bayesal.exceptions import InvalidInputError
+    from bayesal.strategies import BADGE, CoreSet, _common
+
+    post, labeled, x, _ = _problem(300, 8, 3, seed=4, normalise=True)
+    np.save(tmp_path / "pool.npy", x.numpy())
+    pool = open_pool(tmp_path / "pool.npy")
+    for strategy in (Sequential(MarginSampling()), BADGE(), CoreSet()):
+        want = _pick(strategy, post, labeled, x, 10, 0)
+        got = _pick(strategy, post, labeled, pool, 10, 0)
+        assert got.indices.tolist() == want.indices.tolist(), strategy
+    monkeypatch.setattr(_common, "MAX_POOL_IN_MEMORY_BYTES", 1000)
+    with pytest.raises(InvalidInputError, match="candidate subset"):
+        _pick(BADGE(), post, labeled, pool, 10, 0)
+    # a top-b score still streams the pool
+    assert len(_pick(MarginSampling(), post, labeled, pool, 10, 0).indices) == 10

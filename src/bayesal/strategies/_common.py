@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from bayesal.data.pool import Pool
 from bayesal.exceptions import InvalidInputError
 from bayesal.laplace.posterior import LastLayerLaplace
 from bayesal.laplace.predictive import logit_sample_blocks
@@ -40,6 +42,22 @@ def check_batch_size(batch_size: int, n: int) -> int:
     return b
 
 
+#: Largest out-of-core pool (bytes in float64) that strategies needing every row at once read into memory.
+MAX_POOL_IN_MEMORY_BYTES = 4 * 2**30
+
+
+def pool_in_memory(pool: Pool) -> np.ndarray:
+    """All rows of ``pool`` ``(N, D)`` for strategies that touch every candidate per pick (sequential,
+    look-ahead, BADGE, CoreSet, ...); a pool too large for that is an error naming what to do."""
+    if pool.n_rows * pool.dim * 8 > MAX_POOL_IN_MEMORY_BYTES:
+        raise InvalidInputError(
+            f"a pool of {pool.n_rows:,} rows is too large for this strategy, which needs every candidate in "
+            "memory; score the pool with a top-b strategy (margin, entropy, ...), or pass a candidate subset "
+            "such as pool.take(indices) (e.g. the top-k of a top-b score)"
+        )
+    return pool.to_numpy()
+
+
 def prepare(
     posterior: LastLayerLaplace,
     candidates: torch.Tensor,
@@ -52,6 +70,8 @@ def prepare(
     Returns candidates ``(N, D)`` and labeled features ``(L, D)`` in the posterior's dtype, labeled
     labels ``(L,)`` (long), the batch size and a generator (a fresh one when ``None``).
     """
+    if isinstance(candidates, Pool):
+        candidates = pool_in_memory(candidates)
     x = posterior.check_features(candidates, name="candidates")
     d = posterior.num_features
     b = check_batch_size(batch_size, x.shape[0])

@@ -18,3 +18,6 @@ class LeastConfidence(PredictiveScoreStrategy):
 
     def score_probs(self, probs: torch.Tensor) -> torch.Tensor:
         return 1.0 - probs.max(dim=1).values
+
+    def top_probability_floor(self, scores: torch.Tensor) -> torch.Tensor:
+        return 1.0 - scores  # p₍₁₎ = 1 − u

@@ -19,3 +19,6 @@ class MarginSampling(PredictiveScoreStrategy):
     def score_probs(self, probs: torch.Tensor) -> torch.Tensor:
         top2 = probs.topk(2, dim=1).values
         return 1.0 - (top2[:, 0] - top2[:, 1])
+
+    def top_probability_floor(self, scores: torch.Tensor) -> torch.Tensor:
+        return 1.0 - scores  # p₍₁₎ ≥ p₍₁₎ − p₍₂₎ = 1 − u

@@ -34,6 +34,11 @@ class ScoreStrategy(QueryStrategy):
 
     stochastic: bool = False
 
+    def top_probability_floor(self, scores: torch.Tensor) -> torch.Tensor | None:
+        """A lower bound ``(N,)`` on the largest mean-field probability implied by the scores (``None``:
+        none known); used with :meth:`mean_field_lipschitz` to bound score changes of confident rows."""
+        return None
+
     def mean_field_lipschitz(self) -> float | None:
         """``L`` with ``|u(w) − u(w')| ≤ L · span(w − w')`` when the utility is a function of the mean-field
         probabilities ``softmax(w)`` of the scaled logits ``w = z / sqrt(1 + λσ²)`` (``span`` = max − min

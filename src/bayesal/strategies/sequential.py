@@ -135,9 +135,10 @@ class _SequentialSelection:
         recomputed only for candidates that can still win. A candidate scored when its scaled logits
         were ``w_a = κ_a z_a`` has now ``w = κ z`` with ``span(w − w_a) ≤ κ·span(z − z_a) +
         (κ − κ_a)·span(z_a)``; ``span(z − z_a)`` grows by ``|γ/denom · (Φ Σφ)_n| · span(y − p)`` per
-        pick (exact products) and ``|u − u_a| ≤ L · span(w − w_a)`` (``L`` from the base). Every
-        candidate whose upper bound reaches the best lower bound is re-scored; everyone else is
-        strictly worse than the best, so the argmax (ties to the lowest index) is the plain loop's.
+        pick (exact products) and ``|u − u_a| ≤ L · span(w − w_a)`` (``L`` from the base), tighter for
+        confident rows (``‖Δp‖₁ ≤ 2S(1 − p_top e^(−S))``). Stale rows are re-scored in blocks, highest
+        upper bound first, until no stale row's upper bound reaches the best exact score; the rest is
+        strictly worse, so the argmax (ties to the lowest index) is the plain loop's.
         """
         base: ScoreStrategy = self.base  # type: ignore[assignment]
         lam = post.lambda_mf
@@ -147,26 +148,40 @@ class _SequentialSelection:
         kappa_at = torch.rsqrt(1.0 + lam * var.clamp_min(0))
         span_at = z.amax(1) - z.amin(1)
         drift = torch.zeros_like(u_at)  # bound on span(z − z_at)
+        floor_at = base.top_probability_floor(u_at)  # lower bound on the top probability when scored
+        if floor_at is not None:
+            floor_at = floor_at.clamp(0.0, 1.0)
         fresh = torch.ones(n, dtype=torch.bool, device=x.device)  # scored at the current state
         picks, utils = [], []
         for _ in range(b):
-            if bool(fresh.all()):
-                rows = alive.nonzero().flatten()
-            else:
+            if not bool(fresh.all()):
                 kappa = torch.rsqrt(1.0 + lam * var.clamp_min(0))
+                moved = kappa * drift + (kappa - kappa_at).abs() * span_at  # ≥ span(w − w_at)
+                if floor_at is not None:
+                    # ‖Δp‖₁ ≤ ∫ 2(1 − p_k(s)) S ds with p_k(s) ≥ p_k(0) e^(−sS) for the top class k
+                    moved = torch.minimum(moved, 2.0 * moved * (1.0 - floor_at * torch.exp(-moved)))
                 # round-off slack: the cached logits and scores carry ~1e-16 relative errors
-                bound = lip * (kappa * drift + (kappa - kappa_at).abs() * span_at) * (1.0 + 1e-9) + 1e-10
-                upper = torch.where(alive, u_at + bound, -torch.inf)
-                lower = torch.where(alive, u_at - bound, -torch.inf)
-                best_lower = torch.nan_to_num(lower, nan=-torch.inf).max()
-                rows = (upper >= best_lower).nonzero().flatten() if torch.isfinite(best_lower) else alive.nonzero().flatten()
-                stale = rows[~fresh[rows]]
-                if stale.numel():
-                    u_at[stale] = base.score_logits(post, z[stale], var[stale], gen)
-                    kappa_at[stale] = kappa[stale]
-                    span_at[stale] = z[stale].amax(1) - z[stale].amin(1)
-                    drift[stale] = 0.0
-                    fresh[stale] = True
+                upper = torch.nan_to_num(u_at + lip * moved * (1.0 + 1e-9) + 1e-10, nan=torch.inf)
+                # re-score the most promising stale rows, a block at a time, until no stale row can
+                # reach the best exact score
+                best = -torch.inf
+                cand = (alive & ~fresh).nonzero().flatten()
+                block = 256
+                while cand.numel():
+                    # the highest upper bounds first; once many rows can still win, all of them at once
+                    if cand.numel() > block and (block == 256 or cand.numel() <= n // 4):
+                        cand = cand[upper[cand].topk(block).indices]
+                    u_at[cand] = base.score_logits(post, z[cand], var[cand], gen)
+                    if floor_at is not None:
+                        floor_at[cand] = base.top_probability_floor(u_at[cand]).clamp(0.0, 1.0)
+                    kappa_at[cand] = kappa[cand]
+                    span_at[cand] = z[cand].amax(1) - z[cand].amin(1)
+                    drift[cand] = 0.0
+                    fresh[cand] = True
+                    best = max(best, float(torch.nan_to_num(u_at[cand], nan=-torch.inf).max()))
+                    cand = (alive & ~fresh & (upper >= best)).nonzero().flatten()
+                    block *= 2
+            rows = (alive & fresh).nonzero().flatten()
             j = argmax_first(u_at[rows])  # rows ascend, so ties still go to the lowest index
             i = int(rows[j])
             pred = mean_field_probs(z[i : i + 1], var[i : i + 1], post.lambda_mf)[0]

@@ -125,7 +125,9 @@ def _signals_line(sig: dict[str, Any], n_classes_labeled: int) -> str:
 
 
 # ------------------------------------------------------------------------------------ main
-def _open_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, Any]:
+def open_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, Any]:
+    """The session and data set that the labeling options in ``args`` name, shared by ``bayesal label``
+    and ``bayesal serve``: a new session, ``--resume`` or ``--recover``; progress goes to ``out``."""
     from bayesal.data import file_loader_kwargs, list_datasets, load_dataset
     from bayesal.labeling.recovery import read_session_header
     from bayesal.labeling.session import Session
@@ -219,7 +221,7 @@ def label_main(args: argparse.Namespace, stdin: TextIO | None = None, stdout: Te
     out = stdout if stdout is not None else sys.stdout
     if args.batch < 1:
         raise InvalidInputError(f"--batch must be >= 1, got {args.batch}")
-    session, ds = _open_session(args, out)
+    session, ds = open_session(args, out)
     names = session.class_names
     max_labels = args.max_labels if args.max_labels is not None else (20 if args.oracle else None)
     print(f"{ds.name}: {session.features.shape[0]} instances, classes: "

@@ -67,11 +67,11 @@ def build_service(args: argparse.Namespace, out: Any = None) -> Any:
     """Open the session as ``bayesal label`` does and wrap it in a :class:`LabelingService`."""
     from bayesal.serve.service import LabelingService
 
-    from .label import _open_session
+    from .label import open_session
 
     out = out if out is not None else sys.stdout
     args.batch = 1  # the session opener shares its checks with `bayesal label`
-    session, ds = _open_session(args, out)
+    session, ds = open_session(args, out)
     try:
         return LabelingService(session, name=ds.name, test_features=ds.test_features, test_labels=ds.test_labels,
                                window=args.window, lease_seconds=args.lease_seconds)

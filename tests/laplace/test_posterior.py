@@ -11,10 +11,10 @@ from bayesal.laplace.baselines import MCReweighting, finetune_head, first_order_
 
 def test_fit_trains_head_when_no_weight_given(toy):
     x, y, *_ = toy
-    post = LastLayerLaplace(head_config=HeadConfig(epochs=50), random_state=0).fit(x, y)
+    post = LastLayerLaplace(head_config=HeadConfig.paper(epochs=50), random_state=0).fit(x, y)
     acc = (post.predict(x) == y).double().mean()
     assert acc > 0.9
-    again = LastLayerLaplace(head_config=HeadConfig(epochs=50), random_state=0).fit(x, y)
+    again = LastLayerLaplace(head_config=HeadConfig.paper(epochs=50), random_state=0).fit(x, y)
     torch.testing.assert_close(post.mean_, again.mean_)  # seeded → reproducible
 
 
@@ -131,7 +131,7 @@ def test_label_types_and_class_count():
     post = LastLayerLaplace().fit(x, np.array([0, 1, 2] * 4, dtype=np.uint32), weight=w)
     assert post.num_classes_ == 3
     soft = torch.full((12, 4), 0.25, dtype=torch.float64)
-    assert LastLayerLaplace(head_config=HeadConfig(epochs=1)).fit(x, soft).num_classes_ == 4
+    assert LastLayerLaplace(head_config=HeadConfig.paper(epochs=1)).fit(x, soft).num_classes_ == 4
     post.update(x[:2], np.array([2, 0], dtype=np.uint64))
     assert post.update([], []).mean_ is post.mean_  # an empty update changes nothing
     with pytest.raises(ValueError, match="integer class indices"):
@@ -257,10 +257,10 @@ def test_head_training_uses_the_spec_recipe(toy):
     that recipe written out step by step."""
     from bayesal.laplace.head import train_head
 
-    cfg = HeadConfig()
-    assert (cfg.epochs, cfg.lr, cfg.weight_decay, cfg.batch_size) == (200, 1e-2, 1e-4, 64)
+    cfg = HeadConfig.paper()
+    assert (cfg.solver, cfg.epochs, cfg.lr, cfg.weight_decay, cfg.batch_size) == ("radam", 200, 1e-2, 1e-4, 64)
     x, y, *_ = toy
-    small = HeadConfig(epochs=3, batch_size=16)
+    small = HeadConfig.paper(epochs=3, batch_size=16)
     wt, bt = train_head(x, y, 3, config=small, generator=torch.Generator().manual_seed(4))
     g = torch.Generator().manual_seed(4)
     wr = torch.zeros(3, 5, dtype=torch.float64, requires_grad=True)

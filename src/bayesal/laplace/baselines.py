@@ -65,10 +65,13 @@ class MCReweighting:
         return torch.cat(out) if out else torch.zeros(0, self.posterior.num_classes_, dtype=self.posterior.dtype)
 
 
-def retrain_head(features: Any, labels: Any, num_classes: int, config: HeadConfig = HeadConfig(),
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Train ``(W, b)`` from scratch on all labels (the expensive reference the update replaces)."""
-    return train_head(features, labels, num_classes, config=config, generator=generator)
+def retrain_head(features: Any, labels: Any, num_classes: int, config: HeadConfig = HeadConfig.paper(),
+                 generator: torch.Generator | None = None, prior_precision: float = 1.0,
+                 init: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train ``(W, b)`` on all labels: by default the paper's recipe from scratch; with ``HeadConfig()``
+    the exact MAP for ``prior_precision``, warm-started from ``init`` if given."""
+    return train_head(features, labels, num_classes, config=config, generator=generator,
+                      prior_precision=prior_precision, init=init)
 
 
 def finetune_head(posterior: LastLayerLaplace, features: Any, labels: Any, epochs: int = 10,
@@ -76,6 +79,6 @@ def finetune_head(posterior: LastLayerLaplace, features: Any, labels: Any, epoch
                   config: HeadConfig = HeadConfig()) -> tuple[torch.Tensor, torch.Tensor]:
     """Continue training from the posterior's mean for a few ``epochs`` on the given data
     (pass only the new points, or all labels, for the two fine-tuning baselines)."""
-    cfg = HeadConfig(epochs=epochs, lr=config.lr, weight_decay=config.weight_decay, batch_size=config.batch_size)
+    cfg = HeadConfig.paper(epochs=epochs, lr=config.lr, weight_decay=config.weight_decay, batch_size=config.batch_size)
     return train_head(features, labels, posterior.num_classes_, config=cfg,
                       init=(posterior.mean_, posterior.bias_), generator=generator)

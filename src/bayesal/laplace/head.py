@@ -1,31 +1,198 @@
-"""Training of the linear head ``z = W φ + b`` on frozen features (the 'retrain' baseline of the spec)."""
+"""The linear head ``z = W φ + b`` on frozen features: its exact MAP fit, and the paper's SGD recipe.
+
+The posterior describes the negative log joint
+
+    f(W, b) = Σ_i CE(y_i, softmax(W φ_i + b)) + λ₀/2 ‖W‖² + λ_b/2 ‖b‖²
+
+(summed loss, prior precision λ₀ on W). It is convex, so the head the posterior is built around must
+be its minimiser: the closed-form update is a Newton step only from a point where the gradient of the
+old data's objective vanishes. ``solver="exact"`` (default) minimises ``f`` with L-BFGS in float64 to a
+gradient-norm tolerance, warm-started from ``init``. ``HeadConfig.paper()`` is the paper's recipe
+(200 epochs RAdam, lr 1e-2, weight decay 1e-4 on the *mean* loss, cosine, batch 64), kept to reproduce
+its numbers; its result is not the optimum of ``f`` for any λ₀ in general.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import warnings
+from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from bayesal.exceptions import InvalidInputError
 from bayesal.utils.validation import as_features, as_targets, check_num_classes, check_scalar
 
-__all__ = ["HeadConfig", "train_head"]
+from .linalg import feature_spectrum
+
+__all__ = ["HEAD_SOLVERS", "HeadConfig", "HeadFit", "ConvergenceWarning", "map_objective", "fit_map_head", "train_head"]
+
+HEAD_SOLVERS = ("exact", "radam")
+
+
+class ConvergenceWarning(UserWarning):
+    """The exact head solver stopped at ``max_iter`` before reaching its gradient tolerance."""
 
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """Optimiser settings; defaults are the paper's (200 epochs, RAdam, lr 1e-2, wd 1e-4, cosine, bs 64)."""
+    """How the head is fitted.
 
+    ``solver="exact"`` (default): L-BFGS on the MAP objective with the posterior's prior precision,
+    stopped when ``‖∇f‖₂ ≤ tol · ‖∇f(0, 0)‖₂`` (relative to the gradient at a zero head) or after
+    ``max_iter`` iterations; ``bias_precision`` is the (weak) Gaussian prior on the bias, which keeps
+    the bias of a class without labels finite. ``solver="radam"``: the paper's recipe with ``epochs``,
+    ``lr``, ``weight_decay`` (on the mean loss) and ``batch_size``; :meth:`paper` builds it.
+    """
+
+    solver: str = "exact"
+    tol: float = 1e-5
+    max_iter: int = 1000
+    bias_precision: float = 1e-4
     epochs: int = 200
     lr: float = 1e-2
     weight_decay: float = 1e-4
     batch_size: int = 64
 
     def __post_init__(self) -> None:
+        if self.solver not in HEAD_SOLVERS:
+            raise InvalidInputError(f"unknown head solver {self.solver!r}; choose one of {HEAD_SOLVERS}")
+        if not (self.tol > 0 and math.isfinite(self.tol)) or self.max_iter < 1:
+            raise InvalidInputError(f"HeadConfig needs tol > 0 and max_iter >= 1, got {self.tol}, {self.max_iter}")
+        if not (self.bias_precision >= 0 and math.isfinite(self.bias_precision)):
+            raise InvalidInputError(f"HeadConfig.bias_precision must be >= 0, got {self.bias_precision}")
         check_scalar(self.epochs, "epochs", integer=True, low=0)
         check_scalar(self.lr, "lr", low=0, low_inclusive=False)
         check_scalar(self.weight_decay, "weight_decay", low=0)
         check_scalar(self.batch_size, "batch_size", integer=True, low=1)
+        check_scalar(self.max_iter, "max_iter", integer=True, low=1)
+
+    @classmethod
+    def paper(cls, **overrides: object) -> HeadConfig:
+        """The paper's recipe: 200 epochs RAdam, lr 1e-2, weight decay 1e-4, cosine, batch 64."""
+        return replace(cls(solver="radam"), **overrides)
+
+
+class HeadFit(NamedTuple):
+    """Result of :func:`fit_map_head`: ``weight (C, D)``, ``bias (C,)``, the final ``‖∇f‖₂``, the
+    number of L-BFGS iterations and whether the tolerance was reached."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    grad_norm: float
+    n_iter: int
+    converged: bool
+
+
+def map_objective(
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    prior_precision: float | torch.Tensor,
+    bias_precision: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``f(W, b)`` and its gradients ``(C, D)``, ``(C,)`` for ``x (N, D)`` and ``targets (N, C)``
+    (one-hot or soft rows), in closed form: ``∇_W f = (P − Y)ᵀ Φ + λ₀ W``. ``prior_precision`` is a
+    number or a per-column ``(D,)`` tensor (a prior written in other coordinates)."""
+    z = torch.addmm(bias, x, weight.T)
+    lse = torch.logsumexp(z, 1)
+    reg = prior_precision * weight
+    value = (lse - (targets * z).sum(1)).sum() + 0.5 * (reg * weight).sum() + 0.5 * bias_precision * bias.square().sum()
+    resid = torch.exp(z - lse.unsqueeze(1)) - targets  # P − Y
+    grad_w = torch.addmm(reg, resid.T, x)
+    grad_b = resid.sum(0) + bias_precision * bias
+    return value, grad_w, grad_b
+
+
+#: Preconditioner ``(λ₀ I + s ΦᵀΦ)^{-1/2}``: the softmax curvature ``diag p − p pᵀ`` is at most 1/2 but
+#: far smaller on confidently fitted points; ``s = 0.01`` was the fastest of 0…0.25 on the built-in data.
+PRECONDITIONER_SCALE = 0.01
+
+
+def fit_map_head(
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    prior_precision: float,
+    *,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
+    tol: float = 1e-5,
+    max_iter: int = 1000,
+    bias_precision: float = 1e-4,
+    spectrum: tuple[torch.Tensor, torch.Tensor] | None = None,
+    history_size: int = 20,
+    precond: float = PRECONDITIONER_SCALE,
+) -> HeadFit:
+    """Minimise :func:`map_objective` with preconditioned L-BFGS (strong-Wolfe line search).
+
+    ``features (N, D)`` floating point (float64 recommended), ``targets (N, C)`` one-hot or soft.
+    Warm-started from ``init=(W, b)`` (zeros otherwise). The problem is solved in the coordinates
+    ``W = W̃ (λ₀ + s e)^{-1/2} Vᵀ`` with ``(e, V)`` the eigenpairs of ``ΦᵀΦ`` (``spectrum``, computed by
+    :func:`~bayesal.laplace.linalg.feature_spectrum` when not given; pass it to reuse one
+    eigendecomposition for several λ₀), where the Hessian is well conditioned whatever the feature
+    scale; for ``N < D`` the optimum lies in the span of the features, so only that span is searched.
+    Stops when ``‖∇f‖₂ ≤ tol · ‖∇f(0, 0)‖₂`` (in the original coordinates; the reference makes ``tol``
+    independent of the number of points and the feature scale); warns with
+    :class:`ConvergenceWarning` if ``max_iter`` iterations did not get there.
+    """
+    if not (prior_precision > 0 and math.isfinite(prior_precision)):
+        raise InvalidInputError(f"prior_precision must be a positive number, got {prior_precision}")
+    x, t = features, targets.to(features)
+    c = t.shape[1]
+    e, v = feature_spectrum(x) if spectrum is None else spectrum
+    e, v = e.to(x), v.to(x)
+    scale = (prior_precision + precond * e).rsqrt()  # (r,)
+    xt = (x @ v) * scale  # whitened features (N, r)
+    prior = prior_precision * scale.square()  # λ₀ ‖W‖² = Σ_k λ₀ s_k² W̃_k²
+    if init is None:
+        w = torch.zeros(c, v.shape[1], dtype=x.dtype, device=x.device)
+        b = torch.zeros(c, dtype=x.dtype, device=x.device)
+    else:
+        w = (init[0].detach().to(x) @ v) / scale
+        b = init[1].detach().to(x).clone()
+    w.requires_grad_(True)
+    b.requires_grad_(True)
+    last: dict[str, float] = {}
+
+    def closure() -> torch.Tensor:
+        with torch.no_grad():
+            value, gw, gb = map_objective(xt, t, w, b, prior, bias_precision)
+        w.grad, b.grad = gw, gb
+        # ∇_W f = ∇_W̃ f diag(1/s) Vᵀ (zero off the span of V), so its norm is that of ∇_W̃ f / s
+        last["norm"] = math.sqrt(float((gw / scale).square().sum() + gb.square().sum()))
+        return value
+
+    with torch.no_grad():  # scale of the problem: the gradient at W = 0, b = 0
+        _, g0w, g0b = map_objective(x, t, x.new_zeros(c, x.shape[1]), x.new_zeros(c), 0.0)
+    target_norm = tol * max(math.sqrt(float(g0w.square().sum() + g0b.square().sum())), torch.finfo(x.dtype).tiny)
+    closure()
+    n_iter = 0
+    if last["norm"] > target_norm:
+        opt = torch.optim.LBFGS(
+            [w, b], lr=1.0, max_iter=10, history_size=history_size, line_search_fn="strong_wolfe",
+            tolerance_grad=0.0, tolerance_change=0.0,
+        )
+        # short L-BFGS runs (the history carries over between calls) with the 2-norm checked between
+        # them, since L-BFGS's own test is on the max-abs gradient in the whitened coordinates
+        while n_iter < max_iter:
+            opt.step(closure)
+            done = opt.state[w]["n_iter"]
+            closure()
+            stalled, n_iter = done == n_iter, done
+            if last["norm"] <= target_norm or stalled:
+                break
+    converged = last["norm"] <= target_norm
+    if not converged:
+        warnings.warn(
+            f"exact head fit stopped after {n_iter} L-BFGS iterations with gradient norm {last['norm']:.2e} "
+            f"> {target_norm:.2e} (tol {tol:g} relative); raise HeadConfig.max_iter or tol",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    weight = (w.detach() * scale) @ v.T
+    return HeadFit(weight, b.detach(), last["norm"], n_iter, converged)
 
 
 def train_head(
@@ -36,20 +203,30 @@ def train_head(
     config: HeadConfig = HeadConfig(),
     init: tuple[torch.Tensor, torch.Tensor] | None = None,
     generator: torch.Generator | None = None,
+    prior_precision: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fit ``W (C, D)`` and ``b (C,)`` by cross-entropy; return them detached, in the features' dtype.
+    """Fit ``W (C, D)`` and ``b (C,)`` on ``features (N, D)``, ``labels (N,)`` (or soft ``(N, C)``).
 
-    ``features (N, D)``, ``labels (N,)`` integer classes. ``init=(W, b)`` fine-tunes from those weights
-    instead of starting from zeros. Mini-batches are drawn with ``generator`` so runs are reproducible.
+    ``config.solver="exact"``: the MAP head for ``prior_precision`` (see :func:`fit_map_head`),
+    computed in float64. ``"radam"``: the paper's mini-batch recipe (integer labels), mini-batches drawn
+    with ``generator``. ``init=(W, b)`` warm-starts / fine-tunes from those weights instead of zeros.
+    Returned tensors are detached, in the features' dtype.
     """
     num_classes = check_num_classes(num_classes)
     x = as_features(features)
     if x.dtype not in (torch.float32, torch.float64):
         x = x.float()
-    y = as_targets(labels, num_classes, n=x.shape[0], dtype=x.dtype).argmax(1)
     n, d = x.shape
     if n == 0:
-        raise ValueError("cannot train the head on an empty labeled set")
+        raise InvalidInputError("cannot train the head on an empty labeled set; label some points first")
+    targets = as_targets(labels, num_classes, n=n, dtype=torch.float64, device=x.device)
+    if config.solver == "exact":
+        fit = fit_map_head(
+            x.double(), targets, prior_precision, init=init, tol=config.tol, max_iter=config.max_iter,
+            bias_precision=config.bias_precision,
+        )
+        return fit.weight.to(x.dtype), fit.bias.to(x.dtype)
+    y = targets.argmax(1)
     if init is None:
         w0 = torch.zeros(num_classes, d, dtype=x.dtype, device=x.device)
         b0 = torch.zeros(num_classes, dtype=x.dtype, device=x.device)

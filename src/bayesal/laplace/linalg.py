@@ -6,7 +6,7 @@ import torch
 
 from bayesal.exceptions import NumericalError
 
-__all__ = ["symmetrize", "safe_cholesky", "spd_inverse", "is_spd"]
+__all__ = ["symmetrize", "safe_cholesky", "spd_inverse", "is_spd", "feature_spectrum"]
 
 
 def symmetrize(a: torch.Tensor) -> torch.Tensor:
@@ -47,3 +47,20 @@ def is_spd(a: torch.Tensor, atol: float = 1e-10) -> bool:
     if not torch.allclose(a, a.transpose(-1, -2), atol=atol * float(scale), rtol=0.0):
         return False
     return not bool(torch.any(torch.linalg.cholesky_ex(a)[1] != 0))
+
+
+def feature_spectrum(x: torch.Tensor, rtol: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues ``e (r,)`` and orthonormal eigenvectors ``V (D, r)`` of ``ΦᵀΦ`` for ``x = Φ (N, D)``.
+
+    For ``N ≥ D`` all ``D`` eigenpairs of ``ΦᵀΦ``; for ``N < D`` the ``r ≤ N`` pairs with
+    ``e > rtol · max(e)`` from the ``N × N`` Gram matrix ``ΦΦᵀ`` (``V = Φᵀ U e^{-1/2}``), so the cost is
+    ``O(min(N, D)³ + N D min(N, D))``. The directions left out are those ``Φ`` does not see.
+    """
+    n, d = x.shape
+    if n >= d:
+        e, v = torch.linalg.eigh(x.T @ x)
+        return e.clamp_min(0), v
+    e, u = torch.linalg.eigh(x @ x.T)
+    keep = e > rtol * e.max().clamp_min(torch.finfo(x.dtype).tiny)
+    e, u = e[keep], u[:, keep]
+    return e, (x.T @ u) / e.sqrt()

@@ -19,8 +19,9 @@ from bayesal.utils.validation import (
     infer_num_classes,
 )
 
+from .evidence import cross_validate_prior, evidence_fixed_point, maximize_evidence
 from .head import HeadConfig, train_head
-from .linalg import safe_cholesky, spd_inverse
+from .linalg import feature_spectrum, safe_cholesky, spd_inverse
 from .options import BLOCK_ELEMENTS, Curvature, Hessian, Predictive, UpdateMethod
 from .predictive import (
     DEFAULT_LAMBDA_MF,
@@ -46,6 +47,9 @@ from .update import (
 
 __all__ = ["LastLayerLaplace"]
 
+PRIOR_SELECTIONS = ("cv", "evidence")
+FALLBACK_PRIOR_PRECISION = 1.0  # a string prior with nothing to choose from (see fit)
+
 
 
 class LastLayerLaplace:
@@ -60,8 +64,16 @@ class LastLayerLaplace:
     this posterior: sequential selection, look-ahead, label corrections); it is saved in
     :meth:`state_dict`.
 
-    Fitted attributes: ``mean_ (C, D)``, ``bias_ (C,)``, ``covariance_``, ``num_classes_``,
-    ``num_features_``, ``n_updates_`` (points absorbed by :meth:`update` since the last fit). Code
+    ``prior_precision``: λ₀ as a number, or chosen from the labeled data at :meth:`fit`: ``"cv"``
+    (default; 5-fold held-out log-likelihood of the exact MAP head over a grid, see
+    :func:`~bayesal.laplace.evidence.cross_validate_prior`) or ``"evidence"`` (Laplace marginal
+    likelihood, MacKay's fixed point with the GGN curvature, see
+    :func:`~bayesal.laplace.evidence.maximize_evidence`). The head is fitted as the exact MAP of the
+    same objective (``head_config``, default ``HeadConfig()``: L-BFGS to a gradient tolerance), so the
+    closed-form update starts where the old data's gradient vanishes.
+
+    Fitted attributes: ``mean_ (C, D)``, ``bias_ (C,)``, ``covariance_``, ``prior_precision_`` (the λ₀
+    in use), ``num_classes_``, ``num_features_``, ``n_updates_`` (points absorbed by :meth:`update` since the last fit). Code
     outside :mod:`bayesal.laplace` uses the public read-only views (:attr:`num_classes`,
     :attr:`covariance`, ...) and the fast paths (:meth:`check_features`, :meth:`logits`,
     :meth:`logit_variance`, :meth:`covariance_product`, :meth:`logit_step`, :meth:`relabel`).
@@ -69,7 +81,7 @@ class LastLayerLaplace:
 
     def __init__(
         self,
-        prior_precision: float = 1.0,
+        prior_precision: float | str = "cv",
         curvature: str | Curvature = Curvature.GAUSSIAN,
         hessian: str | Hessian = Hessian.SHARED,
         lambda_mf: float = DEFAULT_LAMBDA_MF,
@@ -80,11 +92,17 @@ class LastLayerLaplace:
         random_state: RandomState = None,
         chunk_size: int | None = None,
     ) -> None:
-        prior_precision = check_scalar(prior_precision, "prior_precision", low=0, low_inclusive=False)
+        if isinstance(prior_precision, str):
+            if prior_precision not in PRIOR_SELECTIONS:
+                raise InvalidInputError(
+                    f"prior_precision must be a positive number or one of {PRIOR_SELECTIONS}, got {prior_precision!r}"
+                )
+        else:
+            prior_precision = check_scalar(prior_precision, "prior_precision", low=0, low_inclusive=False)
         lambda_mf = check_scalar(lambda_mf, "lambda_mf", low=0)
         dtype = check_dtype(dtype)
         chunk_size = None if chunk_size is None else check_scalar(chunk_size, "chunk_size", integer=True, low=1)
-        self.prior_precision = float(prior_precision)
+        self.prior_precision = prior_precision if isinstance(prior_precision, str) else float(prior_precision)
         self.curvature = Curvature.parse(curvature)
         self.hessian = Hessian.parse(hessian)
         self.lambda_mf = float(lambda_mf)
@@ -109,10 +127,13 @@ class LastLayerLaplace:
     ) -> LastLayerLaplace:
         """Set the MAP mean and build the covariance from labeled ``features (N, D)``, ``labels (N,)``.
 
-        With ``weight (C, D)`` (and optionally ``bias (C,)``) the given head is the MAP estimate;
-        otherwise the head is trained first (``head_config``, seeded by ``random_state``). Without
-        ``num_classes`` (or ``weight``) C is inferred from soft labels' width or as the largest class
-        index + 1: pass it when the labeled set may lack the last classes.
+        With ``weight (C, D)`` (and optionally ``bias (C,)``) the given head is the MAP estimate and is
+        not refitted: ``prior_precision="evidence"`` then takes the evidence-optimal λ₀ for that head;
+        ``"cv"`` cannot validate a head it does not fit and uses λ₀ = 1, as does any string prior
+        without labeled data (pass a number to set λ₀). Otherwise λ₀ is chosen (if a string) and the
+        head is fitted with ``head_config`` (seeded by ``random_state`` for the paper's SGD recipe).
+        Without ``num_classes`` (or ``weight``) C is inferred from soft labels' width or as the largest
+        class index + 1: pass it when the labeled set may lack the last classes.
         """
         x = as_features(features, dtype=self.dtype, device=self.device)
         if weight is not None:
@@ -122,30 +143,79 @@ class LastLayerLaplace:
         c = check_num_classes(num_classes)
         targets = as_targets(labels, c, n=x.shape[0], dtype=self.dtype, device=self.device)
         d = x.shape[1]
+        lam = None
         if weight is None:
             if x.shape[0] == 0:
-                raise ValueError("cannot train a head without labeled data; pass weight= instead")
-            weight, bias = train_head(
-                x, targets.argmax(1), c, config=self.head_config, generator=as_generator(self.random_state)
-            )
+                raise InvalidInputError("cannot train a head without labeled data; pass weight= instead")
+            weight, bias, lam = self._fit_head(x, targets, c)
         weight = torch.as_tensor(weight).detach().to(dtype=self.dtype, device=self.device)
         if weight.shape != (c, d):
-            raise ValueError(f"weight has shape {tuple(weight.shape)}, expected (C, D) = ({c}, {d})")
+            raise InvalidInputError(f"weight has shape {tuple(weight.shape)}, expected (C, D) = ({c}, {d})")
         bias = (
             torch.zeros(c, dtype=self.dtype, device=self.device)
             if bias is None
             else torch.as_tensor(bias).detach().to(dtype=self.dtype, device=self.device).reshape(-1)
         )
         if bias.shape != (c,):
-            raise ValueError(f"bias has shape {tuple(bias.shape)}, expected ({c},)")
+            raise InvalidInputError(f"bias has shape {tuple(bias.shape)}, expected ({c},)")
         if not bool(torch.isfinite(weight).all() and torch.isfinite(bias).all()):
-            raise ValueError("head weight/bias contain NaN or inf")
+            raise InvalidInputError("head weight/bias contain NaN or inf")
         self.mean_, self.bias_ = weight.clone(), bias.clone()
         self.num_classes_, self.num_features_ = c, d
+        self.prior_precision_ = self._given_head_precision(x) if lam is None else lam
         self.covariance_ = spd_inverse(self._prior_plus_ggn(x))
         self.n_updates_ = 0
         self._scale_tril = None
         return self
+
+    def _fit_head(self, x: torch.Tensor, targets: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Choose λ₀ (if a string) and fit the head; returns ``(W, b, λ₀)``."""
+        cfg = self.head_config
+        x64, t64 = x.to(torch.float64), targets.to(torch.float64)
+        if self.prior_precision == "cv":
+            # folds from random_state when given, else a fixed seed: the same data give the same λ₀
+            gen = None if self.random_state is None else as_generator(self.random_state)
+            sel = cross_validate_prior(x64, t64, head=cfg, generator=gen)
+            lam, head = sel.prior_precision, (sel.weight, sel.bias)
+        elif self.prior_precision == "evidence":
+            spectrum = self._ggn_spectrum(x64)
+            sel = maximize_evidence(x64, t64, spectrum, self._evidence_multiplicity(c), head=cfg)
+            lam, head = sel.prior_precision, (sel.weight, sel.bias)
+        else:
+            lam, head = float(self.prior_precision), None
+        if head is None or cfg.solver != "exact":
+            head = train_head(x, targets, c, config=cfg, prior_precision=lam, generator=as_generator(self.random_state))
+        return head[0].to(self.dtype), head[1].to(self.dtype), lam
+
+    def _evidence_multiplicity(self, c: int) -> int:
+        return c if self.shared_covariance else 1
+
+    def _ggn_spectrum(self, x: torch.Tensor) -> Any:
+        """Eigenvalues of the data GGN at a head, for the evidence: the categorical shared curvature
+        (``hessian="shared"``; the 'gaussian' m = 1 overstates the curvature of a softmax, and its
+        evidence prefers the prior alone) or the full multi-class GGN."""
+
+        def spectrum(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+            probs = torch.softmax(x @ weight.T + bias, dim=-1)
+            if self.shared_covariance:
+                u = shared_factor(x, curvature_weights(probs, Curvature.CATEGORICAL))
+            else:
+                u = full_ggn_factor(x, probs)
+            return feature_spectrum(u)[0]
+
+        return spectrum
+
+    def _given_head_precision(self, x: torch.Tensor) -> float:
+        """λ₀ for a head passed to :meth:`fit`: the number given, or the evidence-optimal λ₀ for it."""
+        if not isinstance(self.prior_precision, str):
+            return float(self.prior_precision)
+        if self.prior_precision == "cv" or x.shape[0] == 0:
+            return FALLBACK_PRIOR_PRECISION
+        x64 = x.to(torch.float64)
+        eig = self._ggn_spectrum(x64)(self.mean_.to(torch.float64), self.bias_.to(torch.float64))
+        return evidence_fixed_point(
+            float(self.mean_.square().sum()), eig, self._evidence_multiplicity(self.num_classes_)
+        )
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, features: Any, labels: Any, **kwargs: Any) -> LastLayerLaplace:
@@ -156,7 +226,7 @@ class LastLayerLaplace:
     def _prior_plus_ggn(self, x: torch.Tensor) -> torch.Tensor:
         """``λ₀ I + Σ_i H_i`` accumulated over chunks of ``x``."""
         p = self._num_params()
-        prec = self.prior_precision * torch.eye(p, dtype=self.dtype, device=self.device)
+        prec = self.prior_precision_ * torch.eye(p, dtype=self.dtype, device=self.device)
         # a chunk's factor U is (n, D) (shared) or (n·C, C·D) (full)
         for chunk in self._chunks(x, per_row=p * (1 if self.shared_covariance else self.num_classes_)):
             u = self._hessian_factor(chunk, self._point_probs(chunk))
@@ -230,6 +300,24 @@ class LastLayerLaplace:
         """True when the classes share one ``Σ (D, D)`` (``hessian="shared"``): the structure the
         cached-logit fast paths (:meth:`covariance_product`, :meth:`logit_step`) need."""
         return self.hessian is Hessian.SHARED
+
+    @property
+    def fitted_prior_precision(self) -> float:
+        """The prior precision λ₀ in use: the number given, or the one chosen at :meth:`fit`."""
+        self._check_fitted()
+        return self.prior_precision_
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """The posterior mean (MAP head) ``(C, D)``. Read only."""
+        self._check_fitted()
+        return self.mean_
+
+    @property
+    def bias(self) -> torch.Tensor:
+        """The head's bias ``(C,)`` (a point estimate). Read only."""
+        self._check_fitted()
+        return self.bias_
 
     @property
     def covariance(self) -> torch.Tensor:
@@ -631,6 +719,7 @@ class LastLayerLaplace:
                 "dtype": str(self.dtype).replace("torch.", ""),
                 "chunk_size": self.chunk_size,
             },
+            "prior_precision": self.prior_precision_,
             "mean": self.mean_.cpu(),
             "bias": self.bias_.cpu(),
             "covariance": self.covariance_.cpu(),
@@ -648,6 +737,8 @@ class LastLayerLaplace:
             post.bias_ = state["bias"].to(dtype=post.dtype, device=post.device)
             post.covariance_ = state["covariance"].to(dtype=post.dtype, device=post.device)
             post.n_updates_ = int(state["n_updates"])
+            # states written before λ₀ could be chosen hold only the configured number
+            post.prior_precision_ = float(state.get("prior_precision", cfg["prior_precision"]))
         except (KeyError, TypeError, AttributeError) as err:
             raise ValueError(f"malformed posterior state: {err!r}") from err
         post.num_classes_, post.num_features_ = post.mean_.shape

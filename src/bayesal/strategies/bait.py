@@ -127,7 +127,7 @@ class BAIT(QueryStrategy):
             if posterior.shared_covariance:
                 return torch.kron(torch.eye(c, dtype=f64, device=cov.device), cov.contiguous())
             return cov.contiguous().clone()  # full GGN covariance, already over row-major vec W
-        lam = posterior.prior_precision if self.lam is None else self.lam
+        lam = posterior.fitted_prior_precision if self.lam is None else self.lam
         m0 = lam * torch.eye(c * d, dtype=f64, device=lx.device)
         if lx.shape[0]:
             a_l = fisher_factor(torch.softmax(posterior.logits(lx).to(f64), dim=1))

@@ -181,7 +181,7 @@ def test_retrain_manual_and_automatic(pool):
     # the retrained posterior is a Laplace fit on all labels with the trained head
     idx = sorted(s.labels)
     assert s.posterior.n_updates_ == 0
-    prec = torch.eye(6, dtype=torch.float64) + torch.as_tensor(x[idx], dtype=torch.float64).T @ torch.as_tensor(x[idx], dtype=torch.float64)
+    prec = s.posterior.fitted_prior_precision * torch.eye(6, dtype=torch.float64) + torch.as_tensor(x[idx], dtype=torch.float64).T @ torch.as_tensor(x[idx], dtype=torch.float64)
     assert torch.allclose(torch.linalg.inv(s.posterior.covariance_), prec, atol=1e-8)
     s.tell(4, int(y[4]))
     assert s.posterior.n_updates_ == 1

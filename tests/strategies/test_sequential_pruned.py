@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bayesal import LastLayerLaplace
+from bayesal import HeadConfig, LastLayerLaplace
 from bayesal.strategies import LabeledSet, LeastConfidence, MarginSampling, OracleSequential, Sequential
 
 
@@ -28,7 +28,8 @@ def _problem(n, d, c, seed, normalise, curvature="gaussian", gamma=10.0, spread=
     x = centers[y] + torch.randn(n + 40, d, generator=g, dtype=torch.float64) * 0.7
     if normalise:  # like sentence embeddings (MiniLM is L2-normalised)
         x = x / x.norm(dim=1, keepdim=True)
-    post = LastLayerLaplace(curvature=curvature, gamma=gamma, random_state=seed).fit(x[:40], y[:40], num_classes=c)
+    post = LastLayerLaplace(curvature=curvature, gamma=gamma, random_state=seed, prior_precision=1.0,
+                            head_config=HeadConfig.paper()).fit(x[:40], y[:40], num_classes=c)
     return post, LabeledSet(x[:40], y[:40]), x[40:], y[40:]
 
 

@@ -146,7 +146,7 @@ def test_bait_kernel_form_equals_dense(pool):
     xc = x[10:]
     res = BAIT(pool=pool).query(post, xc, lab, 4, torch.Generator().manual_seed(0))
     fpool = torch.cat([xc, x[:10]]) if pool == "all" else xc
-    picks, utils = _dense_bait(post, xc, fpool, 4, labeled=x[:10], lam=post.prior_precision)
+    picks, utils = _dense_bait(post, xc, fpool, 4, labeled=x[:10], lam=post.fitted_prior_precision)
     assert res.indices.tolist() == picks
     torch.testing.assert_close(res.utilities, utils, atol=1e-8, rtol=1e-8)
 

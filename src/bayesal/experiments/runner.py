@@ -12,9 +12,9 @@ import pandas as pd
 import torch
 
 from bayesal.data.base import Dataset
-from bayesal.laplace.head import HeadConfig, train_head
+from bayesal.laplace.head import HeadConfig
 from bayesal.laplace.posterior import LastLayerLaplace
-from bayesal.laplace.update import check_gamma
+from bayesal.laplace.update import FIDELITY_OPTIONS, check_gamma
 from bayesal.strategies.base import LabeledSet, Strategy
 from bayesal.strategies.registry import make_strategy
 from bayesal.strategies.selection import select
@@ -44,17 +44,25 @@ class ALConfig:
     """Protocol settings; defaults follow the paper (b random initial labels, 20 cycles, 1000 random
     candidates per query, head retrained from scratch after each cycle).
 
-    ``gamma`` and ``lambda_mf`` are handed to the posterior, which owns them (every update and every
-    strategy simulating one uses its step size); ``None`` means :class:`LastLayerLaplace`'s default.
+    ``gamma``, ``steps``, ``curvature``, ``prior_precision`` and ``lambda_mf`` are handed to the
+    posterior, which owns them (every update and every strategy simulating one uses its step size and
+    steps); ``None`` means :class:`LastLayerLaplace`'s default. The defaults are
+    :data:`~bayesal.laplace.update.FIDELITY_OPTIONS` (categorical curvature, γ = 1, 5 damped Newton
+    steps: the update that tracks the exact retrain) and λ₀ chosen by cross-validation at every fit;
+    ``gamma=10, curvature="gaussian", steps=1, head=HeadConfig.paper(), prior_precision=1.0`` is the
+    paper's protocol. ``head`` is how the head is fitted at every cycle (default: the exact MAP for λ₀;
+    ``HeadConfig.paper()`` for the paper's 200-epoch recipe).
     """
 
     batch_size: int = 10
     cycles: int = 20
     initial_size: int | None = None  # None: batch_size
     candidate_size: int | None = 1000  # None: the whole unlabeled pool
-    gamma: float | None = None
-    prior_precision: float = 1.0
+    gamma: float | None = FIDELITY_OPTIONS["gamma"]
+    prior_precision: float | str | None = None
     lambda_mf: float | None = None
+    steps: int | None = FIDELITY_OPTIONS["steps"]
+    curvature: str | None = FIDELITY_OPTIONS["curvature"]
     head: HeadConfig = field(default_factory=HeadConfig)
 
     def __post_init__(self) -> None:
@@ -69,11 +77,10 @@ class ALConfig:
 
     def posterior_options(self) -> dict[str, Any]:
         """Keyword arguments of :class:`LastLayerLaplace` set by this config (unset ones keep its defaults)."""
-        opts: dict[str, Any] = {"prior_precision": self.prior_precision}
-        if self.gamma is not None:
-            opts["gamma"] = self.gamma
-        if self.lambda_mf is not None:
-            opts["lambda_mf"] = self.lambda_mf
+        opts: dict[str, Any] = {}
+        for key in ("prior_precision", "gamma", "lambda_mf", "steps", "curvature"):
+            if getattr(self, key) is not None:
+                opts[key] = getattr(self, key)
         return opts
 
     @property
@@ -94,11 +101,10 @@ class ALConfig:
 
 
 def _fit_posterior(x: torch.Tensor, y: torch.Tensor, c: int, cfg: ALConfig, gen: torch.Generator) -> tuple[LastLayerLaplace, float]:
+    """λ₀ (if chosen from the data), the head and the posterior, all by the posterior's own fit, so the
+    head is the MAP of the objective the posterior describes."""
     t0 = time.perf_counter()
-    w, b = train_head(x, y, c, config=cfg.head, generator=gen)
-    post = LastLayerLaplace(**cfg.posterior_options()).fit(
-        x, y, weight=w, bias=b, num_classes=c
-    )
+    post = LastLayerLaplace(**cfg.posterior_options(), head_config=cfg.head, random_state=gen).fit(x, y, num_classes=c)
     return post, time.perf_counter() - t0
 
 

@@ -123,7 +123,7 @@ class ProjectModel:
         strategy: str = "margin",
         batch_size: int = 10,
         gamma: float = 10.0,
-        prior_precision: float = 1.0,
+        prior_precision: float | str = "cv",
         curvature: str = "gaussian",
         seed: int | None = None,
         fsync: bool = True,
@@ -146,7 +146,8 @@ class ProjectModel:
         if not isinstance(self._strategy, ScoreStrategy):  # pragma: no cover - guarded by SCORE_STRATEGIES
             raise InvalidInputError(f"strategy {strategy!r} has no per-task score")
         self.gamma = float(gamma)
-        self._pcfg = {"prior_precision": float(prior_precision), "curvature": curvature}
+        self._pcfg = {"prior_precision": prior_precision if isinstance(prior_precision, str) else float(prior_precision),
+                      "curvature": curvature}
         LastLayerLaplace(**self._pcfg)  # validates
         self._fsync = fsync
         self._lock = threading.RLock()

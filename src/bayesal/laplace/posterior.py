@@ -33,14 +33,20 @@ from .predictive import (
 )
 from .update import (
     DEFAULT_GAMMA,
+    DEFAULT_STEPS,
     LogitStep,
+    backtrack,
     check_gamma,
+    check_steps,
     curvature_weights,
     full_ggn_factor,
     label_correction_step,
     newton_mean_step_full,
     newton_mean_step_shared,
+    newton_prior_gradient,
+    newton_prior_pull,
     rank1_downdate,
+    rank1_newton_coefficients,
     shared_factor,
     woodbury_downdate,
 )
@@ -61,7 +67,9 @@ class LastLayerLaplace:
     The bias is a point estimate. Covariances are kept in ``dtype`` (float64 by default).
 
     ``gamma`` is the step size ``γ`` of the mean in :meth:`update` (and of every update simulated on
-    this posterior: sequential selection, look-ahead, label corrections); it is saved in
+    this posterior: sequential selection, look-ahead, label corrections); ``steps`` the number of
+    Newton steps of an update (``steps > 1`` re-linearises at the new mean: online Laplace, converging
+    to the mode of the old posterior × the new likelihood when ``γ = 1``). Both are saved in
     :meth:`state_dict`.
 
     ``prior_precision``: λ₀ as a number, or chosen from the labeled data at :meth:`fit`: ``"cv"``
@@ -86,6 +94,7 @@ class LastLayerLaplace:
         hessian: str | Hessian = Hessian.SHARED,
         lambda_mf: float = DEFAULT_LAMBDA_MF,
         gamma: float = DEFAULT_GAMMA,
+        steps: int = DEFAULT_STEPS,
         dtype: torch.dtype = torch.float64,
         device: torch.device | str | None = None,
         head_config: HeadConfig = HeadConfig(),
@@ -107,6 +116,7 @@ class LastLayerLaplace:
         self.hessian = Hessian.parse(hessian)
         self.lambda_mf = float(lambda_mf)
         self.gamma = check_gamma(gamma)
+        self.steps = check_steps(steps)
         self.dtype = dtype
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.head_config = head_config
@@ -497,8 +507,17 @@ class LastLayerLaplace:
         self._require_shared("logit_step")
         z = self._logits(phi.unsqueeze(0))[0] if logits is None else logits
         probs = torch.softmax(z, dim=0)
-        m = float(curvature_weights(probs.unsqueeze(0), self.curvature)[0])
-        return LogitStep(phi, self.covariance_ @ phi, target, probs, m, self._step_size(gamma))
+        gamma = self._step_size(gamma)
+        sigma_phi = self.covariance_ @ phi
+        if self.steps == 1:
+            m = float(curvature_weights(probs.unsqueeze(0), self.curvature)[0])
+            return LogitStep(phi, sigma_phi, target, probs, m, gamma)
+        # iterated update: the same Newton iteration as update(steps=k), in the point's logit space;
+        # ``probs`` is set so that γ (y − probs) / (1 + m φᵀΣφ) is the iterated logit coefficient
+        q = float(torch.dot(phi, sigma_phi))
+        coef, m = rank1_newton_coefficients(z, q, target, self.curvature, gamma, self.steps)
+        eff = target - coef * (1.0 + m * q) / gamma if gamma > 0 else probs
+        return LogitStep(phi, sigma_phi, target, eff, m, gamma)
 
     def _require_shared(self, what: str) -> None:
         self._check_fitted()
@@ -594,6 +613,7 @@ class LastLayerLaplace:
         gamma: float | None = None,
         method: str | UpdateMethod = UpdateMethod.WOODBURY,
         inplace: bool = False,
+        steps: int | None = None,
     ) -> LastLayerLaplace:
         """One Newton step on new labeled data ``features (M, D)``, ``labels (M,)`` or soft ``(M, C)``.
 
@@ -609,6 +629,12 @@ class LastLayerLaplace:
             Class indices ``(M,)`` or soft labels ``(M, C)``.
         gamma : float, optional
             Step size ``γ`` of the mean; ``None`` uses :attr:`gamma`, the posterior's own.
+        steps : int, optional
+            Newton steps; ``None`` uses :attr:`steps`. Step ``t`` re-linearises at ``μ_t``:
+            ``μ_{t+1} = μ + Σ'_t (H_t (μ_t − μ) + γ Σ_j (y_j − p_j(μ_t)) φ_jᵀ)`` with
+            ``Σ'_t = (Σ⁻¹ + H_t)⁻¹`` and ``H_t`` the new data's curvature at ``μ_t``; the returned
+            covariance is that of the last step. ``steps=1`` is the paper's update; with ``γ = 1`` the
+            iteration's fixed point is the mode of ``N(μ, Σ) × Π_j p(y_j | φ_j, W)``.
         method : {"woodbury", "rank1"}
             How the covariance is downdated (same result).
         inplace : bool
@@ -627,15 +653,41 @@ class LastLayerLaplace:
         target = self if inplace else copy.copy(self)
         if x.shape[0] == 0:
             return target
-        probs = self._point_probs(x)
-        u = self._hessian_factor(x, probs)
+        steps = self.steps if steps is None else check_steps(steps)
         downdate = woodbury_downdate if method is UpdateMethod.WOODBURY else rank1_downdate
-        cov = downdate(self.covariance_, u)
-        if not bool(torch.isfinite(cov.diagonal()).all() and (cov.diagonal() > 0).all()):
-            raise NumericalError("the updated covariance lost positive definiteness; rescale the features "
-                                 "(e.g. standardize them) or refit the posterior")
         step = newton_mean_step_shared if self.shared_covariance else newton_mean_step_full
-        target.mean_ = step(self.mean_, cov, x, targets, probs, gamma)
+        mean = self.mean_
+        pull = torch.zeros_like(mean)  # Σ⁻¹(μ_t − μ), tracked without the precision
+
+        def objective(m: torch.Tensor, p: torch.Tensor) -> float:  # ½ δᵀΣ⁻¹δ + γ NLL(new)
+            logp = torch.log_softmax(x @ m.T + self.bias_, dim=-1)
+            return 0.5 * float(((m - self.mean_) * p).sum()) - gamma * float((targets * logp).sum())
+
+        for t in range(steps):
+            probs = torch.softmax(x @ mean.T + self.bias_, dim=-1)
+            u = self._hessian_factor(x, probs)
+            cov = downdate(self.covariance_, u)
+            if not bool(torch.isfinite(cov.diagonal()).all() and (cov.diagonal() > 0).all()):
+                raise NumericalError("the updated covariance lost positive definiteness; rescale the features "
+                                     "(e.g. standardize them) or refit the posterior")
+            if t == 0:
+                new = step(self.mean_, cov, x, targets, probs, gamma)  # the paper's closed form
+            else:
+                new = step(self.mean_ + newton_prior_pull(mean - self.mean_, u, cov, self.shared_covariance),
+                           cov, x, targets, probs, gamma)
+            if steps > 1:
+                # Σ⁻¹δ' = g − H δ' with g = H δ + γ Φᵀ(y − p) the bracket of the Newton step
+                delta = new - self.mean_
+                g = newton_prior_gradient(mean - self.mean_, u, x, targets, probs, gamma, self.shared_covariance)
+                new_pull = g - newton_prior_gradient(delta, u, x, targets, probs, 0.0, self.shared_covariance)
+                # damped: backtrack on the objective where the curvature underestimates the true one
+                d_mean, d_pull = new - mean, new_pull - pull
+                alpha = backtrack(lambda a, m=mean, dm=d_mean, p=pull, dp=d_pull: objective(m + a * dm, p + a * dp),
+                                  objective(mean, pull))
+                new, new_pull = mean + alpha * d_mean, pull + alpha * d_pull
+                pull = new_pull
+            mean = new
+        target.mean_ = mean
         target.covariance_ = cov
         target.n_updates_ = self.n_updates_ + x.shape[0]
         target._scale_tril = None
@@ -645,13 +697,15 @@ class LastLayerLaplace:
         """The one place an update's options are resolved: ``None`` means the posterior's own."""
         return self.gamma if gamma is None else check_gamma(gamma)
 
-    def with_update_options(self, gamma: float | None = None) -> LastLayerLaplace:
+    def with_update_options(self, gamma: float | None = None, steps: int | None = None) -> LastLayerLaplace:
         """A shallow copy whose updates use other options (``None`` keeps this posterior's).
 
         Parameters
         ----------
         gamma : float, optional
             Step size ``γ`` of the mean.
+        steps : int, optional
+            Newton steps of an update.
 
         Returns
         -------
@@ -661,6 +715,8 @@ class LastLayerLaplace:
         out = copy.copy(self)
         if gamma is not None:
             out.gamma = check_gamma(gamma)
+        if steps is not None:
+            out.steps = check_steps(steps)
         return out
 
     def relabel(self, features: Any, old: int, new: int, gamma: float | None = None) -> LastLayerLaplace:
@@ -716,6 +772,7 @@ class LastLayerLaplace:
                 "hessian": self.hessian.value,
                 "lambda_mf": self.lambda_mf,
                 "gamma": self.gamma,
+                "steps": self.steps,
                 "dtype": str(self.dtype).replace("torch.", ""),
                 "chunk_size": self.chunk_size,
             },

@@ -1,0 +1,72 @@
+"""Iterated updates (``steps=k``): online Laplace converging to the exact MAP of prior × new likelihood."""
+
+import pytest
+import torch
+
+from bayesal import LastLayerLaplace
+
+
+def _problem(seed=0, n=40, m=12, d=4, c=3):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(c, d, generator=g, dtype=torch.float64) * 1.5
+    y = torch.arange(n + m) % c
+    x = centers[y] + torch.randn(n + m, d, generator=g, dtype=torch.float64)
+    return x[:n], y[:n], x[n:], y[n:]
+
+
+def _dense_map(post, xn, yn):
+    """Mode of N(vec W; vec μ, Σ_W) × Π_j p(y_j | φ_j, W) by dense Newton with autograd (bias fixed)."""
+    c, d = post.num_classes, post.num_features
+    cov = post.covariance.contiguous()
+    cov_w = torch.kron(torch.eye(c, dtype=torch.float64), cov) if post.shared_covariance else cov
+    prec = torch.linalg.inv(cov_w)
+    mu = post.mean.reshape(-1)
+
+    def f(theta):
+        diff = theta - mu
+        logp = torch.log_softmax(xn @ theta.view(c, d).T + post.bias, 1)
+        return 0.5 * diff @ prec @ diff - logp[torch.arange(len(yn)), yn].sum()
+
+    theta = mu.clone()
+    for _ in range(30):
+        theta = theta - torch.linalg.solve(torch.autograd.functional.hessian(f, theta),
+                                           torch.autograd.functional.jacobian(f, theta))
+    return theta.view(c, d)
+
+
+@pytest.mark.parametrize("curvature,hessian", [("categorical", "shared"), ("gaussian", "shared"), ("gaussian", "full")])
+def test_iterated_update_converges_to_the_exact_map(curvature, hessian):
+    x, y, xn, yn = _problem()
+    post = LastLayerLaplace(prior_precision=0.5, curvature=curvature, hessian=hessian, gamma=1.0).fit(x, y)
+    ref = _dense_map(post, xn, yn)
+    errors = [float((post.update(xn, yn, steps=k).mean - ref).abs().max()) for k in (1, 3, 10, 60)]
+    assert errors[-1] < 1e-8
+    assert errors[0] > errors[1] > errors[2]
+
+
+def test_one_step_is_the_paper_update_and_steps_are_saved():
+    x, y, xn, yn = _problem(seed=1)
+    post = LastLayerLaplace(prior_precision=1.0, gamma=10.0).fit(x, y)
+    one = post.update(xn, yn)
+    assert post.steps == 1
+    p = torch.softmax(xn @ post.mean.T + post.bias, 1)
+    onehot = torch.nn.functional.one_hot(yn, 3).double()
+    cov = torch.linalg.inv(torch.linalg.inv(post.covariance) + xn.T @ xn)
+    torch.testing.assert_close(one.mean, post.mean + 10.0 * (onehot - p).T @ xn @ cov)
+    three = LastLayerLaplace(prior_precision=1.0, gamma=1.0, steps=3).fit(x, y)
+    assert LastLayerLaplace.from_state_dict(three.state_dict()).steps == 3
+    torch.testing.assert_close(three.update(xn, yn).mean, three.update(xn, yn, steps=3).mean)
+    torch.testing.assert_close(three.with_update_options(steps=1).update(xn, yn).mean, three.update(xn, yn, steps=1).mean)
+
+
+@pytest.mark.parametrize("curvature", ["categorical", "gaussian"])
+def test_cached_logit_step_matches_the_iterated_update(curvature):
+    """Sequential selection refreshes cached logits with logit_step: it must equal update(steps=k)."""
+    x, y, xn, yn = _problem(seed=2)
+    post = LastLayerLaplace(prior_precision=1.0, curvature=curvature, gamma=1.0, steps=4).fit(x, y)
+    target = torch.nn.functional.one_hot(yn[0], 3).double()
+    step = post.logit_step(xn[0], target)
+    z, var = step.apply(x, post.logits(x), post.logit_variance(x))
+    new = post.update(xn[:1], yn[:1], method="rank1")
+    torch.testing.assert_close(z, new.logits(x))
+    torch.testing.assert_close(var, new.logit_variance(x))

@@ -10,11 +10,6 @@ from bayesal.labelstudio.project import SCORE_STRATEGIES
 
 from .arguments import non_negative_float, positive_float, positive_int
 
-
-def _prior(text: str) -> float | str:
-    """``--prior-precision``: ``cv``/``evidence`` (chosen from the labels) or a positive number."""
-    return text if text in ("cv", "evidence") else positive_float(text)
-
 __all__ = ["add_labelstudio_arguments", "labelstudio_main"]
 
 
@@ -30,8 +25,7 @@ def add_labelstudio_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=10,
                    help="picks of a seq- strategy per prediction request (default 10)")
     p.add_argument("--gamma", type=non_negative_float, default=10.0, help="update step size γ (default 10)")
-    p.add_argument("--prior-precision", type=_prior, default="cv",
-                   help="prior precision λ₀: a number, or cv / evidence to choose it from the labels (default cv)")
+    p.add_argument("--prior-precision", type=positive_float, default=1.0, help="prior precision λ₀ (default 1)")
     p.add_argument("--seed", type=int, default=None, help="seed of head refits (default: drawn, saved)")
     p.add_argument("--files-root", default=None,
                    help="Label Studio's local-files root (LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT), for image tasks")

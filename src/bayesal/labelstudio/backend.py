@@ -46,7 +46,7 @@ class BackendSettings:
     strategy: str = "margin"
     batch_size: int = 10
     gamma: float = 10.0
-    prior_precision: float | str = "cv"
+    prior_precision: float = 1.0
     seed: int | None = None
     files_root: str | None = None
     upload_root: str | None = None

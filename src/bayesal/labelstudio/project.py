@@ -43,6 +43,7 @@ import torch
 from bayesal.exceptions import CorruptStateError, InvalidInputError, StateMismatchError
 from bayesal.labeling.storage import DirectoryLock, LabelLog, load_snapshot, read_log
 from bayesal.labeling.store import SnapshotWriter
+from bayesal.laplace.head import HeadConfig
 from bayesal.laplace.posterior import LastLayerLaplace
 from bayesal.strategies import get_strategy
 from bayesal.strategies.base import LabeledSet
@@ -123,7 +124,7 @@ class ProjectModel:
         strategy: str = "margin",
         batch_size: int = 10,
         gamma: float = 10.0,
-        prior_precision: float | str = "cv",
+        prior_precision: float = 1.0,
         curvature: str = "gaussian",
         seed: int | None = None,
         fsync: bool = True,
@@ -146,8 +147,7 @@ class ProjectModel:
         if not isinstance(self._strategy, ScoreStrategy):  # pragma: no cover - guarded by SCORE_STRATEGIES
             raise InvalidInputError(f"strategy {strategy!r} has no per-task score")
         self.gamma = float(gamma)
-        self._pcfg = {"prior_precision": prior_precision if isinstance(prior_precision, str) else float(prior_precision),
-                      "curvature": curvature}
+        self._pcfg = {"prior_precision": float(prior_precision), "curvature": curvature}
         LastLayerLaplace(**self._pcfg)  # validates
         self._fsync = fsync
         self._lock = threading.RLock()
@@ -315,7 +315,8 @@ class ProjectModel:
         x = torch.from_numpy(np.stack([o.feature for o, _ in keep])).to(torch.float64)
         y = torch.stack([t for _, t in keep])
         seed = derive_seed(int(self._header["seed"]), "labelstudio-train", int(marker.split(":")[1]))
-        post = LastLayerLaplace(**self._pcfg, random_state=seed)
+        # the paper's head recipe with the configured λ₀ (a number here), as this backend always trained
+        post = LastLayerLaplace(**self._pcfg, random_state=seed, head_config=HeadConfig.paper())
         return post.fit(x, y, num_classes=len(self._current_config().classes))
 
     def posterior(self) -> LastLayerLaplace:

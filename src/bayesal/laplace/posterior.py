@@ -104,7 +104,8 @@ class LastLayerLaplace:
         if isinstance(prior_precision, str):
             if prior_precision not in PRIOR_SELECTIONS:
                 raise InvalidInputError(
-                    f"prior_precision must be a positive number or one of {PRIOR_SELECTIONS}, got {prior_precision!r}"
+                    f"prior_precision must be a number, got str {prior_precision!r} (or one of {PRIOR_SELECTIONS} "
+                    "to choose it from the labels)"
                 )
         else:
             prior_precision = check_scalar(prior_precision, "prior_precision", low=0, low_inclusive=False)

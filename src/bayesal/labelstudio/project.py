@@ -134,8 +134,6 @@ class ProjectModel:
             raise InvalidInputError(
                 f"strategy {strategy!r} gives no per-task score for Label Studio; choose one of {SCORE_STRATEGIES}"
             )
-        if not (np.isfinite(gamma) and gamma >= 0):
-            raise InvalidInputError(f"gamma must be a finite number >= 0, got {gamma!r}")
         self.state_dir = Path(state_dir)
         self.dim = int(dim)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -146,9 +144,10 @@ class ProjectModel:
         self._strategy = get_strategy(strategy.removeprefix("seq-"))
         if not isinstance(self._strategy, ScoreStrategy):  # pragma: no cover - guarded by SCORE_STRATEGIES
             raise InvalidInputError(f"strategy {strategy!r} has no per-task score")
-        self.gamma = float(gamma)
-        self._pcfg = {"prior_precision": float(prior_precision), "curvature": curvature}
-        LastLayerLaplace(**self._pcfg)  # validates
+        # The posterior owns the update's step size: every update below reads it from there.
+        self._pcfg = {"prior_precision": prior_precision, "curvature": curvature, "gamma": gamma}
+        self.gamma = LastLayerLaplace(**self._pcfg).gamma  # validates all three
+        self._pcfg.update(prior_precision=float(prior_precision), gamma=self.gamma)
         self._fsync = fsync
         self._lock = threading.RLock()
         self._config: ChoicesConfig | None = None
@@ -204,7 +203,7 @@ class ProjectModel:
         self._log = LabelLog.open(path, res.valid_bytes, fsync=self._fsync)
 
     def _fingerprint(self) -> dict[str, Any]:
-        return {"log_id": self._header["log_id"], "gamma": self.gamma, **self._pcfg}
+        return {"log_id": self._header["log_id"], **self._pcfg}
 
     def _load_snapshot(self) -> tuple[int, LastLayerLaplace] | None:
         """``(seq, posterior)`` of a snapshot made by this log with these settings, else None."""
@@ -298,7 +297,7 @@ class ProjectModel:
         if y is None:
             return post
         x = torch.from_numpy(obs.feature).to(torch.float64).unsqueeze(0)
-        return post.update(x, y.unsqueeze(0), gamma=self.gamma)
+        return post.update(x, y.unsqueeze(0))
 
     def _prior(self) -> LastLayerLaplace:
         c = len(self._current_config().classes)

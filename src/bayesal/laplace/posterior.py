@@ -35,20 +35,15 @@ from .update import (
     DEFAULT_GAMMA,
     DEFAULT_STEPS,
     LogitStep,
-    backtrack,
     check_gamma,
     check_steps,
     curvature_weights,
     full_ggn_factor,
+    kernel_downdate,
     label_correction_step,
-    newton_mean_step_full,
-    newton_mean_step_shared,
-    newton_prior_gradient,
-    newton_prior_pull,
     rank1_downdate,
-    rank1_newton_coefficients,
     shared_factor,
-    woodbury_downdate,
+    span_newton,
 )
 
 __all__ = ["LastLayerLaplace"]
@@ -516,7 +511,9 @@ class LastLayerLaplace:
         # iterated update: the same Newton iteration as update(steps=k), in the point's logit space;
         # ``probs`` is set so that γ (y − probs) / (1 + m φᵀΣφ) is the iterated logit coefficient
         q = float(torch.dot(phi, sigma_phi))
-        coef, m = rank1_newton_coefficients(z, q, target, self.curvature, gamma, self.steps)
+        res = span_newton(z.new_full((1, 1), q), z.unsqueeze(0), target.unsqueeze(0), self.curvature, gamma,
+                          self.steps, shared=True)
+        coef, m = res.coef[0], float(res.factor[0]) ** 2
         eff = target - coef * (1.0 + m * q) / gamma if gamma > 0 else probs
         return LogitStep(phi, sigma_phi, target, eff, m, gamma)
 
@@ -616,7 +613,7 @@ class LastLayerLaplace:
         inplace: bool = False,
         steps: int | None = None,
     ) -> LastLayerLaplace:
-        """One Newton step on new labeled data ``features (M, D)``, ``labels (M,)`` or soft ``(M, C)``.
+        """Bayesian update with new labeled data ``features (M, D)``, ``labels (M,)`` or soft ``(M, C)``.
 
         ``Σ' = (Σ⁻¹ + Σ_j H_j)⁻¹`` via the batched Woodbury identity (``method="woodbury"``) or a chain
         of Sherman–Morrison rank-1 steps (``"rank1"``); ``μ' = μ + γ Σ' Σ_j (y_j − p_j) φ_jᵀ`` with
@@ -631,11 +628,13 @@ class LastLayerLaplace:
         gamma : float, optional
             Step size ``γ`` of the mean; ``None`` uses :attr:`gamma`, the posterior's own.
         steps : int, optional
-            Newton steps; ``None`` uses :attr:`steps`. Step ``t`` re-linearises at ``μ_t``:
-            ``μ_{t+1} = μ + Σ'_t (H_t (μ_t − μ) + γ Σ_j (y_j − p_j(μ_t)) φ_jᵀ)`` with
-            ``Σ'_t = (Σ⁻¹ + H_t)⁻¹`` and ``H_t`` the new data's curvature at ``μ_t``; the returned
-            covariance is that of the last step. ``steps=1`` is the paper's update; with ``γ = 1`` the
-            iteration's fixed point is the mode of ``N(μ, Σ) × Π_j p(y_j | φ_j, W)``.
+            Newton steps; ``None`` uses :attr:`steps`. ``steps=1`` is the paper's closed form above.
+            More steps minimise ``½ δᵀΣ⁻¹δ − γ Σ_j log p(y_j | φ_j, μ + δ)`` by damped Newton with the
+            softmax Hessian (online Laplace; with ``γ = 1`` the mode of ``N(μ, Σ) × Π_j p(y_j | φ_j, W)``),
+            stopping early once converged. The steps run in the span of the new points
+            (:func:`~bayesal.laplace.update.span_newton`): one ``O(M·P²)`` product with ``Σ`` before and
+            one downdate after, so extra steps cost ``O((M·C)³)`` each, not ``O(P²)``. The covariance uses
+            the posterior's curvature at the last linearisation point.
         method : {"woodbury", "rank1"}
             How the covariance is downdated (same result).
         inplace : bool
@@ -655,39 +654,33 @@ class LastLayerLaplace:
         if x.shape[0] == 0:
             return target
         steps = self.steps if steps is None else check_steps(steps)
-        downdate = woodbury_downdate if method is UpdateMethod.WOODBURY else rank1_downdate
-        step = newton_mean_step_shared if self.shared_covariance else newton_mean_step_full
-        mean = self.mean_
-        pull = torch.zeros_like(mean)  # Σ⁻¹(μ_t − μ), tracked without the precision
-
-        def objective(m: torch.Tensor, p: torch.Tensor) -> float:  # ½ δᵀΣ⁻¹δ + γ NLL(new)
-            logp = torch.log_softmax(x @ m.T + self.bias_, dim=-1)
-            return 0.5 * float(((m - self.mean_) * p).sum()) - gamma * float((targets * logp).sum())
-
-        for t in range(steps):
-            probs = torch.softmax(x @ mean.T + self.bias_, dim=-1)
-            u = self._hessian_factor(x, probs)
-            cov = downdate(self.covariance_, u)
-            if not bool(torch.isfinite(cov.diagonal()).all() and (cov.diagonal() > 0).all()):
-                raise NumericalError("the updated covariance lost positive definiteness; rescale the features "
-                                     "(e.g. standardize them) or refit the posterior")
-            if t == 0:
-                new = step(self.mean_, cov, x, targets, probs, gamma)  # the paper's closed form
-            else:
-                new = step(self.mean_ + newton_prior_pull(mean - self.mean_, u, cov, self.shared_covariance),
-                           cov, x, targets, probs, gamma)
-            if steps > 1:
-                # Σ⁻¹δ' = g − H δ' with g = H δ + γ Φᵀ(y − p) the bracket of the Newton step
-                delta = new - self.mean_
-                g = newton_prior_gradient(mean - self.mean_, u, x, targets, probs, gamma, self.shared_covariance)
-                new_pull = g - newton_prior_gradient(delta, u, x, targets, probs, 0.0, self.shared_covariance)
-                # damped: backtrack on the objective where the curvature underestimates the true one
-                d_mean, d_pull = new - mean, new_pull - pull
-                alpha = backtrack(lambda a, m=mean, dm=d_mean, p=pull, dp=d_pull: objective(m + a * dm, p + a * dp),
-                                  objective(mean, pull))
-                new, new_pull = mean + alpha * d_mean, pull + alpha * d_pull
-                pull = new_pull
-            mean = new
+        # every Newton step lives in the span of the new points (see span_newton): one product with Σ
+        # before the iteration and one downdate after it, whatever the number of steps
+        c, d = self.num_classes_, self.num_features_
+        if self.shared_covariance:
+            left = x @ self.covariance_  # ΦΣ (M, D)
+            kernel = left @ x.T
+        else:
+            left = torch.einsum("jd,cdq->jcq", x, self.covariance_.reshape(c, d, c * d)).reshape(-1, c * d)  # JΣ
+            kernel = torch.einsum("pce,le->plc", left.reshape(-1, c, d), x).reshape(left.shape[0], -1)
+        res = span_newton(kernel, x @ self.mean_.T + self.bias_, targets, self.curvature, gamma, steps,
+                          self.shared_covariance)
+        if self.shared_covariance:
+            mean = self.mean_ + res.coef.T @ left
+            u_left, u_inner = res.factor[:, None] * left, res.factor[:, None] * kernel * res.factor[None, :]
+        else:
+            mean = self.mean_ + (res.coef @ left).reshape(c, d)
+            u_left, u_inner = res.factor.T @ left, res.factor.T @ kernel @ res.factor
+        if method is UpdateMethod.WOODBURY:
+            cov = kernel_downdate(self.covariance_, u_left, u_inner)
+        elif self.shared_covariance:
+            cov = rank1_downdate(self.covariance_, res.factor[:, None] * x)
+        else:
+            jac = torch.einsum("ck,jd->jckd", torch.eye(c, dtype=x.dtype, device=x.device), x).reshape(-1, c * d)
+            cov = rank1_downdate(self.covariance_, res.factor.T @ jac)
+        if not bool(torch.isfinite(cov.diagonal()).all() and (cov.diagonal() > 0).all()):
+            raise NumericalError("the updated covariance lost positive definiteness; rescale the features "
+                                 "(e.g. standardize them) or refit the posterior")
         target.mean_ = mean
         target.covariance_ = cov
         target.n_updates_ = self.n_updates_ + x.shape[0]

@@ -44,10 +44,10 @@ __all__ = [
     "DEFAULT_STEPS",
     "FIDELITY_OPTIONS",
     "check_steps",
-    "newton_prior_pull",
-    "rank1_newton_coefficients",
     "backtrack",
-    "newton_prior_gradient",
+    "kernel_downdate",
+    "span_newton",
+    "SpanNewtonResult",
 ]
 
 CURVATURES = Curvature.choices()
@@ -64,65 +64,18 @@ DEFAULT_STEPS = 1
 FIDELITY_OPTIONS = {"curvature": "categorical", "gamma": 1.0, "steps": 5}
 
 
+#: Largest logit change (in nats) of a Newton step after which an update stops iterating early.
+CONVERGED_LOGIT_CHANGE = 1e-10
+
+#: Largest ``M·C`` for which iterated updates of a shared covariance step with the softmax Hessian.
+EXACT_NEWTON_MAX_SIZE = 512
+
+
 def check_steps(steps: int) -> int:
     """``steps`` as an int; ``InvalidInputError`` unless it is an integer ``>= 1``."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise InvalidInputError(f"steps must be an integer >= 1, got {steps!r}")
     return int(steps)
-
-
-def newton_prior_pull(
-    delta: torch.Tensor, u: torch.Tensor, cov_new: torch.Tensor, shared: bool
-) -> torch.Tensor:
-    """``Σ' Hₙ δ`` for ``δ = μ_t − μ (C, D)``, ``Hₙ = UᵀU`` of the new data at ``μ_t``, ``Σ' = (Σ⁻¹ + Hₙ)⁻¹``.
-
-    An iterated update re-linearises at ``μ_t``: the Newton step on ``−log N(W; μ, Σ) − Σ_j log p(y_j|φ_j, W)``
-    is ``μ_{t+1} = μ + Σ'(Hₙ δ + γ Σ_j (y_j − p_j(μ_t)) φ_jᵀ)`` (using ``Σ'Σ⁻¹ = I − Σ'Hₙ``, so no
-    precision is needed); this is its first term. ``shared``: ``U (M, D)``, ``Σ' (D, D)``; otherwise the
-    full-GGN factor ``U (M·C, C·D)`` and ``Σ' (C·D, C·D)`` over row-major ``vec W``.
-    """
-    if shared:
-        return ((delta @ u.T) @ u) @ cov_new
-    return (cov_new @ (u.T @ (u @ delta.reshape(-1)))).reshape(delta.shape)
-
-
-def newton_prior_gradient(
-    delta: torch.Tensor, u: torch.Tensor, phi: torch.Tensor, targets: torch.Tensor, probs: torch.Tensor,
-    gamma: float, shared: bool,
-) -> torch.Tensor:
-    """``g = Hₙ δ + γ Σ_j (y_j − p_j) φ_jᵀ`` ``(C, D)``: the bracket of an iterated Newton step
-    (``μ_{t+1} = μ + Σ' g``); also gives ``Σ⁻¹ δ' = g − Hₙ δ'`` for the step's result ``δ'``."""
-    resid = gamma * (targets - probs).T @ phi
-    if shared:
-        return (delta @ u.T) @ u + resid
-    return (u.T @ (u @ delta.reshape(-1))).reshape(delta.shape) + resid
-
-
-def rank1_newton_coefficients(
-    logits: torch.Tensor, q: float, target: torch.Tensor, curvature: str | Curvature, gamma: float, steps: int
-) -> tuple[torch.Tensor, float]:
-    """Iterated update with ONE point on a shared covariance, in the point's logit space.
-
-    The mean moves along ``s = Σφ`` only: ``μ_t = μ + a_t ⊗ s``, so the point's logits are
-    ``z + q a_t`` with ``q = φᵀΣφ`` and the Newton iteration is ``a_{t+1} = (m_t q a_t + γ (y − p_t)) /
-    (1 + m_t q)``. Returns ``a_k (C,)`` and the curvature ``m_{k−1}`` of the last step (the covariance
-    after the update is ``Σ − m s sᵀ / (1 + m q)``).
-    """
-    a = torch.zeros_like(logits)
-    m = 0.0
-
-    def objective(coef: torch.Tensor) -> float:  # ½ δᵀΣ⁻¹δ + γ NLL, with δᵀΣ⁻¹δ = q ‖a‖²
-        return 0.5 * q * float(coef.square().sum()) - gamma * float((target * torch.log_softmax(logits + q * coef, 0)).sum())
-
-    for _ in range(steps):
-        probs = torch.softmax(logits + q * a, dim=0)
-        m = float(curvature_weights(probs.unsqueeze(0), curvature)[0])
-        proposal = (m * q * a + gamma * (target - probs)) / (1.0 + m * q)
-        if steps > 1:
-            step = proposal - a
-            proposal = a + backtrack(lambda alpha, a=a, step=step: objective(a + alpha * step), objective(a)) * step
-        a = proposal
-    return a, m
 
 
 def backtrack(objective_at: Callable[[float], float], current: float, halvings: int = 20) -> float:
@@ -202,6 +155,18 @@ def woodbury_downdate(cov: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     chol = safe_cholesky(inner)
     left = torch.linalg.solve_triangular(chol, us, upper=False)  # L⁻¹ UΣ, (K, P)
     return torch.addmm(cov, left.T, left, alpha=-1.0)
+
+
+def kernel_downdate(cov: torch.Tensor, left: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
+    """``Σ − Lᵀ (I + G)⁻¹ L`` for ``left L = UΣ (K, P)`` and ``inner G = UΣUᵀ (K, K)``: the Woodbury
+    downdate when the products with ``Σ`` are already at hand (see :func:`span_newton`)."""
+    if left.shape[0] == 0:
+        return cov.clone()
+    inner = inner.clone()
+    inner.diagonal().add_(1.0)
+    chol = safe_cholesky(inner)
+    half = torch.linalg.solve_triangular(chol, left, upper=False)
+    return torch.addmm(cov, half.T, half, alpha=-1.0)
 
 
 def rank1_downdate(cov: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -383,3 +348,103 @@ class LogitStep:
     def downdate_kernel(self, kernel: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
         """``kernel = A Σ Bᵀ (R, N)`` for ``left A (R, D)``, ``right B (N, D)`` → ``A Σ' Bᵀ`` (in place)."""
         return rank1_kernel_downdate(kernel, left @ self.sigma_phi, right @ self.sigma_phi, self.curvature, self.denom)
+
+
+@dataclass(frozen=True)
+class SpanNewtonResult:
+    """Result of :func:`span_newton`.
+
+    ``coef`` gives the new mean as ``μ + coef``-combination of the columns of ``ΣJᵀ`` (``(M, C)`` for the
+    shared covariance, ``(M·C,)`` for the full GGN); ``factor`` is the curvature factor ``F`` of the
+    last linearisation (``(M,)`` square roots ``√m`` or ``(M·C, M·C)`` block-diagonal), for the covariance
+    ``Σ' = Σ − ΣJᵀF (I + FᵀKF)⁻¹ FᵀJΣ``; ``steps`` the Newton steps taken.
+    """
+
+    coef: torch.Tensor
+    factor: torch.Tensor
+    steps: int
+
+
+def span_newton(
+    kernel: torch.Tensor,
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    curvature: str | Curvature,
+    gamma: float,
+    steps: int,
+    shared: bool,
+) -> SpanNewtonResult:
+    """Damped Newton iteration of an update, in the span of the new points.
+
+    The objective ``½ δᵀΣ⁻¹δ − γ Σ_j log p(y_j | φ_j, μ + δ)`` has its gradient in the range of
+    ``ΣJᵀ`` (``J`` maps the weights to the new points' logits), and so has every Newton step
+    ``−(Σ⁻¹ + JᵀΛJ)⁻¹ ∇ = −ΣJᵀ (I + ΛK)⁻¹ (a − γ(y − p))``. Writing ``δ = ΣJᵀa`` therefore keeps the
+    whole iteration in the ``M``-point logit space: logits ``z + K a`` with the kernel ``K = JΣJᵀ``
+    and ``δᵀΣ⁻¹δ = aᵀKa``; the ``D``-dimensional mean and the covariance are formed once afterwards.
+
+    One step (``steps=1``) is the closed-form update with the posterior's curvature (``Λ = m I`` per
+    point for the shared covariance). Iterated steps look for the mode of prior × new likelihood,
+    which does not depend on the curvature used to reach it: they use the softmax Hessian
+    ``Λ_j = diag p_j − p_j p_jᵀ`` (quadratic convergence; for the shared covariance while
+    ``M·C ≤`` :data:`EXACT_NEWTON_MAX_SIZE`, beyond which ``m I`` keeps each step ``O(M³)``), backtrack
+    on the objective, and stop early once a step moves no logit by more than
+    :data:`CONVERGED_LOGIT_CHANGE`. The returned factor is the posterior's curvature at the last
+    linearisation point, for the covariance.
+
+    Parameters
+    ----------
+    kernel : torch.Tensor
+        ``ΦΣΦᵀ (M, M)`` (shared) or ``JΣJᵀ (M·C, M·C)`` over point-major ``(j, c)`` (full).
+    logits : torch.Tensor
+        ``(M, C)`` logits of the new points at the current mean.
+    targets : torch.Tensor
+        ``(M, C)`` one-hot or soft labels.
+    curvature, gamma, steps, shared
+        Curvature of the shared covariance, step size, Newton steps and the covariance structure.
+    """
+    m_pts, c = logits.shape
+    softmax_hessian = not shared or (steps > 1 and m_pts * c <= EXACT_NEWTON_MAX_SIZE)
+    if shared and softmax_hessian:
+        # the shared covariance is I_C ⊗ Σ, so the kernel over (j, c) is K ⊗ I_C
+        kernel = torch.kron(kernel, torch.eye(c, dtype=kernel.dtype, device=kernel.device))
+    coef = logits.new_zeros(m_pts * c) if softmax_hessian else logits.new_zeros(m_pts, c)
+
+    def flat(a: torch.Tensor) -> torch.Tensor:
+        return a.reshape(m_pts, c)
+
+    def logits_at(a: torch.Tensor) -> torch.Tensor:
+        return logits + flat(kernel @ a)
+
+    def objective(a: torch.Tensor) -> float:
+        quad = float((a * (kernel @ a)).sum())
+        return 0.5 * quad - gamma * float((targets * torch.log_softmax(logits_at(a), dim=-1)).sum())
+
+    probs = torch.softmax(logits, dim=-1)
+    taken = 0
+    for _ in range(steps):
+        probs = torch.softmax(logits_at(coef), dim=-1)
+        grad = coef - (gamma * (targets - probs)).reshape(coef.shape)
+        # (I + FFᵀK)⁻¹ g = g − F (I + FᵀKF)⁻¹ FᵀK g: an SPD solve whatever the curvature's rank
+        if softmax_hessian:
+            factor = torch.block_diag(*fisher_factor(probs))
+            inner = factor.T @ kernel @ factor
+            inner.diagonal().add_(1.0)
+            rhs = (factor.T @ (kernel @ grad)).unsqueeze(1)
+            solved = factor @ torch.cholesky_solve(rhs, safe_cholesky(inner)).squeeze(1)
+        else:
+            root = curvature_weights(probs, curvature).clamp_min(0).sqrt()
+            inner = root[:, None] * kernel * root[None, :]
+            inner.diagonal().add_(1.0)
+            solved = root[:, None] * torch.cholesky_solve(root[:, None] * (kernel @ grad), safe_cholesky(inner))
+        step = solved - grad
+        if steps > 1:
+            alpha = backtrack(lambda t, a=coef, s=step: objective(a + t * s), objective(coef))
+            step = alpha * step
+        coef = coef + step
+        taken += 1
+        # converged: a further step would move no logit and re-linearise at the same point
+        if taken < steps and float((kernel @ step).abs().max()) <= CONVERGED_LOGIT_CHANGE:
+            break
+    if shared:
+        return SpanNewtonResult(flat(coef), curvature_weights(probs, curvature).clamp_min(0).sqrt(), taken)
+    return SpanNewtonResult(coef, torch.block_diag(*fisher_factor(probs)), taken)

@@ -30,6 +30,7 @@ from bayesal.labeling.storage import (
 )
 from bayesal.laplace.head import HeadConfig
 from bayesal.laplace.posterior import LastLayerLaplace
+from bayesal.laplace.update import curvature_weights
 from bayesal.strategies.base import QueryResult, QueryStrategy
 
 NAMES = ["ant", "bee", "cat"]
@@ -116,7 +117,8 @@ def test_each_tell_is_one_bayesian_update(pool):
     s = make(pool)
     before = s.posterior
     s.tell(5, "bee")
-    ref = before.update(torch.as_tensor(x[5:6], dtype=torch.float64), torch.tensor([1]), gamma=10.0)
+    ref = before.update(torch.as_tensor(x[5:6], dtype=torch.float64), torch.tensor([1]))  # the posterior's options
+    assert (s.posterior.gamma, s.posterior.steps) == (before.gamma, before.steps)
     assert torch.allclose(s.posterior.mean_, ref.mean_)
     assert torch.allclose(s.posterior.covariance_, ref.covariance_)
 
@@ -134,7 +136,7 @@ def test_skip_undo_redo_correct(pool):
     mean_shift = s.posterior.mean_ - posts[0].mean_
     phi = torch.as_tensor(x[2], dtype=torch.float64)
     diff = torch.tensor([0.0, -1.0, 1.0], dtype=torch.float64)
-    assert torch.allclose(mean_shift, 10.0 * torch.outer(diff, posts[0].covariance_ @ phi))
+    assert torch.allclose(mean_shift, s.posterior.gamma * torch.outer(diff, posts[0].covariance_ @ phi))
     assert torch.equal(s.posterior.covariance_, posts[0].covariance_)
     after = s.posterior
     assert s.undo()["op"] == "correct"
@@ -181,7 +183,9 @@ def test_retrain_manual_and_automatic(pool):
     # the retrained posterior is a Laplace fit on all labels with the trained head
     idx = sorted(s.labels)
     assert s.posterior.n_updates_ == 0
-    prec = s.posterior.fitted_prior_precision * torch.eye(6, dtype=torch.float64) + torch.as_tensor(x[idx], dtype=torch.float64).T @ torch.as_tensor(x[idx], dtype=torch.float64)
+    xl = torch.as_tensor(x[idx], dtype=torch.float64)
+    m = curvature_weights(torch.softmax(xl @ s.posterior.mean.T + s.posterior.bias, 1), s.posterior.curvature)
+    prec = s.posterior.fitted_prior_precision * torch.eye(6, dtype=torch.float64) + xl.T @ (m[:, None] * xl)
     assert torch.allclose(torch.linalg.inv(s.posterior.covariance_), prec, atol=1e-8)
     s.tell(4, int(y[4]))
     assert s.posterior.n_updates_ == 1

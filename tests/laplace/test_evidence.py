@@ -2,12 +2,14 @@
 
 import math
 
+import pytest
 import torch
 
-from bayesal import HeadConfig
+from bayesal import HeadConfig, LastLayerLaplace
 from bayesal.laplace.evidence import (
     cross_validate_prior,
     evidence_fixed_point,
+    heldout_logit_variance,
     log_evidence,
     maximize_evidence,
 )
@@ -61,18 +63,46 @@ def test_fixed_head_fixed_point_is_the_maximum_of_the_closed_form():
     assert f(lam) >= max(f(g) for g in grid) - 1e-9
 
 
-def test_cross_validation_picks_the_best_held_out_likelihood():
+@pytest.mark.parametrize("predictive", [True, False])
+def test_cross_validation_picks_the_best_held_out_likelihood(predictive):
     x, t = _noisy_problem(n=60)
-    cv = cross_validate_prior(x, t, folds=3, generator=torch.Generator().manual_seed(0))
+    cv = cross_validate_prior(x, t, folds=3, generator=torch.Generator().manual_seed(0), predictive=predictive,
+                              fold_tol=1e-7)
     assert cv.prior_precision == cv.grid[max(range(len(cv.grid)), key=cv.scores.__getitem__)]
-    # recompute one fold's score by hand for the chosen λ₀
+    # recompute the score of every λ₀ by hand: the fold's MAP head and its dense Laplace predictive
     fold_of = torch.randperm(60, generator=torch.Generator().manual_seed(0)) % 3
-    total = 0.0
-    for f in range(3):
-        tr, te = fold_of != f, fold_of == f
-        fit = fit_map_head(x[tr], t[tr], cv.prior_precision, tol=1e-7)
-        total += float((t[te] * torch.log_softmax(x[te] @ fit.weight.T + fit.bias, 1)).sum())
-    j = cv.grid.index(cv.prior_precision)
-    assert math.isclose(cv.scores[j], total / 60, rel_tol=0, abs_tol=1e-3)
+    for j, lam in enumerate(cv.grid):
+        total = 0.0
+        for f in range(3):
+            tr, te = fold_of != f, fold_of == f
+            fit = fit_map_head(x[tr], t[tr], lam, tol=1e-7)
+            post = LastLayerLaplace(prior_precision=lam, curvature="categorical").fit(
+                x[tr], t[tr], weight=fit.weight, bias=fit.bias)
+            probs = post.predict_proba(x[te]) if predictive else torch.softmax(x[te] @ fit.weight.T + fit.bias, 1)
+            total += float((t[te] * probs.log()).sum())
+        assert math.isclose(cv.scores[j], total / 60, rel_tol=0, abs_tol=1e-4)
     ref = fit_map_head(x, t, cv.prior_precision, tol=1e-7)
     torch.testing.assert_close(cv.weight, ref.weight, atol=1e-4, rtol=1e-4)
+
+
+def test_held_out_variance_in_kernel_and_feature_space_agree():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(30, 8, generator=gen, dtype=torch.float64)
+    m = torch.rand(20, generator=gen, dtype=torch.float64) * 0.25
+    dense = torch.cholesky_inverse(torch.linalg.cholesky(0.3 * torch.eye(8, dtype=torch.float64) + x[:20].T @ (m[:, None] * x[:20])))
+    expected = ((x[20:] @ dense) * x[20:]).sum(1)
+    torch.testing.assert_close(heldout_logit_variance(x[:20], x[20:], m, 0.3), expected)  # 20 rows > 8 features
+    wide = torch.cat([x, torch.randn(30, 40, generator=gen, dtype=torch.float64)], 1)  # 20 rows < 48 features
+    dense = torch.cholesky_inverse(torch.linalg.cholesky(
+        0.3 * torch.eye(48, dtype=torch.float64) + wide[:20].T @ (m[:, None] * wide[:20])))
+    torch.testing.assert_close(heldout_logit_variance(wide[:20], wide[20:], m, 0.3),
+                               ((wide[20:] @ dense) * wide[20:]).sum(1))
+
+
+def test_posterior_chooses_the_prior_by_its_own_predictive():
+    x, t = _noisy_problem(n=60)
+    post = LastLayerLaplace(prior_precision="cv-predictive", random_state=3).fit(x, t.argmax(1))
+    ref = cross_validate_prior(x, t, generator=torch.Generator().manual_seed(3), predictive=True,
+                               curvature=post.curvature, lambda_mf=post.lambda_mf)
+    assert post.fitted_prior_precision == ref.prior_precision
+    torch.testing.assert_close(post.mean, ref.weight)

@@ -100,8 +100,8 @@ def test_posterior_fit_puts_the_mean_at_the_map_of_its_own_prior(toy):
     x, y, *_ = toy
     t = torch.nn.functional.one_hot(y, 3).double()
     g0 = _autograd_norm(x, t, torch.zeros(3, 5, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 0.0, 0.0)
-    for prior in (0.3, "cv", "evidence"):
-        post = LastLayerLaplace(prior_precision=prior).fit(x, y)
+    for prior in (0.3, "cv", "cv-predictive", "evidence"):
+        post = LastLayerLaplace(prior_precision=prior, curvature="gaussian").fit(x, y)
         lam = post.prior_precision_
         assert lam > 0
         assert _autograd_norm(x, t, post.mean_, post.bias_, lam, HeadConfig().bias_precision) <= 2e-5 * g0

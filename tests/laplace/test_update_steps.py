@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from bayesal import LastLayerLaplace
+from bayesal.laplace.update import PAPER_OPTIONS, full_ggn_factor
 
 
 def _problem(seed=0, n=40, m=12, d=4, c=3):
@@ -47,9 +48,9 @@ def test_iterated_update_converges_to_the_exact_map(curvature, hessian):
 
 def test_one_step_is_the_paper_update_and_steps_are_saved():
     x, y, xn, yn = _problem(seed=1)
-    post = LastLayerLaplace(prior_precision=1.0, gamma=10.0).fit(x, y)
+    post = LastLayerLaplace(prior_precision=1.0, **PAPER_OPTIONS).fit(x, y)
     one = post.update(xn, yn)
-    assert post.steps == 1
+    assert (post.steps, post.gamma, post.curvature.value) == (1, 10.0, "gaussian")
     p = torch.softmax(xn @ post.mean.T + post.bias, 1)
     onehot = torch.nn.functional.one_hot(yn, 3).double()
     cov = torch.linalg.inv(torch.linalg.inv(post.covariance) + xn.T @ xn)
@@ -71,3 +72,32 @@ def test_cached_logit_step_matches_the_iterated_update(curvature):
     new = post.update(xn[:1], yn[:1], method="rank1")
     torch.testing.assert_close(z, new.logits(x))
     torch.testing.assert_close(var, new.logit_variance(x))
+
+
+def test_states_saved_before_iterated_updates_load_with_one_step():
+    x, y, _, _ = _problem(seed=3)
+    state = LastLayerLaplace(prior_precision=1.0).fit(x, y).state_dict()
+    assert state["config"]["steps"] == LastLayerLaplace().steps
+    del state["config"]["steps"]
+    assert LastLayerLaplace.from_state_dict(state).steps == 1
+
+
+def test_one_step_equals_the_dense_formula_for_full_and_shared_hessians():
+    """One step (the paper's closed form, computed in the span of the new points) equals the D-dimensional formula μ + γ Σ' Φᵀ(Y − P)."""
+    x, y, xn, yn = _problem(seed=4)
+    for hessian in ("shared", "full"):
+        post = LastLayerLaplace(prior_precision=0.7, curvature="gaussian", hessian=hessian, gamma=3.0).fit(x, y)
+        new = post.update(xn, yn, steps=1)
+        probs = torch.softmax(xn @ post.mean.T + post.bias, -1)
+        resid = torch.nn.functional.one_hot(yn, probs.shape[1]).double() - probs
+        grad = resid.T @ xn
+        if hessian == "shared":
+            prec = torch.cholesky_inverse(torch.linalg.cholesky(post.covariance)) + xn.T @ xn
+            expected = post.mean + 3.0 * torch.linalg.solve(prec, grad.T).T
+        else:
+            u = full_ggn_factor(xn, probs)
+            prec = torch.cholesky_inverse(torch.linalg.cholesky(post.covariance)) + u.T @ u
+            expected = post.mean + 3.0 * torch.linalg.solve(prec, grad.reshape(-1)).reshape(post.mean.shape)
+        torch.testing.assert_close(new.mean, expected, rtol=1e-8, atol=1e-10)
+        torch.testing.assert_close(new.covariance, torch.cholesky_inverse(torch.linalg.cholesky(prec)),
+                                   rtol=1e-8, atol=1e-10)

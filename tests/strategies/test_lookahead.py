@@ -5,7 +5,7 @@ import torch
 
 from bayesal import LastLayerLaplace
 from bayesal.laplace.predictive import mean_field_probs
-from bayesal.laplace.update import batch_update_reference
+from bayesal.laplace.update import PAPER_OPTIONS, batch_update_reference
 from bayesal.strategies import ExpectedLogLossReduction, LabeledSet, OracleLookahead
 
 C, D = 3, 6
@@ -20,7 +20,8 @@ def setup(request):
     x = centers[y] + torch.randn(n, D, generator=g, dtype=torch.float64)
     w = torch.randn(C, D, generator=g, dtype=torch.float64) * 0.5
     b = torch.randn(C, generator=g, dtype=torch.float64) * 0.1
-    post = LastLayerLaplace(curvature=request.param).fit(x[:15], y[:15], weight=w, bias=b)
+    # one step: the closed form the risk table uses for every fantasized label
+    post = LastLayerLaplace(curvature=request.param, gamma=10.0, steps=1).fit(x[:15], y[:15], weight=w, bias=b)
     return post, LabeledSet(x[:15], y[:15]), x[15:55], y[15:55], x[55:], y[55:]
 
 
@@ -81,7 +82,7 @@ def _toy_posterior():
     w[0, 0], w[1, 0] = 1.0, -1.0
     lx = torch.tensor([[3.0, 0, 0], [-3.0, 0, 0]], dtype=torch.float64)
     ly = torch.tensor([0, 1])
-    return LastLayerLaplace().fit(lx, ly, weight=w), LabeledSet(lx, ly)
+    return LastLayerLaplace(**PAPER_OPTIONS).fit(lx, ly, weight=w), LabeledSet(lx, ly)
 
 
 def test_ell_picks_the_instance_that_informs_the_reference():

@@ -74,7 +74,7 @@ def test_rank1_logit_update_matches_posterior_update(setup):
     m = 1.0 if post.curvature == "gaussian" else float(p.max() * (1 - p.max()))
     target = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)
     z2, v2 = rank1_logit_update(xc, z, var, post.covariance_ @ xc[i], xc[i], target, p, m, 10.0)
-    new = post.update(xc[i : i + 1], target[None], gamma=10.0)
+    new = post.update(xc[i : i + 1], target[None], gamma=10.0, steps=1)  # the closed form
     torch.testing.assert_close(z2, new.logits(xc), atol=1e-10, rtol=0)
     torch.testing.assert_close(v2, new.logit_variance(xc), atol=1e-10, rtol=0)
 
@@ -92,7 +92,7 @@ def test_oracle_equals_manual_pick_update_loop(setup, base):
         j = int(base.query(cur, xc[remaining], LabeledSet(lx, ly), 1, gen).indices[0])
         i = remaining.pop(j)
         picks.append(i)
-        cur = cur.update(xc[i : i + 1], yc[i : i + 1], gamma=10.0)
+        cur = cur.update(xc[i : i + 1], yc[i : i + 1])  # the posterior's own update
         lx, ly = torch.cat([lx, xc[i : i + 1]]), torch.cat([ly, yc[i : i + 1]])
     assert res.indices.tolist() == picks
     torch.testing.assert_close(seq.last_posterior_.mean_, cur.mean_, atol=1e-8, rtol=0)
@@ -119,6 +119,7 @@ def test_default_update_is_deployable(setup):
 
 def test_expected_update_is_p_weighted_mean_step(setup):
     post, lab, xc, yc = setup
+    post = post.with_update_options(gamma=10.0, steps=1)  # one step is linear in the label
     seq = Sequential(MarginSampling(), update_with="expected")
     res = seq.query(post, xc, lab, 1, torch.Generator().manual_seed(0))
     i = int(res.indices[0])

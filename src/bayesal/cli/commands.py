@@ -119,7 +119,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--initial-size", type=positive_int, default=None, help="initial random labels (default: b)")
     p.add_argument("--candidate-size", type=non_negative_int, default=1000,
                    help="random candidates scored per query (default 1000; 0 = whole pool)")
-    p.add_argument("--gamma", type=positive_float, default=None, help="update step size γ (default: the posterior's, 10)")
+    p.add_argument("--gamma", type=positive_float, default=None, help="update step size γ (default: the posterior's, 1 with 5 Newton steps)")
     p.add_argument("--lambda-mf", type=non_negative_float, default=None, help="mean-field scale (default: the posterior's, π/8)")
     p.add_argument("--epochs", type=non_negative_int, default=200, help="head training epochs per cycle (default 200)")
     _add_threads_option(p)

@@ -65,7 +65,7 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-labels", type=non_negative_int, default=None, help="stop after this many labels in this run (oracle default 20)")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed of a new session (default 0)")
     parser.add_argument("--gamma", type=positive_float, default=None,
-                        help="step size of the Bayesian update (default: the posterior's, 10)")
+                        help="step size of the Bayesian update (default: the posterior's, 1 with 5 Newton steps)")
     parser.add_argument("--retrain-every", type=non_negative_int, default=10, help="retrain the head after this many labels; 0 = never (default 10)")
     parser.add_argument("--epochs", type=non_negative_int, default=200, help="head training epochs on retrain (default 200)")
     parser.add_argument("--candidate-size", type=non_negative_int, default=1000, help="random candidates scored per query (default 1000)")

@@ -44,7 +44,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategy", default=None, help="query strategy (default margin; a resumed session keeps its own)")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed of a new session (default 0)")
     parser.add_argument("--gamma", type=positive_float, default=None,
-                        help="step size of the Bayesian update (default: the posterior's, 10)")
+                        help="step size of the Bayesian update (default: the posterior's, 1 with 5 Newton steps)")
     parser.add_argument("--retrain-every", type=non_negative_int, default=0,
                         help="also retrain the head from scratch after this many labels (seconds, during which "
                              "answers wait); default 0 = only when Retrain is pressed")

@@ -26,10 +26,15 @@ from bayesal.laplace.posterior import LastLayerLaplace
 
 from .storage import FORMAT_VERSION
 
-__all__ = ["POSTERIOR_KEYS", "feature_hash", "check_class_names", "new_header", "check_features"]
+__all__ = [
+    "POSTERIOR_KEYS", "saved_posterior_config", "feature_hash", "check_class_names", "new_header", "check_features",
+]
 
 #: Keyword arguments of :class:`LastLayerLaplace` a session saves.
-POSTERIOR_KEYS = ("prior_precision", "curvature", "hessian", "lambda_mf")
+POSTERIOR_KEYS = ("prior_precision", "curvature", "hessian", "lambda_mf", "steps")
+
+#: Update options of sessions saved before they were recorded: the defaults of that time.
+LEGACY_POSTERIOR_DEFAULTS = {"curvature": "gaussian", "steps": 1}
 
 
 def feature_hash(features: torch.Tensor) -> str:
@@ -85,8 +90,12 @@ def new_header(
     unknown = set(pcfg) - set(POSTERIOR_KEYS)
     if unknown:
         raise InvalidInputError(f"unknown posterior_config keys {sorted(unknown)}; allowed: {POSTERIOR_KEYS}")
-    # validates the values; the posterior owns γ's default
-    gamma = LastLayerLaplace(**pcfg, **({} if gamma is None else {"gamma": gamma})).gamma
+    # validates the values; the posterior owns the defaults, saved resolved so that a session reloads
+    # with the same update whatever later versions default to
+    post = LastLayerLaplace(**pcfg, **({} if gamma is None else {"gamma": gamma}))
+    gamma = post.gamma
+    pcfg.update(curvature=post.curvature.value, hessian=post.hessian.value, lambda_mf=post.lambda_mf,
+                steps=post.steps)
     if random_state is None:
         random_state = int.from_bytes(os.urandom(4), "little")
     if isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)):
@@ -110,6 +119,12 @@ def new_header(
         "candidate_size": candidate_size,
         "meta": dict(meta or {}),
     }
+
+
+def saved_posterior_config(header: Mapping[str, Any]) -> dict[str, Any]:
+    """The posterior keyword arguments a session header saved; options it predates get the defaults
+    of the version that wrote it (:data:`LEGACY_POSTERIOR_DEFAULTS`)."""
+    return {**LEGACY_POSTERIOR_DEFAULTS, **dict(header.get("posterior") or {})}
 
 
 def check_features(header: Mapping[str, Any], x: torch.Tensor, state_dir: Path) -> None:

@@ -48,7 +48,7 @@ from bayesal.strategies.selection import select
 from bayesal.utils.rng import derive_seed
 from bayesal.utils.validation import as_features
 
-from .config import check_features, feature_hash, new_header
+from .config import check_features, feature_hash, new_header, saved_posterior_config
 from .history import LabelBook
 from .replay import PosteriorReplay
 from .schema import check_header
@@ -208,7 +208,7 @@ class Session:
         self._options = options
         try:  # the settings come from a file: a bad one is a corrupt header, not a TypeError
             self._replay = PosteriorReplay(x, len(self._names), seed=self._seed, gamma=float(header["gamma"]),
-                                           posterior_config=header["posterior"],
+                                           posterior_config=saved_posterior_config(header),
                                            head_config=HeadConfig(**header["head"]))
             self._book = LabelBook(self._names, x.shape[0])  # labels, skipped, history, redo
             self._state = SessionState(self._replay, self._book, options.undo_cache)

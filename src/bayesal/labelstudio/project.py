@@ -145,7 +145,8 @@ class ProjectModel:
         if not isinstance(self._strategy, ScoreStrategy):  # pragma: no cover - guarded by SCORE_STRATEGIES
             raise InvalidInputError(f"strategy {strategy!r} has no per-task score")
         # The posterior owns the update's step size: every update below reads it from there.
-        self._pcfg = {"prior_precision": prior_precision, "curvature": curvature, "gamma": gamma}
+        # the paper's one-step update, like the head recipe below (updates from the zero-mean prior)
+        self._pcfg = {"prior_precision": prior_precision, "curvature": curvature, "gamma": gamma, "steps": 1}
         self.gamma = LastLayerLaplace(**self._pcfg).gamma  # validates all three
         self._pcfg.update(prior_precision=float(prior_precision), gamma=self.gamma)
         self._fsync = fsync

@@ -32,6 +32,7 @@ from .predictive import (
     mean_field_probs,
 )
 from .update import (
+    DEFAULT_CURVATURE,
     DEFAULT_GAMMA,
     DEFAULT_STEPS,
     LogitStep,
@@ -48,7 +49,7 @@ from .update import (
 
 __all__ = ["LastLayerLaplace"]
 
-PRIOR_SELECTIONS = ("cv", "evidence")
+PRIOR_SELECTIONS = ("cv", "cv-predictive", "evidence")
 FALLBACK_PRIOR_PRECISION = 1.0  # a string prior with nothing to choose from (see fit)
 
 
@@ -65,11 +66,14 @@ class LastLayerLaplace:
     this posterior: sequential selection, look-ahead, label corrections); ``steps`` the number of
     Newton steps of an update (``steps > 1`` re-linearises at the new mean: online Laplace, converging
     to the mode of the old posterior × the new likelihood when ``γ = 1``). Both are saved in
-    :meth:`state_dict`.
+    :meth:`state_dict`. The defaults (categorical curvature, ``γ = 1``, 5 steps:
+    :data:`~bayesal.laplace.update.FIDELITY_OPTIONS`) track an exact retrain of the same objective;
+    ``**PAPER_OPTIONS`` (gaussian curvature, ``γ = 10``, one step) is the paper's update.
 
     ``prior_precision``: λ₀ as a number, or chosen from the labeled data at :meth:`fit`: ``"cv"``
     (default; 5-fold held-out log-likelihood of the exact MAP head over a grid, see
-    :func:`~bayesal.laplace.evidence.cross_validate_prior`) or ``"evidence"`` (Laplace marginal
+    :func:`~bayesal.laplace.evidence.cross_validate_prior`), ``"cv-predictive"`` (the same, scoring the
+    mean-field Laplace predictive: calibrated probabilities, a stronger prior) or ``"evidence"`` (Laplace marginal
     likelihood, MacKay's fixed point with the GGN curvature, see
     :func:`~bayesal.laplace.evidence.maximize_evidence`). The head is fitted as the exact MAP of the
     same objective (``head_config``, default ``HeadConfig()``: L-BFGS to a gradient tolerance), so the
@@ -85,7 +89,7 @@ class LastLayerLaplace:
     def __init__(
         self,
         prior_precision: float | str = "cv",
-        curvature: str | Curvature = Curvature.GAUSSIAN,
+        curvature: str | Curvature = DEFAULT_CURVATURE,
         hessian: str | Hessian = Hessian.SHARED,
         lambda_mf: float = DEFAULT_LAMBDA_MF,
         gamma: float = DEFAULT_GAMMA,
@@ -135,7 +139,7 @@ class LastLayerLaplace:
 
         With ``weight (C, D)`` (and optionally ``bias (C,)``) the given head is the MAP estimate and is
         not refitted: ``prior_precision="evidence"`` then takes the evidence-optimal λ₀ for that head;
-        ``"cv"`` cannot validate a head it does not fit and uses λ₀ = 1, as does any string prior
+        ``"cv"``/``"cv-predictive"`` cannot validate a head they do not fit and use λ₀ = 1, as does any string prior
         without labeled data (pass a number to set λ₀). Otherwise λ₀ is chosen (if a string) and the
         head is fitted with ``head_config`` (seeded by ``random_state`` for the paper's SGD recipe).
         Without ``num_classes`` (or ``weight``) C is inferred from soft labels' width or as the largest
@@ -178,10 +182,13 @@ class LastLayerLaplace:
         """Choose λ₀ (if a string) and fit the head; returns ``(W, b, λ₀)``."""
         cfg = self.head_config
         x64, t64 = x.to(torch.float64), targets.to(torch.float64)
-        if self.prior_precision == "cv":
+        if self.prior_precision in ("cv", "cv-predictive"):
             # folds from random_state when given, else a fixed seed: the same data give the same λ₀
             gen = None if self.random_state is None else as_generator(self.random_state)
-            sel = cross_validate_prior(x64, t64, head=cfg, generator=gen)
+            # "cv-predictive" scores with this posterior's own predictive (categorical for hessian="full")
+            curv = self.curvature if self.shared_covariance else Curvature.CATEGORICAL
+            sel = cross_validate_prior(x64, t64, head=cfg, generator=gen, predictive=self.prior_precision != "cv",
+                                       curvature=curv, lambda_mf=self.lambda_mf)
             lam, head = sel.prior_precision, (sel.weight, sel.bias)
         elif self.prior_precision == "evidence":
             spectrum = self._ggn_spectrum(x64)
@@ -215,7 +222,7 @@ class LastLayerLaplace:
         """λ₀ for a head passed to :meth:`fit`: the number given, or the evidence-optimal λ₀ for it."""
         if not isinstance(self.prior_precision, str):
             return float(self.prior_precision)
-        if self.prior_precision == "cv" or x.shape[0] == 0:
+        if self.prior_precision != "evidence" or x.shape[0] == 0:
             return FALLBACK_PRIOR_PRECISION
         x64 = x.to(torch.float64)
         eig = self._ggn_spectrum(x64)(self.mean_.to(torch.float64), self.bias_.to(torch.float64))
@@ -783,6 +790,7 @@ class LastLayerLaplace:
         try:
             cfg = dict(state["config"])
             cfg["dtype"] = getattr(torch, cfg["dtype"])
+            cfg.setdefault("steps", 1)  # states written before iterated updates made one step
             post = cls(device=device, **cfg)
             post.mean_ = state["mean"].to(dtype=post.dtype, device=post.device)
             post.bias_ = state["bias"].to(dtype=post.dtype, device=post.device)

@@ -43,6 +43,8 @@ __all__ = [
     "LogitStep",
     "DEFAULT_STEPS",
     "FIDELITY_OPTIONS",
+    "PAPER_OPTIONS",
+    "DEFAULT_CURVATURE",
     "check_steps",
     "backtrack",
     "kernel_downdate",
@@ -52,23 +54,28 @@ __all__ = [
 
 CURVATURES = Curvature.choices()
 
-#: Default step size ``γ`` of the mean update (the paper's; see :data:`FIDELITY_OPTIONS`).
-DEFAULT_GAMMA = 10.0
+#: Default step size ``γ`` of the mean update: 1, the Newton step of the posterior's own objective.
+DEFAULT_GAMMA = 1.0
 
-#: Default number of Newton steps of an update (one: the paper's closed form).
-DEFAULT_STEPS = 1
+#: Default number of (damped) Newton steps of an update.
+DEFAULT_STEPS = 5
 
-#: Update options that track the exact retrain of the posterior's objective (measured by
-#: ``benchmarks/update_vs_retrain.py``): categorical curvature, γ = 1 (the Newton step of the
-#: objective itself) and 5 damped Newton steps. The experiment runner uses them by default.
+#: Default curvature of the shared covariance: ``p_max (1 − p_max)``, the softmax's own scale.
+DEFAULT_CURVATURE = Curvature.CATEGORICAL
+
+#: The defaults as keyword arguments of :class:`~bayesal.laplace.LastLayerLaplace`: the update options
+#: that track the exact retrain of the posterior's objective (measured by
+#: ``benchmarks/update_vs_retrain.py``): categorical curvature, γ = 1 and 5 damped Newton steps.
 FIDELITY_OPTIONS = {"curvature": "categorical", "gamma": 1.0, "steps": 5}
+
+#: The paper's update: one closed-form step with ``γ = 10`` and the label-independent 'gaussian'
+#: curvature (for reproducing its experiments, with ``HeadConfig.paper()`` and ``prior_precision=1``).
+PAPER_OPTIONS = {"curvature": "gaussian", "gamma": 10.0, "steps": 1}
 
 
 #: Largest logit change (in nats) of a Newton step after which an update stops iterating early.
 CONVERGED_LOGIT_CHANGE = 1e-10
 
-#: Largest ``M·C`` for which iterated updates of a shared covariance step with the softmax Hessian.
-EXACT_NEWTON_MAX_SIZE = 512
 
 
 def check_steps(steps: int) -> int:
@@ -381,15 +388,12 @@ def span_newton(
     ``−(Σ⁻¹ + JᵀΛJ)⁻¹ ∇ = −ΣJᵀ (I + ΛK)⁻¹ (a − γ(y − p))``. Writing ``δ = ΣJᵀa`` therefore keeps the
     whole iteration in the ``M``-point logit space: logits ``z + K a`` with the kernel ``K = JΣJᵀ``
     and ``δᵀΣ⁻¹δ = aᵀKa``; the ``D``-dimensional mean and the covariance are formed once afterwards.
-
-    One step (``steps=1``) is the closed-form update with the posterior's curvature (``Λ = m I`` per
-    point for the shared covariance). Iterated steps look for the mode of prior × new likelihood,
-    which does not depend on the curvature used to reach it: they use the softmax Hessian
-    ``Λ_j = diag p_j − p_j p_jᵀ`` (quadratic convergence; for the shared covariance while
-    ``M·C ≤`` :data:`EXACT_NEWTON_MAX_SIZE`, beyond which ``m I`` keeps each step ``O(M³)``), backtrack
-    on the objective, and stop early once a step moves no logit by more than
-    :data:`CONVERGED_LOGIT_CHANGE`. The returned factor is the posterior's curvature at the last
-    linearisation point, for the covariance.
+    Each step linearises at the current logits with the posterior's curvature: ``Λ = m I`` per point
+    for the shared covariance (``O(M³)`` per step), the softmax Hessian for the full GGN
+    (``O((M·C)³)``). One step is the closed-form update; with ``steps > 1`` each step backtracks on
+    the objective and the iteration stops early once a step moves no logit by more than
+    :data:`CONVERGED_LOGIT_CHANGE`. The returned factor is the curvature of the last linearisation,
+    for the covariance.
 
     Parameters
     ----------
@@ -403,48 +407,47 @@ def span_newton(
         Curvature of the shared covariance, step size, Newton steps and the covariance structure.
     """
     m_pts, c = logits.shape
-    softmax_hessian = not shared or (steps > 1 and m_pts * c <= EXACT_NEWTON_MAX_SIZE)
-    if shared and softmax_hessian:
-        # the shared covariance is I_C ⊗ Σ, so the kernel over (j, c) is K ⊗ I_C
-        kernel = torch.kron(kernel, torch.eye(c, dtype=kernel.dtype, device=kernel.device))
-    coef = logits.new_zeros(m_pts * c) if softmax_hessian else logits.new_zeros(m_pts, c)
-
-    def flat(a: torch.Tensor) -> torch.Tensor:
-        return a.reshape(m_pts, c)
+    coef = logits.new_zeros(m_pts, c) if shared else logits.new_zeros(m_pts * c)
 
     def logits_at(a: torch.Tensor) -> torch.Tensor:
-        return logits + flat(kernel @ a)
+        return logits + (kernel @ a).reshape(m_pts, c)
 
     def objective(a: torch.Tensor) -> float:
         quad = float((a * (kernel @ a)).sum())
         return 0.5 * quad - gamma * float((targets * torch.log_softmax(logits_at(a), dim=-1)).sum())
 
-    probs = torch.softmax(logits, dim=-1)
+    current = objective(coef) if steps > 1 else 0.0
+    factor = logits.new_zeros(0)
     taken = 0
     for _ in range(steps):
         probs = torch.softmax(logits_at(coef), dim=-1)
         grad = coef - (gamma * (targets - probs)).reshape(coef.shape)
         # (I + FFᵀK)⁻¹ g = g − F (I + FᵀKF)⁻¹ FᵀK g: an SPD solve whatever the curvature's rank
-        if softmax_hessian:
+        if shared:
+            factor = curvature_weights(probs, curvature).clamp_min(0).sqrt()
+            inner = factor[:, None] * kernel * factor[None, :]
+            inner.diagonal().add_(1.0)
+            solved = factor[:, None] * torch.cholesky_solve(factor[:, None] * (kernel @ grad), safe_cholesky(inner))
+        else:
             factor = torch.block_diag(*fisher_factor(probs))
             inner = factor.T @ kernel @ factor
             inner.diagonal().add_(1.0)
             rhs = (factor.T @ (kernel @ grad)).unsqueeze(1)
             solved = factor @ torch.cholesky_solve(rhs, safe_cholesky(inner)).squeeze(1)
-        else:
-            root = curvature_weights(probs, curvature).clamp_min(0).sqrt()
-            inner = root[:, None] * kernel * root[None, :]
-            inner.diagonal().add_(1.0)
-            solved = root[:, None] * torch.cholesky_solve(root[:, None] * (kernel @ grad), safe_cholesky(inner))
         step = solved - grad
         if steps > 1:
-            alpha = backtrack(lambda t, a=coef, s=step: objective(a + t * s), objective(coef))
+            values: dict[float, float] = {}
+
+            def trial(t: float, a: torch.Tensor = coef, s: torch.Tensor = step, seen: dict = values) -> float:
+                seen[t] = objective(a + t * s)
+                return seen[t]
+
+            alpha = backtrack(trial, current)
             step = alpha * step
+            current = values.get(alpha, current)
         coef = coef + step
         taken += 1
         # converged: a further step would move no logit and re-linearise at the same point
         if taken < steps and float((kernel @ step).abs().max()) <= CONVERGED_LOGIT_CHANGE:
             break
-    if shared:
-        return SpanNewtonResult(flat(coef), curvature_weights(probs, curvature).clamp_min(0).sqrt(), taken)
-    return SpanNewtonResult(coef, torch.block_diag(*fisher_factor(probs)), taken)
+    return SpanNewtonResult(coef, factor, taken)

@@ -158,9 +158,11 @@ class ExpectedLogLossReduction(QueryStrategy):
     is ``reference`` if given, else a random subset of ``n_reference`` candidates (drawn with the
     generator). Every ``(x, y)`` pair is scored in closed form, vectorised in blocks of candidates
     (``chunk_elements`` bounds one ``(n, R, C)`` block; all labels of a candidate cost ``O(R·C)``
-    through leave-one-out sums). Batches: greedy, updating after each pick
-    with the soft label ``p`` (``update_with="expected"``) or the most likely label; every simulated
-    update is the posterior's (its step size ``gamma``).
+    through leave-one-out sums). Each fantasized ``(x, y)`` update is the closed-form first Newton
+    step of the posterior's update (its step size ``gamma`` and curvature; with ``steps > 1`` the
+    posterior iterates further, which the table does not follow, as ``N·C`` iterated solves per pick
+    would cost more than the scoring). Batches: greedy, updating after each pick with the soft label
+    ``p`` (``update_with="expected"``) or the most likely label, with the posterior's full update.
     ``last_stats["candidates_per_second"]`` reports the scoring throughput of the last query.
     """
 

@@ -637,11 +637,11 @@ class LastLayerLaplace:
         steps : int, optional
             Newton steps; ``None`` uses :attr:`steps`. ``steps=1`` is the paper's closed form above.
             More steps minimise ``½ δᵀΣ⁻¹δ − γ Σ_j log p(y_j | φ_j, μ + δ)`` by damped Newton with the
-            softmax Hessian (online Laplace; with ``γ = 1`` the mode of ``N(μ, Σ) × Π_j p(y_j | φ_j, W)``),
-            stopping early once converged. The steps run in the span of the new points
-            (:func:`~bayesal.laplace.update.span_newton`): one ``O(M·P²)`` product with ``Σ`` before and
-            one downdate after, so extra steps cost ``O((M·C)³)`` each, not ``O(P²)``. The covariance uses
-            the posterior's curvature at the last linearisation point.
+            posterior's curvature (online Laplace; with ``γ = 1`` the mode of
+            ``N(μ, Σ) × Π_j p(y_j | φ_j, W)``), stopping early once converged. The steps run in the span
+            of the new points (:func:`~bayesal.laplace.update.span_newton`): one ``O(M·P²)`` product with
+            ``Σ`` before and one downdate after, so extra steps cost ``O(M³)`` each (``O((M·C)³)`` for the
+            full GGN), not ``O(P²)``. The covariance uses the curvature of the last linearisation.
         method : {"woodbury", "rank1"}
             How the covariance is downdated (same result).
         inplace : bool

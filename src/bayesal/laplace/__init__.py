@@ -6,5 +6,6 @@ Pure tensor code, no I/O. Everything above (strategies, experiments, labeling) t
 
 from .head import HeadConfig, train_head
 from .posterior import LastLayerLaplace
+from .update import FIDELITY_OPTIONS, PAPER_OPTIONS
 
-__all__ = ["LastLayerLaplace", "HeadConfig", "train_head"]
+__all__ = ["LastLayerLaplace", "HeadConfig", "train_head", "FIDELITY_OPTIONS", "PAPER_OPTIONS"]

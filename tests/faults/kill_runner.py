@@ -191,8 +191,10 @@ def _open_session(state_dir: Path) -> Any:
             return Session.resume(state_dir, x)
         except BayesalError:
             return Session.recover(state_dir, x)
+    # a fixed prior: the trial is about crash safety, and a cross-validated retrain every 7 labels would
+    # spend most of each kill window choosing λ₀
     return Session(x, NAMES, state_dir=state_dir, random_state=0, strategy="margin", retrain_every=7,
-                   head_config=HeadConfig(epochs=3), candidate_size=40)
+                   head_config=HeadConfig(epochs=3), candidate_size=40, posterior_config={"prior_precision": 1.0})
 
 
 def _session_workload(state_dir: Path, seed: int) -> Callable[[Callable[[str], None]], Any]:

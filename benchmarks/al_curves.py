@@ -10,6 +10,7 @@ margin (mean ± s.e. of the per-seed differences). The LAST line is
     <dataset>: aulc_<strategy>=<x> ... ; deployable_beats_margin=<k>/<n data sets>
 
 Usage: python benchmarks/al_curves.py [--datasets bbcnews,animals,mnist5k] [--seeds 5] [--cycles 20]
+[--prior-precision cv-predictive]
 (smoke: ``--datasets digits --seeds 2 --cycles 3``).
 """
 
@@ -53,11 +54,16 @@ def main(argv=None) -> None:
     ap.add_argument("--cycles", type=int, default=20)
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--prior-precision", default=None,
+                    help="λ₀ or how to choose it (cv, cv-predictive, evidence); default: the posterior's (cv)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    cfg = ALConfig(batch_size=args.batch_size, cycles=args.cycles)
+    prior = args.prior_precision
+    if prior is not None and prior not in ("cv", "cv-predictive", "evidence"):
+        prior = float(prior)
+    cfg = ALConfig(batch_size=args.batch_size, cycles=args.cycles, prior_precision=prior)
     args.out.mkdir(parents=True, exist_ok=True)
     summary, wins, n_ds = [], 0, 0
     for name in [n.strip() for n in args.datasets.split(",") if n.strip()]:

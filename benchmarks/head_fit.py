@@ -26,9 +26,9 @@ import time
 
 import pandas as pd
 import torch
+from fidelity_common import accuracy, load_split, t975
 
 from bayesal import HeadConfig
-from bayesal.data import load_dataset
 from bayesal.laplace.evidence import cross_validate_prior
 from bayesal.laplace.head import fit_map_head, train_head
 
@@ -36,21 +36,8 @@ SIZES = (100, 1000)
 DATASETS = ("bbcnews", "animals", "mnist5k", "digits")
 
 
-def _t975(df: int) -> float:
-    return {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}.get(df, 1.96 if df > 30 else 2.1)
-
-
-def _acc(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
-    return float(((x @ w.T + b).argmax(1) == y).double().mean())
-
-
 def run_dataset(name: str, seeds: int) -> list[dict]:
-    ds = load_dataset(name)
-    x = torch.as_tensor(ds.train_features, dtype=torch.float64)
-    y = torch.as_tensor(ds.train_labels).long()
-    xte = torch.as_tensor(ds.test_features, dtype=torch.float64)
-    yte = torch.as_tensor(ds.test_labels).long()
-    c = ds.num_classes
+    x, y, xte, yte, c = load_split(name)
     rows = []
     for n in SIZES:
         if n >= len(y):
@@ -69,7 +56,7 @@ def run_dataset(name: str, seeds: int) -> list[dict]:
             t_paper = time.perf_counter() - t0
             rows.append({
                 "dataset": name, "n": n, "seed": seed, "prior_precision": sel.prior_precision,
-                "acc_exact": _acc(fit.weight, fit.bias, xte, yte), "acc_paper": _acc(wp, bp, xte, yte),
+                "acc_exact": accuracy(fit.weight, fit.bias, xte, yte), "acc_paper": accuracy(wp, bp, xte, yte),
                 "t_cv": t_cv, "t_fit": t_fit, "t_paper": t_paper, "iters": fit.n_iter,
             })
         print(f"{name} n={n} done", flush=True)
@@ -90,7 +77,7 @@ def main(argv=None) -> None:
     table = []
     for (name, n), g in df.groupby(["dataset", "n"], sort=False):
         d = 100 * (g.acc_exact - g.acc_paper)
-        half = _t975(len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else math.nan
+        half = t975(len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else math.nan
         table.append({
             "dataset": name, "labels": n, "seeds": len(g), "exact − paper pp": f"{d.mean():+.2f} ± {half:.2f}",
             "acc exact %": round(100 * g.acc_exact.mean(), 2), "acc paper %": round(100 * g.acc_paper.mean(), 2),

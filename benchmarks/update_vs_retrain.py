@@ -34,23 +34,15 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from fidelity_common import accuracy, load_split, t975
 
 from bayesal import HeadConfig, LastLayerLaplace
-from bayesal.data import load_dataset
 from bayesal.laplace.head import fit_map_head, train_head
 from bayesal.laplace.update import FIDELITY_OPTIONS
 
 INIT_SIZES = (10, 100, 1000)
 NEW_SIZES = (1, 10, 50)
 DATASETS = ("bbcnews", "animals", "mnist5k", "digits")
-T_975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23,
-         15: 2.13, 20: 2.09, 30: 2.04}
-
-
-def _t975(df: int) -> float:
-    return T_975.get(df) or T_975[max(k for k in T_975 if k <= df)] if df >= 1 else math.nan
-
-
 def _timed(fn, repeats: int):
     """First result and the median wall time of ``repeats`` calls."""
     times, out = [], None
@@ -62,17 +54,8 @@ def _timed(fn, repeats: int):
     return out, statistics.median(times)
 
 
-def _acc(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
-    return float(((x @ w.T + b).argmax(1) == y).double().mean())
-
-
 def run_dataset(name: str, seeds: int, repeats: int, out: Path) -> pd.DataFrame:
-    ds = load_dataset(name)
-    x = torch.as_tensor(ds.train_features, dtype=torch.float64)
-    y = torch.as_tensor(ds.train_labels).long()
-    xte = torch.as_tensor(ds.test_features, dtype=torch.float64)
-    yte = torch.as_tensor(ds.test_labels).long()
-    c = ds.num_classes
+    x, y, xte, yte, c = load_split(name)
     rows = []
     path = out / f"update_vs_retrain_{name}.csv"
     for n_init in INIT_SIZES:
@@ -99,12 +82,12 @@ def run_dataset(name: str, seeds: int, repeats: int, out: Path) -> pd.DataFrame:
                     x[i], y[i], c, config=HeadConfig.paper(), generator=torch.Generator().manual_seed(s)), 1)
                 rows.append({
                     "dataset": name, "n_init": n_init, "n_new": n_new, "seed": seed, "prior_precision": lam,
-                    "acc_base": _acc(base.mean, base.bias, xte, yte),
-                    "acc_update": _acc(upd.mean, upd.bias, xte, yte),
-                    "acc_exact": _acc(ex.weight, ex.bias, xte, yte),
-                    "acc_paper": _acc(wr, br, xte, yte),
-                    "acc_paper_base": _acc(paper_base.mean, paper_base.bias, xte, yte),
-                    "acc_paper_update": _acc(pupd.mean, pupd.bias, xte, yte),
+                    "acc_base": accuracy(base.mean, base.bias, xte, yte),
+                    "acc_update": accuracy(upd.mean, upd.bias, xte, yte),
+                    "acc_exact": accuracy(ex.weight, ex.bias, xte, yte),
+                    "acc_paper": accuracy(wr, br, xte, yte),
+                    "acc_paper_base": accuracy(paper_base.mean, paper_base.bias, xte, yte),
+                    "acc_paper_update": accuracy(pupd.mean, pupd.bias, xte, yte),
                     "t_update": t_upd, "t_exact": t_ex, "t_paper": t_pap, "t_fit_cv": t_fit,
                     "exact_iters": ex.n_iter,
                 })
@@ -116,7 +99,7 @@ def run_dataset(name: str, seeds: int, repeats: int, out: Path) -> pd.DataFrame:
 def _ci(v: pd.Series) -> str:
     n = len(v)
     mean = 100 * v.mean()
-    half = 100 * _t975(n - 1) * v.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan
+    half = 100 * t975(n - 1) * v.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan
     return f"{mean:+.2f} ± {half:.2f}"
 
 

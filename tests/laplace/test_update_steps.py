@@ -101,3 +101,12 @@ def test_one_step_equals_the_dense_formula_for_full_and_shared_hessians():
         torch.testing.assert_close(new.mean, expected, rtol=1e-8, atol=1e-10)
         torch.testing.assert_close(new.covariance, torch.cholesky_inverse(torch.linalg.cholesky(prec)),
                                    rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("hessian", ["shared", "full"])
+def test_iterated_update_downdates_alike_by_woodbury_and_rank1(hessian):
+    x, y, xn, yn = _problem(seed=5)
+    post = LastLayerLaplace(prior_precision=0.5, hessian=hessian).fit(x, y)
+    a, b = post.update(xn, yn), post.update(xn, yn, method="rank1")
+    torch.testing.assert_close(a.mean, b.mean, rtol=0, atol=1e-12)
+    torch.testing.assert_close(a.covariance, b.covariance, rtol=0, atol=1e-10)

@@ -680,11 +680,8 @@ class LastLayerLaplace:
             u_left, u_inner = res.factor.T @ left, res.factor.T @ kernel @ res.factor
         if method is UpdateMethod.WOODBURY:
             cov = kernel_downdate(self.covariance_, u_left, u_inner)
-        elif self.shared_covariance:
-            cov = rank1_downdate(self.covariance_, res.factor[:, None] * x)
         else:
-            jac = torch.einsum("ck,jd->jckd", torch.eye(c, dtype=x.dtype, device=x.device), x).reshape(-1, c * d)
-            cov = rank1_downdate(self.covariance_, res.factor.T @ jac)
+            cov = rank1_downdate(self.covariance_, self._hessian_factor(x, res.probs))
         if not bool(torch.isfinite(cov.diagonal()).all() and (cov.diagonal() > 0).all()):
             raise NumericalError("the updated covariance lost positive definiteness; rescale the features "
                                  "(e.g. standardize them) or refit the posterior")

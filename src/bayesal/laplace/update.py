@@ -364,11 +364,13 @@ class SpanNewtonResult:
     ``coef`` gives the new mean as ``μ + coef``-combination of the columns of ``ΣJᵀ`` (``(M, C)`` for the
     shared covariance, ``(M·C,)`` for the full GGN); ``factor`` is the curvature factor ``F`` of the
     last linearisation (``(M,)`` square roots ``√m`` or ``(M·C, M·C)`` block-diagonal), for the covariance
-    ``Σ' = Σ − ΣJᵀF (I + FᵀKF)⁻¹ FᵀJΣ``; ``steps`` the Newton steps taken.
+    ``Σ' = Σ − ΣJᵀF (I + FᵀKF)⁻¹ FᵀJΣ``; ``probs (M, C)`` the softmax at that linearisation (from
+    which the Hessian factor of the new points themselves follows); ``steps`` the Newton steps taken.
     """
 
     coef: torch.Tensor
     factor: torch.Tensor
+    probs: torch.Tensor
     steps: int
 
 
@@ -450,4 +452,4 @@ def span_newton(
         # converged: a further step would move no logit and re-linearise at the same point
         if taken < steps and float((kernel @ step).abs().max()) <= CONVERGED_LOGIT_CHANGE:
             break
-    return SpanNewtonResult(coef, factor, taken)
+    return SpanNewtonResult(coef, factor, probs, taken)

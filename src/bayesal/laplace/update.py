@@ -154,19 +154,14 @@ def woodbury_downdate(cov: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     The correction ``(L⁻¹UΣ)ᵀ(L⁻¹UΣ)`` is a Gram matrix, so a symmetric ``Σ`` stays symmetric without
     an extra ``O(P²)`` symmetrization pass.
     """
-    if u.shape[0] == 0:
-        return cov.clone()
     us = u @ cov  # UΣ (K, P); row-major product, faster than Σ Uᵀ for small K
-    inner = us @ u.T
-    inner.diagonal().add_(1.0)
-    chol = safe_cholesky(inner)
-    left = torch.linalg.solve_triangular(chol, us, upper=False)  # L⁻¹ UΣ, (K, P)
-    return torch.addmm(cov, left.T, left, alpha=-1.0)
+    return kernel_downdate(cov, us, us @ u.T)
 
 
 def kernel_downdate(cov: torch.Tensor, left: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
     """``Σ − Lᵀ (I + G)⁻¹ L`` for ``left L = UΣ (K, P)`` and ``inner G = UΣUᵀ (K, K)``: the Woodbury
-    downdate when the products with ``Σ`` are already at hand (see :func:`span_newton`)."""
+    downdate when the products with ``Σ`` are already at hand (see :func:`span_newton`). The correction
+    ``(L⁻¹UΣ)ᵀ(L⁻¹UΣ)`` (``L Lᵀ = I + G``) is a Gram matrix, so a symmetric ``Σ`` stays symmetric."""
     if left.shape[0] == 0:
         return cov.clone()
     inner = inner.clone()

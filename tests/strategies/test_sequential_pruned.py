@@ -109,3 +109,29 @@ def test_strategies_that_need_every_row_accept_a_pool(tmp_path, monkeypatch):
         _pick(BADGE(), post, labeled, pool, 10, 0)
     # a top-b score still streams the pool
     assert len(_pick(MarginSampling(), post, labeled, pool, 10, 0).indices) == 10
+
+
+@pytest.mark.parametrize("prune", [True, False])
+def test_float32_products_pick_what_float64_products_pick(prune):
+    post, labeled, x, y = _problem(2000, 48, 6, seed=4, normalise=True)
+    exact = _pick(OracleSequential(MarginSampling(), prune=prune), post, labeled, x, 20, 0, y)
+    low = _pick(OracleSequential(MarginSampling(), prune=prune, compute_dtype=torch.float32), post, labeled, x, 20, 0, y)
+    assert low.indices.tolist() == exact.indices.tolist()
+    assert low.utilities.dtype == torch.float64
+    torch.testing.assert_close(low.utilities, exact.utilities, rtol=1e-5, atol=1e-6)
+
+
+def test_float32_products_pruned_equals_plain_loop():
+    post, labeled, x, _ = _problem(1500, 32, 5, seed=8, normalise=False)
+    kw = {"update_with": "expected", "compute_dtype": torch.float32}
+    plain = _pick(Sequential(MarginSampling(), prune=False, **kw), post, labeled, x, 25, 0)
+    pruned = _pick(Sequential(MarginSampling(), **kw), post, labeled, x, 25, 0)
+    assert pruned.indices.tolist() == plain.indices.tolist()
+    torch.testing.assert_close(pruned.utilities, plain.utilities, rtol=0, atol=1e-12)
+
+
+def test_compute_dtype_is_checked():
+    with pytest.raises(ValueError, match="compute_dtype"):
+        Sequential(MarginSampling(), compute_dtype="float32")
+    with pytest.raises(ValueError, match="compute_dtype"):
+        OracleSequential(MarginSampling(), compute_dtype=torch.int32)

@@ -249,9 +249,11 @@ def rank1_logit_update(
     ``features Φ (N, D)``, ``sigma_phi s = Σφ (D,)`` (old Σ), ``target y (C,)``, ``probs p (C,)``
     (MAP softmax at ``φ``), ``curvature m``. With ``u = √m φ``:
     ``σ²' = σ² − (√m Φs)² / (1 + m φᵀs)``, ``Σ'φ = s / (1 + m φᵀs)``, ``z' = z + γ (Φ Σ'φ) ⊗ (y − p)``.
+    The products ``Φs`` are taken in the dtype of ``features`` (e.g. a float32 copy of a large pool:
+    half the memory traffic) and accumulated into the caches in their own dtype.
     """
     denom = 1.0 + curvature * float(torch.dot(phi, sigma_phi))
-    phi_s = features @ sigma_phi  # (N,)
+    phi_s = (features @ sigma_phi.to(features.dtype)).to(logits.dtype)  # (N,)
     new_var = torch.addcmul(variance, phi_s, phi_s, value=-curvature / denom)
     new_logits = torch.addr(logits, phi_s, target - probs, alpha=gamma / denom)
     if return_products:
@@ -327,7 +329,8 @@ class LogitStep:
         Parameters
         ----------
         features : torch.Tensor
-            ``(N, D)`` rows the cache belongs to, in the posterior's dtype.
+            ``(N, D)`` rows the cache belongs to, in the posterior's dtype (or a lower precision such
+            as float32, in which the products are then taken).
         logits, variance : torch.Tensor
             ``(N, C)`` and ``(N,)`` before the step.
 

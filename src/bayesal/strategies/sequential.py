@@ -44,14 +44,24 @@ class _SequentialSelection:
     re-queried with ``batch_size=1`` on the updated posterior (the picks join the labeled set, with
     the update label's argmax). The final posterior is left in ``last_posterior_``; the caller's
     posterior is never modified.
+
+    With ``compute_dtype=torch.float32`` the fast path keeps a float32 copy of the candidates for its
+    ``O(N·D)`` products (the initial moments and the per-pick ``Φ Σφ``): half the memory traffic of
+    float64, which bounds the per-pick refresh of a large pool. The cached logits and variances
+    accumulate in the posterior's dtype and every update of the posterior is its own (float64 rows),
+    so only the products carry float32 round-off (relative ~1e-7); picks can differ from float64
+    products only between candidates whose scores tie to that precision.
     """
 
     def __init__(self, base: QueryStrategy | OracleStrategy, update_with: UpdateWith, fast: bool,
-                 prune: bool = True) -> None:
+                 prune: bool = True, compute_dtype: torch.dtype | None = None) -> None:
+        if compute_dtype is not None and not (isinstance(compute_dtype, torch.dtype) and compute_dtype.is_floating_point):
+            raise InvalidInputError(f"compute_dtype must be a floating torch.dtype or None, got {compute_dtype!r}")
         self.base = base
         self.update_with = update_with
         self.fast = bool(fast)
         self.prune = bool(prune)
+        self.compute_dtype = compute_dtype
         self.last_posterior_: LastLayerLaplace | None = None
 
     # ---------------------------------------------------------------- labels
@@ -93,10 +103,16 @@ class _SequentialSelection:
         self, post: LastLayerLaplace, x: torch.Tensor, b: int, gen: torch.Generator, oracle: torch.Tensor | None
     ) -> QueryResult:
         base: ScoreStrategy = self.base  # type: ignore[assignment]
-        z, var = post.logits(x, checked=True), post.logit_variance(x, checked=True)
+        dt = self.compute_dtype
+        if dt is None or dt == x.dtype:
+            xc = x
+            z, var = post.logits(x, checked=True), post.logit_variance(x, checked=True)
+        else:  # products with a low-precision copy of the pool, caches in the posterior's dtype
+            xc = x.to(dt)
+            z, var = (t.to(x.dtype) for t in post.logit_moments(xc, compute_dtype=dt))
         lip = None if base.stochastic else base.mean_field_lipschitz()
         if self.prune and lip is not None:
-            return self._query_pruned(post, x, z, var, b, gen, oracle, lip)
+            return self._query_pruned(post, x, xc, z, var, b, gen, oracle, lip)
         alive = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         picks, utils = [], []
         for _ in range(b):
@@ -110,7 +126,7 @@ class _SequentialSelection:
                 i = j = argmax_first(u)
             pred = mean_field_probs(z[i : i + 1], var[i : i + 1], post.lambda_mf)[0]
             target = self._target(pred, i, oracle, gen)
-            z, var = post.logit_step(x[i], target, logits=z[i]).apply(x, z, var)
+            z, var = post.logit_step(x[i], target, logits=z[i]).apply(xc, z, var)
             post.update(x[i : i + 1], target.unsqueeze(0), method="rank1", inplace=True)
             picks.append(i)
             utils.append(u[j])
@@ -121,6 +137,7 @@ class _SequentialSelection:
         self,
         post: LastLayerLaplace,
         x: torch.Tensor,
+        xc: torch.Tensor,
         z: torch.Tensor,
         var: torch.Tensor,
         b: int,
@@ -187,7 +204,7 @@ class _SequentialSelection:
             pred = mean_field_probs(z[i : i + 1], var[i : i + 1], post.lambda_mf)[0]
             target = self._target(pred, i, oracle, gen)
             step = post.logit_step(x[i], target, logits=z[i])
-            z, var, prod = step.apply_with_products(x, z, var)
+            z, var, prod = step.apply_with_products(xc, z, var)
             resid = step.target - step.probs
             drift.add_(prod.abs(), alpha=abs(step.gamma / step.denom) * float(resid.max() - resid.min()))
             fresh.fill_(False)
@@ -253,12 +270,15 @@ class Sequential(_SequentialSelection, QueryStrategy):
     prune : bool
         In the fast path, re-score only the candidates whose score can still be the best (exact
         bound, the same picks); applies to mean-field margin and least confidence.
+    compute_dtype : torch.dtype, optional
+        dtype of the fast path's pool products, e.g. ``torch.float32`` for large pools (caches and
+        posterior stay in the posterior's dtype); ``None`` (default) uses the posterior's dtype.
     """
 
     name = "sequential"
 
     def __init__(self, base: QueryStrategy, update_with: str | UpdateWith = UpdateWith.EXPECTED, fast: bool = True,
-                 prune: bool = True) -> None:
+                 prune: bool = True, compute_dtype: torch.dtype | None = None) -> None:
         mode = UpdateWith.parse(update_with, "update_with")
         if mode is UpdateWith.ORACLE:
             raise InvalidInputError(
@@ -271,7 +291,7 @@ class Sequential(_SequentialSelection, QueryStrategy):
             )
         if not isinstance(base, QueryStrategy):
             raise InvalidInputError(f"base must be a QueryStrategy, got {type(base).__name__}")
-        super().__init__(base, mode, fast, prune)
+        super().__init__(base, mode, fast, prune, compute_dtype)
 
     def query(
         self,
@@ -300,17 +320,20 @@ class OracleSequential(_SequentialSelection, OracleStrategy):
     prune : bool
         In the fast path, re-score only the candidates whose score can still be the best (exact
         bound, the same picks); applies to mean-field margin and least confidence.
+    compute_dtype : torch.dtype, optional
+        dtype of the fast path's pool products, e.g. ``torch.float32`` for large pools (caches and
+        posterior stay in the posterior's dtype); ``None`` (default) uses the posterior's dtype.
     """
 
     name = "oracle_sequential"
 
     def __init__(
         self, base: QueryStrategy | OracleStrategy, update_with: str | UpdateWith = UpdateWith.ORACLE, fast: bool = True,
-        prune: bool = True,
+        prune: bool = True, compute_dtype: torch.dtype | None = None,
     ) -> None:
         if not isinstance(base, (QueryStrategy, OracleStrategy)):
             raise InvalidInputError(f"base must be a QueryStrategy or OracleStrategy, got {type(base).__name__}")
-        super().__init__(base, UpdateWith.parse(update_with, "update_with"), fast, prune)
+        super().__init__(base, UpdateWith.parse(update_with, "update_with"), fast, prune, compute_dtype)
 
     def query_with_labels(
         self,

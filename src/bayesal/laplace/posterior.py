@@ -21,7 +21,7 @@ from bayesal.utils.validation import (
 
 from .evidence import cross_validate_prior, evidence_fixed_point, maximize_evidence
 from .head import HeadConfig, train_head
-from .linalg import feature_spectrum, safe_cholesky, spd_inverse
+from .linalg import feature_spectrum, row_quadratic_forms, safe_cholesky, spd_inverse
 from .options import BLOCK_ELEMENTS, Curvature, Hessian, Predictive, UpdateMethod
 from .predictive import (
     DEFAULT_LAMBDA_MF,
@@ -391,7 +391,7 @@ class LastLayerLaplace:
     def _logit_cov_chunk(self, x: torch.Tensor) -> torch.Tensor:
         """``σ² (n,)`` (shared) or the logit covariance ``(n, C, C)`` (full) of one chunk."""
         if self.shared_covariance:
-            return ((x @ self.covariance_) * x).sum(1)
+            return row_quadratic_forms(x, self.covariance_)
         c, d = self.num_classes_, self.num_features_
         cov4 = self.covariance_.view(c, d, c, d)
         return torch.einsum("ncke,ne->nck", torch.einsum("nd,cdke->ncke", x, cov4), x)
@@ -435,7 +435,9 @@ class LastLayerLaplace:
         With ``compute_dtype=torch.float32`` a float32 block is multiplied directly with float32 copies
         of the mean and ``Σ`` (made once per posterior state and cached; the state itself stays in
         :attr:`dtype`): twice the GEMM rate of float64 and no float64 copy of the block, at float32
-        round-off (relative ~1e-6 in ``σ²``). The block is checked for NaN/inf.
+        round-off (relative ~1e-6 in ``σ²``). The block is checked for NaN/inf through its results (a
+        NaN/inf feature makes its row's ``σ²`` NaN/inf, as ``Σ`` is positive definite): ``O(N·C)``
+        instead of a pass over the ``(N, D)`` block; a non-finite result is then traced to its rows.
 
         Parameters
         ----------
@@ -451,7 +453,7 @@ class LastLayerLaplace:
         """
         self._require_shared("logit_moments")
         dt = self.dtype if compute_dtype is None else compute_dtype
-        x = as_features(features, dim=self.num_features_, dtype=dt, device=self.device)
+        x = as_features(features, dim=self.num_features_, dtype=dt, device=self.device, check_finite=False)
         if dt == self.dtype:
             mean, bias, cov = self.mean_, self.bias_, self.covariance_
         else:
@@ -462,7 +464,13 @@ class LastLayerLaplace:
                 self._lowp = cached
             mean, bias, cov = cached[3], cached[4], cached[5]
         z = torch.addmm(bias, x, mean.T)
-        var = ((x @ cov) * x).sum(1)
+        var = row_quadratic_forms(x, cov)
+        if not (bool(torch.isfinite(var).all()) and bool(torch.isfinite(z).all())):
+            as_features(x)  # names the rows with NaN/inf (or beyond the dtype's safe scale)
+            raise NumericalError(
+                f"features overflow in {str(dt).replace('torch.', '')} products with the posterior (logit "
+                "variances reach inf); rescale the features, or score in the posterior's dtype"
+            )
         return z, var
 
     def covariance_product(self, features: torch.Tensor) -> torch.Tensor:

@@ -62,6 +62,26 @@ def test_objective_and_gradient_match_autograd(toy):
     torch.testing.assert_close(gb, br.grad)
 
 
+@pytest.mark.parametrize("evaluator", ["_objective_on_cpu", "_objective_in_torch"])
+def test_solver_objectives_match_autograd_with_a_per_column_prior(toy, evaluator):
+    from bayesal.laplace import head
+
+    x, y, w, b = toy
+    g = torch.Generator().manual_seed(2)
+    t = torch.softmax(torch.randn(60, 3, generator=g, dtype=torch.float64), 1)
+    prior = torch.rand(5, generator=g, dtype=torch.float64) + 0.1  # per-column, as in whitened coordinates
+    scale = torch.rand(5, generator=g, dtype=torch.float64) + 0.5
+    last = {}
+    value, grad = getattr(head, evaluator)(x, t, prior, scale, 0.3, last)(torch.cat([w.flatten(), b]).numpy())
+    wr, br = w.clone().requires_grad_(True), b.clone().requires_grad_(True)
+    logp = torch.log_softmax(x @ wr.T + br, 1)
+    ref = -(t * logp).sum() + 0.5 * (prior * wr**2).sum() + 0.3 * 0.5 * (br**2).sum()
+    ref.backward()
+    assert value == pytest.approx(float(ref.detach()), rel=1e-12)
+    torch.testing.assert_close(torch.from_numpy(grad), torch.cat([wr.grad.flatten(), br.grad]))
+    assert last["norm"] == pytest.approx(float(torch.cat([(wr.grad / scale).flatten(), br.grad]).norm()), rel=1e-12)
+
+
 def test_more_features_than_points_and_a_missing_class():
     """N < D: the solver searches the span of the features; the optimum has no component outside it.
     A class with no labels keeps a finite bias (its weak prior)."""

@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.optimize import minimize
 
 from bayesal.exceptions import InvalidInputError
+from bayesal.utils.blas import blas_threads
 from bayesal.utils.validation import as_features, as_targets, check_num_classes, check_scalar
 
 from .linalg import feature_spectrum
@@ -112,6 +116,58 @@ def map_objective(
 PRECONDITIONER_SCALE = 0.01
 
 
+Objective = Callable[[np.ndarray], tuple[float, np.ndarray]]
+
+
+def _objective_on_cpu(
+    xt: torch.Tensor, t: torch.Tensor, prior: torch.Tensor, scale: torch.Tensor, bias_precision: float,
+    last: dict[str, float],
+) -> Objective:
+    """:func:`map_objective` of the whitened problem on flat parameters ``θ = [vec W̃, b]``, in NumPy.
+
+    The same formula as :func:`map_objective` (tested equal); a solver iteration on a small labeled
+    set is a few microsecond-sized array operations, where NumPy's per-call cost is several times
+    below torch's. Stores ``‖∇f‖₂`` in the original coordinates in ``last["norm"]``.
+    """
+    x, y = xt.double().numpy(), t.double().numpy()
+    pr, inv_s = prior.double().numpy(), 1.0 / scale.double().numpy()
+    c, r = y.shape[1], x.shape[1]
+
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = theta[: c * r].reshape(c, r), theta[c * r :]
+        z = x @ w.T + b
+        zmax = z.max(1, keepdims=True)
+        ez = np.exp(z - zmax)
+        sz = ez.sum(1, keepdims=True)
+        lse = np.log(sz[:, 0]) + zmax[:, 0]
+        reg = pr * w
+        value = float((lse - (y * z).sum(1)).sum() + 0.5 * (reg * w).sum() + 0.5 * bias_precision * (b @ b))
+        resid = ez / sz - y  # P − Y
+        gw = resid.T @ x + reg
+        gb = resid.sum(0) + bias_precision * b
+        # ∇_W f = ∇_W̃ f diag(1/s) Vᵀ (zero off the span of V), so its norm is that of ∇_W̃ f / s
+        last["norm"] = math.sqrt(float(((gw * inv_s) ** 2).sum() + gb @ gb))
+        return value, np.concatenate([gw.ravel(), gb])
+
+    return objective
+
+
+def _objective_in_torch(
+    xt: torch.Tensor, t: torch.Tensor, prior: torch.Tensor, scale: torch.Tensor, bias_precision: float,
+    last: dict[str, float],
+) -> Objective:
+    """:func:`_objective_on_cpu` for features on another device: :func:`map_objective` where they are."""
+    c, r = t.shape[1], xt.shape[1]
+
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        th = torch.from_numpy(theta).to(xt)
+        value, gw, gb = map_objective(xt, t, th[: c * r].view(c, r), th[c * r :], prior, bias_precision)
+        last["norm"] = math.sqrt(float((gw / scale).square().sum() + gb.square().sum()))
+        return float(value), torch.cat([gw.reshape(-1), gb]).to("cpu", torch.float64).numpy()
+
+    return objective
+
+
 def fit_map_head(
     features: torch.Tensor,
     targets: torch.Tensor,
@@ -125,7 +181,7 @@ def fit_map_head(
     history_size: int = 20,
     precond: float = PRECONDITIONER_SCALE,
 ) -> HeadFit:
-    """Minimise :func:`map_objective` with preconditioned L-BFGS (strong-Wolfe line search).
+    """Minimise :func:`map_objective` with preconditioned L-BFGS (scipy's L-BFGS-B, strong-Wolfe line search).
 
     ``features (N, D)`` floating point (float64 recommended), ``targets (N, C)`` one-hot or soft.
     Warm-started from ``init=(W, b)`` (zeros otherwise). The problem is solved in the coordinates
@@ -152,37 +208,37 @@ def fit_map_head(
     else:
         w = (init[0].detach().to(x) @ v) / scale
         b = init[1].detach().to(x).clone()
-    w.requires_grad_(True)
-    b.requires_grad_(True)
-    last: dict[str, float] = {}
-
-    def closure() -> torch.Tensor:
-        with torch.no_grad():
-            value, gw, gb = map_objective(xt, t, w, b, prior, bias_precision)
-        w.grad, b.grad = gw, gb
-        # ∇_W f = ∇_W̃ f diag(1/s) Vᵀ (zero off the span of V), so its norm is that of ∇_W̃ f / s
-        last["norm"] = math.sqrt(float((gw / scale).square().sum() + gb.square().sum()))
-        return value
-
     with torch.no_grad():  # scale of the problem: the gradient at W = 0, b = 0
         _, g0w, g0b = map_objective(x, t, x.new_zeros(c, x.shape[1]), x.new_zeros(c), 0.0)
     target_norm = tol * max(math.sqrt(float(g0w.square().sum() + g0b.square().sum())), torch.finfo(x.dtype).tiny)
-    closure()
+    n_w = w.numel()
+    last: dict[str, float] = {}
+
+    objective = _objective_on_cpu(xt, t, prior, scale, bias_precision, last) if x.device.type == "cpu" else \
+        _objective_in_torch(xt, t, prior, scale, bias_precision, last)
+
+    def stop_at_tolerance(intermediate_result: object) -> None:
+        # L-BFGS-B's own tests are on the max-abs projected gradient and the relative decrease in the
+        # whitened coordinates; the contract is the 2-norm of the gradient in the original ones
+        if last["norm"] <= target_norm:
+            raise StopIteration
+
+    theta0 = torch.cat([w.reshape(-1), b]).to("cpu", torch.float64).numpy()
+    objective(theta0)
     n_iter = 0
+    theta = theta0
     if last["norm"] > target_norm:
-        opt = torch.optim.LBFGS(
-            [w, b], lr=1.0, max_iter=10, history_size=history_size, line_search_fn="strong_wolfe",
-            tolerance_grad=0.0, tolerance_change=0.0,
-        )
-        # short L-BFGS runs (the history carries over between calls) with the 2-norm checked between
-        # them, since L-BFGS's own test is on the max-abs gradient in the whitened coordinates
-        while n_iter < max_iter:
-            opt.step(closure)
-            done = opt.state[w]["n_iter"]
-            closure()
-            stalled, n_iter = done == n_iter, done
-            if last["norm"] <= target_norm or stalled:
-                break
+        # scipy's compiled L-BFGS-B: per iteration only the objective runs in Python (a handful of
+        # array operations); at these sizes BLAS threads cost more than they save
+        with blas_threads(1):
+            res = minimize(
+                objective, theta0, jac=True, method="L-BFGS-B", callback=stop_at_tolerance,
+                options={"maxiter": max_iter, "maxcor": history_size, "gtol": 0.0, "ftol": 0.0, "maxls": 50},
+            )
+        theta, n_iter = res.x, int(res.nit)
+        objective(theta)  # the norm at the returned point (the last evaluation may be a line-search trial)
+    th = torch.from_numpy(theta).to(x)
+    w, b = th[:n_w].view_as(w), th[n_w:]
     converged = last["norm"] <= target_norm
     if not converged:
         warnings.warn(
@@ -191,8 +247,8 @@ def fit_map_head(
             ConvergenceWarning,
             stacklevel=2,
         )
-    weight = (w.detach() * scale) @ v.T
-    return HeadFit(weight, b.detach(), last["norm"], n_iter, converged)
+    weight = (w * scale) @ v.T
+    return HeadFit(weight, b.clone(), last["norm"], n_iter, converged)
 
 
 def train_head(

@@ -22,6 +22,7 @@ __all__ = [
     "predictive_from_logits",
     "logit_sample_chunks",
     "entropy",
+    "top_two",
 ]
 
 #: Row blocks of Monte Carlo logit samples (the posterior's own draws, see ``logit_sample_blocks``).
@@ -130,3 +131,21 @@ def predictive_from_logits(
 def entropy(probs: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Shannon entropy (nats) along ``dim``; ``0 log 0 = 0``."""
     return -torch.special.xlogy(probs, probs).sum(dim)
+
+
+def top_two(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Largest and second-largest entry of each row of ``probs (N, C)``: two ``(N,)`` tensors.
+
+    A running maximum over the ``C`` columns, each an ``(N,)`` vector operation: several times faster
+    than ``topk(2, dim=1)`` for the few classes of a classifier (torch reduces a short inner dimension
+    row by row), fastest on the class-major layout the mean-field predictive returns. Ties give equal
+    values, as ``topk`` does.
+    """
+    cols = probs.T  # (C, N)
+    if cols.shape[0] < 2:
+        raise InvalidInputError(f"need at least 2 classes for the two largest probabilities, got {cols.shape[0]}")
+    first, second = torch.maximum(cols[0], cols[1]), torch.minimum(cols[0], cols[1])
+    for k in range(2, cols.shape[0]):
+        second = torch.maximum(second, torch.minimum(first, cols[k]))
+        first = torch.maximum(first, cols[k])
+    return first, second

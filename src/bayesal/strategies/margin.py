@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ._common import top_two
 from .score import PredictiveScoreStrategy
 
 __all__ = ["MarginSampling"]
@@ -17,8 +18,8 @@ class MarginSampling(PredictiveScoreStrategy):
     probs_lipschitz = 1.0
 
     def score_probs(self, probs: torch.Tensor) -> torch.Tensor:
-        top2 = probs.topk(2, dim=1).values
-        return 1.0 - (top2[:, 0] - top2[:, 1])
+        first, second = top_two(probs)
+        return 1.0 - (first - second)
 
     def top_probability_floor(self, scores: torch.Tensor) -> torch.Tensor:
         return 1.0 - scores  # p₍₁₎ ≥ p₍₁₎ − p₍₂₎ = 1 − u

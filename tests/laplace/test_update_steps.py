@@ -110,3 +110,31 @@ def test_iterated_update_downdates_alike_by_woodbury_and_rank1(hessian):
     a, b = post.update(xn, yn), post.update(xn, yn, method="rank1")
     torch.testing.assert_close(a.mean, b.mean, rtol=0, atol=1e-12)
     torch.testing.assert_close(a.covariance, b.covariance, rtol=0, atol=1e-10)
+
+
+def test_span_solve_uses_cholesky_and_falls_back_to_jitter():
+    import numpy as np
+
+    from bayesal.laplace.update import _spd_solve
+
+    g = np.random.default_rng(0)
+    a = g.standard_normal((6, 6))
+    spd = a @ a.T + 6 * np.eye(6)
+    b = g.standard_normal((6, 3))
+    np.testing.assert_allclose(_spd_solve(spd, b), np.linalg.solve(spd, b), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(_spd_solve(spd, b[:, 0]), np.linalg.solve(spd, b[:, 0]), rtol=1e-12, atol=1e-12)
+    singular = np.outer(a[0], a[0])  # rank 1: the plain factorization fails, the jittered one does not
+    assert np.isfinite(_spd_solve(singular, b)).all()
+
+
+def test_span_newton_returns_the_inputs_dtype():
+    import torch
+
+    from bayesal.laplace.update import span_newton
+
+    k = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float32)
+    z = torch.zeros(2, 3, dtype=torch.float32)
+    y = torch.eye(3, dtype=torch.float32)[:2]
+    res = span_newton(k, z, y, "categorical", 1.0, 3, shared=True)
+    assert res.coef.dtype == res.factor.dtype == res.probs.dtype == torch.float32
+    assert res.coef.shape == (2, 3) and res.steps >= 1

@@ -18,9 +18,12 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+import scipy.linalg
+import scipy.linalg.lapack
 import torch
 
-from bayesal.exceptions import InvalidInputError
+from bayesal.exceptions import InvalidInputError, NumericalError
 
 from .linalg import safe_cholesky
 from .options import Curvature
@@ -114,8 +117,14 @@ def check_gamma(gamma: float) -> float:
     return float(gamma)
 
 
-def curvature_weights(probs: torch.Tensor, curvature: str | Curvature) -> torch.Tensor:
-    """Per-point curvature ``m (N,)``: 1 for 'gaussian', ``p_max (1 − p_max)`` for 'categorical'."""
+def curvature_weights(probs: torch.Tensor | np.ndarray, curvature: str | Curvature) -> torch.Tensor | np.ndarray:
+    """Per-point curvature ``m (N,)``: 1 for 'gaussian', ``p_max (1 − p_max)`` for 'categorical'
+    (a torch tensor for a tensor, a NumPy array for an array)."""
+    if isinstance(probs, np.ndarray):
+        if Curvature.parse(curvature) is Curvature.GAUSSIAN:
+            return np.ones(probs.shape[0])
+        pmax = probs.max(1)
+        return pmax * (1.0 - pmax)
     if Curvature.parse(curvature) is Curvature.GAUSSIAN:
         return torch.ones(probs.shape[0], dtype=probs.dtype, device=probs.device)
     pmax = probs.max(dim=1).values
@@ -406,39 +415,48 @@ def span_newton(
     curvature, gamma, steps, shared
         Curvature of the shared covariance, step size, Newton steps and the covariance structure.
     """
-    m_pts, c = logits.shape
-    coef = logits.new_zeros(m_pts, c) if shared else logits.new_zeros(m_pts * c)
+    # The iteration works on (M, M)/(M·C, M·C) matrices: NumPy's per-call cost is a fraction of torch's
+    # at that size (the loop is ~50 tiny operations per step), so it runs in float64 NumPy on the CPU
+    # and hands torch tensors back in the inputs' dtype and device.
+    out = {"dtype": logits.dtype, "device": logits.device}
+    k_mat, z0, y = (t.detach().to("cpu", torch.float64).numpy() for t in (kernel, logits, targets))
+    m_pts, c = z0.shape
+    coef = np.zeros((m_pts, c) if shared else m_pts * c)
 
-    def logits_at(a: torch.Tensor) -> torch.Tensor:
-        return logits + (kernel @ a).reshape(m_pts, c)
+    def logits_at(a: np.ndarray) -> np.ndarray:
+        return z0 + (k_mat @ a).reshape(m_pts, c)
 
-    def objective(a: torch.Tensor) -> float:
-        quad = float((a * (kernel @ a)).sum())
-        return 0.5 * quad - gamma * float((targets * torch.log_softmax(logits_at(a), dim=-1)).sum())
+    def objective(a: np.ndarray) -> float:
+        z = logits_at(a)
+        zmax = z.max(1, keepdims=True)
+        log_p = z - (np.log(np.exp(z - zmax).sum(1, keepdims=True)) + zmax)
+        return 0.5 * float((a * (k_mat @ a)).sum()) - gamma * float((y * log_p).sum())
 
     current = objective(coef) if steps > 1 else 0.0
-    factor = logits.new_zeros(0)
+    factor = np.zeros(0)
+    probs = np.zeros((m_pts, c))
     taken = 0
     for _ in range(steps):
-        probs = torch.softmax(logits_at(coef), dim=-1)
-        grad = coef - (gamma * (targets - probs)).reshape(coef.shape)
+        z = logits_at(coef)
+        e = np.exp(z - z.max(1, keepdims=True))
+        probs = e / e.sum(1, keepdims=True)
+        grad = coef - (gamma * (y - probs)).reshape(coef.shape)
         # (I + FFᵀK)⁻¹ g = g − F (I + FᵀKF)⁻¹ FᵀK g: an SPD solve whatever the curvature's rank
         if shared:
-            factor = curvature_weights(probs, curvature).clamp_min(0).sqrt()
-            inner = factor[:, None] * kernel * factor[None, :]
-            inner.diagonal().add_(1.0)
-            solved = factor[:, None] * torch.cholesky_solve(factor[:, None] * (kernel @ grad), safe_cholesky(inner))
+            factor = np.sqrt(np.clip(curvature_weights(probs, curvature), 0.0, None))
+            inner = factor[:, None] * k_mat * factor[None, :]
+            inner.flat[:: inner.shape[0] + 1] += 1.0
+            solved = factor[:, None] * _spd_solve(inner, factor[:, None] * (k_mat @ grad))
         else:
-            factor = torch.block_diag(*fisher_factor(probs))
-            inner = factor.T @ kernel @ factor
-            inner.diagonal().add_(1.0)
-            rhs = (factor.T @ (kernel @ grad)).unsqueeze(1)
-            solved = factor @ torch.cholesky_solve(rhs, safe_cholesky(inner)).squeeze(1)
+            factor = scipy.linalg.block_diag(*fisher_factor(torch.from_numpy(probs)).numpy())
+            inner = factor.T @ k_mat @ factor
+            inner.flat[:: inner.shape[0] + 1] += 1.0
+            solved = factor @ _spd_solve(inner, factor.T @ (k_mat @ grad))
         step = solved - grad
         if steps > 1:
             values: dict[float, float] = {}
 
-            def trial(t: float, a: torch.Tensor = coef, s: torch.Tensor = step, seen: dict = values) -> float:
+            def trial(t: float, a: np.ndarray = coef, s: np.ndarray = step, seen: dict = values) -> float:
                 seen[t] = objective(a + t * s)
                 return seen[t]
 
@@ -448,6 +466,20 @@ def span_newton(
         coef = coef + step
         taken += 1
         # converged: a further step would move no logit and re-linearise at the same point
-        if taken < steps and float((kernel @ step).abs().max()) <= CONVERGED_LOGIT_CHANGE:
+        if taken < steps and float(np.abs(k_mat @ step).max()) <= CONVERGED_LOGIT_CHANGE:
             break
-    return SpanNewtonResult(coef, factor, probs, taken)
+    coef_t, factor_t, probs_t = (torch.from_numpy(np.ascontiguousarray(v)).to(**out) for v in (coef, factor, probs))
+    return SpanNewtonResult(coef_t, factor_t, probs_t, taken)
+
+
+def _spd_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``A⁻¹ B`` for SPD ``A`` through its Cholesky factor (with :func:`safe_cholesky`'s jitter when
+    the plain factorization fails)."""
+    # LAPACK directly: the wrappers' checks cost more than the factorization of an M × M matrix
+    chol, info = scipy.linalg.lapack.dpotrf(a, lower=1, clean=1)
+    if info != 0:
+        chol = safe_cholesky(torch.from_numpy(a)).numpy()
+    sol, info = scipy.linalg.lapack.dpotrs(chol, b, lower=1)
+    if info != 0:
+        raise NumericalError(f"Cholesky solve failed (LAPACK info {info})")
+    return sol

@@ -420,6 +420,7 @@ def span_newton(
     # and hands torch tensors back in the inputs' dtype and device.
     out = {"dtype": logits.dtype, "device": logits.device}
     k_mat, z0, y = (t.detach().to("cpu", torch.float64).numpy() for t in (kernel, logits, targets))
+    k_mat = 0.5 * (k_mat + k_mat.T)  # JΣJᵀ is symmetric; drop the round-off of its two products
     m_pts, c = z0.shape
     coef = np.zeros((m_pts, c) if shared else m_pts * c)
 

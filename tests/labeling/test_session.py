@@ -50,12 +50,8 @@ class TinyMargin(QueryStrategy):
 
 
 @pytest.fixture(scope="module")
-def pool():
-    rng = np.random.default_rng(0)
-    n, d, c = 240, 6, 3
-    centers = rng.normal(size=(c, d)) * 2.5
-    y = rng.integers(0, c, size=n)
-    x = (centers[y] + rng.normal(size=(n, d))).astype(np.float32)
+def pool(clustered_pool):
+    x, y, _, _ = clustered_pool()
     return x, y
 
 

@@ -12,11 +12,10 @@ from bayesal.laplace.head import HeadConfig
 from bayesal.strategies import LabeledSet, MarginSampling, OracleSequential, Sequential
 
 
-def _pool(n=120, d=5, c=3, seed=0):
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(c, d)) * 1.5
-    y = rng.integers(0, c, size=n)
-    return (centers[y] + rng.normal(size=(n, d))).astype(np.float64), y
+@pytest.fixture
+def pool(clustered_pool):
+    x, y, _, _ = clustered_pool(n=120, d=5, spread=1.5, dtype=np.float64)
+    return x, y
 
 
 def _expected_picks(s: Session, x: np.ndarray, k: int, gamma: float) -> list[int]:
@@ -30,8 +29,8 @@ def _expected_picks(s: Session, x: np.ndarray, k: int, gamma: float) -> list[int
     return [int(avail[i]) for i in res.indices]
 
 
-def test_sequential_session_selects_with_the_session_gamma():
-    x, y = _pool()
+def test_sequential_session_selects_with_the_session_gamma(pool):
+    x, y = pool
     s = Session(x, 3, strategy="sequential", strategy_kwargs={"update_with": "most_likely"}, gamma=1.0,
                 candidate_size=None, random_state=0, head_config=HeadConfig(epochs=5))
     for i in range(9):
@@ -42,9 +41,9 @@ def test_sequential_session_selects_with_the_session_gamma():
     assert picks != _expected_picks(s, x, 6, gamma=10.0)  # the test can tell the two step sizes apart
 
 
-def test_sequential_session_defaults_to_a_deployable_mode():
+def test_sequential_session_defaults_to_a_deployable_mode(pool):
     """'sequential' alone used to mean oracle labels and failed at the first query after the cold start."""
-    x, y = _pool()
+    x, y = pool
     s = Session(x, 3, strategy="sequential", candidate_size=None, random_state=1, head_config=HeadConfig(epochs=5))
     for i in range(6):
         s.tell(i, int(y[i]))
@@ -60,20 +59,20 @@ def test_sequential_session_defaults_to_a_deployable_mode():
 
 
 @pytest.mark.parametrize("strategy", ["seq-margin", "seq-badge@oracle", "oracle-lookahead", "oracle_sequential"])
-def test_oracle_strategies_are_refused_at_construction(strategy):
-    x, _ = _pool()
+def test_oracle_strategies_are_refused_at_construction(strategy, pool):
+    x, _ = pool
     with pytest.raises(InvalidInputError, match="true labels"):
         Session(x, 3, strategy=strategy)
 
 
-def test_oracle_strategy_object_is_refused():
-    x, _ = _pool()
+def test_oracle_strategy_object_is_refused(pool):
+    x, _ = pool
     with pytest.raises(InvalidInputError, match="true labels"):
         Session(x, 3, strategy=OracleSequential(MarginSampling()))
 
 
-def test_every_spec_of_the_registry_is_understood():
-    x, y = _pool()
+def test_every_spec_of_the_registry_is_understood(pool):
+    x, y = pool
     for spec in ("random", "margin", "least-confidence", "seq-entropy@most_likely", "lookahead"):
         s = Session(x, 3, strategy=spec, candidate_size=40, random_state=2, head_config=HeadConfig(epochs=5))
         for i in range(6):

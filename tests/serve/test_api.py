@@ -28,12 +28,9 @@ LOCAL = "http://127.0.0.1:8765"
 
 
 @pytest.fixture(scope="module")
-def pool():
-    rng = np.random.default_rng(0)
-    n, d, c = 240, 6, 3
-    centers = rng.normal(size=(c, d)) * 2.5
-    y = rng.integers(0, c, size=n)
-    x = (centers[y] + rng.normal(size=(n, d))).astype(np.float32)
+def pool(clustered_pool):
+    x, y, centers, rng = clustered_pool()
+    c, d = centers.shape
     texts = [f"document {i} about {NAMES[k]}" for i, k in enumerate(y)]
     tx = (centers[np.arange(60) % c] + rng.normal(size=(60, d))).astype(np.float32)
     return x, y, texts, tx, np.arange(60) % c

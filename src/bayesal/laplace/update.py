@@ -120,12 +120,11 @@ def check_gamma(gamma: float) -> float:
 def curvature_weights(probs: torch.Tensor | np.ndarray, curvature: str | Curvature) -> torch.Tensor | np.ndarray:
     """Per-point curvature ``m (N,)``: 1 for 'gaussian', ``p_max (1 − p_max)`` for 'categorical'
     (a torch tensor for a tensor, a NumPy array for an array)."""
+    gaussian = Curvature.parse(curvature) is Curvature.GAUSSIAN
     if isinstance(probs, np.ndarray):
-        if Curvature.parse(curvature) is Curvature.GAUSSIAN:
-            return np.ones(probs.shape[0])
         pmax = probs.max(1)
-        return pmax * (1.0 - pmax)
-    if Curvature.parse(curvature) is Curvature.GAUSSIAN:
+        return np.ones_like(pmax) if gaussian else pmax * (1.0 - pmax)
+    if gaussian:
         return torch.ones(probs.shape[0], dtype=probs.dtype, device=probs.device)
     pmax = probs.max(dim=1).values
     return pmax * (1.0 - pmax)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import torch
 from threadpoolctl import ThreadpoolController
 
 __all__ = ["blas_threads"]
@@ -22,9 +21,7 @@ def _blas_controller() -> ThreadpoolController:
 
 
 @contextmanager
-def blas_threads(limit: int | None = None) -> Iterator[None]:
-    """Limit NumPy/SciPy's BLAS thread pools to ``limit`` threads inside the block (default: torch's
-    thread count, ``torch.get_num_threads()``)."""
-    n = torch.get_num_threads() if limit is None else int(limit)
-    with _blas_controller().limit(limits=max(1, n), user_api="blas"):
+def blas_threads(limit: int) -> Iterator[None]:
+    """Limit NumPy/SciPy's BLAS thread pools to ``limit`` (≥ 1) threads inside the block."""
+    with _blas_controller().limit(limits=max(1, int(limit)), user_api="blas"):
         yield

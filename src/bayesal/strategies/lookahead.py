@@ -24,7 +24,7 @@ from bayesal.laplace.predictive import mean_field_probs
 from bayesal.laplace.update import batch_update_reference, curvature_weights
 from bayesal.utils.validation import as_features
 
-from ._common import argmax_first, check_candidate_labels, prepare
+from ._common import argmax_first, check_candidate_labels, prepare, top_two
 from ._kmeans import kmeans, sq_dists
 from .base import LabeledSet, OracleStrategy, QueryResult, QueryStrategy
 from .sequential import UpdateWith
@@ -75,8 +75,8 @@ class OracleLookahead(OracleStrategy):
         n_km = n_mg = self.n_batches // 3
         n_rand = self.n_batches - n_km - n_mg
         probs = post.predict_proba(x)
-        top2 = probs.topk(2, dim=1).values
-        unc = 1.0 - (top2[:, 0] - top2[:, 1])
+        first, second = top_two(probs)
+        unc = 1.0 - (first - second)
         above = (unc > unc.mean()).nonzero().flatten()
         if above.numel() < b:
             above = torch.arange(n, device=x.device)

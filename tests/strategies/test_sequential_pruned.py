@@ -135,3 +135,18 @@ def test_compute_dtype_is_checked():
         Sequential(MarginSampling(), compute_dtype="float32")
     with pytest.raises(ValueError, match="compute_dtype"):
         OracleSequential(MarginSampling(), compute_dtype=torch.int32)
+
+
+def test_column_major_copy_and_moments_equal_the_row_major_ones():
+    from bayesal.strategies._common import column_major_moments
+
+    post, _, x, _ = _problem(103, 12, 4, seed=9, normalise=True)
+    xc, z, var = column_major_moments(post, x, torch.float32, block=16)  # blocks do not divide the rows
+    assert xc.shape == x.shape and xc.dtype == torch.float32 and xc.T.is_contiguous()
+    assert torch.equal(xc, x.to(torch.float32))
+    want_z, want_var = post.logit_moments(x.to(torch.float32), compute_dtype=torch.float32)
+    assert z.dtype == var.dtype == x.dtype
+    torch.testing.assert_close(z, want_z.double(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(var, want_var.double(), rtol=1e-6, atol=1e-6)
+    v = torch.randn(12, dtype=torch.float32, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(xc @ v, x.to(torch.float32) @ v)  # products as from the row-major copy

@@ -23,6 +23,7 @@ __all__ = [
     "logit_sample_chunks",
     "entropy",
     "top_two",
+    "column_major_moments",
 ]
 
 #: Row blocks of Monte Carlo logit samples (the posterior's own draws, see ``logit_sample_blocks``).
@@ -149,3 +150,27 @@ def top_two(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         second = torch.maximum(second, torch.minimum(first, cols[k]))
         first = torch.maximum(first, cols[k])
     return first, second
+
+
+
+def column_major_moments(
+    posterior: LastLayerLaplace, x: torch.Tensor, dtype: torch.dtype, block: int = 8192
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A ``dtype`` copy of the candidates ``x (N, D)`` in column-major memory, and their MAP logits
+    ``(N, C)`` and logit variances ``(N,)`` in ``x``'s dtype, from products in ``dtype``.
+
+    The copy is an ``(N, D)`` view of a contiguous ``(D, N)``: a product with one vector, ``x @ v``,
+    then runs as the BLAS's transposed matrix–vector product, which uses every intra-op thread (torch's
+    CPU product over row-major rows uses one). Built ``block`` rows at a time: each block is converted
+    once, its moments taken from the row-major block, and then transposed into place while cached.
+    """
+    n, d = x.shape
+    out = torch.empty((d, n), dtype=dtype, device=x.device)
+    z = torch.empty((n, posterior.num_classes), dtype=x.dtype, device=x.device)
+    var = torch.empty(n, dtype=x.dtype, device=x.device)
+    for s in range(0, n, block):
+        rows = x[s : s + block].to(dtype)
+        zb, vb = posterior.logit_moments(rows, compute_dtype=dtype)
+        z[s : s + block], var[s : s + block] = zb, vb
+        out[:, s : s + block].copy_(rows.T)
+    return out.T, z, var

@@ -13,7 +13,7 @@ from bayesal.laplace.options import Option
 from bayesal.laplace.posterior import LastLayerLaplace
 from bayesal.laplace.predictive import mean_field_probs
 
-from ._common import argmax_first, check_candidate_labels, prepare
+from ._common import argmax_first, check_candidate_labels, column_major_moments, prepare
 from .base import LabeledSet, OracleStrategy, QueryResult, QueryStrategy
 from .score import ScoreStrategy
 
@@ -47,7 +47,8 @@ class _SequentialSelection:
 
     With ``compute_dtype=torch.float32`` the fast path keeps a float32 copy of the candidates for its
     ``O(N·D)`` products (the initial moments and the per-pick ``Φ Σφ``): half the memory traffic of
-    float64, which bounds the per-pick refresh of a large pool. The cached logits and variances
+    float64, which bounds the per-pick refresh of a large pool. The copy is column-major, so the
+    per-pick product runs as the BLAS's multi-threaded transposed matrix–vector product. The cached logits and variances
     accumulate in the posterior's dtype and every update of the posterior is its own (float64 rows),
     so only the products carry float32 round-off (relative ~1e-7); picks can differ from float64
     products only between candidates whose scores tie to that precision.
@@ -108,8 +109,7 @@ class _SequentialSelection:
             xc = x
             z, var = post.logits(x, checked=True), post.logit_variance(x, checked=True)
         else:  # products with a low-precision copy of the pool, caches in the posterior's dtype
-            xc = x.to(dt)
-            z, var = (t.to(x.dtype) for t in post.logit_moments(xc, compute_dtype=dt))
+            xc, z, var = column_major_moments(post, x, dt)
         lip = None if base.stochastic else base.mean_field_lipschitz()
         if self.prune and lip is not None:
             return self._query_pruned(post, x, xc, z, var, b, gen, oracle, lip)

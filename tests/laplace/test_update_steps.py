@@ -138,3 +138,14 @@ def test_span_newton_returns_the_inputs_dtype():
     res = span_newton(k, z, y, "categorical", 1.0, 3, shared=True)
     assert res.coef.dtype == res.factor.dtype == res.probs.dtype == torch.float32
     assert res.coef.shape == (2, 3) and res.steps >= 1
+
+
+def test_logit_step_in_place_equals_the_fresh_result():
+    x, y, xn, yn = _problem(seed=6)
+    post = LastLayerLaplace(prior_precision=1.0, gamma=1.0).fit(x, y)
+    step = post.logit_step(xn[0], torch.nn.functional.one_hot(yn[0], 3).double())
+    z, var = post.logits(x), post.logit_variance(x)
+    want_z, want_var, want_prod = step.apply_with_products(x, z, var)
+    got_z, got_var, got_prod = step.apply_with_products(x, z, var, inplace=True)
+    assert got_z is z and got_var is var  # the caches themselves were updated
+    assert torch.equal(got_z, want_z) and torch.equal(got_var, want_var) and torch.equal(got_prod, want_prod)

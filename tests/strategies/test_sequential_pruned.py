@@ -150,3 +150,37 @@ def test_column_major_copy_and_moments_equal_the_row_major_ones():
     torch.testing.assert_close(var, want_var.double(), rtol=1e-6, atol=1e-6)
     v = torch.randn(12, dtype=torch.float32, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(xc @ v, x.to(torch.float32) @ v)  # products as from the row-major copy
+
+
+def test_float32_candidates_are_kept_as_given_with_float32_products():
+    """A float32 pool is not copied to the posterior's dtype: each pick's row is exact when upcast, so
+    the picks and utilities equal those of the same pool handed over in float64."""
+    post, labeled, x, _ = _problem(1200, 24, 4, seed=10, normalise=True)
+    x32 = x.to(torch.float32)
+    strategy = Sequential(MarginSampling(), update_with="most_likely", compute_dtype=torch.float32)
+    got = _pick(strategy, post, labeled, x32, 15, 0)
+    want = _pick(strategy, post, labeled, x32.double(), 15, 0)
+    assert got.indices.tolist() == want.indices.tolist()
+    assert got.utilities.dtype == torch.float64
+    torch.testing.assert_close(got.utilities, want.utilities, rtol=0, atol=0)
+    assert strategy.last_posterior_.mean.dtype == torch.float64
+    bad = x32.clone()
+    bad[7, 3] = float("nan")
+    with pytest.raises(ValueError, match="row 7"):
+        _pick(strategy, post, labeled, bad, 5, 0)
+
+
+def test_rows_that_may_all_still_win_are_rescored_in_place_with_the_same_picks():
+    """On a noise-dominated pool nearly every row can still win after a pick; the loop then scores all
+    rows at once (no gathering) and must still pick what the plain loop picks."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(3000, 64, generator=g, dtype=torch.float64)
+    x = x / x.norm(dim=1, keepdim=True)
+    y = torch.randint(5, (3000,), generator=g)
+    post = LastLayerLaplace(prior_precision=1.0, random_state=0).fit(x[:60], y[:60], num_classes=5)
+    counting = CountingMargin()
+    pruned = _pick(Sequential(counting, update_with="most_likely"), post, None, x[60:], 12, 0)
+    plain = _pick(Sequential(MarginSampling(), update_with="most_likely", prune=False), post, None, x[60:], 12, 0)
+    assert pruned.indices.tolist() == plain.indices.tolist()
+    torch.testing.assert_close(pruned.utilities, plain.utilities, rtol=0, atol=1e-12)
+    assert counting.rows > 5 * x[60:].shape[0]  # several whole-pool re-scorings took place

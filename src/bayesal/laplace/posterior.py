@@ -339,7 +339,7 @@ class LastLayerLaplace:
         self._check_fitted()
         return self.covariance_
 
-    def check_features(self, features: Any, name: str = "features") -> torch.Tensor:
+    def check_features(self, features: Any, name: str = "features", dtype: torch.dtype | None = None) -> torch.Tensor:
         """Validate ``features (N, D)`` once: finite, ``D`` columns, in :attr:`dtype` on :attr:`device`.
 
         The result can be handed to the fast paths with ``checked=True``, which then skip every check.
@@ -350,14 +350,17 @@ class LastLayerLaplace:
             ``(N, D)`` rows (a ``(D,)`` vector is one row).
         name : str
             What to call them in error messages.
+        dtype : torch.dtype, optional
+            Their dtype instead of :attr:`dtype` (e.g. a float32 pool kept for low-precision products,
+            see :meth:`logit_moments`); the fast paths with ``checked=True`` need :attr:`dtype`.
 
         Returns
         -------
         torch.Tensor
-            ``(N, D)`` in the posterior's dtype and device.
+            ``(N, D)`` in the posterior's (or the given) dtype, on its device.
         """
         self._check_fitted()
-        return as_features(features, name=name, dim=self.num_features_, dtype=self.dtype, device=self.device)
+        return as_features(features, name=name, dim=self.num_features_, dtype=dtype or self.dtype, device=self.device)
 
     def logits(self, features: Any, *, checked: bool = False) -> torch.Tensor:
         """MAP logits ``(N, C)``.

@@ -250,6 +250,7 @@ def rank1_logit_update(
     curvature: float,
     gamma: float,
     return_products: bool = False,
+    inplace: bool = False,
 ) -> tuple[torch.Tensor, ...]:
     """Cached ``z (N, C)``, ``σ² (N,)`` after the rank-1 update with one point, in ``O(N·D)``
     (and the products ``Φs (N,)`` with ``return_products=True``).
@@ -258,12 +259,17 @@ def rank1_logit_update(
     (MAP softmax at ``φ``), ``curvature m``. With ``u = √m φ``:
     ``σ²' = σ² − (√m Φs)² / (1 + m φᵀs)``, ``Σ'φ = s / (1 + m φᵀs)``, ``z' = z + γ (Φ Σ'φ) ⊗ (y − p)``.
     The products ``Φs`` are taken in the dtype of ``features`` (e.g. a float32 copy of a large pool:
-    half the memory traffic) and accumulated into the caches in their own dtype.
+    half the memory traffic) and accumulated into the caches in their own dtype. ``inplace=True``
+    updates ``logits`` and ``variance`` themselves (same values; no fresh ``(N, C)`` per pick).
     """
     denom = 1.0 + curvature * float(torch.dot(phi, sigma_phi))
     phi_s = (features @ sigma_phi.to(features.dtype)).to(logits.dtype)  # (N,)
-    new_var = torch.addcmul(variance, phi_s, phi_s, value=-curvature / denom)
-    new_logits = torch.addr(logits, phi_s, target - probs, alpha=gamma / denom)
+    if inplace:
+        new_var = variance.addcmul_(phi_s, phi_s, value=-curvature / denom)
+        new_logits = logits.addr_(phi_s, target - probs, alpha=gamma / denom)
+    else:
+        new_var = torch.addcmul(variance, phi_s, phi_s, value=-curvature / denom)
+        new_logits = torch.addr(logits, phi_s, target - probs, alpha=gamma / denom)
     if return_products:
         return new_logits, new_var, phi_s
     return new_logits, new_var
@@ -351,12 +357,13 @@ class LogitStep:
                                   self.curvature, self.gamma)
 
     def apply_with_products(
-        self, features: torch.Tensor, logits: torch.Tensor, variance: torch.Tensor
+        self, features: torch.Tensor, logits: torch.Tensor, variance: torch.Tensor, inplace: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`apply` (bit-identical results) that also returns the products ``Φ Σφ (N,)``, from which
-        a caller can bound how far each cached logit moved (``|γ/denom · (Φ Σφ)_n| · span(y − p)``)."""
+        a caller can bound how far each cached logit moved (``|γ/denom · (Φ Σφ)_n| · span(y − p)``).
+        ``inplace=True`` updates the caller's ``logits`` and ``variance`` in place."""
         return rank1_logit_update(features, logits, variance, self.sigma_phi, self.phi, self.target, self.probs,
-                                  self.curvature, self.gamma, return_products=True)
+                                  self.curvature, self.gamma, return_products=True, inplace=inplace)
 
     def downdate_kernel(self, kernel: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
         """``kernel = A Σ Bᵀ (R, N)`` for ``left A (R, D)``, ``right B (N, D)`` → ``A Σ' Bᵀ`` (in place)."""

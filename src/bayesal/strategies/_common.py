@@ -66,15 +66,17 @@ def prepare(
     labeled: LabeledSet | None,
     batch_size: int,
     generator: torch.Generator | None,
+    dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, torch.Generator]:
     """Validate the query arguments.
 
-    Returns candidates ``(N, D)`` and labeled features ``(L, D)`` in the posterior's dtype, labeled
-    labels ``(L,)`` (long), the batch size and a generator (a fresh one when ``None``).
+    Returns candidates ``(N, D)`` (in ``dtype`` if given) and labeled features ``(L, D)`` in the
+    posterior's dtype, labeled labels ``(L,)`` (long), the batch size and a generator (a fresh one
+    when ``None``).
     """
     if isinstance(candidates, Pool):
         candidates = pool_in_memory(candidates)
-    x = posterior.check_features(candidates, name="candidates")
+    x = posterior.check_features(candidates, name="candidates", dtype=dtype)
     d = posterior.num_features
     b = check_batch_size(batch_size, x.shape[0])
     if labeled is None or torch.as_tensor(labeled.features).numel() == 0:
@@ -157,7 +159,7 @@ def column_major_moments(
     posterior: LastLayerLaplace, x: torch.Tensor, dtype: torch.dtype, block: int = 8192
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A ``dtype`` copy of the candidates ``x (N, D)`` in column-major memory, and their MAP logits
-    ``(N, C)`` and logit variances ``(N,)`` in ``x``'s dtype, from products in ``dtype``.
+    ``(N, C)`` and logit variances ``(N,)`` in the posterior's dtype, from products in ``dtype``.
 
     The copy is an ``(N, D)`` view of a contiguous ``(D, N)``: a product with one vector, ``x @ v``,
     then runs as the BLAS's transposed matrix–vector product, which uses every intra-op thread (torch's
@@ -166,8 +168,8 @@ def column_major_moments(
     """
     n, d = x.shape
     out = torch.empty((d, n), dtype=dtype, device=x.device)
-    z = torch.empty((n, posterior.num_classes), dtype=x.dtype, device=x.device)
-    var = torch.empty(n, dtype=x.dtype, device=x.device)
+    z = torch.empty((n, posterior.num_classes), dtype=posterior.dtype, device=x.device)
+    var = torch.empty(n, dtype=posterior.dtype, device=x.device)
     for s in range(0, n, block):
         rows = x[s : s + block].to(dtype)
         zb, vb = posterior.logit_moments(rows, compute_dtype=dtype)

@@ -6,6 +6,7 @@ candidates' true labels (the paper's simulation, an :class:`~.base.OracleStrateg
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from bayesal.exceptions import InvalidInputError
@@ -82,6 +83,22 @@ class _SequentialSelection:
         return torch.nn.functional.one_hot(torch.tensor(y), c).to(dtype=probs.dtype, device=probs.device)
 
     # ----------------------------------------------------------------- query
+    def _candidate_dtype(self, posterior: LastLayerLaplace, candidates: object) -> torch.dtype | None:
+        """``compute_dtype`` when the fast path takes its products in it and the candidates come in it:
+        they are then kept as given (each pick's row is exact in the posterior's dtype), with no copy of
+        the pool in the posterior's dtype; ``None`` (the posterior's dtype) otherwise."""
+        dt = self.compute_dtype
+        if dt is None or not (self.fast and isinstance(self.base, ScoreStrategy) and posterior.is_fitted
+                              and posterior.shared_covariance):
+            return None
+        if isinstance(candidates, torch.Tensor):
+            given = candidates.dtype
+        elif isinstance(candidates, np.ndarray) and candidates.dtype.kind == "f":
+            given = torch.from_numpy(np.empty(0, dtype=candidates.dtype)).dtype
+        else:
+            return None
+        return dt if given == dt else None
+
     def _select(
         self,
         posterior: LastLayerLaplace,
@@ -105,11 +122,12 @@ class _SequentialSelection:
     ) -> QueryResult:
         base: ScoreStrategy = self.base  # type: ignore[assignment]
         dt = self.compute_dtype
-        if dt is None or dt == x.dtype:
+        if dt is None or dt == post.dtype:
             xc = x
             z, var = post.logits(x, checked=True), post.logit_variance(x, checked=True)
         else:  # products with a low-precision copy of the pool, caches in the posterior's dtype
             xc, z, var = column_major_moments(post, x, dt)
+        z = z.T.contiguous().T  # class-major: the per-row softmax and maxima over classes run along contiguous rows
         lip = None if base.stochastic else base.mean_field_lipschitz()
         if self.prune and lip is not None:
             return self._query_pruned(post, x, xc, z, var, b, gen, oracle, lip)
@@ -126,12 +144,13 @@ class _SequentialSelection:
                 i = j = argmax_first(u)
             pred = mean_field_probs(z[i : i + 1], var[i : i + 1], post.lambda_mf)[0]
             target = self._target(pred, i, oracle, gen)
-            z, var = post.logit_step(x[i], target, logits=z[i]).apply(xc, z, var)
-            post.update(x[i : i + 1], target.unsqueeze(0), method="rank1", inplace=True)
+            row = x[i].to(post.dtype)
+            z, var = post.logit_step(row, target, logits=z[i]).apply(xc, z, var)
+            post.update(row.unsqueeze(0), target.unsqueeze(0), method="rank1", inplace=True)
             picks.append(i)
             utils.append(u[j])
             alive[i] = False
-        return QueryResult(torch.tensor(picks, dtype=torch.long, device=x.device), torch.stack(utils).to(x.dtype))
+        return QueryResult(torch.tensor(picks, dtype=torch.long, device=x.device), torch.stack(utils).to(post.dtype))
 
     def _query_pruned(
         self,
@@ -169,24 +188,39 @@ class _SequentialSelection:
         if floor_at is not None:
             floor_at = floor_at.clamp(0.0, 1.0)
         fresh = torch.ones(n, dtype=torch.bool, device=x.device)  # scored at the current state
+        # the per-pick bounds go through these (N,) buffers: fresh temporaries of a large pool cost page
+        # faults on every pick
+        kappa, moved, tmp, upper = (torch.empty_like(var) for _ in range(4))
         picks, utils = [], []
         for _ in range(b):
             if not bool(fresh.all()):
-                kappa = torch.rsqrt(1.0 + lam * var.clamp_min(0))
-                moved = kappa * drift + (kappa - kappa_at).abs() * span_at  # ≥ span(w − w_at)
+                torch.clamp_min(var, 0, out=kappa).mul_(lam).add_(1.0).rsqrt_()  # κ = (1 + λσ²)^(−½)
+                torch.sub(kappa, kappa_at, out=tmp).abs_().mul_(span_at)
+                torch.addcmul(tmp, kappa, drift, out=moved)  # κ·drift + |κ − κ_at|·span_at ≥ span(w − w_at)
                 if floor_at is not None:
                     # ‖Δp‖₁ ≤ ∫ 2(1 − p_k(s)) S ds with p_k(s) ≥ p_k(0) e^(−sS) for the top class k
-                    moved = torch.minimum(moved, 2.0 * moved * (1.0 - floor_at * torch.exp(-moved)))
+                    torch.neg(moved, out=tmp).exp_().mul_(floor_at).neg_().add_(1.0).mul_(moved).mul_(2.0)
+                    torch.minimum(moved, tmp, out=moved)
                 # round-off slack: the cached logits and scores carry ~1e-16 relative errors
-                upper = torch.nan_to_num(u_at + lip * moved * (1.0 + 1e-9) + 1e-10, nan=torch.inf)
+                torch.add(u_at, moved, alpha=lip * (1.0 + 1e-9), out=upper).add_(1e-10).nan_to_num_(nan=torch.inf)
                 # re-score the most promising stale rows, a block at a time, until no stale row can
                 # reach the best exact score
                 best = -torch.inf
                 cand = (alive & ~fresh).nonzero().flatten()
                 block = 256
                 while cand.numel():
-                    # the highest upper bounds first; once many rows can still win, all of them at once
-                    if cand.numel() > block and (block == 256 or cand.numel() <= n // 4):
+                    if block > 256 and cand.numel() > n // 4:
+                        # most rows may still win: score all of them in place, without gathering rows
+                        u_at = base.score_logits(post, z, var, gen)
+                        if floor_at is not None:
+                            floor_at = base.top_probability_floor(u_at).clamp_(0.0, 1.0)
+                        kappa_at.copy_(kappa)
+                        torch.sub(z.amax(1), z.amin(1), out=span_at)
+                        drift.zero_()
+                        fresh.fill_(True)
+                        break
+                    # the highest upper bounds first, then all rows that can still win
+                    if cand.numel() > block:
                         cand = cand[upper[cand].topk(block).indices]
                     u_at[cand] = base.score_logits(post, z[cand], var[cand], gen)
                     if floor_at is not None:
@@ -203,16 +237,17 @@ class _SequentialSelection:
             i = int(rows[j])
             pred = mean_field_probs(z[i : i + 1], var[i : i + 1], post.lambda_mf)[0]
             target = self._target(pred, i, oracle, gen)
-            step = post.logit_step(x[i], target, logits=z[i])
-            z, var, prod = step.apply_with_products(xc, z, var)
+            row = x[i].to(post.dtype)  # exact: the candidates are in the posterior's dtype or came in float32
+            step = post.logit_step(row, target, logits=z[i])
+            z, var, prod = step.apply_with_products(xc, z, var, inplace=True)  # the caches are this loop's own
             resid = step.target - step.probs
-            drift.add_(prod.abs(), alpha=abs(step.gamma / step.denom) * float(resid.max() - resid.min()))
+            drift.add_(torch.abs(prod, out=tmp), alpha=abs(step.gamma / step.denom) * float(resid.max() - resid.min()))
             fresh.fill_(False)
-            post.update(x[i : i + 1], target.unsqueeze(0), method="rank1", inplace=True)
+            post.update(row.unsqueeze(0), target.unsqueeze(0), method="rank1", inplace=True)
             picks.append(i)
             utils.append(u_at[i].clone())
             alive[i] = False
-        return QueryResult(torch.tensor(picks, dtype=torch.long, device=x.device), torch.stack(utils).to(x.dtype))
+        return QueryResult(torch.tensor(picks, dtype=torch.long, device=x.device), torch.stack(utils).to(post.dtype))
 
     def _query_requery(
         self,
@@ -248,7 +283,7 @@ class _SequentialSelection:
             picks.append(i)
             utils.append(util)
             alive[i] = False
-        return QueryResult(torch.tensor(picks, dtype=torch.long, device=x.device), torch.stack(utils).to(x.dtype))
+        return QueryResult(torch.tensor(picks, dtype=torch.long, device=x.device), torch.stack(utils).to(post.dtype))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.base!r}, update_with={self.update_with.value!r})"
@@ -302,7 +337,8 @@ class Sequential(_SequentialSelection, QueryStrategy):
         generator: torch.Generator,
     ) -> QueryResult:
         """See :meth:`QueryStrategy.query`; the final simulated posterior is left in ``last_posterior_``."""
-        x, lx, ly, b, gen = prepare(posterior, candidates, labeled, batch_size, generator)
+        x, lx, ly, b, gen = prepare(posterior, candidates, labeled, batch_size, generator,
+                                    dtype=self._candidate_dtype(posterior, candidates))
         return self._select(posterior, x, lx, ly, b, gen, None)
 
 
@@ -346,6 +382,7 @@ class OracleSequential(_SequentialSelection, OracleStrategy):
     ) -> QueryResult:
         """See :meth:`OracleStrategy.query_with_labels`; the final simulated posterior is left in
         ``last_posterior_``."""
-        x, lx, ly, b, gen = prepare(posterior, candidates, labeled, batch_size, generator)
+        x, lx, ly, b, gen = prepare(posterior, candidates, labeled, batch_size, generator,
+                                    dtype=self._candidate_dtype(posterior, candidates))
         oracle = check_candidate_labels(candidate_labels, x.shape[0], posterior.num_classes)
         return self._select(posterior, x, lx, ly, b, gen, oracle)

@@ -174,5 +174,7 @@ def column_major_moments(
         rows = x[s : s + block].to(dtype)
         zb, vb = posterior.logit_moments(rows, compute_dtype=dtype)
         z[s : s + block], var[s : s + block] = zb, vb
-        out[:, s : s + block].copy_(rows.T)
+        for t in range(0, rows.shape[0], 512):  # transposed in sub-blocks that stay in the L1/L2 caches
+            part = rows[t : t + 512]
+            out[:, s + t : s + t + part.shape[0]].copy_(part.T)
     return out.T, z, var

@@ -57,6 +57,7 @@ def make_client(tmp_path, minilm):
     def make(state="state", basic_auth=None, **settings) -> TestClient:
         settings.setdefault("seed", 0)
         settings.setdefault("fsync", False)
+        settings.setdefault("paper", True)  # the dense references below are the paper's one-step chain
         backend = LabelStudioBackend(tmp_path / state, BackendSettings(**settings), backbones={"text": minilm})
         client = TestClient(create_app(backend, basic_auth=basic_auth))
         client.__enter__()  # runs the app's lifespan: leaving it closes the backend's files
@@ -351,3 +352,27 @@ def test_a_project_switching_from_text_to_images_is_refused(make_client, recorde
     body["schema"] = recorded("image_setup_post")["schema"]
     r = client.post("/setup", json=body)
     assert r.status_code == 400 and "now labels image items" in r.json()["error"]
+
+
+def test_by_default_an_annotation_is_the_library_update(make_client, recorded, text_features):
+    """Without ``paper`` the backend folds the library's default update (γ = 1, damped Newton steps,
+    categorical curvature) from the zero-mean prior, the same posterior ``LastLayerLaplace`` gives."""
+    from bayesal import LastLayerLaplace
+
+    client = make_client(paper=False)
+    pbody = recorded("text_predict_post")
+    x = np.stack([text_features[t["id"]] for t in pbody["tasks"]])
+    created = recorded("text_webhook_annotation_created")
+    task_id = created["annotation"]["task"]
+    assert client.post("/webhook", json=created).status_code == 201
+    out = predict(client, pbody)
+    d = x.shape[1]
+    prior = LastLayerLaplace(prior_precision=1.0).fit(
+        torch.zeros(0, d, dtype=torch.float64), torch.zeros(0, dtype=torch.long),
+        weight=torch.zeros(3, d, dtype=torch.float64), num_classes=3)
+    post = prior.update(torch.as_tensor(text_features[task_id], dtype=torch.float64)[None], torch.tensor([0]))
+    assert post.steps > 1 and post.gamma == 1.0
+    expected = margin_utility(post.predict_proba(torch.as_tensor(x, dtype=torch.float64)))
+    np.testing.assert_allclose(scores(out), expected, atol=2e-6)
+    labeled = [t["id"] for t in pbody["tasks"]].index(task_id)
+    assert out["results"][labeled]["result"][0]["value"]["choices"] == ["sport"]

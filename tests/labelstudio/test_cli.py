@@ -11,7 +11,7 @@ from bayesal.labelstudio.server import is_loopback
 def test_options_parse(tmp_path):
     args = build_parser().parse_args(["labelstudio", "--state-dir", str(tmp_path), "--port", "9191",
                                       "--strategy", "entropy", "--files-root", str(tmp_path)])
-    assert (args.port, args.strategy, args.host, args.gamma) == (9191, "entropy", "127.0.0.1", 10.0)
+    assert (args.port, args.strategy, args.host, args.gamma, args.paper) == (9191, "entropy", "127.0.0.1", None, False)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["labelstudio", "--state-dir", str(tmp_path), "--strategy", "badge"])
 

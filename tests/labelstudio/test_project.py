@@ -22,8 +22,11 @@ from hypothesis import strategies as st
 from bayesal.exceptions import InvalidInputError, StateMismatchError
 from bayesal.labelstudio.config import parse_label_config
 from bayesal.labelstudio.project import SNAPSHOT_NAME, ProjectModel
+from bayesal.laplace.head import HeadConfig
 
 D, GAMMA = 6, 10.0
+#: the chain below is the paper's one-step update with the gaussian curvature
+PAPER_UPDATE = {"gamma": GAMMA, "curvature": "gaussian", "steps": 1}
 CONFIG = parse_label_config('<View><Text name="t" value="$text"/><Choices name="c" toName="t">'
                             '<Choice value="a"/><Choice value="b"/><Choice value="c"/></Choices></View>')
 POOL = np.random.default_rng(0).normal(size=(8, D)).astype(np.float32)
@@ -51,7 +54,8 @@ def state(model: ProjectModel) -> tuple[torch.Tensor, torch.Tensor]:
 def open_model(path, **kw) -> ProjectModel:
     kw.setdefault("fsync", False)
     kw.setdefault("seed", 0)
-    model = ProjectModel(path, D, gamma=GAMMA, **kw)
+    kw.setdefault("head_config", HeadConfig.paper())
+    model = ProjectModel(path, D, **{**PAPER_UPDATE, **kw})
     model.set_config(CONFIG)
     return model
 
@@ -122,7 +126,8 @@ def test_a_snapshot_from_other_settings_is_not_used(tmp_path):
     model = open_model(tmp_path / "p")
     model.annotate(1, 0, ["a"], POOL[0])
     model.close()
-    other = ProjectModel(tmp_path / "p", D, gamma=1.0, fsync=False)  # γ changed: refold with γ = 1
+    other = ProjectModel(tmp_path / "p", D, **{**PAPER_UPDATE, "gamma": 1.0}, head_config=HeadConfig.paper(),
+                         fsync=False)  # γ changed: refold with γ = 1
     mean = other.posterior().state_dict()["mean"]
     phi = torch.as_tensor(POOL[0], dtype=torch.float64)
     sigma = torch.linalg.inv(torch.eye(D, dtype=torch.float64) + torch.outer(phi, phi))
@@ -281,3 +286,38 @@ def test_sequential_margin_puts_a_diverse_batch_on_top(tmp_path):
         seq.predict(pool, labeled=[True])
     plain.close()
     seq.close()
+
+
+def test_default_settings_track_the_exact_map_and_refit_the_exact_head(tmp_path):
+    """By default an annotation is the library's iterated update (γ = 1, damped Newton steps toward the
+    mode of the prior × the new likelihood) and Start Training refits the exact MAP head for λ₀."""
+    from bayesal.laplace.update import FIDELITY_OPTIONS
+
+    model = ProjectModel(tmp_path / "p", D, fsync=False, seed=0)
+    model.set_config(CONFIG)
+    assert (model.gamma, model.head_config) == (FIDELITY_OPTIONS["gamma"], HeadConfig())
+    model.annotate(1, 0, ["b"], POOL[0])
+    phi = torch.as_tensor(POOL[0], dtype=torch.float64)
+
+    def objective(w):  # −log of N(0, I) × p(b | φ, W), bias 0
+        return 0.5 * (w * w).sum() - torch.log_softmax(w.view(3, D) @ phi, 0)[1]
+
+    w = torch.zeros(3 * D, dtype=torch.float64)
+    for _ in range(30):
+        w = w - torch.linalg.solve(torch.autograd.functional.hessian(objective, w),
+                                   torch.autograd.functional.jacobian(objective, w))
+    mean = state(model)[0]
+    one_step = mean.new_tensor([[-1 / 3], [2 / 3], [-1 / 3]]) * (phi / (1 + phi @ phi))  # the paper's γ = 1 step
+    assert float((mean - w.view(3, D)).abs().max()) < 1e-3 < float((one_step - w.view(3, D)).abs().max())
+    for i, lab in enumerate("abca", start=1):
+        model.annotate(1 + i, i, [lab], POOL[i])
+    model.train()
+    fitted = model.posterior()
+    x = torch.as_tensor(POOL[:5], dtype=torch.float64)
+    y = torch.tensor([1, 0, 1, 2, 0])
+    weight, bias = fitted.mean.clone().requires_grad_(), fitted.bias.clone().requires_grad_()
+    loss = (0.5 * (weight**2).sum() + 0.5 * HeadConfig().bias_precision * (bias**2).sum()
+            - torch.log_softmax(x @ weight.T + bias, 1)[torch.arange(5), y].sum())
+    grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, (weight, bias))])
+    assert float(grad.norm()) < 1e-4  # the refit is the MAP of the posterior's own objective
+    model.close()

@@ -24,7 +24,11 @@ def add_labelstudio_arguments(p: argparse.ArgumentParser) -> None:
                         "score above all others, in pick order")
     p.add_argument("--batch-size", type=positive_int, default=10,
                    help="picks of a seq- strategy per prediction request (default 10)")
-    p.add_argument("--gamma", type=non_negative_float, default=10.0, help="update step size γ (default 10)")
+    p.add_argument("--gamma", type=non_negative_float, default=None,
+                   help="update step size γ (default: the library's, 1 with 5 Newton steps; 10 with --paper)")
+    p.add_argument("--paper", action="store_true",
+                   help="the paper's update (γ = 10, gaussian curvature, one step) and its 200-epoch head recipe "
+                        "on Start Training, instead of the exact MAP head and the iterated update")
     p.add_argument("--prior-precision", type=positive_float, default=1.0, help="prior precision λ₀ (default 1)")
     p.add_argument("--seed", type=int, default=None, help="seed of head refits (default: drawn, saved)")
     p.add_argument("--files-root", default=None,
@@ -53,7 +57,8 @@ def labelstudio_main(args: argparse.Namespace) -> int:
 
         files_root = os.environ.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT") or None
     settings = BackendSettings(
-        strategy=args.strategy, batch_size=args.batch_size, gamma=args.gamma, prior_precision=args.prior_precision, seed=args.seed,
+        strategy=args.strategy, batch_size=args.batch_size, gamma=args.gamma, prior_precision=args.prior_precision,
+        paper=args.paper, seed=args.seed,
         files_root=files_root, upload_root=args.upload_root,
     )
     print(f"bayesal Label Studio backend on http://{args.host}:{args.port} (state in {args.state_dir}); "

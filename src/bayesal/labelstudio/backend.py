@@ -28,6 +28,8 @@ from typing import Any
 
 from bayesal.data.backbones import Backbone
 from bayesal.exceptions import InvalidInputError, StateMismatchError
+from bayesal.laplace.head import HeadConfig
+from bayesal.laplace.update import PAPER_OPTIONS
 
 from .config import ChoicesConfig, parse_label_config
 from .features import FeatureStore, TaskFeaturizer, default_backbone
@@ -45,8 +47,12 @@ class BackendSettings:
 
     strategy: str = "margin"
     batch_size: int = 10
-    gamma: float = 10.0
+    #: ``None``: the library's update (``γ = 1``, 5 Newton steps; ``10`` with ``paper``)
+    gamma: float | None = None
     prior_precision: float = 1.0
+    #: the paper's update (``PAPER_OPTIONS``) and head recipe (``HeadConfig.paper()``) instead of the
+    #: library's defaults (``FIDELITY_OPTIONS``, the exact MAP head)
+    paper: bool = False
     seed: int | None = None
     files_root: str | None = None
     upload_root: str | None = None
@@ -175,8 +181,11 @@ class LabelStudioBackend:
             kind = ChoicesConfig.from_dict(configs[-1]).kind
         bb = self.backbone(kind)
         s = self.settings
-        model = ProjectModel(folder, int(bb.dim or 0), strategy=s.strategy, batch_size=s.batch_size, gamma=s.gamma,
-                             prior_precision=s.prior_precision, seed=s.seed, fsync=s.fsync)
+        update = {**PAPER_OPTIONS, "head_config": HeadConfig.paper()} if s.paper else {}
+        if s.gamma is not None:
+            update["gamma"] = s.gamma
+        model = ProjectModel(folder, int(bb.dim or 0), strategy=s.strategy, batch_size=s.batch_size,
+                             prior_precision=s.prior_precision, seed=s.seed, fsync=s.fsync, **update)
         if config is not None:
             model.set_config(config)
         cfg = model.config

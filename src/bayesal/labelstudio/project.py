@@ -11,9 +11,10 @@ features. Everything is *event sourced*:
 * The model is a deterministic function of the log. The *timeline* is the list of live annotations in
   the order they were first created (a changed annotation keeps its place, a deleted one leaves it),
   with the ``train`` markers between them. The posterior is its fold: start from the zero-mean prior
-  ``N(0, λ₀⁻¹ I)``; each annotation is one closed-form Bayesian update (docs/method.md §4, ``γ = gamma``); a
-  ``train`` marker refits the head from scratch on the annotations before it (seeded by the project
-  seed and the marker's position) and rebuilds the Laplace covariance.
+  ``N(0, λ₀⁻¹ I)``; each annotation is one Bayesian update (docs/method.md §4; by default the library's:
+  ``γ = 1``, damped Newton steps to the mode of the old posterior × the new likelihood); a ``train``
+  marker refits the head from scratch on the annotations before it (the exact MAP head for ``λ₀`` by
+  default; seeded by the project seed and the marker's position) and rebuilds the Laplace covariance.
 * A new annotation is the fold's next step, so it costs one ``O(D² + CD)`` update. A changed or
   deleted annotation, a changed label set or a train marker changes the middle of the timeline: the
   posterior is folded again from the start (lazily, at the next prediction).
@@ -28,6 +29,7 @@ with every event that changes the model, so Label Studio asks again for predicti
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import threading
 import time
@@ -45,6 +47,7 @@ from bayesal.labeling.storage import DirectoryLock, LabelLog, load_snapshot, rea
 from bayesal.labeling.store import SnapshotWriter
 from bayesal.laplace.head import HeadConfig
 from bayesal.laplace.posterior import LastLayerLaplace
+from bayesal.laplace.update import FIDELITY_OPTIONS
 from bayesal.strategies import get_strategy
 from bayesal.strategies.base import LabeledSet
 from bayesal.strategies.score import ScoreStrategy
@@ -106,8 +109,15 @@ class ProjectModel:
         Name of a per-task score strategy (:data:`SCORE_STRATEGIES`); its utility is the prediction score.
     batch_size:
         Picks of a sequential strategy per prediction request.
-    gamma, prior_precision, curvature:
-        The Bayesian update's step size and the posterior's prior precision and curvature.
+    gamma, curvature, steps:
+        The Bayesian update (step size, curvature, Newton steps); ``None`` takes the library's defaults
+        (:data:`~bayesal.laplace.update.FIDELITY_OPTIONS`: ``γ = 1``, categorical, 5 steps).
+        :data:`~bayesal.laplace.update.PAPER_OPTIONS` with ``head_config=HeadConfig.paper()`` is the
+        paper's update and head.
+    prior_precision:
+        ``λ₀`` of the zero-mean prior the fold starts from (and of the head refits).
+    head_config:
+        How a ``train`` marker refits the head; ``None``: the exact MAP head of the posterior's objective.
     seed:
         Seed of head refits (saved in the header when the project is created; None draws one).
     fsync:
@@ -123,9 +133,11 @@ class ProjectModel:
         *,
         strategy: str = "margin",
         batch_size: int = 10,
-        gamma: float = 10.0,
+        gamma: float | None = None,
         prior_precision: float = 1.0,
-        curvature: str = "gaussian",
+        curvature: str | None = None,
+        steps: int | None = None,
+        head_config: HeadConfig | None = None,
         seed: int | None = None,
         fsync: bool = True,
         snapshot_interval: float = 1.0,
@@ -144,11 +156,16 @@ class ProjectModel:
         self._strategy = get_strategy(strategy.removeprefix("seq-"))
         if not isinstance(self._strategy, ScoreStrategy):  # pragma: no cover - guarded by SCORE_STRATEGIES
             raise InvalidInputError(f"strategy {strategy!r} has no per-task score")
-        # The posterior owns the update's step size: every update below reads it from there.
-        # the paper's one-step update, like the head recipe below (updates from the zero-mean prior)
-        self._pcfg = {"prior_precision": prior_precision, "curvature": curvature, "gamma": gamma, "steps": 1}
-        self.gamma = LastLayerLaplace(**self._pcfg).gamma  # validates all three
-        self._pcfg.update(prior_precision=float(prior_precision), gamma=self.gamma)
+        # The posterior owns the update's options: every update below reads them from there.
+        given = {"gamma": gamma, "curvature": curvature, "steps": steps}
+        options = {k: FIDELITY_OPTIONS[k] if v is None else v for k, v in given.items()}
+        probe = LastLayerLaplace(prior_precision=prior_precision, **options)  # validates them
+        self._pcfg = {"prior_precision": float(prior_precision), "curvature": probe.curvature.value,
+                      "gamma": probe.gamma, "steps": probe.steps}
+        self.gamma = probe.gamma
+        self.head_config = HeadConfig() if head_config is None else head_config
+        if not isinstance(self.head_config, HeadConfig):
+            raise InvalidInputError(f"head_config must be a HeadConfig, got {type(head_config).__name__}")
         self._fsync = fsync
         self._lock = threading.RLock()
         self._config: ChoicesConfig | None = None
@@ -204,7 +221,7 @@ class ProjectModel:
         self._log = LabelLog.open(path, res.valid_bytes, fsync=self._fsync)
 
     def _fingerprint(self) -> dict[str, Any]:
-        return {"log_id": self._header["log_id"], **self._pcfg}
+        return {"log_id": self._header["log_id"], **self._pcfg, "head": dataclasses.asdict(self.head_config)}
 
     def _load_snapshot(self) -> tuple[int, LastLayerLaplace] | None:
         """``(seq, posterior)`` of a snapshot made by this log with these settings, else None."""
@@ -315,8 +332,7 @@ class ProjectModel:
         x = torch.from_numpy(np.stack([o.feature for o, _ in keep])).to(torch.float64)
         y = torch.stack([t for _, t in keep])
         seed = derive_seed(int(self._header["seed"]), "labelstudio-train", int(marker.split(":")[1]))
-        # the paper's head recipe with the configured λ₀ (a number here), as this backend always trained
-        post = LastLayerLaplace(**self._pcfg, random_state=seed, head_config=HeadConfig.paper())
+        post = LastLayerLaplace(**self._pcfg, random_state=seed, head_config=self.head_config)
         return post.fit(x, y, num_classes=len(self._current_config().classes))
 
     def posterior(self) -> LastLayerLaplace:

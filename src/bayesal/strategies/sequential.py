@@ -20,6 +20,9 @@ from .score import ScoreStrategy
 
 __all__ = ["Sequential", "OracleSequential", "UpdateWith", "UPDATE_WITH", "DEPLOYABLE_UPDATES"]
 
+#: Picks scored over all rows, without bounds, after a pick at which most rows could still win.
+DENSE_PICKS = 8
+
 
 class UpdateWith(Option):
     """Which label the simulated update after each pick uses."""
@@ -191,9 +194,22 @@ class _SequentialSelection:
         # the per-pick bounds go through these (N,) buffers: fresh temporaries of a large pool cost page
         # faults on every pick
         kappa, moved, tmp, upper = (torch.empty_like(var) for _ in range(4))
+        # after a pick at which most rows could still win, the next picks score all rows without bounds
+        # (the bounds would not prune); then the bounds are tried again from fresh references
+        dense_left = 0
         picks, utils = [], []
         for _ in range(b):
-            if not bool(fresh.all()):
+            if dense_left:
+                dense_left -= 1
+                u_at = base.score_logits(post, z, var, gen)
+                if not dense_left:  # the bounds resume from this state
+                    if floor_at is not None:
+                        floor_at = base.top_probability_floor(u_at).clamp_(0.0, 1.0)
+                    torch.clamp_min(var, 0, out=kappa_at).mul_(lam).add_(1.0).rsqrt_()
+                    torch.sub(z.amax(1), z.amin(1), out=span_at)
+                    drift.zero_()
+                fresh.fill_(True)
+            elif not bool(fresh.all()):
                 torch.clamp_min(var, 0, out=kappa).mul_(lam).add_(1.0).rsqrt_()  # κ = (1 + λσ²)^(−½)
                 torch.sub(kappa, kappa_at, out=tmp).abs_().mul_(span_at)
                 torch.addcmul(tmp, kappa, drift, out=moved)  # κ·drift + |κ − κ_at|·span_at ≥ span(w − w_at)
@@ -218,6 +234,7 @@ class _SequentialSelection:
                         torch.sub(z.amax(1), z.amin(1), out=span_at)
                         drift.zero_()
                         fresh.fill_(True)
+                        dense_left = DENSE_PICKS
                         break
                     # the highest upper bounds first, then all rows that can still win
                     if cand.numel() > block:
@@ -241,7 +258,8 @@ class _SequentialSelection:
             step = post.logit_step(row, target, logits=z[i])
             z, var, prod = step.apply_with_products(xc, z, var, inplace=True)  # the caches are this loop's own
             resid = step.target - step.probs
-            drift.add_(torch.abs(prod, out=tmp), alpha=abs(step.gamma / step.denom) * float(resid.max() - resid.min()))
+            if not dense_left:  # (a pick scored densely next resets the references anyway)
+                drift.add_(torch.abs(prod, out=tmp), alpha=abs(step.gamma / step.denom) * float(resid.max() - resid.min()))
             fresh.fill_(False)
             post.update(row.unsqueeze(0), target.unsqueeze(0), method="rank1", inplace=True)
             picks.append(i)

@@ -149,3 +149,17 @@ def test_logit_step_in_place_equals_the_fresh_result():
     got_z, got_var, got_prod = step.apply_with_products(x, z, var, inplace=True)
     assert got_z is z and got_var is var  # the caches themselves were updated
     assert torch.equal(got_z, want_z) and torch.equal(got_var, want_var) and torch.equal(got_prod, want_prod)
+
+
+@pytest.mark.parametrize("curvature,steps", [("categorical", 4), ("gaussian", 1), ("categorical", 1)])
+def test_absorbing_a_logit_step_equals_the_update_with_its_point(curvature, steps):
+    x, y, xn, yn = _problem(seed=7)
+    post = LastLayerLaplace(prior_precision=1.0, curvature=curvature, gamma=1.0, steps=steps).fit(x, y)
+    target = torch.nn.functional.one_hot(yn[0], 3).double()
+    want = post.update(xn[:1], yn[:1], method="rank1")
+    got = post.copy()
+    assert got.absorb(got.logit_step(xn[0], target)) is got
+    torch.testing.assert_close(got.mean, want.mean, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got.covariance, want.covariance, rtol=0, atol=1e-12)
+    assert got.n_updates_ == want.n_updates_ == post.n_updates_ + 1
+    torch.testing.assert_close(post.mean, LastLayerLaplace.from_state_dict(post.state_dict()).mean)  # untouched

@@ -184,3 +184,13 @@ def test_rows_that_may_all_still_win_are_rescored_in_place_with_the_same_picks()
     assert pruned.indices.tolist() == plain.indices.tolist()
     torch.testing.assert_close(pruned.utilities, plain.utilities, rtol=0, atol=1e-12)
     assert counting.rows > 5 * x[60:].shape[0]  # several whole-pool re-scorings took place
+
+
+def test_column_major_moments_name_the_pool_row_with_nan():
+    from bayesal.strategies._common import column_major_moments
+
+    post, _, x, _ = _problem(103, 12, 4, seed=9, normalise=True)
+    bad = x.to(torch.float32)
+    bad[37, 5] = float("inf")
+    with pytest.raises(ValueError, match="candidates contain NaN or inf in 1 row.*row 37"):
+        column_major_moments(post, bad, torch.float32, block=16)  # row 37 lies in the third block

@@ -339,7 +339,9 @@ class LastLayerLaplace:
         self._check_fitted()
         return self.covariance_
 
-    def check_features(self, features: Any, name: str = "features", dtype: torch.dtype | None = None) -> torch.Tensor:
+    def check_features(
+        self, features: Any, name: str = "features", dtype: torch.dtype | None = None, check_finite: bool = True
+    ) -> torch.Tensor:
         """Validate ``features (N, D)`` once: finite, ``D`` columns, in :attr:`dtype` on :attr:`device`.
 
         The result can be handed to the fast paths with ``checked=True``, which then skip every check.
@@ -353,6 +355,9 @@ class LastLayerLaplace:
         dtype : torch.dtype, optional
             Their dtype instead of :attr:`dtype` (e.g. a float32 pool kept for low-precision products,
             see :meth:`logit_moments`); the fast paths with ``checked=True`` need :attr:`dtype`.
+        check_finite : bool
+            ``False`` skips the NaN/inf pass over the rows, for a caller that checks them through the
+            results of :meth:`logit_moments` (a NaN/inf row gives a non-finite variance).
 
         Returns
         -------
@@ -360,7 +365,8 @@ class LastLayerLaplace:
             ``(N, D)`` in the posterior's (or the given) dtype, on its device.
         """
         self._check_fitted()
-        return as_features(features, name=name, dim=self.num_features_, dtype=dtype or self.dtype, device=self.device)
+        return as_features(features, name=name, dim=self.num_features_, dtype=dtype or self.dtype, device=self.device,
+                           check_finite=check_finite)
 
     def logits(self, features: Any, *, checked: bool = False) -> torch.Tensor:
         """MAP logits ``(N, C)``.
@@ -693,14 +699,43 @@ class LastLayerLaplace:
             cov = kernel_downdate(self.covariance_, u_left, u_inner)
         else:
             cov = rank1_downdate(self.covariance_, self._hessian_factor(x, res.probs))
+        target._set_updated(mean, cov, self.n_updates_ + x.shape[0])
+        return target
+
+    def absorb(self, step: LogitStep) -> LastLayerLaplace:
+        """Absorb the point of ``step`` — made by :meth:`logit_step` on this posterior as it is now — in
+        place: the posterior :meth:`update` with that point and label gives, without solving its Newton
+        iteration again (``O(D² + C·D)``; equal up to round-off).
+
+        With ``s = Σφ``: ``μ' = μ + (γ / d)(y − p̃) ⊗ s`` and ``Σ' = Σ − (m / d) s sᵀ``, ``d = 1 + m φᵀs``
+        (``p̃`` the step's probabilities, which carry its Newton iteration).
+
+        Parameters
+        ----------
+        step : LogitStep
+            The step of the point to absorb.
+
+        Returns
+        -------
+        LastLayerLaplace
+            ``self``.
+        """
+        self._require_shared("absorb")
+        d = step.denom
+        mean = torch.addr(self.mean_, step.target - step.probs, step.sigma_phi, alpha=step.gamma / d)
+        cov = torch.addr(self.covariance_, step.sigma_phi, step.sigma_phi, alpha=-step.curvature / d)
+        self._set_updated(mean, cov, self.n_updates_ + 1)
+        return self
+
+    def _set_updated(self, mean: torch.Tensor, cov: torch.Tensor, n_updates: int) -> None:
+        """Replace (never mutate: copies share them) the mean and covariance after an update."""
         if not bool(torch.isfinite(cov.diagonal()).all() and (cov.diagonal() > 0).all()):
             raise NumericalError("the updated covariance lost positive definiteness; rescale the features "
                                  "(e.g. standardize them) or refit the posterior")
-        target.mean_ = mean
-        target.covariance_ = cov
-        target.n_updates_ = self.n_updates_ + x.shape[0]
-        target._scale_tril = None
-        return target
+        self.mean_ = mean
+        self.covariance_ = cov
+        self.n_updates_ = n_updates
+        self._scale_tril = None
 
     def _step_size(self, gamma: float | None) -> float:
         """The one place an update's options are resolved: ``None`` means the posterior's own."""

@@ -11,6 +11,7 @@ from bayesal.laplace.posterior import LastLayerLaplace
 from bayesal.laplace.predictive import logit_sample_blocks
 from bayesal.laplace.predictive import predictive_from_logits as _predictive
 from bayesal.utils.rng import as_generator
+from bayesal.utils.validation import as_features
 
 from .base import LabeledSet
 
@@ -70,13 +71,15 @@ def prepare(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, torch.Generator]:
     """Validate the query arguments.
 
-    Returns candidates ``(N, D)`` (in ``dtype`` if given) and labeled features ``(L, D)`` in the
-    posterior's dtype, labeled labels ``(L,)`` (long), the batch size and a generator (a fresh one
+    Returns candidates ``(N, D)`` (in ``dtype`` if given, then not yet checked for NaN/inf: see
+    :func:`column_major_moments`) and labeled features ``(L, D)`` in the posterior's dtype, labeled labels ``(L,)`` (long), the batch size and a generator (a fresh one
     when ``None``).
     """
     if isinstance(candidates, Pool):
         candidates = pool_in_memory(candidates)
-    x = posterior.check_features(candidates, name="candidates", dtype=dtype)
+    # a pool kept in a low-precision dtype is checked for NaN/inf through its moments (see
+    # column_major_moments), not by a pass over all its rows here
+    x = posterior.check_features(candidates, name="candidates", dtype=dtype, check_finite=dtype is None)
     d = posterior.num_features
     b = check_batch_size(batch_size, x.shape[0])
     if labeled is None or torch.as_tensor(labeled.features).numel() == 0:
@@ -172,7 +175,11 @@ def column_major_moments(
     var = torch.empty(n, dtype=posterior.dtype, device=x.device)
     for s in range(0, n, block):
         rows = x[s : s + block].to(dtype)
-        zb, vb = posterior.logit_moments(rows, compute_dtype=dtype)
+        try:  # NaN/inf rows show in their (non-finite) moments
+            zb, vb = posterior.logit_moments(rows, compute_dtype=dtype)
+        except InvalidInputError:
+            as_features(rows, name="candidates", row_offset=s)  # names the first such row of the pool
+            raise
         z[s : s + block], var[s : s + block] = zb, vb
         for t in range(0, rows.shape[0], 512):  # transposed in sub-blocks that stay in the L1/L2 caches
             part = rows[t : t + 512]

@@ -294,7 +294,7 @@ class ExpectedLogLossReduction(QueryStrategy):
             k_rc = step.downdate_kernel(k_rc, ref, x)
             z_c, var_c = step.apply(x, z_c, var_c)
             z_r, var_r = step.apply(ref, z_r, var_r)
-            post.update(x[i : i + 1], target.unsqueeze(0), method="rank1", inplace=True)
+            post.absorb(step)
         self.last_stats = {
             "candidates_scored": scored,
             "seconds": seconds,

@@ -148,8 +148,9 @@ class _SequentialSelection:
             pred = mean_field_probs(z[i : i + 1], var[i : i + 1], post.lambda_mf)[0]
             target = self._target(pred, i, oracle, gen)
             row = x[i].to(post.dtype)
-            z, var = post.logit_step(row, target, logits=z[i]).apply(xc, z, var)
-            post.update(row.unsqueeze(0), target.unsqueeze(0), method="rank1", inplace=True)
+            step = post.logit_step(row, target, logits=z[i])
+            z, var = step.apply(xc, z, var)
+            post.absorb(step)
             picks.append(i)
             utils.append(u[j])
             alive[i] = False
@@ -261,7 +262,7 @@ class _SequentialSelection:
             if not dense_left:  # (a pick scored densely next resets the references anyway)
                 drift.add_(torch.abs(prod, out=tmp), alpha=abs(step.gamma / step.denom) * float(resid.max() - resid.min()))
             fresh.fill_(False)
-            post.update(row.unsqueeze(0), target.unsqueeze(0), method="rank1", inplace=True)
+            post.absorb(step)
             picks.append(i)
             utils.append(u_at[i].clone())
             alive[i] = False

@@ -194,3 +194,17 @@ def test_column_major_moments_name_the_pool_row_with_nan():
     bad[37, 5] = float("inf")
     with pytest.raises(ValueError, match="candidates contain NaN or inf in 1 row.*row 37"):
         column_major_moments(post, bad, torch.float32, block=16)  # row 37 lies in the third block
+
+
+def test_scoring_all_rows_in_blocks_equals_scoring_them_at_once(monkeypatch):
+    import bayesal.strategies.sequential as sequential
+
+    post, labeled, x, _ = _problem(700, 16, 4, seed=12, normalise=True)
+    want = _pick(Sequential(MarginSampling(), update_with="most_likely"), post, labeled, x, 10, 0)
+    monkeypatch.setattr(sequential, "SCORE_BLOCK", 64)  # 11 blocks, the last one short
+    got = _pick(Sequential(MarginSampling(), update_with="most_likely"), post, labeled, x, 10, 0)
+    assert got.indices.tolist() == want.indices.tolist()
+    torch.testing.assert_close(got.utilities, want.utilities, rtol=0, atol=0)
+    z, var = post.logits(x), post.logit_variance(x)
+    torch.testing.assert_close(sequential._score_all(MarginSampling(), post, z, var, None),
+                               MarginSampling().score_logits(post, z, var, None), rtol=0, atol=0)

@@ -22,6 +22,21 @@ __all__ = ["Sequential", "OracleSequential", "UpdateWith", "UPDATE_WITH", "DEPLO
 
 #: Picks scored over all rows, without bounds, after a pick at which most rows could still win.
 DENSE_PICKS = 8
+#: Rows scored at a time when all rows are scored: the score's temporaries of a block stay in the
+#: CPU caches (for a large pool, whole-pool temporaries would each be a trip through memory).
+SCORE_BLOCK = 65536
+
+
+def _score_all(base: ScoreStrategy, post: LastLayerLaplace, z: torch.Tensor, var: torch.Tensor,
+               gen: torch.Generator) -> torch.Tensor:
+    """``base``'s utility ``(N,)`` of every row (a row-wise deterministic score), in row blocks."""
+    n = z.shape[0]
+    if n <= SCORE_BLOCK:
+        return base.score_logits(post, z, var, gen)
+    out = torch.empty(n, dtype=z.dtype, device=z.device)
+    for s in range(0, n, SCORE_BLOCK):
+        out[s : s + SCORE_BLOCK] = base.score_logits(post, z[s : s + SCORE_BLOCK], var[s : s + SCORE_BLOCK], gen)
+    return out
 
 
 class UpdateWith(Option):
@@ -143,7 +158,7 @@ class _SequentialSelection:
                 j = argmax_first(u)
                 i = int(rem[j])
             else:  # row-wise deterministic scores: score all, mask the picks
-                u = base.score_logits(post, z, var, gen).masked_fill_(~alive, -torch.inf)
+                u = _score_all(base, post, z, var, gen).masked_fill_(~alive, -torch.inf)
                 i = j = argmax_first(u)
             pred = mean_field_probs(z[i : i + 1], var[i : i + 1], post.lambda_mf)[0]
             target = self._target(pred, i, oracle, gen)
@@ -184,7 +199,7 @@ class _SequentialSelection:
         lam = post.lambda_mf
         n = x.shape[0]
         alive = torch.ones(n, dtype=torch.bool, device=x.device)
-        u_at = base.score_logits(post, z, var, gen)  # exact score when last computed
+        u_at = _score_all(base, post, z, var, gen)  # exact score when last computed
         kappa_at = torch.rsqrt(1.0 + lam * var.clamp_min(0))
         span_at = z.amax(1) - z.amin(1)
         drift = torch.zeros_like(u_at)  # bound on span(z − z_at)
@@ -202,7 +217,7 @@ class _SequentialSelection:
         for _ in range(b):
             if dense_left:
                 dense_left -= 1
-                u_at = base.score_logits(post, z, var, gen)
+                u_at = _score_all(base, post, z, var, gen)
                 if not dense_left:  # the bounds resume from this state
                     if floor_at is not None:
                         floor_at = base.top_probability_floor(u_at).clamp_(0.0, 1.0)
@@ -228,7 +243,7 @@ class _SequentialSelection:
                 while cand.numel():
                     if block > 256 and cand.numel() > n // 4:
                         # most rows may still win: score all of them in place, without gathering rows
-                        u_at = base.score_logits(post, z, var, gen)
+                        u_at = _score_all(base, post, z, var, gen)
                         if floor_at is not None:
                             floor_at = base.top_probability_floor(u_at).clamp_(0.0, 1.0)
                         kappa_at.copy_(kappa)

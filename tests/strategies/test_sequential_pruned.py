@@ -209,3 +209,13 @@ def test_scoring_all_rows_in_blocks_equals_scoring_them_at_once(monkeypatch):
     # the same values up to the last bit of a vectorised block's tail
     torch.testing.assert_close(sequential._score_all(MarginSampling(), post, z, var, None),
                                MarginSampling().score_logits(post, z, var, None), rtol=0, atol=1e-15)
+
+
+def test_best_alive_row_skips_picked_rows_even_when_every_score_is_nan():
+    from bayesal.strategies.sequential import _best_alive
+
+    alive = torch.tensor([False, True, True, False])
+    assert _best_alive(torch.tensor([9.0, 1.0, 3.0, 7.0]), alive) == 2
+    assert _best_alive(torch.tensor([9.0, 3.0, 3.0, 7.0]), alive) == 1  # ties: the lowest index
+    assert _best_alive(torch.tensor([9.0, float("nan"), float("nan"), 7.0]), alive) == 1
+    assert _best_alive(torch.tensor([9.0, float("nan"), 0.5, 7.0]), alive) == 2  # NaN counts as lowest

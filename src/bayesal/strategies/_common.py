@@ -118,8 +118,8 @@ def top_b(scores: torch.Tensor, b: int) -> torch.Tensor:
 
 def argmax_first(scores: torch.Tensor) -> int:
     """Index of the maximum; the lowest index among ties (NaN counts as lowest). ``O(N)``."""
-    s = torch.nan_to_num(scores, nan=-torch.inf)
-    return int((s == s.max()).nonzero()[0])
+    # torch.argmax returns the first of several maximal values (documented), but NaN as the maximum
+    return int(torch.argmax(torch.nan_to_num(scores, nan=-torch.inf)))
 
 
 def predictive_from_logits(

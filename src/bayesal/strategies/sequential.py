@@ -27,6 +27,12 @@ DENSE_PICKS = 8
 SCORE_BLOCK = 65536
 
 
+def _best_alive(scores: torch.Tensor, alive: torch.Tensor) -> int:
+    """The alive row with the best score, the lowest index among ties (NaN counts as lowest)."""
+    i = argmax_first(scores.masked_fill(~alive, -torch.inf))
+    return i if bool(alive[i]) else int(alive.nonzero()[0])  # every alive score NaN or -inf
+
+
 def _score_all(base: ScoreStrategy, post: LastLayerLaplace, z: torch.Tensor, var: torch.Tensor,
                gen: torch.Generator) -> torch.Tensor:
     """``base``'s utility ``(N,)`` of every row (a row-wise deterministic score), in row blocks."""
@@ -158,8 +164,8 @@ class _SequentialSelection:
                 j = argmax_first(u)
                 i = int(rem[j])
             else:  # row-wise deterministic scores: score all, mask the picks
-                u = _score_all(base, post, z, var, gen).masked_fill_(~alive, -torch.inf)
-                i = j = argmax_first(u)
+                u = _score_all(base, post, z, var, gen)
+                i = j = _best_alive(u, alive)
             pred = mean_field_probs(z[i : i + 1], var[i : i + 1], post.lambda_mf)[0]
             target = self._target(pred, i, oracle, gen)
             row = x[i].to(post.dtype)
@@ -265,9 +271,11 @@ class _SequentialSelection:
                     best = max(best, float(torch.nan_to_num(u_at[cand], nan=-torch.inf).max()))
                     cand = (alive & ~fresh & (upper >= best)).nonzero().flatten()
                     block *= 2
-            rows = (alive & fresh).nonzero().flatten()
-            j = argmax_first(u_at[rows])  # rows ascend, so ties still go to the lowest index
-            i = int(rows[j])
+            if bool(fresh.all()):  # every score is exact: as the plain loop
+                i = _best_alive(u_at, alive)
+            else:
+                rows = (alive & fresh).nonzero().flatten()
+                i = int(rows[argmax_first(u_at[rows])])  # rows ascend, so ties still go to the lowest index
             pred = mean_field_probs(z[i : i + 1], var[i : i + 1], post.lambda_mf)[0]
             target = self._target(pred, i, oracle, gen)
             row = x[i].to(post.dtype)  # exact: the candidates are in the posterior's dtype or came in float32

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -729,7 +730,8 @@ class LastLayerLaplace:
 
     def _set_updated(self, mean: torch.Tensor, cov: torch.Tensor, n_updates: int) -> None:
         """Replace (never mutate: copies share them) the mean and covariance after an update."""
-        if not bool(torch.isfinite(cov.diagonal()).all() and (cov.diagonal() > 0).all()):
+        lo, hi = torch.aminmax(cov.diagonal())  # NaN propagates into both
+        if not (float(lo) > 0 and math.isfinite(float(hi))):
             raise NumericalError("the updated covariance lost positive definiteness; rescale the features "
                                  "(e.g. standardize them) or refit the posterior")
         self.mean_ = mean

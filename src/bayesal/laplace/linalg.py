@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from bayesal.exceptions import NumericalError
+from bayesal.utils.blas import blas_threads
 
-__all__ = ["symmetrize", "safe_cholesky", "spd_inverse", "is_spd", "feature_spectrum", "row_quadratic_forms"]
+__all__ = [
+    "symmetrize",
+    "safe_cholesky",
+    "spd_inverse",
+    "is_spd",
+    "feature_spectrum",
+    "row_quadratic_forms",
+    "isotropic_minus_low_rank",
+    "row_quadratic_forms_low_rank",
+]
 
 #: Rows per block of :func:`row_quadratic_forms`: the ``(block, D)`` product stays in cache.
 QUADRATIC_FORM_BLOCK = 1024
@@ -86,4 +97,55 @@ def row_quadratic_forms(x: torch.Tensor, a: torch.Tensor, block: int = QUADRATIC
         t = buf[: xb.shape[0]]
         torch.mm(xb, a, out=t)
         torch.sum(t.mul_(xb), 1, out=out[s : s + xb.shape[0]])
+    return out
+
+
+def isotropic_minus_low_rank(a: torch.Tensor, scale: float, max_rank: int, rtol: float = 1e-12) -> torch.Tensor | None:
+    """``U (D, r)`` with ``A = scale · I − U Uᵀ`` and ``r ≤ max_rank``, or ``None`` if ``A (D, D)`` has no
+    such form.
+
+    A last-layer posterior covariance ``(λ₀ I + Σᵢ mᵢ φᵢφᵢᵀ)⁻¹`` is ``λ₀⁻¹ I`` minus a positive
+    semi-definite matrix of rank at most the number of points it has seen, so with few labels its
+    quadratic forms cost ``O(D·r)`` instead of ``O(D²)`` (:func:`row_quadratic_forms_low_rank`). From
+    the eigendecomposition of ``scale · I − A``: eigenvalues below ``rtol · scale`` are dropped (each
+    changes ``xᵀAx`` by at most ``rtol · scale · ‖x‖²``); a clearly negative one means ``A`` is not of
+    this form.
+    """
+    d = a.shape[0]
+    e = symmetrize(scale * torch.eye(d, dtype=a.dtype, device=a.device) - a)
+    # in float64 NumPy on one BLAS thread: the factor (and every variance from it) is then bit-identical
+    # in every process, whatever its thread count (Ray workers and the driver score alike)
+    with blas_threads(1):
+        w_np, v_np = np.linalg.eigh(e.detach().to("cpu", torch.float64).numpy())
+    w, v = torch.from_numpy(w_np), torch.from_numpy(v_np)
+    if float(w[0]) < -1e3 * rtol * scale:  # A − scale·I has a positive direction: not this form
+        return None
+    keep = w > rtol * scale
+    if int(keep.sum()) > max_rank:
+        return None
+    return (v[:, keep] * w[keep].sqrt()).to(dtype=a.dtype, device=a.device)
+
+
+def row_quadratic_forms_low_rank(
+    x: torch.Tensor, scale: float, u: torch.Tensor, block: int = QUADRATIC_FORM_BLOCK
+) -> torch.Tensor:
+    """``xᵢᵀ (scale · I − U Uᵀ) xᵢ = scale ‖xᵢ‖² − ‖Uᵀxᵢ‖²`` for every row of ``x (N, D)``, ``U (D, r)``:
+    ``(N,)`` in ``x``'s dtype, ``O(N·D·r)``, in blocks through reused buffers as
+    :func:`row_quadratic_forms`. Its round-off, ``~ε · scale · ‖xᵢ‖²``, is that of the dense form of
+    a matrix whose largest eigenvalue is ``scale``."""
+    n, d = x.shape
+    out = torch.empty(n, dtype=x.dtype, device=x.device)
+    if n == 0:
+        return out
+    m = min(block, n)
+    proj = torch.empty(m, u.shape[1], dtype=x.dtype, device=x.device)
+    sq = torch.empty(m, d, dtype=x.dtype, device=x.device)
+    low = torch.empty(m, dtype=x.dtype, device=x.device)
+    for s in range(0, n, block):
+        xb = x[s : s + block]
+        k = xb.shape[0]
+        torch.sum(torch.mul(xb, xb, out=sq[:k]), 1, out=out[s : s + k])
+        torch.mm(xb, u, out=proj[:k])
+        torch.sum(proj[:k].mul_(proj[:k]), 1, out=low[:k])
+        out[s : s + k].mul_(scale).sub_(low[:k])
     return out

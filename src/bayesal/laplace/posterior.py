@@ -22,7 +22,14 @@ from bayesal.utils.validation import (
 
 from .evidence import cross_validate_prior, evidence_fixed_point, maximize_evidence
 from .head import HeadConfig, train_head
-from .linalg import feature_spectrum, row_quadratic_forms, safe_cholesky, spd_inverse
+from .linalg import (
+    feature_spectrum,
+    isotropic_minus_low_rank,
+    row_quadratic_forms,
+    row_quadratic_forms_low_rank,
+    safe_cholesky,
+    spd_inverse,
+)
 from .options import BLOCK_ELEMENTS, Curvature, Hessian, Predictive, UpdateMethod
 from .predictive import (
     DEFAULT_LAMBDA_MF,
@@ -52,6 +59,9 @@ __all__ = ["LastLayerLaplace"]
 
 PRIOR_SELECTIONS = ("cv", "cv-predictive", "evidence")
 FALLBACK_PRIOR_PRECISION = 1.0  # a string prior with nothing to choose from (see fit)
+#: logit_moments looks for the low-rank form of Σ (one O(D³) eigendecomposition per posterior state)
+#: when one call scores at least this many rows per feature: then the O(N·D²) variances dominate.
+LOW_RANK_MIN_ROWS_PER_FEATURE = 16
 
 
 
@@ -124,7 +134,7 @@ class LastLayerLaplace:
         self.random_state = random_state
         self.chunk_size = None if chunk_size is None else int(chunk_size)
         self._scale_tril: torch.Tensor | None = None
-        self._lowp: tuple | None = None  # low-precision copies for logit_moments, keyed by the state tensors
+        self._lowp: list | None = None  # logit_moments' operands (dtype copies, low-rank factor), keyed by the state tensors
 
     # ------------------------------------------------------------------ fitting
     def fit(
@@ -464,17 +474,24 @@ class LastLayerLaplace:
         self._require_shared("logit_moments")
         dt = self.dtype if compute_dtype is None else compute_dtype
         x = as_features(features, dim=self.num_features_, dtype=dt, device=self.device, check_finite=False)
-        if dt == self.dtype:
-            mean, bias, cov = self.mean_, self.bias_, self.covariance_
-        else:
-            cached = getattr(self, "_lowp", None)
-            if cached is None or cached[0] != dt or cached[1] is not self.mean_ or cached[2] is not self.covariance_:
-                # mean_/covariance_ are replaced (never mutated) by an update, so identity tells staleness
-                cached = (dt, self.mean_, self.covariance_, self.mean_.to(dt), self.bias_.to(dt), self.covariance_.to(dt))
-                self._lowp = cached
-            mean, bias, cov = cached[3], cached[4], cached[5]
+        cached = getattr(self, "_lowp", None)
+        if cached is None or cached[0] != dt or cached[1] is not self.mean_ or cached[2] is not self.covariance_:
+            # mean_/covariance_ are replaced (never mutated) by an update, so identity tells staleness
+            cached = [dt, self.mean_, self.covariance_, self.mean_.to(dt), self.bias_.to(dt), self.covariance_.to(dt),
+                      None, False]
+            self._lowp = cached
+        mean, bias, cov = cached[3], cached[4], cached[5]
+        d = self.num_features_
+        if not cached[7] and x.shape[0] >= LOW_RANK_MIN_ROWS_PER_FEATURE * d:
+            # worth one eigendecomposition of Σ per posterior state: Σ = λ₀⁻¹ I − U Uᵀ with few directions
+            # seen, then the variances cost O(D·r) per row instead of O(D²)
+            u = isotropic_minus_low_rank(self.covariance_, 1.0 / self.prior_precision_, max_rank=d // 2)
+            cached[6], cached[7] = (None if u is None else u.to(dt)), True
         z = torch.addmm(bias, x, mean.T)
-        var = row_quadratic_forms(x, cov)
+        if cached[6] is None:
+            var = row_quadratic_forms(x, cov)
+        else:
+            var = row_quadratic_forms_low_rank(x, 1.0 / self.prior_precision_, cached[6])
         if not (bool(torch.isfinite(var).all()) and bool(torch.isfinite(z).all())):
             as_features(x)  # names the rows with NaN/inf (or beyond the dtype's safe scale)
             raise NumericalError(

@@ -199,7 +199,9 @@ class _SequentialSelection:
         pick (exact products) and ``|u − u_a| ≤ L · span(w − w_a)`` (``L`` from the base), tighter for
         confident rows (``‖Δp‖₁ ≤ 2S(1 − p_top e^(−S))``). Stale rows are re-scored in blocks, highest
         upper bound first, until no stale row's upper bound reaches the best exact score; the rest is
-        strictly worse, so the argmax (ties to the lowest index) is the plain loop's.
+        strictly worse, so the argmax (ties to the lowest index) is the plain loop's. When most rows
+        can still win (the bounds would not prune), all rows are scored, and so are they for the next
+        :data:`DENSE_PICKS` picks without computing bounds, before the bounds are tried again.
         """
         base: ScoreStrategy = self.base  # type: ignore[assignment]
         lam = post.lambda_mf
@@ -281,8 +283,8 @@ class _SequentialSelection:
             row = x[i].to(post.dtype)  # exact: the candidates are in the posterior's dtype or came in float32
             step = post.logit_step(row, target, logits=z[i])
             z, var, prod = step.apply_with_products(xc, z, var, inplace=True)  # the caches are this loop's own
-            resid = step.target - step.probs
             if not dense_left:  # (a pick scored densely next resets the references anyway)
+                resid = step.target - step.probs
                 drift.add_(torch.abs(prod, out=tmp), alpha=abs(step.gamma / step.denom) * float(resid.max() - resid.min()))
             fresh.fill_(False)
             post.absorb(step)

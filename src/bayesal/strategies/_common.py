@@ -72,8 +72,8 @@ def prepare(
     """Validate the query arguments.
 
     Returns candidates ``(N, D)`` (in ``dtype`` if given, then not yet checked for NaN/inf: see
-    :func:`column_major_moments`) and labeled features ``(L, D)`` in the posterior's dtype, labeled labels ``(L,)`` (long), the batch size and a generator (a fresh one
-    when ``None``).
+    :func:`column_major_moments`) and labeled features ``(L, D)`` in the posterior's dtype, labeled
+    labels ``(L,)`` (long), the batch size and a generator (a fresh one when ``None``).
     """
     if isinstance(candidates, Pool):
         candidates = pool_in_memory(candidates)
@@ -155,7 +155,6 @@ def top_two(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         second = torch.maximum(second, torch.minimum(first, cols[k]))
         first = torch.maximum(first, cols[k])
     return first, second
-
 
 
 def column_major_moments(

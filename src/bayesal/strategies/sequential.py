@@ -73,8 +73,8 @@ class _SequentialSelection:
     With ``compute_dtype=torch.float32`` the fast path keeps a float32 copy of the candidates for its
     ``O(N·D)`` products (the initial moments and the per-pick ``Φ Σφ``): half the memory traffic of
     float64, which bounds the per-pick refresh of a large pool. The copy is column-major, so the
-    per-pick product runs as the BLAS's multi-threaded transposed matrix–vector product. The cached logits and variances
-    accumulate in the posterior's dtype and every update of the posterior is its own (float64 rows),
+    per-pick product runs as the BLAS's multi-threaded transposed matrix–vector product. The cached
+    logits and variances accumulate in the posterior's dtype and every update of the posterior is its own (float64 rows),
     so only the products carry float32 round-off (relative ~1e-7); picks can differ from float64
     products only between candidates whose scores tie to that precision.
     """
@@ -107,13 +107,16 @@ class _SequentialSelection:
         return torch.nn.functional.one_hot(torch.tensor(y), c).to(dtype=probs.dtype, device=probs.device)
 
     # ----------------------------------------------------------------- query
+    def _cached(self, posterior: LastLayerLaplace) -> bool:
+        """Whether the query takes the cached-logit fast path (``fast``, a score base, shared ``Σ``)."""
+        return self.fast and isinstance(self.base, ScoreStrategy) and posterior.shared_covariance
+
     def _candidate_dtype(self, posterior: LastLayerLaplace, candidates: object) -> torch.dtype | None:
         """``compute_dtype`` when the fast path takes its products in it and the candidates come in it:
         they are then kept as given (each pick's row is exact in the posterior's dtype), with no copy of
         the pool in the posterior's dtype; ``None`` (the posterior's dtype) otherwise."""
         dt = self.compute_dtype
-        if dt is None or not (self.fast and isinstance(self.base, ScoreStrategy) and posterior.is_fitted
-                              and posterior.shared_covariance):
+        if dt is None or not (posterior.is_fitted and self._cached(posterior)):
             return None
         if isinstance(candidates, torch.Tensor):
             given = candidates.dtype
@@ -134,7 +137,7 @@ class _SequentialSelection:
         oracle: torch.Tensor | None,
     ) -> QueryResult:
         post = posterior.copy()
-        if self.fast and isinstance(self.base, ScoreStrategy) and post.shared_covariance:
+        if self._cached(post):
             result = self._query_cached(post, x, b, gen, oracle)
         else:
             result = self._query_requery(post, x, lx, ly, b, gen, oracle)
@@ -223,17 +226,7 @@ class _SequentialSelection:
         dense_left = 0
         picks, utils = [], []
         for _ in range(b):
-            if dense_left:
-                dense_left -= 1
-                u_at = _score_all(base, post, z, var, gen)
-                if not dense_left:  # the bounds resume from this state
-                    if floor_at is not None:
-                        floor_at = base.top_probability_floor(u_at).clamp_(0.0, 1.0)
-                    torch.clamp_min(var, 0, out=kappa_at).mul_(lam).add_(1.0).rsqrt_()
-                    torch.sub(z.amax(1), z.amin(1), out=span_at)
-                    drift.zero_()
-                fresh.fill_(True)
-            elif not bool(fresh.all()):
+            if not dense_left and not bool(fresh.all()):
                 torch.clamp_min(var, 0, out=kappa).mul_(lam).add_(1.0).rsqrt_()  # κ = (1 + λσ²)^(−½)
                 torch.sub(kappa, kappa_at, out=tmp).abs_().mul_(span_at)
                 torch.addcmul(tmp, kappa, drift, out=moved)  # κ·drift + |κ − κ_at|·span_at ≥ span(w − w_at)
@@ -250,15 +243,8 @@ class _SequentialSelection:
                 block = 256
                 while cand.numel():
                     if block > 256 and cand.numel() > n // 4:
-                        # most rows may still win: score all of them in place, without gathering rows
-                        u_at = _score_all(base, post, z, var, gen)
-                        if floor_at is not None:
-                            floor_at = base.top_probability_floor(u_at).clamp_(0.0, 1.0)
-                        kappa_at.copy_(kappa)
-                        torch.sub(z.amax(1), z.amin(1), out=span_at)
-                        drift.zero_()
-                        fresh.fill_(True)
-                        dense_left = DENSE_PICKS
+                        # most rows may still win: this pick and the next DENSE_PICKS score all rows
+                        dense_left = DENSE_PICKS + 1
                         break
                     # the highest upper bounds first, then all rows that can still win
                     if cand.numel() > block:
@@ -273,6 +259,16 @@ class _SequentialSelection:
                     best = max(best, float(torch.nan_to_num(u_at[cand], nan=-torch.inf).max()))
                     cand = (alive & ~fresh & (upper >= best)).nonzero().flatten()
                     block *= 2
+            if dense_left:  # all rows in place, without gathering them
+                dense_left -= 1
+                u_at = _score_all(base, post, z, var, gen)
+                if not dense_left:  # the bounds resume from this state
+                    if floor_at is not None:
+                        floor_at = base.top_probability_floor(u_at).clamp_(0.0, 1.0)
+                    torch.clamp_min(var, 0, out=kappa_at).mul_(lam).add_(1.0).rsqrt_()
+                    torch.sub(z.amax(1), z.amin(1), out=span_at)
+                    drift.zero_()
+                fresh.fill_(True)
             if bool(fresh.all()):  # every score is exact: as the plain loop
                 i = _best_alive(u_at, alive)
             else:

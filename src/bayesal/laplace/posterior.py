@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -62,6 +63,22 @@ FALLBACK_PRIOR_PRECISION = 1.0  # a string prior with nothing to choose from (se
 #: logit_moments looks for the low-rank form of Σ (one O(D³) eigendecomposition per posterior state)
 #: when one call scores at least this many rows per feature: then the O(N·D²) variances dominate.
 LOW_RANK_MIN_ROWS_PER_FEATURE = 16
+
+
+@dataclass
+class _MomentOperands:
+    """:meth:`LastLayerLaplace.logit_moments`' operands for one posterior state (``mean_of``,
+    ``covariance_of``) and one dtype: the state in that dtype and, once tried, the factor ``U`` of
+    ``Σ = λ₀⁻¹ I − U Uᵀ`` (``None``: Σ has no such low-rank form)."""
+
+    dtype: torch.dtype
+    mean_of: torch.Tensor
+    covariance_of: torch.Tensor
+    mean: torch.Tensor
+    bias: torch.Tensor
+    covariance: torch.Tensor
+    low_rank: torch.Tensor | None = None
+    low_rank_tried: bool = False
 
 
 
@@ -134,7 +151,7 @@ class LastLayerLaplace:
         self.random_state = random_state
         self.chunk_size = None if chunk_size is None else int(chunk_size)
         self._scale_tril: torch.Tensor | None = None
-        self._lowp: list | None = None  # logit_moments' operands (dtype copies, low-rank factor), keyed by the state tensors
+        self._lowp: _MomentOperands | None = None  # logit_moments' operands, keyed by the state tensors
 
     # ------------------------------------------------------------------ fitting
     def fit(
@@ -474,24 +491,23 @@ class LastLayerLaplace:
         self._require_shared("logit_moments")
         dt = self.dtype if compute_dtype is None else compute_dtype
         x = as_features(features, dim=self.num_features_, dtype=dt, device=self.device, check_finite=False)
-        cached = getattr(self, "_lowp", None)
-        if cached is None or cached[0] != dt or cached[1] is not self.mean_ or cached[2] is not self.covariance_:
+        ops = getattr(self, "_lowp", None)
+        if ops is None or ops.dtype != dt or ops.mean_of is not self.mean_ or ops.covariance_of is not self.covariance_:
             # mean_/covariance_ are replaced (never mutated) by an update, so identity tells staleness
-            cached = [dt, self.mean_, self.covariance_, self.mean_.to(dt), self.bias_.to(dt), self.covariance_.to(dt),
-                      None, False]
-            self._lowp = cached
-        mean, bias, cov = cached[3], cached[4], cached[5]
+            ops = _MomentOperands(dt, self.mean_, self.covariance_, self.mean_.to(dt), self.bias_.to(dt),
+                                  self.covariance_.to(dt))
+            self._lowp = ops
         d = self.num_features_
-        if not cached[7] and x.shape[0] >= LOW_RANK_MIN_ROWS_PER_FEATURE * d:
+        if not ops.low_rank_tried and x.shape[0] >= LOW_RANK_MIN_ROWS_PER_FEATURE * d:
             # worth one eigendecomposition of Σ per posterior state: Σ = λ₀⁻¹ I − U Uᵀ with few directions
             # seen, then the variances cost O(D·r) per row instead of O(D²)
             u = isotropic_minus_low_rank(self.covariance_, 1.0 / self.prior_precision_, max_rank=d // 2)
-            cached[6], cached[7] = (None if u is None else u.to(dt)), True
-        z = torch.addmm(bias, x, mean.T)
-        if cached[6] is None:
-            var = row_quadratic_forms(x, cov)
+            ops.low_rank, ops.low_rank_tried = (None if u is None else u.to(dt)), True
+        z = torch.addmm(ops.bias, x, ops.mean.T)
+        if ops.low_rank is None:
+            var = row_quadratic_forms(x, ops.covariance)
         else:
-            var = row_quadratic_forms_low_rank(x, 1.0 / self.prior_precision_, cached[6])
+            var = row_quadratic_forms_low_rank(x, 1.0 / self.prior_precision_, ops.low_rank)
         if not (bool(torch.isfinite(var).all()) and bool(torch.isfinite(z).all())):
             as_features(x)  # names the rows with NaN/inf (or beyond the dtype's safe scale)
             raise NumericalError(

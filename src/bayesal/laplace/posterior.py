@@ -723,16 +723,16 @@ class LastLayerLaplace:
             kernel = torch.einsum("pce,le->plc", left.reshape(-1, c, d), x).reshape(left.shape[0], -1)
         res = span_newton(kernel, x @ self.mean_.T + self.bias_, targets, self.curvature, gamma, steps,
                           self.shared_covariance)
-        if self.shared_covariance:
-            mean = self.mean_ + res.coef.T @ left
-            u_left, u_inner = res.factor[:, None] * left, res.factor[:, None] * kernel * res.factor[None, :]
-        else:
-            mean = self.mean_ + (res.coef @ left).reshape(c, d)
-            u_left, u_inner = res.factor.T @ left, res.factor.T @ kernel @ res.factor
         if method is UpdateMethod.WOODBURY:
-            cov = kernel_downdate(self.covariance_, u_left, u_inner)
+            # span_newton factored I + FᵀKF at its last linearisation: the downdate reuses that factor
+            u_left = res.factor[:, None] * left if self.shared_covariance else res.factor.T @ left
+            cov = kernel_downdate(self.covariance_, u_left, chol=res.chol)
         else:
             cov = rank1_downdate(self.covariance_, self._hessian_factor(x, res.probs))
+        if self.shared_covariance:
+            mean = self.mean_ + res.coef.T @ left
+        else:
+            mean = self.mean_ + (res.coef @ left).reshape(c, d)
         target._set_updated(mean, cov, self.n_updates_ + x.shape[0])
         return target
 

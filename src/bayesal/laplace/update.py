@@ -166,15 +166,21 @@ def woodbury_downdate(cov: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return kernel_downdate(cov, us, us @ u.T)
 
 
-def kernel_downdate(cov: torch.Tensor, left: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
+def kernel_downdate(
+    cov: torch.Tensor, left: torch.Tensor, inner: torch.Tensor | None = None, chol: torch.Tensor | None = None
+) -> torch.Tensor:
     """``Σ − Lᵀ (I + G)⁻¹ L`` for ``left L = UΣ (K, P)`` and ``inner G = UΣUᵀ (K, K)``: the Woodbury
-    downdate when the products with ``Σ`` are already at hand (see :func:`span_newton`). The correction
+    downdate when the products with ``Σ`` are already at hand (see :func:`span_newton`). ``chol``, the
+    lower Cholesky factor of ``I + G``, replaces ``inner`` where it is already known. The correction
     ``(L⁻¹UΣ)ᵀ(L⁻¹UΣ)`` (``L Lᵀ = I + G``) is a Gram matrix, so a symmetric ``Σ`` stays symmetric."""
     if left.shape[0] == 0:
         return cov.clone()
-    inner = inner.clone()
-    inner.diagonal().add_(1.0)
-    chol = safe_cholesky(inner)
+    if chol is None:
+        if inner is None:
+            raise ValueError("kernel_downdate needs inner or chol")
+        inner = inner.clone()
+        inner.diagonal().add_(1.0)
+        chol = safe_cholesky(inner)
     half = torch.linalg.solve_triangular(chol, left, upper=False)
     return torch.addmm(cov, half.T, half, alpha=-1.0)
 
@@ -377,12 +383,15 @@ class SpanNewtonResult:
     ``coef`` gives the new mean as ``μ + coef``-combination of the columns of ``ΣJᵀ`` (``(M, C)`` for the
     shared covariance, ``(M·C,)`` for the full GGN); ``factor`` is the curvature factor ``F`` of the
     last linearisation (``(M,)`` square roots ``√m`` or ``(M·C, M·C)`` block-diagonal), for the covariance
-    ``Σ' = Σ − ΣJᵀF (I + FᵀKF)⁻¹ FᵀJΣ``; ``probs (M, C)`` the softmax at that linearisation (from
-    which the Hessian factor of the new points themselves follows); ``steps`` the Newton steps taken.
+    ``Σ' = Σ − ΣJᵀF (I + FᵀKF)⁻¹ FᵀJΣ``; ``chol`` the lower Cholesky factor of that ``I + FᵀKF``
+    (factored by the last step anyway, so the downdate need not factor it again); ``probs (M, C)`` the
+    softmax at that linearisation (from which the Hessian factor of the new points themselves follows);
+    ``steps`` the Newton steps taken.
     """
 
     coef: torch.Tensor
     factor: torch.Tensor
+    chol: torch.Tensor
     probs: torch.Tensor
     steps: int
 
@@ -422,70 +431,94 @@ def span_newton(
         Curvature of the shared covariance, step size, Newton steps and the covariance structure.
     """
     # The iteration works on (M, M)/(M·C, M·C) matrices: NumPy's per-call cost is a fraction of torch's
-    # at that size (the loop is ~50 tiny operations per step), so it runs in float64 NumPy on the CPU
-    # and hands torch tensors back in the inputs' dtype and device.
+    # at that size, so it runs in float64 NumPy on the CPU and hands torch tensors back in the inputs'
+    # dtype and device. It carries K a and the log-softmax along (a trial point's logits and log-
+    # probabilities become the next linearisation's), so each step multiplies by K twice.
     out = {"dtype": logits.dtype, "device": logits.device}
     k_mat, z0, y = (t.detach().to("cpu", torch.float64).numpy() for t in (kernel, logits, targets))
     k_mat = 0.5 * (k_mat + k_mat.T)  # JΣJᵀ is symmetric; drop the round-off of its two products
     m_pts, c = z0.shape
+    gy = gamma * y
     coef = np.zeros((m_pts, c) if shared else m_pts * c)
+    k_coef = np.zeros_like(coef)  # K a
+    log_p = _log_softmax(z0)
 
-    def logits_at(a: np.ndarray) -> np.ndarray:
-        return z0 + (k_mat @ a).reshape(m_pts, c)
+    gaussian = Curvature.parse(curvature) is Curvature.GAUSSIAN
 
-    def objective(a: np.ndarray) -> float:
-        z = logits_at(a)
-        zmax = z.max(1, keepdims=True)
-        log_p = z - (np.log(np.exp(z - zmax).sum(1, keepdims=True)) + zmax)
-        return 0.5 * float((a * (k_mat @ a)).sum()) - gamma * float((y * log_p).sum())
+    def objective(a: np.ndarray, k_a: np.ndarray) -> tuple[float, np.ndarray]:
+        lp = _log_softmax(z0 + k_a.reshape(m_pts, c))
+        return 0.5 * float(np.vdot(a, k_a)) - float(np.vdot(gy, lp)), lp
 
-    current = objective(coef) if steps > 1 else 0.0
-    factor = np.zeros(0)
+    current = objective(coef, k_coef)[0] if steps > 1 else 0.0
+    factor = chol = np.zeros(0)
     probs = np.zeros((m_pts, c))
     taken = 0
     for _ in range(steps):
-        z = logits_at(coef)
-        e = np.exp(z - z.max(1, keepdims=True))
-        probs = e / e.sum(1, keepdims=True)
-        grad = coef - (gamma * (y - probs)).reshape(coef.shape)
+        probs = np.exp(log_p)
+        grad = coef - (gy - gamma * probs).reshape(coef.shape)
         # (I + FFᵀK)⁻¹ g = g − F (I + FᵀKF)⁻¹ FᵀK g: an SPD solve whatever the curvature's rank
+        k_grad = k_mat @ grad
         if shared:
-            factor = np.sqrt(np.clip(curvature_weights(probs, curvature), 0.0, None))
+            # curvature_weights written out: its dispatch costs more than the arithmetic at this size
+            if gaussian:
+                factor = np.ones(m_pts)
+            else:
+                pmax = probs.max(1)
+                factor = np.sqrt(np.maximum(pmax * (1.0 - pmax), 0.0))
             inner = factor[:, None] * k_mat * factor[None, :]
             inner.flat[:: inner.shape[0] + 1] += 1.0
-            solved = factor[:, None] * _spd_solve(inner, factor[:, None] * (k_mat @ grad))
+            chol = _spd_factor(inner)
+            solved = factor[:, None] * _chol_solve(chol, factor[:, None] * k_grad)
         else:
             factor = scipy.linalg.block_diag(*fisher_factor(torch.from_numpy(probs)).numpy())
             inner = factor.T @ k_mat @ factor
             inner.flat[:: inner.shape[0] + 1] += 1.0
-            solved = factor @ _spd_solve(inner, factor.T @ (k_mat @ grad))
+            chol = _spd_factor(inner)
+            solved = factor @ _chol_solve(chol, factor.T @ k_grad)
         step = solved - grad
+        k_step = k_mat @ step
         if steps > 1:
-            values: dict[float, float] = {}
+            trials: dict[float, tuple[float, np.ndarray]] = {}
 
-            def trial(t: float, a: np.ndarray = coef, s: np.ndarray = step, seen: dict = values) -> float:
-                seen[t] = objective(a + t * s)
-                return seen[t]
+            def trial(t: float, a: np.ndarray = coef, s: np.ndarray = step, ks: np.ndarray = k_step,
+                      ka: np.ndarray = k_coef, seen: dict = trials) -> float:
+                seen[t] = objective(a + s, ka + ks) if t == 1.0 else objective(a + t * s, ka + t * ks)
+                return seen[t][0]
 
             alpha = backtrack(trial, current)
-            step = alpha * step
-            current = values.get(alpha, current)
+            if alpha != 1.0:
+                step, k_step = alpha * step, alpha * k_step
+            if alpha > 0:
+                current, log_p = trials[alpha]
         coef = coef + step
+        k_coef = k_coef + k_step
         taken += 1
         # converged: a further step would move no logit and re-linearise at the same point
-        if taken < steps and float(np.abs(k_mat @ step).max()) <= CONVERGED_LOGIT_CHANGE:
+        if taken < steps and float(np.abs(k_step).max()) <= CONVERGED_LOGIT_CHANGE:
             break
-    coef_t, factor_t, probs_t = (torch.from_numpy(np.ascontiguousarray(v)).to(**out) for v in (coef, factor, probs))
-    return SpanNewtonResult(coef_t, factor_t, probs_t, taken)
+    coef_t, factor_t, chol_t, probs_t = (torch.from_numpy(np.ascontiguousarray(v)).to(**out)
+                                         for v in (coef, factor, chol, probs))
+    return SpanNewtonResult(coef_t, factor_t, chol_t, probs_t, taken)
 
 
-def _spd_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``A⁻¹ B`` for SPD ``A`` through its Cholesky factor (with :func:`safe_cholesky`'s jitter when
-    the plain factorization fails)."""
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax of ``z (M, C)``."""
+    shifted = z - z.max(1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+
+
+def _spd_factor(a: np.ndarray) -> np.ndarray:
+    """Lower Cholesky factor of SPD ``A`` (with :func:`safe_cholesky`'s jitter when the plain
+    factorization fails)."""
     # LAPACK directly: the wrappers' checks cost more than the factorization of an M × M matrix
     chol, info = scipy.linalg.lapack.dpotrf(a, lower=1, clean=1)
     if info != 0:
         chol = safe_cholesky(torch.from_numpy(a)).numpy()
+    return chol
+
+
+def _chol_solve(chol: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``A⁻¹ B`` from the lower Cholesky factor of ``A``."""
     sol, info = scipy.linalg.lapack.dpotrs(chol, b, lower=1)
     if info != 0:
         raise NumericalError(f"Cholesky solve failed (LAPACK info {info})")

@@ -63,6 +63,10 @@ FALLBACK_PRIOR_PRECISION = 1.0  # a string prior with nothing to choose from (se
 #: logit_moments looks for the low-rank form of Σ (one O(D³) eigendecomposition per posterior state)
 #: when one call scores at least this many rows per feature: then the O(N·D²) variances dominate.
 LOW_RANK_MIN_ROWS_PER_FEATURE = 16
+#: An update keeps the covariance downdate ``Σ' = Σ − HᵀH`` of the shared covariance as its factor
+#: ``H (k, D)`` until ``Σ'`` is read, while ``k`` stays at most this fraction of ``D``: the next
+#: update's product ``ΦΣ'`` then costs at most twice the dense one.
+PENDING_DOWNDATE_MAX_FRACTION = 0.25
 
 
 @dataclass
@@ -366,6 +370,21 @@ class LastLayerLaplace:
         Read only: do not modify the returned tensor."""
         self._check_fitted()
         return self.covariance_
+
+    @property
+    def covariance_(self) -> torch.Tensor:
+        """``Σ`` as a dense tensor: a downdate that :meth:`update` left pending is applied on first read."""
+        # one tuple, read and replaced whole: a concurrent reader sees the old or the new pair, never a mix
+        base, pending = self._cov_state
+        if pending is None:
+            return base
+        dense = torch.addmm(base, pending.T, pending, alpha=-1.0)
+        self._cov_state = (dense, None)
+        return dense
+
+    @covariance_.setter
+    def covariance_(self, value: torch.Tensor) -> None:
+        self._cov_state = (value, None)
 
     def check_features(
         self, features: Any, name: str = "features", dtype: torch.dtype | None = None, check_finite: bool = True
@@ -694,7 +713,12 @@ class LastLayerLaplace:
             ``Σ`` before and one downdate after, so extra steps cost ``O(M³)`` each (``O((M·C)³)`` for the
             full GGN), not ``O(P²)``. The covariance uses the curvature of the last linearisation.
         method : {"woodbury", "rank1"}
-            How the covariance is downdated (same result).
+            How the covariance is downdated (same result). With ``"woodbury"`` and the shared covariance
+            the downdate ``Σ' = Σ − HᵀH`` is kept as its factor ``H (M, D)`` and applied when ``Σ'`` is
+            first read (by :attr:`covariance`, a predictive variance, a query, :meth:`state_dict`): an
+            update whose mean alone is used (:meth:`predict`, accuracy) never pays the ``O(M·D²)`` pass,
+            and a chain of updates pays it once; once the pending factors would exceed ``D/4`` rows
+            the update applies them itself.
         inplace : bool
             Update this object instead of returning a new one.
 
@@ -715,25 +739,36 @@ class LastLayerLaplace:
         # every Newton step lives in the span of the new points (see span_newton): one product with Σ
         # before the iteration and one downdate after it, whatever the number of steps
         c, d = self.num_classes_, self.num_features_
+        base, pending = self._cov_state
         if self.shared_covariance:
-            left = x @ self.covariance_  # ΦΣ (M, D)
+            left = x @ base  # ΦΣ (M, D)
+            if pending is not None:  # Σ = base − HᵀH
+                left = torch.addmm(left, x @ pending.T, pending, alpha=-1.0)
             kernel = left @ x.T
         else:
             left = torch.einsum("jd,cdq->jcq", x, self.covariance_.reshape(c, d, c * d)).reshape(-1, c * d)  # JΣ
             kernel = torch.einsum("pce,le->plc", left.reshape(-1, c, d), x).reshape(left.shape[0], -1)
         res = span_newton(kernel, x @ self.mean_.T + self.bias_, targets, self.curvature, gamma, steps,
                           self.shared_covariance)
-        if method is UpdateMethod.WOODBURY:
-            # span_newton factored I + FᵀKF at its last linearisation: the downdate reuses that factor
-            u_left = res.factor[:, None] * left if self.shared_covariance else res.factor.T @ left
-            cov = kernel_downdate(self.covariance_, u_left, chol=res.chol)
+        new_pending = None
+        if method is UpdateMethod.WOODBURY and self.shared_covariance:
+            # Σ' = Σ − HᵀH with H = L⁻¹FΦΣ (span_newton factored L Lᵀ = I + FKF at its last linearisation);
+            # H joins the pending factor: Σ' itself is formed when first read (mean-only use never pays
+            # the O(D²·M) pass, a chain of updates pays it once)
+            half = torch.linalg.solve_triangular(res.chol, res.factor[:, None] * left, upper=False)
+            new_pending = half if pending is None else torch.cat([pending, half])
+            cov = base
+            if new_pending.shape[0] > PENDING_DOWNDATE_MAX_FRACTION * d:
+                cov, new_pending = torch.addmm(base, new_pending.T, new_pending, alpha=-1.0), None
+        elif method is UpdateMethod.WOODBURY:
+            cov = kernel_downdate(self.covariance_, res.factor.T @ left, chol=res.chol)
         else:
             cov = rank1_downdate(self.covariance_, self._hessian_factor(x, res.probs))
         if self.shared_covariance:
             mean = self.mean_ + res.coef.T @ left
         else:
             mean = self.mean_ + (res.coef @ left).reshape(c, d)
-        target._set_updated(mean, cov, self.n_updates_ + x.shape[0])
+        target._set_updated(mean, cov, self.n_updates_ + x.shape[0], pending=new_pending)
         return target
 
     def absorb(self, step: LogitStep) -> LastLayerLaplace:
@@ -761,14 +796,18 @@ class LastLayerLaplace:
         self._set_updated(mean, cov, self.n_updates_ + 1)
         return self
 
-    def _set_updated(self, mean: torch.Tensor, cov: torch.Tensor, n_updates: int) -> None:
-        """Replace (never mutate: copies share them) the mean and covariance after an update."""
-        lo, hi = torch.aminmax(cov.diagonal())  # NaN propagates into both
+    def _set_updated(
+        self, mean: torch.Tensor, cov: torch.Tensor, n_updates: int, pending: torch.Tensor | None = None
+    ) -> None:
+        """Replace (never mutate: copies share them) the mean and the covariance ``cov − pendingᵀ pending``
+        after an update."""
+        diag = cov.diagonal() if pending is None else cov.diagonal() - pending.square().sum(0)
+        lo, hi = torch.aminmax(diag)  # NaN propagates into both
         if not (float(lo) > 0 and math.isfinite(float(hi))):
             raise NumericalError("the updated covariance lost positive definiteness; rescale the features "
                                  "(e.g. standardize them) or refit the posterior")
         self.mean_ = mean
-        self.covariance_ = cov
+        self._cov_state = (cov, pending)
         self.n_updates_ = n_updates
         self._scale_tril = None
 

@@ -159,8 +159,8 @@ def full_ggn_factor(phi: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
 def woodbury_downdate(cov: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """``(Σ⁻¹ + UᵀU)⁻¹`` from ``Σ (P, P)`` and ``U (K, P)`` in one block; returns a new ``(P, P)``.
 
-    The correction ``(L⁻¹UΣ)ᵀ(L⁻¹UΣ)`` is a Gram matrix, so a symmetric ``Σ`` stays symmetric without
-    an extra ``O(P²)`` symmetrization pass.
+    The correction ``(L⁻¹UΣ)ᵀ(L⁻¹UΣ)`` is a Gram matrix, so a symmetric ``Σ`` stays symmetric (up to the
+    GEMM's round-off) without an extra ``O(P²)`` symmetrization pass.
     """
     us = u @ cov  # UΣ (K, P); row-major product, faster than Σ Uᵀ for small K
     return kernel_downdate(cov, us, us @ u.T)
@@ -172,7 +172,7 @@ def kernel_downdate(
     """``Σ − Lᵀ (I + G)⁻¹ L`` for ``left L = UΣ (K, P)`` and ``inner G = UΣUᵀ (K, K)``: the Woodbury
     downdate when the products with ``Σ`` are already at hand (see :func:`span_newton`). ``chol``, the
     lower Cholesky factor of ``I + G``, replaces ``inner`` where it is already known. The correction
-    ``(L⁻¹UΣ)ᵀ(L⁻¹UΣ)`` (``L Lᵀ = I + G``) is a Gram matrix, so a symmetric ``Σ`` stays symmetric."""
+    ``(L⁻¹UΣ)ᵀ(L⁻¹UΣ)`` (``L Lᵀ = I + G``) is a Gram matrix: a symmetric ``Σ`` stays symmetric up to round-off."""
     if left.shape[0] == 0:
         return cov.clone()
     if chol is None:
@@ -188,8 +188,8 @@ def kernel_downdate(
 def rank1_downdate(cov: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Sherman–Morrison chain over the rows of ``U (K, P)``; equals ``woodbury_downdate`` exactly.
 
-    Each step subtracts ``s sᵀ / (1 + uᵀs)`` with ``s = Σu``; an outer product is exactly symmetric,
-    so symmetry is preserved without re-symmetrizing.
+    Each step subtracts ``s sᵀ / (1 + uᵀs)`` with ``s = Σu``; an outer product is symmetric, so symmetry
+    is preserved (up to round-off) without re-symmetrizing.
     """
     out = cov.clone()
     for k in range(u.shape[0]):

@@ -49,7 +49,6 @@ from .update import (
     check_steps,
     curvature_weights,
     full_ggn_factor,
-    kernel_downdate,
     label_correction_step,
     rank1_downdate,
     shared_factor,
@@ -752,16 +751,17 @@ class LastLayerLaplace:
                           self.shared_covariance)
         new_pending = None
         if method is UpdateMethod.WOODBURY and self.shared_covariance:
-            # Σ' = Σ − HᵀH with H = L⁻¹FΦΣ (span_newton factored L Lᵀ = I + FKF at its last linearisation);
+            # Σ' = Σ − HᵀH with H = L⁻¹FΦΣ (L Lᵀ = I + FKF at span_newton's last linearisation);
             # H joins the pending factor: Σ' itself is formed when first read (mean-only use never pays
             # the O(D²·M) pass, a chain of updates pays it once)
-            half = torch.linalg.solve_triangular(res.chol, res.factor[:, None] * left, upper=False)
+            half = res.whiten @ left
             new_pending = half if pending is None else torch.cat([pending, half])
             cov = base
             if new_pending.shape[0] > PENDING_DOWNDATE_MAX_FRACTION * d:
                 cov, new_pending = torch.addmm(base, new_pending.T, new_pending, alpha=-1.0), None
         elif method is UpdateMethod.WOODBURY:
-            cov = kernel_downdate(self.covariance_, res.factor.T @ left, chol=res.chol)
+            half = res.whiten @ left
+            cov = torch.addmm(self.covariance_, half.T, half, alpha=-1.0)
         else:
             cov = rank1_downdate(self.covariance_, self._hessian_factor(x, res.probs))
         if self.shared_covariance:

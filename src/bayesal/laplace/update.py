@@ -166,21 +166,15 @@ def woodbury_downdate(cov: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return kernel_downdate(cov, us, us @ u.T)
 
 
-def kernel_downdate(
-    cov: torch.Tensor, left: torch.Tensor, inner: torch.Tensor | None = None, chol: torch.Tensor | None = None
-) -> torch.Tensor:
+def kernel_downdate(cov: torch.Tensor, left: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
     """``Σ − Lᵀ (I + G)⁻¹ L`` for ``left L = UΣ (K, P)`` and ``inner G = UΣUᵀ (K, K)``: the Woodbury
-    downdate when the products with ``Σ`` are already at hand (see :func:`span_newton`). ``chol``, the
-    lower Cholesky factor of ``I + G``, replaces ``inner`` where it is already known. The correction
-    ``(L⁻¹UΣ)ᵀ(L⁻¹UΣ)`` (``L Lᵀ = I + G``) is a Gram matrix: a symmetric ``Σ`` stays symmetric up to round-off."""
+    downdate when the products with ``Σ`` are already at hand. The correction ``(L⁻¹UΣ)ᵀ(L⁻¹UΣ)``
+    (``L Lᵀ = I + G``) is a Gram matrix: a symmetric ``Σ`` stays symmetric up to round-off."""
     if left.shape[0] == 0:
         return cov.clone()
-    if chol is None:
-        if inner is None:
-            raise ValueError("kernel_downdate needs inner or chol")
-        inner = inner.clone()
-        inner.diagonal().add_(1.0)
-        chol = safe_cholesky(inner)
+    inner = inner.clone()
+    inner.diagonal().add_(1.0)
+    chol = safe_cholesky(inner)
     half = torch.linalg.solve_triangular(chol, left, upper=False)
     return torch.addmm(cov, half.T, half, alpha=-1.0)
 
@@ -383,15 +377,16 @@ class SpanNewtonResult:
     ``coef`` gives the new mean as ``μ + coef``-combination of the columns of ``ΣJᵀ`` (``(M, C)`` for the
     shared covariance, ``(M·C,)`` for the full GGN); ``factor`` is the curvature factor ``F`` of the
     last linearisation (``(M,)`` square roots ``√m`` or ``(M·C, M·C)`` block-diagonal), for the covariance
-    ``Σ' = Σ − ΣJᵀF (I + FᵀKF)⁻¹ FᵀJΣ``; ``chol`` the lower Cholesky factor of that ``I + FᵀKF``
-    (factored by the last step anyway, so the downdate need not factor it again); ``probs (M, C)`` the
+    ``Σ' = Σ − ΣJᵀF (I + FᵀKF)⁻¹ FᵀJΣ``; ``whiten`` the matrix ``W = L⁻¹Fᵀ`` (``L Lᵀ = I + FᵀKF``,
+    factored by the last step anyway; ``(M, M)`` or ``(M·C, M·C)``) that writes it as
+    ``Σ' = Σ − (WJΣ)ᵀ(WJΣ)``; ``probs (M, C)`` the
     softmax at that linearisation (from which the Hessian factor of the new points themselves follows);
     ``steps`` the Newton steps taken.
     """
 
     coef: torch.Tensor
     factor: torch.Tensor
-    chol: torch.Tensor
+    whiten: torch.Tensor
     probs: torch.Tensor
     steps: int
 
@@ -496,9 +491,14 @@ def span_newton(
         # converged: a further step would move no logit and re-linearise at the same point
         if taken < steps and float(np.abs(k_step).max()) <= CONVERGED_LOGIT_CHANGE:
             break
-    coef_t, factor_t, chol_t, probs_t = (torch.from_numpy(np.ascontiguousarray(v)).to(**out)
-                                         for v in (coef, factor, chol, probs))
-    return SpanNewtonResult(coef_t, factor_t, chol_t, probs_t, taken)
+    # L⁻¹ of an (M, M) factor: ~M³/3 flops, and the downdate's (M, P) solve becomes one small product
+    chol_inv, info = scipy.linalg.lapack.dtrtri(chol, lower=1)
+    if info != 0:
+        raise NumericalError(f"triangular inverse failed (LAPACK info {info})")
+    whiten = chol_inv * factor[None, :] if shared else chol_inv @ factor.T
+    coef_t, factor_t, whiten_t, probs_t = (torch.from_numpy(np.ascontiguousarray(v)).to(**out)
+                                           for v in (coef, factor, whiten, probs))
+    return SpanNewtonResult(coef_t, factor_t, whiten_t, probs_t, taken)
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:

@@ -179,11 +179,12 @@ def as_targets(
             if not bool(torch.isfinite(y).all()) or not bool((y == y.round()).all()):
                 raise InvalidInputError(f"{name} must be integer class indices, got non-integer values")
             y = y.long()
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-            raise InvalidInputError(
-                f"{name} contain class index {int(y.max()) if int(y.max()) >= num_classes else int(y.min())}"
-                f" outside [0, {num_classes - 1}]"
-            )
+        if y.numel():
+            lo, hi = (int(v) for v in torch.aminmax(y))
+            if lo < 0 or hi >= num_classes:
+                raise InvalidInputError(
+                    f"{name} contain class index {hi if hi >= num_classes else lo} outside [0, {num_classes - 1}]"
+                )
         out = torch.nn.functional.one_hot(y.long(), num_classes).to(dtype=dtype, device=device)
     elif y.ndim == 2:
         if y.shape[1] != num_classes:

@@ -747,7 +747,7 @@ class LastLayerLaplace:
         else:
             left = torch.einsum("jd,cdq->jcq", x, self.covariance_.reshape(c, d, c * d)).reshape(-1, c * d)  # JΣ
             kernel = torch.einsum("pce,le->plc", left.reshape(-1, c, d), x).reshape(left.shape[0], -1)
-        res = span_newton(kernel, x @ self.mean_.T + self.bias_, targets, self.curvature, gamma, steps,
+        res = span_newton(kernel, torch.addmm(self.bias_, x, self.mean_.T), targets, self.curvature, gamma, steps,
                           self.shared_covariance)
         new_pending = None
         if method is UpdateMethod.WOODBURY and self.shared_covariance:
@@ -765,7 +765,7 @@ class LastLayerLaplace:
         else:
             cov = rank1_downdate(self.covariance_, self._hessian_factor(x, res.probs))
         if self.shared_covariance:
-            mean = self.mean_ + res.coef.T @ left
+            mean = torch.addmm(self.mean_, res.coef.T, left)
         else:
             mean = self.mean_ + (res.coef @ left).reshape(c, d)
         target._set_updated(mean, cov, self.n_updates_ + x.shape[0], pending=new_pending)

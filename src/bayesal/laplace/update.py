@@ -15,7 +15,6 @@ harmless and the inner matrix ≥ I, so its Cholesky factorization is always wel
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,7 +48,6 @@ __all__ = [
     "PAPER_OPTIONS",
     "DEFAULT_CURVATURE",
     "check_steps",
-    "backtrack",
     "kernel_downdate",
     "span_newton",
     "SpanNewtonResult",
@@ -76,6 +74,9 @@ FIDELITY_OPTIONS = {"curvature": "categorical", "gamma": 1.0, "steps": 5}
 PAPER_OPTIONS = {"curvature": "gaussian", "gamma": 10.0, "steps": 1}
 
 
+#: Halvings of a Newton step an update tries before it takes no step.
+BACKTRACK_HALVINGS = 20
+
 #: Largest logit change (in nats) of a Newton step after which an update stops iterating early.
 CONVERGED_LOGIT_CHANGE = 1e-10
 
@@ -86,17 +87,6 @@ def check_steps(steps: int) -> int:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise InvalidInputError(f"steps must be an integer >= 1, got {steps!r}")
     return int(steps)
-
-
-def backtrack(objective_at: Callable[[float], float], current: float, halvings: int = 20) -> float:
-    """Step fraction ``α ∈ {1, ½, ¼, …}``: the first whose objective does not exceed ``current``
-    (0 if none does). Keeps iterated updates monotone where the curvature underestimates the true one."""
-    alpha = 1.0
-    for _ in range(halvings):
-        if objective_at(alpha) <= current:
-            return alpha
-        alpha *= 0.5
-    return 0.0
 
 
 def check_gamma(gamma: float) -> float:
@@ -439,12 +429,13 @@ def span_newton(
     log_p = _log_softmax(z0)
 
     gaussian = Curvature.parse(curvature) is Curvature.GAUSSIAN
+    eye = np.eye(m_pts)
 
     def objective(a: np.ndarray, k_a: np.ndarray) -> tuple[float, np.ndarray]:
         lp = _log_softmax(z0 + k_a.reshape(m_pts, c))
         return 0.5 * float(np.vdot(a, k_a)) - float(np.vdot(gy, lp)), lp
 
-    current = objective(coef, k_coef)[0] if steps > 1 else 0.0
+    current = -float(np.vdot(gy, log_p))  # the objective at a = 0
     factor = chol = np.zeros(0)
     probs = np.zeros((m_pts, c))
     taken = 0
@@ -458,10 +449,11 @@ def span_newton(
             if gaussian:
                 factor = np.ones(m_pts)
             else:
-                pmax = probs.max(1)
-                factor = np.sqrt(np.maximum(pmax * (1.0 - pmax), 0.0))
-            inner = factor[:, None] * k_mat * factor[None, :]
-            inner.flat[:: inner.shape[0] + 1] += 1.0
+                pmax = probs.max(1)  # ≤ 1: exp of a log-softmax
+                factor = np.sqrt(pmax * (1.0 - pmax))
+            inner = np.multiply.outer(factor, factor)
+            inner *= k_mat
+            inner += eye
             chol = _spd_factor(inner)
             solved = factor[:, None] * _chol_solve(chol, factor[:, None] * k_grad)
         else:
@@ -473,18 +465,18 @@ def span_newton(
         step = solved - grad
         k_step = k_mat @ step
         if steps > 1:
-            trials: dict[float, tuple[float, np.ndarray]] = {}
-
-            def trial(t: float, a: np.ndarray = coef, s: np.ndarray = step, ks: np.ndarray = k_step,
-                      ka: np.ndarray = k_coef, seen: dict = trials) -> float:
-                seen[t] = objective(a + s, ka + ks) if t == 1.0 else objective(a + t * s, ka + t * ks)
-                return seen[t][0]
-
-            alpha = backtrack(trial, current)
-            if alpha != 1.0:
-                step, k_step = alpha * step, alpha * k_step
-            if alpha > 0:
-                current, log_p = trials[alpha]
+            # backtracking: the full step, else its halves, until the objective does not increase
+            # (keeps the iteration monotone where the curvature underestimates the true one)
+            alpha = 1.0
+            for _ in range(BACKTRACK_HALVINGS):
+                s_try, ks_try = (step, k_step) if alpha == 1.0 else (alpha * step, alpha * k_step)
+                value, trial_log_p = objective(coef + s_try, k_coef + ks_try)
+                if value <= current:
+                    current, log_p, step, k_step = value, trial_log_p, s_try, ks_try
+                    break
+                alpha *= 0.5
+            else:
+                step, k_step = 0.0 * step, 0.0 * k_step
         coef = coef + step
         k_coef = k_coef + k_step
         taken += 1

@@ -1,5 +1,6 @@
 """Numerics of pool scoring: variances through the low-rank form Σ = λ₀⁻¹ I − U Uᵀ, and predictives that do not depend on the thread count."""
 
+import pytest
 import torch
 
 from bayesal import LastLayerLaplace
@@ -79,3 +80,19 @@ def test_mean_field_probabilities_do_not_depend_on_the_thread_count():
             torch.set_num_threads(before)
         assert torch.equal(out[0], out[1])
         torch.testing.assert_close(out[0].sum(1), torch.ones_like(var))
+
+
+@pytest.mark.parametrize("rows", [0, 1, 511, 512, 16384, 16385, 40000])
+def test_tiled_rows_hold_the_rows_and_multiply_like_them(rows):
+    from bayesal.laplace.linalg import TILE_ROWS, TiledRows
+
+    g = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 7, generator=g)
+    t = TiledRows.empty(rows, 7, torch.float32)
+    for s in range(0, rows, 3001):  # writes that straddle tiles
+        t.set_rows(s, x[s : s + 3001])
+    assert t.shape == (rows, 7) and t.dtype == torch.float32 and t.width <= TILE_ROWS
+    assert torch.equal(t.to_dense(), x)
+    v = torch.randn(7, generator=g)
+    torch.testing.assert_close(t @ v, x @ v, rtol=1e-5, atol=1e-5)
+    assert bool((t.tiles[-1, :, rows - (t.tiles.shape[0] - 1) * t.width :] == 0).all())  # zero padding

@@ -24,7 +24,7 @@ import torch
 
 from bayesal.exceptions import InvalidInputError, NumericalError
 
-from .linalg import safe_cholesky
+from .linalg import TiledRows, safe_cholesky
 from .options import Curvature
 
 __all__ = [
@@ -230,7 +230,7 @@ def label_correction_step(
 
 
 def rank1_logit_update(
-    features: torch.Tensor,
+    features: torch.Tensor | TiledRows,
     logits: torch.Tensor,
     variance: torch.Tensor,
     sigma_phi: torch.Tensor,
@@ -248,8 +248,8 @@ def rank1_logit_update(
     ``features Φ (N, D)``, ``sigma_phi s = Σφ (D,)`` (old Σ), ``target y (C,)``, ``probs p (C,)``
     (MAP softmax at ``φ``), ``curvature m``. With ``u = √m φ``:
     ``σ²' = σ² − (√m Φs)² / (1 + m φᵀs)``, ``Σ'φ = s / (1 + m φᵀs)``, ``z' = z + γ (Φ Σ'φ) ⊗ (y − p)``.
-    The products ``Φs`` are taken in the dtype of ``features`` (e.g. a float32 copy of a large pool:
-    half the memory traffic) and accumulated into the caches in their own dtype. ``inplace=True``
+    The products ``Φs`` are taken in the dtype of ``features`` (e.g. a float32 copy of a large pool,
+    as :class:`~bayesal.laplace.linalg.TiledRows`: half the memory traffic) and accumulated into the caches in their own dtype. ``inplace=True``
     updates ``logits`` and ``variance`` themselves (same values; no fresh ``(N, C)`` per pick).
     """
     denom = 1.0 + curvature * float(torch.dot(phi, sigma_phi))
@@ -326,7 +326,7 @@ class LogitStep:
         return 1.0 + self.curvature * float(torch.dot(self.phi, self.sigma_phi))
 
     def apply(
-        self, features: torch.Tensor, logits: torch.Tensor, variance: torch.Tensor
+        self, features: torch.Tensor | TiledRows, logits: torch.Tensor, variance: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Cached MAP ``logits (N, C)`` and ``variance (N,)`` of ``features (N, D)`` after the step.
 
@@ -347,7 +347,7 @@ class LogitStep:
                                   self.curvature, self.gamma)
 
     def apply_with_products(
-        self, features: torch.Tensor, logits: torch.Tensor, variance: torch.Tensor, inplace: bool = False
+        self, features: torch.Tensor | TiledRows, logits: torch.Tensor, variance: torch.Tensor, inplace: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`apply` (bit-identical results) that also returns the products ``Φ Σφ (N,)``, from which
         a caller can bound how far each cached logit moved (``|γ/denom · (Φ Σφ)_n| · span(y − p)``).

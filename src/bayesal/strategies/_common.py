@@ -7,6 +7,7 @@ import torch
 
 from bayesal.data.pool import Pool
 from bayesal.exceptions import InvalidInputError
+from bayesal.laplace.linalg import TiledRows
 from bayesal.laplace.posterior import LastLayerLaplace
 from bayesal.laplace.predictive import logit_sample_blocks
 from bayesal.laplace.predictive import predictive_from_logits as _predictive
@@ -24,7 +25,7 @@ __all__ = [
     "logit_sample_chunks",
     "entropy",
     "top_two",
-    "column_major_moments",
+    "tiled_moments",
 ]
 
 #: Row blocks of Monte Carlo logit samples (the posterior's own draws, see ``logit_sample_blocks``).
@@ -72,13 +73,13 @@ def prepare(
     """Validate the query arguments.
 
     Returns candidates ``(N, D)`` (in ``dtype`` if given, then not yet checked for NaN/inf: see
-    :func:`column_major_moments`) and labeled features ``(L, D)`` in the posterior's dtype, labeled
+    :func:`tiled_moments`) and labeled features ``(L, D)`` in the posterior's dtype, labeled
     labels ``(L,)`` (long), the batch size and a generator (a fresh one when ``None``).
     """
     if isinstance(candidates, Pool):
         candidates = pool_in_memory(candidates)
     # a pool kept in a low-precision dtype is checked for NaN/inf through its moments (see
-    # column_major_moments), not by a pass over all its rows here
+    # tiled_moments), not by a pass over all its rows here
     x = posterior.check_features(candidates, name="candidates", dtype=dtype, check_finite=dtype is None)
     d = posterior.num_features
     b = check_batch_size(batch_size, x.shape[0])
@@ -157,19 +158,20 @@ def top_two(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return first, second
 
 
-def column_major_moments(
+def tiled_moments(
     posterior: LastLayerLaplace, x: torch.Tensor, dtype: torch.dtype, block: int = 8192
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A ``dtype`` copy of the candidates ``x (N, D)`` in column-major memory, and their MAP logits
-    ``(N, C)`` and logit variances ``(N,)`` in the posterior's dtype, from products in ``dtype``.
+) -> tuple[TiledRows, torch.Tensor, torch.Tensor]:
+    """A ``dtype`` copy of the candidates ``x (N, D)`` in column-major tiles
+    (:class:`~bayesal.laplace.linalg.TiledRows`), and their MAP logits ``(N, C)`` and logit variances
+    ``(N,)`` in the posterior's dtype, from products in ``dtype``.
 
-    The copy is an ``(N, D)`` view of a contiguous ``(D, N)``: a product with one vector, ``x @ v``,
-    then runs as the BLAS's transposed matrix–vector product, which uses every intra-op thread (torch's
-    CPU product over row-major rows uses one). Built ``block`` rows at a time: each block is converted
-    once, its moments taken from the row-major block, and then transposed into place while cached.
+    A product of the copy with one vector, ``xc @ v``, then runs as a batched matrix product over a
+    few contiguous tiles on every intra-op thread (torch's CPU product over row-major rows uses one).
+    Built ``block`` rows at a time: each block is converted once, its moments taken from the
+    row-major block, and then transposed into place while cached.
     """
     n, d = x.shape
-    out = torch.empty((d, n), dtype=dtype, device=x.device)
+    out = TiledRows.empty(n, d, dtype, device=x.device)
     z = torch.empty((n, posterior.num_classes), dtype=posterior.dtype, device=x.device)
     var = torch.empty(n, dtype=posterior.dtype, device=x.device)
     for s in range(0, n, block):
@@ -180,7 +182,5 @@ def column_major_moments(
             as_features(rows, name="candidates", row_offset=s)  # names the first such row of the pool
             raise
         z[s : s + block], var[s : s + block] = zb, vb
-        for t in range(0, rows.shape[0], 512):  # transposed in sub-blocks that stay in the L1/L2 caches
-            part = rows[t : t + 512]
-            out[:, s + t : s + t + part.shape[0]].copy_(part.T)
-    return out.T, z, var
+        out.set_rows(s, rows)
+    return out, z, var

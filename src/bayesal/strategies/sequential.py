@@ -14,7 +14,7 @@ from bayesal.laplace.options import Option
 from bayesal.laplace.posterior import LastLayerLaplace
 from bayesal.laplace.predictive import mean_field_probs
 
-from ._common import argmax_first, check_candidate_labels, column_major_moments, prepare
+from ._common import argmax_first, check_candidate_labels, prepare, tiled_moments
 from .base import LabeledSet, OracleStrategy, QueryResult, QueryStrategy
 from .score import ScoreStrategy
 
@@ -72,8 +72,9 @@ class _SequentialSelection:
 
     With ``compute_dtype=torch.float32`` the fast path keeps a float32 copy of the candidates for its
     ``O(N·D)`` products (the initial moments and the per-pick ``Φ Σφ``): half the memory traffic of
-    float64, which bounds the per-pick refresh of a large pool. The copy is column-major, so the
-    per-pick product runs as the BLAS's multi-threaded transposed matrix–vector product. The cached
+    float64, which bounds the per-pick refresh of a large pool. The copy is kept in column-major tiles
+    (:class:`~bayesal.laplace.linalg.TiledRows`), so the per-pick product is one batched matrix product
+    over a few contiguous runs of memory, on every intra-op thread. The cached
     logits and variances accumulate in the posterior's dtype and every update of the posterior is its own (float64 rows),
     so only the products carry float32 round-off (relative ~1e-7); picks can differ from float64
     products only between candidates whose scores tie to that precision.
@@ -153,7 +154,7 @@ class _SequentialSelection:
             xc = x
             z, var = post.logits(x, checked=True), post.logit_variance(x, checked=True)
         else:  # products with a low-precision copy of the pool, caches in the posterior's dtype
-            xc, z, var = column_major_moments(post, x, dt)
+            xc, z, var = tiled_moments(post, x, dt)
         z = z.T.contiguous().T  # class-major: the per-row softmax and maxima over classes run along contiguous rows
         lip = None if base.stochastic else base.mean_field_lipschitz()
         if self.prune and lip is not None:

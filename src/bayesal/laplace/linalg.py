@@ -164,7 +164,7 @@ class TiledRows:
     Its one operation, the product with a vector ``x @ v (N,)``, is then one batched matrix product
     that reads memory in ``T`` long contiguous runs. A single column-major ``(D, N)`` copy makes the BLAS
     interleave ``D`` streams over the whole matrix at once, which the hardware prefetchers and the TLB
-    follow worse: with 384 features the tiled product was 30–40 % faster on 10⁵–10⁶ rows (2 cores).
+    follow worse: with 384 features the tiled product was 25–50 % faster on 10⁵–10⁶ rows (2 cores).
     """
 
     def __init__(self, tiles: torch.Tensor, rows: int) -> None:

@@ -46,3 +46,14 @@ def test_monte_carlo_margin_still_goes_through_the_predictive():
     b = MarginSampling(predictive="mc", n_samples=50).score_probs(
         predictive_from_logits(z, var, post.lambda_mf, "mc", 50, torch.Generator().manual_seed(1)))
     assert torch.equal(a, b)
+
+
+def test_margin_from_logits_with_full_logit_covariances():
+    g = torch.Generator().manual_seed(3)
+    post = _posterior(4)
+    z = 3 * torch.randn(20, 4, generator=g, dtype=torch.float64)
+    a = torch.randn(20, 4, 4, generator=g, dtype=torch.float64)
+    cov = a @ a.transpose(1, 2)  # (N, C, C), as the full GGN gives
+    got = MarginSampling().score_logits(post, z, cov, None)
+    want = MarginSampling().score_probs(predictive_from_logits(z, cov, post.lambda_mf))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)

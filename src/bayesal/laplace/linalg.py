@@ -197,10 +197,6 @@ class TiledRows:
     def dtype(self) -> torch.dtype:
         return self.tiles.dtype
 
-    @property
-    def device(self) -> torch.device:
-        return self.tiles.device
-
     def set_rows(self, start: int, rows: torch.Tensor) -> None:
         """Write ``rows (k, D)`` as rows ``start … start + k − 1`` (converted to this dtype)."""
         w, pos, end = self.width, int(start), int(start) + rows.shape[0]

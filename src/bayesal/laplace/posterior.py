@@ -49,6 +49,7 @@ from .update import (
     check_steps,
     curvature_weights,
     full_ggn_factor,
+    gram_downdate,
     label_correction_step,
     rank1_downdate,
     shared_factor,
@@ -377,7 +378,7 @@ class LastLayerLaplace:
         base, pending = self._cov_state
         if pending is None:
             return base
-        dense = torch.addmm(base, pending.T, pending, alpha=-1.0)
+        dense = gram_downdate(base, pending)
         self._cov_state = (dense, None)
         return dense
 
@@ -758,10 +759,9 @@ class LastLayerLaplace:
             new_pending = half if pending is None else torch.cat([pending, half])
             cov = base
             if new_pending.shape[0] > PENDING_DOWNDATE_MAX_FRACTION * d:
-                cov, new_pending = torch.addmm(base, new_pending.T, new_pending, alpha=-1.0), None
+                cov, new_pending = gram_downdate(base, new_pending), None
         elif method is UpdateMethod.WOODBURY:
-            half = res.whiten @ left
-            cov = torch.addmm(self.covariance_, half.T, half, alpha=-1.0)
+            cov = gram_downdate(self.covariance_, res.whiten @ left)
         else:
             cov = rank1_downdate(self.covariance_, self._hessian_factor(x, res.probs))
         if self.shared_covariance:

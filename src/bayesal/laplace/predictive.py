@@ -18,6 +18,7 @@ __all__ = [
     "centered",
     "logit_scale",
     "mean_field_probs",
+    "mean_field_scaled",
     "mc_probs",
     "mc_logit_samples",
     "logit_sample_blocks",
@@ -49,6 +50,13 @@ def mean_field_probs(logits: torch.Tensor, variance: torch.Tensor, lambda_mf: fl
     if variance.ndim == 1:
         variance = variance.unsqueeze(1)
     return torch.softmax(logits / torch.sqrt(1.0 + lambda_mf * variance.clamp_min(0)), dim=-1)
+
+
+def mean_field_scaled(logits: torch.Tensor, variance: torch.Tensor, lambda_mf: float = DEFAULT_LAMBDA_MF) -> torch.Tensor:
+    """The mean-field logits ``κ z`` ``(N, C)``, ``κ = (1 + λ σ²)^(−½)``, whose softmax is the mean-field
+    predictive; ``variance (N,)`` or ``(N, C, C)`` (then the centred per-class variances)."""
+    v = variance.unsqueeze(1) if variance.ndim == 1 else centered(variance).diagonal(dim1=-2, dim2=-1)
+    return logits * torch.rsqrt(1.0 + lambda_mf * v.clamp_min(0))
 
 
 def mc_logit_samples(
@@ -127,8 +135,7 @@ def predictive_from_logits(
     """
     method = Predictive.parse(method, "predictive")
     if method is Predictive.MEAN_FIELD:
-        v = variance.unsqueeze(1) if variance.ndim == 1 else centered(variance).diagonal(dim1=-2, dim2=-1)
-        scaled = logits * torch.rsqrt(1.0 + lambda_mf * v.clamp_min(0))
+        scaled = mean_field_scaled(logits, variance, lambda_mf)
         # the softmax over the classes along the (C, N) transpose (several times faster for small C than
         # over a short last dim), written out as max, exp, sum and divide: torch.softmax over a leading
         # dim rounds differently with the number of threads, and a score must not depend on it (Ray

@@ -49,6 +49,7 @@ __all__ = [
     "DEFAULT_CURVATURE",
     "check_steps",
     "kernel_downdate",
+    "gram_downdate",
     "span_newton",
     "SpanNewtonResult",
 ]
@@ -165,7 +166,11 @@ def kernel_downdate(cov: torch.Tensor, left: torch.Tensor, inner: torch.Tensor) 
     inner = inner.clone()
     inner.diagonal().add_(1.0)
     chol = safe_cholesky(inner)
-    half = torch.linalg.solve_triangular(chol, left, upper=False)
+    return gram_downdate(cov, torch.linalg.solve_triangular(chol, left, upper=False))
+
+
+def gram_downdate(cov: torch.Tensor, half: torch.Tensor) -> torch.Tensor:
+    """``Σ − HᵀH`` for ``half H (K, P)``: the Woodbury downdate once ``H = L⁻¹UΣ`` is known; a new tensor."""
     return torch.addmm(cov, half.T, half, alpha=-1.0)
 
 

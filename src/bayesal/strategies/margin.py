@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from bayesal.laplace.options import Predictive
+from bayesal.laplace.predictive import mean_field_scaled
 
 from ._common import top_two
 from .score import PredictiveScoreStrategy
@@ -24,15 +25,14 @@ class MarginSampling(PredictiveScoreStrategy):
         return 1.0 - (first - second)
 
     def score_logits(self, posterior, logits, variance, generator):  # noqa: D102 (see base)
-        if self.predictive is not Predictive.MEAN_FIELD or variance.ndim != 1:
+        if self.predictive is not Predictive.MEAN_FIELD:
             return super().score_logits(posterior, logits, variance, generator)
         # The mean-field margin without forming p: with w = κz and its two largest entries w₁ ≥ w₂,
         # p₍₁₎ − p₍₂₎ = (1 − e^(w₂ − w₁)) / Σ_c e^(w_c − w₁). One pass over the (C, N) class rows fewer
         # than softmax-then-margin (no division of every probability), which the whole-pool scorings
         # of sequential selection repeat at every pick. Elementwise along class rows, like the written-out
         # softmax of the predictive: the same values whatever the thread count.
-        kappa = torch.rsqrt(1.0 + posterior.lambda_mf * variance.clamp_min(0))
-        scaled = logits * kappa.unsqueeze(1)
+        scaled = mean_field_scaled(logits, variance, posterior.lambda_mf)
         first, second = top_two(scaled)
         total = torch.sub(scaled.T, first).exp_().sum(0)
         return torch.sub(second, first).exp_().neg_().add_(1.0).div_(total).neg_().add_(1.0)

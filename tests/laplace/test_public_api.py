@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from bayesal import LastLayerLaplace
+from bayesal.laplace import FullLaplace, SharedLaplace
 from bayesal.exceptions import InvalidInputError
 
 
@@ -41,8 +42,8 @@ def test_public_views(toy):
     post = _fitted(toy)
     assert (post.num_classes, post.num_features) == (3, 5)
     assert post.is_fitted and not LastLayerLaplace().is_fitted
-    assert post.covariance is post.covariance_ and post.shared_covariance
-    assert not _fitted(toy, hessian="full").shared_covariance
+    assert post.covariance is post.covariance_ and isinstance(post, SharedLaplace)
+    assert isinstance(_fitted(toy, hessian="full"), FullLaplace)
     with pytest.raises(RuntimeError, match="not fitted"):
         _ = LastLayerLaplace().num_classes
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bayesal import LastLayerLaplace
-from bayesal.laplace import posterior as posterior_module
+from bayesal.laplace import shared as posterior_module
 from bayesal.laplace.linalg import isotropic_minus_low_rank, row_quadratic_forms, row_quadratic_forms_low_rank
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from bayesal import LastLayerLaplace
+from bayesal.laplace import SharedLaplace
 from bayesal.laplace.update import PAPER_OPTIONS, full_ggn_factor
 
 
@@ -19,7 +20,7 @@ def _dense_map(post, xn, yn):
     """Mode of N(vec W; vec μ, Σ_W) × Π_j p(y_j | φ_j, W) by dense Newton with autograd (bias fixed)."""
     c, d = post.num_classes, post.num_features
     cov = post.covariance.contiguous()
-    cov_w = torch.kron(torch.eye(c, dtype=torch.float64), cov) if post.shared_covariance else cov
+    cov_w = torch.kron(torch.eye(c, dtype=torch.float64), cov) if isinstance(post, SharedLaplace) else cov
     prec = torch.linalg.inv(cov_w)
     mu = post.mean.reshape(-1)
 
@@ -133,12 +134,12 @@ def test_span_solve_uses_cholesky_and_falls_back_to_jitter():
 def test_span_newton_returns_the_inputs_dtype():
     import torch
 
-    from bayesal.laplace.update import span_newton
+    from bayesal.laplace.update import PointCurvature, span_newton
 
     k = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float32)
     z = torch.zeros(2, 3, dtype=torch.float32)
     y = torch.eye(3, dtype=torch.float32)[:2]
-    res = span_newton(k, z, y, "categorical", 1.0, 3, shared=True)
+    res = span_newton(k, z, y, PointCurvature("categorical"), 1.0, 3)
     assert res.coef.dtype == res.factor.dtype == res.probs.dtype == torch.float32
     assert res.coef.shape == (2, 3) and res.steps >= 1
 

@@ -94,7 +94,7 @@ def new_header(
     # with the same update whatever later versions default to
     post = LastLayerLaplace(**pcfg, **({} if gamma is None else {"gamma": gamma}))
     gamma = post.gamma
-    pcfg.update(curvature=post.curvature.value, hessian=post.hessian.value, lambda_mf=post.lambda_mf,
+    pcfg.update(curvature=post.curvature.value, hessian=str(post.hessian), lambda_mf=post.lambda_mf,
                 steps=post.steps)
     if random_state is None:
         random_state = int.from_bytes(os.urandom(4), "little")

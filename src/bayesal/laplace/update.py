@@ -15,6 +15,7 @@ harmless and the inner matrix ≥ I, so its Cholesky factorization is always wel
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,9 +37,6 @@ __all__ = [
     "full_ggn_factor",
     "woodbury_downdate",
     "rank1_downdate",
-    "newton_mean_step_shared",
-    "newton_mean_step_full",
-    "label_correction_step",
     "rank1_logit_update",
     "rank1_kernel_downdate",
     "batch_update_reference",
@@ -52,6 +50,9 @@ __all__ = [
     "gram_downdate",
     "span_newton",
     "SpanNewtonResult",
+    "SpanCurvature",
+    "PointCurvature",
+    "SoftmaxCurvature",
 ]
 
 CURVATURES = Curvature.choices()
@@ -186,52 +187,6 @@ def rank1_downdate(cov: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         denom = 1.0 + float(torch.dot(u[k], s))
         out.addr_(s, s, alpha=-1.0 / denom)
     return out
-
-
-def newton_mean_step_shared(
-    mean: torch.Tensor,
-    cov_new: torch.Tensor,
-    phi: torch.Tensor,
-    targets: torch.Tensor,
-    probs: torch.Tensor,
-    gamma: float,
-) -> torch.Tensor:
-    """``μ'_c = μ_c + γ Σ' Σ_j (y_jc − p_jc) φ_j`` for ``μ (C, D)``, ``Σ' (D, D)``, ``Φ (M, D)``."""
-    resid = targets - probs  # (M, C); minus the NLL gradient is residᵀ Φ
-    if phi.shape[0] < mean.shape[0]:
-        # residᵀ (Φ Σ'): O(M D² + M C D), the spec's O(D² + CD) per point, instead of O(C D²)
-        return mean + gamma * resid.T @ (phi @ cov_new)
-    return mean + gamma * (resid.T @ phi) @ cov_new
-
-
-def newton_mean_step_full(
-    mean: torch.Tensor,
-    cov_new: torch.Tensor,
-    phi: torch.Tensor,
-    targets: torch.Tensor,
-    probs: torch.Tensor,
-    gamma: float,
-) -> torch.Tensor:
-    """Full-GGN version: ``vec μ' = vec μ + γ Σ' vec(Σ_j (y_j − p_j) φ_jᵀ)`` with ``Σ' (CD, CD)``."""
-    grad = ((targets - probs).T @ phi).reshape(-1)
-    return mean + gamma * (cov_new @ grad).reshape(mean.shape)
-
-
-def label_correction_step(
-    mean: torch.Tensor, cov: torch.Tensor, phi: torch.Tensor, old: int, new: int, gamma: float
-) -> torch.Tensor:
-    """Mean after replacing the label ``old`` of ``phi (D,)`` by ``new``: ``μ + γ Σ (e_new − e_old) φᵀ``.
-
-    This is the Newton mean step of the swapped likelihood terms (the residual ``y − p`` becomes
-    ``e_new − e_old``). The covariance is unchanged whenever a point's Hessian does not depend on its
-    label (the "gaussian" curvature); ``cov`` is ``(D, D)`` (shared) or ``(C·D, C·D)`` (full GGN).
-    """
-    c = mean.shape[0]
-    e_new = torch.zeros(1, c, dtype=mean.dtype, device=mean.device)
-    e_old = torch.zeros_like(e_new)
-    e_new[0, new], e_old[0, old] = 1.0, 1.0
-    step = newton_mean_step_shared if cov.shape[0] == mean.shape[1] else newton_mean_step_full  # Σ (D, D)?
-    return step(mean, cov, phi.reshape(1, -1), e_new, e_old, gamma)
 
 
 def rank1_logit_update(
@@ -386,14 +341,94 @@ class SpanNewtonResult:
     steps: int
 
 
+class SpanCurvature(ABC):
+    """How a covariance structure linearises the new points' likelihood in :func:`span_newton`.
+
+    Each Newton step writes the curvature of the ``M`` new points as ``Λ = F Fᵀ`` in their logit space and
+    solves with ``I + FᵀKF`` (``K`` the kernel ``JΣJᵀ``): an SPD matrix whatever the rank of ``Λ``. A
+    structure supplies the factor ``F`` and the shape of the coefficients ``a`` (``δ = ΣJᵀa``). NumPy
+    float64 arrays throughout (the iteration's small matrices).
+    """
+
+    @abstractmethod
+    def coef_shape(self, points: int, classes: int) -> tuple[int, ...]:
+        """Shape of the coefficients ``a``: one per row of ``J``."""
+
+    @abstractmethod
+    def factor(self, probs: np.ndarray) -> np.ndarray:
+        """Curvature factor ``F`` at the softmax ``probs (M, C)`` of the current linearisation."""
+
+    @abstractmethod
+    def inner(self, factor: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+        """``I + FᵀKF``."""
+
+    @abstractmethod
+    def solve(self, factor: np.ndarray, chol: np.ndarray, k_grad: np.ndarray) -> np.ndarray:
+        """``F (I + FᵀKF)⁻¹ Fᵀ K g`` from the Cholesky factor of :meth:`inner` and ``K g``."""
+
+    @abstractmethod
+    def whiten(self, factor: np.ndarray, chol_inv: np.ndarray) -> np.ndarray:
+        """``W = L⁻¹Fᵀ`` (``L Lᵀ = I + FᵀKF``), so that ``Σ' = Σ − (WJΣ)ᵀ(WJΣ)``."""
+
+
+class PointCurvature(SpanCurvature):
+    """One curvature ``m_j`` per point (``Λ = diag m``): the shared covariance ``I_C ⊗ Σ``, ``J = Φ``."""
+
+    def __init__(self, curvature: str | Curvature) -> None:
+        self.gaussian = Curvature.parse(curvature) is Curvature.GAUSSIAN
+
+    def coef_shape(self, points: int, classes: int) -> tuple[int, ...]:
+        return (points, classes)
+
+    def factor(self, probs: np.ndarray) -> np.ndarray:
+        # curvature_weights written out: its dispatch costs more than the arithmetic at this size
+        if self.gaussian:
+            return np.ones(probs.shape[0])
+        pmax = probs.max(1)  # ≤ 1: exp of a log-softmax
+        return np.sqrt(pmax * (1.0 - pmax))
+
+    def inner(self, factor: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+        inner = np.multiply.outer(factor, factor)
+        inner *= kernel
+        inner.flat[:: inner.shape[0] + 1] += 1.0
+        return inner
+
+    def solve(self, factor: np.ndarray, chol: np.ndarray, k_grad: np.ndarray) -> np.ndarray:
+        return factor[:, None] * _chol_solve(chol, factor[:, None] * k_grad)
+
+    def whiten(self, factor: np.ndarray, chol_inv: np.ndarray) -> np.ndarray:
+        return chol_inv * factor[None, :]
+
+
+class SoftmaxCurvature(SpanCurvature):
+    """The softmax Hessian ``diag p − ppᵀ`` per point (block-diagonal ``Λ``): the full multi-class GGN,
+    ``J`` with ``M·C`` point-major rows."""
+
+    def coef_shape(self, points: int, classes: int) -> tuple[int, ...]:
+        return (points * classes,)
+
+    def factor(self, probs: np.ndarray) -> np.ndarray:
+        return scipy.linalg.block_diag(*fisher_factor(torch.from_numpy(probs)).numpy())
+
+    def inner(self, factor: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+        inner = factor.T @ kernel @ factor
+        inner.flat[:: inner.shape[0] + 1] += 1.0
+        return inner
+
+    def solve(self, factor: np.ndarray, chol: np.ndarray, k_grad: np.ndarray) -> np.ndarray:
+        return factor @ _chol_solve(chol, factor.T @ k_grad)
+
+    def whiten(self, factor: np.ndarray, chol_inv: np.ndarray) -> np.ndarray:
+        return chol_inv @ factor.T
+
+
 def span_newton(
     kernel: torch.Tensor,
     logits: torch.Tensor,
     targets: torch.Tensor,
-    curvature: str | Curvature,
+    model: SpanCurvature,
     gamma: float,
     steps: int,
-    shared: bool,
 ) -> SpanNewtonResult:
     """Damped Newton iteration of an update, in the span of the new points.
 
@@ -402,9 +437,9 @@ def span_newton(
     ``−(Σ⁻¹ + JᵀΛJ)⁻¹ ∇ = −ΣJᵀ (I + ΛK)⁻¹ (a − γ(y − p))``. Writing ``δ = ΣJᵀa`` therefore keeps the
     whole iteration in the ``M``-point logit space: logits ``z + K a`` with the kernel ``K = JΣJᵀ``
     and ``δᵀΣ⁻¹δ = aᵀKa``; the ``D``-dimensional mean and the covariance are formed once afterwards.
-    Each step linearises at the current logits with the posterior's curvature: ``Λ = m I`` per point
-    for the shared covariance (``O(M³)`` per step), the softmax Hessian for the full GGN
-    (``O((M·C)³)``). One step is the closed-form update; with ``steps > 1`` each step backtracks on
+    Each step linearises at the current logits with the structure's curvature ``model``: ``Λ = m I`` per
+    point for the shared covariance (:class:`PointCurvature`, ``O(M³)`` per step), the softmax Hessian
+    for the full GGN (:class:`SoftmaxCurvature`, ``O((M·C)³)``). One step is the closed-form update; with ``steps > 1`` each step backtracks on
     the objective and the iteration stops early once a step moves no logit by more than
     :data:`CONVERGED_LOGIT_CHANGE`. The returned factor is the curvature of the last linearisation,
     for the covariance.
@@ -417,8 +452,10 @@ def span_newton(
         ``(M, C)`` logits of the new points at the current mean.
     targets : torch.Tensor
         ``(M, C)`` one-hot or soft labels.
-    curvature, gamma, steps, shared
-        Curvature of the shared covariance, step size, Newton steps and the covariance structure.
+    model : SpanCurvature
+        The covariance structure's linearisation of the new points' likelihood.
+    gamma, steps
+        Step size and Newton steps.
     """
     # The iteration works on (M, M)/(M·C, M·C) matrices: NumPy's per-call cost is a fraction of torch's
     # at that size, so it runs in float64 NumPy on the CPU and hands torch tensors back in the inputs'
@@ -429,12 +466,10 @@ def span_newton(
     k_mat = 0.5 * (k_mat + k_mat.T)  # JΣJᵀ is symmetric; drop the round-off of its two products
     m_pts, c = z0.shape
     gy = gamma * y
-    coef = np.zeros((m_pts, c) if shared else m_pts * c)
+    coef = np.zeros(model.coef_shape(m_pts, c))
     k_coef = np.zeros_like(coef)  # K a
     log_p = _log_softmax(z0)
 
-    gaussian = Curvature.parse(curvature) is Curvature.GAUSSIAN
-    eye = np.eye(m_pts)
 
     def objective(a: np.ndarray, k_a: np.ndarray) -> tuple[float, np.ndarray]:
         lp = _log_softmax(z0 + k_a.reshape(m_pts, c))
@@ -449,24 +484,9 @@ def span_newton(
         grad = coef - (gy - gamma * probs).reshape(coef.shape)
         # (I + FFᵀK)⁻¹ g = g − F (I + FᵀKF)⁻¹ FᵀK g: an SPD solve whatever the curvature's rank
         k_grad = k_mat @ grad
-        if shared:
-            # curvature_weights written out: its dispatch costs more than the arithmetic at this size
-            if gaussian:
-                factor = np.ones(m_pts)
-            else:
-                pmax = probs.max(1)  # ≤ 1: exp of a log-softmax
-                factor = np.sqrt(pmax * (1.0 - pmax))
-            inner = np.multiply.outer(factor, factor)
-            inner *= k_mat
-            inner += eye
-            chol = _spd_factor(inner)
-            solved = factor[:, None] * _chol_solve(chol, factor[:, None] * k_grad)
-        else:
-            factor = scipy.linalg.block_diag(*fisher_factor(torch.from_numpy(probs)).numpy())
-            inner = factor.T @ k_mat @ factor
-            inner.flat[:: inner.shape[0] + 1] += 1.0
-            chol = _spd_factor(inner)
-            solved = factor @ _chol_solve(chol, factor.T @ k_grad)
+        factor = model.factor(probs)
+        chol = _spd_factor(model.inner(factor, k_mat))
+        solved = model.solve(factor, chol, k_grad)
         step = solved - grad
         k_step = k_mat @ step
         if steps > 1:
@@ -492,7 +512,7 @@ def span_newton(
     chol_inv, info = scipy.linalg.lapack.dtrtri(chol, lower=1)
     if info != 0:
         raise NumericalError(f"triangular inverse failed (LAPACK info {info})")
-    whiten = chol_inv * factor[None, :] if shared else chol_inv @ factor.T
+    whiten = model.whiten(factor, chol_inv)
     coef_t, factor_t, whiten_t, probs_t = (torch.from_numpy(np.ascontiguousarray(v)).to(**out)
                                            for v in (coef, factor, whiten, probs))
     return SpanNewtonResult(coef_t, factor_t, whiten_t, probs_t, taken)

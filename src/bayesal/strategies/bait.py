@@ -123,10 +123,7 @@ class BAIT(QueryStrategy):
         c, d = posterior.num_classes, posterior.num_features
         f64 = torch.float64
         if self.information == "laplace":
-            cov = posterior.covariance.to(f64)
-            if posterior.shared_covariance:
-                return torch.kron(torch.eye(c, dtype=f64, device=cov.device), cov.contiguous())
-            return cov.contiguous().clone()  # full GGN covariance, already over row-major vec W
+            return posterior.weight_covariance().to(f64).contiguous().clone()
         lam = posterior.fitted_prior_precision if self.lam is None else self.lam
         m0 = lam * torch.eye(c * d, dtype=f64, device=lx.device)
         if lx.shape[0]:

@@ -18,8 +18,8 @@ import time
 import torch
 
 from bayesal.exceptions import InvalidInputError
+from bayesal.laplace import LastLayerLaplace, SharedLaplace
 from bayesal.laplace.options import BLOCK_ELEMENTS
-from bayesal.laplace.posterior import LastLayerLaplace
 from bayesal.laplace.predictive import mean_field_probs
 from bayesal.laplace.update import batch_update_reference, curvature_weights
 from bayesal.utils.validation import as_features
@@ -33,7 +33,7 @@ __all__ = ["OracleLookahead", "ExpectedLogLossReduction"]
 
 
 def _check_shared(posterior: LastLayerLaplace, who: str) -> None:
-    if not posterior.shared_covariance:
+    if not isinstance(posterior, SharedLaplace):
         raise InvalidInputError(f"{who} needs a posterior with hessian='shared' (covariance I_C ⊗ Σ)")
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from bayesal.data.pool import Pool
-from bayesal.laplace.posterior import LastLayerLaplace
+from bayesal.laplace import LastLayerLaplace, SharedLaplace
 
 from ._common import check_batch_size
 from .base import QueryResult
@@ -65,7 +65,7 @@ def score_chunk(strategy, posterior: LastLayerLaplace, block: np.ndarray, genera
     the chunk, scores at float32 round-off. Everything else goes through the posterior's dtype.
     """
     x = torch.from_numpy(np.ascontiguousarray(block))
-    if x.dtype == torch.float32 and not strategy.stochastic and posterior.shared_covariance:
+    if x.dtype == torch.float32 and not strategy.stochastic and isinstance(posterior, SharedLaplace):
         z, var = posterior.logit_moments(x, compute_dtype=torch.float32)
         return strategy.score_logits(posterior, z, var, generator)
     return strategy.scores(posterior, x, generator)

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from bayesal.exceptions import InvalidInputError
+from bayesal.laplace import LastLayerLaplace, SharedLaplace
 from bayesal.laplace.options import Option
-from bayesal.laplace.posterior import LastLayerLaplace
 from bayesal.laplace.predictive import mean_field_probs
 
 from ._common import argmax_first, check_candidate_labels, prepare, tiled_moments
@@ -110,7 +110,7 @@ class _SequentialSelection:
     # ----------------------------------------------------------------- query
     def _cached(self, posterior: LastLayerLaplace) -> bool:
         """Whether the query takes the cached-logit fast path (``fast``, a score base, shared ``Σ``)."""
-        return self.fast and isinstance(self.base, ScoreStrategy) and posterior.shared_covariance
+        return self.fast and isinstance(self.base, ScoreStrategy) and isinstance(posterior, SharedLaplace)
 
     def _candidate_dtype(self, posterior: LastLayerLaplace, candidates: object) -> torch.dtype | None:
         """``compute_dtype`` when the fast path takes its products in it and the candidates come in it:

@@ -1,0 +1,152 @@
+"""Fitting a last-layer posterior: choosing λ₀ and the MAP head, then the covariance (docs/method.md §2)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from bayesal.exceptions import InvalidInputError
+from bayesal.utils.rng import RandomState, as_generator
+from bayesal.utils.validation import as_features, as_targets, check_num_classes, infer_num_classes
+
+from .evidence import cross_validate_prior, evidence_fixed_point, maximize_evidence
+from .head import HeadConfig, train_head
+from .linalg import feature_spectrum, spd_inverse
+from .options import Curvature
+
+if TYPE_CHECKING:
+    from .posterior import LastLayerLaplace
+
+__all__ = ["HeadFitting", "PRIOR_SELECTIONS", "FALLBACK_PRIOR_PRECISION"]
+
+PRIOR_SELECTIONS = ("cv", "cv-predictive", "evidence")
+FALLBACK_PRIOR_PRECISION = 1.0  # a string prior with nothing to choose from (see fit)
+
+
+class HeadFitting:
+    """The fitting part of :class:`~bayesal.laplace.posterior.LastLayerLaplace`: λ₀ (a number or chosen
+    by cross-validation or the evidence), the exact MAP head, and the covariance at it. The covariance
+    structure enters through the posterior's hooks (``_hessian_factor``, ``_num_params``, ...)."""
+
+    prior_precision: float | str
+    curvature: Curvature
+    lambda_mf: float
+    dtype: torch.dtype
+    device: torch.device
+    head_config: HeadConfig
+    random_state: RandomState
+
+    def fit(
+        self,
+        features: Any,
+        labels: Any,
+        *,
+        weight: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
+        num_classes: int | None = None,
+    ) -> LastLayerLaplace:
+        """Set the MAP mean and build the covariance from labeled ``features (N, D)``, ``labels (N,)``.
+
+        With ``weight (C, D)`` (and optionally ``bias (C,)``) the given head is the MAP estimate and is
+        not refitted: ``prior_precision="evidence"`` then takes the evidence-optimal λ₀ for that head;
+        ``"cv"``/``"cv-predictive"`` cannot validate a head they do not fit and use λ₀ = 1, as does any string prior
+        without labeled data (pass a number to set λ₀). Otherwise λ₀ is chosen (if a string) and the
+        head is fitted with ``head_config`` (seeded by ``random_state`` for the paper's SGD recipe).
+        Without ``num_classes`` (or ``weight``) C is inferred from soft labels' width or as the largest
+        class index + 1: pass it when the labeled set may lack the last classes.
+        """
+        x = as_features(features, dtype=self.dtype, device=self.device)
+        if weight is not None:
+            num_classes = int(weight.shape[0]) if num_classes is None else num_classes
+        if num_classes is None:
+            num_classes = infer_num_classes(labels)
+        c = check_num_classes(num_classes)
+        targets = as_targets(labels, c, n=x.shape[0], dtype=self.dtype, device=self.device)
+        d = x.shape[1]
+        lam = None
+        if weight is None:
+            if x.shape[0] == 0:
+                raise InvalidInputError("cannot train a head without labeled data; pass weight= instead")
+            weight, bias, lam = self._fit_head(x, targets, c)
+        weight = torch.as_tensor(weight).detach().to(dtype=self.dtype, device=self.device)
+        if weight.shape != (c, d):
+            raise InvalidInputError(f"weight has shape {tuple(weight.shape)}, expected (C, D) = ({c}, {d})")
+        bias = (
+            torch.zeros(c, dtype=self.dtype, device=self.device)
+            if bias is None
+            else torch.as_tensor(bias).detach().to(dtype=self.dtype, device=self.device).reshape(-1)
+        )
+        if bias.shape != (c,):
+            raise InvalidInputError(f"bias has shape {tuple(bias.shape)}, expected ({c},)")
+        if not bool(torch.isfinite(weight).all() and torch.isfinite(bias).all()):
+            raise InvalidInputError("head weight/bias contain NaN or inf")
+        self.mean_, self.bias_ = weight.clone(), bias.clone()
+        self.num_classes_, self.num_features_ = c, d
+        self.prior_precision_ = self._given_head_precision(x) if lam is None else lam
+        self.covariance_ = spd_inverse(self._prior_plus_ggn(x))
+        self.n_updates_ = 0
+        self._scale_tril = None
+        return self
+
+    def _fit_head(self, x: torch.Tensor, targets: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Choose λ₀ (if a string) and fit the head; returns ``(W, b, λ₀)``."""
+        cfg = self.head_config
+        x64, t64 = x.to(torch.float64), targets.to(torch.float64)
+        if self.prior_precision in ("cv", "cv-predictive"):
+            # folds from random_state when given, else a fixed seed: the same data give the same λ₀;
+            # "cv-predictive" scores with this posterior's own predictive
+            gen = None if self.random_state is None else as_generator(self.random_state)
+            sel = cross_validate_prior(x64, t64, head=cfg, generator=gen, predictive=self.prior_precision != "cv",
+                                       curvature=self._cv_curvature(), lambda_mf=self.lambda_mf)
+            lam, head = sel.prior_precision, (sel.weight, sel.bias)
+        elif self.prior_precision == "evidence":
+            sel = maximize_evidence(x64, t64, self._ggn_spectrum(x64), self._evidence_multiplicity(c), head=cfg)
+            lam, head = sel.prior_precision, (sel.weight, sel.bias)
+        else:
+            lam, head = float(self.prior_precision), None
+        if head is None or cfg.solver != "exact":
+            head = train_head(x, targets, c, config=cfg, prior_precision=lam, generator=as_generator(self.random_state))
+        return head[0].to(self.dtype), head[1].to(self.dtype), lam
+
+    def _cv_curvature(self) -> Curvature:
+        """Curvature of the predictive that ``"cv-predictive"`` scores."""
+        return self.curvature
+
+    def _ggn_spectrum(self, x: torch.Tensor) -> Any:
+        """Eigenvalues of the data GGN at a head, for the evidence, with the categorical curvature (the
+        'gaussian' m = 1 overstates the curvature of a softmax, and its evidence prefers the prior alone)."""
+
+        def spectrum(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+            probs = torch.softmax(x @ weight.T + bias, dim=-1)
+            return feature_spectrum(self._hessian_factor(x, probs, Curvature.CATEGORICAL))[0]
+
+        return spectrum
+
+    def _given_head_precision(self, x: torch.Tensor) -> float:
+        """λ₀ for a head passed to :meth:`fit`: the number given, or the evidence-optimal λ₀ for it."""
+        if not isinstance(self.prior_precision, str):
+            return float(self.prior_precision)
+        if self.prior_precision != "evidence" or x.shape[0] == 0:
+            return FALLBACK_PRIOR_PRECISION
+        x64 = x.to(torch.float64)
+        eig = self._ggn_spectrum(x64)(self.mean_.to(torch.float64), self.bias_.to(torch.float64))
+        return evidence_fixed_point(
+            float(self.mean_.square().sum()), eig, self._evidence_multiplicity(self.num_classes_)
+        )
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear, features: Any, labels: Any, **kwargs: Any) -> LastLayerLaplace:
+        """Laplace posterior around a trained ``torch.nn.Linear`` head (its weights are the MAP)."""
+        bias = linear.bias if linear.bias is not None else None
+        return cls(**kwargs).fit(features, labels, weight=linear.weight, bias=bias)
+
+    def _prior_plus_ggn(self, x: torch.Tensor) -> torch.Tensor:
+        """``λ₀ I + Σ_i H_i`` accumulated over chunks of ``x``."""
+        p = self._num_params()
+        prec = self.prior_precision_ * torch.eye(p, dtype=self.dtype, device=self.device)
+        # a chunk's factor U has P / D rows of P columns per point (1 row shared, C rows full GGN)
+        for chunk in self._chunks(x, per_row=p * (p // self.num_features_)):
+            u = self._hessian_factor(chunk, self._point_probs(chunk), self.curvature)
+            prec.addmm_(u.T, u)
+        return prec

@@ -1,0 +1,147 @@
+"""The registry of covariance structures: ``hessian="shared"`` names a posterior subclass.
+
+A structure is one subclass of :class:`~bayesal.laplace.posterior.LastLayerLaplace` in a module of its
+own, registered under its name with :func:`register_structure`; ``LastLayerLaplace(hessian=name)`` and
+:meth:`~bayesal.laplace.posterior.LastLayerLaplace.from_state_dict` build it by that name.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import torch
+
+from bayesal.exceptions import InvalidInputError
+
+from .options import Curvature, UpdateMethod
+from .update import SpanCurvature, SpanNewtonResult
+
+if TYPE_CHECKING:
+    from .posterior import LastLayerLaplace
+
+__all__ = ["CovarianceStructure", "register_structure", "structure_class", "structure_names"]
+
+
+class CovarianceStructure(ABC):
+    """What a covariance structure implements: the hooks through which the structure-independent parts
+    of :class:`~bayesal.laplace.posterior.LastLayerLaplace` (fitting, predictive, update, persistence)
+    reach its covariance. Its fitted state: ``mean_ (C, D)``, ``bias_ (C,)``, ``covariance_ (P, P)``,
+    ``num_classes_``, ``num_features_``."""
+
+    #: The registered name of the structure (set by :func:`register_structure`).
+    structure: ClassVar[str]
+
+    @abstractmethod
+    def _num_params(self) -> int:
+        """Side ``P`` of the covariance: ``D`` (shared) or ``C·D`` (full)."""
+
+    @abstractmethod
+    def _hessian_factor(self, x: torch.Tensor, probs: torch.Tensor, curvature: Curvature) -> torch.Tensor:
+        """Factor ``U (K, P)`` of the data GGN ``UᵀU`` of rows ``x (n, D)`` at the softmax ``probs (n, C)``;
+        ``curvature`` is the per-point curvature where the structure has one."""
+
+    @abstractmethod
+    def _evidence_multiplicity(self, c: int) -> int:
+        """How often the spectrum of :meth:`_hessian_factor` repeats in the evidence's log-determinant."""
+
+    @abstractmethod
+    def _logit_cov_chunk(self, x: torch.Tensor) -> torch.Tensor:
+        """The logit (co)variance of one chunk of rows ``x (n, D)``: ``σ² (n,)`` or ``(n, C, C)``."""
+
+    @abstractmethod
+    def _var_shape(self) -> tuple[int, ...]:
+        """Shape of an empty :meth:`logit_variance`."""
+
+    @abstractmethod
+    def _per_row_cost(self) -> int:
+        """Elements per row of :meth:`_logit_cov_chunk`'s temporaries (sizes its chunks)."""
+
+    @abstractmethod
+    def _span_products(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(JΣ, JΣJᵀ)`` for new rows ``x (M, D)``: what an update's Newton iteration needs of ``Σ``."""
+
+    @abstractmethod
+    def _span_curvature(self) -> SpanCurvature:
+        """The linearisation of new points' likelihood in :func:`~bayesal.laplace.update.span_newton`."""
+
+    @abstractmethod
+    def _updated_state(
+        self, x: torch.Tensor, res: SpanNewtonResult, left: torch.Tensor, method: UpdateMethod
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(μ', Σ' or its base, pending factor or None)`` after :func:`span_newton` gave ``res``."""
+
+    @abstractmethod
+    def _mean_step(self, phi: torch.Tensor, resid: torch.Tensor, gamma: float) -> torch.Tensor:
+        """``μ + γ Σ ∇`` for the gradient ``Σ_j resid_j ⊗ φ_j`` of rows ``phi (M, D)``, ``resid (M, C)``."""
+
+    @abstractmethod
+    def sample_weights(self, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Weight samples ``(K, C, D)`` from ``N(μ, Σ)``."""
+
+    @abstractmethod
+    def weight_covariance(self) -> torch.Tensor:
+        """The covariance of row-major ``vec W`` as a dense ``(C·D, C·D)`` (e.g. ``I_C ⊗ Σ``)."""
+
+
+    # The cached-logit fast paths of selection need logits that are independent across classes with one
+    # variance per point; structures without that (the full GGN) refuse them with this message.
+    def logit_moments(self, features: Any, *, compute_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """MAP logits and one logit variance per row; only structures with a shared covariance offer it."""
+        raise self._no_fast_path("logit_moments")
+
+    def covariance_product(self, features: torch.Tensor) -> torch.Tensor:
+        """``ΦΣ`` with the shared ``Σ``; only structures with a shared covariance offer it."""
+        raise self._no_fast_path("covariance_product")
+
+    def logit_step(self, phi: torch.Tensor, target: torch.Tensor, **kwargs: Any) -> Any:
+        """A rank-1 update for cached logits; only structures with a shared covariance offer it."""
+        raise self._no_fast_path("logit_step")
+
+    def absorb(self, step: Any) -> Any:
+        """Absorb a :meth:`logit_step`; only structures with a shared covariance offer it."""
+        raise self._no_fast_path("absorb")
+
+    def _no_fast_path(self, what: str) -> InvalidInputError:
+        return InvalidInputError(f"{what} needs a posterior with hessian='shared' (covariance I_C ⊗ Σ), "
+                                 f"not {str(self.structure)!r}")
+
+
+_STRUCTURES: dict[str, type[LastLayerLaplace]] = {}
+
+_P = TypeVar("_P", bound="type[LastLayerLaplace]")
+
+
+def register_structure(name: str) -> Callable[[_P], _P]:
+    """Class decorator: register a posterior subclass as the covariance structure ``name`` (a string, or
+    a :class:`~bayesal.laplace.options.Hessian` member for the built-in ones); it becomes the class's
+    ``structure`` and its instances' ``hessian``."""
+
+    def decorate(cls: _P) -> _P:
+        key = _key(name)
+        if key in _STRUCTURES and _STRUCTURES[key] is not cls:
+            raise InvalidInputError(f"covariance structure {key!r} is already registered by {_STRUCTURES[key]!r}")
+        cls.structure = name
+        _STRUCTURES[key] = cls
+        return cls
+
+    return decorate
+
+
+def structure_names() -> tuple[str, ...]:
+    """The registered structure names, in registration order."""
+    return tuple(_STRUCTURES)
+
+
+def structure_class(name: Any) -> type[LastLayerLaplace]:
+    """The subclass registered as ``name`` (a string or a :class:`~bayesal.laplace.options.Hessian`)."""
+    key = _key(name)
+    try:
+        return _STRUCTURES[key]
+    except KeyError:
+        raise InvalidInputError(f"unknown hessian {name!r}; choose one of {structure_names()}") from None
+
+
+def _key(name: Any) -> str:
+    return str(name.value if hasattr(name, "value") else name)

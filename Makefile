@@ -12,7 +12,7 @@ LS_DB := $(LS_VENV)/migrated/label_studio.sqlite3
 
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: install demo test lint bench clean labelstudio-env test-labelstudio data lock lock-main lock-labelstudio
+.PHONY: install demo test lint docs bench clean labelstudio-env test-labelstudio data lock lock-main lock-labelstudio
 
 # Both venvs install from committed lock files (constraints): every package at the version the tests
 # passed with. `make lock` regenerates them from fresh venvs; a changed lock file reinstalls.
@@ -52,7 +52,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks tools
 	$(VENV)/bin/lint-imports
 
-test: lint data
+# The documentation site (mkdocs.yml, docs/) with warnings as errors: a broken link or anchor fails.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+test: lint docs data
 	$(PY) -m pytest -q
 
 $(LS_EXE): $(LS_LOCK) tools/locked_install.py
@@ -99,4 +103,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/update_vs_retrain.py
 
 clean:
-	rm -rf $(VENV) $(LS_VENV) $(LOCK_VENV) $(LS_LOCK_VENV) demo_output .pytest_cache
+	rm -rf $(VENV) $(LS_VENV) $(LOCK_VENV) $(LS_LOCK_VENV) demo_output .pytest_cache site

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from bayesal import LastLayerLaplace
-from bayesal.laplace import FullLaplace, SharedLaplace
 from bayesal.exceptions import InvalidInputError
+from bayesal.laplace import FullLaplace, SharedLaplace
 
 
 def _fitted(toy, **kw):

@@ -48,6 +48,7 @@ __all__ = [
     "maximize_evidence",
     "CV_GRID",
     "CrossValidationFit",
+    "HeldOutFold",
     "cross_validate_prior",
 ]
 
@@ -194,15 +195,27 @@ def heldout_logit_variance(
     return half.square().sum(0)
 
 
+class HeldOutFold(NamedTuple):
+    """One cross-validation fold at one λ₀: which rows trained its head (``train``, a mask ``(N,)``), the
+    head's MAP logits of the held-out rows ``(n*, C)`` and the curvature ``m`` of its training rows
+    ``(n,)`` — what the held-out predictive needs (see :func:`~bayesal.laplace.spread.select_spread`)."""
+
+    train: torch.Tensor
+    logits: torch.Tensor
+    curvature: torch.Tensor
+
+
 class CrossValidationFit(NamedTuple):
     """Result of :func:`cross_validate_prior`: the chosen ``prior_precision``, the MAP head for it on
-    all the data, the λ₀ grid and the mean held-out log-likelihood per point of each."""
+    all the data, the λ₀ grid and the mean held-out log-likelihood per point of each; with
+    ``keep_folds=True`` also the folds at the chosen λ₀."""
 
     prior_precision: float
     weight: torch.Tensor
     bias: torch.Tensor
     grid: tuple[float, ...]
     scores: tuple[float, ...]
+    folds: tuple[HeldOutFold, ...] = ()
 
 
 def cross_validate_prior(
@@ -218,6 +231,7 @@ def cross_validate_prior(
     predictive: bool = False,
     curvature: str | Curvature = Curvature.CATEGORICAL,
     lambda_mf: float = DEFAULT_LAMBDA_MF,
+    keep_folds: bool = False,
 ) -> CrossValidationFit:
     """λ₀ maximising the K-fold held-out log-likelihood of the exact MAP head (or of its Laplace predictive).
 
@@ -231,6 +245,8 @@ def cross_validate_prior(
     fixed seed when None, so the choice is reproducible). Ties go to the stronger prior. Cost:
     ``folds × len(grid)`` warm-started head fits to the looser ``fold_tol`` (held-out scores need no
     more), as many held-out variances (``O(min(N, D)³)`` each) and one exact fit on all the data.
+    ``keep_folds=True`` returns each fold's held-out logits and training curvatures (``curvature``) at
+    the chosen λ₀, from which the spread of the predictive is chosen on the same folds.
     """
     n = features.shape[0]
     if n == 0:
@@ -246,6 +262,7 @@ def cross_validate_prior(
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     fold_of = torch.randperm(n, generator=gen).to(features.device) % k
     scores = torch.zeros(len(lams), dtype=torch.float64)
+    kept: list[list[HeldOutFold]] = [[] for _ in lams]
     gram = features @ features.T if predictive and n <= features.shape[1] else None
     for f in range(k):
         tr, te = fold_of != f, fold_of == f
@@ -257,8 +274,12 @@ def cross_validate_prior(
                                **{**fitkw, "tol": max(fitkw["tol"], fold_tol)})
             start = (fit.weight, fit.bias)
             logits = features[te] @ fit.weight.T + fit.bias
-            if predictive:
+            m = None
+            if predictive or keep_folds:
                 m = curvature_weights(torch.softmax(features[tr] @ fit.weight.T + fit.bias, 1), curvature)
+            if keep_folds:
+                kept[j].append(HeldOutFold(tr, logits, m))
+            if predictive:
                 var = heldout_logit_variance(features[tr], features[te], m, lam, gram=pair)
                 logits = logits / torch.sqrt(1.0 + lambda_mf * var).unsqueeze(1)
             logp = torch.log_softmax(logits, 1)
@@ -266,4 +287,4 @@ def cross_validate_prior(
     scores /= n
     best = int(torch.argmax(scores))  # first maximum: the strongest prior among ties
     fit = fit_map_head(features, targets, lams[best], init=init, **fitkw)
-    return CrossValidationFit(lams[best], fit.weight, fit.bias, tuple(lams), tuple(scores.tolist()))
+    return CrossValidationFit(lams[best], fit.weight, fit.bias, tuple(lams), tuple(scores.tolist()), tuple(kept[best]))

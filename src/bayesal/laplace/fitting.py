@@ -14,13 +14,15 @@ from .evidence import cross_validate_prior, evidence_fixed_point, maximize_evide
 from .head import HeadConfig, train_head
 from .linalg import feature_spectrum, spd_inverse
 from .options import Curvature
+from .spread import FALLBACK_SPREAD, heldout_folds, select_spread
 
 if TYPE_CHECKING:
     from .posterior import LastLayerLaplace
 
-__all__ = ["HeadFitting", "PRIOR_SELECTIONS", "FALLBACK_PRIOR_PRECISION"]
+__all__ = ["HeadFitting", "PRIOR_SELECTIONS", "SPREAD_SELECTIONS", "FALLBACK_PRIOR_PRECISION"]
 
 PRIOR_SELECTIONS = ("cv", "cv-predictive", "evidence")
+SPREAD_SELECTIONS = ("cv",)
 FALLBACK_PRIOR_PRECISION = 1.0  # a string prior with nothing to choose from (see fit)
 
 
@@ -30,6 +32,7 @@ class HeadFitting:
     structure enters through the posterior's hooks (``_hessian_factor``, ``_num_params``, ...)."""
 
     prior_precision: float | str
+    spread: float | str
     curvature: Curvature
     lambda_mf: float
     dtype: torch.dtype
@@ -64,11 +67,11 @@ class HeadFitting:
         c = check_num_classes(num_classes)
         targets = as_targets(labels, c, n=x.shape[0], dtype=self.dtype, device=self.device)
         d = x.shape[1]
-        lam = None
+        lam, folds = None, None
         if weight is None:
             if x.shape[0] == 0:
                 raise InvalidInputError("cannot train a head without labeled data; pass weight= instead")
-            weight, bias, lam = self._fit_head(x, targets, c)
+            weight, bias, lam, folds = self._fit_head(x, targets, c)
         weight = torch.as_tensor(weight).detach().to(dtype=self.dtype, device=self.device)
         if weight.shape != (c, d):
             raise InvalidInputError(f"weight has shape {tuple(weight.shape)}, expected (C, D) = ({c}, {d})")
@@ -84,13 +87,15 @@ class HeadFitting:
         self.mean_, self.bias_ = weight.clone(), bias.clone()
         self.num_classes_, self.num_features_ = c, d
         self.prior_precision_ = self._given_head_precision(x) if lam is None else lam
+        self.spread_ = self._choose_spread(x, targets, folds, given_head=lam is None)
         self.covariance_ = spd_inverse(self._prior_plus_ggn(x))
         self.n_updates_ = 0
         self._scale_tril = None
         return self
 
-    def _fit_head(self, x: torch.Tensor, targets: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """Choose λ₀ (if a string) and fit the head; returns ``(W, b, λ₀)``."""
+    def _fit_head(self, x: torch.Tensor, targets: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor, float, Any]:
+        """Choose λ₀ (if a string) and fit the head; returns ``(W, b, λ₀, folds)`` (the cross-validation
+        folds at λ₀ when it chose λ₀ and the spread is chosen from folds too, else None)."""
         cfg = self.head_config
         x64, t64 = x.to(torch.float64), targets.to(torch.float64)
         if self.prior_precision in ("cv", "cv-predictive"):
@@ -98,16 +103,32 @@ class HeadFitting:
             # "cv-predictive" scores with this posterior's own predictive
             gen = None if self.random_state is None else as_generator(self.random_state)
             sel = cross_validate_prior(x64, t64, head=cfg, generator=gen, predictive=self.prior_precision != "cv",
-                                       curvature=self._cv_curvature(), lambda_mf=self.lambda_mf)
-            lam, head = sel.prior_precision, (sel.weight, sel.bias)
+                                       curvature=self._cv_curvature(), lambda_mf=self.lambda_mf,
+                                       keep_folds=self.spread == "cv")
+            lam, head, folds = sel.prior_precision, (sel.weight, sel.bias), sel.folds
         elif self.prior_precision == "evidence":
             sel = maximize_evidence(x64, t64, self._ggn_spectrum(x64), self._evidence_multiplicity(c), head=cfg)
-            lam, head = sel.prior_precision, (sel.weight, sel.bias)
+            lam, head, folds = sel.prior_precision, (sel.weight, sel.bias), None
         else:
-            lam, head = float(self.prior_precision), None
+            lam, head, folds = float(self.prior_precision), None, None
         if head is None or cfg.solver != "exact":
             head = train_head(x, targets, c, config=cfg, prior_precision=lam, generator=as_generator(self.random_state))
-        return head[0].to(self.dtype), head[1].to(self.dtype), lam
+        return head[0].to(self.dtype), head[1].to(self.dtype), lam, folds
+
+    def _choose_spread(self, x: torch.Tensor, targets: torch.Tensor, folds: Any, given_head: bool) -> float:
+        """The spread ``τ`` of the predictive: the number given, or (``"cv"``) the one whose held-out
+        predictive log-likelihood is best on the folds at λ₀ (those that chose λ₀, else fresh ones). A head
+        passed to :meth:`fit` is not refitted on folds: it keeps the plain Laplace predictive (τ = 1)."""
+        if not isinstance(self.spread, str):
+            return float(self.spread)
+        if given_head:
+            return FALLBACK_SPREAD
+        x64, t64 = x.to(torch.float64), targets.to(torch.float64)
+        if folds is None:
+            gen = None if self.random_state is None else as_generator(self.random_state)
+            folds = heldout_folds(x64, t64, self.prior_precision_, head=self.head_config, generator=gen,
+                                  curvature=self._cv_curvature())
+        return select_spread(x64, t64, folds, self.prior_precision_, lambda_mf=self.lambda_mf).spread
 
     def _cv_curvature(self) -> Curvature:
         """Curvature of the predictive that ``"cv-predictive"`` scores."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .options import Curvature, Hessian, UpdateMethod
@@ -75,11 +77,11 @@ class FullLaplace(LastLayerLaplace):
         return self.mean_ + gamma * (self.covariance_ @ grad).reshape(self.mean_.shape)
 
     def sample_weights(self, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Weight samples ``(K, C, D)`` from ``N(vec μ, Σ)``."""
+        """Weight samples ``(K, C, D)`` from ``N(vec μ, τΣ)`` (``τ`` the spread)."""
         n_samples = self._sample_count(n_samples)
         c, d = self.num_classes_, self.num_features_
         eps = torch.randn(n_samples, c * d, generator=generator, dtype=self.dtype).to(self.device)
-        return self.mean_ + (eps @ self.scale_tril.T).view(n_samples, c, d)
+        return self.mean_ + math.sqrt(self.spread_) * (eps @ self.scale_tril.T).view(n_samples, c, d)
 
     def weight_covariance(self) -> torch.Tensor:
         """The covariance itself: it is already over row-major ``vec W``."""

@@ -23,7 +23,7 @@ from bayesal.utils.validation import (
     check_scalar,
 )
 
-from .fitting import PRIOR_SELECTIONS, HeadFitting
+from .fitting import PRIOR_SELECTIONS, SPREAD_SELECTIONS, HeadFitting
 from .head import HeadConfig
 from .linalg import safe_cholesky
 from .options import BLOCK_ELEMENTS, Curvature, Predictive
@@ -100,6 +100,7 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, CovarianceStructure):
         head_config: HeadConfig = HeadConfig(),
         random_state: RandomState = None,
         chunk_size: int | None = None,
+        spread: float | str = "cv",
     ) -> None:
         if isinstance(prior_precision, str):
             if prior_precision not in PRIOR_SELECTIONS:
@@ -109,10 +110,16 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, CovarianceStructure):
                 )
         else:
             prior_precision = check_scalar(prior_precision, "prior_precision", low=0, low_inclusive=False)
+        if isinstance(spread, str):
+            if spread not in SPREAD_SELECTIONS:
+                raise InvalidInputError(f"spread must be a number >= 0 or one of {SPREAD_SELECTIONS}, got {spread!r}")
+        else:
+            spread = float(check_scalar(spread, "spread", low=0))
         lambda_mf = check_scalar(lambda_mf, "lambda_mf", low=0)
         dtype = check_dtype(dtype)
         chunk_size = None if chunk_size is None else check_scalar(chunk_size, "chunk_size", integer=True, low=1)
         self.prior_precision = prior_precision if isinstance(prior_precision, str) else float(prior_precision)
+        self.spread = spread
         self.curvature = Curvature.parse(curvature)
         self.lambda_mf = float(lambda_mf)
         self.gamma = check_gamma(gamma)
@@ -181,6 +188,21 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, CovarianceStructure):
     def is_fitted(self) -> bool:
         """Whether :meth:`fit` (or :meth:`from_state_dict`) has set the mean and covariance."""
         return hasattr(self, "mean_")
+
+    @property
+    def fitted_spread(self) -> float:
+        """The spread ``τ`` of the predictive in use (logit variances ``τ σ²``): the number given, or the
+        one chosen at :meth:`fit` (see :mod:`bayesal.laplace.spread`)."""
+        self._check_fitted()
+        return self.spread_
+
+    def with_spread(self, spread: float) -> LastLayerLaplace:
+        """A shallow copy whose predictive uses the spread ``τ = spread`` (``1``: the plain Laplace
+        predictive, ``0``: the MAP softmax); the mean, the covariance and updates are unchanged."""
+        self._check_fitted()
+        out = copy.copy(self)
+        out.spread_ = float(check_scalar(spread, "spread", low=0))
+        return out
 
     @property
     def fitted_prior_precision(self) -> float:
@@ -281,7 +303,8 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, CovarianceStructure):
         return x @ self.mean_.T + self.bias_
 
     def logit_variance(self, features: Any, *, checked: bool = False) -> torch.Tensor:
-        """Shared: ``σ²(x) = φᵀΣφ`` ``(N,)``. Full: the logit covariance ``(N, C, C)``.
+        """The predictive's logit variance: shared ``τ σ²(x) = τ φᵀΣφ`` ``(N,)``; full: ``τ`` times the logit
+        covariance ``(N, C, C)`` (``τ`` the spread, :attr:`fitted_spread`).
 
         Parameters
         ----------
@@ -298,13 +321,18 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, CovarianceStructure):
         if checked:
             return self._logit_variance(features)
         x = self._pool(features)
-        parts = [self._logit_cov_chunk(ch) for ch in self._pool_chunks(x, self._per_row_cost())]
+        parts = [self._predictive_cov(ch) for ch in self._pool_chunks(x, self._per_row_cost())]
         return self._cat(parts, self._var_shape())
 
     def _logit_variance(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`logit_variance` of already-validated ``x (N, D)``."""
-        parts = [self._logit_cov_chunk(ch) for ch in self._chunks(x, self._per_row_cost())]
+        parts = [self._predictive_cov(ch) for ch in self._chunks(x, self._per_row_cost())]
         return self._cat(parts, self._var_shape())
+
+    def _predictive_cov(self, x: torch.Tensor) -> torch.Tensor:
+        """The predictive's logit (co)variance of one chunk: the structure's, times the spread ``τ``."""
+        cov = self._logit_cov_chunk(x)
+        return cov if self.spread_ == 1.0 else cov.mul_(self.spread_)
 
     def _mc_generator(self, generator: torch.Generator | None) -> torch.Generator | None:
         """The given generator, else one seeded by an int ``random_state`` (reproducible predictive),
@@ -338,7 +366,7 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, CovarianceStructure):
         out = []
         if method is Predictive.MEAN_FIELD:
             for ch in self._pool_chunks(x, self._per_row_cost()):
-                var = self._logit_cov_chunk(ch)
+                var = self._predictive_cov(ch)
                 v = var if var.ndim == 1 else centered(var).diagonal(dim1=1, dim2=2)
                 out.append(mean_field_probs(self._logits(ch), v, lam))
         else:
@@ -348,7 +376,7 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, CovarianceStructure):
             gen = self._mc_generator(generator)
             step = max(1, BLOCK_ELEMENTS // (n_samples * self.num_classes_))
             for ch in self._pool_chunks(x, step=step):
-                scale = logit_scale(self._logit_cov_chunk(ch))
+                scale = logit_scale(self._predictive_cov(ch))
                 out.append(mc_probs(self._logits(ch), scale, n_samples, gen))
         return self._cat(out, (0, self.num_classes_))
 
@@ -404,8 +432,10 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, CovarianceStructure):
                 "steps": self.steps,
                 "dtype": str(self.dtype).replace("torch.", ""),
                 "chunk_size": self.chunk_size,
+                "spread": self.spread,
             },
             "prior_precision": self.prior_precision_,
+            "spread": self.spread_,
             "mean": self.mean_.cpu(),
             "bias": self.bias_.cpu(),
             "covariance": self.covariance_.cpu(),
@@ -419,6 +449,7 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, CovarianceStructure):
             cfg = dict(state["config"])
             cfg["dtype"] = getattr(torch, cfg["dtype"])
             cfg.setdefault("steps", 1)  # states written before iterated updates made one step
+            cfg.setdefault("spread", 1.0)  # ... and before the spread of the predictive was chosen
             post = cls(device=device, **cfg)
             post.mean_ = state["mean"].to(dtype=post.dtype, device=post.device)
             post.bias_ = state["bias"].to(dtype=post.dtype, device=post.device)
@@ -426,6 +457,8 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, CovarianceStructure):
             post.n_updates_ = int(state["n_updates"])
             # states written before λ₀ could be chosen hold only the configured number
             post.prior_precision_ = float(state.get("prior_precision", cfg["prior_precision"]))
+            # states written before the spread was chosen predict with the plain Laplace predictive
+            post.spread_ = float(state.get("spread", 1.0))
         except (KeyError, TypeError, AttributeError) as err:
             raise ValueError(f"malformed posterior state: {err!r}") from err
         post.num_classes_, post.num_features_ = post.mean_.shape
@@ -438,5 +471,5 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, CovarianceStructure):
         fitted = f", C={self.num_classes_}, D={self.num_features_}" if hasattr(self, "mean_") else ""
         return (
             f"LastLayerLaplace(prior_precision={self.prior_precision}, curvature={self.curvature.value!r}, "
-            f"hessian={str(self.hessian)!r}, gamma={self.gamma}{fitted})"
+            f"hessian={str(self.hessian)!r}, gamma={self.gamma}, spread={self.spread}{fitted})"
         )

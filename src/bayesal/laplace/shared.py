@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,11 +120,11 @@ class SharedLaplace(LastLayerLaplace):
         return self.mean_ + gamma * resid.T @ (phi @ self.covariance_)
 
     def sample_weights(self, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Weight samples ``(K, C, D)`` from ``N(μ, Σ)``: each class row with the shared ``Σ``."""
+        """Weight samples ``(K, C, D)`` from ``N(μ, τΣ)`` (``τ`` the spread): each class row with the shared ``Σ``."""
         n_samples = self._sample_count(n_samples)
         eps = torch.randn(n_samples, self.num_classes_, self.num_features_, generator=generator,
                           dtype=self.dtype).to(self.device)
-        return self.mean_ + eps @ self.scale_tril.T
+        return self.mean_ + math.sqrt(self.spread_) * (eps @ self.scale_tril.T)
 
     def weight_covariance(self) -> torch.Tensor:
         """``I_C ⊗ Σ (C·D, C·D)``: the covariance of row-major ``vec W``."""
@@ -133,7 +134,7 @@ class SharedLaplace(LastLayerLaplace):
 
     # ------------------------------------------------------------ fast paths
     def logit_moments(self, features: Any, *, compute_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """MAP logits ``(N, C)`` and logit variances ``σ² (N,)`` of one block of rows (shared covariance).
+        """MAP logits ``(N, C)`` and the predictive's logit variances ``τ σ² (N,)`` of one block of rows.
 
         With ``compute_dtype=torch.float32`` a float32 block is multiplied directly with float32 copies
         of the mean and ``Σ`` (made once per posterior state and cached; the state itself stays in
@@ -180,7 +181,7 @@ class SharedLaplace(LastLayerLaplace):
                 f"features overflow in {str(dt).replace('torch.', '')} products with the posterior (logit "
                 "variances reach inf); rescale the features, or score in the posterior's dtype"
             )
-        return z, var
+        return z, (var if self.spread_ == 1.0 else var.mul_(self.spread_))
 
     def covariance_product(self, features: torch.Tensor) -> torch.Tensor:
         """``Φ Σ (N, D)`` (rows ``Σφ_i``) for checked ``features (N, D)`` or ``Σφ (D,)`` for one ``(D,)``.
@@ -231,7 +232,7 @@ class SharedLaplace(LastLayerLaplace):
         sigma_phi = self.covariance_ @ phi
         if self.steps == 1:
             m = float(curvature_weights(probs.unsqueeze(0), self.curvature)[0])
-            return LogitStep(phi, sigma_phi, target, probs, m, gamma)
+            return LogitStep(phi, sigma_phi, target, probs, m, gamma, self.spread_)
         # iterated update: the same Newton iteration as update(steps=k), in the point's logit space;
         # ``probs`` is set so that γ (y − probs) / (1 + m φᵀΣφ) is the iterated logit coefficient
         q = float(torch.dot(phi, sigma_phi))
@@ -239,7 +240,7 @@ class SharedLaplace(LastLayerLaplace):
                           self.steps)
         coef, m = res.coef[0], float(res.factor[0]) ** 2
         eff = target - coef * (1.0 + m * q) / gamma if gamma > 0 else probs
-        return LogitStep(phi, sigma_phi, target, eff, m, gamma)
+        return LogitStep(phi, sigma_phi, target, eff, m, gamma, self.spread_)
 
     def absorb(self, step: LogitStep) -> LastLayerLaplace:
         """Absorb the point of ``step`` — made by :meth:`logit_step` on this posterior as it is now — in

@@ -201,6 +201,7 @@ def rank1_logit_update(
     gamma: float,
     return_products: bool = False,
     inplace: bool = False,
+    spread: float = 1.0,
 ) -> tuple[torch.Tensor, ...]:
     """Cached ``z (N, C)``, ``σ² (N,)`` after the rank-1 update with one point, in ``O(N·D)``
     (and the products ``Φs (N,)`` with ``return_products=True``).
@@ -211,14 +212,17 @@ def rank1_logit_update(
     The products ``Φs`` are taken in the dtype of ``features`` (e.g. a float32 copy of a large pool,
     as :class:`~bayesal.laplace.linalg.TiledRows`: half the memory traffic) and accumulated into the caches in their own dtype. ``inplace=True``
     updates ``logits`` and ``variance`` themselves (same values; no fresh ``(N, C)`` per pick).
+    ``spread τ``: the cached variances are the predictive's ``τ σ²`` (the posterior's spread), so their
+    downdate is scaled by ``τ`` too.
     """
     denom = 1.0 + curvature * float(torch.dot(phi, sigma_phi))
     phi_s = (features @ sigma_phi.to(features.dtype)).to(logits.dtype)  # (N,)
+    shrink = -curvature / denom if spread == 1.0 else -spread * curvature / denom
     if inplace:
-        new_var = variance.addcmul_(phi_s, phi_s, value=-curvature / denom)
+        new_var = variance.addcmul_(phi_s, phi_s, value=shrink)
         new_logits = logits.addr_(phi_s, target - probs, alpha=gamma / denom)
     else:
-        new_var = torch.addcmul(variance, phi_s, phi_s, value=-curvature / denom)
+        new_var = torch.addcmul(variance, phi_s, phi_s, value=shrink)
         new_logits = torch.addr(logits, phi_s, target - probs, alpha=gamma / denom)
     if return_products:
         return new_logits, new_var, phi_s
@@ -270,7 +274,8 @@ class LogitStep:
 
     Built by :meth:`LastLayerLaplace.logit_step`. Attributes: ``phi (D,)``, ``sigma_phi = Σφ (D,)``
     under the covariance before the step, ``target y (C,)``, ``probs`` the MAP softmax at ``φ``,
-    ``curvature m`` and the step size ``gamma``.
+    ``curvature m``, the step size ``gamma`` and the posterior's ``spread τ`` (cached variances are the
+    predictive's ``τ σ²``).
     """
 
     phi: torch.Tensor
@@ -279,6 +284,7 @@ class LogitStep:
     probs: torch.Tensor
     curvature: float
     gamma: float
+    spread: float = 1.0
 
     @property
     def denom(self) -> float:
@@ -304,7 +310,7 @@ class LogitStep:
             New ``(logits, variance)``, ``O(N·D)``.
         """
         return rank1_logit_update(features, logits, variance, self.sigma_phi, self.phi, self.target, self.probs,
-                                  self.curvature, self.gamma)
+                                  self.curvature, self.gamma, spread=self.spread)
 
     def apply_with_products(
         self, features: torch.Tensor | TiledRows, logits: torch.Tensor, variance: torch.Tensor, inplace: bool = False
@@ -313,7 +319,8 @@ class LogitStep:
         a caller can bound how far each cached logit moved (``|γ/denom · (Φ Σφ)_n| · span(y − p)``).
         ``inplace=True`` updates the caller's ``logits`` and ``variance`` in place."""
         return rank1_logit_update(features, logits, variance, self.sigma_phi, self.phi, self.target, self.probs,
-                                  self.curvature, self.gamma, return_products=True, inplace=inplace)
+                                  self.curvature, self.gamma, return_products=True, inplace=inplace,
+                                  spread=self.spread)
 
     def downdate_kernel(self, kernel: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
         """``kernel = A Σ Bᵀ (R, N)`` for ``left A (R, D)``, ``right B (N, D)`` → ``A Σ' Bᵀ`` (in place)."""

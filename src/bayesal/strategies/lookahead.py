@@ -106,6 +106,10 @@ class OracleLookahead(OracleStrategy):
         """See :meth:`OracleStrategy.query_with_labels`."""
         x, _, _, b, gen = prepare(posterior, candidates, labeled, batch_size, generator)
         _check_shared(posterior, "OracleLookahead")
+        # the update's algebra needs the Laplace variances φᵀΣφ; the predictive's spread τ enters through
+        # the mean-field constant (λ_mf τ σ² is the tempered predictive's)
+        lam = posterior.lambda_mf * posterior.fitted_spread
+        posterior = posterior.with_spread(1.0)
         y = check_candidate_labels(candidate_labels, x.shape[0], posterior.num_classes)
         c = posterior.num_classes
         t0 = time.perf_counter()
@@ -122,7 +126,7 @@ class OracleLookahead(OracleStrategy):
         x_sig = posterior.covariance_product(x)  # (N, D)
 
         def cross_entropy(z: torch.Tensor, v: torch.Tensor) -> float:
-            p = mean_field_probs(z, v, posterior.lambda_mf)
+            p = mean_field_probs(z, v, lam)
             return float(-torch.log(p.gather(1, ref_y[:, None]).clamp_min(1e-300)).mean())
 
         now = cross_entropy(z_r, var_r)
@@ -261,8 +265,10 @@ class ExpectedLogLossReduction(QueryStrategy):
             ref = posterior.check_features(self.reference, name="reference")
         else:
             ref = x[torch.randperm(x.shape[0], generator=gen)[: self.n_reference].to(x.device)]
-        post = posterior.copy()
-        lam = post.lambda_mf
+        # the update's algebra needs the Laplace variances φᵀΣφ (its denominators 1 + m φᵀΣφ); the
+        # predictive's spread τ enters through the mean-field constant (λ_mf τ σ² is the tempered predictive's)
+        lam = posterior.lambda_mf * posterior.fitted_spread
+        post = posterior.with_spread(1.0).copy()
         z_c, var_c = post.logits(x, checked=True), post.logit_variance(x, checked=True)
         z_r, var_r = post.logits(ref, checked=True), post.logit_variance(ref, checked=True)
         k_rc = post.covariance_product(ref) @ x.T

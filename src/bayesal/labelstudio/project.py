@@ -4,8 +4,8 @@ Label Studio owns the tasks and annotations; the backend keeps what it needs to 
 without asking Label Studio anything: for every annotation its task id, its label(s) and the task's
 features. Everything is *event sourced*:
 
-* ``annotations.log`` (a :class:`~bayesal.labeling.storage.LabelLog`: fsync-ed, checksummed JSON
-  lines) holds a header and one line per event — ``config`` (the labeling config: class names),
+* ``annotations.log`` (the labeling engine's event log, :class:`~bayesal.labeling.LabelingEngine`:
+  fsync-ed, checksummed JSON lines, written and resumed as a labeling session's) holds a header and one line per event — ``config`` (the labeling config: class names),
   ``annotation`` (created or changed; with the features, so the log alone rebuilds the model),
   ``delete`` and ``train``. A webhook is acknowledged only after its line is on disk.
 * The model is a deterministic function of the log. The *timeline* is the list of live annotations in
@@ -32,9 +32,8 @@ import base64
 import dataclasses
 import os
 import threading
-import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,8 +42,16 @@ import numpy as np
 import torch
 
 from bayesal.exceptions import CorruptStateError, InvalidInputError, StateMismatchError
-from bayesal.labeling.storage import DirectoryLock, LabelLog, load_snapshot, read_log
-from bayesal.labeling.store import SnapshotWriter
+from bayesal.labeling import (
+    LabelingEngine,
+    LogFiles,
+    PosteriorFold,
+    SessionStore,
+    StorageOptions,
+    log_header,
+    logged_records,
+    resolve_seed,
+)
 from bayesal.laplace.head import HeadConfig
 from bayesal.laplace.posterior import LastLayerLaplace
 from bayesal.laplace.update import FIDELITY_OPTIONS
@@ -52,7 +59,7 @@ from bayesal.strategies import get_strategy
 from bayesal.strategies.base import LabeledSet
 from bayesal.strategies.score import ScoreStrategy
 from bayesal.strategies.sequential import Sequential
-from bayesal.utils.rng import derive_generator, derive_seed
+from bayesal.utils.rng import derive_generator
 
 from .config import ChoicesConfig
 
@@ -62,6 +69,11 @@ LOG_NAME = "annotations.log"
 SNAPSHOT_NAME = "posterior.state"
 FEATURES_NAME = "features.bin"
 FORMAT = 1
+#: The project's files for the labeling engine; a failed append leaves the log as it was (the next
+#: webhook may be written).
+PROJECT_FILES = LogFiles(log=LOG_NAME, snapshot=SNAPSHOT_NAME, halt_on_write_error=False)
+#: The random stream of head refits (``derive_seed(seed, TRAIN_TAG, marker seq)``).
+TRAIN_TAG = "labelstudio-train"
 #: Strategies whose utility is a per-task score (what a prediction's ``score`` can carry), and their
 #: sequential versions (``seq-<base>``, bases with utilities in [0, 1]): see :meth:`ProjectModel.predict`.
 SEQUENTIAL_STRATEGIES = ("seq-margin", "seq-least_confidence")
@@ -166,34 +178,35 @@ class ProjectModel:
         self.head_config = HeadConfig() if head_config is None else head_config
         if not isinstance(self.head_config, HeadConfig):
             raise InvalidInputError(f"head_config must be a HeadConfig, got {type(head_config).__name__}")
-        self._fsync = fsync
         self._lock = threading.RLock()
         self._config: ChoicesConfig | None = None
         self._obs: dict[int, Observation] = {}
         self._timeline: list[int | str] = []  # annotation ids and train markers "train:<seq>"
         self._post: LastLayerLaplace | None = None  # None: must be folded again
-        self._seq = 0
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._dir_lock = DirectoryLock(self.state_dir)
+        # every event is snapshotted, in the background, at most every snapshot_interval seconds
+        storage = StorageOptions(fsync=fsync, snapshot_every=1, async_snapshot=True, snapshot_interval=snapshot_interval)
+        store = SessionStore.open(self.state_dir, storage, PROJECT_FILES)
         try:
-            self._open(seed)
+            self._engine = self._open(store, seed)
         except BaseException:
-            self._dir_lock.release()
+            store.close()
             raise
-        self._writer = SnapshotWriter(self.state_dir / SNAPSHOT_NAME, fsync=fsync, min_interval=snapshot_interval)
+
+    @staticmethod
+    def saved_config(state_dir: str | os.PathLike[str]) -> ChoicesConfig | None:
+        """The labeling config last recorded in the project folder ``state_dir`` (None if none is)."""
+        configs = [r["config"] for r in logged_records(Path(state_dir) / LOG_NAME) if r.get("op") == "config"]
+        return ChoicesConfig.from_dict(configs[-1]) if configs else None
 
     # ------------------------------------------------------------------ files
-    def _open(self, seed: int | None) -> None:
-        path = self.state_dir / LOG_NAME
+    def _open(self, store: SessionStore, seed: int | None) -> LabelingEngine:
+        """Create the log, or read it and fold its events (resuming from the snapshot where it matches)."""
+        path = store.log_path
         if not path.exists():
-            seed = int.from_bytes(os.urandom(4), "little") if seed is None else int(seed)
-            self._header = {
-                "op": "header", "seq": 0, "format": FORMAT, "log_id": uuid.uuid4().hex[:8],
-                "created": round(time.time(), 3), "dim": self.dim, "seed": seed,
-            }
-            self._log = LabelLog.create(path, self._header, fsync=self._fsync)
-            return
-        res = read_log(path)
+            self._use_header(log_header(resolve_seed(seed), format=FORMAT, log_id=uuid.uuid4().hex[:8], dim=self.dim))
+            store.create_log(self._header)
+            return LabelingEngine(self, store)
+        res = store.read_log()
         if res.bad_lines:
             raise CorruptStateError(
                 f"annotation log {path} is damaged at line {res.bad_lines[0]} (checksum mismatch); move it away "
@@ -201,69 +214,90 @@ class ProjectModel:
             )
         if not res.records or res.records[0].get("op") != "header" or res.records[0].get("format") != FORMAT:
             raise CorruptStateError(f"annotation log {path} has no bayesal header; is {self.state_dir} a project folder?")
-        self._header = res.records[0]
-        if int(self._header["dim"]) != self.dim:
+        header = res.records[0]
+        if int(header["dim"]) != self.dim:
             raise StateMismatchError(
-                f"project folder {self.state_dir} holds {self._header['dim']}-d features but the backbone gives "
+                f"project folder {self.state_dir} holds {header['dim']}-d features but the backbone gives "
                 f"{self.dim}-d; use another --state-dir or the backbone it was made with"
             )
-        snap = self._load_snapshot()
-        start = snap[0] if snap else 0
-        if start == 0:
-            self._post = None
-        for rec in res.records[1:]:
-            try:
-                self._apply(rec)
-            except (KeyError, TypeError, ValueError) as err:
-                raise CorruptStateError(f"annotation log {path}: event {rec.get('seq')} is malformed ({err})") from err
-            if snap and rec["seq"] == start:
-                self._post = snap[1] if self._config is not None and snap[1].num_classes == len(self._config.classes) else None
-        self._log = LabelLog.open(path, res.valid_bytes, fsync=self._fsync)
+        self._use_header(header)
+        engine = LabelingEngine(self)
+        events = res.records[1:]
+        snap = self._load_snapshot(store)
+        engine.resume(events, cached=snap[0] if snap else 0, saved=snap[1] if snap else None,
+                      where=lambda k: f"annotation log {path}: event {events[k].get('seq')}")
+        store.open_log_at(res.valid_bytes)
+        engine.store = store
+        return engine
+
+    def _use_header(self, header: dict[str, Any]) -> None:
+        """Keep the log's ``header``; the posteriors are built with its seed and this model's settings."""
+        self._header = header
+        self._posteriors = PosteriorFold({**self._pcfg, "head_config": self.head_config},
+                                         seed=int(header["seed"]), tag=TRAIN_TAG)
 
     def _fingerprint(self) -> dict[str, Any]:
         return {"log_id": self._header["log_id"], **self._pcfg, "head": dataclasses.asdict(self.head_config)}
 
-    def _load_snapshot(self) -> tuple[int, LastLayerLaplace] | None:
+    def _load_snapshot(self, store: SessionStore) -> tuple[int, LastLayerLaplace] | None:
         """``(seq, posterior)`` of a snapshot made by this log with these settings, else None."""
         try:
-            state = load_snapshot(self.state_dir / SNAPSHOT_NAME)
+            state = store.load_snapshot()
             if state.get("fingerprint") != self._fingerprint():
                 return None
             return int(state["seq"]), LastLayerLaplace.from_state_dict(state["posterior"])
         except (FileNotFoundError, CorruptStateError, ValueError, KeyError, TypeError):
             return None  # a cache: folding the log gives the same posterior
 
-    def _submit_snapshot(self) -> None:
-        if self._post is not None:
-            self._writer.submit(
-                {"seq": self._seq, "fingerprint": self._fingerprint(), "posterior": self._post.state_dict()}
-            )
-
     def close(self) -> None:
         """Write the final snapshot and release the files."""
         with self._lock:
-            if getattr(self, "_log", None) is None:
+            engine: LabelingEngine | None = getattr(self, "_engine", None)
+            if engine is None or not engine.is_open:
                 return
+            final = self._config is not None and bool(self._obs)
             try:
-                if self._config is not None and self._obs:
+                if final:
                     self.posterior()
-                    self._submit_snapshot()
-                self._writer.close()
             finally:
-                self._log.close()
-                self._log = None  # type: ignore[assignment]
-                self._dir_lock.release()
+                engine.close(snapshot=final)
 
-    # ------------------------------------------------------------------ events
+    # ------------------------------------------------------------------ events (the engine's EventFold)
     def _append(self, record: dict[str, Any]) -> None:
-        record = {**record, "seq": self._seq + 1}
-        self._log.append(record)  # on disk before the model changes
-        self._apply(record)
-        self._submit_snapshot()
+        """Log ``record`` durably, then apply it (the engine numbers it and snapshots the posterior)."""
+        self._engine.record(dict(record))
 
-    def _apply(self, rec: dict[str, Any]) -> None:
-        """Apply one logged event to the timeline, and to the posterior where it is the fold's next step."""
-        op = rec["op"]
+    def prepare(self, event: Mapping[str, Any], where: str | None = None) -> Callable[[], None]:
+        """The commit of ``event`` (checked by the public methods before it is logged)."""
+        return lambda: self._apply(event, where)
+
+    def absorb(self, event: Mapping[str, Any], where: str) -> None:
+        """Fold a logged event before the snapshot's position (the posterior is not folded yet)."""
+        self._apply(event, where)
+
+    def start(self, saved: LastLayerLaplace | None) -> None:
+        """Resume the fold from the snapshot's posterior where it has the current classes."""
+        ok = saved is not None and self._config is not None and saved.num_classes == len(self._config.classes)
+        self._post = saved if ok else None
+
+    def snapshot_state(self) -> dict[str, Any] | None:
+        """The snapshot: the posterior after the last event (None while it must be folded again)."""
+        if self._post is None:
+            return None
+        return {"seq": self._engine.n_events, "fingerprint": self._fingerprint(), "posterior": self._post.state_dict()}
+
+    def _apply(self, rec: Mapping[str, Any], where: str | None = None) -> None:
+        """Apply one event to the timeline, and to the posterior where it is the fold's next step;
+        ``where`` names a logged event (a malformed one is then a corrupt log)."""
+        try:
+            self._apply_event(rec)
+        except (KeyError, TypeError, ValueError) as err:
+            if where is None:
+                raise
+            raise CorruptStateError(f"{where} is malformed ({err})") from err
+
+    def _apply_event(self, rec: Mapping[str, Any]) -> None:
+        op, seq = rec["op"], int(rec["seq"])
         if op == "config":
             new = ChoicesConfig.from_dict(rec["config"])
             if self._config is None or new.classes != self._config.classes:
@@ -285,11 +319,10 @@ class ProjectModel:
             self._timeline.remove(int(rec["id"]))
             self._post = None
         elif op == "train":
-            self._timeline.append(f"train:{rec['seq']}")
+            self._timeline.append(f"train:{seq}")
             self._post = None
         else:
             raise ValueError(f"unknown event {op!r}")
-        self._seq = int(rec["seq"])
 
     # ------------------------------------------------------------------ the fold
     def _current_config(self) -> ChoicesConfig:
@@ -315,14 +348,10 @@ class ProjectModel:
         if y is None:
             return post
         x = torch.from_numpy(obs.feature).to(torch.float64).unsqueeze(0)
-        return post.update(x, y.unsqueeze(0))
+        return self._posteriors.update(post, x, y.unsqueeze(0))
 
     def _prior(self) -> LastLayerLaplace:
-        c = len(self._current_config().classes)
-        return LastLayerLaplace(**self._pcfg).fit(
-            torch.zeros(0, self.dim, dtype=torch.float64), torch.zeros(0, dtype=torch.long),
-            weight=torch.zeros(c, self.dim, dtype=torch.float64), num_classes=c,
-        )
+        return self._posteriors.prior(len(self._current_config().classes), self.dim)
 
     def _fit(self, seen: list[Observation], marker: str) -> LastLayerLaplace:
         targets = [self._target(o) for o in seen]
@@ -331,9 +360,7 @@ class ProjectModel:
             return self._prior()
         x = torch.from_numpy(np.stack([o.feature for o, _ in keep])).to(torch.float64)
         y = torch.stack([t for _, t in keep])
-        seed = derive_seed(int(self._header["seed"]), "labelstudio-train", int(marker.split(":")[1]))
-        post = LastLayerLaplace(**self._pcfg, random_state=seed, head_config=self.head_config)
-        return post.fit(x, y, num_classes=len(self._current_config().classes))
+        return self._posteriors.fit(x, y, len(self._current_config().classes), int(marker.split(":")[1]))
 
     def posterior(self) -> LastLayerLaplace:
         """The current posterior (folded from the timeline if an event invalidated it)."""
@@ -359,7 +386,7 @@ class ProjectModel:
 
     @property
     def model_version(self) -> str:
-        return f"bayesal-{self._header['log_id']}-{self._seq}"
+        return f"bayesal-{self._header['log_id']}-{self._engine.n_events}"
 
     @property
     def n_annotations(self) -> int:
@@ -417,7 +444,7 @@ class ProjectModel:
         with self._lock:
             self._append({"op": "train"})
             self.posterior()
-            self._submit_snapshot()
+            self._engine.snapshot(sync=False)
 
     def predict(self, features: np.ndarray, labeled: Sequence[bool] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Predictive probabilities ``(N, C)`` and scores ``(N,)`` of ``features (N, D)``.
@@ -434,7 +461,7 @@ class ProjectModel:
             if x.ndim != 2 or x.shape[1] != self.dim:
                 raise InvalidInputError(f"features must have shape (N, {self.dim}), got {tuple(x.shape)}")
             probs = post.predict_proba(x)
-            gen = derive_generator(int(self._header["seed"]), "labelstudio-score", self._seq)
+            gen = derive_generator(int(self._header["seed"]), "labelstudio-score", self._engine.n_events)
             utility = self._strategy.scores(post, x, gen)
             if self._sequential and x.shape[0]:
                 utility = self._sequential_scores(post, x, utility, labeled, gen)

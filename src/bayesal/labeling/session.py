@@ -13,12 +13,12 @@ history (:mod:`bayesal.labeling.history`) and the history gives the posterior
 replays it when the bounded cache no longer reaches that far back.
 
 **Persistence** in ``state_dir`` (:mod:`bayesal.labeling.store`), written through the labeling engine
-(:class:`~bayesal.labeling.engine.LabelingEngine`, shared with the Label Studio backend): the label log is the source of
-truth, its first line the configuration (:mod:`bayesal.labeling.config`); the snapshot is a cache for
-fast resume, replaced atomically every ``snapshot_every`` events, in a background thread by default.
-:meth:`Session.resume` loads it and replays the log events it lacks; :meth:`Session.recover` rebuilds
-the session from whichever copy of the events is intact (:mod:`bayesal.labeling.recovery`). No
-acknowledged label is lost, whatever moment the process dies at.
+(:class:`~bayesal.labeling.engine.LabelingEngine`, shared with the Label Studio backend): the label log
+is the source of truth, its first line the configuration (:mod:`bayesal.labeling.config`); the
+snapshot is a cache for fast resume, replaced atomically every ``snapshot_every`` events, in a
+background thread by default. :meth:`Session.resume` loads it and replays the log events it lacks;
+:meth:`Session.recover` rebuilds the session from whichever copy of the events is intact
+(:mod:`bayesal.labeling.recovery`). No acknowledged label is lost, whatever moment the process dies at.
 
 **Randomness.** There is no mutable RNG to save: each query draws from a generator seeded by
 ``(seed, number of events so far)`` and each head fit by ``(seed, position in the history)``. Two

@@ -248,7 +248,8 @@ class SessionStore:
             if not self.files.halt_on_write_error:
                 raise
             self._log_error = err
-            what = str(err) if isinstance(err, StorageError) else f"could not write to the label log {self.log_path} ({err})"
+            what = (str(err) if isinstance(err, StorageError)
+                    else f"could not write to the label log {self.log_path} ({err})")
             raise StorageError(f"{what}; the last action was not recorded") from err
 
     def committed(self, state: Callable[[], dict[str, Any] | None]) -> None:

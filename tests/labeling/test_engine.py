@@ -1,17 +1,30 @@
 """The labeling engine on its own: the write path of an event, the resume of a log and the posterior
-arithmetic, with a toy fold (a running sum) instead of a session."""
+arithmetic, with a toy fold (a running sum) instead of a session; and a session folder written
+before the engine existed, reopened as it was."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 from bayesal.exceptions import InvalidInputError, StorageError
-from bayesal.labeling import LabelingEngine, LogFiles, PosteriorFold, SessionStore, StorageOptions, log_header
-from bayesal.labeling.storage import read_log
+from bayesal.labeling import (
+    LabelingEngine,
+    LogFiles,
+    PosteriorFold,
+    Session,
+    SessionStore,
+    StorageOptions,
+    log_header,
+)
+from bayesal.labeling.storage import STATE_NAME, load_snapshot, read_log
 from bayesal.laplace.head import HeadConfig
 
 FILES = LogFiles(log="events.log", snapshot="sum.state")
@@ -108,3 +121,28 @@ def test_posterior_fold_prior_refits_and_updates():
     after = fold.update(prior, x[:1], y[:1])
     assert after is not prior and after.state_dict()["mean"].abs().sum() > 0
     torch.testing.assert_close(prior.state_dict()["mean"], torch.zeros(3, 4, dtype=torch.float64))
+
+
+# ----------------------------------------------------------------------------- folders saved before
+SAVED = Path(__file__).with_name("fixtures") / "saved"
+#: the pool of fixtures/saved/session_v1, a session written by bayesal before the labeling engine
+#: (retrain_every=4 with a seeded 3-epoch minibatch head, tells, a skip, a correction, a retrain, an undo)
+X_SAVED = (np.random.default_rng(0).normal(size=(24, 4)) + np.eye(4)[np.arange(24) % 3] * 2).astype(np.float32)
+
+
+@pytest.mark.parametrize("from_log_only", [False, True])
+def test_a_session_saved_before_the_engine_reopens_as_it_was(tmp_path, from_log_only):
+    d = Path(shutil.copytree(SAVED / "session_v1", tmp_path / "s"))
+    expected = json.loads((SAVED / "session_v1.json").read_text())
+    saved = load_snapshot(d / STATE_NAME)["posterior"]
+    if from_log_only:  # every posterior replayed: the seeded refits and the updates as they were
+        (d / STATE_NAME).unlink()
+        s = Session.recover(d, X_SAVED, fsync=False)
+    else:
+        s = Session.resume(d, X_SAVED, fsync=False)
+    with s:
+        for key in ("mean", "bias", "covariance"):
+            torch.testing.assert_close(s.posterior.state_dict()[key], saved[key], atol=1e-10, rtol=0)
+        assert s.labels == {int(i): c for i, c in expected["labels"].items()}
+        assert sorted(s.skipped) == expected["skipped"] and len(s.events) == expected["n_events"]
+        assert s.query(3) == expected["query"]

@@ -1,13 +1,19 @@
 """One labeling engine behind a labeling Session and a Label Studio project: the same answers, folded
-by each, give the same posterior — live, after a refit, and after both are reopened from their files."""
+by each, give the same posterior — live, after a refit, and after both are reopened from their files;
+and a project folder written before the engine existed reopens as it was."""
 
 from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from bayesal.labeling import Session
+from bayesal.labeling.storage import load_snapshot
 from bayesal.labelstudio.config import parse_label_config
 from bayesal.labelstudio.project import SNAPSHOT_NAME, ProjectModel
 from bayesal.laplace.head import HeadConfig
@@ -76,3 +82,29 @@ def test_a_session_and_a_label_studio_project_fold_the_same_answers_to_the_same_
         assert_same(s.posterior, p.posterior())
         s.close()
         p.close()
+
+
+# ----------------------------------------------------------------------------- a folder saved before
+SAVED = Path(__file__).with_name("fixtures") / "saved"
+#: the features of fixtures/saved/project_v1, a project written by bayesal before the labeling engine
+#: (seq-margin, a seeded 5-epoch minibatch head; annotations, a change, a deletion, a train marker, a 2-class one)
+X_SAVED = (np.random.default_rng(0).normal(size=(24, 4)) + np.eye(4)[np.arange(24) % 3] * 2).astype(np.float32)
+
+
+@pytest.mark.parametrize("from_log_only", [False, True])
+def test_a_project_saved_before_the_engine_reopens_as_it_was(tmp_path, from_log_only):
+    d = Path(shutil.copytree(SAVED / "project_v1", tmp_path / "p"))
+    expected = json.loads((SAVED / "project_v1.json").read_text())
+    saved = load_snapshot(d / SNAPSHOT_NAME)["posterior"]
+    if from_log_only:  # the fold replayed: the prior, the seeded refit and the updates as they were
+        (d / SNAPSHOT_NAME).unlink()
+    m = ProjectModel(d, 4, seed=99, fsync=False, strategy="seq-margin", batch_size=3,
+                     head_config=HeadConfig(solver="radam", epochs=5, batch_size=2))
+    try:
+        assert m.model_version == expected["model_version"]
+        assert m.annotation_ids() == expected["annotation_ids"]
+        for key in ("mean", "bias", "covariance"):
+            torch.testing.assert_close(m.posterior().state_dict()[key], saved[key], atol=1e-10, rtol=0)
+        np.testing.assert_allclose(m.predict(X_SAVED[13:20])[1].numpy(), expected["scores"], atol=1e-9)
+    finally:
+        m.close()

@@ -4,7 +4,9 @@ and a project folder written before the engine existed reopens as it was."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from bayesal.exceptions import StorageError
 from bayesal.labeling import Session
 from bayesal.labeling.storage import load_snapshot
 from bayesal.labelstudio.config import parse_label_config
@@ -108,3 +111,28 @@ def test_a_project_saved_before_the_engine_reopens_as_it_was(tmp_path, from_log_
         np.testing.assert_allclose(m.predict(X_SAVED[13:20])[1].numpy(), expected["scores"], atol=1e-9)
     finally:
         m.close()
+
+
+def test_a_failed_log_write_changes_nothing_and_the_next_webhook_is_written(tmp_path, monkeypatch):
+    """A project keeps serving after a failed append (the log is cut back to its last line); a
+    session, unlike it, refuses every later action until it is reopened."""
+    p = project(tmp_path / "p", "paper")
+    p.set_config(CONFIG)
+    p.annotate(1, 0, ["a"], X[0])
+    version, mean = p.model_version, p.posterior().state_dict()["mean"].clone()
+    real_write = os.write
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(StorageError, match="could not append to the label log"):
+        p.annotate(2, 1, ["b"], X[1])
+    monkeypatch.setattr(os, "write", real_write)
+    assert p.model_version == version and p.annotation_ids() == [1]
+    torch.testing.assert_close(p.posterior().state_dict()["mean"], mean)
+    assert p.annotate(2, 1, ["b"], X[1])  # space is back: written
+    p.close()
+    again = project(tmp_path / "p", "paper")
+    assert again.annotation_ids() == [1, 2] and again.model_version.endswith("-3")
+    again.close()

@@ -236,8 +236,10 @@ class SessionStore:
     def append(self, event: dict[str, Any]) -> None:
         """Write ``event`` to the label log, durably, before returning.
 
-        After a failed write the line may be partly on disk: every later append is refused (unless
-        ``files.halt_on_write_error`` is off), so the log stays a valid prefix of what was acknowledged.
+        After a failed write the line may be partly on disk (when cutting it off failed too): every
+        later append is refused, so the log stays a valid prefix of what was acknowledged. With
+        ``files.halt_on_write_error`` off (a Label Studio project) the error is raised as it is and the
+        next append is tried.
         """
         self.check_writable()
         if self._log is None:  # narrowed by check_writable

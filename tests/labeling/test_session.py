@@ -548,7 +548,7 @@ def test_damaged_complete_last_line_is_damage_not_a_torn_write(pool, tmp_path):
     x, y = pool
     s = make(pool, tmp_path, snapshot_every=100)  # the snapshot lags behind the log
     run_oracle(s, y, 5)
-    s._store.close()  # simulate a crash: no final snapshot
+    s._engine.store.close()  # simulate a crash: no final snapshot
     d = tmp_path / "s"
     _damage_line(d / LOG_NAME, 5)  # the last line, with its newline
     with pytest.raises(CorruptStateError, match="corrupt at line 6"):
@@ -713,7 +713,7 @@ def test_background_snapshots_coalesce_and_flush(pool, tmp_path):
         s.tell(i, i % 3)
     # the log has every label at once; the throttled snapshot has at most the first one so far
     assert len(read_log(tmp_path / "s" / LOG_NAME).records) == 6
-    s._store.drain()  # writes the pending state now, ignoring the interval
+    s._engine.store.drain()  # writes the pending state now, ignoring the interval
     assert len(load_snapshot(tmp_path / "s" / STATE_NAME)["events"]) == 5
     with pytest.raises(ValueError, match="snapshot_interval"):
         make(pool, snapshot_interval=-1.0)

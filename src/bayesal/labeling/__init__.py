@@ -1,13 +1,20 @@
 """Labeling by a person: a crash-safe :class:`Session` with instant Bayesian updates.
 
-:class:`Session` is the facade; behind it, one module per job: ``config`` (the saved header),
-``history`` (labels, undo/redo bookkeeping), ``state`` (events → posterior, undo cache), ``replay``
-(the posterior of a history), ``signals`` (stopping signals), ``store`` (the locked state directory,
-:class:`StorageOptions`), ``recovery`` (which copy of the events to trust) and ``storage`` (file
-formats).
+:class:`Session` is the facade; behind it, one module per job: ``engine`` (the labeling engine: the
+write path of an event, the resume of a log, the posterior arithmetic of events — shared with the
+Label Studio backend), ``config`` (the saved header), ``history`` (labels, undo/redo bookkeeping),
+``state`` (events → posterior, undo cache), ``replay`` (the posterior of a history), ``signals``
+(stopping signals), ``store`` (the locked state directory, :class:`StorageOptions`), ``recovery``
+(which copy of the events to trust) and ``storage`` (file formats).
+
+Other packages use the names exported here only.
 """
 
+from .engine import EventFold, LabelingEngine, PosteriorFold, log_header, logged_records, resolve_seed
 from .session import Session
-from .store import StorageOptions
+from .store import LogFiles, SessionStore, StorageOptions
 
-__all__ = ["Session", "StorageOptions"]
+__all__ = [
+    "Session", "StorageOptions", "LabelingEngine", "EventFold", "PosteriorFold", "SessionStore", "LogFiles",
+    "log_header", "logged_records", "resolve_seed",
+]

@@ -9,8 +9,6 @@ and builds it; :func:`check_features` tells whether a pool is the one a saved he
 from __future__ import annotations
 
 import hashlib
-import os
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -24,7 +22,7 @@ from bayesal.exceptions import InvalidInputError, StateMismatchError
 from bayesal.laplace.head import HeadConfig
 from bayesal.laplace.posterior import LastLayerLaplace
 
-from .storage import FORMAT_VERSION
+from .engine import log_header, resolve_seed
 
 __all__ = [
     "POSTERIOR_KEYS", "saved_posterior_config", "feature_hash", "check_class_names", "new_header", "check_features",
@@ -96,29 +94,21 @@ def new_header(
     gamma = post.gamma
     pcfg.update(curvature=post.curvature.value, hessian=str(post.hessian), lambda_mf=post.lambda_mf,
                 steps=post.steps)
-    if random_state is None:
-        random_state = int.from_bytes(os.urandom(4), "little")
-    if isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)):
-        raise InvalidInputError(f"random_state must be an int or None, got {random_state!r}")
-    return {
-        "op": "header",
-        "seq": 0,
-        "format": FORMAT_VERSION,
-        "session_id": uuid.uuid4().hex,
-        "created": round(time.time(), 3),
-        "num_items": int(x.shape[0]),
-        "num_features": int(x.shape[1]),
-        "feature_hash": feature_hash(x),
-        "class_names": names,
-        "seed": int(random_state),
-        "strategy": strategy,
-        "posterior": pcfg,
-        "head": asdict(head_config or HeadConfig()),
-        "gamma": float(gamma),
-        "retrain_every": retrain_every,
-        "candidate_size": candidate_size,
-        "meta": dict(meta or {}),
-    }
+    return log_header(
+        resolve_seed(random_state),
+        session_id=uuid.uuid4().hex,
+        num_items=int(x.shape[0]),
+        num_features=int(x.shape[1]),
+        feature_hash=feature_hash(x),
+        class_names=names,
+        strategy=strategy,
+        posterior=pcfg,
+        head=asdict(head_config or HeadConfig()),
+        gamma=float(gamma),
+        retrain_every=retrain_every,
+        candidate_size=candidate_size,
+        meta=dict(meta or {}),
+    )
 
 
 def saved_posterior_config(header: Mapping[str, Any]) -> dict[str, Any]:

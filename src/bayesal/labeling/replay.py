@@ -20,16 +20,20 @@ import torch
 
 from bayesal.laplace.head import HeadConfig
 from bayesal.laplace.posterior import LastLayerLaplace
-from bayesal.utils.rng import derive_seed
 
+from .engine import PosteriorFold
 from .history import LabelBook, is_fit_point
 
 __all__ = ["PosteriorReplay"]
 
+#: The random stream of a session's head fits (``derive_seed(seed, FIT_TAG, position)``).
+FIT_TAG = "fit"
+
 
 class PosteriorReplay:
     """Builds the posteriors of a session over the pool ``x`` ``(N, D)`` float64 with ``num_classes``
-    classes, from its saved settings (``seed``, ``gamma``, ``posterior_config``, ``head_config``)."""
+    classes, from its saved settings (``seed``, ``gamma``, ``posterior_config``, ``head_config``), with
+    the engine's :class:`~bayesal.labeling.engine.PosteriorFold`."""
 
     def __init__(self, x: torch.Tensor, num_classes: int, *, seed: int, gamma: float,
                  posterior_config: Mapping[str, Any], head_config: HeadConfig) -> None:
@@ -39,27 +43,20 @@ class PosteriorReplay:
         self.gamma = gamma
         self.posterior_config = dict(posterior_config)
         self.head_config = head_config
-        self._prior: LastLayerLaplace | None = None
-
-    def _new(self, **kwargs: Any) -> LastLayerLaplace:
-        return LastLayerLaplace(**self.posterior_config, gamma=self.gamma, dtype=torch.float64,
-                                head_config=self.head_config, **kwargs)
+        self.posteriors = PosteriorFold(
+            {**self.posterior_config, "gamma": gamma, "dtype": torch.float64, "head_config": head_config},
+            seed=seed, tag=FIT_TAG,
+        )
 
     def prior(self) -> LastLayerLaplace:
         """Zero-mean prior posterior ``N(0, λ₀⁻¹ I)`` (no data), shared — it is never modified."""
-        if self._prior is None:
-            c, d = self.num_classes, self.x.shape[1]
-            self._prior = self._new().fit(
-                self.x[:0], torch.zeros(0, dtype=torch.long), weight=torch.zeros(c, d, dtype=torch.float64), num_classes=c
-            )
-        return self._prior
+        return self.posteriors.prior(self.num_classes, self.x.shape[1])
 
     def fit(self, labels: Mapping[int, int], position: int) -> LastLayerLaplace:
         """Head trained from scratch on ``labels`` (sorted by index) and its Laplace posterior."""
         idx = sorted(labels)
         y = torch.tensor([labels[i] for i in idx], dtype=torch.long)
-        post = self._new(random_state=derive_seed(self.seed, "fit", position))
-        return post.fit(self.x[idx], y, num_classes=self.num_classes)
+        return self.posteriors.fit(self.x[idx], y, self.num_classes, position)
 
     def transition(self, post: LastLayerLaplace, action: Mapping[str, Any], position: int,
                    labels_after: Mapping[int, int]) -> LastLayerLaplace:
@@ -70,9 +67,9 @@ class PosteriorReplay:
             return self.fit(labels_after, position)
         if op == "tell":
             i = int(action["index"])
-            return post.update(self.x[i : i + 1], torch.tensor([int(action["label"])]))
+            return self.posteriors.update(post, self.x[i : i + 1], torch.tensor([int(action["label"])]))
         if op == "correct":
-            return post.relabel(self.x[int(action["index"])], int(action["old"]), int(action["label"]))
+            return self.posteriors.relabel(post, self.x[int(action["index"])], int(action["old"]), int(action["label"]))
         return post  # skip
 
     def replay(self, history: Sequence[Mapping[str, Any]]) -> LastLayerLaplace:

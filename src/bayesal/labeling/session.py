@@ -12,12 +12,13 @@ history (:mod:`bayesal.labeling.history`) and the history gives the posterior
 (:mod:`bayesal.labeling.replay`). Undo restores the posterior kept from before the undone action, or
 replays it when the bounded cache no longer reaches that far back.
 
-**Persistence** in ``state_dir`` (:mod:`bayesal.labeling.store`): the label log is the source of
-truth, its first line the configuration (:mod:`bayesal.labeling.config`); the snapshot is a cache for
-fast resume, replaced atomically every ``snapshot_every`` events, in a background thread by default.
-:meth:`Session.resume` loads it and replays the log events it lacks; :meth:`Session.recover` rebuilds
-the session from whichever copy of the events is intact (:mod:`bayesal.labeling.recovery`). No
-acknowledged label is lost, whatever moment the process dies at.
+**Persistence** in ``state_dir`` (:mod:`bayesal.labeling.store`), written through the labeling engine
+(:class:`~bayesal.labeling.engine.LabelingEngine`, shared with the Label Studio backend): the label log
+is the source of truth, its first line the configuration (:mod:`bayesal.labeling.config`); the
+snapshot is a cache for fast resume, replaced atomically every ``snapshot_every`` events, in a
+background thread by default. :meth:`Session.resume` loads it and replays the log events it lacks;
+:meth:`Session.recover` rebuilds the session from whichever copy of the events is intact
+(:mod:`bayesal.labeling.recovery`). No acknowledged label is lost, whatever moment the process dies at.
 
 **Randomness.** There is no mutable RNG to save: each query draws from a generator seeded by
 ``(seed, number of events so far)`` and each head fit by ``(seed, position in the history)``. Two
@@ -49,6 +50,7 @@ from bayesal.utils.rng import derive_seed
 from bayesal.utils.validation import as_features
 
 from .config import check_features, feature_hash, new_header, saved_posterior_config
+from .engine import LabelingEngine
 from .history import LabelBook
 from .replay import PosteriorReplay
 from .schema import check_header
@@ -165,11 +167,11 @@ class Session:
         self._setup(header, x, items, strat_obj, StorageOptions.build(storage, storage_options))
         if state_dir is not None:
             self._state_dir = Path(state_dir)
-            self._store = SessionStore.create(self._state_dir, header, self._options)
+            self._engine.store = SessionStore.create(self._state_dir, header, self._options)
             try:
-                self._store.snapshot(self._snapshot_state(), sync=True)
+                self._engine.snapshot(sync=True)
             except BaseException:
-                self._store.close()
+                self._engine.store.close()
                 raise
 
     @classmethod
@@ -211,13 +213,13 @@ class Session:
                                            posterior_config=saved_posterior_config(header),
                                            head_config=HeadConfig(**header["head"]))
             self._book = LabelBook(self._names, x.shape[0])  # labels, skipped, history, redo
-            self._state = SessionState(self._replay, self._book, options.undo_cache)
+            self._state = SessionState(self._header, self._replay, self._book, options.undo_cache)
         except (TypeError, ValueError) as err:
             raise CorruptStateError(f"the session header holds settings this version cannot use ({err}); "
                                     "it was edited or written by another version") from err
         self._signals = StoppingSignals(x, self._seed)
         self._state_dir: Path | None = None
-        self._store: SessionStore | None = None
+        self._engine = LabelingEngine(self._state)  # in memory until a directory is attached
         self.recovery_notes: list[str] = []  # what Session.recover did to the files, one line each
 
     # ------------------------------------------------------------------ resume / recover
@@ -323,12 +325,13 @@ class Session:
             self = cls.__new__(cls)
             self._setup(plan.header, x, items, cls._saved_strategy(plan.header, strategy, path), options)
             self._state_dir = path
-            self._state.restore(plan)
+            self._engine.resume(plan.events, cached=plan.cached,
+                                saved=plan if plan.posterior_state is not None else None, where=plan.where)
             store.open_log(plan)
-            self._store = store
+            self._engine.store = store
             self.recovery_notes = list(plan.notes)
             if plan.write_snapshot:
-                store.snapshot(self._snapshot_state(), sync=True)
+                self._engine.snapshot(sync=True)
         except BaseException:
             store.close()
             raise
@@ -349,35 +352,18 @@ class Session:
         return _resolve_strategy(saved["name"], saved.get("kwargs", {}))
 
     def _record(self, ev: dict[str, Any]) -> None:
-        """Validate, compute, log durably, commit: the single path of every user action."""
-        ev["seq"] = len(self._state.events) + 1
+        """Validate, compute, log durably, commit (the engine's write path): every user action."""
         ev["t"] = round(time.time(), 3)
-        if self._store is not None:
-            self._store.check_writable()
-        commit = self._state.prepare(ev)  # may raise: nothing has changed yet
-        if self._store is not None:
-            self._store.append(ev)  # durable before the caller hears back
-        commit()
-        if self._store is not None:
-            self._store.committed(self._snapshot_state)
-
-    def _snapshot_state(self) -> dict[str, Any]:
-        return self._state.snapshot(self._header)
+        self._engine.record(ev)
 
     # ------------------------------------------------------------------ lifetime
     def flush(self) -> None:
         """Write the snapshot now (synchronously), after any background write."""
-        if self._store is not None and self._store.is_open:
-            self._store.snapshot(self._snapshot_state(), sync=True)
+        self._engine.snapshot(sync=True)
 
     def close(self) -> None:
         """Flush the snapshot, stop the writer thread and release the directory lock (idempotent)."""
-        if self._store is None or not self._store.is_open:
-            return
-        try:
-            self.flush()
-        finally:
-            self._store.close()
+        self._engine.close()
 
     def __enter__(self) -> Session:
         return self

@@ -3,8 +3,10 @@
 :class:`SessionState` is the only place where an event changes the session. :meth:`SessionState.prepare`
 validates an event and computes the posterior it leads to without changing anything, and returns the
 function that commits it — so the caller can log the event durably in between, and a failure at any
-point (bad input, a numerical error, a failed write) leaves the state untouched.
-:meth:`SessionState.restore` rebuilds the state from the events of a :class:`RecoveryPlan`.
+point (bad input, a numerical error, a failed write) leaves the state untouched. It is the session's
+:class:`~bayesal.labeling.engine.EventFold`: the :class:`~bayesal.labeling.engine.LabelingEngine` logs
+and snapshots it, and resumes it from the events of a :class:`RecoveryPlan` (:meth:`SessionState.absorb`,
+:meth:`SessionState.start`).
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ __all__ = ["SessionState"]
 class SessionState:
     """Events, bookkeeping (:class:`LabelBook`), current posterior and the undo cache of a session.
 
-    ``replay`` builds posteriors from the history; ``book`` starts empty; ``undo_cache`` posteriors
-    before the last actions are kept for an instant undo.
+    ``header`` is the session's saved configuration (it heads every snapshot); ``replay`` builds
+    posteriors from the history; ``book`` starts empty; ``undo_cache`` posteriors before the last
+    actions are kept for an instant undo.
     """
 
-    def __init__(self, replay: PosteriorReplay, book: LabelBook, undo_cache: int) -> None:
+    def __init__(self, header: dict[str, Any], replay: PosteriorReplay, book: LabelBook, undo_cache: int) -> None:
+        self.header = header
         self.replay = replay
         self.book = book
         self.events: list[dict[str, Any]] = []
@@ -74,21 +78,17 @@ class SessionState:
 
         return commit
 
-    def restore(self, plan: RecoveryPlan) -> None:
-        """Rebuild from ``plan``: fold the events the snapshot's posterior already holds (bookkeeping
-        only), then apply the others fully — or, without a usable snapshot, fold all and replay."""
-        cached = plan.cached if plan.posterior_state is not None else len(plan.events)
-        for k, ev in enumerate(plan.events[:cached]):
-            self._validate(ev, plan.where(k))
-            self.book.fold(ev)
-            self.events.append(ev)
-        if plan.posterior_state is None:
-            self.posterior = self.replay.replay(self.book.history)
-        else:
-            self.posterior = self._snapshot_posterior(plan)
+    def absorb(self, ev: Mapping[str, Any], where: str) -> None:
+        """Fold a stored event into the bookkeeping only (the snapshot's posterior holds it)."""
+        self._validate(ev, where)
+        self.book.fold(ev)
+        self.events.append(dict(ev))
+
+    def start(self, plan: RecoveryPlan | None) -> None:
+        """After the absorbed events: the posterior of ``plan``'s snapshot (checked against them), or
+        without one (``None``) the replay of the history; the undo cache starts empty."""
+        self.posterior = self.replay.replay(self.book.history) if plan is None else self._snapshot_posterior(plan)
         self._undo.reset(len(self.book.history))
-        for k in range(cached, len(plan.events)):
-            self.prepare(plan.events[k], plan.where(k))()
 
     def _snapshot_posterior(self, plan: RecoveryPlan) -> LastLayerLaplace:
         """The snapshot's posterior, after checking the snapshot against the events just folded."""
@@ -107,11 +107,11 @@ class SessionState:
                                     "use Session.recover()")
         return post
 
-    def snapshot(self, header: dict[str, Any]) -> dict[str, Any]:
-        """The snapshot of this state under ``header`` (events, derived labels, RNG state, posterior)."""
+    def snapshot_state(self) -> dict[str, Any]:
+        """The snapshot of this state (header, events, derived labels, RNG state, posterior)."""
         return {
             "format": FORMAT_VERSION,
-            "header": header,
+            "header": self.header,
             "events": list(self.events),
             # derived from the events; stored for readers and cross-checked on resume
             "labels": dict(self.book.labels),

@@ -5,7 +5,10 @@ A :class:`SessionStore` owns one directory while a session is open. It creates a
 (:meth:`SessionStore.lock`, :meth:`SessionStore.plan`, :meth:`SessionStore.open_log`), appends every event
 durably before the caller hears back (:meth:`SessionStore.append`), and writes snapshots every
 ``snapshot_every`` events, in a background thread by default (:class:`SnapshotWriter`). It never
-interprets events or posteriors: a snapshot is a dict handed over by the session.
+interprets events or posteriors: a snapshot is a dict handed over by the session. The same store, with
+other file names (:class:`LogFiles`), keeps the directory of a Label Studio project
+(:meth:`SessionStore.open`, :meth:`SessionStore.read_log`, :meth:`SessionStore.create_log`,
+:meth:`SessionStore.open_log_at`); :class:`~bayesal.labeling.engine.LabelingEngine` drives it.
 
 :class:`StorageOptions` holds the five options of that machinery, written once here and taken by
 :class:`~bayesal.labeling.session.Session`, :meth:`~bayesal.labeling.session.Session.resume` and
@@ -26,9 +29,34 @@ from bayesal.exceptions import InvalidInputError, SessionExistsError, SessionNot
 from bayesal.utils.locations import check_writable_dir
 
 from .recovery import RecoveryPlan, carry_out, plan_recovery, plan_resume
-from .storage import LOG_NAME, STATE_NAME, DirectoryLock, LabelLog, save_snapshot
+from .storage import (
+    LOG_NAME,
+    STATE_NAME,
+    DirectoryLock,
+    LabelLog,
+    LogReadResult,
+    load_snapshot,
+    read_log,
+    save_snapshot,
+)
 
-__all__ = ["StorageOptions", "SessionStore", "SnapshotWriter"]
+__all__ = ["StorageOptions", "LogFiles", "SESSION_FILES", "SessionStore", "SnapshotWriter"]
+
+
+@dataclass(frozen=True)
+class LogFiles:
+    """The files of a labeling directory: the event ``log`` and the ``snapshot`` (names inside it).
+
+    ``halt_on_write_error``: refuse every append after a failed one until the directory is reopened
+    (a session's rule; see :meth:`SessionStore.append`)."""
+
+    log: str = LOG_NAME
+    snapshot: str = STATE_NAME
+    halt_on_write_error: bool = True
+
+
+#: A labeling session's directory: ``labels.jsonl`` and ``session.state``.
+SESSION_FILES = LogFiles()
 
 
 @dataclass(frozen=True)
@@ -90,9 +118,11 @@ class SessionStore:
     files at once.
     """
 
-    def __init__(self, path: Path, lock: DirectoryLock, options: StorageOptions) -> None:
+    def __init__(self, path: Path, lock: DirectoryLock, options: StorageOptions,
+                 files: LogFiles = SESSION_FILES) -> None:
         self.path = path
         self.options = options
+        self.files = files
         self._lock: DirectoryLock | None = lock
         self._log: LabelLog | None = None
         self._writer: SnapshotWriter | None = None
@@ -151,6 +181,42 @@ class SessionStore:
         """Apply ``plan``'s file moves and open the label log for appending."""
         self._log = carry_out(plan, self.path, fsync=self.options.fsync)
 
+    # ------------------------------------------------------------------ a directory of other files
+    @classmethod
+    def open(cls, path: Path, options: StorageOptions, files: LogFiles) -> SessionStore:
+        """Create ``path`` if needed and lock it; then :meth:`read_log` and :meth:`create_log` or
+        :meth:`open_log_at`. Raises :class:`~bayesal.exceptions.SessionLockedError` if another opener
+        holds it."""
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(path, DirectoryLock(path), options, files)
+
+    @property
+    def log_path(self) -> Path:
+        """The event log's path."""
+        return self.path / self.files.log
+
+    @property
+    def snapshot_path(self) -> Path:
+        """The snapshot's path."""
+        return self.path / self.files.snapshot
+
+    def read_log(self) -> LogReadResult:
+        """The event log as it is on disk (:func:`~bayesal.labeling.storage.read_log`)."""
+        return read_log(self.log_path)
+
+    def create_log(self, header: dict[str, Any]) -> None:
+        """Write a new event log whose first line is ``header`` and keep it open for appending."""
+        self._log = LabelLog.create(self.log_path, header, fsync=self.options.fsync)
+
+    def open_log_at(self, valid_bytes: int) -> None:
+        """Open the event log for appending after its intact ``valid_bytes`` (a torn last line is cut)."""
+        self._log = LabelLog.open(self.log_path, valid_bytes, fsync=self.options.fsync)
+
+    def load_snapshot(self) -> dict[str, Any]:
+        """The snapshot; ``FileNotFoundError`` or :class:`~bayesal.exceptions.CorruptStateError` as for
+        :func:`~bayesal.labeling.storage.load_snapshot`."""
+        return load_snapshot(self.snapshot_path)
+
     # ------------------------------------------------------------------ writing
     @property
     def is_open(self) -> bool:
@@ -161,7 +227,7 @@ class SessionStore:
         """Raise :class:`~bayesal.exceptions.StorageError` if events can no longer be recorded."""
         if self._log_error is not None:
             raise StorageError(
-                f"the label log {self.path / LOG_NAME} could not be written ({self._log_error!r}); nothing was "
+                f"the label log {self.log_path} could not be written ({self._log_error!r}); nothing was "
                 "recorded since. Fix the disk problem and reopen the session with Session.resume() or Session.recover()"
             )
         if self._log is None:
@@ -170,8 +236,10 @@ class SessionStore:
     def append(self, event: dict[str, Any]) -> None:
         """Write ``event`` to the label log, durably, before returning.
 
-        After a failed write the line may be partly on disk: every later append is refused, so the log
-        stays a valid prefix of what was acknowledged.
+        After a failed write the line may be partly on disk (when cutting it off failed too): every
+        later append is refused, so the log stays a valid prefix of what was acknowledged. With
+        ``files.halt_on_write_error`` off (a Label Studio project) the error is raised as it is and the
+        next append is tried.
         """
         self.check_writable()
         if self._log is None:  # narrowed by check_writable
@@ -179,25 +247,31 @@ class SessionStore:
         try:
             self._log.append(event)
         except OSError as err:
+            if not self.files.halt_on_write_error:
+                raise
             self._log_error = err
-            what = str(err) if isinstance(err, StorageError) else f"could not write to the label log {self.path / LOG_NAME} ({err})"
+            what = (str(err) if isinstance(err, StorageError)
+                    else f"could not write to the label log {self.log_path} ({err})")
             raise StorageError(f"{what}; the last action was not recorded") from err
 
-    def committed(self, state: Callable[[], dict[str, Any]]) -> None:
-        """Count one committed event and write the snapshot ``state()`` if ``snapshot_every`` are due."""
+    def committed(self, state: Callable[[], dict[str, Any] | None]) -> None:
+        """Count one committed event and write the snapshot ``state()`` if ``snapshot_every`` are due
+        (``None``: nothing to write yet)."""
         self._since_snapshot += 1
         if self._since_snapshot >= self.options.snapshot_every:
-            self.snapshot(state(), sync=not self.options.async_snapshot)
+            snap = state()
+            if snap is not None:
+                self.snapshot(snap, sync=not self.options.async_snapshot)
 
     def snapshot(self, state: dict[str, Any], *, sync: bool) -> None:
         """Replace the snapshot by ``state``: now (``sync``), or via the background writer."""
         self._since_snapshot = 0
         if sync:
             self.drain()
-            save_snapshot(self.path / STATE_NAME, state, fsync=self.options.fsync)
+            save_snapshot(self.snapshot_path, state, fsync=self.options.fsync)
             return
         if self._writer is None:
-            self._writer = SnapshotWriter(self.path / STATE_NAME, self.options.fsync, self.options.snapshot_interval)
+            self._writer = SnapshotWriter(self.snapshot_path, self.options.fsync, self.options.snapshot_interval)
         self._writer.submit(state)
 
     def drain(self) -> None:

@@ -33,7 +33,7 @@ from bayesal.laplace.update import PAPER_OPTIONS
 
 from .config import ChoicesConfig, parse_label_config
 from .features import FeatureStore, TaskFeaturizer, default_backbone
-from .project import FEATURES_NAME, ProjectModel
+from .project import FEATURES_NAME, LOG_NAME, ProjectModel
 
 __all__ = ["LabelStudioBackend", "BackendSettings", "annotation_labels", "ANNOTATION_ACTIONS"]
 
@@ -151,7 +151,7 @@ class LabelStudioBackend:
             proj = self._projects.get(uid)
             if proj is None:
                 folder = self._folder(uid)
-                if config is None and not (folder / "annotations.log").exists():
+                if config is None and not (folder / LOG_NAME).exists():
                     raise InvalidInputError(
                         f"Label Studio project {pid} is not set up with this backend yet and the request carries no "
                         "labeling config; connect the backend in the project's Model settings"
@@ -172,13 +172,10 @@ class LabelStudioBackend:
     def _open(self, folder: Path, config: ChoicesConfig | None) -> _Project:
         kind = config.kind if config is not None else None
         if kind is None:  # a known folder: its logged config says which backbone
-            from bayesal.labeling.storage import read_log
-
-            records = read_log(folder / "annotations.log").records
-            configs = [r["config"] for r in records if r.get("op") == "config"]
-            if not configs:
+            saved = ProjectModel.saved_config(folder)
+            if saved is None:
                 raise InvalidInputError(f"project folder {folder} holds no labeling config; connect the backend again")
-            kind = ChoicesConfig.from_dict(configs[-1]).kind
+            kind = saved.kind
         bb = self.backbone(kind)
         s = self.settings
         update = {**PAPER_OPTIONS, "head_config": HeadConfig.paper()} if s.paper else {}

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from bayesal.laplace.head import HeadConfig
 from bayesal.laplace.posterior import LastLayerLaplace
+from bayesal.laplace.settings import PosteriorOptions
 from bayesal.utils.rng import derive_seed
 
 from .history import LabelBook, is_fit_point
@@ -29,21 +29,18 @@ __all__ = ["PosteriorReplay"]
 
 class PosteriorReplay:
     """Builds the posteriors of a session over the pool ``x`` ``(N, D)`` float64 with ``num_classes``
-    classes, from its saved settings (``seed``, ``gamma``, ``posterior_config``, ``head_config``)."""
+    classes, from its saved settings (``seed`` and the posterior ``options``)."""
 
-    def __init__(self, x: torch.Tensor, num_classes: int, *, seed: int, gamma: float,
-                 posterior_config: Mapping[str, Any], head_config: HeadConfig) -> None:
+    def __init__(self, x: torch.Tensor, num_classes: int, *, seed: int, options: PosteriorOptions) -> None:
         self.x = x
         self.num_classes = num_classes
         self.seed = seed
-        self.gamma = gamma
-        self.posterior_config = dict(posterior_config)
-        self.head_config = head_config
+        self.options = options
+        self.gamma = options.gamma
         self._prior: LastLayerLaplace | None = None
 
     def _new(self, **kwargs: Any) -> LastLayerLaplace:
-        return LastLayerLaplace(**self.posterior_config, gamma=self.gamma, dtype=torch.float64,
-                                head_config=self.head_config, **kwargs)
+        return self.options.posterior(dtype=torch.float64, **kwargs)
 
     def prior(self) -> LastLayerLaplace:
         """Zero-mean prior posterior ``N(0, λ₀⁻¹ I)`` (no data), shared — it is never modified."""

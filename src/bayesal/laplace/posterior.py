@@ -31,7 +31,7 @@ from .linalg import (
     safe_cholesky,
     spd_inverse,
 )
-from .options import BLOCK_ELEMENTS, Curvature, Hessian, Predictive, UpdateMethod
+from .options import BLOCK_ELEMENTS, Curvature, Hessian, Predictive, PriorSelection, UpdateMethod, check_prior_precision
 from .predictive import (
     DEFAULT_LAMBDA_MF,
     centered,
@@ -58,7 +58,6 @@ from .update import (
 
 __all__ = ["LastLayerLaplace"]
 
-PRIOR_SELECTIONS = ("cv", "cv-predictive", "evidence")
 FALLBACK_PRIOR_PRECISION = 1.0  # a string prior with nothing to choose from (see fit)
 #: logit_moments looks for the low-rank form of Σ (one O(D³) eigendecomposition per posterior state)
 #: when one call scores at least this many rows per feature: then the O(N·D²) variances dominate.
@@ -132,18 +131,12 @@ class LastLayerLaplace:
         random_state: RandomState = None,
         chunk_size: int | None = None,
     ) -> None:
-        if isinstance(prior_precision, str):
-            if prior_precision not in PRIOR_SELECTIONS:
-                raise InvalidInputError(
-                    f"prior_precision must be a number, got str {prior_precision!r} (or one of {PRIOR_SELECTIONS} "
-                    "to choose it from the labels)"
-                )
-        else:
-            prior_precision = check_scalar(prior_precision, "prior_precision", low=0, low_inclusive=False)
+        prior_precision = check_prior_precision(prior_precision)
         lambda_mf = check_scalar(lambda_mf, "lambda_mf", low=0)
         dtype = check_dtype(dtype)
         chunk_size = None if chunk_size is None else check_scalar(chunk_size, "chunk_size", integer=True, low=1)
-        self.prior_precision = prior_precision if isinstance(prior_precision, str) else float(prior_precision)
+        # a plain str in the posterior: its state_dict stays loadable with torch.load(weights_only=True)
+        self.prior_precision = prior_precision.value if isinstance(prior_precision, PriorSelection) else prior_precision
         self.curvature = Curvature.parse(curvature)
         self.hessian = Hessian.parse(hessian)
         self.lambda_mf = float(lambda_mf)

@@ -28,6 +28,7 @@ from bayesal.data import load_dataset
 from bayesal.experiments.metrics import aulc
 from bayesal.experiments.plotting import aulc_table, plot_learning_curves
 from bayesal.experiments.runner import ALConfig, run_experiment
+from bayesal.laplace import PosteriorOptions, PriorSelection
 
 STRATEGIES = ["random", "margin", "badge", "seq-margin", "seq-margin@expected", "lookahead"]
 DEPLOYABLE = ("seq-margin@expected", "lookahead")
@@ -61,9 +62,10 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     prior = args.prior_precision
-    if prior is not None and prior not in ("cv", "cv-predictive", "evidence"):
+    if prior is not None and prior not in PriorSelection.choices():
         prior = float(prior)
-    cfg = ALConfig(batch_size=args.batch_size, cycles=args.cycles, prior_precision=prior)
+    options = PosteriorOptions() if prior is None else PosteriorOptions(prior_precision=prior)
+    cfg = ALConfig(batch_size=args.batch_size, cycles=args.cycles, posterior=options)
     args.out.mkdir(parents=True, exist_ok=True)
     summary, wins, n_ds = [], 0, 0
     for name in [n.strip() for n in args.datasets.split(",") if n.strip()]:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from bayesal.labeling.session import Session
+from bayesal.laplace import PosteriorOptions
 
 
 def _make_pool(n: int, d: int, c: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -40,7 +41,7 @@ def _make_pool(n: int, d: int, c: int, seed: int = 0) -> tuple[np.ndarray, np.nd
 
 def _run(x: np.ndarray, y: np.ndarray, c: int, tells: int, mode: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory(dir=".") as tmp:
-        kwargs: dict = dict(strategy="random", random_state=0, gamma=10.0)
+        kwargs: dict = dict(strategy="random", random_state=0, options=PosteriorOptions(gamma=10.0))
         if mode != "memory":
             kwargs.update(state_dir=tmp, fsync=mode != "no-fsync", async_snapshot=mode != "sync-snap")
         if mode == "durable-each":

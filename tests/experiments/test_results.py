@@ -16,7 +16,7 @@ from bayesal.exceptions import ResultsFileError, StorageError
 from bayesal.experiments import results as res
 from bayesal.experiments import runner as loop
 from bayesal.experiments.runner import ALConfig, run_experiment
-from bayesal.laplace.head import HeadConfig
+from bayesal.laplace import HeadConfig, PosteriorOptions
 
 
 def _rows(seed: int, n: int = 5) -> list[dict]:
@@ -108,7 +108,7 @@ def _dataset(shift: float):
 
 def test_runs_are_keyed_by_data_content_not_name(tmp_path):
     out = tmp_path / "r.csv"
-    cfg = ALConfig(batch_size=5, cycles=1, candidate_size=50, head=HeadConfig(epochs=5))
+    cfg = ALConfig(batch_size=5, cycles=1, candidate_size=50, posterior=PosteriorOptions(head=HeadConfig(epochs=5)))
     v1, v2 = _dataset(3.0), _dataset(0.0)
     assert v1.name == v2.name and res.data_fingerprint(v1) != res.data_fingerprint(v2)
     a = run_experiment(v1, ["random"], cfg, [0], out=out, progress=False)

@@ -15,7 +15,7 @@ from bayesal.experiments.runner import (
     run_active_learning,
     run_experiment,
 )
-from bayesal.laplace.head import HeadConfig
+from bayesal.laplace import HeadConfig, PosteriorOptions
 from bayesal.strategies import RandomSampling, make_strategy
 from bayesal.strategies.base import QueryResult, QueryStrategy
 
@@ -34,7 +34,7 @@ def digits():
     return load_dataset("digits")
 
 
-CFG = ALConfig(batch_size=5, cycles=3, candidate_size=100, head=HeadConfig(epochs=200))
+CFG = ALConfig(batch_size=5, cycles=3, candidate_size=100, posterior=PosteriorOptions(head=HeadConfig(epochs=200)))
 
 
 def test_loop_protocol(digits):
@@ -122,7 +122,7 @@ class NoisyFirstK(FirstK):
 def test_strategies_with_one_seed_are_paired(digits):
     """Initial labels, per-cycle candidate subsets and head training do not depend on how much
     randomness a strategy draws, so strategies are compared on the same draws."""
-    cfg = ALConfig(batch_size=5, cycles=3, candidate_size=100, head=HeadConfig(epochs=20))
+    cfg = ALConfig(batch_size=5, cycles=3, candidate_size=100, posterior=PosteriorOptions(head=HeadConfig(epochs=20)))
     a, b, r = Recorder(FirstK()), Recorder(NoisyFirstK()), Recorder(RandomSampling())
     rows_a = run_active_learning(digits, a, cfg, seed=3)
     rows_b = run_active_learning(digits, b, cfg, seed=3)
@@ -143,7 +143,7 @@ def test_initial_size_is_validated(digits):
             ALConfig(initial_size=bad)
     assert ALConfig(batch_size=7).initial == 7 and ALConfig(initial_size=2).initial == 2
     rows = run_active_learning(digits, FirstK(), ALConfig(batch_size=5, cycles=1, initial_size=2,
-                                                          head=HeadConfig(epochs=5)), seed=0)
+                                                          posterior=PosteriorOptions(head=HeadConfig(epochs=5))), seed=0)
     assert [r["num_labels"] for r in rows] == [2, 7]
     with pytest.raises(ValueError, match="1790 initial .* exceeds the pool"):
         run_active_learning(digits, FirstK(), ALConfig(batch_size=5, cycles=2, initial_size=1790), seed=0)
@@ -187,7 +187,7 @@ def test_run_experiment_checks_out_before_compute(digits, tmp_path, monkeypatch)
 def test_run_experiment_batch_sizes_stay_apart(digits, tmp_path):
     out = tmp_path / "r.csv"
     for b in (5, 10):
-        cfg = ALConfig(batch_size=b, cycles=1, candidate_size=100, head=HeadConfig(epochs=5))
+        cfg = ALConfig(batch_size=b, cycles=1, candidate_size=100, posterior=PosteriorOptions(head=HeadConfig(epochs=5)))
         run_experiment(digits, ["random"], cfg, [0, 1], out=out, progress=False)
     df = read_results(out)
     assert list(df.columns) == list(RESULT_COLUMNS) and len(df) == 2 * 2 * 2
@@ -198,7 +198,7 @@ def test_run_experiment_batch_sizes_stay_apart(digits, tmp_path):
 
 def test_rerun_resumes_instead_of_duplicating(digits, tmp_path):
     out = tmp_path / "r.parquet"
-    cfg = ALConfig(batch_size=5, cycles=1, candidate_size=100, head=HeadConfig(epochs=5))
+    cfg = ALConfig(batch_size=5, cycles=1, candidate_size=100, posterior=PosteriorOptions(head=HeadConfig(epochs=5)))
     first = run_experiment(digits, ["random"], cfg, [0], out=out, progress=False)
     calls = []
     real = loop.run_active_learning

@@ -427,7 +427,7 @@ def _write_paths(workdir: Path) -> dict[str, tuple[Callable[[int], Any], Callabl
     paths["feature cache"] = (write_cache, verify_cache)
 
     from bayesal.labeling.session import Session
-    from bayesal.laplace.head import HeadConfig
+    from bayesal.laplace import HeadConfig, PosteriorOptions
 
     pool = (rng.normal(size=(400, 3)) + np.eye(3)[np.arange(400) % 3] * 2).astype(np.float32)
     state_dir = workdir / "disk_session"
@@ -438,7 +438,7 @@ def _write_paths(workdir: Path) -> dict[str, tuple[Callable[[int], Any], Callabl
         if log.exists() and b"\n" in log.read_bytes():  # a log without a complete line: never acknowledged
             return Session.resume(state_dir, pool, async_snapshot=False)
         return Session(pool, ["a", "b", "c"], state_dir=state_dir, random_state=0, candidate_size=None,
-                       head_config=HeadConfig(epochs=2), async_snapshot=False)
+                       options=PosteriorOptions(head=HeadConfig(epochs=2)), async_snapshot=False)
 
     def write_session(k: int) -> None:
         s = open_session()
@@ -507,12 +507,12 @@ def faults_disk(tally: Tally, workdir: Path, n: int) -> None:
 def _session_template(workdir: Path) -> tuple[Path, np.ndarray, dict[int, int]]:
     """A small closed session (tells and a skip) to mutate; returns its directory, pool and labels."""
     from bayesal.labeling.session import Session
-    from bayesal.laplace.head import HeadConfig
+    from bayesal.laplace import HeadConfig, PosteriorOptions
 
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(30, 3)) + np.eye(3)[np.arange(30) % 3] * 2).astype(np.float32)
     path = workdir / "template"
-    s = Session(x, ["a", "b", "c"], state_dir=path, random_state=0, head_config=HeadConfig(epochs=2),
+    s = Session(x, ["a", "b", "c"], state_dir=path, random_state=0, options=PosteriorOptions(head=HeadConfig(epochs=2)),
                 candidate_size=None, fsync=False, async_snapshot=False)
     for k, i in enumerate([0, 1, 2, 5, 7, 9]):
         s.tell(i, k % 3)

@@ -30,7 +30,7 @@ from bayesal.data import from_arrays  # noqa: E402
 from bayesal.exceptions import BayesalError  # noqa: E402
 from bayesal.experiments import runner as runner_mod  # noqa: E402
 from bayesal.experiments.results import read_results  # noqa: E402
-from bayesal.laplace.head import HeadConfig  # noqa: E402
+from bayesal.laplace import HeadConfig, PosteriorOptions  # noqa: E402
 
 STRATEGIES = ["random", "margin"]
 SEEDS = [0, 1, 2]
@@ -110,7 +110,7 @@ def _run_workload(out: Path) -> Callable[[Callable[[str], None]], Any]:
     def work(ack: Callable[[str], None]) -> Any:
         x, y = _data()
         ds = from_arrays(x, y, name="kill", random_state=0)
-        cfg = runner_mod.ALConfig(batch_size=5, cycles=1, candidate_size=40, head=HeadConfig(epochs=3))
+        cfg = runner_mod.ALConfig(batch_size=5, cycles=1, candidate_size=40, posterior=PosteriorOptions(head=HeadConfig(epochs=3)))
         real = runner_mod.append_results
 
         def append(rows: list[dict[str, Any]], path: Any) -> None:
@@ -194,7 +194,7 @@ def _open_session(state_dir: Path) -> Any:
     # a fixed prior: the trial is about crash safety, and a cross-validated retrain every 7 labels would
     # spend most of each kill window choosing λ₀
     return Session(x, NAMES, state_dir=state_dir, random_state=0, strategy="margin", retrain_every=7,
-                   head_config=HeadConfig(epochs=3), candidate_size=40, posterior_config={"prior_precision": 1.0})
+                   candidate_size=40, options=PosteriorOptions(prior_precision=1.0, head=HeadConfig(epochs=3)))
 
 
 def _session_workload(state_dir: Path, seed: int) -> Callable[[Callable[[str], None]], Any]:

@@ -14,14 +14,14 @@ from bayesal.exceptions import CorruptStateError, StorageError
 from bayesal.labeling.schema import check_event, check_header, depth
 from bayesal.labeling.session import Session
 from bayesal.labeling.storage import LOG_NAME, STATE_NAME, encode_record, read_log
-from bayesal.laplace.head import HeadConfig
+from bayesal.laplace import HeadConfig, PosteriorOptions
 
 X = (np.random.default_rng(0).normal(size=(40, 3)) + np.eye(3)[np.arange(40) % 3] * 2).astype(np.float32)
 
 
 @pytest.fixture
 def session_dir(tmp_path):
-    s = Session(X, ["a", "b", "c"], state_dir=tmp_path / "s", random_state=0, head_config=HeadConfig(epochs=2),
+    s = Session(X, ["a", "b", "c"], state_dir=tmp_path / "s", random_state=0, options=PosteriorOptions(head=HeadConfig(epochs=2)),
                 candidate_size=None, fsync=False, async_snapshot=False)
     for k, i in enumerate([0, 1, 2, 3]):
         s.tell(i, k % 3)

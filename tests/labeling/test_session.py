@@ -28,13 +28,13 @@ from bayesal.labeling.storage import (
     read_log,
     save_snapshot,
 )
-from bayesal.laplace.head import HeadConfig
+from bayesal.laplace import HeadConfig, PosteriorOptions
 from bayesal.laplace.posterior import LastLayerLaplace
 from bayesal.laplace.update import curvature_weights
 from bayesal.strategies.base import QueryResult, QueryStrategy
 
 NAMES = ["ant", "bee", "cat"]
-FAST = HeadConfig(epochs=15)
+FAST = PosteriorOptions(head=HeadConfig(epochs=15))
 
 
 class TinyMargin(QueryStrategy):
@@ -58,7 +58,7 @@ def pool(clustered_pool):
 def make(pool, tmp_path=None, **kw):
     x, _ = pool
     kw.setdefault("random_state", 3)
-    kw.setdefault("head_config", FAST)
+    kw.setdefault("options", FAST)
     kw.setdefault("candidate_size", 100)
     if tmp_path is not None:
         kw.setdefault("state_dir", tmp_path / "s")
@@ -421,8 +421,8 @@ def test_nan_features_and_bad_config(pool, tmp_path):
         Session(x, ["only"])
     with pytest.raises(ValueError, match="unique"):
         Session(x, ["a", "a"])
-    with pytest.raises(ValueError, match="unknown posterior_config"):
-        Session(x, NAMES, posterior_config={"prior": 1})
+    with pytest.raises(ValueError, match="options must be a PosteriorOptions"):
+        Session(x, NAMES, options={"prior_precision": 1.0})
     with pytest.raises(ValueError, match="items has 3 entries"):
         Session(x, NAMES, items=["a", "b", "c"])
     with pytest.raises(ValueError, match="retrain_every"):
@@ -675,10 +675,12 @@ def test_atomic_snapshot_files(tmp_path):
 
 def test_posterior_state_survives(pool, tmp_path):
     x, y = pool
-    s = make(pool, tmp_path, posterior_config={"prior_precision": 2.0, "lambda_mf": 0.4}, gamma=5.0)
+    options = FAST.replace(prior_precision=2.0, lambda_mf=0.4, gamma=5.0)
+    s = make(pool, tmp_path, options=options)
     run_oracle(s, y, 5)
     s.close()
     r = Session.resume(tmp_path / "s", x)
+    assert r.options == options
     assert isinstance(r.posterior, LastLayerLaplace)
     assert r.posterior.prior_precision == 2.0 and r.posterior.lambda_mf == 0.4
     assert r.config["gamma"] == 5.0

@@ -36,7 +36,7 @@ RUNNER = textwrap.dedent(
     import os, sys, tempfile
     import numpy as np
     import torch
-    from bayesal.laplace.head import HeadConfig
+    from bayesal.laplace import HeadConfig, PosteriorOptions
     from bayesal.labeling.session import Session
 
     torch.set_num_threads(1)  # no OpenMP pool in the runner: forking it stays safe
@@ -53,7 +53,7 @@ RUNNER = textwrap.dedent(
                 except (ValueError, FileNotFoundError):
                     pass
         return Session(X, NAMES, state_dir=state_dir, random_state=0, strategy="margin", retrain_every=9,
-                       head_config=HeadConfig.paper(epochs=3), posterior_config={"prior_precision": 1.0}, candidate_size=40, async_snapshot=bool(seed % 2))
+                       options=PosteriorOptions(prior_precision=1.0, head=HeadConfig.paper(epochs=3)), candidate_size=40, async_snapshot=bool(seed % 2))
 
     def warm_up():
         # import everything lazily imported (optimizers, torch.load, strategies) before forking

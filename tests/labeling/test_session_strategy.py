@@ -8,7 +8,7 @@ import torch
 
 from bayesal.exceptions import InvalidInputError
 from bayesal.labeling.session import Session
-from bayesal.laplace.head import HeadConfig
+from bayesal.laplace import HeadConfig, PosteriorOptions
 from bayesal.strategies import LabeledSet, MarginSampling, OracleSequential, Sequential
 
 
@@ -31,8 +31,8 @@ def _expected_picks(s: Session, x: np.ndarray, k: int, gamma: float) -> list[int
 
 def test_sequential_session_selects_with_the_session_gamma(pool):
     x, y = pool
-    s = Session(x, 3, strategy="sequential", strategy_kwargs={"update_with": "most_likely"}, gamma=1.0,
-                candidate_size=None, random_state=0, head_config=HeadConfig(epochs=5))
+    s = Session(x, 3, strategy="sequential", strategy_kwargs={"update_with": "most_likely"},
+                candidate_size=None, random_state=0, options=PosteriorOptions(gamma=1.0, head=HeadConfig(epochs=5)))
     for i in range(9):
         s.tell(i, int(y[i]))
     assert not s.cold_start and s.posterior.gamma == 1.0
@@ -44,7 +44,7 @@ def test_sequential_session_selects_with_the_session_gamma(pool):
 def test_sequential_session_defaults_to_a_deployable_mode(pool):
     """'sequential' alone used to mean oracle labels and failed at the first query after the cold start."""
     x, y = pool
-    s = Session(x, 3, strategy="sequential", candidate_size=None, random_state=1, head_config=HeadConfig(epochs=5))
+    s = Session(x, 3, strategy="sequential", candidate_size=None, random_state=1, options=PosteriorOptions(head=HeadConfig(epochs=5)))
     for i in range(6):
         s.tell(i, int(y[i]))
     assert not s.cold_start
@@ -52,7 +52,7 @@ def test_sequential_session_defaults_to_a_deployable_mode(pool):
     assert len(set(picks)) == 3 and not set(picks) & set(s.labels)
     # the default is the soft-label ('expected') update, the same picks as naming it
     t = Session(x, 3, strategy="seq-margin@expected", candidate_size=None, random_state=1,
-                head_config=HeadConfig(epochs=5))
+                options=PosteriorOptions(head=HeadConfig(epochs=5)))
     for i in range(6):
         t.tell(i, int(y[i]))
     assert t.query(3) == picks
@@ -74,7 +74,7 @@ def test_oracle_strategy_object_is_refused(pool):
 def test_every_spec_of_the_registry_is_understood(pool):
     x, y = pool
     for spec in ("random", "margin", "least-confidence", "seq-entropy@most_likely", "lookahead"):
-        s = Session(x, 3, strategy=spec, candidate_size=40, random_state=2, head_config=HeadConfig(epochs=5))
+        s = Session(x, 3, strategy=spec, candidate_size=40, random_state=2, options=PosteriorOptions(head=HeadConfig(epochs=5)))
         for i in range(6):
             s.tell(i, int(y[i]))
         picks = s.query(2)

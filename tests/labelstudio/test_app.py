@@ -15,6 +15,7 @@ pytest.importorskip("fastapi", reason="the serve extra (FastAPI) is not installe
 from fastapi.testclient import TestClient  # noqa: E402
 
 from bayesal.labelstudio import BackendSettings, LabelStudioBackend, create_app  # noqa: E402
+from bayesal.laplace import PosteriorOptions  # noqa: E402
 
 GAMMA = 10.0
 LAMBDA_MF = math.pi / 8
@@ -57,7 +58,8 @@ def make_client(tmp_path, minilm):
     def make(state="state", basic_auth=None, **settings) -> TestClient:
         settings.setdefault("seed", 0)
         settings.setdefault("fsync", False)
-        settings.setdefault("paper", True)  # the dense references below are the paper's one-step chain
+        # the dense references below are the paper's one-step chain
+        settings.setdefault("posterior", PosteriorOptions.paper())
         backend = LabelStudioBackend(tmp_path / state, BackendSettings(**settings), backbones={"text": minilm})
         client = TestClient(create_app(backend, basic_auth=basic_auth))
         client.__enter__()  # runs the app's lifespan: leaving it closes the backend's files
@@ -359,7 +361,7 @@ def test_by_default_an_annotation_is_the_library_update(make_client, recorded, t
     categorical curvature) from the zero-mean prior, the same posterior ``LastLayerLaplace`` gives."""
     from bayesal import LastLayerLaplace
 
-    client = make_client(paper=False)
+    client = make_client(posterior=BackendSettings().posterior)
     pbody = recorded("text_predict_post")
     x = np.stack([text_features[t["id"]] for t in pbody["tasks"]])
     created = recorded("text_webhook_annotation_created")

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from bayesal.exceptions import InvalidInputError, StaleAnswerError  # noqa: E402
 from bayesal.labeling.session import Session  # noqa: E402
-from bayesal.laplace.head import HeadConfig  # noqa: E402
+from bayesal.laplace import HeadConfig, PosteriorOptions  # noqa: E402
 from bayesal.laplace.posterior import LastLayerLaplace  # noqa: E402
 from bayesal.serve import LabelingService, create_app  # noqa: E402
 from bayesal.serve.app import TOKEN_HEADER, check_bind, is_loopback  # noqa: E402
@@ -38,7 +38,7 @@ def pool(clustered_pool):
 
 def make_service(pool, tmp_path: Path, **kw) -> LabelingService:
     x, _, texts, tx, ty = pool
-    session = Session(x, NAMES, items=texts, random_state=1, head_config=HeadConfig(epochs=10), candidate_size=100,
+    session = Session(x, NAMES, items=texts, random_state=1, options=PosteriorOptions(head=HeadConfig(epochs=10)), candidate_size=100,
                       state_dir=tmp_path / "s", fsync=False)
     return LabelingService(session, name="toy", test_features=tx, test_labels=ty, **kw)
 

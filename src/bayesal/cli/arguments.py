@@ -1,7 +1,9 @@
 """Command-line argument types that check ranges, and the one place that turns an error into a sentence.
 
 ``argparse`` calls the types below while parsing, so ``--epochs -1`` is refused with a usage line
-before anything is loaded or computed. :func:`run_guarded` runs a command and prints a known error
+before anything is loaded or computed. :func:`add_posterior_arguments` gives every command that builds
+a posterior the same options, and :func:`posterior_options_from` turns them into a
+:class:`~bayesal.laplace.settings.PosteriorOptions`. :func:`run_guarded` runs a command and prints a known error
 (:class:`~bayesal.exceptions.BayesalError`, ``ValueError``, ``OSError``) as one line instead of a
 traceback; ``--debug`` (or ``BAYESAL_DEBUG=1``) shows the traceback as well.
 """
@@ -15,14 +17,17 @@ import re
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bayesal.exceptions import BayesalError
 from bayesal.utils.locations import describe_os_error
 
+if TYPE_CHECKING:
+    from bayesal.laplace.settings import PosteriorOptions
+
 __all__ = [
-    "Parser", "positive_int", "non_negative_int", "positive_float", "non_negative_float", "add_debug_option",
-    "error_sentence", "run_guarded",
+    "Parser", "positive_int", "non_negative_int", "positive_float", "non_negative_float", "prior_precision",
+    "add_posterior_arguments", "posterior_options_from", "add_debug_option", "error_sentence", "run_guarded",
 ]
 
 
@@ -83,6 +88,68 @@ def non_negative_float(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
+
+
+def prior_precision(text: str) -> float | str:
+    """A prior precision λ₀: a finite number > 0, or how to choose it from the labels (``cv``,
+    ``cv-predictive``, ``evidence``)."""
+    from bayesal.laplace.options import PriorSelection
+
+    if text in PriorSelection.choices():
+        return text
+    try:
+        return positive_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"must be a number > 0 or one of {', '.join(PriorSelection.choices())}, got {text!r}"
+        ) from None
+
+
+def add_posterior_arguments(parser: argparse.ArgumentParser, *, default: str = "the posterior's") -> None:
+    """The posterior's options, the same for every command that builds one (``run``, ``label``,
+    ``serve``, ``labelstudio``). Each defaults to ``None``, "not given": :func:`posterior_options_from`
+    then keeps the command's own default (``default`` names it in the help of ``--prior-precision``).
+    """
+    from bayesal.laplace.options import Curvature, HeadSolver, Hessian
+
+    group = parser.add_argument_group("posterior")
+    group.add_argument("--paper", action="store_true",
+                       help="the paper's setup: one update step with γ = 10 and the gaussian curvature, λ₀ = 1, "
+                            "200 epochs of RAdam for the head (the options below override it)")
+    group.add_argument("--prior-precision", type=prior_precision, default=None, metavar="LAMBDA",
+                       help=f"prior precision λ₀ > 0, or cv, cv-predictive, evidence to choose it from the labels at "
+                            f"each head fit (default: {default})")
+    group.add_argument("--gamma", type=positive_float, default=None,
+                       help="step size γ of the Bayesian update (default 1 with 5 Newton steps; 10 with --paper)")
+    group.add_argument("--steps", type=positive_int, default=None,
+                       help="Newton steps of an update (default 5; 1 with --paper)")
+    group.add_argument("--curvature", choices=Curvature.choices(), default=None,
+                       help="curvature of the shared covariance (default categorical; gaussian with --paper)")
+    group.add_argument("--hessian", choices=Hessian.choices(), default=None,
+                       help="structure of the covariance (default shared)")
+    group.add_argument("--lambda-mf", type=non_negative_float, default=None,
+                       help="scale of the mean-field predictive (default π/8)")
+    group.add_argument("--head-solver", choices=HeadSolver.choices(), default=None,
+                       help="how the head is fitted: exact (the MAP, default) or radam (the paper's recipe; --paper)")
+    group.add_argument("--epochs", type=non_negative_int, default=None,
+                       help="training epochs of the radam head (default 200)")
+
+
+def posterior_options_from(args: argparse.Namespace, base: PosteriorOptions | None = None) -> PosteriorOptions:
+    """The :class:`~bayesal.laplace.settings.PosteriorOptions` that :func:`add_posterior_arguments`'
+    options in ``args`` describe: ``base`` (default: the library's defaults), or the paper's with
+    ``--paper``, with every option given replacing its field."""
+    from dataclasses import replace
+
+    from bayesal.laplace.settings import PosteriorOptions
+
+    options = PosteriorOptions.paper() if args.paper else (base if base is not None else PosteriorOptions())
+    changes = {key: getattr(args, key) for key in ("prior_precision", "gamma", "steps", "curvature", "hessian", "lambda_mf")
+               if getattr(args, key) is not None}
+    head = {key: value for key, value in (("solver", args.head_solver), ("epochs", args.epochs)) if value is not None}
+    if head:
+        changes["head"] = replace(options.head, **head)
+    return options.replace(**changes)
 
 
 def add_debug_option(parser: argparse.ArgumentParser, *, top: bool = False) -> None:

@@ -10,10 +10,10 @@ from pathlib import Path
 from .arguments import (
     Parser,
     add_debug_option,
-    non_negative_float,
+    add_posterior_arguments,
     non_negative_int,
-    positive_float,
     positive_int,
+    posterior_options_from,
     run_guarded,
 )
 
@@ -39,12 +39,11 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
 
 def _config(args: argparse.Namespace):
     from bayesal.experiments.runner import ALConfig
-    from bayesal.laplace.head import HeadConfig
 
     return ALConfig(
         batch_size=args.batch_size, cycles=args.cycles, initial_size=args.initial_size,
-        candidate_size=None if args.candidate_size == 0 else args.candidate_size, gamma=args.gamma,
-        lambda_mf=args.lambda_mf, head=HeadConfig(epochs=args.epochs),
+        candidate_size=None if args.candidate_size == 0 else args.candidate_size,
+        posterior=posterior_options_from(args),
     )
 
 
@@ -97,7 +96,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     """Short AL comparison on built-in real data, with a plot and an AULC table."""
     from bayesal.experiments.plotting import plot_learning_curves
     from bayesal.experiments.runner import ALConfig, run_experiment
-    from bayesal.laplace.head import HeadConfig
+    from bayesal.laplace import HeadConfig, PosteriorOptions
 
     ds = _load(args.dataset or _default_dataset())
     out = Path(args.out)
@@ -105,7 +104,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     results = out / "results.parquet"
     if results.exists():
         results.unlink()  # the demo is idempotent: a fresh run each time
-    cfg = ALConfig(batch_size=args.batch_size, cycles=args.cycles, head=HeadConfig(epochs=args.epochs))
+    cfg = ALConfig(batch_size=args.batch_size, cycles=args.cycles,
+                   posterior=PosteriorOptions(head=HeadConfig(epochs=args.epochs)))
     df = run_experiment(ds, DEMO_STRATEGIES, cfg, range(args.seeds), out=results)
     png = plot_learning_curves(df, out / "learning_curves.png", title=f"{ds.name}: accuracy vs labels")
     _print_summary(df)
@@ -119,9 +119,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--initial-size", type=positive_int, default=None, help="initial random labels (default: b)")
     p.add_argument("--candidate-size", type=non_negative_int, default=1000,
                    help="random candidates scored per query (default 1000; 0 = whole pool)")
-    p.add_argument("--gamma", type=positive_float, default=None, help="update step size γ (default: the posterior's, 1 with 5 Newton steps)")
-    p.add_argument("--lambda-mf", type=non_negative_float, default=None, help="mean-field scale (default: the posterior's, π/8)")
-    p.add_argument("--epochs", type=non_negative_int, default=200, help="head training epochs per cycle (default 200)")
+    add_posterior_arguments(p, default="cv")
     _add_threads_option(p)
 
 

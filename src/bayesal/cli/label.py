@@ -37,7 +37,14 @@ from bayesal.data.registry import add_file_options
 from bayesal.exceptions import CorruptStateError, InvalidInputError, StorageError
 from bayesal.utils.locations import check_writable_dir, safe_name
 
-from .arguments import Parser, non_negative_int, positive_float, positive_int, run_guarded
+from .arguments import (
+    Parser,
+    add_posterior_arguments,
+    non_negative_int,
+    positive_int,
+    posterior_options_from,
+    run_guarded,
+)
 
 __all__ = ["add_label_arguments", "label_main", "parse_answer", "render_item", "ascii_image", "main"]
 
@@ -64,12 +71,10 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--oracle", action="store_true", help="answer with the dataset's true labels (scripted demo)")
     parser.add_argument("--max-labels", type=non_negative_int, default=None, help="stop after this many labels in this run (oracle default 20)")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed of a new session (default 0)")
-    parser.add_argument("--gamma", type=positive_float, default=None,
-                        help="step size of the Bayesian update (default: the posterior's, 1 with 5 Newton steps)")
     parser.add_argument("--retrain-every", type=non_negative_int, default=10, help="retrain the head after this many labels; 0 = never (default 10)")
-    parser.add_argument("--epochs", type=non_negative_int, default=200, help="head training epochs on retrain (default 200)")
     parser.add_argument("--candidate-size", type=non_negative_int, default=1000, help="random candidates scored per query (default 1000)")
     parser.add_argument("--window", type=positive_int, default=10, help="labels spanned by the stopping signals (default 10)")
+    add_posterior_arguments(parser, default="cv; a resumed session keeps its own options")
 
 
 # ------------------------------------------------------------------------------------ display
@@ -131,7 +136,6 @@ def open_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, Any]:
     from bayesal.data import file_loader_kwargs, list_datasets, load_dataset
     from bayesal.labeling.recovery import read_session_header
     from bayesal.labeling.session import Session
-    from bayesal.laplace.head import HeadConfig
 
     if args.drop_damaged and not args.recover:
         raise InvalidInputError("--drop-damaged only applies with --recover")
@@ -189,8 +193,7 @@ def open_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, Any]:
         ds,
         meta=meta,
         strategy=args.strategy or "margin",
-        head_config=HeadConfig(epochs=args.epochs),
-        gamma=args.gamma,
+        options=posterior_options_from(args),
         retrain_every=args.retrain_every or None,
         candidate_size=args.candidate_size or None,
         random_state=args.seed,

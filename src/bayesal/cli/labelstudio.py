@@ -8,7 +8,7 @@ import sys
 # imported here, not on use: if the backend cannot be imported, `bayesal` runs without this command
 from bayesal.labelstudio.project import SCORE_STRATEGIES
 
-from .arguments import non_negative_float, positive_float, positive_int
+from .arguments import add_posterior_arguments, positive_int, posterior_options_from
 
 __all__ = ["add_labelstudio_arguments", "labelstudio_main"]
 
@@ -24,12 +24,6 @@ def add_labelstudio_arguments(p: argparse.ArgumentParser) -> None:
                         "score above all others, in pick order")
     p.add_argument("--batch-size", type=positive_int, default=10,
                    help="picks of a seq- strategy per prediction request (default 10)")
-    p.add_argument("--gamma", type=non_negative_float, default=None,
-                   help="update step size γ (default: the library's, 1 with 5 Newton steps; 10 with --paper)")
-    p.add_argument("--paper", action="store_true",
-                   help="the paper's update (γ = 10, gaussian curvature, one step) and its 200-epoch head recipe "
-                        "on Start Training, instead of the exact MAP head and the iterated update")
-    p.add_argument("--prior-precision", type=positive_float, default=1.0, help="prior precision λ₀ (default 1)")
     p.add_argument("--seed", type=int, default=None, help="seed of head refits (default: drawn, saved)")
     p.add_argument("--files-root", default=None,
                    help="Label Studio's local-files root (LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT), for image tasks")
@@ -39,6 +33,8 @@ def add_labelstudio_arguments(p: argparse.ArgumentParser) -> None:
                    help="require HTTP Basic authentication (needed with a --host other than loopback)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default 1)")
+    # λ₀ must be a number here: each project's posterior starts from the prior N(0, λ₀⁻¹ I)
+    add_posterior_arguments(p, default="1, a number: the first annotations update the prior N(0, λ₀⁻¹ I)")
 
 
 def labelstudio_main(args: argparse.Namespace) -> int:
@@ -57,8 +53,8 @@ def labelstudio_main(args: argparse.Namespace) -> int:
 
         files_root = os.environ.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT") or None
     settings = BackendSettings(
-        strategy=args.strategy, batch_size=args.batch_size, gamma=args.gamma, prior_precision=args.prior_precision,
-        paper=args.paper, seed=args.seed,
+        strategy=args.strategy, batch_size=args.batch_size,
+        posterior=posterior_options_from(args, BackendSettings().posterior), seed=args.seed,
         files_root=files_root, upload_root=args.upload_root,
     )
     print(f"bayesal Label Studio backend on http://{args.host}:{args.port} (state in {args.state_dir}); "

@@ -17,7 +17,7 @@ from typing import Any
 
 from bayesal.data.registry import add_file_options
 
-from .arguments import non_negative_float, non_negative_int, positive_float, positive_int
+from .arguments import add_posterior_arguments, non_negative_float, non_negative_int, positive_int
 
 __all__ = ["add_serve_arguments", "serve_main"]
 
@@ -43,12 +43,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --recover: keep the events before the damage of a label log damaged in the middle")
     parser.add_argument("--strategy", default=None, help="query strategy (default margin; a resumed session keeps its own)")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed of a new session (default 0)")
-    parser.add_argument("--gamma", type=positive_float, default=None,
-                        help="step size of the Bayesian update (default: the posterior's, 1 with 5 Newton steps)")
     parser.add_argument("--retrain-every", type=non_negative_int, default=0,
                         help="also retrain the head from scratch after this many labels (seconds, during which "
                              "answers wait); default 0 = only when Retrain is pressed")
-    parser.add_argument("--epochs", type=non_negative_int, default=200, help="head training epochs on retrain (default 200)")
     parser.add_argument("--candidate-size", type=non_negative_int, default=1000, help="random candidates scored per query (default 1000)")
     parser.add_argument("--window", type=positive_int, default=10, help="labels spanned by the stopping signals (default 10)")
     parser.add_argument("--host", default="127.0.0.1",
@@ -61,6 +58,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how long an item shown to one tab is kept from the others (default 120; 0 = all tabs "
                              "see the top pick)")
     parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default 1)")
+    add_posterior_arguments(parser, default="cv; a resumed session keeps its own options")
 
 
 def build_service(args: argparse.Namespace, out: Any = None) -> Any:

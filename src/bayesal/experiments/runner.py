@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +12,11 @@ import pandas as pd
 import torch
 
 from bayesal.data.base import Dataset
-from bayesal.laplace.head import HeadConfig
+from bayesal.exceptions import InvalidInputError
+from bayesal.laplace.options import Hessian, PriorSelection
 from bayesal.laplace.posterior import LastLayerLaplace
-from bayesal.laplace.update import FIDELITY_OPTIONS, check_gamma
+from bayesal.laplace.predictive import DEFAULT_LAMBDA_MF
+from bayesal.laplace.settings import PosteriorOptions
 from bayesal.strategies.base import LabeledSet, Strategy
 from bayesal.strategies.registry import make_strategy
 from bayesal.strategies.selection import select
@@ -44,26 +46,19 @@ class ALConfig:
     """Protocol settings; defaults follow the paper (b random initial labels, 20 cycles, 1000 random
     candidates per query, head retrained from scratch after each cycle).
 
-    ``gamma``, ``steps``, ``curvature``, ``prior_precision`` and ``lambda_mf`` are handed to the
-    posterior, which owns them (every update and every strategy simulating one uses its step size and
-    steps); ``None`` means :class:`LastLayerLaplace`'s default. The defaults are
-    :data:`~bayesal.laplace.update.FIDELITY_OPTIONS` (categorical curvature, γ = 1, 5 damped Newton
-    steps: the update that tracks the exact retrain) and λ₀ chosen by cross-validation at every fit;
-    ``gamma=10, curvature="gaussian", steps=1, head=HeadConfig.paper(), prior_precision=1.0`` is the
-    paper's protocol. ``head`` is how the head is fitted at every cycle (default: the exact MAP for λ₀;
-    ``HeadConfig.paper()`` for the paper's 200-epoch recipe).
+    ``posterior`` sets up the posterior of every cycle: λ₀, the update (every update and every strategy
+    simulating one uses its step size and steps), the mean-field scale and how the head is fitted. The
+    default :class:`~bayesal.laplace.settings.PosteriorOptions` is the library's (categorical curvature,
+    γ = 1, 5 damped Newton steps: the update that tracks the exact retrain; λ₀ chosen by
+    cross-validation at every fit; the exact MAP head); ``posterior=PosteriorOptions.paper()`` is the
+    paper's protocol (γ = 10, gaussian curvature, one step, λ₀ = 1, 200 epochs of RAdam).
     """
 
     batch_size: int = 10
     cycles: int = 20
     initial_size: int | None = None  # None: batch_size
     candidate_size: int | None = 1000  # None: the whole unlabeled pool
-    gamma: float | None = FIDELITY_OPTIONS["gamma"]
-    prior_precision: float | str | None = None
-    lambda_mf: float | None = None
-    steps: int | None = FIDELITY_OPTIONS["steps"]
-    curvature: str | None = FIDELITY_OPTIONS["curvature"]
-    head: HeadConfig = field(default_factory=HeadConfig)
+    posterior: PosteriorOptions = field(default_factory=PosteriorOptions)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.cycles < 0:
@@ -72,16 +67,27 @@ class ALConfig:
             raise ValueError(f"initial_size must be >= 1 (or None for batch_size), got {self.initial_size}")
         if self.candidate_size is not None and self.candidate_size < self.batch_size:
             raise ValueError(f"candidate_size {self.candidate_size} is smaller than batch_size {self.batch_size}")
-        if self.gamma is not None:
-            check_gamma(self.gamma)
+        if not isinstance(self.posterior, PosteriorOptions):
+            raise InvalidInputError(f"posterior must be a PosteriorOptions, got {type(self.posterior).__name__}")
 
-    def posterior_options(self) -> dict[str, Any]:
-        """Keyword arguments of :class:`LastLayerLaplace` set by this config (unset ones keep its defaults)."""
-        opts: dict[str, Any] = {}
-        for key in ("prior_precision", "gamma", "lambda_mf", "steps", "curvature"):
-            if getattr(self, key) is not None:
-                opts[key] = getattr(self, key)
-        return opts
+    def record(self) -> dict[str, Any]:
+        """The settings as plain values, in the layout of the results' ``config`` column.
+
+        The posterior's options are flat next to the protocol's, ``None`` standing for the default λ₀
+        (cross-validation) and mean-field scale, and ``hessian`` only when not the shared one: the
+        layout results files have always had, so that a rerun finds the runs they hold.
+        """
+        opts = self.posterior.to_dict()
+        out = {
+            "batch_size": self.batch_size, "cycles": self.cycles, "initial_size": self.initial_size,
+            "candidate_size": self.candidate_size, "gamma": opts["gamma"],
+            "prior_precision": None if opts["prior_precision"] == PriorSelection.CV else opts["prior_precision"],
+            "lambda_mf": None if opts["lambda_mf"] == DEFAULT_LAMBDA_MF else opts["lambda_mf"],
+            "steps": opts["steps"], "curvature": opts["curvature"], "head": opts["head"],
+        }
+        if self.posterior.hessian is not Hessian.SHARED:
+            out["hessian"] = opts["hessian"]
+        return out
 
     @property
     def initial(self) -> int:
@@ -104,7 +110,7 @@ def _fit_posterior(x: torch.Tensor, y: torch.Tensor, c: int, cfg: ALConfig, gen:
     """λ₀ (if chosen from the data), the head and the posterior, all by the posterior's own fit, so the
     head is the MAP of the objective the posterior describes."""
     t0 = time.perf_counter()
-    post = LastLayerLaplace(**cfg.posterior_options(), head_config=cfg.head, random_state=gen).fit(x, y, num_classes=c)
+    post = cfg.posterior.posterior(random_state=gen).fit(x, y, num_classes=c)
     return post, time.perf_counter() - t0
 
 
@@ -219,7 +225,7 @@ def run_experiment(
     old = check_run_request(strategies, out)
     config.check_budget(len(dataset.train_labels))
     out = None if out is None else Path(out)
-    cfg_str = str(asdict(config))
+    cfg_str = str(config.record())
     fingerprint = data_fingerprint(dataset)
     done: dict[tuple[str, int], pd.DataFrame] = {}
     if old is not None:

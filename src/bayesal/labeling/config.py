@@ -1,9 +1,10 @@
 """The saved configuration of a labeling session: the header line of its label log.
 
 The header records what a session needs to be rebuilt from its events: the pool (shape and a hash of
-the features), the class names, the seed, the strategy, the posterior and head settings, the update
-step ``gamma``, ``retrain_every`` and ``candidate_size``. :func:`new_header` validates the settings
-and builds it; :func:`check_features` tells whether a pool is the one a saved header was made for.
+the features), the class names, the seed, the strategy, the posterior options (posterior and head
+settings, the update step ``gamma``), ``retrain_every`` and ``candidate_size``. :func:`new_header`
+validates the settings and builds it; :func:`saved_options` reads the options back;
+:func:`check_features` tells whether a pool is the one a saved header was made for.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +19,16 @@ import numpy as np
 import torch
 
 from bayesal.exceptions import InvalidInputError, StateMismatchError
-from bayesal.laplace.head import HeadConfig
-from bayesal.laplace.posterior import LastLayerLaplace
+from bayesal.laplace.settings import PosteriorOptions
 
 from .engine import log_header, resolve_seed
 
 __all__ = [
-    "POSTERIOR_KEYS", "saved_posterior_config", "feature_hash", "check_class_names", "new_header", "check_features",
+    "POSTERIOR_KEYS", "saved_options", "feature_hash", "check_class_names", "new_header", "check_features",
 ]
 
-#: Keyword arguments of :class:`LastLayerLaplace` a session saves.
+#: The :class:`PosteriorOptions` fields a header saves under ``posterior`` (``head`` and ``gamma`` have
+#: their own keys).
 POSTERIOR_KEYS = ("prior_precision", "curvature", "hessian", "lambda_mf", "steps")
 
 #: Update options of sessions saved before they were recorded: the defaults of that time.
@@ -62,9 +62,7 @@ def new_header(
     class_names: Sequence[str] | int,
     *,
     strategy: dict[str, Any],
-    posterior_config: Mapping[str, Any] | None,
-    head_config: HeadConfig | None,
-    gamma: float | None,
+    options: PosteriorOptions | None,
     retrain_every: int | None,
     candidate_size: int | None,
     random_state: int | None,
@@ -72,10 +70,12 @@ def new_header(
 ) -> dict[str, Any]:
     """Validate the settings of a new session over the pool ``x`` ``(N, D)`` and build its header.
 
-    ``strategy`` is the strategy's saved description (``name``, ``kwargs``, ``object``); ``gamma`` of
-    ``None`` is the posterior's default. A
-    ``random_state`` of ``None`` draws a seed; it is saved either way. Raises
-    :class:`~bayesal.exceptions.InvalidInputError` naming the first bad setting.
+    ``strategy`` is the strategy's saved description (``name``, ``kwargs``, ``object``); ``options``
+    of ``None`` are the default :class:`~bayesal.laplace.settings.PosteriorOptions`. They are saved
+    resolved (``posterior``: :data:`POSTERIOR_KEYS`, ``head`` and ``gamma``), so that a session reloads
+    with the same update whatever later versions default to. A ``random_state`` of ``None`` draws a
+    seed; it is saved either way. Raises :class:`~bayesal.exceptions.InvalidInputError` naming the first
+    bad setting.
     """
     names = check_class_names(class_names)
     if retrain_every is not None and (isinstance(retrain_every, bool) or not isinstance(retrain_every, int)
@@ -84,16 +84,11 @@ def new_header(
     if candidate_size is not None and (isinstance(candidate_size, bool) or not isinstance(candidate_size, int)
                                        or candidate_size < 1):
         raise InvalidInputError(f"candidate_size must be a positive integer or None, got {candidate_size!r}")
-    pcfg = dict(posterior_config or {})
-    unknown = set(pcfg) - set(POSTERIOR_KEYS)
-    if unknown:
-        raise InvalidInputError(f"unknown posterior_config keys {sorted(unknown)}; allowed: {POSTERIOR_KEYS}")
-    # validates the values; the posterior owns the defaults, saved resolved so that a session reloads
-    # with the same update whatever later versions default to
-    post = LastLayerLaplace(**pcfg, **({} if gamma is None else {"gamma": gamma}))
-    gamma = post.gamma
-    pcfg.update(curvature=post.curvature.value, hessian=str(post.hessian), lambda_mf=post.lambda_mf,
-                steps=post.steps)
+    if options is None:
+        options = PosteriorOptions()
+    if not isinstance(options, PosteriorOptions):
+        raise InvalidInputError(f"options must be a PosteriorOptions, got {type(options).__name__}")
+    saved = options.to_dict()
     return log_header(
         resolve_seed(random_state),
         session_id=uuid.uuid4().hex,
@@ -102,19 +97,22 @@ def new_header(
         feature_hash=feature_hash(x),
         class_names=names,
         strategy=strategy,
-        posterior=pcfg,
-        head=asdict(head_config or HeadConfig()),
-        gamma=float(gamma),
+        posterior={k: saved[k] for k in POSTERIOR_KEYS},
+        head=saved["head"],
+        gamma=saved["gamma"],
         retrain_every=retrain_every,
         candidate_size=candidate_size,
         meta=dict(meta or {}),
     )
 
 
-def saved_posterior_config(header: Mapping[str, Any]) -> dict[str, Any]:
-    """The posterior keyword arguments a session header saved; options it predates get the defaults
-    of the version that wrote it (:data:`LEGACY_POSTERIOR_DEFAULTS`)."""
-    return {**LEGACY_POSTERIOR_DEFAULTS, **dict(header.get("posterior") or {})}
+def saved_options(header: Mapping[str, Any]) -> PosteriorOptions:
+    """The posterior options a session header saved (``posterior``, ``head`` and ``gamma``); options it
+    predates get the defaults of the version that wrote it (:data:`LEGACY_POSTERIOR_DEFAULTS`, then
+    those of :class:`~bayesal.laplace.settings.PosteriorOptions`). Raises
+    :class:`~bayesal.exceptions.InvalidInputError` for an unknown or bad setting."""
+    posterior = {**LEGACY_POSTERIOR_DEFAULTS, **dict(header.get("posterior") or {})}
+    return PosteriorOptions.from_dict({**posterior, "gamma": header["gamma"], "head": dict(header["head"])})
 
 
 def check_features(header: Mapping[str, Any], x: torch.Tensor, state_dir: Path) -> None:

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from bayesal.laplace.head import HeadConfig
 from bayesal.laplace.posterior import LastLayerLaplace
+from bayesal.laplace.settings import PosteriorOptions
 
 from .engine import PosteriorFold
 from .history import LabelBook, is_fit_point
@@ -32,21 +32,16 @@ FIT_TAG = "fit"
 
 class PosteriorReplay:
     """Builds the posteriors of a session over the pool ``x`` ``(N, D)`` float64 with ``num_classes``
-    classes, from its saved settings (``seed``, ``gamma``, ``posterior_config``, ``head_config``), with
-    the engine's :class:`~bayesal.labeling.engine.PosteriorFold`."""
+    classes, from its saved settings (``seed`` and the posterior ``options``), with the engine's
+    :class:`~bayesal.labeling.engine.PosteriorFold`."""
 
-    def __init__(self, x: torch.Tensor, num_classes: int, *, seed: int, gamma: float,
-                 posterior_config: Mapping[str, Any], head_config: HeadConfig) -> None:
+    def __init__(self, x: torch.Tensor, num_classes: int, *, seed: int, options: PosteriorOptions) -> None:
         self.x = x
         self.num_classes = num_classes
         self.seed = seed
-        self.gamma = gamma
-        self.posterior_config = dict(posterior_config)
-        self.head_config = head_config
-        self.posteriors = PosteriorFold(
-            {**self.posterior_config, "gamma": gamma, "dtype": torch.float64, "head_config": head_config},
-            seed=seed, tag=FIT_TAG,
-        )
+        self.options = options
+        self.gamma = options.gamma
+        self.posteriors = PosteriorFold({**options.posterior_kwargs(), "dtype": torch.float64}, seed=seed, tag=FIT_TAG)
 
     def prior(self) -> LastLayerLaplace:
         """Zero-mean prior posterior ``N(0, λ₀⁻¹ I)`` (no data), shared — it is never modified."""

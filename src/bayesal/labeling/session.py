@@ -40,8 +40,8 @@ import numpy as np
 import torch
 
 from bayesal.exceptions import CorruptStateError, InvalidInputError, StateMismatchError
-from bayesal.laplace.head import HeadConfig
 from bayesal.laplace.posterior import LastLayerLaplace
+from bayesal.laplace.settings import PosteriorOptions
 from bayesal.strategies.base import LabeledSet, QueryStrategy, Strategy
 from bayesal.strategies.random_sampling import RandomSampling
 from bayesal.strategies.registry import is_oracle, make_strategy
@@ -49,7 +49,7 @@ from bayesal.strategies.selection import select
 from bayesal.utils.rng import derive_seed
 from bayesal.utils.validation import as_features
 
-from .config import check_features, feature_hash, new_header, saved_posterior_config
+from .config import check_features, feature_hash, new_header, saved_options
 from .engine import LabelingEngine
 from .history import LabelBook
 from .replay import PosteriorReplay
@@ -96,14 +96,14 @@ class Session:
         that need true labels (``"seq-margin"``, ``"oracle-lookahead"``) are refused here.
     strategy_kwargs : mapping, optional
         Keyword arguments for the factory (saved).
-    posterior_config : mapping, optional
-        Keyword arguments of :class:`LastLayerLaplace`: ``prior_precision``, ``curvature``,
-        ``hessian``, ``lambda_mf``. Computations use float64 on the CPU.
-    head_config : HeadConfig, optional
-        Training of :meth:`retrain` (the paper's 200 epochs by default).
-    gamma : float, optional
-        Step size ``γ`` of the Bayesian update, of label corrections and of every update a strategy
-        simulates (it is the posterior's); None: :class:`LastLayerLaplace`'s default (10, the paper's).
+    options : PosteriorOptions, optional
+        The posterior's settings (saved): λ₀, curvature, covariance structure, mean-field scale, the
+        step size ``γ`` and Newton steps of the Bayesian update (also of label corrections and of every
+        update a strategy simulates) and how :meth:`retrain` fits the head. None: the defaults of
+        :class:`~bayesal.laplace.settings.PosteriorOptions` (λ₀ by cross-validation, categorical
+        curvature, ``γ = 1`` with 5 damped Newton steps, the exact MAP head);
+        ``PosteriorOptions.paper()`` is the paper's (``γ = 10``, one step, 200 epochs of RAdam).
+        Computations use float64 on the CPU.
     retrain_every : int, optional
         Retrain the head from scratch after this many new labels (None: only on :meth:`retrain`).
         Needs labels of at least 2 classes.
@@ -138,9 +138,7 @@ class Session:
         items: Sequence[Any] | None = None,
         strategy: str | QueryStrategy = "margin",
         strategy_kwargs: Mapping[str, Any] | None = None,
-        posterior_config: Mapping[str, Any] | None = None,
-        head_config: HeadConfig | None = None,
-        gamma: float | None = None,
+        options: PosteriorOptions | None = None,
         retrain_every: int | None = None,
         candidate_size: int | None = 1000,
         random_state: int | None = None,
@@ -159,8 +157,7 @@ class Session:
             strat_cfg = {"name": strategy, "kwargs": dict(strategy_kwargs or {}), "object": False}
         else:
             raise InvalidInputError(f"strategy must be a name or a QueryStrategy, got {strategy!r}")
-        header = new_header(x, class_names, strategy=strat_cfg, posterior_config=posterior_config,
-                            head_config=head_config, gamma=gamma, retrain_every=retrain_every,
+        header = new_header(x, class_names, strategy=strat_cfg, options=options, retrain_every=retrain_every,
                             candidate_size=candidate_size, random_state=random_state, meta=meta)
         if not strat_cfg["object"]:
             strat_obj = _resolve_strategy(strategy, strat_cfg["kwargs"])  # type: ignore[arg-type]
@@ -209,9 +206,7 @@ class Session:
         self._candidate_size: int | None = header["candidate_size"]
         self._options = options
         try:  # the settings come from a file: a bad one is a corrupt header, not a TypeError
-            self._replay = PosteriorReplay(x, len(self._names), seed=self._seed, gamma=float(header["gamma"]),
-                                           posterior_config=saved_posterior_config(header),
-                                           head_config=HeadConfig(**header["head"]))
+            self._replay = PosteriorReplay(x, len(self._names), seed=self._seed, options=saved_options(header))
             self._book = LabelBook(self._names, x.shape[0])  # labels, skipped, history, redo
             self._state = SessionState(self._header, self._replay, self._book, options.undo_cache)
         except (TypeError, ValueError) as err:
@@ -472,7 +467,7 @@ class Session:
         return action
 
     def retrain(self) -> None:
-        """Train the head from scratch on all labels (``head_config``) and rebuild the Laplace posterior.
+        """Train the head from scratch on all labels (``options.head``) and rebuild the Laplace posterior.
 
         Raises
         ------
@@ -656,6 +651,11 @@ class Session:
     def can_redo(self) -> bool:
         """True if there is an undone action to redo."""
         return bool(self._book.redo)
+
+    @property
+    def options(self) -> PosteriorOptions:
+        """The posterior's settings (as saved in the header)."""
+        return self._replay.options
 
     @property
     def config(self) -> dict[str, Any]:

@@ -21,15 +21,16 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from bayesal.data.backbones import Backbone
 from bayesal.exceptions import InvalidInputError, StateMismatchError
-from bayesal.laplace.head import HeadConfig
-from bayesal.laplace.update import PAPER_OPTIONS
+from bayesal.laplace.options import Hessian
+from bayesal.laplace.predictive import DEFAULT_LAMBDA_MF
+from bayesal.laplace.settings import PosteriorOptions
 
 from .config import ChoicesConfig, parse_label_config
 from .features import FeatureStore, TaskFeaturizer, default_backbone
@@ -38,25 +39,45 @@ from .project import FEATURES_NAME, LOG_NAME, ProjectModel
 __all__ = ["LabelStudioBackend", "BackendSettings", "annotation_labels", "ANNOTATION_ACTIONS"]
 
 ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED")
+#: λ₀ of the backend's default posterior options.
+BACKEND_PRIOR_PRECISION = 1.0
+
+
+def _default_posterior() -> PosteriorOptions:
+    return PosteriorOptions(prior_precision=BACKEND_PRIOR_PRECISION)
 
 
 @dataclass(frozen=True)
 class BackendSettings:
     """Model settings shared by all projects (see :class:`~.project.ProjectModel`) and where local
-    image files may be read from (see :class:`~.features.TaskFeaturizer`)."""
+    image files may be read from (see :class:`~.features.TaskFeaturizer`).
+
+    ``posterior``: the library's update (``γ = 1``, 5 damped Newton steps, categorical curvature) and
+    exact MAP head with λ₀ = 1 by default; ``PosteriorOptions.paper()`` for the paper's update and head
+    recipe. λ₀ must be a number (each project's posterior starts from the prior ``N(0, λ₀⁻¹ I)``), the
+    covariance shared and the mean-field scale the default.
+    """
 
     strategy: str = "margin"
     batch_size: int = 10
-    #: ``None``: the library's update (``γ = 1``, 5 Newton steps; ``10`` with ``paper``)
-    gamma: float | None = None
-    prior_precision: float = 1.0
-    #: the paper's update (``PAPER_OPTIONS``) and head recipe (``HeadConfig.paper()``) instead of the
-    #: library's defaults (``FIDELITY_OPTIONS``, the exact MAP head)
-    paper: bool = False
+    posterior: PosteriorOptions = field(default_factory=_default_posterior)
     seed: int | None = None
     files_root: str | None = None
     upload_root: str | None = None
     fsync: bool = True
+
+    def __post_init__(self) -> None:
+        p = self.posterior
+        if not isinstance(p, PosteriorOptions):
+            raise InvalidInputError(f"posterior must be a PosteriorOptions, got {type(p).__name__}")
+        if p.chooses_prior:
+            raise InvalidInputError(
+                f"the Label Studio backend needs a number as prior_precision, got {p.prior_precision.value!r}: "
+                "each project's posterior starts from the prior N(0, λ₀⁻¹ I) before any annotation"
+            )
+        if p.hessian is not Hessian.SHARED or p.lambda_mf != DEFAULT_LAMBDA_MF:
+            raise InvalidInputError("the Label Studio backend uses the shared covariance and the default mean-field "
+                                    f"scale; got hessian={p.hessian.value!r}, lambda_mf={p.lambda_mf}")
 
 
 def _project_uid(project: Any) -> tuple[int, str]:
@@ -177,12 +198,10 @@ class LabelStudioBackend:
                 raise InvalidInputError(f"project folder {folder} holds no labeling config; connect the backend again")
             kind = saved.kind
         bb = self.backbone(kind)
-        s = self.settings
-        update = {**PAPER_OPTIONS, "head_config": HeadConfig.paper()} if s.paper else {}
-        if s.gamma is not None:
-            update["gamma"] = s.gamma
+        s, p = self.settings, self.settings.posterior
         model = ProjectModel(folder, int(bb.dim or 0), strategy=s.strategy, batch_size=s.batch_size,
-                             prior_precision=s.prior_precision, seed=s.seed, fsync=s.fsync, **update)
+                             prior_precision=float(p.prior_precision), gamma=p.gamma, curvature=p.curvature.value,
+                             steps=p.steps, head_config=p.head, seed=s.seed, fsync=s.fsync)
         if config is not None:
             model.set_config(config)
         cfg = model.config

@@ -59,7 +59,7 @@ from bayesal.labeling import (
 from bayesal.laplace.head import HeadConfig
 from bayesal.laplace.posterior import LastLayerLaplace
 from bayesal.laplace.update import FIDELITY_OPTIONS
-from bayesal.strategies import get_strategy
+from bayesal.strategies import get_strategy, score_strategy_names
 from bayesal.strategies.base import LabeledSet
 from bayesal.strategies.score import ScoreStrategy
 from bayesal.strategies.sequential import Sequential
@@ -83,8 +83,9 @@ PROJECT_FILES = LogFiles(log=LOG_NAME, snapshot=SNAPSHOT_NAME, halt_on_write_err
 TRAIN_TAG = "labelstudio-train"
 #: Strategies whose utility is a per-task score (what a prediction's ``score`` can carry), and their
 #: sequential versions (``seq-<base>``, bases with utilities in [0, 1]): see :meth:`ProjectModel.predict`.
-SEQUENTIAL_STRATEGIES = ("seq-margin", "seq-least_confidence")
-SCORE_STRATEGIES = ("margin", "entropy", "least_confidence", "bald", "variation_ratio") + SEQUENTIAL_STRATEGIES
+#: From the strategy registry (:func:`~bayesal.strategies.score_strategy_names`).
+SCORE_STRATEGIES = score_strategy_names()
+SEQUENTIAL_STRATEGIES = tuple(name for name in SCORE_STRATEGIES if name.startswith("seq-"))
 
 
 @dataclass(frozen=True)
@@ -298,9 +299,9 @@ class ProjectModel:
         fsync: bool = True,
         snapshot_interval: float = 1.0,
     ) -> None:
-        if strategy not in SCORE_STRATEGIES:
+        if strategy not in score_strategy_names():
             raise InvalidInputError(
-                f"strategy {strategy!r} gives no per-task score for Label Studio; choose one of {SCORE_STRATEGIES}"
+                f"strategy {strategy!r} gives no per-task score for Label Studio; choose one of {score_strategy_names()}"
             )
         self.state_dir = Path(state_dir)
         self.dim = int(dim)

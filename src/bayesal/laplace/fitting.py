@@ -19,10 +19,7 @@ from .spread import FALLBACK_SPREAD, heldout_folds, select_spread
 if TYPE_CHECKING:
     from .posterior import LastLayerLaplace
 
-__all__ = ["HeadFitting", "PRIOR_SELECTIONS", "SPREAD_SELECTIONS", "FALLBACK_PRIOR_PRECISION"]
-
-PRIOR_SELECTIONS = ("cv", "cv-predictive", "evidence")
-SPREAD_SELECTIONS = ("cv",)
+__all__ = ["HeadFitting", "FALLBACK_PRIOR_PRECISION"]
 FALLBACK_PRIOR_PRECISION = 1.0  # a string prior with nothing to choose from (see fit)
 
 

@@ -30,10 +30,9 @@ from bayesal.utils.blas import blas_threads
 from bayesal.utils.validation import as_features, as_targets, check_num_classes, check_scalar
 
 from .linalg import feature_spectrum
+from .options import HeadSolver
 
-__all__ = ["HEAD_SOLVERS", "HeadConfig", "HeadFit", "ConvergenceWarning", "map_objective", "fit_map_head", "train_head"]
-
-HEAD_SOLVERS = ("exact", "radam")
+__all__ = ["HeadConfig", "HeadFit", "ConvergenceWarning", "map_objective", "fit_map_head", "train_head"]
 
 
 class ConvergenceWarning(UserWarning):
@@ -49,9 +48,11 @@ class HeadConfig:
     ``max_iter`` iterations; ``bias_precision`` is the (weak) Gaussian prior on the bias, which keeps
     the bias of a class without labels finite. ``solver="radam"``: the paper's recipe with ``epochs``,
     ``lr``, ``weight_decay`` (on the mean loss) and ``batch_size``; :meth:`paper` builds it.
+    ``solver`` is a :class:`~bayesal.laplace.options.HeadSolver` or its string; it is kept as the plain
+    string, so ``dataclasses.asdict`` of a config saves and reloads as it is.
     """
 
-    solver: str = "exact"
+    solver: str = HeadSolver.EXACT.value
     tol: float = 1e-5
     max_iter: int = 1000
     bias_precision: float = 1e-4
@@ -61,8 +62,7 @@ class HeadConfig:
     batch_size: int = 64
 
     def __post_init__(self) -> None:
-        if self.solver not in HEAD_SOLVERS:
-            raise InvalidInputError(f"unknown head solver {self.solver!r}; choose one of {HEAD_SOLVERS}")
+        object.__setattr__(self, "solver", HeadSolver.parse(self.solver, "head solver").value)
         if not (self.tol > 0 and math.isfinite(self.tol)) or self.max_iter < 1:
             raise InvalidInputError(f"HeadConfig needs tol > 0 and max_iter >= 1, got {self.tol}, {self.max_iter}")
         if not (self.bias_precision >= 0 and math.isfinite(self.bias_precision)):
@@ -76,7 +76,7 @@ class HeadConfig:
     @classmethod
     def paper(cls, **overrides: object) -> HeadConfig:
         """The paper's recipe: 200 epochs RAdam, lr 1e-2, weight decay 1e-4, cosine, batch 64."""
-        return replace(cls(solver="radam"), **overrides)
+        return replace(cls(solver=HeadSolver.RADAM.value), **overrides)
 
 
 class HeadFit(NamedTuple):
@@ -277,7 +277,7 @@ def train_head(
     if n == 0:
         raise InvalidInputError("cannot train the head on an empty labeled set; label some points first")
     targets = as_targets(labels, num_classes, n=n, dtype=torch.float64, device=x.device)
-    if config.solver == "exact":
+    if config.solver == HeadSolver.EXACT:
         fit = fit_map_head(
             x.double(), targets, prior_precision, init=init, tol=config.tol, max_iter=config.max_iter,
             bias_precision=config.bias_precision,

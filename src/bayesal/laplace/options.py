@@ -11,8 +11,12 @@ from enum import Enum
 from typing import Any, TypeVar
 
 from bayesal.exceptions import InvalidInputError
+from bayesal.utils.validation import check_scalar
 
-__all__ = ["Option", "Curvature", "Hessian", "UpdateMethod", "Predictive", "BLOCK_ELEMENTS"]
+__all__ = [
+    "Option", "Curvature", "Hessian", "UpdateMethod", "Predictive", "PriorSelection", "SpreadSelection", "HeadSolver",
+    "check_prior_precision", "BLOCK_ELEMENTS",
+]
 
 #: Upper bound on the elements of one temporary block (32 MiB in float64): every row-chunked
 #: computation in bayesal (pool scoring, Monte Carlo samples, BAIT, TypiClust, look-ahead) sizes its
@@ -90,3 +94,53 @@ class Predictive(Option):
 
     MEAN_FIELD = "mean_field"  #: ``softmax(z / sqrt(1 + λ σ²))``
     MC = "mc"  #: Monte Carlo over Laplace logit samples
+
+
+class PriorSelection(Option):
+    """How :meth:`LastLayerLaplace.fit` chooses the prior precision λ₀ from the labeled data."""
+
+    CV = "cv"  #: 5-fold held-out log-likelihood of the exact MAP head over a grid
+    CV_PREDICTIVE = "cv-predictive"  #: the same, scoring the mean-field Laplace predictive
+    EVIDENCE = "evidence"  #: Laplace marginal likelihood (MacKay's fixed point)
+
+
+class SpreadSelection(Option):
+    """How :meth:`LastLayerLaplace.fit` chooses the spread ``τ`` of the predictive (a number sets it)."""
+
+    CV = "cv"  #: the predictive's held-out log-likelihood on the folds that chose λ₀ (:mod:`bayesal.laplace.spread`)
+
+
+class HeadSolver(Option):
+    """How the linear head is fitted (:class:`~bayesal.laplace.head.HeadConfig`)."""
+
+    EXACT = "exact"  #: L-BFGS to the exact MAP of the posterior's objective
+    RADAM = "radam"  #: the paper's SGD recipe (RAdam, cosine schedule)
+
+
+def check_prior_precision(value: Any) -> float | PriorSelection:
+    """The prior precision λ₀: a number ``> 0`` (as a float) or a :class:`PriorSelection`.
+
+    Parameters
+    ----------
+    value : float or str
+        A positive number, or one of :meth:`PriorSelection.choices` to choose λ₀ from the labels.
+
+    Returns
+    -------
+    float or PriorSelection
+        The validated value.
+
+    Raises
+    ------
+    InvalidInputError
+        For a string that is not a selection, or a number that is not finite and positive.
+    """
+    if isinstance(value, str):
+        try:
+            return PriorSelection(value)
+        except ValueError:
+            raise InvalidInputError(
+                f"prior_precision must be a number, got str {value!r} (or one of {PriorSelection.choices()} "
+                "to choose it from the labels)"
+            ) from None
+    return float(check_scalar(value, "prior_precision", low=0, low_inclusive=False))

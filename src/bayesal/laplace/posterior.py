@@ -23,10 +23,10 @@ from bayesal.utils.validation import (
     check_scalar,
 )
 
-from .fitting import PRIOR_SELECTIONS, SPREAD_SELECTIONS, HeadFitting
+from .fitting import HeadFitting
 from .head import HeadConfig
 from .linalg import safe_cholesky
-from .options import BLOCK_ELEMENTS, Curvature, Predictive
+from .options import BLOCK_ELEMENTS, Curvature, Predictive, PriorSelection, SpreadSelection, check_prior_precision
 from .predictive import DEFAULT_LAMBDA_MF, centered, logit_scale, mc_logit_samples, mc_probs, mean_field_probs
 from .structures import CovarianceStructure, structure_class
 from .update import (
@@ -102,23 +102,16 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, CovarianceStructure):
         chunk_size: int | None = None,
         spread: float | str = "cv",
     ) -> None:
-        if isinstance(prior_precision, str):
-            if prior_precision not in PRIOR_SELECTIONS:
-                raise InvalidInputError(
-                    f"prior_precision must be a number, got str {prior_precision!r} (or one of {PRIOR_SELECTIONS} "
-                    "to choose it from the labels)"
-                )
-        else:
-            prior_precision = check_scalar(prior_precision, "prior_precision", low=0, low_inclusive=False)
+        prior_precision = check_prior_precision(prior_precision)
         if isinstance(spread, str):
-            if spread not in SPREAD_SELECTIONS:
-                raise InvalidInputError(f"spread must be a number >= 0 or one of {SPREAD_SELECTIONS}, got {spread!r}")
+            spread = SpreadSelection.parse(spread, "spread").value  # kept as a plain str, as prior_precision
         else:
             spread = float(check_scalar(spread, "spread", low=0))
         lambda_mf = check_scalar(lambda_mf, "lambda_mf", low=0)
         dtype = check_dtype(dtype)
         chunk_size = None if chunk_size is None else check_scalar(chunk_size, "chunk_size", integer=True, low=1)
-        self.prior_precision = prior_precision if isinstance(prior_precision, str) else float(prior_precision)
+        # a plain str in the posterior: its state_dict stays loadable with torch.load(weights_only=True)
+        self.prior_precision = prior_precision.value if isinstance(prior_precision, PriorSelection) else prior_precision
         self.spread = spread
         self.curvature = Curvature.parse(curvature)
         self.lambda_mf = float(lambda_mf)

@@ -1,7 +1,8 @@
 """Query strategies (one module each) behind one registry.
 
 ``make_strategy(spec, **kwargs)`` (alias ``get_strategy``) builds any of them from a spec string —
-``"margin"``, ``"seq-margin@expected"``, ``"lookahead"``, ... (see :mod:`.registry`). Deployable
+``"margin"``, ``"seq-margin@expected"``, ``"lookahead"``, ... (see :mod:`.registry`). A single-shot
+strategy registers itself with the ``@register_strategy("name")`` class decorator in its module. Deployable
 strategies are :class:`QueryStrategy` (``query``); strategies that read the candidates' true labels
 (simulation upper bounds) are :class:`OracleStrategy` (``query_with_labels``). :func:`select` runs one
 selection step (candidate subsampling, query, checks) for the experiment loop and the labeling session.
@@ -24,8 +25,12 @@ from .registry import (
     ORACLE_STRATEGY_NAMES,
     SPEC_HELP,
     STRATEGY_NAMES,
+    base_strategy_names,
     is_oracle,
     make_strategy,
+    register_strategy,
+    registered_strategies,
+    score_strategy_names,
 )
 from .score import PredictiveScoreStrategy, ScoreStrategy
 from .selection import select, subsample_candidates
@@ -67,6 +72,10 @@ __all__ = [
     "SPEC_HELP",
     "make_strategy",
     "get_strategy",
+    "register_strategy",
+    "registered_strategies",
+    "base_strategy_names",
+    "score_strategy_names",
     "is_oracle",
     "select",
     "subsample_candidates",

@@ -10,6 +10,7 @@ from bayesal.laplace.posterior import LastLayerLaplace
 from ._common import argmax_first, predictive_from_logits, prepare
 from ._kmeans import _draw
 from .base import LabeledSet, QueryResult, QueryStrategy
+from .registration import register_strategy
 
 __all__ = ["BADGE", "gradient_embedding_factors"]
 
@@ -19,6 +20,7 @@ def gradient_embedding_factors(probs: torch.Tensor) -> torch.Tensor:
     return probs - torch.nn.functional.one_hot(probs.argmax(1), probs.shape[1]).to(probs.dtype)
 
 
+@register_strategy("badge")
 class BADGE(QueryStrategy):
     """k-means++ seeding on ``g_i = (p_i − onehot(ŷ_i)) ⊗ φ_i`` without forming ``g``.
 

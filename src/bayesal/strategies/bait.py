@@ -34,6 +34,7 @@ from bayesal.laplace.update import fisher_factor
 
 from ._common import argmax_first, prepare
 from .base import LabeledSet, QueryResult, QueryStrategy
+from .registration import register_strategy
 
 __all__ = ["BAIT"]
 
@@ -80,6 +81,7 @@ def _kron_vec(a: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
     return (a.unsqueeze(1) * phi.view(1, -1, 1)).reshape(-1, a.shape[1])
 
 
+@register_strategy("bait")
 class BAIT(QueryStrategy):
     """Greedy forward BAIT with the last-layer Fisher at the MAP head (no backward pruning).
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import torch
 
 from ._common import entropy
+from .registration import register_strategy
 from .score import SampledScoreStrategy
 
 __all__ = ["BALD"]
 
 
+@register_strategy("bald")
 class BALD(SampledScoreStrategy):
     """Utility ``H[E_k p_k] − E_k H[p_k]`` with ``p_k = softmax(z_k)``, ``z_k`` the ``n_samples``
     Laplace logit samples (the same draws as :meth:`LastLayerLaplace.sample_logits`, in row blocks)."""

@@ -11,10 +11,12 @@ from bayesal.laplace.posterior import LastLayerLaplace
 from ._common import argmax_first, prepare
 from ._kmeans import sq_dists
 from .base import LabeledSet, QueryResult, QueryStrategy
+from .registration import register_strategy
 
 __all__ = ["CoreSet"]
 
 
+@register_strategy("coreset", aliases=("core_set",))
 class CoreSet(QueryStrategy):
     """k-center greedy: repeatedly pick the candidate farthest from the labeled set and the picks.
 

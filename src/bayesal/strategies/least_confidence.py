@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from .registration import register_strategy
 from .score import PredictiveScoreStrategy
 
 __all__ = ["LeastConfidence"]
 
 
+@register_strategy("least_confidence", aliases=("least_confident", "lc"), sequential_score=True)
 class LeastConfidence(PredictiveScoreStrategy):
     """Utility ``1 − max_c p_c`` of the (mean-field by default) predictive."""
 

@@ -8,11 +8,13 @@ from bayesal.laplace.options import Predictive
 from bayesal.laplace.predictive import mean_field_scaled
 
 from ._common import top_two
+from .registration import register_strategy
 from .score import PredictiveScoreStrategy
 
 __all__ = ["MarginSampling"]
 
 
+@register_strategy("margin", sequential_score=True)
 class MarginSampling(PredictiveScoreStrategy):
     """Utility ``1 − (p_(1) − p_(2))`` of the (mean-field by default) predictive, in ``[0, 1]``."""
 

@@ -8,10 +8,12 @@ from bayesal.laplace.posterior import LastLayerLaplace
 
 from ._common import prepare
 from .base import LabeledSet, QueryResult, QueryStrategy
+from .registration import register_strategy
 
 __all__ = ["RandomSampling"]
 
 
+@register_strategy("random")
 class RandomSampling(QueryStrategy):
     """``b`` distinct candidates uniformly at random (utilities are all zero)."""
 

@@ -3,7 +3,8 @@
 Grammar (case-insensitive; ``-`` and ``_`` are interchangeable):
 
 * ``NAME``: a single-shot strategy, one of :data:`BASE_STRATEGY_NAMES` (aliases ``lc``,
-  ``least-confident``, ``core-set``);
+  ``least-confident``, ``core-set``) or any other strategy registered with
+  :func:`~.registration.register_strategy`;
 * ``seq-NAME``: sequential selection over ``NAME`` updated with the true labels (the paper's
   simulation, an oracle); ``seq-NAME@MODE`` with ``MODE`` one of ``oracle | most_likely | sampled |
   expected`` (the last three are deployable);
@@ -18,26 +19,18 @@ Deployable specs give a :class:`~.base.QueryStrategy`, oracle specs an :class:`~
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from bayesal.exceptions import InvalidInputError
 
-from .badge import BADGE
-from .bait import BAIT
-from .bald import BALD
+# the strategy modules bayesal ships: importing them registers them
+from . import badge, bait, bald, coreset, entropy, least_confidence, margin, random_sampling, typiclust, variation_ratio  # noqa: F401
 from .base import OracleStrategy, QueryStrategy, Strategy
-from .coreset import CoreSet
-from .entropy import EntropySampling
-from .least_confidence import LeastConfidence
 from .lookahead import ExpectedLogLossReduction, OracleLookahead
-from .margin import MarginSampling
-from .random_sampling import RandomSampling
+from .registration import register_strategy, registered_strategies, resolve_name, strategy_key
 from .sequential import UPDATE_WITH, OracleSequential, Sequential, UpdateWith
-from .typiclust import TypiClust
-from .variation_ratio import VariationRatio
 
 __all__ = [
     "BASE_STRATEGY_NAMES",
@@ -46,49 +39,59 @@ __all__ = [
     "SPEC_HELP",
     "make_strategy",
     "is_oracle",
+    "register_strategy",
+    "registered_strategies",
+    "base_strategy_names",
+    "score_strategy_names",
 ]
 
-_BASES: dict[str, Callable[..., QueryStrategy]] = {
-    "random": RandomSampling,
-    "entropy": EntropySampling,
-    "margin": MarginSampling,
-    "least_confidence": LeastConfidence,
-    "bald": BALD,
-    "variation_ratio": VariationRatio,
-    "badge": BADGE,
-    "coreset": CoreSet,
-    "typiclust": TypiClust,
-    "bait": BAIT,
-}
-_ALIASES = {
-    "least_confident": "least_confidence",
-    "lc": "least_confidence",
-    "core_set": "coreset",
-    "lookahead": "expected_log_loss_reduction",
-}
+#: Spec-level aliases (the look-ahead is not a base of ``seq-NAME``); bases' aliases are registered.
+_SPEC_ALIASES = {"lookahead": "expected_log_loss_reduction"}
 
-#: Single-shot (top-b / diversity) strategies.
-BASE_STRATEGY_NAMES: tuple[str, ...] = tuple(_BASES)
+#: The order in which help texts list the shipped strategies; others follow in registration order.
+_LISTING_ORDER = ("random", "entropy", "margin", "least_confidence", "bald", "variation_ratio", "badge", "coreset",
+                  "typiclust", "bait")
+
+
+def base_strategy_names() -> tuple[str, ...]:
+    """The registered single-shot strategies: the shipped ones, then any registered since."""
+    rank = {name: i for i, name in enumerate(_LISTING_ORDER)}
+    return tuple(sorted(registered_strategies(), key=lambda name: rank.get(name, len(rank))))
+
+
+def score_strategy_names() -> tuple[str, ...]:
+    """Specs whose utility is a per-task score (what the Label Studio backend can report for each
+    task): the :class:`~.score.ScoreStrategy` ones, then ``seq-NAME`` for those registered with
+    ``sequential_score``."""
+    entries = [registered_strategies()[name] for name in base_strategy_names()]
+    return (tuple(e.name for e in entries if e.per_task_score)
+            + tuple(f"seq-{e.name}" for e in entries if e.sequential_score))
+
+
+#: Single-shot (top-b / diversity) strategies shipped with bayesal.
+BASE_STRATEGY_NAMES: tuple[str, ...] = base_strategy_names()
 #: Every name :func:`make_strategy` accepts besides aliases and ``seq-NAME[@MODE]`` specs.
 STRATEGY_NAMES: tuple[str, ...] = BASE_STRATEGY_NAMES + (
     "sequential", "oracle_sequential", "expected_log_loss_reduction", "oracle_lookahead",
 )
 #: The names whose strategies need the candidates' true labels.
 ORACLE_STRATEGY_NAMES: tuple[str, ...] = ("oracle_sequential", "oracle_lookahead")
+
+
+def _spec_help() -> str:
+    return (
+        ", ".join(n.replace("_", "-") for n in base_strategy_names())
+        + ", seq-NAME[@" + "|".join(UPDATE_WITH) + "] (NAME one of the former; no @MODE: oracle), "
+        "lookahead, oracle-lookahead"
+    )
+
+
 #: One line listing what users may type (CLI spelling).
-SPEC_HELP = (
-    ", ".join(n.replace("_", "-") for n in BASE_STRATEGY_NAMES)
-    + ", seq-NAME[@" + "|".join(UPDATE_WITH) + "] (NAME one of the former; no @MODE: oracle), "
-    "lookahead, oracle-lookahead"
-)
-
-
-def _key(name: str) -> str:
-    return str(name).strip().lower().replace("-", "_")
+SPEC_HELP = _spec_help()
 
 
 def _unknown(spec: Any) -> InvalidInputError:
-    return InvalidInputError(f"unknown strategy {spec!r}; choose one of: {SPEC_HELP}")
+    return InvalidInputError(f"unknown strategy {spec!r}; choose one of: {_spec_help()}")
 
 
 def _base(name: Any, spec: Any, kwargs: dict[str, Any]) -> QueryStrategy:
@@ -100,10 +103,10 @@ def _base(name: Any, spec: Any, kwargs: dict[str, Any]) -> QueryStrategy:
         if kwargs:
             raise InvalidInputError("base_kwargs is only used when base is given by name")
         return name  # type: ignore[return-value]
-    key = _ALIASES.get(_key(name), _key(name))
-    if key not in _BASES:
+    entry = resolve_name(name)
+    if entry is None:
         raise _unknown(spec)
-    return _BASES[key](**kwargs)
+    return entry.factory(**kwargs)
 
 
 def _sequential(base: Strategy, update_with: Any, kwargs: dict[str, Any]) -> Strategy:
@@ -148,14 +151,12 @@ def make_strategy(
         return spec
     if not isinstance(spec, str):
         raise InvalidInputError(f"strategy must be a spec string or a strategy object, got {spec!r}")
-    key = _key(spec)
+    key = strategy_key(spec)
     if key.startswith("seq_"):
         base_name, _, mode = key[4:].partition("@")
         base = _base(base_name, spec, dict(kwargs.pop("base_kwargs", {})))
         return _sequential(base, mode or UpdateWith.ORACLE, kwargs)
-    key = _ALIASES.get(key, key)
-    if key in _BASES:
-        return _BASES[key](**kwargs)
+    key = _SPEC_ALIASES.get(key, key)
     if key in ("sequential", "oracle_sequential"):
         base = _base(kwargs.pop("base", "margin"), spec, dict(kwargs.pop("base_kwargs", {})))
         default = UpdateWith.EXPECTED if key == "sequential" else UpdateWith.ORACLE
@@ -174,6 +175,9 @@ def make_strategy(
                 "set (pass reference_features and reference_labels) and the candidates' labels"
             )
         return OracleLookahead(**kwargs)
+    entry = resolve_name(key)
+    if entry is not None:
+        return entry.factory(**kwargs)
     raise _unknown(spec)
 
 

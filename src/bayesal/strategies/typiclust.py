@@ -29,6 +29,7 @@ from bayesal.laplace.posterior import LastLayerLaplace
 from ._common import argmax_first, prepare
 from ._kmeans import kmeans, sq_dists
 from .base import LabeledSet, QueryResult, QueryStrategy
+from .registration import register_strategy
 
 __all__ = ["TypiClust", "typicality"]
 
@@ -57,6 +58,7 @@ def typicality(
     return 1.0 / (out + 1e-12)
 
 
+@register_strategy("typiclust")
 class TypiClust(QueryStrategy):
     """TypiClust with the choices listed in the module docstring. Utilities are the picks'
     typicality at the time of the pick."""

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from .registration import register_strategy
 from .score import SampledScoreStrategy
 
 __all__ = ["VariationRatio"]
 
 
+@register_strategy("variation_ratio")
 class VariationRatio(SampledScoreStrategy):
     """Utility ``1 − max_c #{k : argmax z_k = c} / K`` over ``K = n_samples`` logit samples."""
 

@@ -84,6 +84,8 @@ class ALConfig:
             "prior_precision": None if opts["prior_precision"] == PriorSelection.CV else opts["prior_precision"],
             "lambda_mf": None if opts["lambda_mf"] == DEFAULT_LAMBDA_MF else opts["lambda_mf"],
             "steps": opts["steps"], "curvature": opts["curvature"], "head": opts["head"],
+            # runs from before the predictive's spread was chosen have no such key: rerun, not resumed
+            "spread": opts["spread"],
         }
         if self.posterior.hessian is not Hessian.SHARED:
             out["hessian"] = opts["hessian"]

@@ -281,6 +281,9 @@ class ProjectModel:
         fsync log lines and snapshots (off only in tests and benchmarks).
     snapshot_interval:
         Minimum seconds between two background snapshots.
+    spread:
+        The predictive's spread (``"cv"``: chosen at each refit; a number fixes it; see
+        :mod:`bayesal.laplace.spread`). It is part of the snapshots' settings.
     """
 
     def __init__(
@@ -298,6 +301,7 @@ class ProjectModel:
         seed: int | None = None,
         fsync: bool = True,
         snapshot_interval: float = 1.0,
+        spread: float | str = "cv",
     ) -> None:
         if strategy not in score_strategy_names():
             raise InvalidInputError(
@@ -316,9 +320,9 @@ class ProjectModel:
         # The posterior owns the update's options: every update below reads them from there.
         given = {"gamma": gamma, "curvature": curvature, "steps": steps}
         options = {k: FIDELITY_OPTIONS[k] if v is None else v for k, v in given.items()}
-        probe = LastLayerLaplace(prior_precision=prior_precision, **options)  # validates them
+        probe = LastLayerLaplace(prior_precision=prior_precision, spread=spread, **options)  # validates them
         self._pcfg = {"prior_precision": float(prior_precision), "curvature": probe.curvature.value,
-                      "gamma": probe.gamma, "steps": probe.steps}
+                      "gamma": probe.gamma, "steps": probe.steps, "spread": probe.spread}
         self.gamma = probe.gamma
         self.head_config = HeadConfig() if head_config is None else head_config
         if not isinstance(self.head_config, HeadConfig):

@@ -23,7 +23,7 @@ from bayesal.utils.rng import RandomState
 from bayesal.utils.validation import check_scalar
 
 from .head import HeadConfig
-from .options import Curvature, Hessian, PriorSelection, check_prior_precision
+from .options import Curvature, Hessian, PriorSelection, SpreadSelection, check_prior_precision
 from .posterior import LastLayerLaplace
 from .predictive import DEFAULT_LAMBDA_MF
 from .update import DEFAULT_CURVATURE, DEFAULT_GAMMA, DEFAULT_STEPS, PAPER_OPTIONS, check_gamma, check_steps
@@ -58,6 +58,10 @@ class PosteriorOptions:
         Newton steps of an update.
     lambda_mf : float, default π/8
         Scale of the mean-field predictive ``softmax(z / sqrt(1 + λ σ²))``.
+    spread : float or str, default "cv"
+        The predictive's temperature ``τ >= 0`` on the covariance (logit variances ``τ σ²``), or a
+        :class:`~bayesal.laplace.options.SpreadSelection` (``"cv"``) to choose it at every fit;
+        ``1`` is the plain Laplace predictive (:mod:`bayesal.laplace.spread`).
     head : HeadConfig, default HeadConfig()
         How the head is fitted (the exact MAP by default; ``HeadConfig.paper()`` the paper's recipe).
 
@@ -74,6 +78,7 @@ class PosteriorOptions:
     steps: int = DEFAULT_STEPS
     lambda_mf: float = DEFAULT_LAMBDA_MF
     head: HeadConfig = field(default_factory=HeadConfig)
+    spread: float | SpreadSelection = SpreadSelection.CV
 
     def __post_init__(self) -> None:
         put = object.__setattr__  # frozen: normalise once, here
@@ -83,15 +88,19 @@ class PosteriorOptions:
         put(self, "gamma", check_gamma(self.gamma))
         put(self, "steps", check_steps(self.steps))
         put(self, "lambda_mf", float(check_scalar(self.lambda_mf, "lambda_mf", low=0)))
+        if isinstance(self.spread, str):
+            put(self, "spread", SpreadSelection.parse(self.spread, "spread"))
+        else:
+            put(self, "spread", float(check_scalar(self.spread, "spread", low=0)))
         if not isinstance(self.head, HeadConfig):
             raise InvalidInputError(f"head must be a HeadConfig, got {type(self.head).__name__}")
 
     @classmethod
     def paper(cls, **overrides: Any) -> PosteriorOptions:
         """The paper's setup: :data:`~bayesal.laplace.update.PAPER_OPTIONS` (gaussian curvature,
-        ``γ = 10``, one step), ``HeadConfig.paper()`` (200 epochs RAdam) and λ₀ = 1; ``overrides``
-        replace any of these fields."""
-        paper = {"prior_precision": PAPER_PRIOR_PRECISION, "head": HeadConfig.paper(), **PAPER_OPTIONS}
+        ``γ = 10``, one step), ``HeadConfig.paper()`` (200 epochs RAdam), λ₀ = 1 and the plain Laplace
+        predictive (spread 1); ``overrides`` replace any of these fields."""
+        paper = {"prior_precision": PAPER_PRIOR_PRECISION, "head": HeadConfig.paper(), "spread": 1.0, **PAPER_OPTIONS}
         return cls(**{**paper, **overrides})
 
     def replace(self, **changes: Any) -> PosteriorOptions:
@@ -113,6 +122,7 @@ class PosteriorOptions:
             "steps": self.steps,
             "lambda_mf": self.lambda_mf,
             "head_config": self.head,
+            "spread": self.spread.value if isinstance(self.spread, SpreadSelection) else self.spread,
         }
 
     def posterior(
@@ -146,7 +156,7 @@ class PosteriorOptions:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values: ``prior_precision`` (number or string), ``curvature``, ``hessian``,
-        ``gamma``, ``steps``, ``lambda_mf`` and ``head`` (the fields of the :class:`HeadConfig`)."""
+        ``gamma``, ``steps``, ``lambda_mf``, ``spread`` and ``head`` (the fields of the :class:`HeadConfig`)."""
         out = self.posterior_kwargs()
         del out["head_config"]
         out["head"] = asdict(self.head)

@@ -168,7 +168,7 @@ def test_tell_on_skipped_index_unskips_and_undo_restores(pool):
 
 def test_retrain_manual_and_automatic(pool):
     x, y = pool
-    s = make(pool, retrain_every=4)
+    s = make(pool, retrain_every=4, background=False)
     with pytest.raises(ValueError, match="at least 2 different classes"):
         s.retrain()
     for i in range(3):
@@ -263,18 +263,18 @@ def test_from_dataset_digits():
 # ----------------------------------------------------------------------------- (b) reproducibility
 def test_seeded_sessions_reproduce_queries(pool, tmp_path):
     x, y = pool
-    a = make(pool, strategy="margin", random_state=11, retrain_every=5)
-    b = make(pool, strategy="margin", random_state=11, retrain_every=5)
+    a = make(pool, strategy="margin", random_state=11, retrain_every=5, background=False)
+    b = make(pool, strategy="margin", random_state=11, retrain_every=5, background=False)
     qa, qb = run_oracle(a, y, 15), run_oracle(b, y, 15)
     assert qa == qb
     assert torch.equal(a.posterior.mean_, b.posterior.mean_)
-    c = make(pool, strategy="margin", random_state=12, retrain_every=5)
+    c = make(pool, strategy="margin", random_state=12, retrain_every=5, background=False)
     assert run_oracle(c, y, 15) != qa
     # a resumed session continues exactly like the uninterrupted one
-    d = make(pool, tmp_path, strategy="margin", random_state=11, retrain_every=5)
+    d = make(pool, tmp_path, strategy="margin", random_state=11, retrain_every=5, background=False)
     run_oracle(d, y, 8)
     d.close()
-    e = Session.resume(tmp_path / "s", x)
+    e = Session.resume(tmp_path / "s", x, background=False)
     assert run_oracle(e, y, 7) == qa[8:]
     assert torch.allclose(e.posterior.mean_, a.posterior.mean_, atol=1e-12)
     e.close()
@@ -293,6 +293,7 @@ def test_persistence_roundtrip_and_snapshot_lag(pool, tmp_path):
     s.correct(0, (int(y[0]) + 1) % 3)
     s.undo()
     s.redo()
+    assert s.wait_refit()  # the background refits have landed
     live_mean = s.posterior.mean_.clone()
     # copy the directory while the session is open: log is current, the snapshot is stale
     shutil.copytree(tmp_path / "s", tmp_path / "copy")
@@ -441,7 +442,7 @@ def test_nan_features_and_bad_config(pool, tmp_path):
 # ----------------------------------------------------------------------------- (d) corrupt state
 def test_corrupt_state_file_clear_error_then_recover(pool, tmp_path):
     x, y = pool
-    s = make(pool, tmp_path, retrain_every=5)
+    s = make(pool, tmp_path, retrain_every=5, background=False)
     run_oracle(s, y, 12)
     s.correct(next(iter(s.labels)), "cat")
     labels, mean = s.labels, s.posterior.mean_.clone()

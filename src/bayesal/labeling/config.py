@@ -2,7 +2,8 @@
 
 The header records what a session needs to be rebuilt from its events: the pool (shape and a hash of
 the features), the class names, the seed, the strategy, the posterior options (posterior and head
-settings, the update step ``gamma``), ``retrain_every`` and ``candidate_size``. :func:`new_header`
+settings, the update step ``gamma``), the refit policy (``retrain_every`` and ``reselect``, see
+:mod:`bayesal.labeling.policy`) and ``candidate_size``. :func:`new_header`
 validates the settings and builds it; :func:`saved_options` reads the options back;
 :func:`check_features` tells whether a pool is the one a saved header was made for.
 """
@@ -68,6 +69,7 @@ def new_header(
     candidate_size: int | None,
     random_state: int | None,
     meta: Mapping[str, Any] | None,
+    reselect: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Validate the settings of a new session over the pool ``x`` ``(N, D)`` and build its header.
 
@@ -75,7 +77,8 @@ def new_header(
     of ``None`` are the default :class:`~bayesal.laplace.settings.PosteriorOptions`. They are saved
     resolved (``posterior``: :data:`POSTERIOR_KEYS`, ``head`` and ``gamma``), so that a session reloads
     with the same update whatever later versions default to. A ``random_state`` of ``None`` draws a
-    seed; it is saved either way. Raises :class:`~bayesal.exceptions.InvalidInputError` naming the first
+    seed; it is saved either way. ``reselect`` is the re-selection schedule's header entry
+    (:meth:`~bayesal.labeling.policy.RefitPolicy.header_field`). Raises :class:`~bayesal.exceptions.InvalidInputError` naming the first
     bad setting.
     """
     names = check_class_names(class_names)
@@ -102,6 +105,7 @@ def new_header(
         head=saved["head"],
         gamma=saved["gamma"],
         retrain_every=retrain_every,
+        reselect=None if reselect is None else dict(reselect),
         candidate_size=candidate_size,
         meta=dict(meta or {}),
     )

@@ -186,6 +186,12 @@ class LabelingEngine:
             if state is not None:
                 self.store.snapshot(state, sync=sync)
 
+    def snapshot_if_due(self) -> None:
+        """Write the fold's snapshot in the background if one is due but was skipped (the fold had
+        nothing to write when its events were committed)."""
+        if self.store is not None and self.store.is_open and self.store.snapshot_due:
+            self.snapshot(sync=False)
+
     @property
     def is_open(self) -> bool:
         """True while events can be recorded to the directory."""

@@ -56,6 +56,16 @@ class UndoCache(Generic[T]):
         """Forget the last action's entry and return it (``None`` if it was no longer kept)."""
         return self._stack.pop() if self._stack else None
 
+    def replace(self, j: int, state: T) -> None:
+        """Make ``state`` the state before action ``j``, if that entry is still kept."""
+        if max(0, len(self._stack) - self.size) <= j < len(self._stack):
+            self._stack[j] = state
+
+    def forget(self, start: int, stop: int) -> None:
+        """Drop the states before actions ``start … stop - 1`` (an undo to them replays instead)."""
+        for j in range(max(0, start), min(stop, len(self._stack))):
+            self._stack[j] = None
+
     def reset(self, n_actions: int) -> None:
         """``n_actions`` entries, none kept (after a resume: every undo replays)."""
         self._stack = [None] * n_actions

@@ -54,11 +54,13 @@ class PosteriorReplay:
         return self.posteriors.fit(self.x[idx], y, self.num_classes, position)
 
     def transition(self, post: LastLayerLaplace, action: Mapping[str, Any], position: int,
-                   labels_after: Mapping[int, int]) -> LastLayerLaplace:
+                   labels_after: Mapping[int, int], *, refit: bool = True) -> LastLayerLaplace:
         """Posterior after applying ``action`` to ``post`` at history ``position``; ``labels_after``
-        are the labels once it is applied (a fit point trains on them)."""
+        are the labels once it is applied (a fit point trains on them). ``refit=False`` treats a fit
+        point as the action alone (a tell is an update, a retrain changes nothing): the interim
+        posterior while its refit runs in the background."""
         op = action["op"]
-        if is_fit_point(action):
+        if refit and is_fit_point(action):
             return self.fit(labels_after, position)
         if op == "tell":
             i = int(action["index"])

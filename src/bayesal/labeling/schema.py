@@ -17,6 +17,8 @@ import torch
 
 from bayesal.exceptions import CorruptStateError
 
+from .policy import RESELECT_SCHEDULES
+
 __all__ = ["MAX_DEPTH", "MAX_CLASSES", "check_header", "check_event", "check_snapshot", "depth"]
 
 MAX_DEPTH = 12  # nesting of a header (meta and strategy kwargs are small dicts)
@@ -42,6 +44,7 @@ _HEADER: dict[str, tuple[tuple[type, ...], bool]] = {
     "head": ((dict,), True),
     "gamma": (_NUM, True),
     "retrain_every": ((int, _NONE), True),
+    "reselect": ((dict, _NONE), False),  # absent in headers written before it: no re-selection schedule
     "candidate_size": ((int, _NONE), True),
     "meta": ((dict,), False),
 }
@@ -114,6 +117,11 @@ def check_header(header: Any, where: str, *, complete: bool = True) -> dict[str,
     for key in ("retrain_every", "candidate_size"):
         if header.get(key) is not None and header[key] < 1:
             raise _fail(where, f"{key} {header[key]!r} must be >= 1 or null")
+    reselect = header.get("reselect")
+    if reselect is not None and (reselect.get("schedule") not in RESELECT_SCHEDULES or set(reselect) - {"schedule", "base"}
+                                 or not isinstance(reselect.get("base", 1), int) or isinstance(reselect.get("base"), bool)
+                                 or reselect.get("base", 1) < 1):
+        raise _fail(where, f"the header's reselect {reselect!r} is not a known schedule")
     strategy = header.get("strategy", {"name": ""})
     if not isinstance(strategy.get("name"), str) or not isinstance(strategy.get("kwargs", {}), dict):
         raise _fail(where, "the saved strategy has no name or bad kwargs")

@@ -3,7 +3,19 @@
 A :class:`Session` holds a pool of features ``(N, D)``, the class names, a query strategy and a
 :class:`~bayesal.laplace.posterior.LastLayerLaplace` posterior. Every answer is absorbed immediately
 with the closed-form Bayesian update (milliseconds, see ``docs/method.md``); :meth:`Session.retrain`
-refits the head from scratch, automatically every ``retrain_every`` labels if configured.
+refits the head from scratch — re-selecting λ₀ and the predictive's spread where the options leave them
+to cross-validation — and so does every *fit point* of the refit policy (:mod:`bayesal.labeling.policy`):
+every ``retrain_every`` labels and/or, with ``reselect="doubling"``, when the number of labels reaches
+``base · 2^k`` (10, 20, 40, … by default).
+
+**Background refits.** With ``background=True`` (the default) the answer that is a fit point is logged
+as one ("refit here") and returns at once: the refit runs in a worker thread while the posterior keeps
+absorbing answers as updates of the previous one (queries continue from it). When the refit is done
+the session swaps in the refit plus the updates logged since the fit point — exactly what replaying
+the history gives — atomically; a newer fit point supersedes a pending one, undoing a fit point
+cancels its refit, and no snapshot is written while a refit is pending (a resume replays the log to
+the same posterior). :meth:`Session.wait_refit` waits for the swap; ``background=False`` refits
+synchronously in the call.
 
 **Event sourcing.** Everything the user does is an *event* — ``tell``, ``skip``, ``correct``,
 ``retrain``, ``undo``, ``redo`` — appended to the label log and fsync-ed *before* the call returns. The
@@ -24,7 +36,8 @@ background thread by default. :meth:`Session.resume` loads it and replays the lo
 ``(seed, number of events so far)`` and each head fit by ``(seed, position in the history)``. Two
 sessions with the same seed and the same answers make identical queries, a resumed session continues
 exactly as the original would have, and calling :meth:`Session.query` twice without answering returns
-the same instances.
+the same instances — with ``background=False``; with background refits, a query depends also on
+whether the pending refit has landed yet (the posterior reached after it does not).
 """
 
 from __future__ import annotations
@@ -52,6 +65,7 @@ from bayesal.utils.validation import as_features
 from .config import check_features, feature_hash, new_header, saved_options
 from .engine import LabelingEngine
 from .history import LabelBook
+from .policy import DEFAULT_RESELECT_BASE, RefitPolicy
 from .replay import PosteriorReplay
 from .schema import check_header
 from .signals import StoppingSignals
@@ -105,8 +119,19 @@ class Session:
         ``PosteriorOptions.paper()`` is the paper's (``γ = 10``, one step, 200 epochs of RAdam).
         Computations use float64 on the CPU.
     retrain_every : int, optional
-        Retrain the head from scratch after this many new labels (None: only on :meth:`retrain`).
-        Needs labels of at least 2 classes.
+        Retrain the head from scratch after this many new labels (None: not on a count). Needs labels
+        of at least 2 classes.
+    reselect : {"doubling"}, optional
+        Also refit (re-selecting λ₀ and the spread) when the number of labels reaches
+        ``reselect_base · 2^k`` — 10, 20, 40, 80, … — once labels of 2 classes exist (saved; None:
+        only ``retrain_every`` and :meth:`retrain`). ``bayesal label`` and ``bayesal serve`` use
+        "doubling".
+    reselect_base : int, default 10
+        The doubling schedule's first fit point.
+    background : bool, default True
+        Run refits in a worker thread so no call waits for one (see the module docstring); False
+        refits inside the call that triggers it (deterministic queries, as in experiments and tests).
+        Not saved: :meth:`resume` takes it again.
     candidate_size : int or None, default 1000
         Each query scores a random subset of this many unlabeled instances; None scores them all.
     random_state : int, optional
@@ -140,11 +165,14 @@ class Session:
         strategy_kwargs: Mapping[str, Any] | None = None,
         options: PosteriorOptions | None = None,
         retrain_every: int | None = None,
+        reselect: str | None = None,
+        reselect_base: int = DEFAULT_RESELECT_BASE,
         candidate_size: int | None = 1000,
         random_state: int | None = None,
         state_dir: str | os.PathLike[str] | None = None,
         storage: StorageOptions | None = None,
         meta: Mapping[str, Any] | None = None,
+        background: bool = True,
         **storage_options: Any,
     ) -> None:
         x = as_features(features, name="pool features", dtype=torch.float64)
@@ -158,10 +186,11 @@ class Session:
         else:
             raise InvalidInputError(f"strategy must be a name or a QueryStrategy, got {strategy!r}")
         header = new_header(x, class_names, strategy=strat_cfg, options=options, retrain_every=retrain_every,
-                            candidate_size=candidate_size, random_state=random_state, meta=meta)
+                            candidate_size=candidate_size, random_state=random_state, meta=meta,
+                            reselect=RefitPolicy(retrain_every, reselect, reselect_base).header_field())
         if not strat_cfg["object"]:
             strat_obj = _resolve_strategy(strategy, strat_cfg["kwargs"])  # type: ignore[arg-type]
-        self._setup(header, x, items, strat_obj, StorageOptions.build(storage, storage_options))
+        self._setup(header, x, items, strat_obj, StorageOptions.build(storage, storage_options), background)
         if state_dir is not None:
             self._state_dir = Path(state_dir)
             self._engine.store = SessionStore.create(self._state_dir, header, self._options)
@@ -193,7 +222,7 @@ class Session:
         return cls(dataset.train_features, list(dataset.class_names), meta=meta, **kwargs)
 
     def _setup(self, header: dict[str, Any], x: torch.Tensor, items: Sequence[Any] | None,
-               strategy: QueryStrategy, options: StorageOptions) -> None:
+               strategy: QueryStrategy, options: StorageOptions, background: bool) -> None:
         if items is not None and len(items) != x.shape[0]:
             raise InvalidInputError(f"items has {len(items)} entries but the pool has {x.shape[0]} rows")
         self._header = check_header(header, "the session header")  # complete, before any setting is used
@@ -202,13 +231,14 @@ class Session:
         self._strategy = strategy
         self._names: list[str] = list(header["class_names"])
         self._seed = int(header["seed"])
-        self._retrain_every: int | None = header["retrain_every"]
         self._candidate_size: int | None = header["candidate_size"]
         self._options = options
         try:  # the settings come from a file: a bad one is a corrupt header, not a TypeError
             self._replay = PosteriorReplay(x, len(self._names), seed=self._seed, options=saved_options(header))
             self._book = LabelBook(self._names, x.shape[0])  # labels, skipped, history, redo
-            self._state = SessionState(self._header, self._replay, self._book, options.undo_cache)
+            self._policy = RefitPolicy.from_header(header)
+            self._state = SessionState(self._header, self._replay, self._book, options.undo_cache,
+                                       background=bool(background), on_refit=self._refitted)
         except (TypeError, ValueError) as err:
             raise CorruptStateError(f"the session header holds settings this version cannot use ({err}); "
                                     "it was edited or written by another version") from err
@@ -227,6 +257,7 @@ class Session:
         items: Sequence[Any] | None = None,
         strategy: str | QueryStrategy | None = None,
         storage: StorageOptions | None = None,
+        background: bool = True,
         **storage_options: Any,
     ) -> Session:
         """Reopen a session from its snapshot plus the log events the snapshot does not contain yet.
@@ -241,8 +272,9 @@ class Session:
             Display items, as for :class:`Session`.
         strategy : str or QueryStrategy, optional
             Overrides the saved strategy (required if the session was made with a strategy object).
-        storage, **storage_options
-            As for :class:`Session`.
+        storage, background, **storage_options
+            As for :class:`Session` (the refit policy is the saved one; a session saved before
+            ``reselect`` existed has none).
 
         Returns
         -------
@@ -262,7 +294,7 @@ class Session:
             ``state_dir`` holds no session.
         """
         return cls._open(state_dir, features, items, strategy, StorageOptions.build(storage, storage_options),
-                         recover=False)
+                         recover=False, background=background)
 
     @classmethod
     def recover(
@@ -274,6 +306,7 @@ class Session:
         strategy: str | QueryStrategy | None = None,
         drop_damaged: bool = False,
         storage: StorageOptions | None = None,
+        background: bool = True,
         **storage_options: Any,
     ) -> Session:
         """Rebuild a session by replaying its events and write a fresh snapshot and, where needed, log.
@@ -286,7 +319,7 @@ class Session:
 
         Parameters
         ----------
-        state_dir, features, items, strategy, storage, **storage_options
+        state_dir, features, items, strategy, storage, background, **storage_options
             As for :meth:`resume`.
         drop_damaged : bool, default False
             For a log damaged in the middle whose later events no snapshot holds: keep the events
@@ -304,12 +337,12 @@ class Session:
             As for :meth:`resume`.
         """
         return cls._open(state_dir, features, items, strategy, StorageOptions.build(storage, storage_options),
-                         recover=True, drop_damaged=drop_damaged)
+                         recover=True, drop_damaged=drop_damaged, background=background)
 
     @classmethod
     def _open(cls, state_dir: str | os.PathLike[str], features: Any, items: Sequence[Any] | None,
               strategy: str | QueryStrategy | None, options: StorageOptions, *, recover: bool,
-              drop_damaged: bool = False) -> Session:
+              drop_damaged: bool = False, background: bool = True) -> Session:
         """Lock, plan, rebuild from the plan's events, then (only then) touch the files."""
         path = Path(state_dir)
         x = as_features(features, name="pool features", dtype=torch.float64)
@@ -318,7 +351,7 @@ class Session:
             plan = store.plan(recover=recover, drop_damaged=drop_damaged)  # under the lock: cannot go stale
             check_features(plan.header, x, path)
             self = cls.__new__(cls)
-            self._setup(plan.header, x, items, cls._saved_strategy(plan.header, strategy, path), options)
+            self._setup(plan.header, x, items, cls._saved_strategy(plan.header, strategy, path), options, background)
             self._state_dir = path
             self._engine.resume(plan.events, cached=plan.cached,
                                 saved=plan if plan.posterior_state is not None else None, where=plan.where)
@@ -349,16 +382,60 @@ class Session:
     def _record(self, ev: dict[str, Any]) -> None:
         """Validate, compute, log durably, commit (the engine's write path): every user action."""
         ev["t"] = round(time.time(), 3)
-        self._engine.record(ev)
+        with self._state.lock:  # a background refit swaps in under the same lock
+            self._engine.record(ev)
+
+    def _refitted(self) -> None:
+        """After a background refit was swapped in (under the lock): the snapshot it held back."""
+        self._engine.snapshot_if_due()
 
     # ------------------------------------------------------------------ lifetime
     def flush(self) -> None:
-        """Write the snapshot now (synchronously), after any background write."""
-        self._engine.snapshot(sync=True)
+        """Write the snapshot now (synchronously), after any background write; while a refit is
+        pending there is none to write (it is written once the refit lands)."""
+        with self._state.lock:
+            self._engine.snapshot(sync=True)
 
     def close(self) -> None:
-        """Flush the snapshot, stop the writer thread and release the directory lock (idempotent)."""
-        self._engine.close()
+        """Wait for a pending refit, flush the snapshot, stop the threads and release the directory
+        lock (idempotent). A refit that failed leaves the last snapshot as it was (the log holds every
+        event)."""
+        try:
+            if self._engine.is_open:
+                try:
+                    self._state.wait_refit()
+                except Exception:  # noqa: BLE001 - its error was the caller's to collect; resume replays the log
+                    pass
+        finally:
+            self._state.close()
+            with self._state.lock:
+                self._engine.close()
+
+    def wait_refit(self, timeout: float | None = None) -> bool:
+        """Wait until a background refit (if one is pending) is swapped in.
+
+        Parameters
+        ----------
+        timeout : float, optional
+            Seconds to wait at most (None: until it is done).
+
+        Returns
+        -------
+        bool
+            True if no refit is pending any more.
+
+        Raises
+        ------
+        Exception
+            The error the refit failed with (the posterior then stays the interim one until the next
+            fit point).
+        """
+        return self._state.wait_refit(timeout)
+
+    @property
+    def refit_pending(self) -> bool:
+        """True while a background refit has not been swapped in yet."""
+        return self._state.pending is not None
 
     def __enter__(self) -> Session:
         return self
@@ -371,7 +448,8 @@ class Session:
         """Record the answer ``label`` for pool ``index`` and update the posterior.
 
         Any unlabeled index is accepted (not only the last queried; a skipped one is un-skipped).
-        Returns after the label is durably logged. May retrain the head (``retrain_every``).
+        Returns after the label is durably logged. May be a fit point of the refit policy
+        (``retrain_every``, ``reselect``): then the head is refit, in the background by default.
 
         Parameters
         ----------
@@ -396,7 +474,7 @@ class Session:
         ev: dict[str, Any] = {"op": "tell", "index": i, "label": c, "name": self._names[c]}
         if i in self._book.skipped:
             ev["was_skipped"] = True
-        if self._retrain_due(c):
+        if self._policy.due(self._book, c):
             ev["retrain"] = True
         self._record(ev)
 
@@ -467,7 +545,8 @@ class Session:
         return action
 
     def retrain(self) -> None:
-        """Train the head from scratch on all labels (``options.head``) and rebuild the Laplace posterior.
+        """Train the head from scratch on all labels (``options.head``) and rebuild the Laplace posterior
+        (in the background with ``background=True``: :meth:`wait_refit` waits for it).
 
         Raises
         ------
@@ -475,13 +554,6 @@ class Session:
             Fewer than 2 classes are labeled.
         """
         self._record({"op": "retrain"})
-
-    def _retrain_due(self, new_class: int) -> bool:
-        if self._retrain_every is None:
-            return False
-        if len(set(self._book.labels.values()) | {new_class}) < 2:
-            return False
-        return self._book.tells_since_fit() + 1 >= self._retrain_every
 
     # ------------------------------------------------------------------ queries
     def available_indices(self) -> np.ndarray:
@@ -651,6 +723,26 @@ class Session:
     def can_redo(self) -> bool:
         """True if there is an undone action to redo."""
         return bool(self._book.redo)
+
+    def replay(self, history: Sequence[Mapping[str, Any]] | None = None) -> LastLayerLaplace:
+        """The posterior an action history replays to (synchronously; the current history if None):
+        the refit at its last fit point plus the updates after it — what a resume gives.
+
+        Parameters
+        ----------
+        history : sequence of dict, optional
+            Effective actions as in :attr:`history`.
+
+        Returns
+        -------
+        LastLayerLaplace
+        """
+        return self._replay.replay(self.history if history is None else [dict(a) for a in history])
+
+    @property
+    def refit_policy(self) -> RefitPolicy:
+        """When the head is refit (the saved ``retrain_every`` and ``reselect``)."""
+        return self._policy
 
     @property
     def options(self) -> PosteriorOptions:

@@ -263,6 +263,12 @@ class SessionStore:
             if snap is not None:
                 self.snapshot(snap, sync=not self.options.async_snapshot)
 
+    @property
+    def snapshot_due(self) -> bool:
+        """True if ``snapshot_every`` events were committed since the last snapshot (one was skipped
+        because the state had nothing to write then)."""
+        return self._since_snapshot >= self.options.snapshot_every
+
     def snapshot(self, state: dict[str, Any], *, sync: bool) -> None:
         """Replace the snapshot by ``state``: now (``sync``), or via the background writer."""
         self._since_snapshot = 0

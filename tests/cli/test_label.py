@@ -72,6 +72,21 @@ def test_piped_session_end_to_end(tmp_path: Path, digits) -> None:
     s.close()
 
 
+def test_new_sessions_reselect_on_the_doubling_schedule_unless_turned_off(tmp_path: Path, digits) -> None:
+    answers = "".join(f"{c % 10}\n" for c in range(4))
+    rc, out = run_inprocess(["--dataset", "digits", "--state-dir", str(tmp_path / "a"), "--retrain-every", "0",
+                             "--reselect-base", "2", "--epochs", "3"], answers)
+    assert rc == 0 and "saved: 4 labels" in out
+    with Session.resume(tmp_path / "a", digits.train_features) as s:
+        assert s.config["reselect"] == {"schedule": "doubling", "base": 2}
+        assert [a.get("retrain", False) for a in s.history] == [False, True, False, True]  # at 2 and 4 labels
+    rc, out = run_inprocess(["--dataset", "digits", "--state-dir", str(tmp_path / "b"), "--retrain-every", "0",
+                             "--no-reselect"], answers)
+    assert rc == 0
+    with Session.resume(tmp_path / "b", digits.train_features) as s:
+        assert s.config["reselect"] is None and not any(a.get("retrain") for a in s.history)
+
+
 def test_end_of_input_quits_and_keeps_answers(tmp_path: Path, digits) -> None:
     rc, out = run_inprocess(["--dataset", "digits", "--state-dir", str(tmp_path / "a"), "--retrain-every", "0"], "0\n1\n")
     assert rc == 0 and "(end of input)" in out and "saved: 2 labels" in out

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Parser", "positive_int", "non_negative_int", "positive_float", "non_negative_float", "prior_precision",
-    "add_posterior_arguments", "posterior_options_from", "add_debug_option", "error_sentence", "run_guarded",
+    "add_posterior_arguments", "add_reselect_arguments", "posterior_options_from", "add_debug_option", "error_sentence", "run_guarded",
 ]
 
 
@@ -103,6 +103,15 @@ def prior_precision(text: str) -> float | str:
         raise argparse.ArgumentTypeError(
             f"must be a number > 0 or one of {', '.join(PriorSelection.choices())}, got {text!r}"
         ) from None
+
+
+def add_reselect_arguments(parser: argparse.ArgumentParser) -> None:
+    """The doubling re-selection schedule of a new session (``bayesal label`` and ``bayesal serve``)."""
+    parser.add_argument("--reselect-base", type=positive_int, default=10,
+                        help="refit the head, re-selecting the prior precision and the spread, when the labels reach "
+                             "N, 2N, 4N, ... (in the background; default 10)")
+    parser.add_argument("--no-reselect", action="store_true",
+                        help="no doubling schedule: refit only every --retrain-every labels or on request")
 
 
 def add_posterior_arguments(parser: argparse.ArgumentParser, *, default: str = "the posterior's") -> None:

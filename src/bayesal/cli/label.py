@@ -40,6 +40,7 @@ from bayesal.utils.locations import check_writable_dir, safe_name
 from .arguments import (
     Parser,
     add_posterior_arguments,
+    add_reselect_arguments,
     non_negative_int,
     positive_int,
     posterior_options_from,
@@ -72,6 +73,7 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-labels", type=non_negative_int, default=None, help="stop after this many labels in this run (oracle default 20)")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed of a new session (default 0)")
     parser.add_argument("--retrain-every", type=non_negative_int, default=10, help="retrain the head after this many labels; 0 = never (default 10)")
+    add_reselect_arguments(parser)
     parser.add_argument("--candidate-size", type=non_negative_int, default=1000, help="random candidates scored per query (default 1000)")
     parser.add_argument("--window", type=positive_int, default=10, help="labels spanned by the stopping signals (default 10)")
     add_posterior_arguments(parser, default="cv; a resumed session keeps its own options")
@@ -195,6 +197,8 @@ def open_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, Any]:
         strategy=args.strategy or "margin",
         options=posterior_options_from(args),
         retrain_every=args.retrain_every or None,
+        reselect=None if args.no_reselect else "doubling",
+        reselect_base=args.reselect_base,
         candidate_size=args.candidate_size or None,
         random_state=args.seed,
         state_dir=state_dir,
@@ -342,6 +346,7 @@ def _ask(session: Any, idx: int, inp: TextIO, out: TextIO, oracle_ds: Any) -> st
                 return "requery"
             if ans == "r":
                 session.retrain()
+                session.wait_refit()  # asked for: show the next instance under the refit head
                 print(f"retrained the head on {session.n_labeled} labels", file=out)
                 return "requery"
             if ans == "redo":

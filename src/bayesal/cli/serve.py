@@ -17,7 +17,13 @@ from typing import Any
 
 from bayesal.data.registry import add_file_options
 
-from .arguments import add_posterior_arguments, non_negative_float, non_negative_int, positive_int
+from .arguments import (
+    add_posterior_arguments,
+    add_reselect_arguments,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+)
 
 __all__ = ["add_serve_arguments", "serve_main"]
 
@@ -44,8 +50,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategy", default=None, help="query strategy (default margin; a resumed session keeps its own)")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed of a new session (default 0)")
     parser.add_argument("--retrain-every", type=non_negative_int, default=0,
-                        help="also retrain the head from scratch after this many labels (seconds, during which "
-                             "answers wait); default 0 = only when Retrain is pressed")
+                        help="also retrain the head from scratch after this many labels (in the background; "
+                             "default 0 = only on the doubling schedule and when Retrain is pressed)")
+    add_reselect_arguments(parser)
     parser.add_argument("--candidate-size", type=non_negative_int, default=1000, help="random candidates scored per query (default 1000)")
     parser.add_argument("--window", type=positive_int, default=10, help="labels spanned by the stopping signals (default 10)")
     parser.add_argument("--host", default="127.0.0.1",

@@ -27,7 +27,6 @@ def test_default_posterior_is_the_library_update_with_a_fixed_prior():
 
 
 @pytest.mark.parametrize("bad, match", [
-    (PosteriorOptions(), "needs a number as prior_precision, got 'cv'"),
     (PosteriorOptions(prior_precision=1.0, hessian="full"), "shared covariance"),
     (PosteriorOptions(prior_precision=1.0, lambda_mf=0.1), "mean-field"),
     ({"gamma": 1.0}, "posterior must be a PosteriorOptions"),
@@ -80,3 +79,54 @@ def test_a_registered_score_strategy_serves_label_studio(tmp_path, monkeypatch):
         ref.close()
     with pytest.raises(InvalidInputError, match="gives no per-task score"):
         ProjectModel(tmp_path / "r", D, strategy="badge")
+
+
+def test_a_chosen_prior_starts_at_one_and_each_training_chooses_it_and_the_spread(tmp_path):
+    """λ₀ = "cv": the prior before any refit is N(0, I) (as a session's); Start Training refits with λ₀
+    and the spread chosen on the annotations; a restart, from the snapshot or the log alone, agrees."""
+    from bayesal.labeling import PosteriorFold
+    from bayesal.labelstudio.backend import LabelStudioBackend
+    from bayesal.labelstudio.project import SNAPSHOT_NAME, TRAIN_TAG
+
+    class Fixed:
+        dim = D
+
+        def config(self):
+            return {"name": "fixed"}
+
+    assert BackendSettings(posterior=PosteriorOptions()).posterior.chooses_prior
+    rng = np.random.default_rng(1)
+    y = np.arange(24) % 3
+    x = (rng.normal(size=(24, D)) + 2.0 * np.eye(3, D)[y]).astype(np.float32)
+    settings = BackendSettings(posterior=PosteriorOptions(head=HeadConfig(epochs=20)), seed=0, fsync=False)
+    backend = LabelStudioBackend(tmp_path, settings, backbones={"text": Fixed()})
+    try:
+        model = backend.project("1.100", XML).model
+        prior = model.posterior()
+        assert prior.fitted_prior_precision == 1.0 and prior.n_updates_ == 0
+        for i in range(len(y)):
+            model.annotate(i + 1, i + 1, ["abc"[y[i]]], x[i])
+        assert model.posterior().fitted_prior_precision == 1.0  # updates of the prior: no refit yet
+        model.train()
+        post = model.posterior()
+        # the refit of the engine's fold on these annotations, seeded by the train marker's position
+        fold = PosteriorFold({**model._pcfg, "head_config": model.head_config}, seed=0, tag=TRAIN_TAG)
+        onehot = torch.nn.functional.one_hot(torch.as_tensor(y), 3).to(torch.float64)
+        ref = fold.fit(torch.as_tensor(x, dtype=torch.float64), onehot, 3, len(y) + 2)
+        assert post.prior_precision == "cv" and post.fitted_prior_precision == ref.fitted_prior_precision
+        assert post.fitted_prior_precision != 1.0
+        torch.testing.assert_close(post.state_dict()["mean"], ref.state_dict()["mean"], atol=1e-10, rtol=0)
+        probs = model.predict(x)[0]
+    finally:
+        backend.close()
+    folder = next(tmp_path.glob("project-1-*"))
+    for from_log_only in (False, True):
+        if from_log_only:
+            (folder / SNAPSHOT_NAME).unlink()
+        backend = LabelStudioBackend(tmp_path, settings, backbones={"text": Fixed()})
+        try:
+            again = backend.project("1.100").model
+            assert again.posterior().fitted_prior_precision == post.fitted_prior_precision
+            torch.testing.assert_close(again.predict(x)[0], probs, atol=1e-10, rtol=0)
+        finally:
+            backend.close()

@@ -33,8 +33,8 @@ def add_labelstudio_arguments(p: argparse.ArgumentParser) -> None:
                    help="require HTTP Basic authentication (needed with a --host other than loopback)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default 1)")
-    # λ₀ must be a number here: each project's posterior starts from the prior N(0, λ₀⁻¹ I)
-    add_posterior_arguments(p, default="1, a number: the first annotations update the prior N(0, λ₀⁻¹ I)")
+    add_posterior_arguments(p, default="1; with cv, cv-predictive or evidence the first annotations update the "
+                                        "prior N(0, I) and each Start Training chooses λ₀")
 
 
 def labelstudio_main(args: argparse.Namespace) -> int:

@@ -54,8 +54,9 @@ class BackendSettings:
 
     ``posterior``: the library's update (``γ = 1``, 5 damped Newton steps, categorical curvature) and
     exact MAP head with λ₀ = 1 by default; ``PosteriorOptions.paper()`` for the paper's update and head
-    recipe. λ₀ must be a number (each project's posterior starts from the prior ``N(0, λ₀⁻¹ I)``), the
-    covariance shared and the mean-field scale the default.
+    recipe. λ₀ is a number, or chosen from the annotations at each refit (``"cv"``, …; before the
+    first refit a project's posterior starts from the prior ``N(0, I)``, λ₀ = 1, as a labeling session
+    does); the covariance must be shared and the mean-field scale the default.
     """
 
     strategy: str = "margin"
@@ -70,11 +71,6 @@ class BackendSettings:
         p = self.posterior
         if not isinstance(p, PosteriorOptions):
             raise InvalidInputError(f"posterior must be a PosteriorOptions, got {type(p).__name__}")
-        if p.chooses_prior:
-            raise InvalidInputError(
-                f"the Label Studio backend needs a number as prior_precision, got {p.prior_precision.value!r}: "
-                "each project's posterior starts from the prior N(0, λ₀⁻¹ I) before any annotation"
-            )
         if p.hessian is not Hessian.SHARED or p.lambda_mf != DEFAULT_LAMBDA_MF:
             raise InvalidInputError("the Label Studio backend uses the shared covariance and the default mean-field "
                                     f"scale; got hessian={p.hessian.value!r}, lambda_mf={p.lambda_mf}")
@@ -200,7 +196,7 @@ class LabelStudioBackend:
         bb = self.backbone(kind)
         s, p = self.settings, self.settings.posterior
         model = ProjectModel(folder, int(bb.dim or 0), strategy=s.strategy, batch_size=s.batch_size,
-                             prior_precision=float(p.prior_precision), gamma=p.gamma, curvature=p.curvature.value,
+                             prior_precision=p.posterior_kwargs()["prior_precision"], gamma=p.gamma, curvature=p.curvature.value,
                              steps=p.steps, head_config=p.head, seed=s.seed, fsync=s.fsync,
                              spread=p.posterior_kwargs()["spread"])
         if config is not None:

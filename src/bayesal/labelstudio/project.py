@@ -272,7 +272,10 @@ class ProjectModel:
         :data:`~bayesal.laplace.update.PAPER_OPTIONS` with ``head_config=HeadConfig.paper()`` is the
         paper's update and head.
     prior_precision:
-        ``λ₀`` of the zero-mean prior the fold starts from (and of the head refits).
+        ``λ₀`` of the zero-mean prior the fold starts from and of the head refits; or ``"cv"`` (or
+        another :class:`~bayesal.laplace.options.PriorSelection`): chosen from the annotations at each
+        ``train`` marker, with the prior before the first one at λ₀ = 1 (as a labeling session's).
+        It is part of the snapshots' settings.
     head_config:
         How a ``train`` marker refits the head; ``None``: the exact MAP head of the posterior's objective.
     seed:
@@ -294,7 +297,7 @@ class ProjectModel:
         strategy: str = "margin",
         batch_size: int = 10,
         gamma: float | None = None,
-        prior_precision: float = 1.0,
+        prior_precision: float | str = 1.0,
         curvature: str | None = None,
         steps: int | None = None,
         head_config: HeadConfig | None = None,
@@ -321,7 +324,7 @@ class ProjectModel:
         given = {"gamma": gamma, "curvature": curvature, "steps": steps}
         options = {k: FIDELITY_OPTIONS[k] if v is None else v for k, v in given.items()}
         probe = LastLayerLaplace(prior_precision=prior_precision, spread=spread, **options)  # validates them
-        self._pcfg = {"prior_precision": float(prior_precision), "curvature": probe.curvature.value,
+        self._pcfg = {"prior_precision": probe.prior_precision, "curvature": probe.curvature.value,
                       "gamma": probe.gamma, "steps": probe.steps, "spread": probe.spread}
         self.gamma = probe.gamma
         self.head_config = HeadConfig() if head_config is None else head_config

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from bayesal.exceptions import DataFileError, MissingDataError
+from bayesal.exceptions import DataFileError, InvalidInputError, MissingDataError, MissingDependencyError
 
 from .base import Dataset
 from .cache import cache_dir, cache_key, cached_features, content_hash
@@ -88,7 +88,7 @@ def read_animal_mnist() -> tuple[np.ndarray, np.ndarray, list[str]]:
 
         import animal_mnist  # noqa: F401  (empty __init__; its loader module would import tensorflow)
     except ImportError as err:
-        raise ImportError(
+        raise MissingDependencyError(
             f"the animals dataset needs animal-mnist ({err}); install it with "
             "`pip install --no-deps animal-mnist==0.4` (its metadata asks for tensorflow, which is not needed)"
         ) from err
@@ -214,7 +214,7 @@ def stratified_subset(labels: np.ndarray, size: int | None, seed: int = 0) -> np
         return np.arange(n)
     classes = np.unique(labels)
     if size < 2 * len(classes):
-        raise ValueError(f"subset={size} is too small: need at least {2 * len(classes)} (2 per class)")
+        raise InvalidInputError(f"subset={size} is too small: need at least {2 * len(classes)} (2 per class)")
     from sklearn.model_selection import train_test_split
 
     idx, _ = train_test_split(np.arange(n), train_size=size, random_state=seed, stratify=labels)
@@ -288,7 +288,7 @@ def _text_dataset(
     elif backbone == "tfidf":
         feats, meta["backbone"] = _tfidf_features(texts)
     else:
-        raise ValueError(f"unknown backbone {backbone!r} for {name}; use 'minilm' or 'tfidf'")
+        raise InvalidInputError(f"unknown backbone {backbone!r} for {name}; use 'minilm' or 'tfidf'")
     return _split_dataset(name, feats, labels, classes, texts, test_size, random_state, meta)
 
 
@@ -362,7 +362,7 @@ def _image_features(
         bb = get_backbone(backbone, resolution=resolution)
         feats, info = cached_features(name, bb, images, batch_size=batch_size, progress=progress, use_cache=cache)
         return feats, _finish_meta(_image_backbone_meta(bb, resolution), info)
-    raise ValueError(f"unknown backbone {backbone!r} for {name}; use 'efficientnet-lite0', 'efficientnet-lite2' or 'raw'")
+    raise InvalidInputError(f"unknown backbone {backbone!r} for {name}; use 'efficientnet-lite0', 'efficientnet-lite2' or 'raw'")
 
 
 @register(
@@ -510,7 +510,7 @@ def load_fashion_mnist(
         feats, info = _sharded_features("fashion_mnist", bb, x, batch_size=batch_size, progress=progress, cache=cache)
         meta = _finish_meta({**meta, **_image_backbone_meta(bb, resolution)}, info)
     else:
-        raise ValueError(f"unknown backbone {backbone!r} for fashion_mnist; use 'efficientnet-lite0', "
+        raise InvalidInputError(f"unknown backbone {backbone!r} for fashion_mnist; use 'efficientnet-lite0', "
                          "'efficientnet-lite2' or 'raw'")
     return _split_dataset("fashion_mnist", feats, y, classes, x, test_size, random_state, meta)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from bayesal.exceptions import DataFileError, InvalidInputError
+from bayesal.exceptions import DataFileError, InvalidInputError, MissingFileError
 from bayesal.utils.locations import require_regular_file
 
 from .base import Dataset
@@ -217,7 +217,7 @@ def load_features(
     """
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"no such file: {p}")
+        raise MissingFileError(f"no such file: {p}")
     require_regular_file(p, what="data file")  # a FIFO would block the reader
     suffix = p.suffix.lower()
     name = name or p.stem

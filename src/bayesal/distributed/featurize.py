@@ -11,6 +11,7 @@ import numpy as np
 
 from bayesal.data.pool import ShardedPool
 from bayesal.data.shards import featurize_to_shards
+from bayesal.exceptions import MissingDependencyError
 
 __all__ = ["featurize_with_ray"]
 
@@ -57,7 +58,7 @@ def featurize_with_ray(
         import ray
         import ray.data
     except ImportError as err:
-        raise ImportError(f"featurize_with_ray needs Ray ({err}); install it with `pip install bayesal[ray]`") from err
+        raise MissingDependencyError(f"featurize_with_ray needs Ray ({err}); install it with `pip install bayesal[ray]`") from err
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
     ctx = ray.data.DataContext.get_current()

@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import numpy as np
 
 from bayesal.data.backbones import Backbone, get_backbone
-from bayesal.exceptions import DataFileError, InvalidInputError
+from bayesal.exceptions import DataFileError, InvalidInputError, MissingDependencyError
 
 from .config import ChoicesConfig
 
@@ -190,7 +190,7 @@ class TaskFeaturizer:
             with Image.open(path) as im:
                 return np.asarray(im.convert("RGB"), dtype=np.uint8)
         except ImportError as err:
-            raise ImportError("image tasks need Pillow; install it with `pip install bayesal[images]`") from err
+            raise MissingDependencyError("image tasks need Pillow; install it with `pip install bayesal[images]`") from err
         except OSError as err:
             raise DataFileError(f"cannot read image {path} (task reference {ref!r}): {err}") from err
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from bayesal.exceptions import InvalidInputError, NotFittedError, NumericalError
+from bayesal.exceptions import CorruptStateError, InvalidInputError, NotFittedError, NumericalError
 from bayesal.utils.rng import RandomState, as_generator
 from bayesal.utils.validation import (
     as_features,
@@ -916,11 +916,11 @@ class LastLayerLaplace:
             # states written before λ₀ could be chosen hold only the configured number
             post.prior_precision_ = float(state.get("prior_precision", cfg["prior_precision"]))
         except (KeyError, TypeError, AttributeError) as err:
-            raise ValueError(f"malformed posterior state: {err!r}") from err
+            raise CorruptStateError(f"malformed posterior state: {err!r}") from err
         post.num_classes_, post.num_features_ = post.mean_.shape
         p = post._num_params()
         if post.bias_.shape != (post.num_classes_,) or post.covariance_.shape != (p, p):
-            raise ValueError("malformed posterior state: tensor shapes do not agree")
+            raise CorruptStateError("malformed posterior state: tensor shapes do not agree")
         return post
 
     def __repr__(self) -> str:

@@ -365,11 +365,18 @@ def test_strategy_object_must_be_given_again(pool, tmp_path):
 
 
 def test_abandoned_creation_is_replaced(pool, tmp_path):
+    x, _ = pool
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / LOG_NAME).write_bytes(b"0000")  # died before the header was complete
     s = make(pool, tmp_path)
     s.tell(0, 0)
     s.close()
+    log = read_log(tmp_path / "s" / LOG_NAME)
+    assert not log.bad_lines and not log.torn_tail  # the partial header is gone, not kept in front
+    assert [rec["op"] for rec in log.records] == ["header", "tell"]
+    r = Session.resume(tmp_path / "s", x)
+    assert r.labels == {0: 0}
+    r.close()
 
 
 # ----------------------------------------------------------------------------- (c) bad inputs

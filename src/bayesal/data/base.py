@@ -13,6 +13,8 @@ import numpy as np
 
 from bayesal.exceptions import DataFileError, InvalidInputError
 
+from .arrayfiles import load_npz
+
 __all__ = ["Dataset"]
 
 
@@ -121,9 +123,7 @@ class Dataset:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Dataset:
         """Read a dataset written by :meth:`save`; a damaged file or header raises :class:`DataFileError`."""
-        from .user import _load_npz
-
-        arrays = _load_npz(Path(path))
+        arrays = load_npz(Path(path))
         header = _check_header(arrays.pop("header_json", None), path)
         missing = [k for k in ("train_features", "train_labels", "test_features", "test_labels") if k not in arrays]
         if missing:

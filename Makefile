@@ -12,7 +12,7 @@ LS_DB := $(LS_VENV)/migrated/label_studio.sqlite3
 
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: install demo test lint bench clean labelstudio-env test-labelstudio data
+.PHONY: install demo test lint typecheck bench clean labelstudio-env test-labelstudio data
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/lint-imports
+
+# Static types of src/ ([tool.mypy] in pyproject.toml).
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
 
 test: lint data
 	$(PY) -m pytest -q

@@ -55,7 +55,7 @@ def _progress(total: int | None, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="item", disable=not enabled, leave=False)
 
 
-def _chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+def _chunks(seq: Sequence[Any] | np.ndarray, size: int) -> Iterator[Sequence[Any] | np.ndarray]:
     for i in range(0, len(seq), size):
         yield seq[i : i + size]
 

@@ -93,9 +93,9 @@ def read_animal_mnist() -> tuple[np.ndarray, np.ndarray, list[str]]:
             "`pip install --no-deps animal-mnist==0.4` (its metadata asks for tensorflow, which is not needed)"
         ) from err
     d = files("animal_mnist") / "data" / "Animal_MNIST"
-    with gzip.open(d / "animal_data_version_3.gz", "rb") as f:  # pickles shipped in the package
+    with (d / "animal_data_version_3.gz").open("rb") as raw, gzip.open(raw, "rb") as f:  # pickles in the package
         x = pickle.load(f)
-    with gzip.open(d / "animal_label_version_3.gz", "rb") as f:
+    with (d / "animal_label_version_3.gz").open("rb") as raw, gzip.open(raw, "rb") as f:
         y = pickle.load(f)
     x = np.asarray(x, dtype=np.uint8).reshape(-1, 28, 28)
     y = np.asarray(y).astype(np.int64).reshape(-1)
@@ -294,8 +294,10 @@ def _features(
         bb = get_backbone("minilm", max_seq_length=max_seq_length)
         desc = f"all-MiniLM-L6-v2, max_seq_length={max_seq_length}, L2-normalised ({bb.dim}-d)"
     elif kind == "image" and (backbone in IMAGE_BACKBONES or backbone == "efficientnet"):
-        bb = get_backbone(IMAGE_BACKBONES[0] if backbone == "efficientnet" else backbone, resolution=resolution)
-        desc = f"EfficientNet-{bb.variant.capitalize()} ImageNet, {resolution}px, global-avg-pooled ({bb.dim}-d)"
+        model = IMAGE_BACKBONES[0] if backbone == "efficientnet" else backbone
+        bb = get_backbone(model, resolution=resolution)
+        variant = model.removeprefix("efficientnet-").capitalize()
+        desc = f"EfficientNet-{variant} ImageNet, {resolution}px, global-avg-pooled ({bb.dim}-d)"
     else:
         choices = "'minilm' or 'tfidf'" if kind == "text" else "'efficientnet-lite0', 'efficientnet-lite2' or 'raw'"
         raise InvalidInputError(f"unknown backbone {backbone!r} for {name}; use {choices}")

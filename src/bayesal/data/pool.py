@@ -294,7 +294,7 @@ class NpyPool(Pool):
         if out.size == 0:
             return out
         row_bytes = self.dim * self.dtype.itemsize
-        buf = memoryview(out).cast("B")
+        buf = out.data.cast("B")  # out is C-contiguous: its buffer, byte by byte
         with open(self.path, "rb", buffering=0) as f:
             f.seek(self.offset + start * row_bytes)
             got = 0

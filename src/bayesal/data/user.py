@@ -90,7 +90,7 @@ def from_arrays(
     test_size: float | int = 0.2,
     random_state: int = 0,
     name: str = "user",
-    items: Sequence[Any] | None = None,
+    items: Sequence[Any] | np.ndarray | None = None,
     test_features: Any | None = None,
     test_labels: Any | None = None,
     test_items: Sequence[Any] | None = None,
@@ -192,8 +192,8 @@ def load_features(
     require_regular_file(p, what="data file")  # a FIFO would block the reader
     suffix = p.suffix.lower()
     name = name or p.stem
-    common = dict(test_size=test_size, random_state=random_state, name=name)
-    meta = {"source": str(p), "backbone": "user features"}
+    common: dict[str, Any] = dict(test_size=test_size, random_state=random_state, name=name)
+    meta: dict[str, Any] = {"source": str(p), "backbone": "user features"}
     if suffix == ".npy":
         x = load_npy(p)
         if labels is None:

@@ -28,6 +28,7 @@ class _Encoder:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         idx = np.asarray(batch["id"], dtype=np.int64)
+        chunk: Any
         if isinstance(self.items, np.ndarray):
             chunk = self.items[idx]
         else:

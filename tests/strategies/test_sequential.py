@@ -103,7 +103,7 @@ def test_caller_posterior_untouched_and_labels_required(setup):
     before = post.mean_.clone(), post.covariance_.clone()
     Sequential(MarginSampling(), update_with="most_likely").query(post, xc, lab, 3, torch.Generator().manual_seed(0))
     assert torch.equal(post.mean_, before[0]) and torch.equal(post.covariance_, before[1])
-    with pytest.raises(ValueError, match="candidate_labels"):
+    with pytest.raises(InvalidInputError, match="candidate_labels"):
         OracleSequential(MarginSampling()).query_with_labels(post, xc, lab, 3, torch.Generator().manual_seed(0), None)
     with pytest.raises(InvalidInputError, match="OracleSequential"):
         Sequential(MarginSampling(), update_with="oracle")

@@ -112,7 +112,7 @@ def _encode_feature(x: np.ndarray) -> str:
 def _decode_feature(s: str, dim: int) -> np.ndarray:
     x = np.frombuffer(base64.b64decode(s.encode("ascii")), dtype="<f4")
     if x.shape[0] != dim:
-        raise ValueError(f"a stored feature has {x.shape[0]} values, expected {dim}")
+        raise CorruptStateError(f"a stored feature has {x.shape[0]} values, expected {dim}")
     return x.astype(np.float32)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from bayesal.exceptions import InvalidInputError, NotFittedError
+from bayesal.exceptions import CorruptStateError, InvalidInputError, NotFittedError
 from bayesal.utils.rng import RandomState
 from bayesal.utils.validation import (
     as_features,
@@ -453,11 +453,11 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, CovarianceStructure):
             # states written before the spread was chosen predict with the plain Laplace predictive
             post.spread_ = float(state.get("spread", 1.0))
         except (KeyError, TypeError, AttributeError) as err:
-            raise ValueError(f"malformed posterior state: {err!r}") from err
+            raise CorruptStateError(f"malformed posterior state: {err!r}") from err
         post.num_classes_, post.num_features_ = post.mean_.shape
         p = post._num_params()
         if post.bias_.shape != (post.num_classes_,) or post.covariance_.shape != (p, p):
-            raise ValueError("malformed posterior state: tensor shapes do not agree")
+            raise CorruptStateError("malformed posterior state: tensor shapes do not agree")
         return post
 
     def __repr__(self) -> str:

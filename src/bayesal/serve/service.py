@@ -52,7 +52,7 @@ def shortcut_keys(class_names: list[str]) -> list[str | None]:
     if all(len(k) == 1 and (k.isdigit() or "a" <= k <= "z") and k not in _RESERVED_KEYS for k in own) and len(
         set(own)
     ) == len(own):
-        return own
+        return list(own)
     keys = [k for k in _KEYS if k not in _RESERVED_KEYS]
     return [keys[c] if c < len(keys) else None for c in range(len(class_names))]
 

@@ -191,7 +191,7 @@ class AnnotationTimeline:
             self.items.append(f"train:{rec['seq']}")
             self.post = None
         else:
-            raise ValueError(f"unknown event {op!r}")
+            raise CorruptStateError(f"unknown event {op!r}")
         self.seq = int(rec["seq"])
 
     # ------------------------------------------------------------------ the fold

@@ -449,7 +449,7 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, CovarianceStructure):
             post.covariance_ = state["covariance"].to(dtype=post.dtype, device=post.device)
             post.n_updates_ = int(state["n_updates"])
             # states written before λ₀ could be chosen hold only the configured number
-            post.prior_precision_ = float(state.get("prior_precision", cfg["prior_precision"]))
+            post.prior_precision_ = float(state.get("prior_precision", cfg["prior_precision"]))  # type: ignore[arg-type]
             # states written before the spread was chosen predict with the plain Laplace predictive
             post.spread_ = float(state.get("spread", 1.0))
         except (KeyError, TypeError, AttributeError) as err:

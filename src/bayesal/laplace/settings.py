@@ -26,6 +26,7 @@ from .head import HeadConfig
 from .options import Curvature, Hessian, PriorSelection, SpreadSelection, check_prior_precision
 from .posterior import LastLayerLaplace
 from .predictive import DEFAULT_LAMBDA_MF
+from .structures import structure_class
 from .update import DEFAULT_CURVATURE, DEFAULT_GAMMA, DEFAULT_STEPS, PAPER_OPTIONS, check_gamma, check_steps
 
 __all__ = ["PosteriorOptions", "PAPER_PRIOR_PRECISION"]
@@ -151,8 +152,9 @@ class PosteriorOptions:
         LastLayerLaplace
             Call :meth:`LastLayerLaplace.fit` on it.
         """
-        return LastLayerLaplace(**self.posterior_kwargs(), random_state=random_state, device=device, dtype=dtype,
-                                chunk_size=chunk_size)
+        # the factory's subclass for the structure (what LastLayerLaplace(hessian=...) builds)
+        return structure_class(self.hessian)(**self.posterior_kwargs(), random_state=random_state, device=device,
+                                             dtype=dtype, chunk_size=chunk_size)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values: ``prior_precision`` (number or string), ``curvature``, ``hessian``,

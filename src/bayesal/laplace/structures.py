@@ -8,7 +8,7 @@ own, registered under its name with :func:`register_structure`; ``LastLayerLapla
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
@@ -16,7 +16,7 @@ import torch
 from bayesal.exceptions import InvalidInputError
 
 from .options import Curvature, UpdateMethod
-from .update import SpanCurvature, SpanNewtonResult
+from .update import LogitStep, SpanCurvature, SpanNewtonResult
 
 if TYPE_CHECKING:
     from .posterior import LastLayerLaplace
@@ -32,6 +32,36 @@ class CovarianceStructure(ABC):
 
     #: The registered name of the structure (set by :func:`register_structure`).
     structure: ClassVar[str]
+
+    # the fitted state every part reads (set by fit, update or from_state_dict)
+    mean_: torch.Tensor
+    bias_: torch.Tensor
+    num_classes_: int
+    num_features_: int
+    prior_precision_: float
+    spread_: float
+    n_updates_: int
+    _scale_tril: torch.Tensor | None
+    _cov_state: tuple[torch.Tensor, torch.Tensor | None]
+    covariance_: torch.Tensor  # Σ dense (a property of the base class, which forms a pending downdate)
+
+    # helpers of the base class that the fitting and update parts use
+    @abstractmethod
+    def _check_fitted(self) -> None:
+        """Raise :class:`~bayesal.exceptions.NotFittedError` before :meth:`fit`."""
+
+    @abstractmethod
+    def _features(self, features: Any) -> torch.Tensor:
+        """``features (N, D)`` checked and converted to the posterior's dtype and device."""
+
+    @abstractmethod
+    def _chunks(self, x: torch.Tensor, per_row: int | None = None, step: int | None = None) -> Iterator[torch.Tensor]:
+        """Row blocks of ``x`` sized to keep temporaries small."""
+
+    @abstractmethod
+    def _point_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """MAP softmax ``(N, C)`` of checked rows."""
+
 
     @abstractmethod
     def _num_params(self) -> int:
@@ -95,11 +125,13 @@ class CovarianceStructure(ABC):
         """``ΦΣ`` with the shared ``Σ``; only structures with a shared covariance offer it."""
         raise self._no_fast_path("covariance_product")
 
-    def logit_step(self, phi: torch.Tensor, target: torch.Tensor, **kwargs: Any) -> Any:
+    def logit_step(
+        self, phi: torch.Tensor, target: torch.Tensor, *, logits: torch.Tensor | None = None, gamma: float | None = None
+    ) -> LogitStep:
         """A rank-1 update for cached logits; only structures with a shared covariance offer it."""
         raise self._no_fast_path("logit_step")
 
-    def absorb(self, step: Any) -> Any:
+    def absorb(self, step: LogitStep) -> Any:
         """Absorb a :meth:`logit_step`; only structures with a shared covariance offer it."""
         raise self._no_fast_path("absorb")
 

@@ -13,15 +13,16 @@ from bayesal.exceptions import InvalidInputError, NumericalError
 from bayesal.utils.validation import as_targets
 
 from .options import UpdateMethod
+from .structures import CovarianceStructure
 from .update import check_gamma, check_steps, span_newton
 
 if TYPE_CHECKING:
-    from .posterior import LastLayerLaplace
+    from typing_extensions import Self
 
 __all__ = ["NewtonUpdating"]
 
 
-class NewtonUpdating:
+class NewtonUpdating(CovarianceStructure):
     """The update part of :class:`~bayesal.laplace.posterior.LastLayerLaplace`: :meth:`update`,
     :meth:`relabel` and :meth:`with_update_options`. The iteration is structure-independent; the covariance
     structure supplies its products with ``Σ``, its curvature model and its downdate through the
@@ -40,7 +41,7 @@ class NewtonUpdating:
         method: str | UpdateMethod = UpdateMethod.WOODBURY,
         inplace: bool = False,
         steps: int | None = None,
-    ) -> LastLayerLaplace:
+    ) -> Self:
         """Bayesian update with new labeled data ``features (M, D)``, ``labels (M,)`` or soft ``(M, C)``.
 
         ``Σ' = (Σ⁻¹ + Σ_j H_j)⁻¹`` via the batched Woodbury identity (``method="woodbury"``) or a chain
@@ -115,7 +116,7 @@ class NewtonUpdating:
         """The one place an update's options are resolved: ``None`` means the posterior's own."""
         return self.gamma if gamma is None else check_gamma(gamma)
 
-    def with_update_options(self, gamma: float | None = None, steps: int | None = None) -> LastLayerLaplace:
+    def with_update_options(self, gamma: float | None = None, steps: int | None = None) -> Self:
         """A shallow copy whose updates use other options (``None`` keeps this posterior's).
 
         Parameters
@@ -137,7 +138,7 @@ class NewtonUpdating:
             out.steps = check_steps(steps)
         return out
 
-    def relabel(self, features: Any, old: int, new: int, gamma: float | None = None) -> LastLayerLaplace:
+    def relabel(self, features: Any, old: int, new: int, gamma: float | None = None) -> Self:
         """Posterior after the label of an absorbed point ``features (D,)`` changed from ``old`` to ``new``.
 
         Swaps the point's likelihood term in one Newton step: ``μ ← μ + γ Σ (e_new − e_old) φᵀ``. The

@@ -186,7 +186,7 @@ def open_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, Any]:
     ds = load_dataset(args.dataset, **loader)
     # the default name comes from the data (a file's name or a dataset header): never a path of its own
     state_dir = Path(args.state_dir or f"bayesal-label-{safe_name(ds.name)}")
-    meta: dict[str, Any] = {"dataset": ds.name}
+    meta = {"dataset": ds.name}
     if args.dataset not in list_datasets():  # a user file: remember where it is and how it was read
         meta.update(dataset_path=str(Path(args.dataset).expanduser().resolve()), loader=loader)
     session = Session.from_dataset(

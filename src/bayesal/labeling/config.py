@@ -41,7 +41,7 @@ def feature_hash(features: torch.Tensor) -> str:
     arr = np.ascontiguousarray(features.detach().cpu().to(torch.float64).numpy())
     h = hashlib.blake2b(digest_size=16)
     h.update(repr(arr.shape).encode())
-    h.update(memoryview(arr).cast("B"))
+    h.update(memoryview(arr).cast("B"))  # type: ignore[arg-type]  # numpy's stubs lack the buffer protocol
     return h.hexdigest()
 
 
@@ -50,7 +50,7 @@ def check_class_names(class_names: Sequence[str] | int) -> list[str]:
     if isinstance(class_names, (int, np.integer)) and not isinstance(class_names, bool):
         names = [str(c) for c in range(int(class_names))]
     else:
-        names = [str(c) for c in class_names]
+        names = [str(c) for c in class_names]  # type: ignore[union-attr]
     if len(names) < 2:
         raise InvalidInputError(f"need at least 2 classes, got {len(names)}")
     if len(set(names)) != len(names):

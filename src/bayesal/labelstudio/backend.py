@@ -72,7 +72,7 @@ class BackendSettings:
             raise InvalidInputError(f"posterior must be a PosteriorOptions, got {type(p).__name__}")
         if p.chooses_prior:
             raise InvalidInputError(
-                f"the Label Studio backend needs a number as prior_precision, got {p.prior_precision.value!r}: "
+                f"the Label Studio backend needs a number as prior_precision, got {str(p.prior_precision)!r}: "
                 "each project's posterior starts from the prior N(0, λ₀⁻¹ I) before any annotation"
             )
         if p.hessian is not Hessian.SHARED or p.lambda_mf != DEFAULT_LAMBDA_MF:

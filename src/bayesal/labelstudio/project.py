@@ -314,15 +314,16 @@ class ProjectModel:
         self.strategy_name = strategy
         self.batch_size = batch_size
         self._sequential = strategy.startswith("seq-")
-        self._strategy = get_strategy(strategy.removeprefix("seq-"))
-        if not isinstance(self._strategy, ScoreStrategy):  # pragma: no cover - guarded by SCORE_STRATEGIES
+        score = get_strategy(strategy.removeprefix("seq-"))
+        if not isinstance(score, ScoreStrategy):  # pragma: no cover - guarded by SCORE_STRATEGIES
             raise InvalidInputError(f"strategy {strategy!r} has no per-task score")
+        self._strategy: ScoreStrategy = score
         # The posterior owns the update's options: every update below reads them from there.
-        given = {"gamma": gamma, "curvature": curvature, "steps": steps}
+        given: dict[str, Any] = {"gamma": gamma, "curvature": curvature, "steps": steps}
         options = {k: FIDELITY_OPTIONS[k] if v is None else v for k, v in given.items()}
         probe = LastLayerLaplace(prior_precision=prior_precision, spread=spread, **options)  # validates them
-        self._pcfg = {"prior_precision": float(prior_precision), "curvature": probe.curvature.value,
-                      "gamma": probe.gamma, "steps": probe.steps, "spread": probe.spread}
+        self._pcfg: dict[str, Any] = {"prior_precision": float(prior_precision), "curvature": probe.curvature.value,
+                                      "gamma": probe.gamma, "steps": probe.steps, "spread": probe.spread}
         self.gamma = probe.gamma
         self.head_config = HeadConfig() if head_config is None else head_config
         if not isinstance(self.head_config, HeadConfig):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import overload
+from typing import Any, overload
 
 import numpy as np
 import scipy.linalg
@@ -70,11 +70,11 @@ DEFAULT_CURVATURE = Curvature.CATEGORICAL
 #: The defaults as keyword arguments of :class:`~bayesal.laplace.LastLayerLaplace`: the update options
 #: that track the exact retrain of the posterior's objective (measured by
 #: ``benchmarks/update_vs_retrain.py``): categorical curvature, γ = 1 and 5 damped Newton steps.
-FIDELITY_OPTIONS = {"curvature": "categorical", "gamma": 1.0, "steps": 5}
+FIDELITY_OPTIONS: dict[str, Any] = {"curvature": "categorical", "gamma": 1.0, "steps": 5}
 
 #: The paper's update: one closed-form step with ``γ = 10`` and the label-independent 'gaussian'
 #: curvature (for reproducing its experiments, with ``HeadConfig.paper()`` and ``prior_precision=1``).
-PAPER_OPTIONS = {"curvature": "gaussian", "gamma": 10.0, "steps": 1}
+PAPER_OPTIONS: dict[str, Any] = {"curvature": "gaussian", "gamma": 10.0, "steps": 1}
 
 
 #: Halvings of a Newton step an update tries before it takes no step.

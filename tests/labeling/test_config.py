@@ -36,10 +36,11 @@ def test_given_options_are_saved_as_given_and_read_back():
 
 
 def test_the_header_layout_is_unchanged():
-    """The layout older versions read: ``posterior`` (flat, now with the predictive's ``spread``), ``head``
-    and ``gamma``."""
+    """The layout older versions read: ``posterior`` (flat, now with the predictive's ``spread`` and the
+    early phase's ``exact_until``), ``head`` and ``gamma``."""
     header = _header(PosteriorOptions.paper())
-    assert set(header["posterior"]) == {"prior_precision", "curvature", "hessian", "lambda_mf", "steps", "spread"}
+    assert set(header["posterior"]) == {"prior_precision", "curvature", "hessian", "lambda_mf", "steps", "spread",
+                                        "exact_until"}
     assert all(isinstance(v, (int, float, str)) and type(v).__module__ == "builtins"
                for v in [*header["posterior"].values(), *header["head"].values()])
 
@@ -61,6 +62,8 @@ def test_headers_without_a_spread_reload_with_the_plain_laplace_predictive():
     assert header["posterior"]["spread"] == "cv"
     del header["posterior"]["spread"]
     assert saved_options(header).spread == 1.0 == LEGACY_POSTERIOR_DEFAULTS["spread"]
+    del header["posterior"]["exact_until"]
+    assert saved_options(header).exact_until == 0 == LEGACY_POSTERIOR_DEFAULTS["exact_until"]
 
 
 def test_bad_saved_options_are_refused():

@@ -85,7 +85,7 @@ class ALConfig:
             "lambda_mf": None if opts["lambda_mf"] == DEFAULT_LAMBDA_MF else opts["lambda_mf"],
             "steps": opts["steps"], "curvature": opts["curvature"], "head": opts["head"],
             # runs from before the predictive's spread was chosen have no such key: rerun, not resumed
-            "spread": opts["spread"],
+            "spread": opts["spread"], "exact_until": opts["exact_until"],
         }
         if self.posterior.hessian is not Hessian.SHARED:
             out["hessian"] = opts["hessian"]

@@ -29,11 +29,12 @@ __all__ = [
 
 #: The :class:`PosteriorOptions` fields a header saves under ``posterior`` (``head`` and ``gamma`` have
 #: their own keys).
-POSTERIOR_KEYS = ("prior_precision", "curvature", "hessian", "lambda_mf", "steps", "spread")
+POSTERIOR_KEYS = ("prior_precision", "curvature", "hessian", "lambda_mf", "steps", "spread", "exact_until")
 
 #: Options of sessions saved before they were recorded: the defaults of that time (the paper's update
-#: before curvature and steps were saved, the plain Laplace predictive before the spread was).
-LEGACY_POSTERIOR_DEFAULTS = {"curvature": "gaussian", "steps": 1, "spread": 1.0}
+#: before curvature and steps were saved, the plain Laplace predictive before the spread was, Newton
+#: updates from the first label before the exact early phase was).
+LEGACY_POSTERIOR_DEFAULTS = {"curvature": "gaussian", "steps": 1, "spread": 1.0, "exact_until": 0}
 
 
 def feature_hash(features: torch.Tensor) -> str:

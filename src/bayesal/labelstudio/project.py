@@ -59,6 +59,7 @@ from bayesal.labeling import (
 from bayesal.laplace.head import HeadConfig
 from bayesal.laplace.posterior import LastLayerLaplace
 from bayesal.laplace.update import FIDELITY_OPTIONS
+from bayesal.laplace.updating import DEFAULT_EXACT_UNTIL
 from bayesal.strategies import get_strategy, score_strategy_names
 from bayesal.strategies.base import LabeledSet
 from bayesal.strategies.score import ScoreStrategy
@@ -281,6 +282,8 @@ class ProjectModel:
         fsync log lines and snapshots (off only in tests and benchmarks).
     snapshot_interval:
         Minimum seconds between two background snapshots.
+    exact_until:
+        Annotations up to which an update refits the head exactly (the early phase; 0 = never).
     spread:
         The predictive's spread (``"cv"``: chosen at each refit; a number fixes it; see
         :mod:`bayesal.laplace.spread`). It is part of the snapshots' settings.
@@ -302,6 +305,7 @@ class ProjectModel:
         fsync: bool = True,
         snapshot_interval: float = 1.0,
         spread: float | str = "cv",
+        exact_until: int = DEFAULT_EXACT_UNTIL,
     ) -> None:
         if strategy not in score_strategy_names():
             raise InvalidInputError(
@@ -321,9 +325,10 @@ class ProjectModel:
         # The posterior owns the update's options: every update below reads them from there.
         given: dict[str, Any] = {"gamma": gamma, "curvature": curvature, "steps": steps}
         options = {k: FIDELITY_OPTIONS[k] if v is None else v for k, v in given.items()}
-        probe = LastLayerLaplace(prior_precision=prior_precision, spread=spread, **options)  # validates them
+        probe = LastLayerLaplace(prior_precision=prior_precision, spread=spread, exact_until=exact_until, **options)
         self._pcfg: dict[str, Any] = {"prior_precision": float(prior_precision), "curvature": probe.curvature.value,
-                                      "gamma": probe.gamma, "steps": probe.steps, "spread": probe.spread}
+                                      "gamma": probe.gamma, "steps": probe.steps, "spread": probe.spread,
+                                      "exact_until": probe.exact_until}
         self.gamma = probe.gamma
         self.head_config = HeadConfig() if head_config is None else head_config
         if not isinstance(self.head_config, HeadConfig):

@@ -37,6 +37,7 @@ class HeadFitting(CovarianceStructure):
     device: torch.device
     head_config: HeadConfig
     random_state: RandomState
+    exact_until: int
 
     def fit(
         self,
@@ -89,6 +90,8 @@ class HeadFitting(CovarianceStructure):
         self.covariance_ = spd_inverse(self._prior_plus_ggn(x))
         self.n_updates_ = 0
         self._scale_tril = None
+        # the early phase (see update): few labeled rows are kept, so that updates refit on them exactly
+        self._retained = (x, targets) if x.shape[0] <= self.exact_until else None
         return self
 
     def _fit_head(self, x: torch.Tensor, targets: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor, float, Any]:

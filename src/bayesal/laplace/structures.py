@@ -42,6 +42,7 @@ class CovarianceStructure:
     n_updates_: int
     _scale_tril: torch.Tensor | None
     _cov_state: tuple[torch.Tensor, torch.Tensor | None]
+    _retained: tuple[torch.Tensor, torch.Tensor] | None  # the labeled rows of the early phase (see update)
     covariance_: torch.Tensor  # Σ dense (a property of the base class, which forms a pending downdate)
 
     # helpers of the base class that the fitting and update parts use

@@ -73,8 +73,9 @@ DEFAULT_CURVATURE = Curvature.CATEGORICAL
 FIDELITY_OPTIONS: dict[str, Any] = {"curvature": "categorical", "gamma": 1.0, "steps": 5}
 
 #: The paper's update: one closed-form step with ``γ = 10`` and the label-independent 'gaussian'
-#: curvature (for reproducing its experiments, with ``HeadConfig.paper()`` and ``prior_precision=1``).
-PAPER_OPTIONS: dict[str, Any] = {"curvature": "gaussian", "gamma": 10.0, "steps": 1}
+#: curvature, from the first label on (no exact early phase), for reproducing its experiments with
+#: ``HeadConfig.paper()`` and ``prior_precision=1``.
+PAPER_OPTIONS: dict[str, Any] = {"curvature": "gaussian", "gamma": 10.0, "steps": 1, "exact_until": 0}
 
 
 #: Halvings of a Newton step an update tries before it takes no step.

@@ -144,7 +144,9 @@ class _SequentialSelection:
         gen: torch.Generator,
         oracle: torch.Tensor | None,
     ) -> QueryResult:
-        post = posterior.copy()
+        # picks simulate the Newton update (cached logit steps, or the update itself without the exact
+        # refits of the posterior's early phase): both paths give the same batch
+        post = posterior.with_update_options(exact_until=0).copy()
         if self._cached(post):
             result = self._query_cached(post, x, b, gen, oracle)
         else:

@@ -53,7 +53,7 @@ def test_piped_session_end_to_end(tmp_path: Path, digits) -> None:
     assert "error: unknown class 'seven'" in out
     assert "skipped #" in out and "undone: skip #" in out
     # the signals start once two classes are labeled (the first answer alone gives one class)
-    assert out.count("expected accuracy") == 4 and "decision flips over last" in out
+    assert out.count("model's estimate of its accuracy on the pool") == 4 and "decision flips over last" in out
     assert out.count("stopping signals start once two classes are labeled") == 1
     assert "saved: 5 labels, 0 skipped" in out
     s = Session.resume(state, digits.train_features)
@@ -78,6 +78,20 @@ def test_end_of_input_quits_and_keeps_answers(tmp_path: Path, digits) -> None:
     s = Session.resume(tmp_path / "a", digits.train_features)
     assert sorted(s.named_labels.values()) == ["0", "1"]
     s.close()
+
+
+def test_zero_labels_show_no_guess(tmp_path: Path) -> None:
+    rc, out = run_inprocess(["--dataset", "digits", "--state-dir", str(tmp_path / "z"), "--retrain-every", "0"],
+                            "0\nu\nq\n")
+    assert rc == 0
+    lines = [ln for ln in out.splitlines() if ln.startswith("model: ")]
+    # before the first label and after undoing it every class is 1/10: no class is named as the model's pick
+    assert lines[0] == "model: no guess yet (no labels yet; every class 10%)"
+    assert lines[2] == lines[0] and len(lines) == 3
+    # one label: the model has a guess, its most probable class first, more likely than 1/10
+    second = lines[1].removeprefix("model: ").split(", ")
+    assert len(second) == 3 and all(p.startswith("[") for p in second)
+    assert int(second[0].rsplit(" ", 1)[1].rstrip("%")) > 10
 
 
 def test_undo_nothing_and_retrain_messages(tmp_path: Path) -> None:

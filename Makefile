@@ -12,7 +12,7 @@ LS_DB := $(LS_VENV)/migrated/label_studio.sqlite3
 
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: install demo test lint docs bench clean labelstudio-env test-labelstudio data lock lock-main lock-labelstudio
+.PHONY: install demo test lint typecheck docs bench clean labelstudio-env test-labelstudio data lock lock-main lock-labelstudio
 
 # Both venvs install from committed lock files (constraints): every package at the version the tests
 # passed with. `make lock` regenerates them from fresh venvs; a changed lock file reinstalls.
@@ -55,6 +55,10 @@ lint: $(STAMP)
 # The documentation site (mkdocs.yml, docs/) with warnings as errors: a broken link or anchor fails.
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
+# Static types of src/ ([tool.mypy] in pyproject.toml).
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
 
 test: lint docs data
 	$(PY) -m pytest -q

@@ -4,7 +4,8 @@
 
 Starts real servers on 127.0.0.1 (bbcnews and digits, fresh sessions in a temporary directory), gives
 some answers through the page and the API (the dataset's true labels, as a person would), then
-photographs the page.
+photographs the page, with the servers' default settings. Prints the panel's figures each screenshot
+shows, for the text of docs/labeling.md that quotes them.
 """
 
 from __future__ import annotations
@@ -68,7 +69,17 @@ def press(page, key: str) -> None:
     page.wait_for_function("n => window.bayesalRenders > n", arg=n)
 
 
+def shown_numbers(page) -> str:
+    """The panel's figures and the highlighted classes as the screenshot shows them (for the docs' text)."""
+    rows = page.eval_on_selector_all("#signals > div", "ds => ds.map(d => [d.querySelector('.name').textContent, "
+                                                         "d.querySelector('b').textContent])")
+    tops = page.eval_on_selector_all("#classes button.top", "bs => bs.map(b => b.dataset.label)")
+    model = " ".join(page.inner_text("#model").split())
+    return "; ".join(f"{name.rstrip('?').strip()}: {value}" for name, value in rows) + f"; {model}; highlighted: {tops}"
+
+
 def main() -> None:
+    shown: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as pw:
         tmp = Path(tmp)
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
@@ -84,6 +95,7 @@ def main() -> None:
                 press(page, keys[bbc.class_names[bbc.train_labels[i]]])
             page.wait_for_selector("#panel[data-labels='42']")
             page.screenshot(path=str(DOCS / "serve-text.png"), full_page=True)
+            shown["serve-text.png"] = shown_numbers(page)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -98,6 +110,7 @@ def main() -> None:
             press(page, str(digits.train_labels[i]))
             page.wait_for_selector("#panel[data-labels='61']")
             page.screenshot(path=str(DOCS / "serve-images.png"), full_page=True)
+            shown["serve-images.png"] = shown_numbers(page)
             # two tabs on one item: the second answer is refused with a message
             other = open_page(browser, url)
             first = open_page(browser, url)
@@ -106,12 +119,13 @@ def main() -> None:
             press(other, str((digits.train_labels[i] + 3) % 10))
             other.wait_for_selector("#panel[data-labels='62']")
             other.screenshot(path=str(DOCS / "serve-stale.png"), clip={"x": 0, "y": 0, "width": 1280, "height": 560})
+            shown["serve-stale.png"] = shown_numbers(other)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
         browser.close()
     for name in ("serve-text.png", "serve-images.png", "serve-stale.png"):
-        print(f"wrote {DOCS / name} ({(DOCS / name).stat().st_size // 1024} KiB)")
+        print(f"wrote {DOCS / name} ({(DOCS / name).stat().st_size // 1024} KiB): {shown[name]}")
 
 
 if __name__ == "__main__":

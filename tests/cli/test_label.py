@@ -14,7 +14,7 @@ import pytest
 
 from bayesal.cli.label import add_label_arguments, ascii_image, label_main, main, parse_answer, render_item
 from bayesal.data import load_dataset
-from bayesal.exceptions import CorruptStateError, SessionExistsError
+from bayesal.exceptions import CorruptStateError, InvalidInputError, SessionExistsError
 from bayesal.labeling.session import STATE_NAME, Session
 
 
@@ -53,7 +53,7 @@ def test_piped_session_end_to_end(tmp_path: Path, digits) -> None:
     assert "error: unknown class 'seven'" in out
     assert "skipped #" in out and "undone: skip #" in out
     # the signals start once two classes are labeled (the first answer alone gives one class)
-    assert out.count("expected accuracy") == 4 and "decision flips over last" in out
+    assert out.count("model's estimate of its accuracy on the pool") == 4 and "decision flips over last" in out
     assert out.count("stopping signals start once two classes are labeled") == 1
     assert "saved: 5 labels, 0 skipped" in out
     s = Session.resume(state, digits.train_features)
@@ -95,6 +95,20 @@ def test_end_of_input_quits_and_keeps_answers(tmp_path: Path, digits) -> None:
     s.close()
 
 
+def test_zero_labels_show_no_guess(tmp_path: Path) -> None:
+    rc, out = run_inprocess(["--dataset", "digits", "--state-dir", str(tmp_path / "z"), "--retrain-every", "0"],
+                            "0\nu\nq\n")
+    assert rc == 0
+    lines = [ln for ln in out.splitlines() if ln.startswith("model: ")]
+    # before the first label and after undoing it every class is 1/10: no class is named as the model's pick
+    assert lines[0] == "model: no guess yet (no labels yet; every class 10%)"
+    assert lines[2] == lines[0] and len(lines) == 3
+    # one label: the model has a guess, its most probable class first, more likely than 1/10
+    second = lines[1].removeprefix("model: ").split(", ")
+    assert len(second) == 3 and all(p.startswith("[") for p in second)
+    assert int(second[0].rsplit(" ", 1)[1].rstrip("%")) > 10
+
+
 def test_undo_nothing_and_retrain_messages(tmp_path: Path) -> None:
     rc, out = run_inprocess(["--dataset", "digits", "--state-dir", str(tmp_path / "b"), "--epochs", "3"], "u\nr\n?\n0\n1\nr\nq\n")
     assert rc == 0
@@ -114,7 +128,7 @@ def test_errors_are_clear(tmp_path: Path, digits) -> None:
         run_inprocess(["--resume", str(tmp_path / "c")], "q\n")
     rc, out = run_inprocess(["--resume", str(tmp_path / "c"), "--recover"], "q\n")
     assert rc == 0 and "recovered session" in out and "2 labels" in out
-    with pytest.raises(ValueError, match="not 'other'"):
+    with pytest.raises(InvalidInputError, match="not 'other'"):
         run_inprocess(["--resume", str(tmp_path / "c"), "--dataset", "other"])
 
 
@@ -144,7 +158,7 @@ def test_rendering() -> None:
 def test_numeric_class_names_are_not_confused_with_class_numbers() -> None:
     names = ["1", "2", "3", "4"]
     assert parse_answer("1", names) == "1" and parse_answer("#0", names) == 0
-    with pytest.raises(ValueError, match="class names are numbers"):
+    with pytest.raises(InvalidInputError, match="class names are numbers"):
         parse_answer("0", names)
     digits = [str(c) for c in range(10)]  # names equal to their numbers: no ambiguity
     assert parse_answer("3", digits) == "3" and parse_answer("42", digits) == 42
@@ -183,12 +197,12 @@ def test_resume_a_session_on_a_user_csv_file(tmp_path: Path, digits) -> None:
         rc, out = run_inprocess(["--resume", str(tmp_path / "u"), "--dataset", str(csv)], "q\n")
     assert rc == 0
     csv.rename(tmp_path / "moved.csv")
-    with pytest.raises(ValueError, match="no longer exists"):
+    with pytest.raises(InvalidInputError, match="no longer exists"):
         run_inprocess(["--resume", str(tmp_path / "u")])
     with pytest.warns(UserWarning):  # the moved file is accepted; the feature hash guards its content
         rc, out = run_inprocess(["--resume", str(tmp_path / "u"), "--dataset", str(tmp_path / "moved.csv")], "q\n")
     assert rc == 0 and "resumed session" in out
-    with pytest.raises(ValueError, match="must name that file"):
+    with pytest.raises(InvalidInputError, match="must name that file"):
         run_inprocess(["--resume", str(tmp_path / "u"), "--dataset", "digits"])
 
 
@@ -202,5 +216,5 @@ def test_cli_recovers_from_the_state_file_when_the_log_is_gone(tmp_path: Path) -
         run_inprocess(["--resume", str(tmp_path / "g")], "q\n")
     rc, out = run_inprocess(["--resume", str(tmp_path / "g"), "--recover"], "q\n")
     assert rc == 0 and "recovered session" in out and "3 labels" in out and "rebuilt the label log" in out
-    with pytest.raises(ValueError, match="only applies with --recover"):
+    with pytest.raises(InvalidInputError, match="only applies with --recover"):
         run_inprocess(["--resume", str(tmp_path / "g"), "--drop-damaged"])

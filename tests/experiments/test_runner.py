@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from bayesal.data import load_dataset
+from bayesal.exceptions import InvalidInputError, ResultsFileError
 from bayesal.experiments import runner as loop
 from bayesal.experiments.plotting import aulc_table, curve_summary, plot_learning_curves
 from bayesal.experiments.runner import (
@@ -51,9 +52,9 @@ def test_loop_protocol(digits):
 
 
 def test_loop_rejects_budget_larger_than_pool(digits):
-    with pytest.raises(ValueError, match="exceeds the pool"):
+    with pytest.raises(InvalidInputError, match="exceeds the pool"):
         run_active_learning(digits, FirstK(), ALConfig(batch_size=500, cycles=5), seed=0)
-    with pytest.raises(ValueError, match="candidate_size"):
+    with pytest.raises(InvalidInputError, match="candidate_size"):
         ALConfig(batch_size=50, candidate_size=10)
 
 
@@ -69,9 +70,9 @@ def test_results_append_and_read(tmp_path, suffix):
 def test_corrupt_results_file(tmp_path):
     bad = tmp_path / "r.parquet"
     bad.write_bytes(b"not a parquet file")
-    with pytest.raises(ValueError, match="could not read"):
+    with pytest.raises(ResultsFileError, match="could not read"):
         read_results(bad)
-    with pytest.raises(ValueError, match="parquet or .csv"):
+    with pytest.raises(ResultsFileError, match="parquet or .csv"):
         append_results([{"a": 1}], tmp_path / "r.txt")
 
 
@@ -96,7 +97,7 @@ def test_summary_and_aulc_table(tmp_path):
     assert tab.loc[0, "aulc_accuracy"] == pytest.approx(0.81)
     png = plot_learning_curves(df, tmp_path / "c.png")
     assert png.stat().st_size > 1000
-    with pytest.raises(ValueError, match="lack column"):
+    with pytest.raises(ResultsFileError, match="lack column"):
         curve_summary(df.drop(columns="seed"))
 
 
@@ -139,13 +140,13 @@ def test_strategies_with_one_seed_are_paired(digits):
 
 def test_initial_size_is_validated(digits):
     for bad in (0, -3):
-        with pytest.raises(ValueError, match="initial_size must be >= 1"):
+        with pytest.raises(InvalidInputError, match="initial_size must be >= 1"):
             ALConfig(initial_size=bad)
     assert ALConfig(batch_size=7).initial == 7 and ALConfig(initial_size=2).initial == 2
     rows = run_active_learning(digits, FirstK(), ALConfig(batch_size=5, cycles=1, initial_size=2,
                                                           posterior=PosteriorOptions(head=HeadConfig(epochs=5))), seed=0)
     assert [r["num_labels"] for r in rows] == [2, 7]
-    with pytest.raises(ValueError, match="1790 initial .* exceeds the pool"):
+    with pytest.raises(InvalidInputError, match="1790 initial .* exceeds the pool"):
         run_active_learning(digits, FirstK(), ALConfig(batch_size=5, cycles=2, initial_size=1790), seed=0)
 
 
@@ -154,7 +155,7 @@ def test_append_rejects_other_columns(tmp_path, suffix):
     path = tmp_path / f"r{suffix}"
     append_results([{"strategy": "a", "seed": 0, "num_labels": 5, "accuracy": 0.5}], path)
     before = path.read_bytes()
-    with pytest.raises(ValueError, match=r"expected columns .*'nll'\], found .*'accuracy'\] \(the file lacks \['nll'\] and has extra \['accuracy'\]"):
+    with pytest.raises(ResultsFileError, match=r"expected columns .*'nll'\], found .*'accuracy'\] \(the file lacks \['nll'\] and has extra \['accuracy'\]"):
         append_results([{"strategy": "a", "seed": 1, "num_labels": 5, "nll": 0.7}], path)
     assert path.read_bytes() == before  # untouched
     append_results([{"accuracy": 0.7, "strategy": "a", "seed": 1, "num_labels": 5}], path)  # order is fine
@@ -167,20 +168,20 @@ def test_run_experiment_checks_out_before_compute(digits, tmp_path, monkeypatch)
 
     monkeypatch.setattr(loop, "run_active_learning", boom)
     cfg = ALConfig(batch_size=5, cycles=1, candidate_size=100)
-    with pytest.raises(ValueError, match="parquet or .csv"):
+    with pytest.raises(ResultsFileError, match="parquet or .csv"):
         run_experiment(digits, ["random"], cfg, [0], out=tmp_path / "x.json", progress=False)
     corrupt = tmp_path / "c.parquet"
     corrupt.write_bytes(b"not parquet")
-    with pytest.raises(ValueError, match="could not read"):
+    with pytest.raises(ResultsFileError, match="could not read"):
         run_experiment(digits, ["random"], cfg, [0], out=corrupt, progress=False)
     other = tmp_path / "o.csv"
     other.write_text("a,b\n1,2\n")
-    with pytest.raises(ValueError, match="different schema"):
+    with pytest.raises(ResultsFileError, match="different schema"):
         run_experiment(digits, ["random"], cfg, [0], out=other, progress=False)
     assert other.read_text() == "a,b\n1,2\n" and corrupt.read_bytes() == b"not parquet"
-    with pytest.raises(ValueError, match="exceeds the pool"):
+    with pytest.raises(InvalidInputError, match="exceeds the pool"):
         run_experiment(digits, ["random"], ALConfig(batch_size=500, cycles=5), [0], progress=False)
-    with pytest.raises(ValueError, match="at least one"):
+    with pytest.raises(InvalidInputError, match="at least one"):
         run_experiment(digits, ["random"], cfg, [], progress=False)
 
 
@@ -235,7 +236,7 @@ def test_summary_keeps_batch_sizes_and_configs_apart(tmp_path):
 
 def test_unknown_strategy_lists_cli_specs():
     for spec in ("frobnicate", "seq-frobnicate"):
-        with pytest.raises(ValueError, match="unknown strategy") as err:
+        with pytest.raises(InvalidInputError, match="unknown strategy") as err:
             make_strategy(spec)
         msg = str(err.value)
         for part in ("least-confidence", "seq-NAME[@oracle|most_likely|sampled|expected]", "lookahead",

@@ -36,9 +36,11 @@ def test_given_options_are_saved_as_given_and_read_back():
 
 
 def test_the_header_layout_is_unchanged():
-    """Older versions read the same keys: ``posterior`` (flat), ``head`` and ``gamma``."""
+    """The layout older versions read: ``posterior`` (flat, now with the predictive's ``spread`` and the
+    early phase's ``exact_until``), ``head`` and ``gamma``."""
     header = _header(PosteriorOptions.paper())
-    assert set(header["posterior"]) == {"prior_precision", "curvature", "hessian", "lambda_mf", "steps"}
+    assert set(header["posterior"]) == {"prior_precision", "curvature", "hessian", "lambda_mf", "steps", "spread",
+                                        "exact_until"}
     assert all(isinstance(v, (int, float, str)) and type(v).__module__ == "builtins"
                for v in [*header["posterior"].values(), *header["head"].values()])
 
@@ -53,6 +55,15 @@ def test_headers_without_update_options_reload_with_the_former_defaults():
     assert options.prior_precision == "cv"  # sessions that did not set λ₀ used the posterior's default
     post = options.posterior()
     assert (post.curvature.value, post.steps) == ("gaussian", 1)
+
+
+def test_headers_without_a_spread_reload_with_the_plain_laplace_predictive():
+    header = _header()
+    assert header["posterior"]["spread"] == "cv"
+    del header["posterior"]["spread"]
+    assert saved_options(header).spread == 1.0 == LEGACY_POSTERIOR_DEFAULTS["spread"]
+    del header["posterior"]["exact_until"]
+    assert saved_options(header).exact_until == 0 == LEGACY_POSTERIOR_DEFAULTS["exact_until"]
 
 
 def test_bad_saved_options_are_refused():

@@ -153,7 +153,7 @@ def test_skip_undo_redo_correct(pool):
     assert torch.allclose(s.posterior.covariance_, ref.posterior.covariance_, atol=1e-12)
     s.tell(50, 2)  # a new action clears the redo stack
     assert not s.can_redo
-    with pytest.raises(ValueError, match="nothing to redo"):
+    with pytest.raises(InvalidInputError, match="nothing to redo"):
         s.redo()
 
 
@@ -169,7 +169,7 @@ def test_tell_on_skipped_index_unskips_and_undo_restores(pool):
 def test_retrain_manual_and_automatic(pool):
     x, y = pool
     s = make(pool, retrain_every=4, background=False)
-    with pytest.raises(ValueError, match="at least 2 different classes"):
+    with pytest.raises(InvalidInputError, match="at least 2 different classes"):
         s.retrain()
     for i in range(3):
         s.tell(i, int(y[i]))
@@ -358,7 +358,7 @@ def test_directory_lock_and_existing_session(pool, tmp_path):
 def test_strategy_object_must_be_given_again(pool, tmp_path):
     x, _ = pool
     make(pool, tmp_path, strategy=TinyMargin()).close()
-    with pytest.raises(ValueError, match="pass strategy="):
+    with pytest.raises(InvalidInputError, match="pass strategy="):
         Session.resume(tmp_path / "s", x)
     r = Session.resume(tmp_path / "s", x, strategy=TinyMargin())
     assert r.config["strategy"]["name"] == "tiny_margin"
@@ -366,11 +366,18 @@ def test_strategy_object_must_be_given_again(pool, tmp_path):
 
 
 def test_abandoned_creation_is_replaced(pool, tmp_path):
+    x, _ = pool
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / LOG_NAME).write_bytes(b"0000")  # died before the header was complete
     s = make(pool, tmp_path)
     s.tell(0, 0)
     s.close()
+    log = read_log(tmp_path / "s" / LOG_NAME)
+    assert not log.bad_lines and not log.torn_tail  # the partial header is gone, not kept in front
+    assert [rec["op"] for rec in log.records] == ["header", "tell"]
+    r = Session.resume(tmp_path / "s", x)
+    assert r.labels == {0: 0}
+    r.close()
 
 
 # ----------------------------------------------------------------------------- (c) bad inputs
@@ -400,14 +407,14 @@ def test_bad_inputs_raise_and_leave_state_intact(pool, tmp_path):
         (lambda: s.predict_proba([999]), "out of range"),
     ]
     for call, msg in bad:
-        with pytest.raises(ValueError, match=msg):
+        with pytest.raises(InvalidInputError, match=msg):
             call()
     assert files_bytes(tmp_path / "s") == before
     assert s.labels == labels and s.skipped == skipped and s.events == events
     assert torch.equal(s.posterior.mean_, mean)
     s.undo()
     s.undo()
-    with pytest.raises(ValueError, match="nothing to undo"):
+    with pytest.raises(InvalidInputError, match="nothing to undo"):
         s.undo()
     s.close()
 
@@ -416,25 +423,25 @@ def test_nan_features_and_bad_config(pool, tmp_path):
     x, _ = pool
     bad = x.copy()
     bad[4, 2] = np.nan
-    with pytest.raises(ValueError, match="NaN or inf in 1 row"):
+    with pytest.raises(InvalidInputError, match="NaN or inf in 1 row"):
         Session(bad, NAMES)
-    with pytest.raises(ValueError, match="at least 2 classes"):
+    with pytest.raises(InvalidInputError, match="at least 2 classes"):
         Session(x, ["only"])
-    with pytest.raises(ValueError, match="unique"):
+    with pytest.raises(InvalidInputError, match="unique"):
         Session(x, ["a", "a"])
-    with pytest.raises(ValueError, match="options must be a PosteriorOptions"):
+    with pytest.raises(InvalidInputError, match="options must be a PosteriorOptions"):
         Session(x, NAMES, options={"prior_precision": 1.0})
-    with pytest.raises(ValueError, match="items has 3 entries"):
+    with pytest.raises(InvalidInputError, match="items has 3 entries"):
         Session(x, NAMES, items=["a", "b", "c"])
-    with pytest.raises(ValueError, match="retrain_every"):
+    with pytest.raises(InvalidInputError, match="retrain_every"):
         Session(x, NAMES, retrain_every=0)
     s = make(pool, tmp_path)
     s.tell(0, 0)
     s.close()
     before = files_bytes(tmp_path / "s")
-    with pytest.raises(ValueError, match="NaN or inf"):
+    with pytest.raises(InvalidInputError, match="NaN or inf"):
         Session.resume(tmp_path / "s", bad)
-    with pytest.raises(ValueError, match="NaN or inf"):
+    with pytest.raises(InvalidInputError, match="NaN or inf"):
         Session.recover(tmp_path / "s", bad)
     assert files_bytes(tmp_path / "s") == before
 
@@ -454,7 +461,7 @@ def test_corrupt_state_file_clear_error_then_recover(pool, tmp_path):
     with pytest.raises(CorruptStateError, match="corrupt: checksum mismatch"):
         Session.resume(tmp_path / "s", x)
     state.write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="state file .* is corrupt"):
+    with pytest.raises(CorruptStateError, match="state file .* is corrupt"):
         Session.resume(tmp_path / "s", x)
     r = Session.recover(tmp_path / "s", x)
     assert r.labels == labels
@@ -718,7 +725,7 @@ def test_background_snapshots_coalesce_and_flush(pool, tmp_path):
     assert len(read_log(tmp_path / "s" / LOG_NAME).records) == 6
     s._engine.store.drain()  # writes the pending state now, ignoring the interval
     assert len(load_snapshot(tmp_path / "s" / STATE_NAME)["events"]) == 5
-    with pytest.raises(ValueError, match="snapshot_interval"):
+    with pytest.raises(InvalidInputError, match="snapshot_interval"):
         make(pool, snapshot_interval=-1.0)
     s.close()
 

@@ -19,6 +19,7 @@ from bayesal.labeling import Session
 from bayesal.labeling.storage import load_snapshot
 from bayesal.labelstudio.config import parse_label_config
 from bayesal.labelstudio.project import SNAPSHOT_NAME, ProjectModel
+from bayesal.laplace import PosteriorOptions
 from bayesal.laplace.head import HeadConfig
 
 CLASSES = ("a", "b", "c")
@@ -37,8 +38,8 @@ UPDATES = {
 
 def session(path, update: str) -> Session:
     pcfg, gamma = UPDATES[update]
-    return Session(X, list(CLASSES), state_dir=path, posterior_config=pcfg, gamma=gamma, head_config=HeadConfig(),
-                   random_state=0, candidate_size=None, fsync=False)
+    options = PosteriorOptions(**pcfg, **({} if gamma is None else {"gamma": gamma}), head=HeadConfig())
+    return Session(X, list(CLASSES), state_dir=path, options=options, random_state=0, candidate_size=None, fsync=False)
 
 
 def project(path, update: str) -> ProjectModel:
@@ -101,8 +102,9 @@ def test_a_project_saved_before_the_engine_reopens_as_it_was(tmp_path, from_log_
     saved = load_snapshot(d / SNAPSHOT_NAME)["posterior"]
     if from_log_only:  # the fold replayed: the prior, the seeded refit and the updates as they were
         (d / SNAPSHOT_NAME).unlink()
+    # the settings it was written with: the plain Laplace predictive, Newton updates from the first label
     m = ProjectModel(d, 4, seed=99, fsync=False, strategy="seq-margin", batch_size=3,
-                     head_config=HeadConfig(solver="radam", epochs=5, batch_size=2))
+                     head_config=HeadConfig(solver="radam", epochs=5, batch_size=2), spread=1.0, exact_until=0)
     try:
         assert m.model_version == expected["model_version"]
         assert m.annotation_ids() == expected["annotation_ids"]

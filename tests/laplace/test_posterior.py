@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from bayesal import HeadConfig, LastLayerLaplace
+from bayesal.exceptions import CorruptStateError, InvalidInputError, NotFittedError
 from bayesal.laplace.baselines import MCReweighting, finetune_head, first_order_update
 
 
@@ -114,11 +115,11 @@ def test_predictive_inputs_are_checked_per_chunk(toy):
     torch.testing.assert_close(post.predict_proba(x32), post.predict_proba(x.float().double()))
     bad = x32.copy()
     bad[45, 2] = np.nan  # in the sixth chunk: the row number is the pool's, not the chunk's
-    with pytest.raises(ValueError, match="row 45"):
+    with pytest.raises(InvalidInputError, match="row 45"):
         post.predict_proba(bad)
-    with pytest.raises(ValueError, match="lambda_mf"):
+    with pytest.raises(InvalidInputError, match="lambda_mf"):
         post.predict_proba(x, lambda_mf=-5)
-    with pytest.raises(ValueError, match="columns"):
+    with pytest.raises(InvalidInputError, match="columns"):
         post.logits(x[:, :2])
 
 
@@ -134,7 +135,7 @@ def test_label_types_and_class_count():
     assert LastLayerLaplace(head_config=HeadConfig.paper(epochs=1)).fit(x, soft).num_classes_ == 4
     post.update(x[:2], np.array([2, 0], dtype=np.uint64))
     assert post.update([], []).mean_ is post.mean_  # an empty update changes nothing
-    with pytest.raises(ValueError, match="integer class indices"):
+    with pytest.raises(InvalidInputError, match="integer class indices"):
         post.update(x[:1], ["cat"])
 
 
@@ -175,7 +176,7 @@ def test_state_dict_roundtrip(toy, tmp_path):
     back = LastLayerLaplace.from_state_dict(torch.load(tmp_path / "p.pt"))
     torch.testing.assert_close(back.predict_proba(x), post.predict_proba(x))
     assert back.n_updates_ == 3
-    with pytest.raises(ValueError, match="malformed"):
+    with pytest.raises(CorruptStateError, match="malformed"):
         LastLayerLaplace.from_state_dict({"config": {}})
 
 
@@ -190,19 +191,19 @@ def test_sample_weights_have_posterior_moments(toy):
 
 def test_bad_construction_and_input(toy):
     x, y, w, b = toy
-    with pytest.raises(ValueError, match="prior_precision"):
+    with pytest.raises(InvalidInputError, match="prior_precision"):
         LastLayerLaplace(prior_precision=0)
-    with pytest.raises(ValueError, match="curvature"):
+    with pytest.raises(InvalidInputError, match="curvature"):
         LastLayerLaplace(curvature="laplace")
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         LastLayerLaplace().predict_proba(x)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(InvalidInputError, match="shape"):
         LastLayerLaplace().fit(x, y, weight=w[:, :2])
-    with pytest.raises(ValueError, match="at least 2 classes"):
+    with pytest.raises(InvalidInputError, match="at least 2 classes"):
         LastLayerLaplace().fit(x, torch.zeros(60, dtype=torch.long))
     bad = x.clone()
     bad[4, 1] = math.inf
-    with pytest.raises(ValueError, match="row 4"):
+    with pytest.raises(InvalidInputError, match="row 4"):
         LastLayerLaplace().fit(bad, y, weight=w)
 
 

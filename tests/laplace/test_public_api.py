@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bayesal import LastLayerLaplace
-from bayesal.exceptions import InvalidInputError
+from bayesal.exceptions import InvalidInputError, NotFittedError
 from bayesal.laplace import FullLaplace, SharedLaplace
 
 
@@ -44,7 +44,7 @@ def test_public_views(toy):
     assert post.is_fitted and not LastLayerLaplace().is_fitted
     assert post.covariance is post.covariance_ and isinstance(post, SharedLaplace)
     assert isinstance(_fitted(toy, hessian="full"), FullLaplace)
-    with pytest.raises(RuntimeError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         _ = LastLayerLaplace().num_classes
 
 
@@ -58,7 +58,7 @@ def test_checked_fast_paths_equal_checked_public_ones(toy):
         torch.testing.assert_close(post.logit_variance(xc, checked=True), post.logit_variance(x.float()), rtol=0, atol=0)
     bad = x.clone()
     bad[2, 1] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(InvalidInputError, match="NaN"):
         post.check_features(bad)
 
 
@@ -67,7 +67,7 @@ def test_covariance_product(toy):
     post = _fitted(toy)
     torch.testing.assert_close(post.covariance_product(x), x @ post.covariance_, rtol=0, atol=1e-14)
     torch.testing.assert_close(post.covariance_product(x[0]), post.covariance_ @ x[0], rtol=0, atol=1e-14)
-    with pytest.raises(ValueError, match="hessian='shared'"):
+    with pytest.raises(InvalidInputError, match="hessian='shared'"):
         _fitted(toy, hessian="full").covariance_product(x)
 
 
@@ -103,5 +103,5 @@ def test_relabel_is_the_swapped_likelihood_newton_step(toy, hessian):
     assert out.covariance_ is post.covariance_ and torch.equal(post.mean_, _fitted(toy, hessian=hessian).mean_)
     # swapping back restores the mean
     torch.testing.assert_close(out.relabel(x[40], 2, 0).mean_, post.mean_, atol=1e-12, rtol=0)
-    with pytest.raises(ValueError, match="class index"):
+    with pytest.raises(InvalidInputError, match="class index"):
         post.relabel(x[40], 0, 3)

@@ -80,3 +80,10 @@ def test_a_new_structure_is_one_registered_subclass(toy, monkeypatch) -> None:
     torch.testing.assert_close(back.predict_proba(x), updated.predict_proba(x))
     with pytest.raises(InvalidInputError, match="already registered"):
         register_structure("tempered")(type("Other", (SharedLaplace,), {}))
+
+
+def test_a_structure_missing_hooks_is_refused_at_registration() -> None:
+    incomplete = type("Incomplete", (LastLayerLaplace,), {"_num_params": lambda self: 1})
+    with pytest.raises(InvalidInputError, match="Incomplete does not implement.*_hessian_factor"):
+        register_structure("incomplete")(incomplete)
+    assert "incomplete" not in structure_names()

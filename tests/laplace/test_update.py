@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bayesal import LastLayerLaplace
+from bayesal.exceptions import InvalidInputError
 from bayesal.laplace.linalg import is_spd, spd_inverse
 from bayesal.laplace.update import PAPER_OPTIONS, full_ggn_factor, rank1_downdate, woodbury_downdate
 
@@ -162,15 +163,15 @@ def test_soft_labels_average_the_mean_step(toy):
 def test_update_rejects_bad_input(toy):
     x, y, *_ = toy
     post = _fitted(toy)
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(InvalidInputError, match="NaN"):
         post.update(torch.full((1, 5), math.nan), [0])
-    with pytest.raises(ValueError, match="D=5"):
+    with pytest.raises(InvalidInputError, match="D=5"):
         post.update(torch.zeros(1, 4), [0])
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(InvalidInputError, match="outside"):
         post.update(x[:1], [3])
-    with pytest.raises(ValueError, match="rows"):
+    with pytest.raises(InvalidInputError, match="rows"):
         post.update(x[:2], [0])
-    with pytest.raises(ValueError, match="method"):
+    with pytest.raises(InvalidInputError, match="method"):
         post.update(x[:1], [0], method="nope")
 
 

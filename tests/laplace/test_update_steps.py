@@ -39,7 +39,7 @@ def _dense_map(post, xn, yn):
 @pytest.mark.parametrize("curvature,hessian", [("categorical", "shared"), ("gaussian", "shared"), ("gaussian", "full")])
 def test_iterated_update_converges_to_the_exact_map(curvature, hessian):
     x, y, xn, yn = _problem()
-    post = LastLayerLaplace(prior_precision=0.5, curvature=curvature, hessian=hessian, gamma=1.0).fit(x, y)
+    post = LastLayerLaplace(exact_until=0, prior_precision=0.5, curvature=curvature, hessian=hessian, gamma=1.0).fit(x, y)
     ref = _dense_map(post, xn, yn)
     errors = [float((post.update(xn, yn, steps=k).mean - ref).abs().max()) for k in (1, 3, 10, 60)]
     assert errors[-1] < 1e-8
@@ -56,7 +56,7 @@ def test_one_step_is_the_paper_update_and_steps_are_saved():
     onehot = torch.nn.functional.one_hot(yn, 3).double()
     cov = torch.linalg.inv(torch.linalg.inv(post.covariance) + xn.T @ xn)
     torch.testing.assert_close(one.mean, post.mean + 10.0 * (onehot - p).T @ xn @ cov)
-    three = LastLayerLaplace(prior_precision=1.0, gamma=1.0, steps=3).fit(x, y)
+    three = LastLayerLaplace(exact_until=0, prior_precision=1.0, gamma=1.0, steps=3).fit(x, y)
     assert LastLayerLaplace.from_state_dict(three.state_dict()).steps == 3
     torch.testing.assert_close(three.update(xn, yn).mean, three.update(xn, yn, steps=3).mean)
     torch.testing.assert_close(three.with_update_options(steps=1).update(xn, yn).mean, three.update(xn, yn, steps=1).mean)
@@ -66,7 +66,7 @@ def test_one_step_is_the_paper_update_and_steps_are_saved():
 def test_cached_logit_step_matches_the_iterated_update(curvature):
     """Sequential selection refreshes cached logits with logit_step: it must equal update(steps=k)."""
     x, y, xn, yn = _problem(seed=2)
-    post = LastLayerLaplace(prior_precision=1.0, curvature=curvature, gamma=1.0, steps=4).fit(x, y)
+    post = LastLayerLaplace(exact_until=0, prior_precision=1.0, curvature=curvature, gamma=1.0, steps=4).fit(x, y)
     target = torch.nn.functional.one_hot(yn[0], 3).double()
     step = post.logit_step(xn[0], target)
     z, var = step.apply(x, post.logits(x), post.logit_variance(x))
@@ -77,7 +77,7 @@ def test_cached_logit_step_matches_the_iterated_update(curvature):
 
 def test_states_saved_before_iterated_updates_load_with_one_step():
     x, y, _, _ = _problem(seed=3)
-    state = LastLayerLaplace(prior_precision=1.0).fit(x, y).state_dict()
+    state = LastLayerLaplace(exact_until=0, prior_precision=1.0).fit(x, y).state_dict()
     assert state["config"]["steps"] == LastLayerLaplace().steps
     del state["config"]["steps"]
     assert LastLayerLaplace.from_state_dict(state).steps == 1
@@ -87,7 +87,7 @@ def test_one_step_equals_the_dense_formula_for_full_and_shared_hessians():
     """One step (the paper's closed form, computed in the span of the new points) equals the D-dimensional formula μ + γ Σ' Φᵀ(Y − P)."""
     x, y, xn, yn = _problem(seed=4)
     for hessian in ("shared", "full"):
-        post = LastLayerLaplace(prior_precision=0.7, curvature="gaussian", hessian=hessian, gamma=3.0).fit(x, y)
+        post = LastLayerLaplace(exact_until=0, prior_precision=0.7, curvature="gaussian", hessian=hessian, gamma=3.0).fit(x, y)
         new = post.update(xn, yn, steps=1)
         probs = torch.softmax(xn @ post.mean.T + post.bias, -1)
         resid = torch.nn.functional.one_hot(yn, probs.shape[1]).double() - probs
@@ -107,7 +107,7 @@ def test_one_step_equals_the_dense_formula_for_full_and_shared_hessians():
 @pytest.mark.parametrize("hessian", ["shared", "full"])
 def test_iterated_update_downdates_alike_by_woodbury_and_rank1(hessian):
     x, y, xn, yn = _problem(seed=5)
-    post = LastLayerLaplace(prior_precision=0.5, hessian=hessian).fit(x, y)
+    post = LastLayerLaplace(exact_until=0, prior_precision=0.5, hessian=hessian).fit(x, y)
     a, b = post.update(xn, yn), post.update(xn, yn, method="rank1")
     torch.testing.assert_close(a.mean, b.mean, rtol=0, atol=1e-12)
     torch.testing.assert_close(a.covariance, b.covariance, rtol=0, atol=1e-10)
@@ -146,7 +146,7 @@ def test_span_newton_returns_the_inputs_dtype():
 
 def test_logit_step_in_place_equals_the_fresh_result():
     x, y, xn, yn = _problem(seed=6)
-    post = LastLayerLaplace(prior_precision=1.0, gamma=1.0).fit(x, y)
+    post = LastLayerLaplace(exact_until=0, prior_precision=1.0, gamma=1.0).fit(x, y)
     step = post.logit_step(xn[0], torch.nn.functional.one_hot(yn[0], 3).double())
     z, var = post.logits(x), post.logit_variance(x)
     want_z, want_var, want_prod = step.apply_with_products(x, z, var)
@@ -158,7 +158,7 @@ def test_logit_step_in_place_equals_the_fresh_result():
 @pytest.mark.parametrize("curvature,steps", [("categorical", 4), ("gaussian", 1), ("categorical", 1)])
 def test_absorbing_a_logit_step_equals_the_update_with_its_point(curvature, steps):
     x, y, xn, yn = _problem(seed=7)
-    post = LastLayerLaplace(prior_precision=1.0, curvature=curvature, gamma=1.0, steps=steps).fit(x, y)
+    post = LastLayerLaplace(exact_until=0, prior_precision=1.0, curvature=curvature, gamma=1.0, steps=steps).fit(x, y)
     target = torch.nn.functional.one_hot(yn[0], 3).double()
     want = post.update(xn[:1], yn[:1], method="rank1")
     got = post.copy()

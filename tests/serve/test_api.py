@@ -81,12 +81,20 @@ def test_answer_is_logged_and_returns_the_next_item(service, pool, tmp_path):
     card = c.get("/api/next").json()
     assert card["item"] == {"kind": "text", "text": pool[2][card["index"]]}
     assert len(card["top"]) == 3 and abs(sum(t["p"] for t in card["top"]) - 1) < 0.05
+    # no labels: the prediction is uniform, so the page is told there is no guess and nothing to highlight
+    assert card["guess"] == [] and card["no_guess"] == "no labels yet"
+    assert all(abs(t["p"] - 1 / 3) < 1e-3 for t in card["top"])
     assert c.get("/api/next").json()["index"] == card["index"]  # the same item until it is answered
     r = c.post("/api/answer", json={"index": card["index"], "label": "sport"})
     assert r.status_code == 200
     body = r.json()
     assert body["recorded"] == {"op": "tell", "index": card["index"], "label": "sport"}
     assert body["next"]["index"] != card["index"] and body["next"]["n_labeled"] == 1
+    # one label: the prediction is no longer uniform, and the guess is the most probable class
+    nxt = body["next"]
+    assert nxt["no_guess"] is None and nxt["guess"][0] == nxt["top"][0]["label"]
+    assert nxt["top"][0]["p"] > nxt["top"][-1]["p"] + 0.005
+    assert all(t["label"] in nxt["guess"] for t in nxt["top"] if t["p"] >= nxt["top"][0]["p"] - 0.005)
     service.close()
     assert saved_labels(tmp_path, pool) == {card["index"]: 1}
 

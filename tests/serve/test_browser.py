@@ -182,3 +182,67 @@ def test_wrong_token_is_refused(browser, serve_process, tmp_path):
     path = dl.value.path()
     assert dl.value.suggested_filename == "labels.csv"
     assert Path(path).read_text().splitlines() == ["index,label,label_index,item", f"{first},5,5,", f"{i},3,3,"]
+
+
+def highlighted(page) -> list[str]:
+    return page.eval_on_selector_all("#classes button.top", "bs => bs.map(b => b.dataset.label)")
+
+
+def test_no_class_is_highlighted_until_the_model_has_a_guess(browser, digits, serve_process, tmp_path):
+    srv = serve_process(["--dataset", "digits", "--state-dir", str(tmp_path / "g"), "--retrain-every", "0"])
+    page = open_page(browser, srv.page)
+    truth = digits.train_labels
+
+    def no_guess_shown() -> None:
+        # every class is 1/10: no bars, no "top" button, a sentence instead
+        assert page.get_attribute("#model", "data-guess") == "none"
+        assert page.text_content("#no-guess") == "no guess yet (no labels yet)"
+        assert page.locator("#model .prob").count() == 0
+        assert highlighted(page) == [] and page.locator("#classes button[title]").count() == 0
+
+    assert page.locator("#classes button").count() == 10
+    no_guess_shown()
+
+    # one label: the prediction is no longer uniform; the most probable class is highlighted, with any
+    # class tied with it (a class shown less probable is not)
+    press_and_wait(page, str(truth[shown_index(page)]))
+    assert page.get_attribute("#model", "data-guess") in ("one", "tie") and page.locator("#no-guess").count() == 0
+    probs = page.eval_on_selector_all("#model .prob", "ps => ps.map(p => [p.querySelector('b').textContent, "
+                                                      "Number(p.lastChild.textContent.replace('%', ''))])")
+    tops = highlighted(page)
+    assert len(probs) == 3
+    assert probs[0][0] in tops and 1 <= len(tops) < 10
+    assert all(label not in tops for label, pct in probs if pct < probs[0][1] - 1)
+    assert (len(tops) == 1) == (page.get_attribute("#model", "data-guess") == "one")
+    title = "the model's guess" if len(tops) == 1 else "tied for the model's guess"
+    assert page.get_attribute(f"#classes button[data-label='{probs[0][0]}']", "title") == title
+
+    # undo the label: the model is back to knowing nothing, and says so
+    press_and_wait(page, "u")
+    wait_panel(page, 0)
+    no_guess_shown()
+
+
+def test_the_accuracy_estimate_is_named_and_explained(browser, digits, serve_process, tmp_path):
+    srv = serve_process(["--dataset", "digits", "--state-dir", str(tmp_path / "e"), "--retrain-every", "0"])
+    page = open_page(browser, srv.page)
+    truth = digits.train_labels
+    seen: set[int] = set()
+    while len(seen) < 2:  # the signals start once two classes are labeled
+        i = shown_index(page)
+        press_and_wait(page, str(truth[i]))
+        seen.add(int(truth[i]))
+    page.wait_for_selector("#signal-accuracy")
+    row = page.locator("#signal-accuracy")
+    assert row.locator(".name").text_content().startswith("model's estimate of its accuracy on the pool")
+    assert 0 < float(row.locator("b").text_content()) <= 1
+    tip = row.locator(".tip")
+    text = tip.get_attribute("data-tip")
+    assert "not a measurement" in text and "no true label is used" in text and "1347 pool items (the whole pool)" in text
+    assert tip.get_attribute("aria-label") == text
+    shown = "el => getComputedStyle(el, '::after').content"
+    assert tip.evaluate(shown) in ("none", "normal", "")  # hidden until asked for
+    tip.hover()
+    assert text in tip.evaluate(shown)  # the explanation is on screen while the mouse is over the mark
+    assert page.locator("#signal-held-out .tip").get_attribute("data-tip").startswith("Accuracy of the model's")
+    assert "model's estimate" in page.inner_html("#plots")  # the plot's legend names it the same way

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from bayesal.exceptions import InvalidInputError
 from bayesal.serve.render import image_data_uri, is_image, item_view, line_plot_svg, png_bytes
 
 
@@ -51,7 +52,7 @@ def test_png_roundtrip_rgb(img):
 
 
 def test_png_rejects_other_shapes():
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidInputError):
         png_bytes(np.zeros((2, 2, 2), dtype=np.uint8))
 
 

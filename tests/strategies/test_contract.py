@@ -131,7 +131,7 @@ def test_bad_batches_and_pools_raise(problem, spec):
         run(strategy, post, xc[:0], lab, 1, 0, yc[:0])
     nan = xc.clone()
     nan[3, 2] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(InvalidInputError, match="NaN"):
         run(strategy, post, nan, lab, 2, 0, yc)
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from bayesal import LastLayerLaplace
+from bayesal.exceptions import InvalidInputError
 from bayesal.laplace.predictive import mean_field_probs
 from bayesal.laplace.update import PAPER_OPTIONS, batch_update_reference
 from bayesal.strategies import ExpectedLogLossReduction, LabeledSet, OracleLookahead
@@ -114,11 +115,11 @@ def test_oracle_lookahead_picks_the_helpful_true_label():
 
 def test_oracle_lookahead_needs_labels(setup):
     post, lab, xc, yc, ref, ref_y = setup
-    with pytest.raises(ValueError, match="candidate_labels"):
+    with pytest.raises(InvalidInputError, match="candidate_labels"):
         OracleLookahead(ref, ref_y, n_batches=3).query_with_labels(post, xc, lab, 2, torch.Generator().manual_seed(0),
                                                                None)
     assert not hasattr(OracleLookahead(ref, ref_y, n_batches=3), "query")  # no label-free entry point
-    with pytest.raises(ValueError, match="differ in length"):
+    with pytest.raises(InvalidInputError, match="differ in length"):
         OracleLookahead(ref, ref_y[:-1])
 
 

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bayesal import HeadConfig, LastLayerLaplace
+from bayesal.exceptions import InvalidInputError
 from bayesal.strategies import LabeledSet, LeastConfidence, MarginSampling, OracleSequential, Sequential
 
 
@@ -131,9 +132,9 @@ def test_float32_products_pruned_equals_plain_loop():
 
 
 def test_compute_dtype_is_checked():
-    with pytest.raises(ValueError, match="compute_dtype"):
+    with pytest.raises(InvalidInputError, match="compute_dtype"):
         Sequential(MarginSampling(), compute_dtype="float32")
-    with pytest.raises(ValueError, match="compute_dtype"):
+    with pytest.raises(InvalidInputError, match="compute_dtype"):
         OracleSequential(MarginSampling(), compute_dtype=torch.int32)
 
 
@@ -166,7 +167,7 @@ def test_float32_candidates_are_kept_as_given_with_float32_products():
     assert strategy.last_posterior_.mean.dtype == torch.float64
     bad = x32.clone()
     bad[7, 3] = float("nan")
-    with pytest.raises(ValueError, match="row 7"):
+    with pytest.raises(InvalidInputError, match="row 7"):
         _pick(strategy, post, labeled, bad, 5, 0)
 
 
@@ -192,7 +193,7 @@ def test_tiled_moments_name_the_pool_row_with_nan():
     post, _, x, _ = _problem(103, 12, 4, seed=9, normalise=True)
     bad = x.to(torch.float32)
     bad[37, 5] = float("inf")
-    with pytest.raises(ValueError, match="candidates contain NaN or inf in 1 row.*row 37"):
+    with pytest.raises(InvalidInputError, match="candidates contain NaN or inf in 1 row.*row 37"):
         tiled_moments(post, bad, torch.float32, block=16)  # row 37 lies in the third block
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from bayesal import LastLayerLaplace
+from bayesal.exceptions import InvalidInputError
 from bayesal.laplace.update import fisher_factor
 from bayesal.strategies import (
     BADGE,
@@ -209,7 +210,7 @@ def test_bait_lam_and_labeled_set_enter_m0():
     picks, utils = _dense_bait(post, x[15:], x, 3, labeled=x[:15], lam=0.1)
     assert res.indices.tolist() == picks
     torch.testing.assert_close(res.utilities, utils, atol=1e-8, rtol=1e-8)
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidInputError):
         BAIT(lam=0.0)
 
 
@@ -291,7 +292,7 @@ def test_bait_refuses_a_head_too_large_for_its_matrices():
     post = LastLayerLaplace().fit(torch.randn(20, 50, generator=g), torch.arange(20) % 4,
                                   weight=torch.zeros(4, 50), num_classes=4)
     cand = torch.randn(30, 50, generator=g)
-    with pytest.raises(ValueError, match=r"max_params = 100.*PCA"):
+    with pytest.raises(InvalidInputError, match=r"max_params = 100.*PCA"):
         BAIT(max_params=100).query(post, cand, LabeledSet(cand[:0], torch.zeros(0, dtype=torch.long)), 2, g)
     assert len(BAIT().query(post, cand, LabeledSet(cand[:0], torch.zeros(0, dtype=torch.long)), 2, g).indices) == 2
 

@@ -2,7 +2,8 @@
 Bayesian updates.
 
 Shows one instance at a time (its text, an ASCII rendering of a small image, or its index), the
-model's three most probable classes, and reads the answer from stdin — so it can be scripted::
+model's three most probable classes (or "no guess yet" while it has no labels or predicts every class
+alike), and reads the answer from stdin — so it can be scripted::
 
     printf '3\\n5\\ns\\nu\\nq\\n' | python -m bayesal.cli.label --dataset digits --state-dir run1
 
@@ -15,8 +16,9 @@ damaged in the middle when no snapshot holds the rest). ``--oracle`` answers wit
 
 Stopping signals printed after each label (see :meth:`bayesal.labeling.session.Session.stopping_signals`):
 
-* **expected accuracy** ``EA = mean_x max_c p(c | x)`` over (a fixed subset of ≤ 2000 of) the pool — the
-  model's own estimate of its accuracy;
+* **the model's estimate of its accuracy on the pool** (the expected accuracy)
+  ``EA = mean_x max_c p(c | x)`` over (a fixed subset of ≤ 2000 of) the pool — the model's own
+  estimate, as good as its probabilities are calibrated; no true label is used;
 * **gain/label**: ``(EA_now − EA_then) / (labels between)`` over the last ``--window`` labels;
 * **flips**: how many pool predictions changed class over the last ``--window`` labels.
 
@@ -111,10 +113,15 @@ def render_item(item: Any, index: int, max_chars: int = 600) -> str:
 
 
 def _top_classes(session: Any, index: int, k: int = 3) -> str:
+    """The model's line for instance ``index``: its ``k`` most probable classes, or why it has no guess yet."""
+    from bayesal.serve.guess import model_guess
+
     probs = session.predict_proba([index])[0]
-    vals, idx = probs.topk(min(k, probs.numel()))
+    guess = model_guess(probs, session.n_labeled, k=k)
+    if guess.no_guess is not None:  # a uniform prediction: listing "top" classes would only repeat 1/C
+        return f"no guess yet ({guess.no_guess}; every class {100 / probs.numel():.0f}%)"
     names = session.class_names
-    return ", ".join(f"[{int(c)}] {names[int(c)]} {100 * float(p):.0f}%" for p, c in zip(vals, idx))
+    return ", ".join(f"[{c}] {names[c]} {100 * p:.0f}%" for c, p in guess.top)
 
 
 def _signals_line(sig: dict[str, Any], n_classes_labeled: int) -> str:
@@ -125,7 +132,7 @@ def _signals_line(sig: dict[str, Any], n_classes_labeled: int) -> str:
     gain_s = "n/a" if gain != gain else f"{gain:+.4f}"
     span = sig["window_labels"]
     return (
-        f"labels {sig['n_labels']} | expected accuracy {sig['expected_accuracy']:.3f} | "
+        f"labels {sig['n_labels']} | model's estimate of its accuracy on the pool {sig['expected_accuracy']:.3f} | "
         f"gain/label over last {span}: {gain_s} | decision flips over last {span} labels: "
         f"{sig['flips']} of {sig['reference_size']} ({100 * sig['flip_rate']:.1f}%)"
     )
@@ -188,7 +195,7 @@ def open_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, Any]:
     ds = load_dataset(args.dataset, **loader)
     # the default name comes from the data (a file's name or a dataset header): never a path of its own
     state_dir = Path(args.state_dir or f"bayesal-label-{safe_name(ds.name)}")
-    meta: dict[str, Any] = {"dataset": ds.name}
+    meta = {"dataset": ds.name}
     if args.dataset not in list_datasets():  # a user file: remember where it is and how it was read
         meta.update(dataset_path=str(Path(args.dataset).expanduser().resolve()), loader=loader)
     session = Session.from_dataset(

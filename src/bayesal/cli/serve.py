@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from bayesal.data.registry import add_file_options
+from bayesal.exceptions import MissingDependencyError
 
 from .arguments import (
     add_posterior_arguments,
@@ -91,7 +92,7 @@ def serve_main(args: argparse.Namespace) -> int:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as err:
-        raise ValueError(f"bayesal serve needs the web stack ({err}); install it with pip install 'bayesal[serve]'") from err
+        raise MissingDependencyError(f"bayesal serve needs the web stack ({err}); install it with pip install 'bayesal[serve]'") from err
     from bayesal.serve.app import check_bind
 
     check_bind(args.host, args.token)  # refuse a too-short token before loading any data

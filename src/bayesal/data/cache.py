@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from bayesal.exceptions import BackboneError, DataFileError, InvalidInputError
 from bayesal.utils.atomic import atomic_write
 from bayesal.utils.locations import check_writable_dir
 
@@ -141,27 +142,27 @@ class FeatureCache:
             return None
         try:
             if not meta_path.exists():
-                raise ValueError("metadata file is missing")
+                raise DataFileError("metadata file is missing")
             if not npz.exists():
-                raise ValueError("feature file is missing")
+                raise DataFileError("feature file is missing")
             meta = json.loads(meta_path.read_text())
             if meta.get("format") != CACHE_FORMAT:
-                raise ValueError(f"cache format {meta.get('format')} != {CACHE_FORMAT}")
+                raise DataFileError(f"cache format {meta.get('format')} != {CACHE_FORMAT}")
             digest = _sha256_file(npz)
             if digest != meta.get("sha256"):
-                raise ValueError("checksum mismatch (truncated or modified file)")
+                raise DataFileError("checksum mismatch (truncated or modified file)")
             with np.load(npz, allow_pickle=False) as z:
                 feats = z["features"]
             if feats.ndim != 2 or list(feats.shape) != list(meta.get("shape", [])):
-                raise ValueError(f"shape {feats.shape} differs from the recorded {meta.get('shape')}")
+                raise DataFileError(f"shape {feats.shape} differs from the recorded {meta.get('shape')}")
             if shape is not None:
                 for want, got, what in zip(shape, feats.shape, ("rows", "columns")):
                     if want is not None and want != got:
-                        raise ValueError(f"has {got} {what}, expected {want}")
+                        raise DataFileError(f"has {got} {what}, expected {want}")
             if feats.dtype != np.float32:
-                raise ValueError(f"dtype {feats.dtype}, expected float32")
+                raise DataFileError(f"dtype {feats.dtype}, expected float32")
             if not np.isfinite(feats).all():
-                raise ValueError("contains NaN or inf")
+                raise DataFileError("contains NaN or inf")
         except Exception as err:  # noqa: BLE001 - any failure means "rebuild"
             warnings.warn(
                 f"bayesal feature cache entry {npz} is corrupt ({err}); recomputing it",
@@ -176,7 +177,7 @@ class FeatureCache:
         """Store ``features (N, D)`` atomically; return the .npz path."""
         feats = np.ascontiguousarray(features, dtype=np.float32)
         if feats.ndim != 2:
-            raise ValueError(f"features must be 2-D (N, D), got shape {feats.shape}")
+            raise InvalidInputError(f"features must be 2-D (N, D), got shape {feats.shape}")
         npz, meta_path = self.paths(key)
         _atomic_write(npz, lambda f: np.savez(f, features=feats))
         meta = {
@@ -254,7 +255,7 @@ def cached_features(
     feats = np.ascontiguousarray(backbone.encode(items, batch_size=batch_size, progress=progress), dtype=np.float32)
     seconds = time.perf_counter() - t0
     if feats.shape[0] != n:
-        raise RuntimeError(f"backbone {backbone.name} returned {feats.shape[0]} rows for {n} items")
+        raise BackboneError(f"backbone {backbone.name} returned {feats.shape[0]} rows for {n} items")
     info: dict[str, Any] = {"cache": "off", "key": key, "seconds": seconds}
     if use_cache:
         path = store.put(

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from bayesal.exceptions import DataFileError, InvalidInputError
+from bayesal.exceptions import DataFileError, InvalidInputError, MissingDependencyError
 
 __all__ = [
     "Pool",
@@ -257,7 +257,7 @@ def read_npy_header(path: str | os.PathLike) -> tuple[tuple[int, ...], np.dtype,
         with open(path, "rb") as f:
             major, minor = np.lib.format.read_magic(f)
             if (major, minor) not in ((1, 0), (2, 0), (3, 0)):  # what numpy itself can map later
-                raise ValueError(f"unsupported .npy format version {major}.{minor}")
+                raise DataFileError(f"unsupported .npy format version {major}.{minor}")
             if major == 1:
                 shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
             else:
@@ -294,7 +294,7 @@ class NpyPool(Pool):
         if out.size == 0:
             return out
         row_bytes = self.dim * self.dtype.itemsize
-        buf = memoryview(out).cast("B")
+        buf = out.data.cast("B")  # out is C-contiguous: its buffer, byte by byte
         with open(self.path, "rb", buffering=0) as f:
             f.seek(self.offset + start * row_bytes)
             got = 0
@@ -408,7 +408,7 @@ class ZarrPool(Pool):
         try:
             import zarr
         except ImportError as err:
-            raise ImportError(f"Zarr pools need zarr ({err}); install it with `pip install bayesal[zarr]`") from err
+            raise MissingDependencyError(f"Zarr pools need zarr ({err}); install it with `pip install bayesal[zarr]`") from err
         if isinstance(source, (str, os.PathLike)):
             self.path: Path | None = Path(source)
             try:

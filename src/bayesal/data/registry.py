@@ -6,6 +6,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from bayesal.exceptions import InvalidInputError
+
 from .base import Dataset
 
 __all__ = ["register", "list_datasets", "load_dataset"]
@@ -39,7 +41,7 @@ def load_dataset(name: str | os.PathLike, **kwargs) -> Dataset:
         from .user import load_features
 
         return load_features(Path(key).expanduser(), **kwargs)
-    raise ValueError(
+    raise InvalidInputError(
         f"unknown dataset {key!r}: not a built-in ({', '.join(sorted(_REGISTRY))}) and not an existing "
         "file (.npy, .npz, .parquet, .csv)"
     )
@@ -58,5 +60,5 @@ def file_loader_kwargs(args) -> dict[str, str]:
     kw = {k: v for k in ("label_column", "item_column") if (v := getattr(args, k, None)) is not None}
     if kw and getattr(args, "dataset", None) in _REGISTRY:
         opts = ", ".join("--" + k.replace("_", "-") for k in kw)
-        raise ValueError(f"{opts} only apply to a features file, not the built-in dataset {args.dataset!r}")
+        raise InvalidInputError(f"{opts} only apply to a features file, not the built-in dataset {args.dataset!r}")
     return kw

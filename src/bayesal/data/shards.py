@@ -101,7 +101,7 @@ def featurize_to_shards(
     batch_size: int = 64,
     hash_parts: Sequence[Any] | None = None,
     progress: bool = True,
-    encode: Callable[[Sequence[Any]], np.ndarray] | None = None,
+    encode: Callable[[Sequence[Any] | np.ndarray], np.ndarray] | None = None,
 ) -> ShardedPool:
     """Encode ``items`` with ``backbone`` into ``out_dir/shard-NNNNNN.npy`` files; resumes where it stopped.
 

@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from bayesal.exceptions import DataFileError, InvalidInputError
+from bayesal.exceptions import DataFileError, InvalidInputError, MissingFileError
 from bayesal.utils.locations import require_regular_file
 
+from .arrayfiles import first_line, load_npy, load_npz
 from .base import Dataset
 from .checks import check_features, check_lengths, encode_labels, normalize_labels
 
@@ -89,7 +90,7 @@ def from_arrays(
     test_size: float | int = 0.2,
     random_state: int = 0,
     name: str = "user",
-    items: Sequence[Any] | None = None,
+    items: Sequence[Any] | np.ndarray | None = None,
     test_features: Any | None = None,
     test_labels: Any | None = None,
     test_items: Sequence[Any] | None = None,
@@ -143,40 +144,10 @@ def from_arrays(
     return ds.validate()
 
 
-def _load_npy(path: Path) -> np.ndarray:
-    """One ``.npy`` array (no pickles); a damaged or foreign file raises :class:`DataFileError`."""
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # noqa: BLE001 - numpy raises ValueError, OSError, EOFError, ... for bad files
-        raise DataFileError(f"could not read {path} as a .npy array: {_first_line(err)}") from err
-    if not isinstance(arr, np.ndarray):
-        raise DataFileError(f"{path} is not a .npy array file (it holds several arrays: name it .npz)")
-    return arr
-
-
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    """Every array of an ``.npz`` file (no pickles); a damaged or foreign file raises :class:`DataFileError`."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if not hasattr(z, "files"):
-                raise DataFileError(f"{path} is a single .npy array, not an .npz archive: name it .npy")
-            return {k: z[k] for k in z.files}
-    except DataFileError:
-        raise
-    except FileNotFoundError:
-        raise
-    except AttributeError as err:  # np.load returned a bare array: no context manager
-        raise DataFileError(f"{path} is a single .npy array, not an .npz archive: name it .npy") from err
-    except Exception as err:  # noqa: BLE001 - BadZipFile, zlib.error, ValueError, EOFError, ... for bad files
-        raise DataFileError(f"could not read {path} as an .npz archive: {_first_line(err)}") from err
-
-
 def _read_labels_file(path: Path) -> np.ndarray:
     require_regular_file(path, what="labels file")
     if path.suffix == ".npy":
-        return _load_npy(path)
+        return load_npy(path)
     try:
         text = path.read_text()
     except UnicodeDecodeError as err:
@@ -217,14 +188,14 @@ def load_features(
     """
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"no such file: {p}")
+        raise MissingFileError(f"no such file: {p}")
     require_regular_file(p, what="data file")  # a FIFO would block the reader
     suffix = p.suffix.lower()
     name = name or p.stem
-    common = dict(test_size=test_size, random_state=random_state, name=name)
-    meta = {"source": str(p), "backbone": "user features"}
+    common: dict[str, Any] = dict(test_size=test_size, random_state=random_state, name=name)
+    meta: dict[str, Any] = {"source": str(p), "backbone": "user features"}
     if suffix == ".npy":
-        x = _load_npy(p)
+        x = load_npy(p)
         if labels is None:
             if labels_path is None:
                 for cand in (p.with_name(p.stem + "_labels.npy"), p.with_name(p.stem + ".labels.npy")):
@@ -239,7 +210,7 @@ def load_features(
             labels = _read_labels_file(Path(labels_path))
         return from_arrays(x, labels, class_names, meta=meta, **common)
     if suffix == ".npz":
-        z = _load_npz(p)
+        z = load_npz(p)
         if "header_json" in z:
             return Dataset.load(p)
         fk = next((k for k in _FEATURE_KEYS if k in z), None)
@@ -320,14 +291,9 @@ def _read_table(p: Path, suffix: str) -> Any:
     except (OSError, ValueError, UnicodeDecodeError, MemoryError, RecursionError) as err:
         if isinstance(err, FileNotFoundError):
             raise
-        raise DataFileError(f"could not read {p} as a {suffix.lstrip('.')} table: {_first_line(err)}") from err
+        raise DataFileError(f"could not read {p} as a {suffix.lstrip('.')} table: {first_line(err)}") from err
     except Exception as err:  # noqa: BLE001 - pyarrow/pandas raise many types for a damaged file
-        raise DataFileError(f"could not read {p} as a {suffix.lstrip('.')} table: {_first_line(err)}") from err
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:300] if text else type(err).__name__
+        raise DataFileError(f"could not read {p} as a {suffix.lstrip('.')} table: {first_line(err)}") from err
 
 
 def _all_decimal_commas(col: Any) -> bool:

@@ -11,6 +11,7 @@ import numpy as np
 
 from bayesal.data.pool import ShardedPool
 from bayesal.data.shards import featurize_to_shards
+from bayesal.exceptions import MissingDependencyError
 
 __all__ = ["featurize_with_ray"]
 
@@ -27,6 +28,7 @@ class _Encoder:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         idx = np.asarray(batch["id"], dtype=np.int64)
+        chunk: Any
         if isinstance(self.items, np.ndarray):
             chunk = self.items[idx]
         else:
@@ -57,7 +59,7 @@ def featurize_with_ray(
         import ray
         import ray.data
     except ImportError as err:
-        raise ImportError(f"featurize_with_ray needs Ray ({err}); install it with `pip install bayesal[ray]`") from err
+        raise MissingDependencyError(f"featurize_with_ray needs Ray ({err}); install it with `pip install bayesal[ray]`") from err
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False)
     ctx = ray.data.DataContext.get_current()

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from bayesal.data.pool import Pool, open_pool
-from bayesal.exceptions import InvalidInputError
+from bayesal.exceptions import InvalidInputError, MissingDependencyError
 from bayesal.laplace.posterior import LastLayerLaplace
 from bayesal.strategies._common import check_batch_size
 from bayesal.strategies.base import QueryResult
@@ -49,7 +49,7 @@ def _ray() -> Any:
     try:
         import ray
     except ImportError as err:
-        raise ImportError(f"backend='ray' needs Ray ({err}); install it with `pip install bayesal[ray]`") from err
+        raise MissingDependencyError(f"backend='ray' needs Ray ({err}); install it with `pip install bayesal[ray]`") from err
     if not ray.is_initialized():  # a local instance on this machine; call ray.init(address=...) first for a cluster
         ray.init(include_dashboard=False, log_to_driver=False)
     return ray

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from bayesal.exceptions import InvalidInputError
+
 __all__ = ["accuracy", "nll", "brier", "ece", "evaluate", "aulc", "decision_flips"]
 
 
@@ -12,7 +14,7 @@ def _as(probs, labels) -> tuple[torch.Tensor, torch.Tensor]:
     p = torch.as_tensor(probs, dtype=torch.float64)
     y = torch.as_tensor(labels).long()
     if p.ndim != 2 or y.ndim != 1 or p.shape[0] != y.shape[0]:
-        raise ValueError(f"expected probs (N, C) and labels (N,), got {tuple(p.shape)} and {tuple(y.shape)}")
+        raise InvalidInputError(f"expected probs (N, C) and labels (N,), got {tuple(p.shape)} and {tuple(y.shape)}")
     return p, y
 
 
@@ -61,7 +63,7 @@ def aulc(num_labels, values) -> float:
     v = np.asarray(values, dtype=float)
     if x.size < 2:
         return float(v.mean()) if v.size else float("nan")
-    trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only trapz
+    trapezoid = getattr(np, "trapezoid", None) or np.trapz  # type: ignore[attr-defined]  # numpy < 2 has only trapz
     return float(trapezoid(v, x) / (x[-1] - x[0]))
 
 

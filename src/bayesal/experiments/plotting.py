@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bayesal.exceptions import ResultsFileError
+
 from .metrics import aulc
 
 __all__ = ["curve_summary", "aulc_table", "plot_learning_curves"]
@@ -19,9 +21,9 @@ REQUIRED = ("strategy", "seed", "num_labels")
 def _check(df: pd.DataFrame, metric: str) -> None:
     missing = [c for c in (*REQUIRED, metric) if c not in df.columns]
     if missing:
-        raise ValueError(f"results lack column(s) {missing}; columns present: {list(df.columns)}")
+        raise ResultsFileError(f"results lack column(s) {missing}; columns present: {list(df.columns)}")
     if df.empty:
-        raise ValueError("results are empty")
+        raise ResultsFileError("results are empty")
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bayesal.exceptions import ResultsFileError
+from bayesal.exceptions import MissingFileError, ResultsFileError
 from bayesal.utils.atomic import atomic_write, fsync_dir
 from bayesal.utils.locations import check_output_file, require_regular_file, storage_error
 
@@ -131,7 +131,7 @@ def read_results(path: str | os.PathLike[str]) -> pd.DataFrame:
     :class:`ResultsFileError` if it cannot be parsed."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no results file at {path}")
+        raise MissingFileError(f"no results file at {path}")
     require_regular_file(path, what="results file")
     _check_suffix(path)
     try:

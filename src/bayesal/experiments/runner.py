@@ -62,11 +62,11 @@ class ALConfig:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.cycles < 0:
-            raise ValueError(f"batch_size must be >= 1 and cycles >= 0, got {self.batch_size}, {self.cycles}")
+            raise InvalidInputError(f"batch_size must be >= 1 and cycles >= 0, got {self.batch_size}, {self.cycles}")
         if self.initial_size is not None and self.initial_size < 1:
-            raise ValueError(f"initial_size must be >= 1 (or None for batch_size), got {self.initial_size}")
+            raise InvalidInputError(f"initial_size must be >= 1 (or None for batch_size), got {self.initial_size}")
         if self.candidate_size is not None and self.candidate_size < self.batch_size:
-            raise ValueError(f"candidate_size {self.candidate_size} is smaller than batch_size {self.batch_size}")
+            raise InvalidInputError(f"candidate_size {self.candidate_size} is smaller than batch_size {self.batch_size}")
         if not isinstance(self.posterior, PosteriorOptions):
             raise InvalidInputError(f"posterior must be a PosteriorOptions, got {type(self.posterior).__name__}")
 
@@ -85,7 +85,7 @@ class ALConfig:
             "lambda_mf": None if opts["lambda_mf"] == DEFAULT_LAMBDA_MF else opts["lambda_mf"],
             "steps": opts["steps"], "curvature": opts["curvature"], "head": opts["head"],
             # runs from before the predictive's spread was chosen have no such key: rerun, not resumed
-            "spread": opts["spread"],
+            "spread": opts["spread"], "exact_until": opts["exact_until"],
         }
         if self.posterior.hessian is not Hessian.SHARED:
             out["hessian"] = opts["hessian"]
@@ -99,10 +99,10 @@ class ALConfig:
     def check_budget(self, pool_size: int) -> None:
         """Raise if the pool is empty or the label budget exceeds it."""
         if pool_size == 0:
-            raise ValueError("the pool is empty")
+            raise InvalidInputError("the pool is empty")
         budget = self.initial + self.cycles * self.batch_size
         if budget > pool_size:
-            raise ValueError(
+            raise InvalidInputError(
                 f"budget of {self.initial} initial + {self.cycles} cycles x {self.batch_size} = {budget} labels "
                 f"exceeds the pool of {pool_size} instances; lower --initial-size, --cycles or --batch-size"
             )
@@ -188,7 +188,7 @@ def check_run_request(strategies: list[str], out: str | Path | None) -> pd.DataF
     types) without any data, so the CLI can refuse a typo or an unwritable ``--out`` before loading (and
     maybe featurising) a dataset. Returns the rows already in ``out`` (None if it is absent or empty)."""
     if not strategies:
-        raise ValueError("need at least one strategy")
+        raise InvalidInputError("need at least one strategy")
     dummy = (torch.zeros(1, 1), torch.zeros(1, dtype=torch.long))
     for s in strategies:
         make_strategy(s, held_out=dummy)
@@ -223,7 +223,7 @@ def run_experiment(
 
     seeds = list(seeds)
     if not seeds:
-        raise ValueError("need at least one seed")
+        raise InvalidInputError("need at least one seed")
     old = check_run_request(strategies, out)
     config.check_budget(len(dataset.train_labels))
     out = None if out is None else Path(out)

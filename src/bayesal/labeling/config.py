@@ -30,11 +30,12 @@ __all__ = [
 
 #: The :class:`PosteriorOptions` fields a header saves under ``posterior`` (``head`` and ``gamma`` have
 #: their own keys).
-POSTERIOR_KEYS = ("prior_precision", "curvature", "hessian", "lambda_mf", "steps", "spread")
+POSTERIOR_KEYS = ("prior_precision", "curvature", "hessian", "lambda_mf", "steps", "spread", "exact_until")
 
 #: Options of sessions saved before they were recorded: the defaults of that time (the paper's update
-#: before curvature and steps were saved, the plain Laplace predictive before the spread was).
-LEGACY_POSTERIOR_DEFAULTS = {"curvature": "gaussian", "steps": 1, "spread": 1.0}
+#: before curvature and steps were saved, the plain Laplace predictive before the spread was, Newton
+#: updates from the first label before the exact early phase was).
+LEGACY_POSTERIOR_DEFAULTS = {"curvature": "gaussian", "steps": 1, "spread": 1.0, "exact_until": 0}
 
 
 def feature_hash(features: torch.Tensor) -> str:
@@ -42,7 +43,7 @@ def feature_hash(features: torch.Tensor) -> str:
     arr = np.ascontiguousarray(features.detach().cpu().to(torch.float64).numpy())
     h = hashlib.blake2b(digest_size=16)
     h.update(repr(arr.shape).encode())
-    h.update(memoryview(arr).cast("B"))
+    h.update(memoryview(arr).cast("B"))  # type: ignore[arg-type]  # numpy's stubs lack the buffer protocol
     return h.hexdigest()
 
 
@@ -51,7 +52,7 @@ def check_class_names(class_names: Sequence[str] | int) -> list[str]:
     if isinstance(class_names, (int, np.integer)) and not isinstance(class_names, bool):
         names = [str(c) for c in range(int(class_names))]
     else:
-        names = [str(c) for c in class_names]
+        names = [str(c) for c in class_names]  # type: ignore[union-attr]
     if len(names) < 2:
         raise InvalidInputError(f"need at least 2 classes, got {len(names)}")
     if len(set(names)) != len(names):

@@ -64,7 +64,8 @@ def logged_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 class PosteriorFold:
-    """The posteriors a labeling history passes through, all built with the same settings.
+    """The posteriors a labeling history passes through, all built with the same settings. Posteriors are
+    never modified in place, so a caller may keep earlier ones.
 
     Parameters
     ----------
@@ -75,8 +76,6 @@ class PosteriorFold:
         The log's seed; a refit at ``position`` is seeded by ``derive_seed(seed, tag, position)``.
     tag : str
         Names the refits' random stream (a saved log's refits keep the tag they were made with).
-
-    Posteriors are never modified in place, so a caller may keep earlier ones.
     """
 
     def __init__(self, settings: Mapping[str, Any], *, seed: int, tag: str) -> None:

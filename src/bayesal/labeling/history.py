@@ -161,19 +161,20 @@ class LabelBook:
             self.labels[int(action["index"])] = int(action["label"])
         elif op == "skip":
             self.skipped.add(int(action["index"]))
-        self.history.append(dict(action))  # type: ignore[arg-type]
+        self.history.append(dict(action))
 
     def revert(self) -> dict[str, Any]:
         action = self.history.pop()
-        op, i = action["op"], action.get("index")
+        op = action["op"]
+        i = int(action["index"]) if "index" in action else -1  # every op but a retrain names its item
         if op == "tell":
-            del self.labels[int(i)]
+            del self.labels[i]
             if action.get("was_skipped"):
-                self.skipped.add(int(i))
+                self.skipped.add(i)
         elif op == "correct":
-            self.labels[int(i)] = int(action["old"])
+            self.labels[i] = int(action["old"])
         elif op == "skip":
-            self.skipped.discard(int(i))
+            self.skipped.discard(i)
         return action
 
     @staticmethod

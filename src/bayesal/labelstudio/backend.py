@@ -198,7 +198,7 @@ class LabelStudioBackend:
         model = ProjectModel(folder, int(bb.dim or 0), strategy=s.strategy, batch_size=s.batch_size,
                              prior_precision=p.posterior_kwargs()["prior_precision"], gamma=p.gamma, curvature=p.curvature.value,
                              steps=p.steps, head_config=p.head, seed=s.seed, fsync=s.fsync,
-                             spread=p.posterior_kwargs()["spread"])
+                             spread=p.posterior_kwargs()["spread"], exact_until=p.exact_until)
         if config is not None:
             model.set_config(config)
         cfg = model.config

@@ -18,7 +18,9 @@ into every prediction) and the task data key that holds the item (``$text`` → 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 from bayesal.exceptions import InvalidInputError
 
@@ -75,8 +77,8 @@ class ChoicesConfig:
             to_name=str(d["to_name"]),
             kind=str(d["kind"]),
             data_key=str(d["data_key"]),
-            classes=tuple(str(c) for c in d["classes"]),  # type: ignore[union-attr]
-            aliases=tuple((str(a), str(b)) for a, b in d.get("aliases", [])),  # type: ignore[union-attr,misc]
+            classes=tuple(str(c) for c in cast("Iterable[object]", d["classes"])),
+            aliases=tuple((str(a), str(b)) for a, b in cast("Iterable[tuple[object, object]]", d.get("aliases", []))),
         )
 
 

@@ -23,13 +23,13 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
 
 from bayesal.data.backbones import Backbone, get_backbone
-from bayesal.exceptions import DataFileError, InvalidInputError
+from bayesal.exceptions import DataFileError, InvalidInputError, MissingDependencyError
 
 from .config import ChoicesConfig
 
@@ -190,7 +190,7 @@ class TaskFeaturizer:
             with Image.open(path) as im:
                 return np.asarray(im.convert("RGB"), dtype=np.uint8)
         except ImportError as err:
-            raise ImportError("image tasks need Pillow; install it with `pip install bayesal[images]`") from err
+            raise MissingDependencyError("image tasks need Pillow; install it with `pip install bayesal[images]`") from err
         except OSError as err:
             raise DataFileError(f"cannot read image {path} (task reference {ref!r}): {err}") from err
 
@@ -229,7 +229,8 @@ class TaskFeaturizer:
                 rows[i] = new[j]
                 if self.store is not None:
                     self.store.put(keys[i], new[j])
-        dim = self.backbone.dim or (rows[0].shape[0] if rows else 0)
-        if not rows:
+        filled = cast("list[np.ndarray]", rows)  # every missing row was encoded above
+        dim = self.backbone.dim or (filled[0].shape[0] if filled else 0)
+        if not filled:
             return np.zeros((0, dim), dtype=np.float32)
-        return np.stack(rows).astype(np.float32, copy=False)  # type: ignore[arg-type]
+        return np.stack(filled).astype(np.float32, copy=False)

@@ -59,6 +59,7 @@ from bayesal.labeling import (
 from bayesal.laplace.head import HeadConfig
 from bayesal.laplace.posterior import LastLayerLaplace
 from bayesal.laplace.update import FIDELITY_OPTIONS
+from bayesal.laplace.updating import DEFAULT_EXACT_UNTIL
 from bayesal.strategies import get_strategy, score_strategy_names
 from bayesal.strategies.base import LabeledSet
 from bayesal.strategies.score import ScoreStrategy
@@ -112,7 +113,7 @@ def _encode_feature(x: np.ndarray) -> str:
 def _decode_feature(s: str, dim: int) -> np.ndarray:
     x = np.frombuffer(base64.b64decode(s.encode("ascii")), dtype="<f4")
     if x.shape[0] != dim:
-        raise ValueError(f"a stored feature has {x.shape[0]} values, expected {dim}")
+        raise CorruptStateError(f"a stored feature has {x.shape[0]} values, expected {dim}")
     return x.astype(np.float32)
 
 
@@ -191,7 +192,7 @@ class AnnotationTimeline:
             self.items.append(f"train:{rec['seq']}")
             self.post = None
         else:
-            raise ValueError(f"unknown event {op!r}")
+            raise CorruptStateError(f"unknown event {op!r}")
         self.seq = int(rec["seq"])
 
     # ------------------------------------------------------------------ the fold
@@ -284,6 +285,8 @@ class ProjectModel:
         fsync log lines and snapshots (off only in tests and benchmarks).
     snapshot_interval:
         Minimum seconds between two background snapshots.
+    exact_until:
+        Annotations up to which an update refits the head exactly (the early phase; 0 = never).
     spread:
         The predictive's spread (``"cv"``: chosen at each refit; a number fixes it; see
         :mod:`bayesal.laplace.spread`). It is part of the snapshots' settings.
@@ -305,6 +308,7 @@ class ProjectModel:
         fsync: bool = True,
         snapshot_interval: float = 1.0,
         spread: float | str = "cv",
+        exact_until: int = DEFAULT_EXACT_UNTIL,
     ) -> None:
         if strategy not in score_strategy_names():
             raise InvalidInputError(
@@ -317,15 +321,17 @@ class ProjectModel:
         self.strategy_name = strategy
         self.batch_size = batch_size
         self._sequential = strategy.startswith("seq-")
-        self._strategy = get_strategy(strategy.removeprefix("seq-"))
-        if not isinstance(self._strategy, ScoreStrategy):  # pragma: no cover - guarded by SCORE_STRATEGIES
+        score = get_strategy(strategy.removeprefix("seq-"))
+        if not isinstance(score, ScoreStrategy):  # pragma: no cover - guarded by SCORE_STRATEGIES
             raise InvalidInputError(f"strategy {strategy!r} has no per-task score")
+        self._strategy: ScoreStrategy = score
         # The posterior owns the update's options: every update below reads them from there.
-        given = {"gamma": gamma, "curvature": curvature, "steps": steps}
+        given: dict[str, Any] = {"gamma": gamma, "curvature": curvature, "steps": steps}
         options = {k: FIDELITY_OPTIONS[k] if v is None else v for k, v in given.items()}
-        probe = LastLayerLaplace(prior_precision=prior_precision, spread=spread, **options)  # validates them
-        self._pcfg = {"prior_precision": probe.prior_precision, "curvature": probe.curvature.value,
-                      "gamma": probe.gamma, "steps": probe.steps, "spread": probe.spread}
+        probe = LastLayerLaplace(prior_precision=prior_precision, spread=spread, exact_until=exact_until, **options)
+        self._pcfg: dict[str, Any] = {"prior_precision": probe.prior_precision, "curvature": probe.curvature.value,
+                                      "gamma": probe.gamma, "steps": probe.steps, "spread": probe.spread,
+                                      "exact_until": probe.exact_until}
         self.gamma = probe.gamma
         self.head_config = HeadConfig() if head_config is None else head_config
         if not isinstance(self.head_config, HeadConfig):

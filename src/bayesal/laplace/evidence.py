@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -138,7 +138,10 @@ def maximize_evidence(
     c = targets.shape[1]
     multiplicity = c if multiplicity is None else int(multiplicity)
     fspec = feature_spectrum(features)  # preconditions every head fit, whatever the curvature
-    spectrum = spectrum or (lambda weight, bias, e=fspec[0]: e)
+    def data_spectrum(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return fspec[0]  # the 'gaussian' curvature's spectrum does not depend on the head
+
+    spectrum = spectrum or data_spectrum
     lam = _clip(float(init_precision))
     history = [lam]
     converged = False
@@ -254,7 +257,7 @@ def cross_validate_prior(
     scale = float(features.square().sum(1).mean()) or 1.0
     lams = sorted((scale * g for g in grid), reverse=True)
     k = min(folds, n)
-    fitkw = {"tol": head.tol, "max_iter": head.max_iter, "bias_precision": head.bias_precision}
+    fitkw: dict[str, Any] = {"tol": head.tol, "max_iter": head.max_iter, "bias_precision": head.bias_precision}
     if k < 2:  # one point: nothing to validate on; the middle of the grid
         lam = lams[len(lams) // 2]
         fit = fit_map_head(features, targets, lam, init=init, **fitkw)
@@ -274,14 +277,13 @@ def cross_validate_prior(
                                **{**fitkw, "tol": max(fitkw["tol"], fold_tol)})
             start = (fit.weight, fit.bias)
             logits = features[te] @ fit.weight.T + fit.bias
-            m = None
             if predictive or keep_folds:
                 m = curvature_weights(torch.softmax(features[tr] @ fit.weight.T + fit.bias, 1), curvature)
-            if keep_folds:
-                kept[j].append(HeldOutFold(tr, logits, m))
-            if predictive:
-                var = heldout_logit_variance(features[tr], features[te], m, lam, gram=pair)
-                logits = logits / torch.sqrt(1.0 + lambda_mf * var).unsqueeze(1)
+                if keep_folds:
+                    kept[j].append(HeldOutFold(tr, logits, m))
+                if predictive:
+                    var = heldout_logit_variance(features[tr], features[te], m, lam, gram=pair)
+                    logits = logits / torch.sqrt(1.0 + lambda_mf * var).unsqueeze(1)
             logp = torch.log_softmax(logits, 1)
             scores[j] += float((targets[te].to(logp) * logp).sum())
     scores /= n

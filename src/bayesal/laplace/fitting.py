@@ -15,15 +15,16 @@ from .head import HeadConfig, train_head
 from .linalg import feature_spectrum, spd_inverse
 from .options import Curvature
 from .spread import FALLBACK_SPREAD, heldout_folds, select_spread
+from .structures import CovarianceStructure
 
 if TYPE_CHECKING:
-    from .posterior import LastLayerLaplace
+    from typing_extensions import Self
 
 __all__ = ["HeadFitting", "FALLBACK_PRIOR_PRECISION"]
 FALLBACK_PRIOR_PRECISION = 1.0  # a string prior with nothing to choose from (see fit)
 
 
-class HeadFitting:
+class HeadFitting(CovarianceStructure):
     """The fitting part of :class:`~bayesal.laplace.posterior.LastLayerLaplace`: λ₀ (a number or chosen
     by cross-validation or the evidence), the exact MAP head, and the covariance at it. The covariance
     structure enters through the posterior's hooks (``_hessian_factor``, ``_num_params``, ...)."""
@@ -36,6 +37,7 @@ class HeadFitting:
     device: torch.device
     head_config: HeadConfig
     random_state: RandomState
+    exact_until: int
 
     def fit(
         self,
@@ -45,7 +47,7 @@ class HeadFitting:
         weight: torch.Tensor | None = None,
         bias: torch.Tensor | None = None,
         num_classes: int | None = None,
-    ) -> LastLayerLaplace:
+    ) -> Self:
         """Set the MAP mean and build the covariance from labeled ``features (N, D)``, ``labels (N,)``.
 
         With ``weight (C, D)`` (and optionally ``bias (C,)``) the given head is the MAP estimate and is
@@ -88,6 +90,8 @@ class HeadFitting:
         self.covariance_ = spd_inverse(self._prior_plus_ggn(x))
         self.n_updates_ = 0
         self._scale_tril = None
+        # the early phase (see update): few labeled rows are kept, so that updates refit on them exactly
+        self._retained = (x, targets) if x.shape[0] <= self.exact_until else None
         return self
 
     def _fit_head(self, x: torch.Tensor, targets: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor, float, Any]:
@@ -104,8 +108,8 @@ class HeadFitting:
                                        keep_folds=self.spread == "cv")
             lam, head, folds = sel.prior_precision, (sel.weight, sel.bias), sel.folds
         elif self.prior_precision == "evidence":
-            sel = maximize_evidence(x64, t64, self._ggn_spectrum(x64), self._evidence_multiplicity(c), head=cfg)
-            lam, head, folds = sel.prior_precision, (sel.weight, sel.bias), None
+            ev = maximize_evidence(x64, t64, self._ggn_spectrum(x64), self._evidence_multiplicity(c), head=cfg)
+            lam, head, folds = ev.prior_precision, (ev.weight, ev.bias), None
         else:
             lam, head, folds = float(self.prior_precision), None, None
         if head is None or cfg.solver != "exact":
@@ -154,7 +158,7 @@ class HeadFitting:
         )
 
     @classmethod
-    def from_linear(cls, linear: torch.nn.Linear, features: Any, labels: Any, **kwargs: Any) -> LastLayerLaplace:
+    def from_linear(cls, linear: torch.nn.Linear, features: Any, labels: Any, **kwargs: Any) -> Self:
         """Laplace posterior around a trained ``torch.nn.Linear`` head (its weights are the MAP)."""
         bias = linear.bias if linear.bias is not None else None
         return cls(**kwargs).fit(features, labels, weight=linear.weight, bias=bias)

@@ -18,7 +18,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -74,7 +74,7 @@ class HeadConfig:
         check_scalar(self.max_iter, "max_iter", integer=True, low=1)
 
     @classmethod
-    def paper(cls, **overrides: object) -> HeadConfig:
+    def paper(cls, **overrides: Any) -> HeadConfig:
         """The paper's recipe: 200 epochs RAdam, lr 1e-2, weight decay 1e-4, cosine, batch 64."""
         return replace(cls(solver=HeadSolver.RADAM.value), **overrides)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bayesal.exceptions import NumericalError
+from bayesal.exceptions import InvalidInputError, NumericalError
 from bayesal.utils.blas import blas_threads
 
 __all__ = [
@@ -169,7 +169,7 @@ class TiledRows:
 
     def __init__(self, tiles: torch.Tensor, rows: int) -> None:
         if tiles.ndim != 3 or not tiles.is_contiguous() or rows > tiles.shape[0] * tiles.shape[2]:
-            raise ValueError("tiles must be a contiguous (T, D, W) tensor holding at least `rows` rows")
+            raise InvalidInputError("tiles must be a contiguous (T, D, W) tensor holding at least `rows` rows")
         self.tiles = tiles
         self.rows = int(rows)
 

@@ -27,8 +27,9 @@ from .fitting import HeadFitting
 from .head import HeadConfig
 from .linalg import safe_cholesky
 from .options import BLOCK_ELEMENTS, Curvature, Predictive, PriorSelection, SpreadSelection, check_prior_precision
+from .persistence import Persistence
 from .predictive import DEFAULT_LAMBDA_MF, centered, logit_scale, mc_logit_samples, mc_probs, mean_field_probs
-from .structures import CovarianceStructure, structure_class
+from .structures import structure_class
 from .update import (
     DEFAULT_CURVATURE,
     DEFAULT_GAMMA,
@@ -37,14 +38,14 @@ from .update import (
     check_steps,
     gram_downdate,
 )
-from .updating import NewtonUpdating
+from .updating import DEFAULT_EXACT_UNTIL, NewtonUpdating
 
 __all__ = ["LastLayerLaplace"]
 
 DEFAULT_STRUCTURE = "shared"
 
 
-class LastLayerLaplace(HeadFitting, NewtonUpdating, CovarianceStructure):
+class LastLayerLaplace(HeadFitting, NewtonUpdating, Persistence):
     """Gaussian posterior over the weights ``W (C, D)`` of a linear head ``z = W φ + b``.
 
     ``hessian`` names the covariance structure, and ``LastLayerLaplace(...)`` returns an instance of its
@@ -101,6 +102,7 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, CovarianceStructure):
         random_state: RandomState = None,
         chunk_size: int | None = None,
         spread: float | str = "cv",
+        exact_until: int = DEFAULT_EXACT_UNTIL,
     ) -> None:
         prior_precision = check_prior_precision(prior_precision)
         if isinstance(spread, str):
@@ -108,11 +110,13 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, CovarianceStructure):
         else:
             spread = float(check_scalar(spread, "spread", low=0))
         lambda_mf = check_scalar(lambda_mf, "lambda_mf", low=0)
+        exact_until = int(check_scalar(exact_until, "exact_until", integer=True, low=0))
         dtype = check_dtype(dtype)
         chunk_size = None if chunk_size is None else check_scalar(chunk_size, "chunk_size", integer=True, low=1)
         # a plain str in the posterior: its state_dict stays loadable with torch.load(weights_only=True)
         self.prior_precision = prior_precision.value if isinstance(prior_precision, PriorSelection) else prior_precision
         self.spread = spread
+        self.exact_until = exact_until
         self.curvature = Curvature.parse(curvature)
         self.lambda_mf = float(lambda_mf)
         self.gamma = check_gamma(gamma)
@@ -123,6 +127,7 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, CovarianceStructure):
         self.random_state = random_state
         self.chunk_size = None if chunk_size is None else int(chunk_size)
         self._scale_tril: torch.Tensor | None = None
+        self._retained = None
 
     @property
     def hessian(self) -> str:
@@ -401,64 +406,6 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, CovarianceStructure):
     def precision(self) -> torch.Tensor:
         """``Σ⁻¹`` through the Cholesky factor."""
         return torch.cholesky_inverse(self.scale_tril)
-
-    def copy(self) -> LastLayerLaplace:
-        """Independent copy: tensors cloned, configuration shared (it is immutable)."""
-        out = copy.copy(self)
-        for name in ("mean_", "bias_", "covariance_", "_scale_tril"):
-            value = getattr(self, name, None)
-            if isinstance(value, torch.Tensor):
-                setattr(out, name, value.clone())
-        return out
-
-    # ------------------------------------------------------------- persistence
-    def state_dict(self) -> dict[str, Any]:
-        """Plain dict of config and tensors, loadable with :meth:`from_state_dict` (``torch.save``-able)."""
-        self._check_fitted()
-        return {
-            "config": {
-                "prior_precision": self.prior_precision,
-                "curvature": self.curvature.value,
-                "hessian": str(self.hessian),
-                "lambda_mf": self.lambda_mf,
-                "gamma": self.gamma,
-                "steps": self.steps,
-                "dtype": str(self.dtype).replace("torch.", ""),
-                "chunk_size": self.chunk_size,
-                "spread": self.spread,
-            },
-            "prior_precision": self.prior_precision_,
-            "spread": self.spread_,
-            "mean": self.mean_.cpu(),
-            "bias": self.bias_.cpu(),
-            "covariance": self.covariance_.cpu(),
-            "n_updates": self.n_updates_,
-        }
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, Any], device: torch.device | str | None = None) -> LastLayerLaplace:
-        """Rebuild a posterior saved with :meth:`state_dict`; raises ``ValueError`` on malformed state."""
-        try:
-            cfg = dict(state["config"])
-            cfg["dtype"] = getattr(torch, cfg["dtype"])
-            cfg.setdefault("steps", 1)  # states written before iterated updates made one step
-            cfg.setdefault("spread", 1.0)  # ... and before the spread of the predictive was chosen
-            post = cls(device=device, **cfg)
-            post.mean_ = state["mean"].to(dtype=post.dtype, device=post.device)
-            post.bias_ = state["bias"].to(dtype=post.dtype, device=post.device)
-            post.covariance_ = state["covariance"].to(dtype=post.dtype, device=post.device)
-            post.n_updates_ = int(state["n_updates"])
-            # states written before λ₀ could be chosen hold only the configured number
-            post.prior_precision_ = float(state.get("prior_precision", cfg["prior_precision"]))
-            # states written before the spread was chosen predict with the plain Laplace predictive
-            post.spread_ = float(state.get("spread", 1.0))
-        except (KeyError, TypeError, AttributeError) as err:
-            raise ValueError(f"malformed posterior state: {err!r}") from err
-        post.num_classes_, post.num_features_ = post.mean_.shape
-        p = post._num_params()
-        if post.bias_.shape != (post.num_classes_,) or post.covariance_.shape != (p, p):
-            raise ValueError("malformed posterior state: tensor shapes do not agree")
-        return post
 
     def __repr__(self) -> str:
         fitted = f", C={self.num_classes_}, D={self.num_features_}" if hasattr(self, "mean_") else ""

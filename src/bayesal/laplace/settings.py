@@ -26,7 +26,9 @@ from .head import HeadConfig
 from .options import Curvature, Hessian, PriorSelection, SpreadSelection, check_prior_precision
 from .posterior import LastLayerLaplace
 from .predictive import DEFAULT_LAMBDA_MF
+from .structures import structure_class
 from .update import DEFAULT_CURVATURE, DEFAULT_GAMMA, DEFAULT_STEPS, PAPER_OPTIONS, check_gamma, check_steps
+from .updating import DEFAULT_EXACT_UNTIL
 
 __all__ = ["PosteriorOptions", "PAPER_PRIOR_PRECISION"]
 
@@ -58,6 +60,8 @@ class PosteriorOptions:
         Newton steps of an update.
     lambda_mf : float, default π/8
         Scale of the mean-field predictive ``softmax(z / sqrt(1 + λ σ²))``.
+    exact_until : int, default 64
+        Labeled points up to which an update refits the head exactly (the early phase; 0 = never).
     spread : float or str, default "cv"
         The predictive's temperature ``τ >= 0`` on the covariance (logit variances ``τ σ²``), or a
         :class:`~bayesal.laplace.options.SpreadSelection` (``"cv"``) to choose it at every fit;
@@ -79,6 +83,7 @@ class PosteriorOptions:
     lambda_mf: float = DEFAULT_LAMBDA_MF
     head: HeadConfig = field(default_factory=HeadConfig)
     spread: float | SpreadSelection = SpreadSelection.CV
+    exact_until: int = DEFAULT_EXACT_UNTIL
 
     def __post_init__(self) -> None:
         put = object.__setattr__  # frozen: normalise once, here
@@ -88,6 +93,7 @@ class PosteriorOptions:
         put(self, "gamma", check_gamma(self.gamma))
         put(self, "steps", check_steps(self.steps))
         put(self, "lambda_mf", float(check_scalar(self.lambda_mf, "lambda_mf", low=0)))
+        put(self, "exact_until", int(check_scalar(self.exact_until, "exact_until", integer=True, low=0)))
         if isinstance(self.spread, str):
             put(self, "spread", SpreadSelection.parse(self.spread, "spread"))
         else:
@@ -98,8 +104,8 @@ class PosteriorOptions:
     @classmethod
     def paper(cls, **overrides: Any) -> PosteriorOptions:
         """The paper's setup: :data:`~bayesal.laplace.update.PAPER_OPTIONS` (gaussian curvature,
-        ``γ = 10``, one step), ``HeadConfig.paper()`` (200 epochs RAdam), λ₀ = 1 and the plain Laplace
-        predictive (spread 1); ``overrides`` replace any of these fields."""
+        ``γ = 10``, one step, no exact early phase), ``HeadConfig.paper()`` (200 epochs RAdam), λ₀ = 1 and
+        the plain Laplace predictive (spread 1); ``overrides`` replace any of these fields."""
         paper = {"prior_precision": PAPER_PRIOR_PRECISION, "head": HeadConfig.paper(), "spread": 1.0, **PAPER_OPTIONS}
         return cls(**{**paper, **overrides})
 
@@ -123,6 +129,7 @@ class PosteriorOptions:
             "lambda_mf": self.lambda_mf,
             "head_config": self.head,
             "spread": self.spread.value if isinstance(self.spread, SpreadSelection) else self.spread,
+            "exact_until": self.exact_until,
         }
 
     def posterior(
@@ -151,8 +158,9 @@ class PosteriorOptions:
         LastLayerLaplace
             Call :meth:`LastLayerLaplace.fit` on it.
         """
-        return LastLayerLaplace(**self.posterior_kwargs(), random_state=random_state, device=device, dtype=dtype,
-                                chunk_size=chunk_size)
+        # the factory's subclass for the structure (what LastLayerLaplace(hessian=...) builds)
+        return structure_class(self.hessian)(**self.posterior_kwargs(), random_state=random_state, device=device,
+                                             dtype=dtype, chunk_size=chunk_size)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values: ``prior_precision`` (number or string), ``curvature``, ``hessian``,

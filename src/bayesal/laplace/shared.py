@@ -265,4 +265,5 @@ class SharedLaplace(LastLayerLaplace):
         mean = torch.addr(self.mean_, step.target - step.probs, step.sigma_phi, alpha=step.gamma / d)
         cov = torch.addr(self.covariance_, step.sigma_phi, step.sigma_phi, alpha=-step.curvature / d)
         self._set_updated(mean, cov, self.n_updates_ + 1)
+        self._retained = None  # a simulated point is not among the early phase's labeled rows
         return self

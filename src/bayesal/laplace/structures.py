@@ -7,8 +7,7 @@ own, registered under its name with :func:`register_structure`; ``LastLayerLapla
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import torch
@@ -16,7 +15,7 @@ import torch
 from bayesal.exceptions import InvalidInputError
 
 from .options import Curvature, UpdateMethod
-from .update import SpanCurvature, SpanNewtonResult
+from .update import LogitStep, SpanCurvature, SpanNewtonResult
 
 if TYPE_CHECKING:
     from .posterior import LastLayerLaplace
@@ -24,7 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["CovarianceStructure", "register_structure", "structure_class", "structure_names"]
 
 
-class CovarianceStructure(ABC):
+class CovarianceStructure:
     """What a covariance structure implements: the hooks through which the structure-independent parts
     of :class:`~bayesal.laplace.posterior.LastLayerLaplace` (fitting, predictive, update, persistence)
     reach its covariance. Its fitted state: ``mean_ (C, D)``, ``bias_ (C,)``, ``covariance_ (P, P)``,
@@ -33,56 +32,87 @@ class CovarianceStructure(ABC):
     #: The registered name of the structure (set by :func:`register_structure`).
     structure: ClassVar[str]
 
-    @abstractmethod
+    # the fitted state every part reads (set by fit, update or from_state_dict)
+    mean_: torch.Tensor
+    bias_: torch.Tensor
+    num_classes_: int
+    num_features_: int
+    prior_precision_: float
+    spread_: float
+    n_updates_: int
+    _scale_tril: torch.Tensor | None
+    _cov_state: tuple[torch.Tensor, torch.Tensor | None]
+    _retained: tuple[torch.Tensor, torch.Tensor] | None  # the labeled rows of the early phase (see update)
+    covariance_: torch.Tensor  # Σ dense (a property of the base class, which forms a pending downdate)
+
+    # helpers of the base class that the fitting and update parts use
+    def _check_fitted(self) -> None:
+        """Raise :class:`~bayesal.exceptions.NotFittedError` before :meth:`fit`."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _check_fitted")
+
+    def _features(self, features: Any) -> torch.Tensor:
+        """``features (N, D)`` checked and converted to the posterior's dtype and device."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _features")
+
+    def _chunks(self, x: torch.Tensor, per_row: int | None = None, step: int | None = None) -> Iterator[torch.Tensor]:
+        """Row blocks of ``x`` sized to keep temporaries small."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _chunks")
+
+    def _point_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """MAP softmax ``(N, C)`` of checked rows."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _point_probs")
+
+    # the structure's own algebra (checked by register_structure)
     def _num_params(self) -> int:
         """Side ``P`` of the covariance: ``D`` (shared) or ``C·D`` (full)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _num_params")
 
-    @abstractmethod
     def _hessian_factor(self, x: torch.Tensor, probs: torch.Tensor, curvature: Curvature) -> torch.Tensor:
         """Factor ``U (K, P)`` of the data GGN ``UᵀU`` of rows ``x (n, D)`` at the softmax ``probs (n, C)``;
         ``curvature`` is the per-point curvature where the structure has one."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _hessian_factor")
 
-    @abstractmethod
     def _evidence_multiplicity(self, c: int) -> int:
         """How often the spectrum of :meth:`_hessian_factor` repeats in the evidence's log-determinant."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _evidence_multiplicity")
 
-    @abstractmethod
     def _logit_cov_chunk(self, x: torch.Tensor) -> torch.Tensor:
         """The logit (co)variance of one chunk of rows ``x (n, D)``: ``σ² (n,)`` or ``(n, C, C)``."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _logit_cov_chunk")
 
-    @abstractmethod
     def _var_shape(self) -> tuple[int, ...]:
         """Shape of an empty :meth:`logit_variance`."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _var_shape")
 
-    @abstractmethod
     def _per_row_cost(self) -> int:
         """Elements per row of :meth:`_logit_cov_chunk`'s temporaries (sizes its chunks)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _per_row_cost")
 
-    @abstractmethod
     def _span_products(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(JΣ, JΣJᵀ)`` for new rows ``x (M, D)``: what an update's Newton iteration needs of ``Σ``."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _span_products")
 
-    @abstractmethod
     def _span_curvature(self) -> SpanCurvature:
         """The linearisation of new points' likelihood in :func:`~bayesal.laplace.update.span_newton`."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _span_curvature")
 
-    @abstractmethod
     def _updated_state(
         self, x: torch.Tensor, res: SpanNewtonResult, left: torch.Tensor, method: UpdateMethod
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``(μ', Σ' or its base, pending factor or None)`` after :func:`span_newton` gave ``res``."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _updated_state")
 
-    @abstractmethod
     def _mean_step(self, phi: torch.Tensor, resid: torch.Tensor, gamma: float) -> torch.Tensor:
         """``μ + γ Σ ∇`` for the gradient ``Σ_j resid_j ⊗ φ_j`` of rows ``phi (M, D)``, ``resid (M, C)``."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _mean_step")
 
-    @abstractmethod
     def sample_weights(self, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Weight samples ``(K, C, D)`` from ``N(μ, Σ)``."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement sample_weights")
 
-    @abstractmethod
     def weight_covariance(self) -> torch.Tensor:
         """The covariance of row-major ``vec W`` as a dense ``(C·D, C·D)`` (e.g. ``I_C ⊗ Σ``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement weight_covariance")
 
 
     # The cached-logit fast paths of selection need logits that are independent across classes with one
@@ -95,11 +125,13 @@ class CovarianceStructure(ABC):
         """``ΦΣ`` with the shared ``Σ``; only structures with a shared covariance offer it."""
         raise self._no_fast_path("covariance_product")
 
-    def logit_step(self, phi: torch.Tensor, target: torch.Tensor, **kwargs: Any) -> Any:
+    def logit_step(
+        self, phi: torch.Tensor, target: torch.Tensor, *, logits: torch.Tensor | None = None, gamma: float | None = None
+    ) -> LogitStep:
         """A rank-1 update for cached logits; only structures with a shared covariance offer it."""
         raise self._no_fast_path("logit_step")
 
-    def absorb(self, step: Any) -> Any:
+    def absorb(self, step: LogitStep) -> Any:
         """Absorb a :meth:`logit_step`; only structures with a shared covariance offer it."""
         raise self._no_fast_path("absorb")
 
@@ -107,6 +139,9 @@ class CovarianceStructure(ABC):
         return InvalidInputError(f"{what} needs a posterior with hessian='shared' (covariance I_C ⊗ Σ), "
                                  f"not {str(self.structure)!r}")
 
+
+#: The hooks a registered structure must implement (the fitted-state helpers come from the base class).
+STRUCTURE_HOOKS = ('_num_params', '_hessian_factor', '_evidence_multiplicity', '_logit_cov_chunk', '_var_shape', '_per_row_cost', '_span_products', '_span_curvature', '_updated_state', '_mean_step', 'sample_weights', 'weight_covariance')
 
 _STRUCTURES: dict[str, type[LastLayerLaplace]] = {}
 
@@ -119,6 +154,9 @@ def register_structure(name: str) -> Callable[[_P], _P]:
     ``structure`` and its instances' ``hessian``."""
 
     def decorate(cls: _P) -> _P:
+        missing = [hook for hook in STRUCTURE_HOOKS if getattr(cls, hook) is getattr(CovarianceStructure, hook)]
+        if missing:
+            raise InvalidInputError(f"covariance structure {cls.__name__} does not implement {missing}")
         key = _key(name)
         if key in _STRUCTURES and _STRUCTURES[key] is not cls:
             raise InvalidInputError(f"covariance structure {key!r} is already registered by {_STRUCTURES[key]!r}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any, overload
 
 import numpy as np
 import scipy.linalg
@@ -69,11 +70,12 @@ DEFAULT_CURVATURE = Curvature.CATEGORICAL
 #: The defaults as keyword arguments of :class:`~bayesal.laplace.LastLayerLaplace`: the update options
 #: that track the exact retrain of the posterior's objective (measured by
 #: ``benchmarks/update_vs_retrain.py``): categorical curvature, γ = 1 and 5 damped Newton steps.
-FIDELITY_OPTIONS = {"curvature": "categorical", "gamma": 1.0, "steps": 5}
+FIDELITY_OPTIONS: dict[str, Any] = {"curvature": "categorical", "gamma": 1.0, "steps": 5}
 
 #: The paper's update: one closed-form step with ``γ = 10`` and the label-independent 'gaussian'
-#: curvature (for reproducing its experiments, with ``HeadConfig.paper()`` and ``prior_precision=1``).
-PAPER_OPTIONS = {"curvature": "gaussian", "gamma": 10.0, "steps": 1}
+#: curvature, from the first label on (no exact early phase), for reproducing its experiments with
+#: ``HeadConfig.paper()`` and ``prior_precision=1``.
+PAPER_OPTIONS: dict[str, Any] = {"curvature": "gaussian", "gamma": 10.0, "steps": 1, "exact_until": 0}
 
 
 #: Halvings of a Newton step an update tries before it takes no step.
@@ -107,6 +109,14 @@ def check_gamma(gamma: float) -> float:
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma < 0:
         raise InvalidInputError(f"gamma must be a finite number >= 0, got {gamma!r}")
     return float(gamma)
+
+
+@overload
+def curvature_weights(probs: torch.Tensor, curvature: str | Curvature) -> torch.Tensor: ...
+
+
+@overload
+def curvature_weights(probs: np.ndarray, curvature: str | Curvature) -> np.ndarray: ...
 
 
 def curvature_weights(probs: torch.Tensor | np.ndarray, curvature: str | Curvature) -> torch.Tensor | np.ndarray:
@@ -309,8 +319,9 @@ class LogitStep:
         tuple of torch.Tensor
             New ``(logits, variance)``, ``O(N·D)``.
         """
-        return rank1_logit_update(features, logits, variance, self.sigma_phi, self.phi, self.target, self.probs,
-                                  self.curvature, self.gamma, spread=self.spread)
+        out = rank1_logit_update(features, logits, variance, self.sigma_phi, self.phi, self.target, self.probs,
+                                 self.curvature, self.gamma, spread=self.spread)
+        return out[0], out[1]
 
     def apply_with_products(
         self, features: torch.Tensor | TiledRows, logits: torch.Tensor, variance: torch.Tensor, inplace: bool = False
@@ -318,9 +329,9 @@ class LogitStep:
         """:meth:`apply` (bit-identical results) that also returns the products ``Φ Σφ (N,)``, from which
         a caller can bound how far each cached logit moved (``|γ/denom · (Φ Σφ)_n| · span(y − p)``).
         ``inplace=True`` updates the caller's ``logits`` and ``variance`` in place."""
-        return rank1_logit_update(features, logits, variance, self.sigma_phi, self.phi, self.target, self.probs,
-                                  self.curvature, self.gamma, return_products=True, inplace=inplace,
-                                  spread=self.spread)
+        out = rank1_logit_update(features, logits, variance, self.sigma_phi, self.phi, self.target, self.probs,
+                                 self.curvature, self.gamma, return_products=True, inplace=inplace, spread=self.spread)
+        return out[0], out[1], out[2]
 
     def downdate_kernel(self, kernel: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
         """``kernel = A Σ Bᵀ (R, N)`` for ``left A (R, D)``, ``right B (N, D)`` → ``A Σ' Bᵀ`` (in place)."""
@@ -468,7 +479,7 @@ def span_newton(
     # at that size, so it runs in float64 NumPy on the CPU and hands torch tensors back in the inputs'
     # dtype and device. It carries K a and the log-softmax along (a trial point's logits and log-
     # probabilities become the next linearisation's), so each step multiplies by K twice.
-    out = {"dtype": logits.dtype, "device": logits.device}
+    out_dtype, out_device = logits.dtype, logits.device
     k_mat, z0, y = (t.detach().to("cpu", torch.float64).numpy() for t in (kernel, logits, targets))
     k_mat = 0.5 * (k_mat + k_mat.T)  # JΣJᵀ is symmetric; drop the round-off of its two products
     m_pts, c = z0.shape
@@ -520,7 +531,7 @@ def span_newton(
     if info != 0:
         raise NumericalError(f"triangular inverse failed (LAPACK info {info})")
     whiten = model.whiten(factor, chol_inv)
-    coef_t, factor_t, whiten_t, probs_t = (torch.from_numpy(np.ascontiguousarray(v)).to(**out)
+    coef_t, factor_t, whiten_t, probs_t = (torch.from_numpy(np.ascontiguousarray(v)).to(dtype=out_dtype, device=out_device)
                                            for v in (coef, factor, whiten, probs))
     return SpanNewtonResult(coef_t, factor_t, whiten_t, probs_t, taken)
 

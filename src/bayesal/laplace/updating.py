@@ -10,18 +10,25 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from bayesal.exceptions import InvalidInputError, NumericalError
-from bayesal.utils.validation import as_targets
+from bayesal.utils.validation import as_targets, check_scalar
 
+from .head import HeadConfig, fit_map_head
 from .options import UpdateMethod
+from .structures import CovarianceStructure
 from .update import check_gamma, check_steps, span_newton
 
 if TYPE_CHECKING:
-    from .posterior import LastLayerLaplace
+    from typing_extensions import Self
 
-__all__ = ["NewtonUpdating"]
+__all__ = ["NewtonUpdating", "DEFAULT_EXACT_UNTIL"]
+
+#: Labeled points up to which an update refits the head exactly (the early phase): with this few labels
+#: the Gaussian the posterior keeps of the old data misses the exact retrain by points of accuracy
+#: (benchmarks/calibration.py, 10 + 10 labels), and an exact refit of this many rows costs milliseconds.
+DEFAULT_EXACT_UNTIL = 64
 
 
-class NewtonUpdating:
+class NewtonUpdating(CovarianceStructure):
     """The update part of :class:`~bayesal.laplace.posterior.LastLayerLaplace`: :meth:`update`,
     :meth:`relabel` and :meth:`with_update_options`. The iteration is structure-independent; the covariance
     structure supplies its products with ``Σ``, its curvature model and its downdate through the
@@ -29,6 +36,9 @@ class NewtonUpdating:
 
     gamma: float
     steps: int
+    exact_until: int
+    prior_precision_: float
+    head_config: HeadConfig
     dtype: torch.dtype
     device: torch.device
 
@@ -40,7 +50,7 @@ class NewtonUpdating:
         method: str | UpdateMethod = UpdateMethod.WOODBURY,
         inplace: bool = False,
         steps: int | None = None,
-    ) -> LastLayerLaplace:
+    ) -> Self:
         """Bayesian update with new labeled data ``features (M, D)``, ``labels (M,)`` or soft ``(M, C)``.
 
         ``Σ' = (Σ⁻¹ + Σ_j H_j)⁻¹`` via the batched Woodbury identity (``method="woodbury"``) or a chain
@@ -93,8 +103,34 @@ class NewtonUpdating:
         res = span_newton(kernel, torch.addmm(self.bias_, x, self.mean_.T), targets, self._span_curvature(), gamma,
                           steps)
         mean, cov, pending = self._updated_state(x, res, left, method)
+        rows = self._early_rows(x, targets, gamma)
+        bias = self.bias_
+        if rows is not None:  # the early phase: the exact MAP of every label so far, from the Newton iterate
+            mean, bias = self._exact_head(rows, mean, bias)
         target._set_updated(mean, cov, self.n_updates_ + x.shape[0], pending=pending)
+        target.bias_, target._retained = bias, rows
         return target
+
+    def _early_rows(self, x: torch.Tensor, targets: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """All labeled rows after adding ``x``, while the posterior is in its early phase: it kept the rows
+        it was fitted and updated with, they stay at most ``exact_until``, and the update is the Newton
+        step of the head's own objective (γ = 1, the exact MAP head). Else None: the early phase is over."""
+        if self._retained is None or gamma != 1.0 or self.head_config.solver != "exact":
+            return None
+        if self._retained[0].shape[0] + x.shape[0] > self.exact_until:
+            return None
+        return torch.cat([self._retained[0], x]), torch.cat([self._retained[1], targets])
+
+    def _exact_head(
+        self, rows: tuple[torch.Tensor, torch.Tensor], mean: torch.Tensor, bias: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The exact MAP ``(W, b)`` of the head objective at λ₀ on ``rows``, warm-started at ``(mean, bias)``.
+        The covariance stays the update's (its curvature at the Newton iterate)."""
+        cfg = self.head_config
+        fit = fit_map_head(rows[0].to(torch.float64), rows[1].to(torch.float64), self.prior_precision_,
+                           init=(mean.to(torch.float64), bias.to(torch.float64)), tol=cfg.tol, max_iter=cfg.max_iter,
+                           bias_precision=cfg.bias_precision)
+        return fit.weight.to(self.dtype), fit.bias.to(self.dtype)
 
     def _set_updated(
         self, mean: torch.Tensor, cov: torch.Tensor, n_updates: int, pending: torch.Tensor | None = None
@@ -115,7 +151,9 @@ class NewtonUpdating:
         """The one place an update's options are resolved: ``None`` means the posterior's own."""
         return self.gamma if gamma is None else check_gamma(gamma)
 
-    def with_update_options(self, gamma: float | None = None, steps: int | None = None) -> LastLayerLaplace:
+    def with_update_options(
+        self, gamma: float | None = None, steps: int | None = None, exact_until: int | None = None
+    ) -> Self:
         """A shallow copy whose updates use other options (``None`` keeps this posterior's).
 
         Parameters
@@ -124,6 +162,9 @@ class NewtonUpdating:
             Step size ``γ`` of the mean.
         steps : int, optional
             Newton steps of an update.
+        exact_until : int, optional
+            Labeled points up to which an update refits the head exactly (0: the Newton update from the
+            start, as the cached logit steps of sequential selection simulate it).
 
         Returns
         -------
@@ -135,9 +176,13 @@ class NewtonUpdating:
             out.gamma = check_gamma(gamma)
         if steps is not None:
             out.steps = check_steps(steps)
+        if exact_until is not None:
+            out.exact_until = int(check_scalar(exact_until, "exact_until", integer=True, low=0))
+            if out._retained is not None and out._retained[0].shape[0] > out.exact_until:
+                out._retained = None
         return out
 
-    def relabel(self, features: Any, old: int, new: int, gamma: float | None = None) -> LastLayerLaplace:
+    def relabel(self, features: Any, old: int, new: int, gamma: float | None = None) -> Self:
         """Posterior after the label of an absorbed point ``features (D,)`` changed from ``old`` to ``new``.
 
         Swaps the point's likelihood term in one Newton step: ``μ ← μ + γ Σ (e_new − e_old) φᵀ``. The
@@ -170,5 +215,23 @@ class NewtonUpdating:
         e[0, int(new)] += 1.0
         e[0, int(old)] -= 1.0
         # the Newton mean step of the swapped likelihood terms: the residual y − p becomes e_new − e_old
-        out.mean_ = self._mean_step(phi, e, self._step_size(gamma))
+        step = self._step_size(gamma)
+        out.mean_ = self._mean_step(phi, e, step)
+        out._retained = self._relabeled_rows(phi[0], int(old), int(new), step)
+        if out._retained is not None:  # the early phase: the exact MAP with the corrected label
+            out.mean_, out.bias_ = self._exact_head(out._retained, out.mean_, self.bias_)
         return out
+
+    def _relabeled_rows(self, phi: torch.Tensor, old: int, new: int, gamma: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The early phase's rows with the label of ``phi (D,)`` changed from ``old`` to ``new`` (its first
+        such row); None when not in the early phase or the row is not among them (the phase then ends)."""
+        if self._retained is None or gamma != 1.0 or self.head_config.solver != "exact":
+            return None
+        xs, ts = self._retained
+        hit = ((xs == phi).all(1) & (ts.argmax(1) == old)).nonzero().flatten()
+        if hit.numel() == 0:
+            return None
+        ts = ts.clone()
+        ts[int(hit[0])] = 0.0
+        ts[int(hit[0]), new] = 1.0
+        return xs, ts

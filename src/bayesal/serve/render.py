@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from bayesal.exceptions import InvalidInputError
+
 __all__ = ["png_bytes", "image_data_uri", "item_view", "line_plot_svg", "is_image"]
 
 MAX_TEXT_CHARS = 4000
@@ -34,7 +36,7 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     elif a.ndim == 3 and a.shape[2] == 3:
         color_type = 2
     else:
-        raise ValueError(f"png_bytes needs (H, W) or (H, W, 3) pixels, got shape {a.shape}")
+        raise InvalidInputError(f"png_bytes needs (H, W) or (H, W, 3) pixels, got shape {a.shape}")
     h, w = a.shape[:2]
     rows = a.reshape(h, -1)
     raw = np.concatenate([np.zeros((h, 1), dtype=np.uint8), rows], axis=1).tobytes()  # filter byte 0 per row

@@ -31,6 +31,7 @@ import torch
 from bayesal.exceptions import InvalidInputError, StaleAnswerError
 from bayesal.labeling.session import Session
 
+from .guess import model_guess
 from .render import item_view, line_plot_svg
 
 __all__ = ["LabelingService", "shortcut_keys"]
@@ -52,7 +53,7 @@ def shortcut_keys(class_names: list[str]) -> list[str | None]:
     if all(len(k) == 1 and (k.isdigit() or "a" <= k <= "z") and k not in _RESERVED_KEYS for k in own) and len(
         set(own)
     ) == len(own):
-        return own
+        return list(own)
     keys = [k for k in _KEYS if k not in _RESERVED_KEYS]
     return [keys[c] if c < len(keys) else None for c in range(len(class_names))]
 
@@ -199,10 +200,12 @@ class LabelingService:
         }
         if index is None:
             return {**base, "index": None, "done": True}
-        probs = self.session.predict_proba([index])[0]
-        vals, idx = probs.topk(min(3, probs.numel()))
-        top = [{"label": self._names[int(c)], "p": round(float(p), 4)} for p, c in zip(vals, idx)]
-        return {**base, "index": index, "done": False, "item": self._item_view(index), "top": top}
+        guess = model_guess(self.session.predict_proba([index])[0], self.session.n_labeled)
+        top = [{"label": self._names[c], "p": round(p, 4)} for c, p in guess.top]
+        # "guess": the classes the page highlights (the top one, or those tied at the top; none without
+        # information); "no_guess": why the page says the model has no guess yet, instead of showing ``top``
+        return {**base, "index": index, "done": False, "item": self._item_view(index), "top": top,
+                "guess": [self._names[c] for c in guess.best], "no_guess": guess.no_guess}
 
     def _describe(self, action: dict[str, Any]) -> dict[str, Any]:
         out = {"op": action["op"]}
@@ -363,7 +366,7 @@ class LabelingService:
                 self._trace = {}
             xs = sorted(self._trace)
             col = {key: [self._trace[k].get(key, float("nan")) for k in xs] for key in point}
-            acc_series = [("expected", xs, col["expected_accuracy"], "#1f77b4")]
+            acc_series = [("model's estimate", xs, col["expected_accuracy"], "#1f77b4")]
             if self._test is not None:
                 acc_series.append(("held-out", xs, col["test_accuracy"], "#d62728"))
             plots = {

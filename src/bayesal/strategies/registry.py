@@ -111,6 +111,8 @@ def _base(name: Any, spec: Any, kwargs: dict[str, Any]) -> QueryStrategy:
 
 def _sequential(base: Strategy, update_with: Any, kwargs: dict[str, Any]) -> Strategy:
     mode = UpdateWith.parse(update_with, "update_with")
+    if not isinstance(base, (QueryStrategy, OracleStrategy)):
+        raise InvalidInputError(f"sequential selection needs a query strategy as its base, got {type(base).__name__}")
     if mode is UpdateWith.ORACLE or isinstance(base, OracleStrategy):
         return OracleSequential(base, update_with=mode, **kwargs)
     return Sequential(base, update_with=mode, **kwargs)

@@ -6,6 +6,8 @@ candidates' true labels (the paper's simulation, an :class:`~.base.OracleStrateg
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import numpy as np
 import torch
 
@@ -17,6 +19,9 @@ from bayesal.laplace.predictive import mean_field_probs
 from ._common import argmax_first, check_candidate_labels, prepare, tiled_moments
 from .base import LabeledSet, OracleStrategy, QueryResult, QueryStrategy
 from .score import ScoreStrategy
+
+if TYPE_CHECKING:
+    from bayesal.laplace.linalg import TiledRows
 
 __all__ = ["Sequential", "OracleSequential", "UpdateWith", "UPDATE_WITH", "DEPLOYABLE_UPDATES"]
 
@@ -100,6 +105,8 @@ class _SequentialSelection:
         if self.update_with is UpdateWith.EXPECTED:
             return probs / probs.sum()
         if self.update_with is UpdateWith.ORACLE:
+            if oracle is None:
+                raise InvalidInputError("update_with='oracle' needs the candidates' true labels")
             y = int(oracle[index])
         elif self.update_with is UpdateWith.MOST_LIKELY:
             y = argmax_first(probs)
@@ -137,7 +144,9 @@ class _SequentialSelection:
         gen: torch.Generator,
         oracle: torch.Tensor | None,
     ) -> QueryResult:
-        post = posterior.copy()
+        # picks simulate the Newton update (cached logit steps, or the update itself without the exact
+        # refits of the posterior's early phase): both paths give the same batch
+        post = posterior.with_update_options(exact_until=0).copy()
         if self._cached(post):
             result = self._query_cached(post, x, b, gen, oracle)
         else:
@@ -150,6 +159,7 @@ class _SequentialSelection:
     ) -> QueryResult:
         base: ScoreStrategy = self.base  # type: ignore[assignment]
         dt = self.compute_dtype
+        xc: torch.Tensor | TiledRows
         if dt is None or dt == post.dtype:
             xc = x
             z, var = post.logits(x, checked=True), post.logit_variance(x, checked=True)
@@ -185,7 +195,7 @@ class _SequentialSelection:
         self,
         post: LastLayerLaplace,
         x: torch.Tensor,
-        xc: torch.Tensor,
+        xc: torch.Tensor | TiledRows,
         z: torch.Tensor,
         var: torch.Tensor,
         b: int,
@@ -252,7 +262,7 @@ class _SequentialSelection:
                         cand = cand[upper[cand].topk(block).indices]
                     u_at[cand] = base.score_logits(post, z[cand], var[cand], gen)
                     if floor_at is not None:
-                        floor_at[cand] = base.top_probability_floor(u_at[cand]).clamp(0.0, 1.0)
+                        floor_at[cand] = cast(torch.Tensor, base.top_probability_floor(u_at[cand])).clamp(0.0, 1.0)
                     kappa_at[cand] = kappa[cand]
                     span_at[cand] = z[cand].amax(1) - z[cand].amin(1)
                     drift[cand] = 0.0
@@ -265,7 +275,7 @@ class _SequentialSelection:
                 u_at = _score_all(base, post, z, var, gen)
                 if not dense_left:  # the bounds resume from this state
                     if floor_at is not None:
-                        floor_at = base.top_probability_floor(u_at).clamp_(0.0, 1.0)
+                        floor_at = cast(torch.Tensor, base.top_probability_floor(u_at)).clamp_(0.0, 1.0)
                     torch.clamp_min(var, 0, out=kappa_at).mul_(lam).add_(1.0).rsqrt_()
                     torch.sub(z.amax(1), z.amin(1), out=span_at)
                     drift.zero_()
@@ -311,6 +321,8 @@ class _SequentialSelection:
                 util = u[j]
             else:
                 if isinstance(self.base, OracleStrategy):
+                    if oracle is None:
+                        raise InvalidInputError(f"{type(self.base).__name__} needs the candidates' true labels")
                     res = self.base.query_with_labels(post, sub, LabeledSet(lx, ly), 1, gen, oracle[rem])
                 else:
                     res = self.base.query(post, sub, LabeledSet(lx, ly), 1, gen)

@@ -8,7 +8,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from bayesal.exceptions import StorageError
 
@@ -56,7 +56,7 @@ def atomic_write(
         if permissions is not None:
             os.chmod(tmp, permissions)
         with _FdFile(fd, text="b" not in mode) as fh:
-            write(fh)
+            write(cast("IO[Any]", fh))  # a file object: write, tell, fileno
             if fsync:
                 os.fsync(fd)
         os.replace(tmp, path)
@@ -88,7 +88,7 @@ class _FdFile(io.RawIOBase):
     def tell(self) -> int:
         return self._pos
 
-    def write(self, data: Any) -> int:  # type: ignore[override]
+    def write(self, data: Any) -> int:
         view = memoryview(data.encode() if isinstance(data, str) else data).cast("B")
         done = 0
         while done < len(view):

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from bayesal.exceptions import InvalidTypeError
+
 __all__ = ["as_generator", "derive_seed", "derive_generator", "RandomState"]
 
 RandomState = int | torch.Generator | None
@@ -21,7 +23,7 @@ def as_generator(random_state: RandomState = None) -> torch.Generator:
         gen.seed()
     else:
         if isinstance(random_state, bool) or not isinstance(random_state, int):
-            raise TypeError(f"random_state must be an int, a torch.Generator or None, got {random_state!r}")
+            raise InvalidTypeError(f"random_state must be an int, a torch.Generator or None, got {random_state!r}")
         gen.manual_seed(int(random_state))
     return gen
 

@@ -58,7 +58,8 @@
     const item = $("item");
     item.replaceChildren();
     $("model").replaceChildren();
-    document.querySelectorAll("#classes button").forEach((b) => { b.disabled = card.done; b.classList.remove("top"); });
+    $("model").dataset.guess = "";
+    document.querySelectorAll("#classes button").forEach((b) => { b.disabled = card.done; b.classList.remove("top"); b.removeAttribute("title"); });
     $("skip").disabled = card.done;
     if (card.done) {
       c.dataset.index = "";
@@ -76,16 +77,25 @@
     }
     const model = $("model");
     model.appendChild(el("span", {}, "model:"));
-    card.top.forEach((t, k) => {
+    if (card.no_guess) {
+      // no labels, or a uniform prediction: no class is more likely than another, so none is singled out
+      model.dataset.guess = "none";
+      model.appendChild(el("span", { id: "no-guess" }, `no guess yet (${card.no_guess})`));
+      return;
+    }
+    model.dataset.guess = card.guess.length > 1 ? "tie" : "one";
+    card.top.forEach((t) => {
       const p = el("span", { class: "prob" });
       const bar = el("span", { class: "bar" });
       bar.style.width = `${Math.max(2, Math.round(60 * t.p))}px`;
       p.append(el("b", {}, t.label), bar, el("span", {}, `${(100 * t.p).toFixed(0)}%`));
       model.appendChild(p);
-      if (k === 0) {
-        const b = document.querySelector(`#classes button[data-label="${CSS.escape(t.label)}"]`);
-        if (b) b.classList.add("top");
-      }
+    });
+    // the most probable class, or every class tied with it: none is singled out by chance
+    const title = card.guess.length > 1 ? "tied for the model's guess" : "the model's guess";
+    card.guess.forEach((label) => {
+      const b = document.querySelector(`#classes button[data-label="${CSS.escape(label)}"]`);
+      if (b) { b.classList.add("top"); b.title = title; }
     });
   }
 
@@ -202,14 +212,38 @@
     $("counts").replaceChildren(...rows);
     const sig = $("signals");
     sig.replaceChildren();
-    const line = (k, v) => { const d = el("div"); d.append(el("span", {}, k), el("b", {}, v)); sig.appendChild(d); };
+    // one signal: its name, an explanation shown on hover or keyboard focus, its value
+    const line = (id, k, tip, v) => {
+      const d = el("div", { id: `signal-${id}` });
+      const name = el("span", { class: "name" }, k);
+      name.appendChild(el("span", { class: "tip", tabindex: "0", role: "note", "aria-label": tip, "data-tip": tip }, "?"));
+      d.append(name, el("b", {}, v));
+      sig.appendChild(d);
+    };
     if (!s.signals_ready) {
       sig.appendChild(el("p", {}, "Stopping signals start once two classes are labeled."));
     } else {
-      line("expected accuracy", s.expected_accuracy.toFixed(3));
-      if (s.test_accuracy !== null) line("held-out accuracy", s.test_accuracy.toFixed(3));
-      line(`gain per label (last ${s.window_labels})`, s.gain_per_label === null ? "n/a" : s.gain_per_label.toFixed(4));
-      line(`decision flips (last ${s.window_labels})`, `${s.flips} of ${s.reference_size}`);
+      const w = s.window_labels;
+      line("accuracy", "model's estimate of its accuracy on the pool",
+        `The model's own estimate, not a measurement: the mean, over ${s.reference_size} pool items ` +
+        (s.reference_size < s.pool_size ? "(a fixed random sample)" : "(the whole pool)") +
+        ", of the probability the model gives its most probable class. It is as " +
+        "trustworthy as the model's probabilities are calibrated; no true label is used." +
+        (s.test_accuracy !== null ? " The held-out accuracy below is measured on the test split's true labels." : ""),
+        s.expected_accuracy.toFixed(3));
+      if (s.test_accuracy !== null) {
+        line("held-out", "held-out accuracy",
+          "Accuracy of the model's predictions on the data set's test split, against its true labels.",
+          s.test_accuracy.toFixed(3));
+      }
+      line("gain", `gain per label (last ${w})`,
+        `Change of the model's accuracy estimate per label over the last ${w} labels: near zero or below, ` +
+        "more labels add little.",
+        s.gain_per_label === null ? "n/a" : s.gain_per_label.toFixed(4));
+      line("flips", `decision flips (last ${w})`,
+        `Pool items (of ${s.reference_size}) whose predicted class changed over the last ${w} labels: ` +
+        "near zero, the decisions are stable.",
+        `${s.flips} of ${s.reference_size}`);
     }
     // server-rendered SVG (numbers only, names escaped on the server)
     $("plots").innerHTML = s.plots.accuracy + s.plots.gain + s.plots.flips;

@@ -371,3 +371,41 @@ def test_names_are_escaped_in_the_page(pool, tmp_path):
     page = client_for(svc).get("/").text
     assert "<script>alert" not in page and "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
     svc.close()
+
+
+def test_a_background_refit_refreshes_the_cached_picks_and_panel(pool, tmp_path, monkeypatch):
+    """The refit of a fit point lands between two answers: what the service cached from the interim
+    posterior (the next pick, the panel) is computed again from the refit."""
+    import threading
+
+    from bayesal.labeling.replay import PosteriorReplay
+
+    x, y, texts, tx, ty = pool
+    release = threading.Event()
+    fit = PosteriorReplay.fit
+
+    def gated_fit(replay, labels, position):
+        if threading.current_thread() is not threading.main_thread():
+            assert release.wait(60)
+        return fit(replay, labels, position)
+
+    monkeypatch.setattr(PosteriorReplay, "fit", gated_fit)
+    session = Session(x, NAMES, items=texts, random_state=1, options=PosteriorOptions(head=HeadConfig(epochs=10)),
+                      candidate_size=None, state_dir=tmp_path / "s", fsync=False, reselect="doubling", reselect_base=4)
+    svc = LabelingService(session, name="toy", test_features=tx, test_labels=ty, lease_seconds=0)
+    try:
+        order = [0] + [i for i in range(1, len(y)) if y[i] != y[0]][:1] + [1, 2, 3, 4]
+        for i in list(dict.fromkeys(order))[:4]:
+            svc.answer(i, NAMES[y[i]])
+        assert session.refit_pending
+        interim = svc.stats()["expected_accuracy"]
+        assert svc.stats()["expected_accuracy"] == interim  # cached
+        release.set()
+        assert session.wait_refit(timeout=60) and session.refits_swapped == 1
+        refit = svc.stats()["expected_accuracy"]
+        fresh = LabelingService(session, name="toy")  # no cache: the panel of the current posterior
+        assert refit == fresh.stats()["expected_accuracy"] != interim
+        assert svc.next_item()["index"] == session.query(1)[0]
+    finally:
+        release.set()
+        svc.close()

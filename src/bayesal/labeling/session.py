@@ -437,6 +437,12 @@ class Session:
         """True while a background refit has not been swapped in yet."""
         return self._state.pending is not None
 
+    @property
+    def refits_swapped(self) -> int:
+        """How many background refits were swapped in since the session was opened (the posterior
+        changed without an action: caches of what it gives are stale)."""
+        return self._state.swaps
+
     def __enter__(self) -> Session:
         return self
 

@@ -71,6 +71,7 @@ class SessionState:
         self.lock = threading.RLock()
         self.pending: PendingRefit | None = None
         self.refit_error: BaseException | None = None
+        self.swaps = 0  # background refits swapped in so far
         self.on_refit = on_refit
         self._worker = RefitWorker() if background else None
 
@@ -151,6 +152,7 @@ class SessionState:
                     post = self.replay.transition(post, history[j], j, labels)
                 self.posterior = post
                 self.pending = None
+                self.swaps += 1
                 if self.on_refit is not None:
                     self.on_refit()
         except Exception as err:  # noqa: BLE001 - kept for wait_refit(); the live posterior stays the interim one

@@ -114,8 +114,8 @@ class LabelingService:
             self._test = (tx, ty)
         self._version = 0  # bumped by every change made through the service
         self._leases: dict[str, tuple[int, float]] = {}
-        self._query_cache: tuple[int, int, list[int]] | None = None
-        self._stats_cache: tuple[int, dict[str, Any]] | None = None
+        self._query_cache: tuple[tuple[int, int], int, list[int]] | None = None
+        self._stats_cache: tuple[tuple[int, int], dict[str, Any]] | None = None
         self._trace: dict[int, dict[str, float]] = {}  # label count -> panel values at that count
         self._views: dict[int, dict[str, Any]] = {}
         self.acknowledged = 0  # answers recorded through this service (tell), for tests and benchmarks
@@ -144,12 +144,18 @@ class LabelingService:
     def _changed(self) -> None:
         self._version += 1
 
+    def _state_key(self) -> tuple[int, int]:
+        """What cached picks and panels depend on: the changes made here and the background refits the
+        session swapped in since (a refit lands between two answers)."""
+        return self._version, self.session.refits_swapped
+
     def _query(self, k: int) -> list[int]:
         cached = self._query_cache
-        if cached is not None and cached[0] == self._version and cached[1] >= k:
+        key = self._state_key()
+        if cached is not None and cached[0] == key and cached[1] >= k:
             return cached[2][:k]
         picks = self.session.query(k)
-        self._query_cache = (self._version, k, picks)
+        self._query_cache = (key, k, picks)
         return picks
 
     def _available(self, index: int, labels: dict[int, int], skipped: set[int]) -> bool:
@@ -315,7 +321,8 @@ class LabelingService:
             return {"redone": self._describe(done), "next": self._card(self._pick(cid))}
 
     def retrain(self, client: str | None = None) -> dict[str, Any]:
-        """Train the head from scratch on all labels (seconds) and rebuild the posterior."""
+        """Train the head from scratch on all labels and rebuild the posterior (in the background: the
+        next pick is still the current posterior's)."""
         with self._lock:
             cid = self._client(client)
             if len(set(self.session.labels.values())) < 2:
@@ -343,7 +350,8 @@ class LabelingService:
     def stats(self) -> dict[str, Any]:
         """The live panel: labels, class counts, stopping signals and their trace as SVG plots."""
         with self._lock:
-            if self._stats_cache is not None and self._stats_cache[0] == self._version:
+            key = self._state_key()
+            if self._stats_cache is not None and self._stats_cache[0] == key:
                 return self._stats_cache[1]
             labels = self.session.labels
             n = len(labels)
@@ -393,7 +401,7 @@ class LabelingService:
                 "test_accuracy": round(point["test_accuracy"], 4) if "test_accuracy" in point else None,
                 "plots": plots,
             }
-            self._stats_cache = (self._version, out)
+            self._stats_cache = (key, out)
             return out
 
     # ------------------------------------------------------------------ exports

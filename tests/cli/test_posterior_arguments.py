@@ -5,7 +5,7 @@ import argparse
 import pytest
 
 from bayesal.cli.arguments import Parser, add_posterior_arguments, posterior_options_from
-from bayesal.cli.commands import _config, build_parser, main
+from bayesal.cli.commands import _config, build_parser
 from bayesal.cli.label import add_label_arguments
 from bayesal.cli.labelstudio import add_labelstudio_arguments
 from bayesal.cli.serve import add_serve_arguments
@@ -83,10 +83,12 @@ def test_run_builds_its_config_from_the_flags():
     assert _config(_run_parser().parse_args(["--strategy", "random"])).posterior == PosteriorOptions()
 
 
-def test_labelstudio_keeps_its_fixed_prior(tmp_path, capsys):
+def test_labelstudio_keeps_its_fixed_prior_unless_told_to_choose_it(tmp_path):
     from bayesal.labelstudio import BackendSettings
 
     args = PARSERS["labelstudio"]().parse_args(["--state-dir", str(tmp_path)])
     assert posterior_options_from(args, BackendSettings().posterior) == PosteriorOptions(prior_precision=1.0)
-    assert main(["labelstudio", "--state-dir", str(tmp_path), "--prior-precision", "cv"]) == 2
-    assert "needs a number as prior_precision" in capsys.readouterr().err
+    args = PARSERS["labelstudio"]().parse_args(["--state-dir", str(tmp_path), "--prior-precision", "cv"])
+    chosen = posterior_options_from(args, BackendSettings().posterior)
+    assert chosen == PosteriorOptions(prior_precision="cv")
+    assert BackendSettings(posterior=chosen).posterior.chooses_prior  # each Start Training chooses λ₀

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from bayesal.exceptions import CorruptStateError
-from bayesal.laplace.posterior import LastLayerLaplace
+from bayesal.laplace import LastLayerLaplace
 
 from .history import LabelBook, UndoCache
 from .recovery import RecoveryPlan

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from bayesal.exceptions import InvalidInputError, NumericalError
-from bayesal.utils.validation import as_targets, check_scalar
+from bayesal.utils import as_targets, check_scalar
 
 from .head import fit_map_head
 from .options import UpdateMethod

@@ -20,10 +20,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from bayesal.exceptions import BayesalError
-from bayesal.utils.locations import describe_os_error
+from bayesal.utils import describe_os_error
 
 if TYPE_CHECKING:
-    from bayesal.laplace.settings import PosteriorOptions
+    from bayesal.laplace import PosteriorOptions
 
 __all__ = [
     "Parser", "positive_int", "non_negative_int", "positive_float", "non_negative_float", "prior_precision",
@@ -93,7 +93,7 @@ def non_negative_float(text: str) -> float:
 def prior_precision(text: str) -> float | str:
     """A prior precision λ₀: a finite number > 0, or how to choose it from the labels (``cv``,
     ``cv-predictive``, ``evidence``)."""
-    from bayesal.laplace.options import PriorSelection
+    from bayesal.laplace import PriorSelection
 
     if text in PriorSelection.choices():
         return text
@@ -119,7 +119,7 @@ def add_posterior_arguments(parser: argparse.ArgumentParser, *, default: str = "
     ``serve``, ``labelstudio``). Each defaults to ``None``, "not given": :func:`posterior_options_from`
     then keeps the command's own default (``default`` names it in the help of ``--prior-precision``).
     """
-    from bayesal.laplace.options import Curvature, HeadSolver, Hessian
+    from bayesal.laplace import Curvature, HeadSolver, Hessian
 
     group = parser.add_argument_group("posterior")
     group.add_argument("--paper", action="store_true",
@@ -150,7 +150,7 @@ def posterior_options_from(args: argparse.Namespace, base: PosteriorOptions | No
     ``--paper``, with every option given replacing its field."""
     from dataclasses import replace
 
-    from bayesal.laplace.settings import PosteriorOptions
+    from bayesal.laplace import PosteriorOptions
 
     options = PosteriorOptions.paper() if args.paper else (base if base is not None else PosteriorOptions())
     changes = {key: getattr(args, key) for key in ("prior_precision", "gamma", "steps", "curvature", "hessian", "lambda_mf")

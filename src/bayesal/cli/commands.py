@@ -38,7 +38,7 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace):
-    from bayesal.experiments.runner import ALConfig
+    from bayesal.experiments import ALConfig
 
     return ALConfig(
         batch_size=args.batch_size, cycles=args.cycles, initial_size=args.initial_size,
@@ -57,7 +57,7 @@ def _load(name: str, **loader_kwargs):
 
 
 def _print_summary(df, metric: str = "accuracy") -> None:
-    from bayesal.experiments.plotting import aulc_table
+    from bayesal.experiments import aulc_table
 
     tab = aulc_table(df, metric)
     print(f"\narea under the learning curve ({metric}), mean ± s.e. over seeds")
@@ -66,7 +66,7 @@ def _print_summary(df, metric: str = "accuracy") -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from bayesal.data import file_loader_kwargs
-    from bayesal.experiments.runner import check_run_request, run_experiment
+    from bayesal.experiments import check_run_request, run_experiment
 
     cfg = _config(args)
     check_run_request(args.strategy, args.out)  # before loading: a typo costs no featurisation
@@ -81,8 +81,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from bayesal.experiments.plotting import plot_learning_curves
-    from bayesal.experiments.runner import read_results
+    from bayesal.experiments import plot_learning_curves, read_results
 
     df = read_results(args.results)
     out = args.out or Path(args.results).with_suffix(f".{args.metric}.png")
@@ -94,8 +93,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     """Short AL comparison on built-in real data, with a plot and an AULC table."""
-    from bayesal.experiments.plotting import plot_learning_curves
-    from bayesal.experiments.runner import ALConfig, run_experiment
+    from bayesal.experiments import ALConfig, plot_learning_curves, run_experiment
     from bayesal.laplace import HeadConfig, PosteriorOptions
 
     ds = _load(args.dataset or _default_dataset())
@@ -130,7 +128,7 @@ def _add_threads_option(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bayesal.data.registry import add_file_options
+    from bayesal.data import add_file_options
 
     ap = Parser(prog="bayesal", description="Deep active learning with fast Bayesian updates.")
     add_debug_option(ap, top=True)

@@ -35,9 +35,9 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from bayesal.data.registry import add_file_options
+from bayesal.data import add_file_options
 from bayesal.exceptions import CorruptStateError, InvalidInputError, StorageError
-from bayesal.utils.locations import check_writable_dir, safe_name
+from bayesal.utils import check_writable_dir, safe_name
 
 from .arguments import (
     Parser,
@@ -114,7 +114,7 @@ def render_item(item: Any, index: int, max_chars: int = 600) -> str:
 
 def _top_classes(session: Any, index: int, k: int = 3) -> str:
     """The model's line for instance ``index``: its ``k`` most probable classes, or why it has no guess yet."""
-    from bayesal.serve.guess import model_guess
+    from bayesal.serve import model_guess
 
     probs = session.predict_proba([index])[0]
     guess = model_guess(probs, session.n_labeled, k=k)
@@ -143,8 +143,7 @@ def open_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, Any]:
     """The session and data set that the labeling options in ``args`` name, shared by ``bayesal label``
     and ``bayesal serve``: a new session, ``--resume`` or ``--recover``; progress goes to ``out``."""
     from bayesal.data import file_loader_kwargs, list_datasets, load_dataset
-    from bayesal.labeling.recovery import read_session_header
-    from bayesal.labeling.session import Session
+    from bayesal.labeling import Session, read_session_header
 
     if args.drop_damaged and not args.recover:
         raise InvalidInputError("--drop-damaged only applies with --recover")

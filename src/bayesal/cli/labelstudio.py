@@ -6,7 +6,7 @@ import argparse
 import sys
 
 # imported here, not on use: if the backend cannot be imported, `bayesal` runs without this command
-from bayesal.labelstudio.project import SCORE_STRATEGIES
+from bayesal.labelstudio import SCORE_STRATEGIES
 
 from .arguments import add_posterior_arguments, positive_int, posterior_options_from
 

@@ -15,7 +15,7 @@ import argparse
 import sys
 from typing import Any
 
-from bayesal.data.registry import add_file_options
+from bayesal.data import add_file_options
 from bayesal.exceptions import MissingDependencyError
 
 from .arguments import (
@@ -71,7 +71,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_service(args: argparse.Namespace, out: Any = None) -> Any:
     """Open the session as ``bayesal label`` does and wrap it in a :class:`LabelingService`."""
-    from bayesal.serve.service import LabelingService
+    from bayesal.serve import LabelingService
 
     from .label import open_session
 
@@ -93,10 +93,10 @@ def serve_main(args: argparse.Namespace) -> int:
         import uvicorn  # noqa: F401
     except ImportError as err:
         raise MissingDependencyError(f"bayesal serve needs the web stack ({err}); install it with pip install 'bayesal[serve]'") from err
-    from bayesal.serve.app import check_bind
+    from bayesal.serve import check_bind
 
     check_bind(args.host, args.token)  # refuse a too-short token before loading any data
-    from bayesal.serve.server import run_server
+    from bayesal.serve import run_server
 
     service = build_service(args)
     run_server(service, host=args.host, port=args.port, token=args.token)

@@ -1,6 +1,7 @@
 """Built-in datasets (offline), feature caches and user data."""
 
 from . import builtin as _builtin  # noqa: E402,F401  (registers the built-in datasets)
+from .backbones import Backbone, get_backbone
 from .base import Dataset
 from .cache import FeatureCache, cache_dir
 from .pool import ArrayPool, NpyPool, ParquetPool, Pool, ShardedPool, ZarrPool, open_pool
@@ -29,4 +30,6 @@ __all__ = [
     "ShardedPool",
     "open_pool",
     "featurize_to_shards",
+    "Backbone",
+    "get_backbone",
 ]

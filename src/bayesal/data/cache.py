@@ -23,8 +23,7 @@ from typing import Any
 import numpy as np
 
 from bayesal.exceptions import BackboneError, DataFileError, InvalidInputError
-from bayesal.utils.atomic import atomic_write
-from bayesal.utils.locations import check_writable_dir
+from bayesal.utils import atomic_write, check_writable_dir
 
 __all__ = [
     "cache_dir",

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from bayesal.exceptions import DataFileError, InvalidInputError
-from bayesal.utils.atomic import atomic_write
+from bayesal.utils import atomic_write
 
 from .pool import NpyPool, ShardedPool
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from bayesal.exceptions import DataFileError, InvalidInputError, MissingFileError
-from bayesal.utils.locations import require_regular_file
+from bayesal.utils import require_regular_file
 
 from .arrayfiles import first_line, load_npy, load_npz
 from .base import Dataset

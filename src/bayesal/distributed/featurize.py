@@ -9,8 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from bayesal.data.pool import ShardedPool
-from bayesal.data.shards import featurize_to_shards
+from bayesal.data import ShardedPool, featurize_to_shards
 from bayesal.exceptions import MissingDependencyError
 
 __all__ = ["featurize_with_ray"]

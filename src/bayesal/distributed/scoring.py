@@ -7,13 +7,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from bayesal.data.pool import Pool, open_pool
+from bayesal.data import Pool, open_pool
 from bayesal.exceptions import InvalidInputError, MissingDependencyError
-from bayesal.laplace.posterior import LastLayerLaplace
-from bayesal.strategies._common import check_batch_size
-from bayesal.strategies.base import QueryResult
-from bayesal.strategies.pool_scoring import merge_top_k, shard_top_k
-from bayesal.strategies.score import ScoreStrategy
+from bayesal.laplace import LastLayerLaplace
+from bayesal.strategies import QueryResult, ScoreStrategy, check_batch_size, merge_top_k, shard_top_k
 
 __all__ = ["score_pool", "pool_parts", "BACKENDS"]
 

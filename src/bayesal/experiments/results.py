@@ -27,8 +27,7 @@ import numpy as np
 import pandas as pd
 
 from bayesal.exceptions import MissingFileError, ResultsFileError
-from bayesal.utils.atomic import atomic_write, fsync_dir
-from bayesal.utils.locations import check_output_file, require_regular_file, storage_error
+from bayesal.utils import atomic_write, check_output_file, fsync_dir, require_regular_file, storage_error
 
 try:
     import fcntl

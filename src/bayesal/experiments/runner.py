@@ -11,16 +11,11 @@ from typing import Any
 import pandas as pd
 import torch
 
-from bayesal.data.base import Dataset
+from bayesal.data import Dataset
 from bayesal.exceptions import InvalidInputError
-from bayesal.laplace.options import Hessian, PriorSelection
-from bayesal.laplace.posterior import LastLayerLaplace
-from bayesal.laplace.predictive import DEFAULT_LAMBDA_MF
-from bayesal.laplace.settings import PosteriorOptions
-from bayesal.strategies.base import LabeledSet, Strategy
-from bayesal.strategies.registry import make_strategy
-from bayesal.strategies.selection import select
-from bayesal.utils.rng import derive_generator
+from bayesal.laplace import DEFAULT_LAMBDA_MF, Hessian, LastLayerLaplace, PosteriorOptions, PriorSelection
+from bayesal.strategies import LabeledSet, Strategy, make_strategy, select
+from bayesal.utils import derive_generator
 
 from .metrics import decision_flips, evaluate
 from .results import (

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from bayesal.exceptions import InvalidInputError, StateMismatchError
-from bayesal.laplace.settings import PosteriorOptions
+from bayesal.laplace import PosteriorOptions
 
 from .engine import log_header, resolve_seed
 

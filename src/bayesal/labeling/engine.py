@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from bayesal.exceptions import InvalidInputError
-from bayesal.laplace.posterior import LastLayerLaplace
-from bayesal.utils.rng import derive_seed
+from bayesal.laplace import LastLayerLaplace
+from bayesal.utils import derive_seed
 
 from .storage import FORMAT_VERSION, read_log
 from .store import SessionStore

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bayesal.exceptions import CorruptStateError, SessionNotFoundError
-from bayesal.utils.atomic import atomic_write_bytes, fsync_dir
+from bayesal.utils import atomic_write_bytes, fsync_dir
 
 from .schema import check_event, check_header, check_snapshot
 from .storage import (

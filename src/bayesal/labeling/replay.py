@@ -18,8 +18,7 @@ from typing import Any
 
 import torch
 
-from bayesal.laplace.posterior import LastLayerLaplace
-from bayesal.laplace.settings import PosteriorOptions
+from bayesal.laplace import LastLayerLaplace, PosteriorOptions
 
 from .engine import PosteriorFold
 from .history import LabelBook, is_fit_point

@@ -53,14 +53,9 @@ import numpy as np
 import torch
 
 from bayesal.exceptions import CorruptStateError, InvalidInputError, StateMismatchError
-from bayesal.laplace.posterior import LastLayerLaplace
-from bayesal.laplace.settings import PosteriorOptions
-from bayesal.strategies.base import LabeledSet, QueryStrategy, Strategy
-from bayesal.strategies.random_sampling import RandomSampling
-from bayesal.strategies.registry import is_oracle, make_strategy
-from bayesal.strategies.selection import select
-from bayesal.utils.rng import derive_seed
-from bayesal.utils.validation import as_features
+from bayesal.laplace import LastLayerLaplace, PosteriorOptions
+from bayesal.strategies import LabeledSet, QueryStrategy, RandomSampling, Strategy, is_oracle, make_strategy, select
+from bayesal.utils import as_features, derive_seed
 
 from .config import check_features, feature_hash, new_header, saved_options
 from .engine import LabelingEngine

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
-from bayesal.utils.rng import derive_seed
+from bayesal.utils import derive_seed
 
 from .history import LabelBook
 

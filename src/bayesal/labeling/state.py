@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bayesal.exceptions import CorruptStateError
-from bayesal.laplace.posterior import LastLayerLaplace
+from bayesal.laplace import LastLayerLaplace
 
 from .history import LabelBook, UndoCache, is_fit_point
 from .recovery import RecoveryPlan

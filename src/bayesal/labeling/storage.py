@@ -33,8 +33,7 @@ from typing import Any
 import torch
 
 from bayesal.exceptions import CorruptStateError, InvalidInputError, SessionLockedError, StorageError
-from bayesal.utils.atomic import atomic_write_bytes, fsync_dir
-from bayesal.utils.locations import require_regular_file, storage_error
+from bayesal.utils import atomic_write_bytes, fsync_dir, require_regular_file, storage_error
 
 try:  # POSIX advisory lock: one writer per log
     import fcntl

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bayesal.exceptions import InvalidInputError, SessionExistsError, SessionNotFoundError, StorageError
-from bayesal.utils.locations import check_writable_dir
+from bayesal.utils import check_writable_dir
 
 from .recovery import RecoveryPlan, carry_out, plan_recovery, plan_resume
 from .storage import (

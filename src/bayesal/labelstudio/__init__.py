@@ -4,8 +4,12 @@ every annotation (needs the ``serve`` extra: FastAPI and uvicorn)."""
 
 from .backend import BackendSettings, LabelStudioBackend
 from .config import ChoicesConfig, parse_label_config
+from .project import SCORE_STRATEGIES
 
-__all__ = ["BackendSettings", "LabelStudioBackend", "ChoicesConfig", "parse_label_config", "create_app", "run"]
+__all__ = [
+    "BackendSettings", "LabelStudioBackend", "ChoicesConfig", "parse_label_config", "SCORE_STRATEGIES", "create_app",
+    "run",
+]
 
 
 def create_app(*args, **kwargs):

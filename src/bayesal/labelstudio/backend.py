@@ -26,11 +26,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bayesal.data.backbones import Backbone
+from bayesal.data import Backbone
 from bayesal.exceptions import InvalidInputError, StateMismatchError
-from bayesal.laplace.options import Hessian
-from bayesal.laplace.predictive import DEFAULT_LAMBDA_MF
-from bayesal.laplace.settings import PosteriorOptions
+from bayesal.laplace import DEFAULT_LAMBDA_MF, Hessian, PosteriorOptions
 
 from .config import ChoicesConfig, parse_label_config
 from .features import FeatureStore, TaskFeaturizer, default_backbone

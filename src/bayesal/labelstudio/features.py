@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
 
-from bayesal.data.backbones import Backbone, get_backbone
+from bayesal.data import Backbone, get_backbone
 from bayesal.exceptions import DataFileError, InvalidInputError, MissingDependencyError
 
 from .config import ChoicesConfig

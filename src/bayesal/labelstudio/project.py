@@ -56,15 +56,9 @@ from bayesal.labeling import (
     logged_records,
     resolve_seed,
 )
-from bayesal.laplace.head import HeadConfig
-from bayesal.laplace.posterior import LastLayerLaplace
-from bayesal.laplace.update import FIDELITY_OPTIONS
-from bayesal.laplace.updating import DEFAULT_EXACT_UNTIL
-from bayesal.strategies import get_strategy, score_strategy_names
-from bayesal.strategies.base import LabeledSet
-from bayesal.strategies.score import ScoreStrategy
-from bayesal.strategies.sequential import Sequential
-from bayesal.utils.rng import derive_generator
+from bayesal.laplace import DEFAULT_EXACT_UNTIL, FIDELITY_OPTIONS, HeadConfig, LastLayerLaplace
+from bayesal.strategies import LabeledSet, ScoreStrategy, Sequential, get_strategy, score_strategy_names
+from bayesal.utils import derive_generator
 
 from .config import ChoicesConfig
 

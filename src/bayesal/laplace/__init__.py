@@ -8,12 +8,21 @@ Pure tensor code, no I/O. Everything above (strategies, experiments, labeling) t
 
 from .full import FullLaplace
 from .head import HeadConfig, train_head
-from .options import HeadSolver, PriorSelection, SpreadSelection
+from .linalg import TiledRows, safe_cholesky, spd_inverse, symmetrize
+from .options import BLOCK_ELEMENTS, Curvature, HeadSolver, Hessian, Option, Predictive, PriorSelection, SpreadSelection
 from .posterior import LastLayerLaplace
+from .predictive import (
+    DEFAULT_LAMBDA_MF,
+    logit_sample_blocks,
+    mean_field_probs,
+    mean_field_scaled,
+    predictive_from_logits,
+)
 from .settings import PosteriorOptions
 from .shared import SharedLaplace
 from .structures import register_structure, structure_names
-from .update import FIDELITY_OPTIONS, PAPER_OPTIONS
+from .update import FIDELITY_OPTIONS, PAPER_OPTIONS, batch_update_reference, curvature_weights, fisher_factor
+from .updating import DEFAULT_EXACT_UNTIL
 
 __all__ = [
     "LastLayerLaplace",
@@ -29,4 +38,22 @@ __all__ = [
     "train_head",
     "FIDELITY_OPTIONS",
     "PAPER_OPTIONS",
+    "BLOCK_ELEMENTS",
+    "Curvature",
+    "DEFAULT_EXACT_UNTIL",
+    "DEFAULT_LAMBDA_MF",
+    "Hessian",
+    "Option",
+    "Predictive",
+    "TiledRows",
+    "batch_update_reference",
+    "curvature_weights",
+    "fisher_factor",
+    "logit_sample_blocks",
+    "mean_field_probs",
+    "mean_field_scaled",
+    "predictive_from_logits",
+    "safe_cholesky",
+    "spd_inverse",
+    "symmetrize",
 ]

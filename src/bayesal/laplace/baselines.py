@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from bayesal.utils.validation import as_targets
+from bayesal.utils import as_targets
 
 from .head import HeadConfig, train_head
 from .posterior import LastLayerLaplace

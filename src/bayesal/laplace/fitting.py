@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from bayesal.exceptions import InvalidInputError
-from bayesal.utils.rng import RandomState, as_generator
-from bayesal.utils.validation import as_features, as_targets, check_num_classes, infer_num_classes
+from bayesal.utils import RandomState, as_features, as_generator, as_targets, check_num_classes, infer_num_classes
 
 from .evidence import cross_validate_prior, evidence_fixed_point, maximize_evidence
 from .head import HeadConfig, train_head

@@ -26,8 +26,7 @@ import torch.nn.functional as F
 from scipy.optimize import minimize
 
 from bayesal.exceptions import InvalidInputError
-from bayesal.utils.blas import blas_threads
-from bayesal.utils.validation import as_features, as_targets, check_num_classes, check_scalar
+from bayesal.utils import as_features, as_targets, blas_threads, check_num_classes, check_scalar
 
 from .linalg import feature_spectrum
 from .options import HeadSolver

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from bayesal.exceptions import InvalidInputError, NumericalError
-from bayesal.utils.blas import blas_threads
+from bayesal.utils import blas_threads
 
 __all__ = [
     "symmetrize",

@@ -11,7 +11,7 @@ from enum import Enum
 from typing import Any, TypeVar
 
 from bayesal.exceptions import InvalidInputError
-from bayesal.utils.validation import check_scalar
+from bayesal.utils import check_scalar
 
 __all__ = [
     "Option", "Curvature", "Hessian", "UpdateMethod", "Predictive", "PriorSelection", "SpreadSelection", "HeadSolver",

@@ -16,12 +16,7 @@ from typing import Any
 import torch
 
 from bayesal.exceptions import InvalidInputError, NotFittedError
-from bayesal.utils.rng import RandomState
-from bayesal.utils.validation import (
-    as_features,
-    check_dtype,
-    check_scalar,
-)
+from bayesal.utils import RandomState, as_features, check_dtype, check_scalar
 
 from .fitting import HeadFitting
 from .head import HeadConfig

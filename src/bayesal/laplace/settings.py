@@ -19,8 +19,7 @@ from typing import Any
 import torch
 
 from bayesal.exceptions import InvalidInputError
-from bayesal.utils.rng import RandomState
-from bayesal.utils.validation import check_scalar
+from bayesal.utils import RandomState, check_scalar
 
 from .head import HeadConfig
 from .options import Curvature, Hessian, PriorSelection, SpreadSelection, check_prior_precision

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from bayesal.exceptions import NumericalError
-from bayesal.utils.validation import as_features
+from bayesal.utils import as_features
 
 from .linalg import isotropic_minus_low_rank, row_quadratic_forms, row_quadratic_forms_low_rank
 from .options import Curvature, Hessian, UpdateMethod

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from bayesal.exceptions import InvalidInputError, NumericalError
-from bayesal.utils.validation import as_targets, check_scalar
+from bayesal.utils import as_targets, check_scalar
 
-from .head import HeadConfig, fit_map_head
+from .head import fit_map_head
 from .options import UpdateMethod
 from .structures import CovarianceStructure
 from .update import check_gamma, check_steps, span_newton
@@ -38,7 +38,6 @@ class NewtonUpdating(CovarianceStructure):
     steps: int
     exact_until: int
     prior_precision_: float
-    head_config: HeadConfig
     dtype: torch.dtype
     device: torch.device
 
@@ -105,7 +104,9 @@ class NewtonUpdating(CovarianceStructure):
         mean, cov, pending = self._updated_state(x, res, left, method)
         rows = self._early_rows(x, targets, gamma)
         bias = self.bias_
-        if rows is not None:  # the early phase: the exact MAP of every label so far, from the Newton iterate
+        if rows is not None and _classes_seen(rows[1]) >= 2:
+            # the early phase: the exact MAP of every label so far, from the Newton iterate (with one class
+            # labeled the exact MAP is degenerate, its bias alone fits the labels: the update keeps b)
             mean, bias = self._exact_head(rows, mean, bias)
         target._set_updated(mean, cov, self.n_updates_ + x.shape[0], pending=pending)
         target.bias_, target._retained = bias, rows
@@ -114,8 +115,9 @@ class NewtonUpdating(CovarianceStructure):
     def _early_rows(self, x: torch.Tensor, targets: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor] | None:
         """All labeled rows after adding ``x``, while the posterior is in its early phase: it kept the rows
         it was fitted and updated with, they stay at most ``exact_until``, and the update is the Newton
-        step of the head's own objective (γ = 1, the exact MAP head). Else None: the early phase is over."""
-        if self._retained is None or gamma != 1.0 or self.head_config.solver != "exact":
+        step of the head's own objective (γ = 1). Else None: the early phase is over. (It does not depend
+        on how the head was first trained, which a saved posterior does not record.)"""
+        if self._retained is None or gamma != 1.0:
             return None
         if self._retained[0].shape[0] + x.shape[0] > self.exact_until:
             return None
@@ -124,12 +126,11 @@ class NewtonUpdating(CovarianceStructure):
     def _exact_head(
         self, rows: tuple[torch.Tensor, torch.Tensor], mean: torch.Tensor, bias: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The exact MAP ``(W, b)`` of the head objective at λ₀ on ``rows``, warm-started at ``(mean, bias)``.
-        The covariance stays the update's (its curvature at the Newton iterate)."""
-        cfg = self.head_config
+        """The exact MAP ``(W, b)`` of the head objective at λ₀ on ``rows``, warm-started at ``(mean, bias)``
+        (L-BFGS to the default head tolerance, whatever solver trained the head first). The covariance stays
+        the update's (its curvature at the Newton iterate)."""
         fit = fit_map_head(rows[0].to(torch.float64), rows[1].to(torch.float64), self.prior_precision_,
-                           init=(mean.to(torch.float64), bias.to(torch.float64)), tol=cfg.tol, max_iter=cfg.max_iter,
-                           bias_precision=cfg.bias_precision)
+                           init=(mean.to(torch.float64), bias.to(torch.float64)))
         return fit.weight.to(self.dtype), fit.bias.to(self.dtype)
 
     def _set_updated(
@@ -218,14 +219,14 @@ class NewtonUpdating(CovarianceStructure):
         step = self._step_size(gamma)
         out.mean_ = self._mean_step(phi, e, step)
         out._retained = self._relabeled_rows(phi[0], int(old), int(new), step)
-        if out._retained is not None:  # the early phase: the exact MAP with the corrected label
+        if out._retained is not None and _classes_seen(out._retained[1]) >= 2:  # early phase: the exact MAP
             out.mean_, out.bias_ = self._exact_head(out._retained, out.mean_, self.bias_)
         return out
 
     def _relabeled_rows(self, phi: torch.Tensor, old: int, new: int, gamma: float) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The early phase's rows with the label of ``phi (D,)`` changed from ``old`` to ``new`` (its first
         such row); None when not in the early phase or the row is not among them (the phase then ends)."""
-        if self._retained is None or gamma != 1.0 or self.head_config.solver != "exact":
+        if self._retained is None or gamma != 1.0:
             return None
         xs, ts = self._retained
         hit = ((xs == phi).all(1) & (ts.argmax(1) == old)).nonzero().flatten()
@@ -235,3 +236,8 @@ class NewtonUpdating(CovarianceStructure):
         ts[int(hit[0])] = 0.0
         ts[int(hit[0]), new] = 1.0
         return xs, ts
+
+
+def _classes_seen(targets: torch.Tensor) -> int:
+    """Number of classes that some row of ``targets (n, C)`` puts mass on."""
+    return int((targets.sum(0) > 0).sum())

@@ -5,9 +5,10 @@
 :func:`run_server` serves it with uvicorn. Needs the ``serve`` extra (FastAPI, uvicorn).
 """
 
+from .guess import model_guess
 from .service import LabelingService
 
-__all__ = ["LabelingService", "create_app", "run_server"]
+__all__ = ["LabelingService", "create_app", "run_server", "check_bind", "model_guess"]
 
 
 def __getattr__(name: str):
@@ -16,6 +17,10 @@ def __getattr__(name: str):
         from .app import create_app
 
         return create_app
+    if name == "check_bind":
+        from .app import check_bind
+
+        return check_bind
     if name == "run_server":
         from .server import run_server
 

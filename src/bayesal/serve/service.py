@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from bayesal.exceptions import InvalidInputError, StaleAnswerError
-from bayesal.labeling.session import Session
+from bayesal.labeling import Session
 
 from .guess import model_guess
 from .render import item_view, line_plot_svg

@@ -10,6 +10,7 @@ selection step (candidate subsampling, query, checks) for the experiment loop an
 
 from __future__ import annotations
 
+from ._common import check_batch_size
 from .badge import BADGE
 from .bait import BAIT
 from .bald import BALD
@@ -19,6 +20,7 @@ from .entropy import EntropySampling
 from .least_confidence import LeastConfidence
 from .lookahead import ExpectedLogLossReduction, OracleLookahead
 from .margin import MarginSampling
+from .pool_scoring import merge_top_k, shard_top_k
 from .random_sampling import RandomSampling
 from .registry import (
     BASE_STRATEGY_NAMES,
@@ -79,4 +81,7 @@ __all__ = [
     "is_oracle",
     "select",
     "subsample_candidates",
+    "check_batch_size",
+    "merge_top_k",
+    "shard_top_k",
 ]

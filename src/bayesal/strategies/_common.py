@@ -5,14 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bayesal.data.pool import Pool
+from bayesal.data import Pool
 from bayesal.exceptions import InvalidInputError
-from bayesal.laplace.linalg import TiledRows
-from bayesal.laplace.posterior import LastLayerLaplace
-from bayesal.laplace.predictive import logit_sample_blocks
-from bayesal.laplace.predictive import predictive_from_logits as _predictive
-from bayesal.utils.rng import as_generator
-from bayesal.utils.validation import as_features
+from bayesal.laplace import LastLayerLaplace, TiledRows, logit_sample_blocks
+from bayesal.laplace import predictive_from_logits as _predictive
+from bayesal.utils import as_features, as_generator
 
 from .base import LabeledSet
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from bayesal.exceptions import InvalidInputError
-from bayesal.laplace.posterior import LastLayerLaplace
+from bayesal.laplace import LastLayerLaplace
 
 from ._common import argmax_first, predictive_from_logits, prepare
 from ._kmeans import _draw

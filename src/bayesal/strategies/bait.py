@@ -27,10 +27,7 @@ from __future__ import annotations
 import torch
 
 from bayesal.exceptions import InvalidInputError
-from bayesal.laplace.linalg import safe_cholesky, spd_inverse, symmetrize
-from bayesal.laplace.options import BLOCK_ELEMENTS
-from bayesal.laplace.posterior import LastLayerLaplace
-from bayesal.laplace.update import fisher_factor
+from bayesal.laplace import BLOCK_ELEMENTS, LastLayerLaplace, fisher_factor, safe_cholesky, spd_inverse, symmetrize
 
 from ._common import argmax_first, prepare
 from .base import LabeledSet, QueryResult, QueryStrategy

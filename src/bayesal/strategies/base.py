@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bayesal.laplace.posterior import LastLayerLaplace
+from bayesal.laplace import LastLayerLaplace
 
 __all__ = ["LabeledSet", "QueryResult", "Strategy", "QueryStrategy", "OracleStrategy"]
 

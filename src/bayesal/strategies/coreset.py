@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 
 from bayesal.exceptions import InvalidInputError
-from bayesal.laplace.options import BLOCK_ELEMENTS
-from bayesal.laplace.posterior import LastLayerLaplace
+from bayesal.laplace import BLOCK_ELEMENTS, LastLayerLaplace
 
 from ._common import argmax_first, prepare
 from ._kmeans import sq_dists

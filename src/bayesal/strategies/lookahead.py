@@ -18,11 +18,15 @@ import time
 import torch
 
 from bayesal.exceptions import InvalidInputError
-from bayesal.laplace import LastLayerLaplace, SharedLaplace
-from bayesal.laplace.options import BLOCK_ELEMENTS
-from bayesal.laplace.predictive import mean_field_probs
-from bayesal.laplace.update import batch_update_reference, curvature_weights
-from bayesal.utils.validation import as_features
+from bayesal.laplace import (
+    BLOCK_ELEMENTS,
+    LastLayerLaplace,
+    SharedLaplace,
+    batch_update_reference,
+    curvature_weights,
+    mean_field_probs,
+)
+from bayesal.utils import as_features
 
 from ._common import argmax_first, check_candidate_labels, prepare, top_two
 from ._kmeans import kmeans, sq_dists

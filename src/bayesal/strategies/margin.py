@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from bayesal.laplace.options import Predictive
-from bayesal.laplace.predictive import mean_field_scaled
+from bayesal.laplace import Predictive, mean_field_scaled
 
 from ._common import top_two
 from .registration import register_strategy

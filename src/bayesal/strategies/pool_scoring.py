@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from bayesal.data.pool import Pool
+from bayesal.data import Pool
 from bayesal.laplace import LastLayerLaplace, SharedLaplace
 
 from ._common import check_batch_size

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from bayesal.laplace.posterior import LastLayerLaplace
+from bayesal.laplace import LastLayerLaplace
 
 from ._common import prepare
 from .base import LabeledSet, QueryResult, QueryStrategy

@@ -10,10 +10,9 @@ from abc import abstractmethod
 
 import torch
 
-from bayesal.data.pool import Pool
+from bayesal.data import Pool
 from bayesal.exceptions import InvalidInputError
-from bayesal.laplace.options import Predictive
-from bayesal.laplace.posterior import LastLayerLaplace
+from bayesal.laplace import LastLayerLaplace, Predictive
 
 from ._common import logit_sample_chunks, predictive_from_logits, prepare, top_b
 from .base import LabeledSet, QueryResult, QueryStrategy

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from bayesal.exceptions import InvalidInputError, StrategyError
-from bayesal.laplace.posterior import LastLayerLaplace
+from bayesal.laplace import LastLayerLaplace
 
 from .base import LabeledSet, OracleStrategy, QueryStrategy, Strategy
 

@@ -12,16 +12,14 @@ import numpy as np
 import torch
 
 from bayesal.exceptions import InvalidInputError
-from bayesal.laplace import LastLayerLaplace, SharedLaplace
-from bayesal.laplace.options import Option
-from bayesal.laplace.predictive import mean_field_probs
+from bayesal.laplace import LastLayerLaplace, Option, SharedLaplace, mean_field_probs
 
 from ._common import argmax_first, check_candidate_labels, prepare, tiled_moments
 from .base import LabeledSet, OracleStrategy, QueryResult, QueryStrategy
 from .score import ScoreStrategy
 
 if TYPE_CHECKING:
-    from bayesal.laplace.linalg import TiledRows
+    from bayesal.laplace import TiledRows
 
 __all__ = ["Sequential", "OracleSequential", "UpdateWith", "UPDATE_WITH", "DEPLOYABLE_UPDATES"]
 

@@ -39,7 +39,8 @@ UPDATES = {
 def session(path, update: str) -> Session:
     pcfg, gamma = UPDATES[update]
     options = PosteriorOptions(**pcfg, **({} if gamma is None else {"gamma": gamma}), head=HeadConfig())
-    return Session(X, list(CLASSES), state_dir=path, options=options, random_state=0, candidate_size=None, fsync=False)
+    return Session(X, list(CLASSES), state_dir=path, options=options, random_state=0, candidate_size=None, fsync=False,
+                   background=False)  # the refit in the call, as a project's train event
 
 
 def project(path, update: str) -> ProjectModel:

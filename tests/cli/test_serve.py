@@ -23,6 +23,7 @@ def test_new_session_then_resume(tmp_path):
     svc = build_service(parse(["--dataset", "digits", "--state-dir", str(state), "--seed", "4"]), out)
     assert "new session in" in out.getvalue()
     assert svc.name == "digits" and svc.info()["has_test"]
+    assert svc.session.config["reselect"] == {"schedule": "doubling", "base": 10}  # serve's default schedule
     card = svc.next_item("t")
     svc.answer(card["index"], "7", "t")
     svc.close()
@@ -54,5 +55,6 @@ def test_help_lists_the_options(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--help"])
     text = capsys.readouterr().out
-    for opt in ("--dataset", "--resume", "--recover", "--host", "--token", "--item-column", "--lease-seconds"):
+    for opt in ("--dataset", "--resume", "--recover", "--host", "--token", "--item-column", "--lease-seconds",
+                "--reselect-base", "--no-reselect"):
         assert opt in text

@@ -46,12 +46,6 @@ class RefitWorker:
         with self._cond:
             return self._cond.wait_for(lambda: self._thread is None, timeout)
 
-    @property
-    def idle(self) -> bool:
-        """True when no job is waiting or running."""
-        with self._cond:
-            return self._thread is None
-
     def _run(self) -> None:
         while True:
             with self._cond:

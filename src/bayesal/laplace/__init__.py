@@ -6,6 +6,9 @@ Pure tensor code, no I/O. Everything above (strategies, experiments, labeling) t
 :class:`FullLaplace`, or one registered with :func:`register_structure`).
 """
 
+import importlib
+import pkgutil
+
 from .full import FullLaplace
 from .head import HeadConfig, train_head
 from .linalg import TiledRows, safe_cholesky, spd_inverse, symmetrize
@@ -57,3 +60,8 @@ __all__ = [
     "spd_inverse",
     "symmetrize",
 ]
+
+# every module of the package is imported: a covariance structure registers itself on import
+# (register_structure), so a new structure is one new file
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

@@ -19,14 +19,14 @@ Deployable specs give a :class:`~.base.QueryStrategy`, oracle specs an :class:`~
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any
 
 import torch
 
 from bayesal.exceptions import InvalidInputError
 
-# the strategy modules bayesal ships: importing them registers them
-from . import badge, bait, bald, coreset, entropy, least_confidence, margin, random_sampling, typiclust, variation_ratio  # noqa: F401
 from .base import OracleStrategy, QueryStrategy, Strategy
 from .lookahead import ExpectedLogLossReduction, OracleLookahead
 from .registration import register_strategy, registered_strategies, resolve_name, strategy_key
@@ -44,6 +44,18 @@ __all__ = [
     "base_strategy_names",
     "score_strategy_names",
 ]
+
+
+
+def _import_strategy_modules() -> None:
+    """Import every module of this package: a strategy module registers itself on import
+    (:func:`register_strategy`), so a new strategy is one new file."""
+    package = __name__.rpartition(".")[0]
+    for info in pkgutil.iter_modules(importlib.import_module(package).__path__):
+        importlib.import_module(f"{package}.{info.name}")
+
+
+_import_strategy_modules()
 
 #: Spec-level aliases (the look-ahead is not a base of ``seq-NAME``); bases' aliases are registered.
 _SPEC_ALIASES = {"lookahead": "expected_log_loss_reduction"}

@@ -48,9 +48,11 @@ install: $(STAMP) data
 demo: $(STAMP)
 	$(VENV)/bin/bayesal demo --out demo_output
 
+# Style, the import contracts and static types (`make test` runs it first).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks tools
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 # The documentation site (mkdocs.yml, docs/) with warnings as errors: a broken link or anchor fails.
 docs: $(STAMP)

@@ -1,11 +1,14 @@
 """Labeling by a person: a crash-safe :class:`Session` with instant Bayesian updates.
 
-:class:`Session` is the facade; behind it, one module per job: ``engine`` (the labeling engine: the
-write path of an event, the resume of a log, the posterior arithmetic of events — shared with the
-Label Studio backend), ``config`` (the saved header), ``history`` (labels, undo/redo bookkeeping),
-``state`` (events → posterior, undo cache), ``replay`` (the posterior of a history), ``signals``
-(stopping signals), ``store`` (the locked state directory, :class:`StorageOptions`), ``recovery``
-(which copy of the events to trust) and ``storage`` (file formats).
+:class:`Session` is the facade: ``session`` (construction and the write path of its actions) with its
+parts ``views`` (what it holds, read-only), ``queries`` (what to label next, the predictive, the
+stopping signals) and ``opening`` (from a dataset, resume, recover). Behind it, one module per job:
+``engine`` (the labeling engine: the write path of an event, the resume of a log, the posterior
+arithmetic of events — shared with the Label Studio backend), ``config`` (the saved header),
+``history`` (labels, undo/redo bookkeeping), ``state`` (events → posterior, undo cache), ``replay``
+(the posterior of a history), ``signals`` (stopping signals), ``store`` (the locked state directory,
+:class:`StorageOptions`), ``recovery`` (which copy of the events to trust) and ``storage`` (file
+formats).
 
 Other packages use the names exported here only.
 """

@@ -42,10 +42,9 @@ whether the pending refit has landed yet (the posterior reached after it does no
 
 from __future__ import annotations
 
-import copy
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,14 +52,16 @@ import numpy as np
 import torch
 
 from bayesal.exceptions import CorruptStateError, InvalidInputError, StateMismatchError
-from bayesal.laplace import LastLayerLaplace, PosteriorOptions
-from bayesal.strategies import LabeledSet, QueryStrategy, RandomSampling, Strategy, is_oracle, make_strategy, select
-from bayesal.utils import as_features, derive_seed
+from bayesal.laplace import PosteriorOptions
+from bayesal.strategies import QueryStrategy, Strategy
+from bayesal.utils import as_features
 
-from .config import check_features, feature_hash, new_header, saved_options
+from .config import feature_hash, new_header, saved_options
 from .engine import LabelingEngine
 from .history import LabelBook
+from .opening import SessionOpening, resolve_strategy
 from .policy import DEFAULT_RESELECT_BASE, RefitPolicy
+from .queries import SessionQueries
 from .replay import PosteriorReplay
 from .schema import check_header
 from .signals import StoppingSignals
@@ -74,19 +75,7 @@ __all__ = [
 ]
 
 
-def _resolve_strategy(spec: str | Strategy, kwargs: Mapping[str, Any]) -> QueryStrategy:
-    """The session's strategy from the registry; refused at once if it needs true labels."""
-    strategy = make_strategy(spec, **dict(kwargs))
-    if is_oracle(strategy) or not isinstance(strategy, QueryStrategy):
-        raise InvalidInputError(
-            f"strategy {spec!r} needs the candidates' true labels (a simulation oracle), which a labeling "
-            "session does not have; use a deployable one, e.g. 'seq-margin@expected', 'sequential' "
-            "(update_with 'expected', 'most_likely' or 'sampled') or 'lookahead'"
-        )
-    return strategy
-
-
-class Session:
+class Session(SessionOpening, SessionQueries):
     """Pool-based labeling session with immediate Bayesian updates and crash-safe persistence.
 
     Parameters
@@ -96,7 +85,7 @@ class Session:
     class_names : sequence of str or int
         The ``C ≥ 2`` class names (labels may be given as a name or as an index into this list), or
         the number of classes ``C`` (names ``"0" … "C-1"``).
-    items : sequence of length N, optional
+    items : sequence or array of length N, optional
         What a person labels (texts, images); display only, never saved.
     strategy : str or QueryStrategy, default "margin"
         A deployable strategy spec for :func:`bayesal.strategies.make_strategy` (``"margin"``,
@@ -155,7 +144,7 @@ class Session:
         features: Any,
         class_names: Sequence[str] | int,
         *,
-        items: Sequence[Any] | None = None,
+        items: Sequence[Any] | np.ndarray | None = None,
         strategy: str | QueryStrategy = "margin",
         strategy_kwargs: Mapping[str, Any] | None = None,
         options: PosteriorOptions | None = None,
@@ -174,8 +163,8 @@ class Session:
         if x.shape[0] == 0:
             raise InvalidInputError("pool features are empty; need at least one instance")
         if isinstance(strategy, Strategy):
-            strat_obj = _resolve_strategy(strategy, {})
-            strat_cfg = {"name": getattr(strategy, "name", type(strategy).__name__), "kwargs": {}, "object": True}
+            strat_obj = resolve_strategy(strategy, {})
+            strat_cfg: dict[str, Any] = {"name": getattr(strategy, "name", type(strategy).__name__), "kwargs": {}, "object": True}
         elif isinstance(strategy, str):
             strat_cfg = {"name": strategy, "kwargs": dict(strategy_kwargs or {}), "object": False}
         else:
@@ -183,8 +172,8 @@ class Session:
         header = new_header(x, class_names, strategy=strat_cfg, options=options, retrain_every=retrain_every,
                             candidate_size=candidate_size, random_state=random_state, meta=meta,
                             reselect=RefitPolicy(retrain_every, reselect, reselect_base).header_field())
-        if not strat_cfg["object"]:
-            strat_obj = _resolve_strategy(strategy, strat_cfg["kwargs"])  # type: ignore[arg-type]
+        if isinstance(strategy, str):  # a name: resolved once the header has checked the other settings
+            strat_obj = resolve_strategy(strategy, strat_cfg["kwargs"])
         self._setup(header, x, items, strat_obj, StorageOptions.build(storage, storage_options), background)
         if state_dir is not None:
             self._state_dir = Path(state_dir)
@@ -195,28 +184,7 @@ class Session:
                 self._engine.store.close()
                 raise
 
-    @classmethod
-    def from_dataset(cls, dataset: Any, **kwargs: Any) -> Session:
-        """Session over ``dataset.train_features`` with its class names and ``train_items``.
-
-        Parameters
-        ----------
-        dataset : Dataset
-            A :class:`bayesal.data.Dataset` (or any object with ``train_features``, ``class_names``
-            and optionally ``name`` and ``train_items``).
-        **kwargs
-            Further :class:`Session` arguments; ``meta`` gains the dataset's name.
-
-        Returns
-        -------
-        Session
-        """
-        meta = dict(kwargs.pop("meta", None) or {})
-        meta.setdefault("dataset", getattr(dataset, "name", None))
-        kwargs.setdefault("items", getattr(dataset, "train_items", None))
-        return cls(dataset.train_features, list(dataset.class_names), meta=meta, **kwargs)
-
-    def _setup(self, header: dict[str, Any], x: torch.Tensor, items: Sequence[Any] | None,
+    def _setup(self, header: dict[str, Any], x: torch.Tensor, items: Sequence[Any] | np.ndarray | None,
                strategy: QueryStrategy, options: StorageOptions, background: bool) -> None:
         if items is not None and len(items) != x.shape[0]:
             raise InvalidInputError(f"items has {len(items)} entries but the pool has {x.shape[0]} rows")
@@ -224,9 +192,9 @@ class Session:
         self._x = x
         self.items = items
         self._strategy = strategy
-        self._names: list[str] = list(header["class_names"])
+        self._names = list(header["class_names"])
         self._seed = int(header["seed"])
-        self._candidate_size: int | None = header["candidate_size"]
+        self._candidate_size = header["candidate_size"]
         self._options = options
         try:  # the settings come from a file: a bad one is a corrupt header, not a TypeError
             self._replay = PosteriorReplay(x, len(self._names), seed=self._seed, options=saved_options(header))
@@ -238,142 +206,11 @@ class Session:
             raise CorruptStateError(f"the session header holds settings this version cannot use ({err}); "
                                     "it was edited or written by another version") from err
         self._signals = StoppingSignals(x, self._seed)
-        self._state_dir: Path | None = None
+        self._state_dir = None
         self._engine = LabelingEngine(self._state)  # in memory until a directory is attached
-        self.recovery_notes: list[str] = []  # what Session.recover did to the files, one line each
+        self.recovery_notes = []  # what Session.recover did to the files, one line each
 
-    # ------------------------------------------------------------------ resume / recover
-    @classmethod
-    def resume(
-        cls,
-        state_dir: str | os.PathLike[str],
-        features: Any,
-        *,
-        items: Sequence[Any] | None = None,
-        strategy: str | QueryStrategy | None = None,
-        storage: StorageOptions | None = None,
-        background: bool = True,
-        **storage_options: Any,
-    ) -> Session:
-        """Reopen a session from its snapshot plus the log events the snapshot does not contain yet.
-
-        Parameters
-        ----------
-        state_dir : path
-            The session's directory.
-        features : array-like of shape (N, D)
-            The session's pool (checked against the saved shape and feature hash).
-        items : sequence of length N, optional
-            Display items, as for :class:`Session`.
-        strategy : str or QueryStrategy, optional
-            Overrides the saved strategy (required if the session was made with a strategy object).
-        storage, background, **storage_options
-            As for :class:`Session` (the refit policy is the saved one; a session saved before
-            ``reselect`` existed has none).
-
-        Returns
-        -------
-        Session
-            The reopened session, holding the directory lock until :meth:`close`.
-
-        Raises
-        ------
-        CorruptStateError
-            The snapshot or the log is damaged or they disagree; :meth:`recover` rebuilds from
-            whichever copy of the events is intact.
-        StateMismatchError
-            ``features`` are not the session's pool.
-        SessionLockedError
-            Another process or open session holds the directory.
-        SessionNotFoundError
-            ``state_dir`` holds no session.
-        """
-        return cls._open(state_dir, features, items, strategy, StorageOptions.build(storage, storage_options),
-                         recover=False, background=background)
-
-    @classmethod
-    def recover(
-        cls,
-        state_dir: str | os.PathLike[str],
-        features: Any,
-        *,
-        items: Sequence[Any] | None = None,
-        strategy: str | QueryStrategy | None = None,
-        drop_damaged: bool = False,
-        storage: StorageOptions | None = None,
-        background: bool = True,
-        **storage_options: Any,
-    ) -> Session:
-        """Rebuild a session by replaying its events and write a fresh snapshot and, where needed, log.
-
-        The events come from the label log (a torn last line is dropped) or, where the log is damaged,
-        missing or shorter, from the snapshot if it belongs to the same session and agrees with the
-        log's intact part. Files that are replaced are kept aside (``labels.jsonl.damaged``,
-        ``session.state.corrupt`` / ``.replaced``), never deleted, and only after the events replayed
-        without error; :attr:`recovery_notes` says what was done.
-
-        Parameters
-        ----------
-        state_dir, features, items, strategy, storage, background, **storage_options
-            As for :meth:`resume`.
-        drop_damaged : bool, default False
-            For a log damaged in the middle whose later events no snapshot holds: keep the events
-            before the damage (otherwise that case raises).
-
-        Returns
-        -------
-        Session
-
-        Raises
-        ------
-        CorruptStateError
-            No intact copy of the events can be trusted (the message says what to do).
-        StateMismatchError, SessionLockedError, SessionNotFoundError
-            As for :meth:`resume`.
-        """
-        return cls._open(state_dir, features, items, strategy, StorageOptions.build(storage, storage_options),
-                         recover=True, drop_damaged=drop_damaged, background=background)
-
-    @classmethod
-    def _open(cls, state_dir: str | os.PathLike[str], features: Any, items: Sequence[Any] | None,
-              strategy: str | QueryStrategy | None, options: StorageOptions, *, recover: bool,
-              drop_damaged: bool = False, background: bool = True) -> Session:
-        """Lock, plan, rebuild from the plan's events, then (only then) touch the files."""
-        path = Path(state_dir)
-        x = as_features(features, name="pool features", dtype=torch.float64)
-        store = SessionStore.lock(path, options)
-        try:
-            plan = store.plan(recover=recover, drop_damaged=drop_damaged)  # under the lock: cannot go stale
-            check_features(plan.header, x, path)
-            self = cls.__new__(cls)
-            self._setup(plan.header, x, items, cls._saved_strategy(plan.header, strategy, path), options, background)
-            self._state_dir = path
-            self._engine.resume(plan.events, cached=plan.cached,
-                                saved=plan if plan.posterior_state is not None else None, where=plan.where)
-            store.open_log(plan)
-            self._engine.store = store
-            self.recovery_notes = list(plan.notes)
-            if plan.write_snapshot:
-                self._engine.snapshot(sync=True)
-        except BaseException:
-            store.close()
-            raise
-        return self
-
-    @staticmethod
-    def _saved_strategy(header: Mapping[str, Any], strategy: str | QueryStrategy | None,
-                        state_dir: Path) -> QueryStrategy:
-        if isinstance(strategy, (Strategy, str)):
-            return _resolve_strategy(strategy, {})
-        if strategy is not None:
-            raise InvalidInputError(f"strategy must be a name, a QueryStrategy or None, got {strategy!r}")
-        saved = header["strategy"]
-        if saved.get("object"):
-            raise InvalidInputError(
-                f"the session in {state_dir} used a strategy object ({saved['name']!r}); pass strategy= to resume"
-            )
-        return _resolve_strategy(saved["name"], saved.get("kwargs", {}))
-
+    # ------------------------------------------------------------------ the write path
     def _record(self, ev: dict[str, Any]) -> None:
         """Validate, compute, log durably, commit (the engine's write path): every user action."""
         ev["t"] = round(time.time(), 3)
@@ -426,17 +263,6 @@ class Session:
             fit point).
         """
         return self._state.wait_refit(timeout)
-
-    @property
-    def refit_pending(self) -> bool:
-        """True while a background refit has not been swapped in yet."""
-        return self._state.pending is not None
-
-    @property
-    def refits_swapped(self) -> int:
-        """How many background refits were swapped in since the session was opened (the posterior
-        changed without an action: caches of what it gives are stale)."""
-        return self._state.swaps
 
     def __enter__(self) -> Session:
         return self
@@ -555,215 +381,3 @@ class Session:
             Fewer than 2 classes are labeled.
         """
         self._record({"op": "retrain"})
-
-    # ------------------------------------------------------------------ queries
-    def available_indices(self) -> np.ndarray:
-        """Sorted pool indices that are neither labeled nor skipped.
-
-        Returns
-        -------
-        ndarray of shape (n,)
-        """
-        mask = np.ones(self._x.shape[0], dtype=bool)
-        if self._book.labels:
-            mask[np.fromiter(self._book.labels.keys(), dtype=np.int64)] = False
-        if self._book.skipped:
-            mask[np.fromiter(self._book.skipped, dtype=np.int64)] = False
-        return np.flatnonzero(mask)
-
-    @property
-    def cold_start(self) -> bool:
-        """True while fewer than 2 classes have been labeled: queries are then random."""
-        return len(set(self._book.labels.values())) < 2
-
-    def query(self, k: int = 1) -> list[int]:
-        """Pool indices to label next.
-
-        Random while :attr:`cold_start`; else the strategy scores a random subset of ``candidate_size``
-        unlabeled, unskipped instances under the current posterior (the selection step of the
-        experiment loop, :func:`bayesal.strategies.select`). Deterministic given the seed and the
-        events so far.
-
-        Parameters
-        ----------
-        k : int, default 1
-            How many instances.
-
-        Returns
-        -------
-        list of int
-            ``k`` pool indices (fewer if the pool is nearly exhausted; ``[]`` when done).
-        """
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise InvalidInputError(f"k must be a positive integer, got {k!r}")
-        avail = self.available_indices()
-        if avail.size == 0:
-            return []
-        k = min(int(k), int(avail.size))
-        gen = torch.Generator().manual_seed(derive_seed(self._seed, "query", len(self._state.events)))
-        available = torch.zeros(self._x.shape[0], dtype=torch.bool)
-        available[torch.from_numpy(avail)] = True
-        lab_idx = sorted(self._book.labels)
-        labeled = LabeledSet(
-            features=self._x[lab_idx], labels=torch.tensor([self._book.labels[i] for i in lab_idx], dtype=torch.long)
-        )
-        if self.cold_start:  # uniformly among all available instances
-            strategy, candidate_size = RandomSampling(), None
-        else:
-            strategy, candidate_size = self._strategy, self._candidate_size
-        picks = select(strategy, self._state.posterior.copy(), self._x, available, labeled, k, gen,
-                       candidate_size=candidate_size)
-        return [int(i) for i in picks]
-
-    def predict_proba(self, indices: Iterable[int] | None = None) -> torch.Tensor:
-        """Mean-field predictive of the current posterior.
-
-        Parameters
-        ----------
-        indices : iterable of int, optional
-            Pool positions (all ``N`` if None).
-
-        Returns
-        -------
-        Tensor of shape (n, C)
-        """
-        if indices is None:
-            return self._state.posterior.predict_proba(self._x)
-        idx = [self._book.check_index(i) for i in indices]
-        return self._state.posterior.predict_proba(self._x[idx])
-
-    def stopping_signals(self, window: int = 10, reference_size: int = 2000) -> dict[str, Any]:
-        """Signals that tell whether more labels are worth it (see :mod:`bayesal.labeling.signals`).
-
-        Measured on a fixed random reference subset of the pool and compared with earlier calls (an
-        in-memory trace; after a resume the point ``window`` labels back is replayed).
-
-        Parameters
-        ----------
-        window : int, default 10
-            Labels spanned by the comparison.
-        reference_size : int, default 2000
-            Size of the reference subset (fixed at the first call).
-
-        Returns
-        -------
-        dict
-            ``n_labels``, ``expected_accuracy``, ``gain_per_label``, ``flips``, ``flip_rate``,
-            ``window_labels``, ``reference_size``.
-        """
-        return self._signals.measure(self._state.posterior, self._book.history, self._replay.replay,
-                                     window=window, reference_size=reference_size)
-
-    # ------------------------------------------------------------------ read-only state
-    @property
-    def state_dir(self) -> Path | None:
-        """The session's directory (None for an in-memory session)."""
-        return self._state_dir
-
-    @property
-    def storage(self) -> StorageOptions:
-        """How the state is kept."""
-        return self._options
-
-    @property
-    def posterior(self) -> LastLayerLaplace:
-        """The current posterior (do not modify it in place)."""
-        return self._state.posterior
-
-    @property
-    def class_names(self) -> list[str]:
-        """The ``C`` class names."""
-        return list(self._names)
-
-    @property
-    def num_classes(self) -> int:
-        """``C``."""
-        return len(self._names)
-
-    @property
-    def features(self) -> torch.Tensor:
-        """Pool features ``(N, D)`` float64."""
-        return self._x
-
-    @property
-    def labels(self) -> dict[int, int]:
-        """``{pool index: class index}`` of the current labels (in labeling order)."""
-        return dict(self._book.labels)
-
-    @property
-    def named_labels(self) -> dict[int, str]:
-        """``{pool index: class name}`` of the current labels."""
-        return {i: self._names[c] for i, c in self._book.labels.items()}
-
-    @property
-    def skipped(self) -> set[int]:
-        """Skipped pool indices."""
-        return set(self._book.skipped)
-
-    @property
-    def n_labeled(self) -> int:
-        """Number of labeled instances."""
-        return len(self._book.labels)
-
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        """Effective actions (after undo/redo), oldest first."""
-        return [dict(a) for a in self._book.history]
-
-    @property
-    def events(self) -> list[dict[str, Any]]:
-        """All logged events (including undo/redo), oldest first."""
-        return [dict(e) for e in self._state.events]
-
-    @property
-    def can_undo(self) -> bool:
-        """True if there is an action to undo."""
-        return bool(self._book.history)
-
-    @property
-    def can_redo(self) -> bool:
-        """True if there is an undone action to redo."""
-        return bool(self._book.redo)
-
-    def replay(self, history: Sequence[Mapping[str, Any]] | None = None) -> LastLayerLaplace:
-        """The posterior an action history replays to (synchronously; the current history if None):
-        the refit at its last fit point plus the updates after it — what a resume gives.
-
-        Parameters
-        ----------
-        history : sequence of dict, optional
-            Effective actions as in :attr:`history`.
-
-        Returns
-        -------
-        LastLayerLaplace
-        """
-        return self._replay.replay(self.history if history is None else [dict(a) for a in history])
-
-    @property
-    def refit_policy(self) -> RefitPolicy:
-        """When the head is refit (the saved ``retrain_every`` and ``reselect``)."""
-        return self._policy
-
-    @property
-    def options(self) -> PosteriorOptions:
-        """The posterior's settings (as saved in the header)."""
-        return self._replay.options
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """The saved configuration (the log header)."""
-        return copy.deepcopy(self._header)
-
-    @property
-    def seed(self) -> int:
-        """The session's seed."""
-        return self._seed
-
-    def __repr__(self) -> str:
-        where = f", state_dir={str(self._state_dir)!r}" if self._state_dir is not None else ""
-        return (
-            f"Session(N={self._x.shape[0]}, D={self._x.shape[1]}, C={len(self._names)}, "
-            f"labeled={len(self._book.labels)}, skipped={len(self._book.skipped)}, "
-            f"strategy={self._header['strategy']['name']!r}{where})"
-        )

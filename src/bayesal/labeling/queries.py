@@ -1,0 +1,122 @@
+"""What a labeling :class:`~bayesal.labeling.session.Session` asks and predicts: the next instances to
+label, the predictive, the stopping signals. Nothing here writes an event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+
+from bayesal.exceptions import InvalidInputError
+from bayesal.strategies import LabeledSet, QueryStrategy, RandomSampling, select
+from bayesal.utils import derive_seed
+
+from .views import SessionViews
+
+__all__ = ["SessionQueries"]
+
+
+class SessionQueries(SessionViews):
+    """Queries of a session (a part of :class:`~bayesal.labeling.session.Session`)."""
+
+    def available_indices(self) -> np.ndarray:
+        """Sorted pool indices that are neither labeled nor skipped.
+
+        Returns
+        -------
+        ndarray of shape (n,)
+        """
+        mask = np.ones(self._x.shape[0], dtype=bool)
+        if self._book.labels:
+            mask[np.fromiter(self._book.labels.keys(), dtype=np.int64)] = False
+        if self._book.skipped:
+            mask[np.fromiter(self._book.skipped, dtype=np.int64)] = False
+        return np.flatnonzero(mask)
+
+    @property
+    def cold_start(self) -> bool:
+        """True while fewer than 2 classes have been labeled: queries are then random."""
+        return len(set(self._book.labels.values())) < 2
+
+    def query(self, k: int = 1) -> list[int]:
+        """Pool indices to label next.
+
+        Random while :attr:`cold_start`; else the strategy scores a random subset of ``candidate_size``
+        unlabeled, unskipped instances under the current posterior (the selection step of the
+        experiment loop, :func:`bayesal.strategies.select`). Deterministic given the seed and the
+        events so far.
+
+        Parameters
+        ----------
+        k : int, default 1
+            How many instances.
+
+        Returns
+        -------
+        list of int
+            ``k`` pool indices (fewer if the pool is nearly exhausted; ``[]`` when done).
+        """
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise InvalidInputError(f"k must be a positive integer, got {k!r}")
+        avail = self.available_indices()
+        if avail.size == 0:
+            return []
+        k = min(int(k), int(avail.size))
+        gen = torch.Generator().manual_seed(derive_seed(self._seed, "query", len(self._state.events)))
+        available = torch.zeros(self._x.shape[0], dtype=torch.bool)
+        available[torch.from_numpy(avail)] = True
+        lab_idx = sorted(self._book.labels)
+        labeled = LabeledSet(
+            features=self._x[lab_idx], labels=torch.tensor([self._book.labels[i] for i in lab_idx], dtype=torch.long)
+        )
+        strategy: QueryStrategy
+        candidate_size: int | None
+        if self.cold_start:  # uniformly among all available instances
+            strategy, candidate_size = RandomSampling(), None
+        else:
+            strategy, candidate_size = self._strategy, self._candidate_size
+        picks = select(strategy, self._state.posterior.copy(), self._x, available, labeled, k, gen,
+                       candidate_size=candidate_size)
+        return [int(i) for i in picks]
+
+    def predict_proba(self, indices: Iterable[int] | None = None) -> torch.Tensor:
+        """Mean-field predictive of the current posterior.
+
+        Parameters
+        ----------
+        indices : iterable of int, optional
+            Pool positions (all ``N`` if None).
+
+        Returns
+        -------
+        Tensor of shape (n, C)
+        """
+        if indices is None:
+            return self._state.posterior.predict_proba(self._x)
+        idx = [self._book.check_index(i) for i in indices]
+        return self._state.posterior.predict_proba(self._x[idx])
+
+    def stopping_signals(self, window: int = 10, reference_size: int = 2000) -> dict[str, Any]:
+        """Signals that tell whether more labels are worth it (see :mod:`bayesal.labeling.signals`).
+
+        Measured on a fixed random reference subset of the pool and compared with earlier calls (an
+        in-memory trace; after a resume the point ``window`` labels back is replayed).
+
+        Parameters
+        ----------
+        window : int, default 10
+            Labels spanned by the comparison.
+        reference_size : int, default 2000
+            Size of the reference subset (fixed at the first call).
+
+        Returns
+        -------
+        dict
+            ``n_labels``, ``expected_accuracy``, ``gain_per_label``, ``flips``, ``flip_rate``,
+            ``window_labels``, ``reference_size``.
+        """
+        return self._signals.measure(self._state.posterior, self._book.history, self._replay.replay,
+                                     window=window, reference_size=reference_size)

@@ -4,8 +4,12 @@
 
 Starts real servers on 127.0.0.1 (bbcnews and digits, fresh sessions in a temporary directory), gives
 some answers through the page and the API (the dataset's true labels, as a person would), then
-photographs the page, with the servers' default settings. Prints the panel's figures each screenshot
-shows, for the text of docs/labeling.md that quotes them.
+photographs the page, with the servers' default settings. A script answers faster than a background
+refit (the doubling schedule's, at 10, 20, 40, … labels) lands, a person does not: after each answer
+the script waits until the session has swapped in any pending refit (while a person would be reading
+the next item), so the picks after it, and the pictures, come from the model the defaults reach, and a
+retake shows the same figures. Prints the panel's figures each screenshot shows, for the text of
+docs/labeling.md that quotes them.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ import httpx
 from playwright.sync_api import sync_playwright
 
 from bayesal.data import load_dataset
+from bayesal.exceptions import CorruptStateError
+from bayesal.labeling.storage import load_snapshot
+from bayesal.labeling.store import SESSION_FILES
 
 DOCS = Path(__file__).resolve().parent
 SRC = str(DOCS.parent / "src")
@@ -47,12 +54,31 @@ def start(args: list[str], log: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError(log.read_text())
 
 
-def answer_via_api(url: str, truth, names: list[str], n: int) -> None:
+def answer_via_api(url: str, state_dir: Path, truth, names: list[str], n: int) -> None:
     card = httpx.get(url + "api/next", headers=H).json()
-    for _ in range(n):
+    for k in range(1, n + 1):
         r = httpx.post(url + "api/answer", headers=H, json={"index": card["index"], "label": names[truth[card["index"]]]})
-        card = r.json()["next"]
+        card = r.json()["next"]  # at a refit point: picked under the interim posterior, as a person sees it
         httpx.get(url + "api/panel", headers=H)  # as the page does after each answer: one point per label count
+        wait_refit(state_dir, k)  # the refit lands while a person reads the next item
+
+
+def wait_refit(state_dir: Path, n_labels: int, timeout: float = 600.0) -> None:
+    """Wait until the server's session holds no pending refit at ``n_labels`` labels.
+
+    The session writes no snapshot while a refit is pending, so a snapshot that holds all ``n_labels``
+    labels means every refit point before them has been swapped in (the API does not expose it).
+    """
+    path = state_dir / SESSION_FILES.snapshot
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if len(load_snapshot(path)["labels"]) == n_labels:
+                return
+        except (FileNotFoundError, CorruptStateError):  # not written yet, or caught mid-replace
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"the refit pending at {n_labels} labels did not land within {timeout:.0f} s")
 
 
 def open_page(browser, url: str):
@@ -87,13 +113,14 @@ def main() -> None:
         bbc = load_dataset("bbcnews")
         proc, url = start(["--dataset", "bbcnews", "--state-dir", str(tmp / "bbc")], tmp / "bbc.log")
         try:
-            answer_via_api(url, bbc.train_labels, bbc.class_names, 40)
+            answer_via_api(url, tmp / "bbc", bbc.train_labels, bbc.class_names, 40)
             page = open_page(browser, url)
             keys = {c["label"]: c["key"] for c in httpx.get(url + "api/info", headers=H).json()["classes"]}
             for _ in range(2):
                 i = int(page.get_attribute("#card", "data-index"))
                 press(page, keys[bbc.class_names[bbc.train_labels[i]]])
             page.wait_for_selector("#panel[data-labels='42']")
+            wait_refit(tmp / "bbc", 42)
             page.screenshot(path=str(DOCS / "serve-text.png"), full_page=True)
             shown["serve-text.png"] = shown_numbers(page)
         finally:
@@ -104,7 +131,7 @@ def main() -> None:
         proc, url = start(["--dataset", "digits", "--state-dir", str(tmp / "dig"), "--lease-seconds", "0"],
                           tmp / "dig.log")
         try:
-            answer_via_api(url, digits.train_labels, digits.class_names, 60)
+            answer_via_api(url, tmp / "dig", digits.train_labels, digits.class_names, 60)
             page = open_page(browser, url)
             i = int(page.get_attribute("#card", "data-index"))
             press(page, str(digits.train_labels[i]))

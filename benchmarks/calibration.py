@@ -124,8 +124,7 @@ def run_signal(names: list[str], seeds: int, start: int = 20, stop: int = 200, b
     return pd.DataFrame(rows)
 
 
-def run_strategies(names: list[str], seeds: int, cycles: int) -> pd.DataFrame:
-    specs = [*BASE_STRATEGY_NAMES, "seq-margin@expected", "lookahead"]
+def run_strategies(names: list[str], seeds: int, cycles: int, specs: list[str], out: Path) -> pd.DataFrame:
     frames = []
     for name in names:
         ds = load_dataset(name)
@@ -136,6 +135,7 @@ def run_strategies(names: list[str], seeds: int, cycles: int) -> pd.DataFrame:
                 print(f"strategies {name} {spec}: skipped ({type(err).__name__}: {err})", flush=True)
                 continue
             frames.append(df.assign(dataset=name))
+            pd.concat(frames).to_csv(out, index=False)  # after every run: a killed benchmark keeps its rows
             print(f"strategies {name} {spec} done", flush=True)
     if not frames:
         return pd.DataFrame()
@@ -173,6 +173,8 @@ def main(argv=None) -> None:
     ap.add_argument("--al-seeds", type=int, default=5)
     ap.add_argument("--al-cycles", type=int, default=10)
     ap.add_argument("--parts", default="cells,signal,strategies,early")
+    ap.add_argument("--strategies", default=",".join([*BASE_STRATEGY_NAMES, "seq-margin@expected", "lookahead"]),
+                    help="deployable specs compared with random (random itself is always run)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out"))
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
@@ -201,7 +203,8 @@ def main(argv=None) -> None:
         print(sig.groupby(["dataset", "n"])[["expected", "true", "err"]].mean().round(3).to_string())
         acc_err = float(tab.max())
     if "strategies" in parts:
-        al = run_strategies(al_names, args.al_seeds, args.al_cycles)
+        specs = ["random", *[s.strip() for s in args.strategies.split(",") if s.strip() and s.strip() != "random"]]
+        al = run_strategies(al_names, args.al_seeds, args.al_cycles, specs, args.out / "calibration_strategies_runs.csv")
         al.to_csv(args.out / "calibration_strategies.csv", index=False)
         if len(al):
             mean = al.groupby(["dataset", "strategy"]).aulc.mean().unstack(0)

@@ -64,6 +64,36 @@ def test_torn_header_only(tmp_path):
     assert len(res.read_results(path)) == 5
 
 
+@pytest.mark.parametrize("content", [b"x", b"notes without a line end", b"PAR1\x15\x04\x15\x00binary"])
+def test_a_file_that_is_not_a_results_file_is_never_cut(tmp_path, content):
+    """Without a line end such a file looked like an empty results file with a torn tail."""
+    path = tmp_path / "notes.csv"
+    path.write_bytes(content)
+    with pytest.raises(ResultsFileError, match="not a bayesal results file.*untouched"):
+        res.append_results(_rows(0), path)
+    assert path.read_bytes() == content
+
+
+def test_a_run_refuses_a_foreign_csv_before_any_compute(tmp_path):
+    from bayesal.experiments import check_run_request
+
+    path = tmp_path / "notes.csv"
+    path.write_bytes(b"x")
+    with pytest.raises(ResultsFileError, match="not a bayesal results file"):
+        check_run_request(["random"], path)
+    assert path.read_bytes() == b"x"
+
+
+def test_a_parquet_file_named_csv_is_refused_untouched(tmp_path):
+    real = tmp_path / "r.parquet"
+    res.append_results(_rows(0), real)
+    fake = tmp_path / "r.csv"
+    fake.write_bytes(real.read_bytes())
+    with pytest.raises(ResultsFileError):
+        res.append_results(_rows(1), fake)
+    assert fake.read_bytes() == real.read_bytes()
+
+
 @pytest.mark.parametrize("suffix", [".parquet", ".csv"])
 def test_disk_full_leaves_results_as_they_were(tmp_path, monkeypatch, suffix):
     path = tmp_path / f"r{suffix}"

@@ -36,7 +36,7 @@ except ImportError:  # pragma: no cover - Windows: no lock, single writer assume
 
 __all__ = [
     "RESULT_COLUMNS", "RESULT_SUFFIXES", "TornTailWarning", "data_fingerprint", "check_results_path",
-    "check_results_frame", "read_results", "append_results", "results_lock",
+    "check_results_frame", "check_csv_is_results", "read_results", "append_results", "results_lock",
 ]
 
 #: Columns of a results file written by ``run_experiment``, in order.
@@ -205,6 +205,31 @@ def _clear_stale_temps(path: Path) -> None:
             pass
 
 
+def check_csv_is_results(path: Path, columns: Iterable[str] = RESULT_COLUMNS) -> None:
+    """Refuse, before anything is cut or appended, a non-empty ``.csv`` without a line end that is not the
+    beginning of the results header (a first write cut off by a crash): the writer would take it for an
+    empty results file with a torn tail and cut it. Files with lines are checked by their header."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(1 << 16)
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise storage_error("read the results file", path, err) from err
+    if not head:
+        return
+    header = ",".join(str(c) for c in columns).encode()
+    if b"\n" in head:
+        return  # a first line: the reader checks it is the results header (different columns are refused)
+    if header.startswith(head):
+        return  # a results file whose first write was cut off inside its header
+    else:
+        reason = "it has no header line (no newline in its first 64 KiB)" if len(head) == 1 << 16 else (
+            "its content is not a results header")
+    raise ResultsFileError(f"{path} is not a bayesal results file ({reason}); it was left untouched: write the "
+                           "results to a new file")
+
+
 def _append_csv(path: Path, new: pd.DataFrame) -> None:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -259,6 +284,8 @@ def append_results(rows: Iterable[dict[str, Any]], path: str | os.PathLike[str])
     if path.exists():
         require_regular_file(path, what="results file")
     with results_lock(path):
+        if path.suffix == ".csv":
+            check_csv_is_results(path, [str(c) for c in new.columns])
         old = _read_existing(path)
         if old is not None:
             _check_columns(path, new.columns, [str(c) for c in old.columns])

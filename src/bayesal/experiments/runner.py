@@ -22,6 +22,7 @@ from .results import (
     RESULT_COLUMNS,
     _read_existing,
     append_results,
+    check_csv_is_results,
     check_results_frame,
     check_results_path,
     data_fingerprint,
@@ -190,6 +191,8 @@ def check_run_request(strategies: list[str], out: str | Path | None) -> pd.DataF
     if out is None:
         return None
     out = check_results_path(out)
+    if out.suffix == ".csv":
+        check_csv_is_results(out)  # a foreign file is refused before any compute, and left untouched
     old = _read_existing(out)
     if old is not None:
         check_results_frame(old, out)

@@ -291,3 +291,16 @@ def test_featurisation_redoes_a_torn_shard_and_refuses_foreign_directories(tmp_p
         featurize_to_shards(RawBackbone(scale=2.0, dim=4), items, out, shard_rows=100, progress=False)
     with pytest.raises(InvalidInputError, match="empty"):
         featurize_to_shards(RawBackbone(dim=4), items[:0], tmp_path / "empty", progress=False)
+
+
+@pytest.mark.parametrize("bad", [[2.7], [True, False], ["3"], [[0, 1], [2, 3]], np.array([1.0])])
+def test_take_refuses_what_is_not_a_vector_of_row_numbers(tmp_path, bad):
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+    np.save(tmp_path / "x.npy", x)
+    for pool in (open_pool(x), open_pool(tmp_path / "x.npy")):
+        with pytest.raises(InvalidInputError, match="row indices"):
+            pool.take(bad)
+        np.testing.assert_array_equal(pool.take(np.array([3, 1], dtype=np.int32)), x[[3, 1]])
+        np.testing.assert_array_equal(pool.take([]), x[[]])
+        with pytest.raises(InvalidInputError, match="chunk_rows"):
+            list(pool.chunks(2.5))

@@ -95,3 +95,27 @@ def test_posterior_stays_spd_and_finite_up_to_the_limit(toy, scale):
         probs = p.predict_proba(x * scale)
         assert bool(torch.isfinite(probs).all()) and torch.allclose(probs.sum(1), torch.ones(60, dtype=probs.dtype))
         assert bool(torch.isfinite(p.logit_variance(x * scale)).all())
+
+
+@pytest.mark.parametrize(
+    ("features", "labels", "message"),
+    [
+        (torch.zeros(5, 0), torch.tensor([0, 1, 0, 1, 0]), "no columns"),
+        (torch.randn(5, 2, dtype=torch.complex64), torch.tensor([0, 1, 0, 1, 0]), "complex"),
+        (torch.randn(5, 2), torch.tensor([2, 2, 2, 2, 2]), "single class.*num_classes"),
+    ],
+)
+def test_fit_refuses_features_or_labels_it_would_misread(features, labels, message):
+    with pytest.raises(InvalidInputError, match=message):
+        LastLayerLaplace(prior_precision=1.0).fit(features, labels)
+
+
+def test_a_single_labeled_class_fits_once_the_classes_are_given():
+    post = LastLayerLaplace(prior_precision=1.0).fit(torch.randn(5, 2), torch.tensor([2] * 5), num_classes=3)
+    assert post.num_classes == 3
+
+
+def test_an_update_refuses_a_step_size_that_overflows():
+    post = LastLayerLaplace(prior_precision=1.0).fit(torch.randn(6, 2), torch.tensor([0, 1] * 3))
+    with pytest.raises(InvalidInputError, match="gamma must be at most"):
+        post.update(torch.randn(1, 2), torch.tensor([1]), gamma=1e300)

@@ -56,6 +56,29 @@ def _check_dtype(dtype: np.dtype, where: str) -> np.dtype:
     return dtype
 
 
+
+def row_indices(indices: Any, n_rows: int) -> np.ndarray:
+    """``indices`` as an ``int64`` vector of rows in ``[0, n_rows)``: integers only (a float such as 2.7 is
+    not silently truncated, a boolean mask is not taken for the rows 0 and 1), one dimension at most.
+
+    Raises
+    ------
+    InvalidInputError
+        For anything else, naming what was given.
+    """
+    arr = np.asarray(indices)
+    if arr.dtype == np.bool_:
+        raise InvalidInputError("row indices are booleans; for a mask pass np.flatnonzero(mask)")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise InvalidInputError(f"row indices must be integers, got {arr.dtype} values such as {arr.reshape(-1)[0]!r}")
+    if arr.ndim > 1:
+        raise InvalidInputError(f"row indices must be one-dimensional, got shape {arr.shape}")
+    idx = arr.astype(np.int64).reshape(-1)
+    if idx.size and (idx.min() < 0 or idx.max() >= n_rows):
+        raise InvalidInputError(f"row indices must lie in [0, {n_rows - 1}]")
+    return idx
+
+
 class Pool(ABC):
     """Read-only features ``(N, D)`` read in contiguous row blocks.
 
@@ -103,6 +126,8 @@ class Pool(ABC):
         """
         stop = self.n_rows if stop is None else stop
         start, stop = self._check_range(start, stop)
+        if chunk_rows is not None and (isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer))):
+            raise InvalidInputError(f"chunk_rows must be an integer >= 1, got {chunk_rows!r}")
         step = int(chunk_rows) if chunk_rows is not None else self.default_chunk_rows()
         if step < 1:
             raise InvalidInputError(f"chunk_rows must be >= 1, got {chunk_rows}")
@@ -115,9 +140,7 @@ class Pool(ABC):
 
     def take(self, indices: Any) -> np.ndarray:
         """Rows at ``indices`` (any order, repeats allowed) as ``(len(indices), D)``."""
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        if idx.size and (idx.min() < 0 or idx.max() >= self.n_rows):
-            raise InvalidInputError(f"row indices must lie in [0, {self.n_rows - 1}]")
+        idx = row_indices(indices, self.n_rows)
         out = np.empty((idx.size, self.dim), dtype=self.dtype)
         if idx.size == 0:
             return out
@@ -222,9 +245,7 @@ class ArrayPool(Pool):
         return np.array(self.array[start:stop], order="C", copy=True)
 
     def take(self, indices: Any) -> np.ndarray:
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        if idx.size and (idx.min() < 0 or idx.max() >= self.n_rows):
-            raise InvalidInputError(f"row indices must lie in [0, {self.n_rows - 1}]")
+        idx = row_indices(indices, self.n_rows)
         return np.ascontiguousarray(self.array[idx])
 
 
@@ -311,9 +332,7 @@ class NpyPool(Pool):
         return np.load(self.path, mmap_mode="r")
 
     def take(self, indices: Any) -> np.ndarray:
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        if idx.size and (idx.min() < 0 or idx.max() >= self.n_rows):
-            raise InvalidInputError(f"row indices must lie in [0, {self.n_rows - 1}]")
+        idx = row_indices(indices, self.n_rows)
         mm = self.memmap()
         try:
             return np.ascontiguousarray(mm[idx])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from bayesal.exceptions import InvalidInputError
@@ -62,6 +63,11 @@ class HeadFitting(CovarianceStructure):
             num_classes = int(weight.shape[0]) if num_classes is None else num_classes
         if num_classes is None:
             num_classes = infer_num_classes(labels)
+            if x.shape[0] and _distinct_classes(labels) < 2:
+                raise InvalidInputError(
+                    f"the labels hold a single class, so the number of classes cannot be inferred (it would be "
+                    f"{num_classes}); pass num_classes=C"
+                )
         c = check_num_classes(num_classes)
         targets = as_targets(labels, c, n=x.shape[0], dtype=self.dtype, device=self.device)
         d = x.shape[1]
@@ -171,3 +177,11 @@ class HeadFitting(CovarianceStructure):
             u = self._hessian_factor(chunk, self._point_probs(chunk), self.curvature)
             prec.addmm_(u.T, u)
         return prec
+
+
+def _distinct_classes(labels: Any) -> int:
+    """How many classes class indices ``(M,)`` or soft labels ``(M, C)`` put mass on."""
+    arr = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if arr.ndim == 2:
+        return int((np.asarray(arr, dtype=np.float64).sum(0) > 0).sum())
+    return len(np.unique(arr))

@@ -58,6 +58,9 @@ __all__ = [
 
 CURVATURES = Curvature.choices()
 
+#: Largest step size ``γ`` an update accepts (the paper's is 10).
+MAX_GAMMA = 1e6
+
 #: Default step size ``γ`` of the mean update: 1, the Newton step of the posterior's own objective.
 DEFAULT_GAMMA = 1.0
 
@@ -108,6 +111,9 @@ def check_gamma(gamma: float) -> float:
     """
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma < 0:
         raise InvalidInputError(f"gamma must be a finite number >= 0, got {gamma!r}")
+    if gamma > MAX_GAMMA:
+        raise InvalidInputError(f"gamma must be at most {MAX_GAMMA:g} (a step that scales the new likelihood "
+                                f"beyond it overflows the update), got {gamma!r}")
     return float(gamma)
 
 

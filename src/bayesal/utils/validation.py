@@ -120,6 +120,10 @@ def as_features(
         x = x.reshape(0, dim)
     if x.ndim != 2:
         raise InvalidInputError(f"{name} must be 2-D (N, D), got shape {tuple(x.shape)}")
+    if x.shape[1] == 0:
+        raise InvalidInputError(f"{name} have no columns (shape {tuple(x.shape)}); a model needs at least one feature")
+    if x.is_complex():
+        raise InvalidInputError(f"{name} are complex ({str(x.dtype).replace('torch.', '')}); pass real features")
     if dim is not None and x.shape[1] != dim:
         raise InvalidInputError(f"{name} have {x.shape[1]} columns but the model expects D={dim}")
     if not x.is_floating_point():

@@ -63,7 +63,7 @@ class HeadFitting(CovarianceStructure):
             num_classes = int(weight.shape[0]) if num_classes is None else num_classes
         if num_classes is None:
             num_classes = infer_num_classes(labels)
-            if x.shape[0] and _distinct_classes(labels) < 2:
+            if num_classes >= 2 and x.shape[0] and _distinct_classes(labels) < 2:
                 raise InvalidInputError(
                     f"the labels hold a single class, so the number of classes cannot be inferred (it would be "
                     f"{num_classes}); pass num_classes=C"

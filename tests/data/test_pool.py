@@ -304,3 +304,36 @@ def test_take_refuses_what_is_not_a_vector_of_row_numbers(tmp_path, bad):
         np.testing.assert_array_equal(pool.take([]), x[[]])
         with pytest.raises(InvalidInputError, match="chunk_rows"):
             list(pool.chunks(2.5))
+
+
+def _shard_dir(tmp_path, n=25, rows=10, dim=3):
+    import json as _json
+
+    from bayesal.data.pool import MANIFEST_NAME, shard_name, shard_plan
+
+    d = tmp_path / "shards"
+    d.mkdir()
+    x = np.arange(n * dim, dtype=np.float32).reshape(n, dim)
+    for k, (s, e) in enumerate(shard_plan(n, rows)):
+        np.save(d / shard_name(k), x[s:e])
+    (d / MANIFEST_NAME).write_text(_json.dumps({"format": 1, "n_items": n, "shard_rows": rows, "backbone": {},
+                                                 "content_sha256": "x"}))
+    return d, x
+
+
+def test_a_shard_directory_opens_exactly_the_shards_its_manifest_lists(tmp_path):
+    d, x = _shard_dir(tmp_path)
+    np.save(d / "stray.npy", np.ones((10, 3), dtype=np.float32))  # not a shard of the manifest: not read
+    pool = open_pool(d)
+    assert pool.n_rows == 25
+    np.testing.assert_array_equal(pool.read(0, 25), x)
+
+
+def test_a_missing_or_short_shard_is_an_error_not_fewer_rows(tmp_path):
+    d, x = _shard_dir(tmp_path)
+    (d / "shard-000002.npy").unlink()
+    with pytest.raises(DataFileError, match="shard-000002.npy .*missing"):
+        open_pool(d)
+    np.save(d / "shard-000002.npy", x[20:22])
+    with pytest.raises(DataFileError, match="holds 2 rows, the manifest plans 5"):
+        open_pool(d)

@@ -17,6 +17,7 @@ float32/float64 NumPy arrays; :meth:`Pool.chunks` holds at most ``prefetch + 1``
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import threading
@@ -55,6 +56,22 @@ def _check_dtype(dtype: np.dtype, where: str) -> np.dtype:
                             "numpy's astype(np.float32) before building the pool")
     return dtype
 
+
+
+#: The file in which a shard directory records what it holds (:mod:`bayesal.data.shards`).
+MANIFEST_NAME = "manifest.json"
+
+
+def shard_plan(n_items: int, shard_rows: int) -> list[tuple[int, int]]:
+    """Row ranges ``[(start, stop), ...]`` of the shards of ``n_items`` rows."""
+    if shard_rows < 1:
+        raise InvalidInputError(f"shard_rows must be >= 1, got {shard_rows}")
+    return [(s, min(n_items, s + shard_rows)) for s in range(0, n_items, shard_rows)]
+
+
+def shard_name(k: int) -> str:
+    """File name of shard ``k`` of a shard directory."""
+    return f"shard-{k:06d}.npy"
 
 
 def row_indices(indices: Any, n_rows: int) -> np.ndarray:
@@ -487,10 +504,14 @@ class ShardedPool(Pool):
 
     @classmethod
     def from_dir(cls, directory: str | os.PathLike) -> ShardedPool:
-        """Every ``*.npy`` or every ``*.parquet`` file of ``directory`` (not both), in sorted name order."""
+        """The shards of ``directory``: those its ``manifest.json`` lists (a directory written by
+        :func:`~bayesal.data.shards.featurize_to_shards`; a missing or incomplete shard is an error, other
+        files are not read), else every ``*.npy`` or every ``*.parquet`` file (not both), in sorted name order."""
         d = Path(directory)
         if not d.is_dir():
             raise DataFileError(f"{d}: not a directory of .npy or .parquet shards")
+        if (d / MANIFEST_NAME).exists():
+            return cls._from_manifest(d)
         npy = sorted(p for p in d.glob("*.npy") if not p.name.startswith("."))
         pq = sorted(p for p in d.glob("*.parquet") if not p.name.startswith("."))
         if npy and pq:
@@ -498,6 +519,29 @@ class ShardedPool(Pool):
         if not npy and not pq:
             raise DataFileError(f"{d}: no .npy or .parquet shards found")
         return cls([NpyPool(p) for p in npy] if npy else [ParquetPool(p) for p in pq])
+
+    @classmethod
+    def _from_manifest(cls, d: Path) -> ShardedPool:
+        """Exactly the shards ``d/manifest.json`` plans, each checked for its row count."""
+        try:
+            raw = json.loads((d / MANIFEST_NAME).read_text())
+            n_items, shard_rows = int(raw["n_items"]), int(raw["shard_rows"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise DataFileError(f"{d / MANIFEST_NAME}: unreadable shard manifest ({err})") from err
+        if n_items < 1 or shard_rows < 1:
+            raise DataFileError(f"{d / MANIFEST_NAME}: n_items and shard_rows must be >= 1, got {n_items}, {shard_rows}")
+        parts = []
+        for k, (start, stop) in enumerate(shard_plan(n_items, shard_rows)):
+            path = d / shard_name(k)
+            if not path.exists():
+                raise DataFileError(f"{d}: shard {path.name} (rows {start}–{stop - 1} of {n_items}) is missing; "
+                                    "run the featurisation again to finish it")
+            part = NpyPool(path)
+            if part.n_rows != stop - start:
+                raise DataFileError(f"{path}: holds {part.n_rows} rows, the manifest plans {stop - start}; run the "
+                                    "featurisation again to redo it")
+            parts.append(part)
+        return cls(parts)
 
     def read(self, start: int, stop: int) -> np.ndarray:
         start, stop = self._check_range(start, stop)

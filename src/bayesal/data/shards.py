@@ -22,23 +22,11 @@ import numpy as np
 from bayesal.exceptions import DataFileError, InvalidInputError
 from bayesal.utils import atomic_write
 
-from .pool import NpyPool, ShardedPool
+from .pool import MANIFEST_NAME, NpyPool, ShardedPool, shard_name, shard_plan
 
 __all__ = ["featurize_to_shards", "missing_rows", "shard_plan", "ShardManifest", "MANIFEST_NAME"]
 
-MANIFEST_NAME = "manifest.json"
 SHARD_FORMAT = 1
-
-
-def shard_plan(n_items: int, shard_rows: int) -> list[tuple[int, int]]:
-    """Row ranges ``[(start, stop), ...]`` of the shards of ``n_items`` rows."""
-    if shard_rows < 1:
-        raise InvalidInputError(f"shard_rows must be >= 1, got {shard_rows}")
-    return [(s, min(n_items, s + shard_rows)) for s in range(0, n_items, shard_rows)]
-
-
-def shard_name(k: int) -> str:
-    return f"shard-{k:06d}.npy"
 
 
 class ShardManifest:

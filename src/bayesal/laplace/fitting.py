@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from bayesal.exceptions import InvalidInputError
@@ -16,6 +15,7 @@ from .linalg import feature_spectrum, spd_inverse
 from .options import Curvature
 from .spread import FALLBACK_SPREAD, heldout_folds, select_spread
 from .structures import CovarianceStructure
+from .update import classes_seen
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -61,15 +61,16 @@ class HeadFitting(CovarianceStructure):
         x = as_features(features, dtype=self.dtype, device=self.device)
         if weight is not None:
             num_classes = int(weight.shape[0]) if num_classes is None else num_classes
+        inferred = num_classes is None
         if num_classes is None:
             num_classes = infer_num_classes(labels)
-            if num_classes >= 2 and x.shape[0] and _distinct_classes(labels) < 2:
-                raise InvalidInputError(
-                    f"the labels hold a single class, so the number of classes cannot be inferred (it would be "
-                    f"{num_classes}); pass num_classes=C"
-                )
         c = check_num_classes(num_classes)
         targets = as_targets(labels, c, n=x.shape[0], dtype=self.dtype, device=self.device)
+        if inferred and x.shape[0] and classes_seen(targets) < 2:
+            raise InvalidInputError(
+                f"the labels hold a single class, so the number of classes cannot be inferred (it would be {c}); "
+                "pass num_classes=C"
+            )
         d = x.shape[1]
         lam, folds = None, None
         if weight is None:
@@ -177,11 +178,3 @@ class HeadFitting(CovarianceStructure):
             u = self._hessian_factor(chunk, self._point_probs(chunk), self.curvature)
             prec.addmm_(u.T, u)
         return prec
-
-
-def _distinct_classes(labels: Any) -> int:
-    """How many classes class indices ``(M,)`` or soft labels ``(M, C)`` put mass on."""
-    arr = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
-    if arr.ndim == 2:
-        return int((np.asarray(arr, dtype=np.float64).sum(0) > 0).sum())
-    return len(np.unique(arr))

@@ -34,6 +34,7 @@ __all__ = [
     "check_gamma",
     "curvature_weights",
     "fisher_factor",
+    "classes_seen",
     "shared_factor",
     "full_ggn_factor",
     "woodbury_downdate",
@@ -136,6 +137,11 @@ def curvature_weights(probs: torch.Tensor | np.ndarray, curvature: str | Curvatu
         return torch.ones(probs.shape[0], dtype=probs.dtype, device=probs.device)
     pmax = probs.max(dim=1).values
     return pmax * (1.0 - pmax)
+
+
+def classes_seen(targets: torch.Tensor) -> int:
+    """Number of classes that some row of one-hot or soft ``targets (n, C)`` puts mass on."""
+    return int((targets.sum(0) > 0).sum())
 
 
 def fisher_factor(probs: torch.Tensor) -> torch.Tensor:

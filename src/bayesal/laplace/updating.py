@@ -15,7 +15,7 @@ from bayesal.utils import as_targets, check_scalar
 from .head import fit_map_head
 from .options import UpdateMethod
 from .structures import CovarianceStructure
-from .update import check_gamma, check_steps, span_newton
+from .update import check_gamma, check_steps, classes_seen, span_newton
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -104,7 +104,7 @@ class NewtonUpdating(CovarianceStructure):
         mean, cov, pending = self._updated_state(x, res, left, method)
         rows = self._early_rows(x, targets, gamma)
         bias = self.bias_
-        if rows is not None and _classes_seen(rows[1]) >= 2:
+        if rows is not None and classes_seen(rows[1]) >= 2:
             # the early phase: the exact MAP of every label so far, from the Newton iterate (with one class
             # labeled the exact MAP is degenerate, its bias alone fits the labels: the update keeps b)
             mean, bias = self._exact_head(rows, mean, bias)
@@ -219,7 +219,7 @@ class NewtonUpdating(CovarianceStructure):
         step = self._step_size(gamma)
         out.mean_ = self._mean_step(phi, e, step)
         out._retained = self._relabeled_rows(phi[0], int(old), int(new), step)
-        if out._retained is not None and _classes_seen(out._retained[1]) >= 2:  # early phase: the exact MAP
+        if out._retained is not None and classes_seen(out._retained[1]) >= 2:  # early phase: the exact MAP
             out.mean_, out.bias_ = self._exact_head(out._retained, out.mean_, self.bias_)
         return out
 
@@ -236,8 +236,3 @@ class NewtonUpdating(CovarianceStructure):
         ts[int(hit[0])] = 0.0
         ts[int(hit[0]), new] = 1.0
         return xs, ts
-
-
-def _classes_seen(targets: torch.Tensor) -> int:
-    """Number of classes that some row of ``targets (n, C)`` puts mass on."""
-    return int((targets.sum(0) > 0).sum())

@@ -49,6 +49,7 @@ __all__ = [
     "CV_GRID",
     "CrossValidationFit",
     "HeldOutFold",
+    "fold_masks",
     "cross_validate_prior",
 ]
 
@@ -198,6 +199,17 @@ def heldout_logit_variance(
     return half.square().sum(0)
 
 
+def fold_masks(
+    n: int, folds: int, generator: torch.Generator | None, device: torch.device | str | None = None
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(train, held_out)`` boolean masks ``(n,)`` of ``folds`` cross-validation folds from a random
+    permutation drawn with ``generator`` (a fixed seed when None, so a choice made on them is reproducible);
+    every choice made on folds of the same labels (λ₀, the spread) uses the same ones."""
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    fold_of = torch.randperm(n, generator=gen).to(device) % folds
+    return [(fold_of != f, fold_of == f) for f in range(folds)]
+
+
 class HeldOutFold(NamedTuple):
     """One cross-validation fold at one λ₀: which rows trained its head (``train``, a mask ``(N,)``), the
     head's MAP logits of the held-out rows ``(n*, C)`` and the curvature ``m`` of its training rows
@@ -262,13 +274,10 @@ def cross_validate_prior(
         lam = lams[len(lams) // 2]
         fit = fit_map_head(features, targets, lam, init=init, **fitkw)
         return CrossValidationFit(lam, fit.weight, fit.bias, tuple(lams), tuple(math.nan for _ in lams))
-    gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    fold_of = torch.randperm(n, generator=gen).to(features.device) % k
     scores = torch.zeros(len(lams), dtype=torch.float64)
     kept: list[list[HeldOutFold]] = [[] for _ in lams]
     gram = features @ features.T if predictive and n <= features.shape[1] else None
-    for f in range(k):
-        tr, te = fold_of != f, fold_of == f
+    for tr, te in fold_masks(n, k, generator, features.device):
         spec = feature_spectrum(features[tr])
         pair = None if gram is None else (gram[tr][:, tr], gram[te][:, tr])
         start = None

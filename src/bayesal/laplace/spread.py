@@ -20,7 +20,7 @@ import torch
 
 from bayesal.exceptions import InvalidInputError
 
-from .evidence import HeldOutFold, heldout_logit_variance
+from .evidence import HeldOutFold, fold_masks, heldout_logit_variance
 from .head import HeadConfig, fit_map_head
 from .options import Curvature
 from .predictive import DEFAULT_LAMBDA_MF
@@ -66,11 +66,8 @@ def heldout_folds(
     k = min(folds, n)
     if k < 2:
         return ()
-    gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    fold_of = torch.randperm(n, generator=gen).to(features.device) % k
     out = []
-    for f in range(k):
-        tr, te = fold_of != f, fold_of == f
+    for tr, te in fold_masks(n, k, generator, features.device):
         fit = fit_map_head(features[tr], targets[tr], prior_precision, tol=max(head.tol, fold_tol),
                            max_iter=head.max_iter, bias_precision=head.bias_precision)
         m = curvature_weights(torch.softmax(features[tr] @ fit.weight.T + fit.bias, 1), curvature)

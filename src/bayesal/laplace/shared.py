@@ -54,7 +54,6 @@ class _MomentOperands:
     low_rank_tried: bool = False
 
 
-
 @register_structure(Hessian.SHARED)
 class SharedLaplace(LastLayerLaplace):
     """Last-layer Laplace with the shared covariance: rows ``w_c ~ N(μ_c, Σ)``, one ``Σ (D, D)``,

@@ -41,6 +41,13 @@ def _check_shared(posterior: LastLayerLaplace, who: str) -> None:
         raise InvalidInputError(f"{who} needs a posterior with hessian='shared' (covariance I_C ⊗ Σ)")
 
 
+def _laplace_units(posterior: LastLayerLaplace) -> tuple[LastLayerLaplace, float]:
+    """The posterior with its plain Laplace variances ``φᵀΣφ`` (the update's algebra needs them, e.g. in
+    its denominators ``1 + m φᵀΣφ``) and the mean-field constant that puts the predictive's spread ``τ``
+    back: ``λ_mf τ σ²`` is the tempered predictive's."""
+    return posterior.with_spread(1.0), posterior.lambda_mf * posterior.fitted_spread
+
+
 class OracleLookahead(OracleStrategy):
     """Upper-bound look-ahead: best of ``n_batches`` candidate batches by held-out cross-entropy.
 
@@ -110,10 +117,7 @@ class OracleLookahead(OracleStrategy):
         """See :meth:`OracleStrategy.query_with_labels`."""
         x, _, _, b, gen = prepare(posterior, candidates, labeled, batch_size, generator)
         _check_shared(posterior, "OracleLookahead")
-        # the update's algebra needs the Laplace variances φᵀΣφ; the predictive's spread τ enters through
-        # the mean-field constant (λ_mf τ σ² is the tempered predictive's)
-        lam = posterior.lambda_mf * posterior.fitted_spread
-        posterior = posterior.with_spread(1.0)
+        posterior, lam = _laplace_units(posterior)
         y = check_candidate_labels(candidate_labels, x.shape[0], posterior.num_classes)
         c = posterior.num_classes
         t0 = time.perf_counter()
@@ -269,10 +273,8 @@ class ExpectedLogLossReduction(QueryStrategy):
             ref = posterior.check_features(self.reference, name="reference")
         else:
             ref = x[torch.randperm(x.shape[0], generator=gen)[: self.n_reference].to(x.device)]
-        # the update's algebra needs the Laplace variances φᵀΣφ (its denominators 1 + m φᵀΣφ); the
-        # predictive's spread τ enters through the mean-field constant (λ_mf τ σ² is the tempered predictive's)
-        lam = posterior.lambda_mf * posterior.fitted_spread
-        post = posterior.with_spread(1.0).copy()
+        post, lam = _laplace_units(posterior)
+        post = post.copy()
         z_c, var_c = post.logits(x, checked=True), post.logit_variance(x, checked=True)
         z_r, var_r = post.logits(ref, checked=True), post.logit_variance(ref, checked=True)
         k_rc = post.covariance_product(ref) @ x.T

@@ -40,7 +40,7 @@ def test_select_spread_is_the_argmax_of_the_heldout_likelihood() -> None:
     train = torch.arange(30) >= 10
     folds = (HeldOutFold(train, 3 * torch.randn(10, 3, generator=gen, dtype=torch.float64),
                          torch.rand(20, generator=gen, dtype=torch.float64)),)
-    fit = select_spread(x, y, folds, 0.5, lambda_mf=math.pi / 8)
+    fit = select_spread(x, y, folds, 0.5, lambda_mf=math.pi / 8, standard_errors=0.0)
     var = heldout_logit_variance(x[train], x[~train], folds[0].curvature, 0.5)
     brute = [float((y[~train] * torch.log(mean_field_probs(folds[0].logits, t * var))).sum()) / 30 for t in SPREAD_GRID]
     assert fit.spread == SPREAD_GRID[max(range(len(brute)), key=lambda i: (brute[i], -i))]
@@ -48,6 +48,36 @@ def test_select_spread_is_the_argmax_of_the_heldout_likelihood() -> None:
     assert select_spread(x, y, (), 0.5).spread == 1.0  # nothing to validate on: the plain Laplace predictive
     with pytest.raises(InvalidInputError, match="spread grid"):
         select_spread(x, y, folds, 0.5, grid=(-1.0,))
+
+
+def test_the_default_spread_is_the_smallest_within_one_standard_error_of_the_best() -> None:
+    """The one-standard-error rule, recomputed by brute force from the per-point held-out scores (rows
+    outside the held-out fold score nothing, as in a fold that holds them out elsewhere)."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 4, generator=gen, dtype=torch.float64)
+    y = torch.nn.functional.one_hot(torch.arange(40) % 3, 3).double()
+    held = torch.arange(40) < 20
+    folds = (HeldOutFold(~held, 2 * torch.randn(20, 3, generator=gen, dtype=torch.float64),
+                         torch.rand(20, generator=gen, dtype=torch.float64)),
+             HeldOutFold(held, 2 * torch.randn(20, 3, generator=gen, dtype=torch.float64),
+                         torch.rand(20, generator=gen, dtype=torch.float64)))
+    fit = select_spread(x, y, folds, 0.5, lambda_mf=math.pi / 8)
+    per_point = torch.zeros(len(SPREAD_GRID), 40, dtype=torch.float64)
+    for f in folds:
+        var = heldout_logit_variance(x[f.train], x[~f.train], f.curvature, 0.5)
+        for i, t in enumerate(SPREAD_GRID):
+            per_point[i, ~f.train] = (y[~f.train] * torch.log(mean_field_probs(f.logits, t * var))).sum(1)
+    mean = per_point.mean(1)
+    best = int(torch.argmax(mean))
+    se = (per_point[best] - per_point).std(1) / math.sqrt(40)
+    expected = min(i for i in range(len(SPREAD_GRID)) if mean[best] - mean[i] <= se[i])
+    assert fit.spread == SPREAD_GRID[expected] <= SPREAD_GRID[best]
+    torch.testing.assert_close(torch.tensor(fit.errors, dtype=torch.float64), se)
+    assert select_spread(x, y, folds, 0.5, lambda_mf=math.pi / 8, standard_errors=0.0).spread == SPREAD_GRID[best]
+    with pytest.raises(InvalidInputError, match="increasing"):
+        select_spread(x, y, folds, 0.5, grid=(1.0, 0.0))
+    with pytest.raises(InvalidInputError, match="standard_errors"):
+        select_spread(x, y, folds, 0.5, standard_errors=-1.0)
 
 
 def test_the_default_predictive_is_calibrated_where_the_plain_laplace_one_is_not(digits) -> None:

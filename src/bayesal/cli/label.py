@@ -48,6 +48,7 @@ from .arguments import (
     posterior_options_from,
     run_guarded,
 )
+from .items import add_items_arguments, default_user
 
 __all__ = ["add_label_arguments", "label_main", "parse_answer", "render_item", "ascii_image", "main"]
 
@@ -78,6 +79,7 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
     add_reselect_arguments(parser)
     parser.add_argument("--candidate-size", type=non_negative_int, default=1000, help="random candidates scored per query (default 1000)")
     parser.add_argument("--window", type=positive_int, default=10, help="labels spanned by the stopping signals (default 10)")
+    add_items_arguments(parser)
     add_posterior_arguments(parser, default="cv; a resumed session keeps its own options")
 
 
@@ -145,8 +147,12 @@ def open_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, Any]:
     from bayesal.data import file_loader_kwargs, list_datasets, load_dataset
     from bayesal.labeling import Session, read_session_header
 
+    from .items import is_items_session, open_items_session
+
     if args.drop_damaged and not args.recover:
         raise InvalidInputError("--drop-damaged only applies with --recover")
+    if getattr(args, "items", None) or (args.resume and is_items_session(read_session_header(Path(args.resume)).get("meta"))):
+        return open_items_session(args, out)  # raw texts or images, embedded here
     if args.resume:
         state_dir = Path(args.resume)
         meta = _checked_meta(read_session_header(state_dir).get("meta", {}), state_dir)
@@ -256,7 +262,7 @@ def label_main(args: argparse.Namespace, stdin: TextIO | None = None, stdout: Te
                 print(f"--- instance #{idx} ({session.n_labeled} labeled) ---", file=out)
                 print(render_item(items[idx] if items is not None else None, idx), file=out)
                 print(f"model: {_top_classes(session, idx)}", file=out)
-                action = _ask(session, idx, inp, out, ds if args.oracle else None)
+                action = _ask(session, idx, inp, out, ds if args.oracle else None, user=default_user(args))
                 if action == "quit":
                     quit_now = True
                     break
@@ -314,7 +320,7 @@ def _first_word(text: str) -> str:
     return parts[0] if parts else ""
 
 
-def _ask(session: Any, idx: int, inp: TextIO, out: TextIO, oracle_ds: Any) -> str:
+def _ask(session: Any, idx: int, inp: TextIO, out: TextIO, oracle_ds: Any, user: str | None = None) -> str:
     """Prompt until the instance is answered; returns 'told', 'skipped', 'requery' or 'quit'."""
     names = session.class_names
     while True:
@@ -365,10 +371,10 @@ def _ask(session: Any, idx: int, inp: TextIO, out: TextIO, oracle_ds: Any) -> st
                 if len(parts) != 3 or not parts[1].lstrip("#").isdigit():
                     raise InvalidInputError("usage: fix I LABEL (e.g. fix 12 sport) corrects the label of instance #I")
                 target = int(parts[1].lstrip("#"))
-                session.correct(target, parse_answer(parts[2], names))
+                session.correct(target, parse_answer(parts[2], names), user=user)
                 print(f"corrected #{target} to {names[session.labels[target]]!r}", file=out)
                 return "requery"
-            session.tell(idx, parse_answer(ans, names))
+            session.tell(idx, parse_answer(ans, names), user=user)
             print(f"labeled #{idx} as {names[session.labels[idx]]!r}", file=out)
             return "told"
         except ValueError as err:

@@ -29,7 +29,7 @@ from .backbones import Backbone, get_backbone
 
 __all__ = [
     "IMAGE_SUFFIXES", "TABLE_SUFFIXES", "ClassList", "RawItems", "ImageFiles", "read_items", "read_classes",
-    "items_backbone", "embed_items", "TEXT_BACKBONES", "IMAGE_BACKBONES",
+    "items_backbone", "backbone_name", "embed_items", "load_image", "TEXT_BACKBONES", "IMAGE_BACKBONES",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -336,14 +336,19 @@ def _read_image_folder(root: Path, classes: Sequence[str] | None) -> RawItems:
 
 
 # ------------------------------------------------------------------------------------ embedding
-def items_backbone(kind: str, name: str | None = None) -> Backbone:
-    """The built-in backbone ``name`` for ``kind`` items (default: MiniLM for text, EfficientNet-Lite0
-    for images); one that does not fit the kind is an error naming those that do."""
+def backbone_name(kind: str, name: str | None = None) -> str:
+    """``name`` if it is a built-in backbone for ``kind`` items (default: MiniLM for text,
+    EfficientNet-Lite0 for images); one that does not fit the kind is an error naming those that do."""
     choices = TEXT_BACKBONES if kind == "text" else IMAGE_BACKBONES
     name = name or choices[0]
     if name not in choices:
         raise InvalidInputError(f"backbone {name!r} does not embed {kind} items; choose one of {', '.join(choices)}")
-    return get_backbone(name)
+    return name
+
+
+def items_backbone(kind: str, name: str | None = None) -> Backbone:
+    """The built-in backbone ``name`` for ``kind`` items (see :func:`backbone_name`)."""
+    return get_backbone(backbone_name(kind, name))
 
 
 def embed_items(raw: RawItems, backbone: Backbone, cache_root: str | os.PathLike[str], *, progress: bool = True,

@@ -24,6 +24,7 @@ __all__ = ["MAX_DEPTH", "MAX_CLASSES", "check_header", "check_event", "check_sna
 MAX_DEPTH = 12  # nesting of a header (meta and strategy kwargs are small dicts)
 MAX_CLASSES = 100_000
 MAX_INDEX = 2**40
+MAX_USER = 200  # characters of the annotator's name on an answer
 _NONE = type(None)
 _NUM = (int, float)
 
@@ -49,8 +50,8 @@ _HEADER: dict[str, tuple[tuple[type, ...], bool]] = {
     "meta": ((dict,), False),
 }
 _EVENT_KEYS: dict[str, dict[str, tuple[type, ...]]] = {
-    "tell": {"index": (int,), "label": (int,), "name": (str,), "retrain": (bool,), "was_skipped": (bool,)},
-    "correct": {"index": (int,), "label": (int,), "old": (int,), "name": (str,)},
+    "tell": {"index": (int,), "label": (int,), "name": (str,), "retrain": (bool,), "was_skipped": (bool,), "user": (str,)},
+    "correct": {"index": (int,), "label": (int,), "old": (int,), "name": (str,), "user": (str,)},
     "skip": {"index": (int,)},
     "undo": {},
     "redo": {},
@@ -153,6 +154,8 @@ def check_event(ev: Any, k: int, where: str) -> dict[str, Any]:
             raise _fail(where, f"event {k} ({op}): {key!r} {ev[key]} is out of range")
     if not _is(ev.get("seq"), (int,)) or ev["seq"] != k:
         raise _fail(where, f"event {k} has seq {ev.get('seq')!r}")
+    if "user" in ev and len(ev["user"]) > MAX_USER:
+        raise _fail(where, f"event {k} ({op}): 'user' is longer than {MAX_USER} characters")
     if "t" in ev and not _is(ev["t"], _NUM):
         raise _fail(where, f"event {k} ({op}): 't' holds a {type(ev['t']).__name__}")
     return ev

@@ -63,7 +63,7 @@ from .opening import SessionOpening, resolve_strategy
 from .policy import DEFAULT_RESELECT_BASE, RefitPolicy
 from .queries import SessionQueries
 from .replay import PosteriorReplay
-from .schema import check_header
+from .schema import MAX_USER, check_header
 from .signals import StoppingSignals
 from .state import SessionState
 from .storage import LOG_NAME, STATE_NAME
@@ -271,7 +271,7 @@ class Session(SessionOpening, SessionQueries):
         self.close()
 
     # ------------------------------------------------------------------ actions
-    def tell(self, index: int, label: int | str) -> None:
+    def tell(self, index: int, label: int | str, *, user: str | None = None) -> None:
         """Record the answer ``label`` for pool ``index`` and update the posterior.
 
         Any unlabeled index is accepted (not only the last queried; a skipped one is un-skipped).
@@ -284,6 +284,8 @@ class Session(SessionOpening, SessionQueries):
             Pool position in ``[0, N)``.
         label : int or str
             Class name or class index.
+        user : str, optional
+            Who answered (saved with the answer, for exports).
 
         Raises
         ------
@@ -299,6 +301,8 @@ class Session(SessionOpening, SessionQueries):
                 f"index {i} is already labeled as {self._names[self._book.labels[i]]!r}; use correct() to change it"
             )
         ev: dict[str, Any] = {"op": "tell", "index": i, "label": c, "name": self._names[c]}
+        if user:
+            ev["user"] = _check_user(user)
         if i in self._book.skipped:
             ev["was_skipped"] = True
         if self._policy.due(self._book, c):
@@ -315,7 +319,7 @@ class Session(SessionOpening, SessionQueries):
         """
         self._record({"op": "skip", "index": self._book.check_index(index)})
 
-    def correct(self, index: int, new_label: int | str) -> None:
+    def correct(self, index: int, new_label: int | str, *, user: str | None = None) -> None:
         """Change the label of an already labeled ``index``; the posterior mean is shifted accordingly.
 
         Parameters
@@ -324,6 +328,8 @@ class Session(SessionOpening, SessionQueries):
             A labeled pool position.
         new_label : int or str
             The new class (name or index); the same label is a no-op.
+        user : str, optional
+            Who corrected it (saved with the correction).
         """
         i = self._book.check_index(index)
         c = self._book.check_label(new_label)
@@ -331,7 +337,10 @@ class Session(SessionOpening, SessionQueries):
             raise InvalidInputError(f"index {i} is not labeled yet; use tell()")
         if self._book.labels[i] == c:
             return
-        self._record({"op": "correct", "index": i, "label": c, "old": self._book.labels[i], "name": self._names[c]})
+        ev: dict[str, Any] = {"op": "correct", "index": i, "label": c, "old": self._book.labels[i], "name": self._names[c]}
+        if user:
+            ev["user"] = _check_user(user)
+        self._record(ev)
 
     def undo(self) -> dict[str, Any]:
         """Undo the last action (tell, skip, correct or retrain).
@@ -381,3 +390,10 @@ class Session(SessionOpening, SessionQueries):
             Fewer than 2 classes are labeled.
         """
         self._record({"op": "retrain"})
+
+
+def _check_user(user: Any) -> str:
+    """An annotator's name as saved with an answer: a short string."""
+    if not isinstance(user, str) or len(user) > MAX_USER:
+        raise InvalidInputError(f"user must be a name of at most {MAX_USER} characters, got {user!r}")
+    return user

@@ -22,7 +22,7 @@ import numpy as np
 from bayesal.exceptions import CorruptStateError, InvalidInputError, SessionExistsError
 
 __all__ = ["add_items_arguments", "ItemsData", "is_items_session", "open_items_session", "default_user",
-           "load_raw_for_session"]
+           "load_raw_for_session", "pool_rows"]
 
 IMPORT_USER = "import"  # the annotator of the labels that came with the items
 
@@ -127,6 +127,13 @@ def load_raw_for_session(src: dict[str, Any], class_names: list[str]) -> Any:
         raise InvalidInputError(f"the session's items {path} no longer exist; move them back to resume it")
     return read_items(path, text_column=src.get("text_column"), label_column=src.get("label_column"),
                       classes=class_names)
+
+
+def pool_rows(raw: Any, src: dict[str, Any], class_names: list[str]) -> tuple[list[str], list[str]]:
+    """Per pool position of a session over ``raw``: the item id and its text or file path."""
+    pool, _ = _split(raw.labels, class_names, src.get("test_size"), int(src.get("seed", 0)))
+    _, ids, locations = _pool_items(raw, pool)
+    return ids, locations
 
 
 def _pool_items(raw: Any, rows: np.ndarray) -> tuple[Any, list[str], list[str]]:

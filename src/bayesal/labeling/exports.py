@@ -13,9 +13,16 @@ import io
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
-__all__ = ["EXPORT_COLUMNS", "label_rows", "format_labels"]
+from bayesal.exceptions import CorruptStateError
+
+from .history import LabelBook
+from .recovery import read_session_header
+from .storage import LOG_NAME, read_log
+
+__all__ = ["EXPORT_COLUMNS", "label_rows", "format_labels", "logged_history", "model_payload"]
 
 EXPORT_COLUMNS = ["index", "label", "label_index", "item", "id", "annotator", "time"]
 
@@ -67,3 +74,31 @@ def format_labels(rows: Sequence[Mapping[str, Any]], fmt: str = "csv") -> str:
     for r in rows:
         w.writerow({k: r.get(k, "") for k in EXPORT_COLUMNS})
     return buf.getvalue()
+
+
+def logged_history(state_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``(header, effective action history)`` of the session in ``state_dir``, read from its label log
+    without opening (locking) the session, so it works while a server holds it (a torn last line is
+    left out, as a resume would)."""
+    path = Path(state_dir)
+    header = read_session_header(path)
+    records = read_log(path / LOG_NAME).records if (path / LOG_NAME).exists() else []
+    book = LabelBook(header["class_names"], int(header["num_items"]))
+    for k, ev in enumerate(records[1:]):
+        try:
+            book.fold(ev)
+        except ValueError as err:
+            raise CorruptStateError(f"event {k} of {path / LOG_NAME} does not apply ({err}); "
+                                    f"run bayesal label --resume {path} --recover") from err
+    return header, [dict(a) for a in book.history]
+
+
+def model_payload(session: Any) -> dict[str, Any]:
+    """What a saved model holds: the posterior's ``state_dict``, the class names, the number of labels
+    and the session's configuration (whose ``meta`` names the items' backbone and its preprocessing)."""
+    return {
+        "posterior": session.posterior.state_dict(),
+        "class_names": list(session.class_names),
+        "n_labeled": int(session.n_labeled),
+        "config": session.config,
+    }

@@ -234,6 +234,7 @@ def open_items_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, Item
             candidate_size=args.candidate_size or None,
             random_state=args.seed,
             state_dir=state_dir,
+            cold_start="cover",  # from zero labels: typical, diverse items until every class has one
         )
         try:
             n_given = _import_labels(session, raw.labels, pool)

@@ -60,6 +60,9 @@ def check_class_names(class_names: Sequence[str] | int) -> list[str]:
     return names
 
 
+COLD_STARTS = ("random", "cover")  # how a session picks before its labels span the classes
+
+
 def new_header(
     x: torch.Tensor,
     class_names: Sequence[str] | int,
@@ -71,6 +74,7 @@ def new_header(
     random_state: int | None,
     meta: Mapping[str, Any] | None,
     reselect: Mapping[str, Any] | None = None,
+    cold_start: str = "random",
 ) -> dict[str, Any]:
     """Validate the settings of a new session over the pool ``x`` ``(N, D)`` and build its header.
 
@@ -93,7 +97,10 @@ def new_header(
         options = PosteriorOptions()
     if not isinstance(options, PosteriorOptions):
         raise InvalidInputError(f"options must be a PosteriorOptions, got {type(options).__name__}")
+    if cold_start not in COLD_STARTS:
+        raise InvalidInputError(f"cold_start must be one of {', '.join(COLD_STARTS)}, got {cold_start!r}")
     saved = options.to_dict()
+    extra = {"cold_start": cold_start} if cold_start != "random" else {}  # older versions' headers stay as they were
     return log_header(
         resolve_seed(random_state),
         session_id=uuid.uuid4().hex,
@@ -109,6 +116,7 @@ def new_header(
         reselect=None if reselect is None else dict(reselect),
         candidate_size=candidate_size,
         meta=dict(meta or {}),
+        **extra,
     )
 
 

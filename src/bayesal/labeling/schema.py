@@ -48,6 +48,7 @@ _HEADER: dict[str, tuple[tuple[type, ...], bool]] = {
     "reselect": ((dict, _NONE), False),  # absent in headers written before it: no re-selection schedule
     "candidate_size": ((int, _NONE), True),
     "meta": ((dict,), False),
+    "cold_start": ((str,), False),  # absent: random picks until two classes are labeled
 }
 _EVENT_KEYS: dict[str, dict[str, tuple[type, ...]]] = {
     "tell": {"index": (int,), "label": (int,), "name": (str,), "retrain": (bool,), "was_skipped": (bool,), "user": (str,)},
@@ -123,6 +124,8 @@ def check_header(header: Any, where: str, *, complete: bool = True) -> dict[str,
                                  or not isinstance(reselect.get("base", 1), int) or isinstance(reselect.get("base"), bool)
                                  or reselect.get("base", 1) < 1):
         raise _fail(where, f"the header's reselect {reselect!r} is not a known schedule")
+    if header.get("cold_start", "random") not in ("random", "cover"):
+        raise _fail(where, f"the header's cold_start {header['cold_start']!r} is not known")
     strategy = header.get("strategy", {"name": ""})
     if not isinstance(strategy.get("name"), str) or not isinstance(strategy.get("kwargs", {}), dict):
         raise _fail(where, "the saved strategy has no name or bad kwargs")

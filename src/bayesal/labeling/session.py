@@ -127,6 +127,10 @@ class Session(SessionOpening, SessionQueries):
         How the state is kept (fsync, snapshot schedule, undo cache); defaults as documented there.
     meta : mapping, optional
         JSON-serializable extra information saved in the header (e.g. the dataset name).
+    cold_start : {"random", "cover"}, default "random"
+        How queries pick before the labels are informative (saved): ``"random"`` picks at random until
+        two classes are labeled; ``"cover"`` picks typical, diverse items (TypiClust on the pool's
+        features) until every class has a label, for a session that starts from zero labels.
     **storage_options
         Fields of :class:`StorageOptions` given as keywords (``fsync=False``, ``snapshot_every=10``,
         …); they override ``storage``.
@@ -157,6 +161,7 @@ class Session(SessionOpening, SessionQueries):
         storage: StorageOptions | None = None,
         meta: Mapping[str, Any] | None = None,
         background: bool = True,
+        cold_start: str = "random",
         **storage_options: Any,
     ) -> None:
         x = as_features(features, name="pool features", dtype=torch.float64)
@@ -171,7 +176,8 @@ class Session(SessionOpening, SessionQueries):
             raise InvalidInputError(f"strategy must be a name or a QueryStrategy, got {strategy!r}")
         header = new_header(x, class_names, strategy=strat_cfg, options=options, retrain_every=retrain_every,
                             candidate_size=candidate_size, random_state=random_state, meta=meta,
-                            reselect=RefitPolicy(retrain_every, reselect, reselect_base).header_field())
+                            reselect=RefitPolicy(retrain_every, reselect, reselect_base).header_field(),
+                            cold_start=cold_start)
         if isinstance(strategy, str):  # a name: resolved once the header has checked the other settings
             strat_obj = resolve_strategy(strategy, strat_cfg["kwargs"])
         self._setup(header, x, items, strat_obj, StorageOptions.build(storage, storage_options), background)

@@ -112,7 +112,7 @@ def _split(labels: Sequence[str | None], class_names: list[str], test_size: floa
     if labeled.size < 2:
         raise InvalidInputError("--test-size holds out already labeled items, and the items have fewer than 2 labels "
                                 "(pass --label-column, or leave --test-size out)")
-    codes = np.array([class_names.index(labels[i]) for i in labeled], dtype=np.int64)  # type: ignore[arg-type]
+    codes = np.array([class_names.index(str(labels[i])) for i in labeled], dtype=np.int64)
     _, te = split_indices(codes, test_size, seed)
     test = np.sort(labeled[te])
     return np.setdiff1d(np.arange(n), test), test
@@ -157,6 +157,8 @@ def open_items_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, Item
 
     if getattr(args, "oracle", False):
         raise InvalidInputError("--oracle answers with true labels, which raw --items do not have")
+    if args.resume and getattr(args, "items", None):
+        raise InvalidInputError("pass --items for a new session or --resume DIR (which knows its items), not both")
     if args.resume:
         state_dir = Path(args.resume)
         meta = read_session_header(state_dir).get("meta", {})

@@ -46,7 +46,7 @@ def _items_context(header: dict[str, Any]) -> tuple[list[str] | None, list[str] 
     """Per pool position the item id and text or path of an items session (None for other sessions)."""
     from .items import is_items_session, load_raw_for_session, pool_rows
 
-    meta = header.get("meta")
+    meta = header.get("meta") or {}
     if not is_items_session(meta):
         return None, None
     src = meta["items"]

@@ -373,6 +373,14 @@ def embed_items(raw: RawItems, backbone: Backbone, cache_root: str | os.PathLike
         items: Sequence[Any] = list(raw.texts or [])
     else:
         items = ImageFiles(raw.paths or [], size=int(getattr(backbone, "resolution", 112)))
-    pool = featurize_to_shards(backbone, items, out, shard_rows=shard_rows, batch_size=batch_size,
-                               hash_parts=[digest], progress=progress)
+    import torch
+
+    threads = torch.get_num_threads()
+    # the commands run the head on one thread; embedding is the one long step, worth the spare cores
+    torch.set_num_threads(max(threads, min(4, os.cpu_count() or 1)))
+    try:
+        pool = featurize_to_shards(backbone, items, out, shard_rows=shard_rows, batch_size=batch_size,
+                                   hash_parts=[digest], progress=progress)
+    finally:
+        torch.set_num_threads(threads)
     return np.ascontiguousarray(pool.read(0, len(pool)), dtype=np.float32)

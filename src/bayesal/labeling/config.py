@@ -100,8 +100,7 @@ def new_header(
     if cold_start not in COLD_STARTS:
         raise InvalidInputError(f"cold_start must be one of {', '.join(COLD_STARTS)}, got {cold_start!r}")
     saved = options.to_dict()
-    extra = {"cold_start": cold_start} if cold_start != "random" else {}  # older versions' headers stay as they were
-    return log_header(
+    header = log_header(
         resolve_seed(random_state),
         session_id=uuid.uuid4().hex,
         num_items=int(x.shape[0]),
@@ -116,8 +115,10 @@ def new_header(
         reselect=None if reselect is None else dict(reselect),
         candidate_size=candidate_size,
         meta=dict(meta or {}),
-        **extra,
     )
+    if cold_start != "random":  # the default leaves the header as earlier versions wrote it
+        header["cold_start"] = cold_start
+    return header
 
 
 def saved_options(header: Mapping[str, Any]) -> PosteriorOptions:

@@ -56,14 +56,14 @@ def test_text_csv_label_resume_export_predict(tmp_path: Path, bbc, capsys) -> No
     with pytest.raises(SessionExistsError):
         label(argv, "q\n")
 
-    out = label(["--resume", str(state)], "business\nq\n")  # the session knows its items
-    assert "resumed session" in out and "saved: 6 labels" in out
+    out = label(["--resume", str(state)], "business\n+weather\nweather\nq\n")  # the session knows its items
+    assert "resumed session" in out and "added class [5] weather" in out and "saved: 7 labels" in out
 
     assert main(["export", str(state), "--out", str(tmp_path / "labels.csv")]) == 0
     rows = read_csv(tmp_path / "labels.csv")
     assert [r["id"] for r in rows[:3]] == ["n0", "n1", "n2"] and [r["label"] for r in rows[:3]] == names[:3]
     assert {r["annotator"] for r in rows[:3]} == {"import"} and rows[3]["annotator"] == "ann"
-    assert rows[3]["label"] == "sports" and rows[4]["label"] == "tech"
+    assert rows[3]["label"] == "sports" and rows[4]["label"] == "tech" and rows[6]["label"] == "weather"
     assert all(r["item"] == texts[int(r["id"][1:])] and r["time"].endswith("+00:00") for r in rows)
 
     new_items = tmp_path / "new.txt"
@@ -73,9 +73,10 @@ def test_text_csv_label_resume_export_predict(tmp_path: Path, bbc, capsys) -> No
     assert main(["predict", "--model", str(model), str(new_items), "--out", str(tmp_path / "p.csv")]) == 0
     preds = read_csv(tmp_path / "p.csv")
     assert len(preds) == len(new) and preds[0]["item"] == new[0].replace("\n", " ")
-    probs = np.array([[float(r[f"p_{c}"]) for c in classes] for r in preds])
+    names = [*classes, "weather"]
+    probs = np.array([[float(r[f"p_{c}"]) for c in names] for r in preds])
     assert np.allclose(probs.sum(axis=1), 1, atol=1e-3)
-    assert [r["prediction"] for r in preds] == [classes[i] for i in probs.argmax(axis=1)]
+    assert [r["prediction"] for r in preds] == [names[i] for i in probs.argmax(axis=1)]
     # the session directory works as the model too (opened as a resume), with the same predictions
     assert main(["predict", "--model", str(state), str(new_items), "--out", str(tmp_path / "p2.csv")]) == 0
     assert read_csv(tmp_path / "p2.csv") == preds

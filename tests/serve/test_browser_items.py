@@ -1,5 +1,6 @@
 """``bayesal serve --items`` in a real browser (headless Chromium): a CSV of texts and a folder of images,
-labeled by keyboard from zero labels; then SIGKILL, resume, export and predict from the command line."""
+labeled by keyboard from zero labels, a class added on the page; then SIGKILL, resume, export and
+predict from the command line."""
 
 from __future__ import annotations
 
@@ -57,15 +58,29 @@ def test_texts_by_keyboard_then_kill_resume_export_predict(browser, news, serve_
         assert page.text_content("#message") == f"#{i} → {truth[row]}"
         acked[f"a{row}"] = truth[row]
     wait_panel(page, 8)
+    # add a class from the page: its button and key appear, and it takes answers at once
+    page.fill("#new-class", "other")
+    n = page.evaluate("window.bayesalRenders")
+    page.press("#new-class", "Enter")
+    page.wait_for_function("n => window.bayesalRenders > n", arg=n)
+    assert page.text_content("#message") == "added class other"
+    assert page.locator("#classes button").count() == 4
+    i = shown_index(page)
+    row = texts.index(page.text_content("#item .text"))
+    press_and_wait(page, "4")
+    assert page.text_content("#message") == f"#{i} → other"
+    acked[f"a{row}"] = "other"
+    wait_panel(page, 9)
     srv.kill()  # a crash: every acknowledged answer is on disk
 
     again = serve_process(["--resume", str(state)])
     page2 = open_page(browser, again.page)
-    wait_panel(page2, 8)
+    wait_panel(page2, 9)
+    assert page2.locator("#classes button").count() == 4  # the added class is saved
     row = texts.index(page2.text_content("#item .text"))
     press_and_wait(page2, key[truth[row]])
     acked[f"a{row}"] = truth[row]
-    wait_panel(page2, 9)
+    wait_panel(page2, 10)
     again.stop()
 
     assert main(["export", str(state), "--out", str(tmp_path / "labels.csv")]) == 0
@@ -76,7 +91,8 @@ def test_texts_by_keyboard_then_kill_resume_export_predict(browser, news, serve_
     pd.DataFrame({"text": texts[:5]}).to_csv(new, index=False)
     assert main(["predict", "--model", str(state), str(new), "--out", str(tmp_path / "p.csv")]) == 0
     preds = read_csv(tmp_path / "p.csv")
-    assert [r["item"] for r in preds] == texts[:5] and all(r["prediction"] in CLASSES for r in preds)
+    assert [r["item"] for r in preds] == texts[:5] and all(r["prediction"] in [*CLASSES, "other"] for r in preds)
+    assert "p_other" in preds[0]
 
 
 def test_image_folder_shows_images(browser, serve_process, tmp_path):  # noqa: F811

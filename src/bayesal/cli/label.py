@@ -9,7 +9,7 @@ alike), and reads the answer from stdin — so it can be scripted::
 
 Answers: a class name or class number (``#N`` for class number N; needed when the class names are
 themselves numbers); ``s`` skip, ``u`` undo, ``redo`` redo, ``fix I LABEL`` correct the label of
-instance ``#I``, ``r`` retrain the head now, ``?`` help, ``q`` quit (end of input quits too). Every answer is durably saved before the next instance is shown;
+instance ``#I``, ``+NAME`` add the class NAME, ``r`` retrain the head now, ``?`` help, ``q`` quit (end of input quits too). Every answer is durably saved before the next instance is shown;
 ``--resume DIR`` continues a session (``--recover`` rebuilds it when the state file or the label log is
 damaged, keeping every file it replaces; ``--drop-damaged`` lets it keep the intact part of a log
 damaged in the middle when no snapshot holds the rest). ``--oracle`` answers with the dataset's true labels (a scripted demo).
@@ -54,7 +54,8 @@ __all__ = ["add_label_arguments", "label_main", "parse_answer", "render_item", "
 
 _RAMP = " .:-=+*#%@"
 _HELP = ("answer: class name or number (#N = class number N, =NAME = class NAME) | s = skip | u = undo | redo | "
-         "fix I LABEL = correct instance #I | r = retrain | ? = help | q = quit (:q, :s, ... always mean the command)")
+         "fix I LABEL = correct instance #I | +NAME = add class NAME | r = retrain | ? = help | q = quit "
+         "(:q, :s, ... always mean the command)")
 _COMMAND_WORDS = ("q", "quit", "exit", "?", "h", "help", "s", "u", "r", "redo", "fix")
 
 
@@ -365,6 +366,10 @@ def _ask(session: Any, idx: int, inp: TextIO, out: TextIO, oracle_ds: Any, user:
                 done = session.redo()
                 what = done["op"] + (f" #{done['index']}" if "index" in done else "")
                 print(f"redone: {what}", file=out)
+                return "requery"
+            if ans.startswith("+") and ans[1:].strip() and ans not in names:
+                session.add_class(ans[1:])
+                print(f"added class [{session.num_classes - 1}] {session.class_names[-1]}", file=out)
                 return "requery"
             if ans.split(maxsplit=1)[0] == "fix":
                 parts = ans.split(maxsplit=2)

@@ -56,6 +56,7 @@ from bayesal.laplace import PosteriorOptions
 from bayesal.strategies import QueryStrategy, Strategy
 from bayesal.utils import as_features
 
+from .classes import append_class, check_new_class
 from .config import feature_hash, new_header, saved_options
 from .engine import LabelingEngine
 from .history import LabelBook
@@ -385,6 +386,35 @@ class Session(SessionOpening, SessionQueries):
         action = dict(self._book.redo[-1])
         self._record({"op": "redo"})
         return action
+
+    def add_class(self, name: str) -> None:
+        """Add a class after the existing ones; every label, skip and setting is kept.
+
+        The session is closed, its saved header gains the class (:mod:`bayesal.labeling.classes`) and
+        it is reopened in place from its log: the posterior grows a row, which starts at the prior
+        (no label names the class yet). Pending background work is finished first.
+
+        Parameters
+        ----------
+        name : str
+            The new class's name (not one of :attr:`class_names`).
+
+        Raises
+        ------
+        InvalidInputError
+            An empty or existing name, or a session without a directory (an in-memory session has no
+            log to replay).
+        """
+        check_new_class(name, self._names)
+        if self._state_dir is None:
+            raise InvalidInputError("adding a class reopens the session from its log; an in-memory session has none "
+                                    "(create it with state_dir=...)")
+        path, x, items, strategy = self._state_dir, self._x, self.items, self._strategy
+        options, background = self._options, self._state.background
+        self.close()
+        append_class(path, name, fsync=options.fsync)
+        reopened = type(self).resume(path, x, items=items, strategy=strategy, storage=options, background=background)
+        self.__dict__.update(reopened.__dict__)  # the same object, now over the longer class list
 
     def retrain(self) -> None:
         """Train the head from scratch on all labels (``options.head``) and rebuild the Laplace posterior

@@ -233,6 +233,10 @@ class LabelingService:
     # ------------------------------------------------------------------ public API
     def info(self) -> dict[str, Any]:
         """Static facts for the page: project name, classes with shortcuts, pool size."""
+        with self._lock:
+            return self._info()
+
+    def _info(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "classes": [{"label": n, "key": k} for n, k in zip(self._names, self._keys)],
@@ -328,6 +332,20 @@ class LabelingService:
             if done["op"] in ("tell", "skip") and self._leases.get(cid, (None,))[0] == int(done["index"]):
                 del self._leases[cid]
             return {"redone": self._describe(done), "next": self._card(self._pick(cid))}
+
+    def add_class(self, label: str, client: str | None = None) -> dict[str, Any]:
+        """Add the class ``label`` after the others (the session reopens from its log: every label is
+        kept, the posterior grows a row); the response holds the new ``info`` and the next item."""
+        with self._lock:
+            cid = self._client(client)
+            self.session.add_class(label)
+            self._names = self.session.class_names
+            self._keys = shortcut_keys(self._names)
+            self._query_cache, self._stats_cache = None, None
+            self._trace.clear()  # the panel's trace counted fewer classes
+            self._changed()
+            return {"recorded": {"op": "add_class", "label": self._names[-1]}, "info": self._info(),
+                    "next": self._card(self._pick(cid))}
 
     def retrain(self, client: str | None = None) -> dict[str, Any]:
         """Train the head from scratch on all labels and rebuild the posterior (in the background: the

@@ -49,3 +49,13 @@ def test_cover_is_saved_and_resumed(tmp_path: Path, bbc) -> None:
     assert "cold_start" not in plain.config and not plain.covering  # the default header is unchanged
     with pytest.raises(InvalidInputError, match="cold_start"):
         Session(x[:50], bbc.class_names, cold_start="smart")
+
+
+def test_cover_ends_when_a_class_stays_missing(clustered_pool) -> None:
+    x, y, _, _ = clustered_pool(n=200, c=3)
+    s = Session(x, ["a", "b", "never"], cold_start="cover", random_state=0, background=False)
+    for _ in range(15):  # five per class, and no item is ever of class "never"
+        assert s.covering
+        i = s.query(1)[0]
+        s.tell(i, int(y[i]) % 2)
+    assert not s.covering and len(set(s.labels.values())) == 2

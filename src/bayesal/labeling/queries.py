@@ -20,6 +20,9 @@ __all__ = ["SessionQueries"]
 
 # Candidates clustered per covering query: k-means over more would cost more than the key-to-next budget
 _COVER_CANDIDATES = 300
+# Covering ends after this many labels per class even if a class is still missing: a class that rare is
+# found sooner by the strategy's uncertainty than by typical items (and k-means grows with the labels)
+_COVER_LABELS_PER_CLASS = 5
 
 
 class SessionQueries(SessionViews):
@@ -46,14 +49,17 @@ class SessionQueries(SessionViews):
 
     @property
     def covering(self) -> bool:
-        """True while a ``cold_start="cover"`` session has a class without a label: queries then pick
-        typical, diverse items (TypiClust) instead of the strategy's."""
-        return self._header.get("cold_start") == "cover" and len(set(self._book.labels.values())) < len(self._names)
+        """True while a ``cold_start="cover"`` session has a class without a label (and fewer than 5
+        labels per class): queries then pick typical, diverse items (TypiClust) instead of the strategy's."""
+        n_classes = len(self._names)
+        return (self._header.get("cold_start") == "cover" and len(self._book.labels) < _COVER_LABELS_PER_CLASS * n_classes
+                and len(set(self._book.labels.values())) < n_classes)
 
     def query(self, k: int = 1) -> list[int]:
         """Pool indices to label next.
 
-        Typical, diverse items while :attr:`covering`; random while :attr:`cold_start`; else the strategy scores a random subset of ``candidate_size``
+        Typical, diverse items while :attr:`covering`; random while :attr:`cold_start`; else the
+        strategy scores a random subset of ``candidate_size``
         unlabeled, unskipped instances under the current posterior (the selection step of the
         experiment loop, :func:`bayesal.strategies.select`). Deterministic given the seed and the
         events so far.

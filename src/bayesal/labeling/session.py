@@ -131,7 +131,8 @@ class Session(SessionOpening, SessionQueries):
     cold_start : {"random", "cover"}, default "random"
         How queries pick before the labels are informative (saved): ``"random"`` picks at random until
         two classes are labeled; ``"cover"`` picks typical, diverse items (TypiClust on the pool's
-        features) until every class has a label, for a session that starts from zero labels.
+        features) until every class has a label (or there are 5 labels per class), for a session
+        that starts from zero labels.
     **storage_options
         Fields of :class:`StorageOptions` given as keywords (``fsync=False``, ``snapshot_every=10``,
         …); they override ``storage``.

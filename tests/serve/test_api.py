@@ -233,7 +233,7 @@ def test_exports(service, pool):
     r = c.get("/api/export/labels.csv")
     assert r.headers["content-disposition"] == 'attachment; filename="labels.csv"'
     lines = r.text.strip().split("\n")
-    assert lines[0] == "index,label,label_index,item" and len(lines) == 5
+    assert lines[0] == "index,label,label_index,item,id,annotator,time" and len(lines) == 5
     rows = [json.loads(line) for line in c.get("/api/export/labels.jsonl").text.splitlines()]
     assert {r["index"]: r["label"] for r in rows} == done
     assert all(r["item"] == pool[2][r["index"]] and NAMES[r["label_index"]] == r["label"] for r in rows)

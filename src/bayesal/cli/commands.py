@@ -1,4 +1,4 @@
-"""Command-line interface: ``bayesal run | plot | label | serve | labelstudio | datasets | demo``."""
+"""Command-line interface: ``bayesal run | plot | label | serve | labelstudio | export | predict | datasets | demo``."""
 
 from __future__ import annotations
 
@@ -190,6 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser("serve", help="label in the browser (web app), with instant Bayesian updates")
         add_serve_arguments(p)
         p.set_defaults(func=serve_main)
+    from .model import add_export_arguments, add_predict_arguments, export_main, predict_main
+
+    p = sub.add_parser("export", help="write a session's labels (id, item, label, annotator, time), and its model")
+    add_export_arguments(p)
+    p.set_defaults(func=export_main)
+    p = sub.add_parser("predict", help="predict the classes of new items with a labeled model (probabilities)")
+    add_predict_arguments(p)
+    _add_threads_option(p)
+    p.set_defaults(func=predict_main)
     for p in sub.choices.values():
         add_debug_option(p)
     return ap

@@ -9,7 +9,7 @@ alike), and reads the answer from stdin — so it can be scripted::
 
 Answers: a class name or class number (``#N`` for class number N; needed when the class names are
 themselves numbers); ``s`` skip, ``u`` undo, ``redo`` redo, ``fix I LABEL`` correct the label of
-instance ``#I``, ``r`` retrain the head now, ``?`` help, ``q`` quit (end of input quits too). Every answer is durably saved before the next instance is shown;
+instance ``#I``, ``+NAME`` add the class NAME, ``r`` retrain the head now, ``?`` help, ``q`` quit (end of input quits too). Every answer is durably saved before the next instance is shown;
 ``--resume DIR`` continues a session (``--recover`` rebuilds it when the state file or the label log is
 damaged, keeping every file it replaces; ``--drop-damaged`` lets it keep the intact part of a log
 damaged in the middle when no snapshot holds the rest). ``--oracle`` answers with the dataset's true labels (a scripted demo).
@@ -48,12 +48,14 @@ from .arguments import (
     posterior_options_from,
     run_guarded,
 )
+from .items import add_items_arguments, default_user
 
 __all__ = ["add_label_arguments", "label_main", "parse_answer", "render_item", "ascii_image", "main"]
 
 _RAMP = " .:-=+*#%@"
 _HELP = ("answer: class name or number (#N = class number N, =NAME = class NAME) | s = skip | u = undo | redo | "
-         "fix I LABEL = correct instance #I | r = retrain | ? = help | q = quit (:q, :s, ... always mean the command)")
+         "fix I LABEL = correct instance #I | +NAME = add class NAME | r = retrain | ? = help | q = quit "
+         "(:q, :s, ... always mean the command)")
 _COMMAND_WORDS = ("q", "quit", "exit", "?", "h", "help", "s", "u", "r", "redo", "fix")
 
 
@@ -78,6 +80,7 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
     add_reselect_arguments(parser)
     parser.add_argument("--candidate-size", type=non_negative_int, default=1000, help="random candidates scored per query (default 1000)")
     parser.add_argument("--window", type=positive_int, default=10, help="labels spanned by the stopping signals (default 10)")
+    add_items_arguments(parser)
     add_posterior_arguments(parser, default="cv; a resumed session keeps its own options")
 
 
@@ -145,8 +148,12 @@ def open_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, Any]:
     from bayesal.data import file_loader_kwargs, list_datasets, load_dataset
     from bayesal.labeling import Session, read_session_header
 
+    from .items import is_items_session, open_items_session
+
     if args.drop_damaged and not args.recover:
         raise InvalidInputError("--drop-damaged only applies with --recover")
+    if getattr(args, "items", None) or (args.resume and is_items_session(read_session_header(Path(args.resume)).get("meta"))):
+        return open_items_session(args, out)  # raw texts or images, embedded here
     if args.resume:
         state_dir = Path(args.resume)
         meta = _checked_meta(read_session_header(state_dir).get("meta", {}), state_dir)
@@ -256,7 +263,7 @@ def label_main(args: argparse.Namespace, stdin: TextIO | None = None, stdout: Te
                 print(f"--- instance #{idx} ({session.n_labeled} labeled) ---", file=out)
                 print(render_item(items[idx] if items is not None else None, idx), file=out)
                 print(f"model: {_top_classes(session, idx)}", file=out)
-                action = _ask(session, idx, inp, out, ds if args.oracle else None)
+                action = _ask(session, idx, inp, out, ds if args.oracle else None, user=default_user(args))
                 if action == "quit":
                     quit_now = True
                     break
@@ -314,7 +321,7 @@ def _first_word(text: str) -> str:
     return parts[0] if parts else ""
 
 
-def _ask(session: Any, idx: int, inp: TextIO, out: TextIO, oracle_ds: Any) -> str:
+def _ask(session: Any, idx: int, inp: TextIO, out: TextIO, oracle_ds: Any, user: str | None = None) -> str:
     """Prompt until the instance is answered; returns 'told', 'skipped', 'requery' or 'quit'."""
     names = session.class_names
     while True:
@@ -360,15 +367,19 @@ def _ask(session: Any, idx: int, inp: TextIO, out: TextIO, oracle_ds: Any) -> st
                 what = done["op"] + (f" #{done['index']}" if "index" in done else "")
                 print(f"redone: {what}", file=out)
                 return "requery"
+            if ans.startswith("+") and ans[1:].strip() and ans not in names:
+                session.add_class(ans[1:])
+                print(f"added class [{session.num_classes - 1}] {session.class_names[-1]}", file=out)
+                return "requery"
             if ans.split(maxsplit=1)[0] == "fix":
                 parts = ans.split(maxsplit=2)
                 if len(parts) != 3 or not parts[1].lstrip("#").isdigit():
                     raise InvalidInputError("usage: fix I LABEL (e.g. fix 12 sport) corrects the label of instance #I")
                 target = int(parts[1].lstrip("#"))
-                session.correct(target, parse_answer(parts[2], names))
+                session.correct(target, parse_answer(parts[2], names), user=user)
                 print(f"corrected #{target} to {names[session.labels[target]]!r}", file=out)
                 return "requery"
-            session.tell(idx, parse_answer(ans, names))
+            session.tell(idx, parse_answer(ans, names), user=user)
             print(f"labeled #{idx} as {names[session.labels[idx]]!r}", file=out)
             return "told"
         except ValueError as err:

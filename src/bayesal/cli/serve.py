@@ -25,6 +25,7 @@ from .arguments import (
     non_negative_int,
     positive_int,
 )
+from .items import add_items_arguments
 
 __all__ = ["add_serve_arguments", "serve_main"]
 
@@ -66,6 +67,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how long an item shown to one tab is kept from the others (default 120; 0 = all tabs "
                              "see the top pick)")
     parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default 1)")
+    add_items_arguments(parser)
     add_posterior_arguments(parser, default="cv; a resumed session keeps its own options")
 
 
@@ -80,7 +82,8 @@ def build_service(args: argparse.Namespace, out: Any = None) -> Any:
     session, ds = open_session(args, out)
     try:
         return LabelingService(session, name=ds.name, test_features=ds.test_features, test_labels=ds.test_labels,
-                               window=args.window, lease_seconds=args.lease_seconds)
+                               window=args.window, lease_seconds=args.lease_seconds, user=args.user,
+                               item_ids=getattr(ds, "item_ids", None), item_locations=getattr(ds, "item_locations", None))
     except BaseException:
         session.close()
         raise

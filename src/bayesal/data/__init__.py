@@ -4,10 +4,20 @@ from . import builtin as _builtin  # noqa: E402,F401  (registers the built-in da
 from .backbones import Backbone, get_backbone
 from .base import Dataset
 from .cache import FeatureCache, cache_dir
+from .items import (
+    ClassList,
+    ImageFiles,
+    RawItems,
+    backbone_name,
+    embed_items,
+    items_backbone,
+    read_classes,
+    read_items,
+)
 from .pool import ArrayPool, NpyPool, ParquetPool, Pool, ShardedPool, ZarrPool, open_pool
 from .registry import add_file_options, file_loader_kwargs, list_datasets, load_dataset, register
 from .shards import featurize_to_shards
-from .user import LabelEncoder, from_arrays, from_module, load_features
+from .user import LabelEncoder, from_arrays, from_module, load_features, split_indices
 
 __all__ = [
     "Dataset",
@@ -32,4 +42,13 @@ __all__ = [
     "featurize_to_shards",
     "Backbone",
     "get_backbone",
+    "RawItems",
+    "ImageFiles",
+    "ClassList",
+    "read_items",
+    "read_classes",
+    "items_backbone",
+    "embed_items",
+    "backbone_name",
+    "split_indices",
 ]

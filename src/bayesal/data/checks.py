@@ -88,7 +88,8 @@ def normalize_labels(labels: Any) -> np.ndarray:
     if y.dtype == object:
         missing = [i for i, v in enumerate(y) if v is None or (isinstance(v, float) and np.isnan(v))]
         if missing:
-            raise InvalidInputError(f"labels contain {len(missing)} missing value(s); first at row {missing[0]}")
+            raise InvalidInputError(f"labels contain {len(missing)} missing value(s); first at row {missing[0]} "
+                                   "(to label unlabeled rows, use --items with --label-column)")
         if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in y):
             return y.astype(np.int64)
         return y.astype(str)

@@ -240,14 +240,20 @@ def load_features(
                 warnings.warn(f"{p}: ignoring index column(s) {index_like} (pass feature_columns= to keep them)",
                               stacklevel=2)
             skip.update(index_like)
+            ids = [c for c in df.columns if c not in skip and _is_id_column(df[c], c)]
+            skip.update(ids)
             candidates = [c for c in df.columns if c not in skip]
             x, used, text_cols = _feature_matrix(df, candidates, p, strict=False)
+            if not used:
+                raise DataFileError(_no_features_message(p, label_column, ids, text_cols + (
+                    [item_column] if item_column else [])))
+            if ids:
+                warnings.warn(f"{p}: ignoring id column(s) {[str(c) for c in ids]} (an id is not a feature; pass "
+                              "feature_columns= to keep them)", stacklevel=2)
             if text_cols:
                 warnings.warn(f"{p}: column(s) {text_cols[:10]} hold text, not numbers, and are not used as features "
                               "(pass item_column= to show one while labeling, or feature_columns= to choose)",
                               stacklevel=2)
-            if not used:
-                raise DataFileError(f"{p} has no numeric feature columns besides {label_column!r}")
         else:
             missing = [c for c in feature_columns if c not in df.columns]
             if missing:
@@ -270,6 +276,34 @@ def load_features(
             )
         return from_arrays(x, y, class_names, items=items, meta=meta, **common)
     raise DataFileError(f"unsupported file type {suffix!r} for {p}; use .npy, .npz, .parquet or .csv")
+
+
+_ID_NAMES = re.compile(r"^(id|idx|index|row|row_?id|row_?num(ber)?|.*_id|.*_idx)$", re.IGNORECASE)
+
+
+def _is_id_column(col: Any, name: Any) -> bool:
+    """Whether ``col`` is an id or a row number rather than a feature: named like one (``id``,
+    ``row_id``, ``doc_id``, ...) and holding distinct whole numbers."""
+    import pandas as pd
+
+    if not _ID_NAMES.match(str(name)) or not pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col):
+        return False
+    values = col.to_numpy(dtype=np.float64, na_value=np.nan)
+    return bool(np.isfinite(values).all() and (values == np.round(values)).all() and len(np.unique(values)) == len(values))
+
+
+def _no_features_message(p: Path, label_column: str, ids: list[Any], text_cols: list[Any]) -> str:
+    """Why a table gives no features, and how to label it instead."""
+    hint = (f"to label raw items, let bayesal embed them: bayesal serve --items {p} --classes A,B,C "
+            "(or bayesal label --items ...)")
+    texts = sorted({str(c) for c in text_cols if c})
+    if ids:
+        what = f"its only numeric column(s) {[str(c) for c in ids]} are ids or row numbers, not features"
+    else:
+        what = f"it has no numeric feature columns besides {label_column!r}"
+    if texts:
+        what += f"; column(s) {texts[:5]} hold text, which needs embedding first"
+    return f"{p} cannot be used as a features file: {what}; {hint}"
 
 
 _DECIMAL_COMMA = re.compile(r"^\s*[-+]?(\d+,\d*|,\d+)([eE][-+]?\d+)?\s*$")
@@ -392,7 +426,7 @@ def _find_label_column(columns: Any, wanted: str, path: Path) -> str:
             return lower[cand.lower()]
     raise DataFileError(
         f"{path} has no label column {wanted!r}; columns: {cols[:20]} (pass label_column=..., or "
-        "--label-column on the command line)"
+        "--label-column on the command line; to label unlabeled items, use --items instead of --dataset)"
     )
 
 

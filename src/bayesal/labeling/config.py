@@ -60,6 +60,9 @@ def check_class_names(class_names: Sequence[str] | int) -> list[str]:
     return names
 
 
+COLD_STARTS = ("random", "cover")  # how a session picks before its labels span the classes
+
+
 def new_header(
     x: torch.Tensor,
     class_names: Sequence[str] | int,
@@ -71,6 +74,7 @@ def new_header(
     random_state: int | None,
     meta: Mapping[str, Any] | None,
     reselect: Mapping[str, Any] | None = None,
+    cold_start: str = "random",
 ) -> dict[str, Any]:
     """Validate the settings of a new session over the pool ``x`` ``(N, D)`` and build its header.
 
@@ -93,8 +97,10 @@ def new_header(
         options = PosteriorOptions()
     if not isinstance(options, PosteriorOptions):
         raise InvalidInputError(f"options must be a PosteriorOptions, got {type(options).__name__}")
+    if cold_start not in COLD_STARTS:
+        raise InvalidInputError(f"cold_start must be one of {', '.join(COLD_STARTS)}, got {cold_start!r}")
     saved = options.to_dict()
-    return log_header(
+    header = log_header(
         resolve_seed(random_state),
         session_id=uuid.uuid4().hex,
         num_items=int(x.shape[0]),
@@ -110,6 +116,9 @@ def new_header(
         candidate_size=candidate_size,
         meta=dict(meta or {}),
     )
+    if cold_start != "random":  # the default leaves the header as earlier versions wrote it
+        header["cold_start"] = cold_start
+    return header
 
 
 def saved_options(header: Mapping[str, Any]) -> PosteriorOptions:

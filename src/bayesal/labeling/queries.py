@@ -11,12 +11,18 @@ import numpy as np
 import torch
 
 from bayesal.exceptions import InvalidInputError
-from bayesal.strategies import LabeledSet, QueryStrategy, RandomSampling, select
+from bayesal.strategies import LabeledSet, QueryStrategy, RandomSampling, TypiClust, select
 from bayesal.utils import derive_seed
 
 from .views import SessionViews
 
 __all__ = ["SessionQueries"]
+
+# Candidates clustered per covering query: k-means over more would cost more than the key-to-next budget
+_COVER_CANDIDATES = 300
+# Covering ends after this many labels per class even if a class is still missing: a class that rare is
+# found sooner by the strategy's uncertainty than by typical items (and k-means grows with the labels)
+_COVER_LABELS_PER_CLASS = 5
 
 
 class SessionQueries(SessionViews):
@@ -41,10 +47,19 @@ class SessionQueries(SessionViews):
         """True while fewer than 2 classes have been labeled: queries are then random."""
         return len(set(self._book.labels.values())) < 2
 
+    @property
+    def covering(self) -> bool:
+        """True while a ``cold_start="cover"`` session has a class without a label (and fewer than 5
+        labels per class): queries then pick typical, diverse items (TypiClust) instead of the strategy's."""
+        n_classes = len(self._names)
+        return (self._header.get("cold_start") == "cover" and len(self._book.labels) < _COVER_LABELS_PER_CLASS * n_classes
+                and len(set(self._book.labels.values())) < n_classes)
+
     def query(self, k: int = 1) -> list[int]:
         """Pool indices to label next.
 
-        Random while :attr:`cold_start`; else the strategy scores a random subset of ``candidate_size``
+        Typical, diverse items while :attr:`covering`; random while :attr:`cold_start`; else the
+        strategy scores a random subset of ``candidate_size``
         unlabeled, unskipped instances under the current posterior (the selection step of the
         experiment loop, :func:`bayesal.strategies.select`). Deterministic given the seed and the
         events so far.
@@ -74,7 +89,9 @@ class SessionQueries(SessionViews):
         )
         strategy: QueryStrategy
         candidate_size: int | None
-        if self.cold_start:  # uniformly among all available instances
+        if self.covering:  # typical items of uncovered clusters: every class gets a label soon
+            strategy, candidate_size = TypiClust(n_iter=10), min(self._candidate_size or _COVER_CANDIDATES, _COVER_CANDIDATES)
+        elif self.cold_start:  # uniformly among all available instances
             strategy, candidate_size = RandomSampling(), None
         else:
             strategy, candidate_size = self._strategy, self._candidate_size

@@ -24,6 +24,7 @@ __all__ = ["MAX_DEPTH", "MAX_CLASSES", "check_header", "check_event", "check_sna
 MAX_DEPTH = 12  # nesting of a header (meta and strategy kwargs are small dicts)
 MAX_CLASSES = 100_000
 MAX_INDEX = 2**40
+MAX_USER = 200  # characters of the annotator's name on an answer
 _NONE = type(None)
 _NUM = (int, float)
 
@@ -47,10 +48,11 @@ _HEADER: dict[str, tuple[tuple[type, ...], bool]] = {
     "reselect": ((dict, _NONE), False),  # absent in headers written before it: no re-selection schedule
     "candidate_size": ((int, _NONE), True),
     "meta": ((dict,), False),
+    "cold_start": ((str,), False),  # absent: random picks until two classes are labeled
 }
 _EVENT_KEYS: dict[str, dict[str, tuple[type, ...]]] = {
-    "tell": {"index": (int,), "label": (int,), "name": (str,), "retrain": (bool,), "was_skipped": (bool,)},
-    "correct": {"index": (int,), "label": (int,), "old": (int,), "name": (str,)},
+    "tell": {"index": (int,), "label": (int,), "name": (str,), "retrain": (bool,), "was_skipped": (bool,), "user": (str,)},
+    "correct": {"index": (int,), "label": (int,), "old": (int,), "name": (str,), "user": (str,)},
     "skip": {"index": (int,)},
     "undo": {},
     "redo": {},
@@ -122,6 +124,8 @@ def check_header(header: Any, where: str, *, complete: bool = True) -> dict[str,
                                  or not isinstance(reselect.get("base", 1), int) or isinstance(reselect.get("base"), bool)
                                  or reselect.get("base", 1) < 1):
         raise _fail(where, f"the header's reselect {reselect!r} is not a known schedule")
+    if header.get("cold_start", "random") not in ("random", "cover"):
+        raise _fail(where, f"the header's cold_start {header['cold_start']!r} is not known")
     strategy = header.get("strategy", {"name": ""})
     if not isinstance(strategy.get("name"), str) or not isinstance(strategy.get("kwargs", {}), dict):
         raise _fail(where, "the saved strategy has no name or bad kwargs")
@@ -153,6 +157,8 @@ def check_event(ev: Any, k: int, where: str) -> dict[str, Any]:
             raise _fail(where, f"event {k} ({op}): {key!r} {ev[key]} is out of range")
     if not _is(ev.get("seq"), (int,)) or ev["seq"] != k:
         raise _fail(where, f"event {k} has seq {ev.get('seq')!r}")
+    if "user" in ev and len(ev["user"]) > MAX_USER:
+        raise _fail(where, f"event {k} ({op}): 'user' is longer than {MAX_USER} characters")
     if "t" in ev and not _is(ev["t"], _NUM):
         raise _fail(where, f"event {k} ({op}): 't' holds a {type(ev['t']).__name__}")
     return ev

@@ -56,6 +56,7 @@ from bayesal.laplace import PosteriorOptions
 from bayesal.strategies import QueryStrategy, Strategy
 from bayesal.utils import as_features
 
+from .classes import append_class, check_new_class
 from .config import feature_hash, new_header, saved_options
 from .engine import LabelingEngine
 from .history import LabelBook
@@ -63,7 +64,7 @@ from .opening import SessionOpening, resolve_strategy
 from .policy import DEFAULT_RESELECT_BASE, RefitPolicy
 from .queries import SessionQueries
 from .replay import PosteriorReplay
-from .schema import check_header
+from .schema import MAX_USER, check_header
 from .signals import StoppingSignals
 from .state import SessionState
 from .storage import LOG_NAME, STATE_NAME
@@ -127,6 +128,11 @@ class Session(SessionOpening, SessionQueries):
         How the state is kept (fsync, snapshot schedule, undo cache); defaults as documented there.
     meta : mapping, optional
         JSON-serializable extra information saved in the header (e.g. the dataset name).
+    cold_start : {"random", "cover"}, default "random"
+        How queries pick before the labels are informative (saved): ``"random"`` picks at random until
+        two classes are labeled; ``"cover"`` picks typical, diverse items (TypiClust on the pool's
+        features) until every class has a label (or there are 5 labels per class), for a session
+        that starts from zero labels.
     **storage_options
         Fields of :class:`StorageOptions` given as keywords (``fsync=False``, ``snapshot_every=10``,
         …); they override ``storage``.
@@ -157,6 +163,7 @@ class Session(SessionOpening, SessionQueries):
         storage: StorageOptions | None = None,
         meta: Mapping[str, Any] | None = None,
         background: bool = True,
+        cold_start: str = "random",
         **storage_options: Any,
     ) -> None:
         x = as_features(features, name="pool features", dtype=torch.float64)
@@ -171,7 +178,8 @@ class Session(SessionOpening, SessionQueries):
             raise InvalidInputError(f"strategy must be a name or a QueryStrategy, got {strategy!r}")
         header = new_header(x, class_names, strategy=strat_cfg, options=options, retrain_every=retrain_every,
                             candidate_size=candidate_size, random_state=random_state, meta=meta,
-                            reselect=RefitPolicy(retrain_every, reselect, reselect_base).header_field())
+                            reselect=RefitPolicy(retrain_every, reselect, reselect_base).header_field(),
+                            cold_start=cold_start)
         if isinstance(strategy, str):  # a name: resolved once the header has checked the other settings
             strat_obj = resolve_strategy(strategy, strat_cfg["kwargs"])
         self._setup(header, x, items, strat_obj, StorageOptions.build(storage, storage_options), background)
@@ -271,7 +279,7 @@ class Session(SessionOpening, SessionQueries):
         self.close()
 
     # ------------------------------------------------------------------ actions
-    def tell(self, index: int, label: int | str) -> None:
+    def tell(self, index: int, label: int | str, *, user: str | None = None) -> None:
         """Record the answer ``label`` for pool ``index`` and update the posterior.
 
         Any unlabeled index is accepted (not only the last queried; a skipped one is un-skipped).
@@ -284,6 +292,8 @@ class Session(SessionOpening, SessionQueries):
             Pool position in ``[0, N)``.
         label : int or str
             Class name or class index.
+        user : str, optional
+            Who answered (saved with the answer, for exports).
 
         Raises
         ------
@@ -299,6 +309,8 @@ class Session(SessionOpening, SessionQueries):
                 f"index {i} is already labeled as {self._names[self._book.labels[i]]!r}; use correct() to change it"
             )
         ev: dict[str, Any] = {"op": "tell", "index": i, "label": c, "name": self._names[c]}
+        if user:
+            ev["user"] = _check_user(user)
         if i in self._book.skipped:
             ev["was_skipped"] = True
         if self._policy.due(self._book, c):
@@ -315,7 +327,7 @@ class Session(SessionOpening, SessionQueries):
         """
         self._record({"op": "skip", "index": self._book.check_index(index)})
 
-    def correct(self, index: int, new_label: int | str) -> None:
+    def correct(self, index: int, new_label: int | str, *, user: str | None = None) -> None:
         """Change the label of an already labeled ``index``; the posterior mean is shifted accordingly.
 
         Parameters
@@ -324,6 +336,8 @@ class Session(SessionOpening, SessionQueries):
             A labeled pool position.
         new_label : int or str
             The new class (name or index); the same label is a no-op.
+        user : str, optional
+            Who corrected it (saved with the correction).
         """
         i = self._book.check_index(index)
         c = self._book.check_label(new_label)
@@ -331,7 +345,10 @@ class Session(SessionOpening, SessionQueries):
             raise InvalidInputError(f"index {i} is not labeled yet; use tell()")
         if self._book.labels[i] == c:
             return
-        self._record({"op": "correct", "index": i, "label": c, "old": self._book.labels[i], "name": self._names[c]})
+        ev: dict[str, Any] = {"op": "correct", "index": i, "label": c, "old": self._book.labels[i], "name": self._names[c]}
+        if user:
+            ev["user"] = _check_user(user)
+        self._record(ev)
 
     def undo(self) -> dict[str, Any]:
         """Undo the last action (tell, skip, correct or retrain).
@@ -371,6 +388,35 @@ class Session(SessionOpening, SessionQueries):
         self._record({"op": "redo"})
         return action
 
+    def add_class(self, name: str) -> None:
+        """Add a class after the existing ones; every label, skip and setting is kept.
+
+        The session is closed, its saved header gains the class (:mod:`bayesal.labeling.classes`) and
+        it is reopened in place from its log: the posterior grows a row, which starts at the prior
+        (no label names the class yet). Pending background work is finished first.
+
+        Parameters
+        ----------
+        name : str
+            The new class's name (not one of :attr:`class_names`).
+
+        Raises
+        ------
+        InvalidInputError
+            An empty or existing name, or a session without a directory (an in-memory session has no
+            log to replay).
+        """
+        check_new_class(name, self._names)
+        if self._state_dir is None:
+            raise InvalidInputError("adding a class reopens the session from its log; an in-memory session has none "
+                                    "(create it with state_dir=...)")
+        path, x, items, strategy = self._state_dir, self._x, self.items, self._strategy
+        options, background = self._options, self._state.background
+        self.close()
+        append_class(path, name, fsync=options.fsync)
+        reopened = type(self).resume(path, x, items=items, strategy=strategy, storage=options, background=background)
+        self.__dict__.update(reopened.__dict__)  # the same object, now over the longer class list
+
     def retrain(self) -> None:
         """Train the head from scratch on all labels (``options.head``) and rebuild the Laplace posterior
         (in the background with ``background=True``: :meth:`wait_refit` waits for it).
@@ -381,3 +427,10 @@ class Session(SessionOpening, SessionQueries):
             Fewer than 2 classes are labeled.
         """
         self._record({"op": "retrain"})
+
+
+def _check_user(user: Any) -> str:
+    """An annotator's name as saved with an answer: a short string."""
+    if not isinstance(user, str) or len(user) > MAX_USER:
+        raise InvalidInputError(f"user must be a name of at most {MAX_USER} characters, got {user!r}")
+    return user

@@ -73,6 +73,7 @@ class SessionState:
         self.refit_error: BaseException | None = None
         self.swaps = 0  # background refits swapped in so far
         self.on_refit = on_refit
+        self.background = bool(background)
         self._worker = RefitWorker() if background else None
 
     def _validate(self, ev: Mapping[str, Any], where: str | None) -> None:

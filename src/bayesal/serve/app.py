@@ -80,6 +80,10 @@ class EmptyBody(_Body):
     pass
 
 
+class ClassBody(_Body):
+    label: str = Field(min_length=1, max_length=256)
+
+
 # ------------------------------------------------------------------------------------ the app
 def _asset(name: str) -> str:
     return (files("bayesal.serve") / "static" / name).read_text(encoding="utf-8")
@@ -179,6 +183,10 @@ def create_app(service: LabelingService, *, token: str | None = None) -> FastAPI
     @app.post("/api/redo")
     def redo(body: EmptyBody, request: Request) -> dict[str, Any]:
         return service.redo(client(request))
+
+    @app.post("/api/classes")
+    def add_class(body: ClassBody, request: Request) -> dict[str, Any]:
+        return service.add_class(body.label, client(request))
 
     @app.post("/api/retrain")
     def retrain(body: EmptyBody, request: Request) -> dict[str, Any]:

@@ -15,21 +15,19 @@ strategy's pick under the updated posterior) and returned in the same response; 
 
 from __future__ import annotations
 
-import csv
 import io
-import json
 import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from bayesal.exceptions import InvalidInputError, StaleAnswerError
-from bayesal.labeling import Session
+from bayesal.labeling import Session, format_labels, label_rows
 
 from .guess import model_guess
 from .render import item_view, line_plot_svg
@@ -77,6 +75,11 @@ class LabelingService:
         strategy's top pick).
     clock:
         Monotonic clock in seconds (tests pass a fake one).
+    user:
+        The annotator saved with every answer (default: the answering tab's client id).
+    item_ids, item_locations:
+        Per pool position: the item's id and its text or file path, for the exports (default: the
+        position, and the item when it is a text).
     """
 
     def __init__(
@@ -89,6 +92,9 @@ class LabelingService:
         window: int = 10,
         lease_seconds: float = 120.0,
         clock: Callable[[], float] = time.monotonic,
+        user: str | None = None,
+        item_ids: Sequence[str] | None = None,
+        item_locations: Sequence[str] | None = None,
     ) -> None:
         if not isinstance(window, int) or window < 1:
             raise InvalidInputError(f"window must be a positive integer, got {window!r}")
@@ -99,6 +105,9 @@ class LabelingService:
         self.window = window
         self.lease_seconds = float(lease_seconds)
         self._clock = clock
+        self.user = user
+        self._item_ids = item_ids
+        self._item_locations = item_locations
         self._lock = threading.Lock()
         self._names = session.class_names
         self._keys = shortcut_keys(self._names)
@@ -224,6 +233,10 @@ class LabelingService:
     # ------------------------------------------------------------------ public API
     def info(self) -> dict[str, Any]:
         """Static facts for the page: project name, classes with shortcuts, pool size."""
+        with self._lock:
+            return self._info()
+
+    def _info(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "classes": [{"label": n, "key": k} for n, k in zip(self._names, self._keys)],
@@ -252,7 +265,7 @@ class LabelingService:
                     f"item #{i} was already labeled {self._names[labels[i]]!r} (in another tab or by another "
                     "person); your answer was not recorded. Correct it in the history if it is wrong"
                 )
-            self.session.tell(i, c)
+            self.session.tell(i, c, user=self.user or cid)
             self.acknowledged += 1
             self._changed()
             if self._leases.get(cid, (None,))[0] == i:
@@ -281,7 +294,7 @@ class LabelingService:
             i, c = self._check_index(index), self._label_index(label)
             if i not in self.session.labels:
                 raise StaleAnswerError(f"item #{i} is not labeled (any more); nothing to correct")
-            self.session.correct(i, c)
+            self.session.correct(i, c, user=self.user or cid)
             self._changed()
             return {"recorded": {"op": "correct", "index": i, "label": self._names[c]}, "next": self._card(self._pick(cid))}
 
@@ -319,6 +332,20 @@ class LabelingService:
             if done["op"] in ("tell", "skip") and self._leases.get(cid, (None,))[0] == int(done["index"]):
                 del self._leases[cid]
             return {"redone": self._describe(done), "next": self._card(self._pick(cid))}
+
+    def add_class(self, label: str, client: str | None = None) -> dict[str, Any]:
+        """Add the class ``label`` after the others (the session reopens from its log: every label is
+        kept, the posterior grows a row); the response holds the new ``info`` and the next item."""
+        with self._lock:
+            cid = self._client(client)
+            self.session.add_class(label)
+            self._names = self.session.class_names
+            self._keys = shortcut_keys(self._names)
+            self._query_cache, self._stats_cache = None, None
+            self._trace.clear()  # the panel's trace counted fewer classes
+            self._changed()
+            return {"recorded": {"op": "add_class", "label": self._names[-1]}, "info": self._info(),
+                    "next": self._card(self._pick(cid))}
 
     def retrain(self, client: str | None = None) -> dict[str, Any]:
         """Train the head from scratch on all labels and rebuild the posterior (in the background: the
@@ -406,32 +433,27 @@ class LabelingService:
 
     # ------------------------------------------------------------------ exports
     def _label_rows(self) -> list[dict[str, Any]]:
+        items = self._item_locations
+        if items is None and self.session.items is not None:
+            items = [v if isinstance(v, str) else "" for v in self.session.items] if self._texts() else None
+        return label_rows(self.session.history, self._names, ids=self._item_ids, items=items)
+
+    def _texts(self) -> bool:
         items = self.session.items
-        rows = []
-        for i, c in self.session.labels.items():
-            row: dict[str, Any] = {"index": i, "label": self._names[c], "label_index": c}
-            item = items[i] if items is not None else None
-            if isinstance(item, str):
-                row["item"] = item
-            rows.append(row)
-        return rows
+        return items is not None and len(items) > 0 and isinstance(items[0], str)
 
     def export_csv(self) -> str:
-        """Labels as CSV: ``index,label,label_index,item`` (item: the text, empty for other items)."""
+        """Labels as CSV: ``index,label,label_index,item,id,annotator,time`` (item: the text or the
+        file path, empty for other items; time: ISO 8601 UTC of the latest answer)."""
         with self._lock:
             rows = self._label_rows()
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=["index", "label", "label_index", "item"], lineterminator="\n")
-        w.writeheader()
-        for r in rows:
-            w.writerow({"item": "", **r})
-        return buf.getvalue()
+        return format_labels(rows, "csv")
 
     def export_jsonl(self) -> str:
-        """Labels as JSON lines ``{"index", "label", "label_index"[, "item"]}``."""
+        """Labels as JSON lines with the fields of :meth:`export_csv`."""
         with self._lock:
             rows = self._label_rows()
-        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        return format_labels(rows, "jsonl")
 
     def export_posterior(self) -> bytes:
         """``torch.save`` of the trained head's posterior (``LastLayerLaplace.state_dict()``), the class

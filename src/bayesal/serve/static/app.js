@@ -270,6 +270,26 @@
     list.replaceChildren(...items);
   }
 
+  async function addClass() {
+    const input = $("new-class");
+    const name = input.value.trim();
+    if (!name || state.busy) return;
+    state.busy = true;
+    try {
+      const r = await api("POST", "/api/classes", { label: name });
+      if (!r.ok) { message(r.data.detail || `request failed (${r.status})`, "warn"); return; }
+      input.value = "";
+      input.blur();  // keys go back to labeling
+      state.info = r.data.info;
+      state.keyOf = {};
+      buildClasses(r.data.info);
+      shown(r.data.next);
+      message(`added class ${r.data.recorded.label}`);
+    } finally {
+      state.busy = false;
+    }
+  }
+
   function buildClasses(info) {
     const box = $("classes");
     box.replaceChildren();
@@ -309,6 +329,8 @@
     $("redo").addEventListener("click", blurred(redo));
     $("retrain").addEventListener("click", blurred(retrain));
     $("skip").addEventListener("click", blurred(skip));
+    $("add-class").addEventListener("click", blurred(addClass));
+    $("new-class").addEventListener("keydown", (ev) => { if (ev.key === "Enter") { ev.preventDefault(); addClass(); } });
     $("export-csv").addEventListener("click", () => download("/api/export/labels.csv", "labels.csv"));
     $("export-jsonl").addEventListener("click", () => download("/api/export/labels.jsonl", "labels.jsonl"));
     $("export-posterior").addEventListener("click", () => download("/api/export/posterior.pt", "posterior.pt"));

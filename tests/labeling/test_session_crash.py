@@ -148,14 +148,14 @@ def _readline(proc: subprocess.Popen, timeout: float) -> str:
     return proc.stdout.readline().strip()
 
 
-def _wait_for_open(out: Path, timeout: float) -> None:
-    """Wait until the child has its session open (it printed ``OPEN``), at most ``timeout`` seconds."""
+def _wait_for_ack(out: Path, timeout: float) -> None:
+    """Wait until the child has acknowledged its first action (a line ``ACK …``), at most ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if out.exists() and "OPEN" in out.read_text():
+        if out.exists() and "\nACK " in "\n" + out.read_text():
             return
         time.sleep(0.005)
-    raise AssertionError(f"the child did not open its session within {timeout} s")
+    raise AssertionError(f"the child acknowledged no action within {timeout} s")
 
 
 @pytest.mark.slow
@@ -172,7 +172,7 @@ def test_sigkill_never_loses_acknowledged_labels(tmp_path: Path) -> None:
     )
     delays = random.Random(7)
     verified = {d: 0 for d in range(N_DIRS)}  # events of each directory checked so far
-    total_acks = kills = 0
+    total_acks = kills = labeling_kills = 0
     try:
         assert _readline(proc, 60) == "READY"
         for trial in range(N_DIRS * KILLS_PER_DIR):
@@ -185,9 +185,10 @@ def test_sigkill_never_loses_acknowledged_labels(tmp_path: Path) -> None:
             assert line.startswith("PID "), line
             pid = int(line.split()[1])
             if trial % 2:
-                # every other kill lands while labeling, however slow a loaded machine makes opening;
-                # the others may hit the open/resume/recover itself
-                _wait_for_open(out, timeout=30)
+                # every other kill lands while labeling, however slow a loaded machine makes opening or
+                # the first update; the others may hit the open/resume/recover itself
+                _wait_for_ack(out, timeout=30)
+                labeling_kills += 1
             time.sleep(delays.uniform(0.0, 0.15))
             os.kill(pid, signal.SIGKILL)
             assert _readline(proc, 10) == "DONE"
@@ -225,5 +226,6 @@ def test_sigkill_never_loses_acknowledged_labels(tmp_path: Path) -> None:
         proc.kill()
         proc.wait()
     assert kills >= 50
-    assert total_acks > 150, f"only {total_acks} acknowledged actions; kills came too early to test much"
+    # every labeling kill came after at least one acknowledged action (how many more depends on the load)
+    assert total_acks >= labeling_kills >= kills // 2
     assert sum(verified.values()) >= total_acks

@@ -11,6 +11,7 @@ import pkgutil
 
 from .full import FullLaplace
 from .head import HeadConfig, train_head
+from .leave_one_out import LeaveOneOut, leave_one_out
 from .linalg import TiledRows, safe_cholesky, spd_inverse, symmetrize
 from .options import BLOCK_ELEMENTS, Curvature, HeadSolver, Hessian, Option, Predictive, PriorSelection, SpreadSelection
 from .posterior import LastLayerLaplace
@@ -39,6 +40,8 @@ __all__ = [
     "PriorSelection",
     "SpreadSelection",
     "train_head",
+    "LeaveOneOut",
+    "leave_one_out",
     "FIDELITY_OPTIONS",
     "PAPER_OPTIONS",
     "BLOCK_ELEMENTS",

@@ -63,6 +63,7 @@ from .opening import SessionOpening, resolve_strategy
 from .policy import DEFAULT_RESELECT_BASE, RefitPolicy
 from .queries import SessionQueries
 from .replay import PosteriorReplay
+from .review import SessionReview
 from .schema import check_header
 from .signals import StoppingSignals
 from .state import SessionState
@@ -75,7 +76,7 @@ __all__ = [
 ]
 
 
-class Session(SessionOpening, SessionQueries):
+class Session(SessionOpening, SessionQueries, SessionReview):
     """Pool-based labeling session with immediate Bayesian updates and crash-safe persistence.
 
     Parameters

@@ -181,7 +181,10 @@ def test_wrong_token_is_refused(browser, serve_process, tmp_path):
         good.click("#export-csv")
     path = dl.value.path()
     assert dl.value.suggested_filename == "labels.csv"
-    assert Path(path).read_text().splitlines() == ["index,label,label_index,item", f"{first},5,5,", f"{i},3,3,"]
+    rows = [line.split(",") for line in Path(path).read_text().splitlines()]
+    assert rows[0] == ["index", "label", "label_index", "label_doubt", "item"]
+    assert [r[:3] + r[4:] for r in rows[1:]] == [[first, "5", "5", ""], [str(i), "3", "3", ""]]
+    assert all(0 <= float(r[3]) <= 1 for r in rows[1:])
 
 
 def highlighted(page) -> list[str]:

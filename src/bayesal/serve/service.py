@@ -407,9 +407,11 @@ class LabelingService:
     # ------------------------------------------------------------------ exports
     def _label_rows(self) -> list[dict[str, Any]]:
         items = self.session.items
+        doubt = self.session.label_doubt()  # 1 − the leave-one-out probability of the given label
         rows = []
         for i, c in self.session.labels.items():
-            row: dict[str, Any] = {"index": i, "label": self._names[c], "label_index": c}
+            row: dict[str, Any] = {"index": i, "label": self._names[c], "label_index": c,
+                                   "label_doubt": round(doubt[i], 6)}
             item = items[i] if items is not None else None
             if isinstance(item, str):
                 row["item"] = item
@@ -417,18 +419,19 @@ class LabelingService:
         return rows
 
     def export_csv(self) -> str:
-        """Labels as CSV: ``index,label,label_index,item`` (item: the text, empty for other items)."""
+        """Labels as CSV: ``index,label,label_index,label_doubt,item`` (item: the text, empty for other items;
+        ``label_doubt``: see :meth:`~bayesal.labeling.session.Session.label_doubt`)."""
         with self._lock:
             rows = self._label_rows()
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=["index", "label", "label_index", "item"], lineterminator="\n")
+        w = csv.DictWriter(buf, fieldnames=["index", "label", "label_index", "label_doubt", "item"], lineterminator="\n")
         w.writeheader()
         for r in rows:
             w.writerow({"item": "", **r})
         return buf.getvalue()
 
     def export_jsonl(self) -> str:
-        """Labels as JSON lines ``{"index", "label", "label_index"[, "item"]}``."""
+        """Labels as JSON lines ``{"index", "label", "label_index", "label_doubt"[, "item"]}``."""
         with self._lock:
             rows = self._label_rows()
         return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)

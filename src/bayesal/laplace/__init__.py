@@ -11,7 +11,7 @@ import pkgutil
 
 from .full import FullLaplace
 from .head import HeadConfig, train_head
-from .leave_one_out import LeaveOneOut, leave_one_out
+from .loo import LeaveOneOut, leave_one_out
 from .linalg import TiledRows, safe_cholesky, spd_inverse, symmetrize
 from .options import BLOCK_ELEMENTS, Curvature, HeadSolver, Hessian, Option, Predictive, PriorSelection, SpreadSelection
 from .posterior import LastLayerLaplace

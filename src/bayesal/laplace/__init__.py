@@ -11,8 +11,8 @@ import pkgutil
 
 from .full import FullLaplace
 from .head import HeadConfig, train_head
-from .loo import LeaveOneOut, leave_one_out
 from .linalg import TiledRows, safe_cholesky, spd_inverse, symmetrize
+from .loo import LeaveOneOut, leave_one_out
 from .options import BLOCK_ELEMENTS, Curvature, HeadSolver, Hessian, Option, Predictive, PriorSelection, SpreadSelection
 from .posterior import LastLayerLaplace
 from .predictive import (

@@ -113,3 +113,27 @@ def test_input_checks():
         leave_one_out(post, x[:, :2], y)
     with pytest.raises(InvalidInputError):
         leave_one_out(post, x, y[:10])
+
+
+def test_cache_follows_updates_as_the_full_computation():
+    from bayesal.laplace import LeaveOneOutCache
+
+    x, y, _ = _noisy_blobs(n=120, seed=3)
+    post = _fit(x[:80], y[:80], "shared", exact_until=0)
+    cache = LeaveOneOutCache(post, x[:80], y[:80])
+    for i in range(80, 90):
+        new = cache.add(x[i], int(y[i]))
+        post = post.update(x[i : i + 1], y[i : i + 1])
+        torch.testing.assert_close(new.mean, post.mean, atol=1e-9, rtol=0)
+    assert len(cache) == 90 and cache.posterior is new
+    want = leave_one_out(post, x[:90], y[:90])
+    got = cache.result()
+    torch.testing.assert_close(got.probs, want.probs, atol=1e-9, rtol=0)
+    torch.testing.assert_close(got.variance, want.variance, atol=1e-9, rtol=0)
+    soft = torch.nn.functional.one_hot(y[90], 3).to(x)
+    cache.add(x[90], soft)
+    assert len(cache) == 91
+    with pytest.raises(InvalidInputError):
+        LeaveOneOutCache(_fit(x, y, "full"), x, y)
+    with pytest.raises(InvalidInputError):
+        cache.add(x[91:93], 0)

@@ -158,14 +158,31 @@ class LeaveOneOutCache:
             raise InvalidInputError(f"LeaveOneOutCache needs hessian='shared', got {posterior.hessian!r}; "
                                     "use leave_one_out")
         self.posterior = posterior
-        self._x = posterior.check_features(features, name="labeled features")
-        self._y = as_targets(labels, posterior.num_classes, n=self._x.shape[0], dtype=posterior.dtype,
-                             device=posterior.device)
-        self._z = posterior.logits(self._x, checked=True)
-        self._q = row_quadratic_forms(self._x, posterior.covariance)
+        x = posterior.check_features(features, name="labeled features")
+        self._n = int(x.shape[0])
+        # rows live in buffers that grow by doubling: a new label never copies all N rows
+        self._xb, self._yb = x, as_targets(labels, posterior.num_classes, n=self._n, dtype=posterior.dtype,
+                                             device=posterior.device)
+        self._zb = posterior.logits(x, checked=True)
+        self._qb = row_quadratic_forms(x, posterior.covariance)
+        self._grow(max(64, self._n // 4))  # room for the next answers (and a private copy of the rows)
 
     def __len__(self) -> int:
-        return int(self._x.shape[0])
+        return self._n
+
+    @property
+    def _x(self) -> torch.Tensor:
+        return self._xb[: self._n]
+
+    def _grow(self, extra: int | None = None) -> None:
+        """Room for ``extra`` more rows, or for one more (the capacity doubles when full)."""
+        if extra is None:
+            if self._n < self._xb.shape[0]:
+                return
+            extra = max(64, self._n)
+        self._xb, self._yb, self._zb, self._qb = (
+            torch.cat([b, b.new_zeros((extra, *b.shape[1:]))]) for b in (self._xb, self._yb, self._zb, self._qb)
+        )
 
     def add(self, features: Any, label: Any) -> LastLayerLaplace:
         """Absorb one new label ``features (D,)``, ``label`` (class index or ``(C,)``) into the posterior
@@ -180,19 +197,21 @@ class LeaveOneOutCache:
         step = post.logit_step(phi[0], target[0])
         new = copy.copy(post).absorb(step)
         # the step's downdate of the cached variances, unscaled: the cache holds φᵀΣφ, not τ φᵀΣφ
-        z, q = replace(step, spread=1.0).apply(self._x, self._z, self._q)
+        n = self._n
+        self._grow()
+        replace(step, spread=1.0).apply_with_products(self._xb[:n], self._zb[:n], self._qb[:n], inplace=True)
         q_new = float(torch.dot(phi[0], step.sigma_phi))
-        q_new -= step.curvature / step.denom * q_new**2
-        self._x = torch.cat([self._x, phi])
-        self._y = torch.cat([self._y, target])
-        self._z = torch.cat([z, new.logits(phi, checked=True)])
-        self._q = torch.cat([q, q.new_tensor([q_new])])
+        self._xb[n], self._yb[n] = phi[0], target[0]
+        self._zb[n] = new.logits(phi, checked=True)[0]
+        self._qb[n] = q_new - step.curvature / step.denom * q_new**2
+        self._n = n + 1
         self.posterior = new
         return new
 
     def result(self) -> LeaveOneOut:
         """The leave-one-out predictives of every cached row under :attr:`posterior` (``O(N·C)``)."""
-        return _from_moments(self.posterior, self._z, self._q, self._y)
+        n = self._n
+        return _from_moments(self.posterior, self._zb[:n], self._qb[:n], self._yb[:n])
 
 
 def _softmax_hessian(p: torch.Tensor) -> torch.Tensor:

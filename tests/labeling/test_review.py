@@ -66,3 +66,29 @@ def test_no_labels_and_bad_k(clustered_pool):
     for k in (0, -1, 1.5, True):
         with pytest.raises(InvalidInputError):
             session.suspicious(k)
+
+
+def test_each_answer_reranks_incrementally_as_the_full_computation(clustered_pool):
+    """Past the early phase, an answer absorbed as an update re-ranks through the rank-1 cache: the same
+    doubts as the full leave-one-out of the session's posterior; a refit falls back to the full one."""
+    from bayesal.labeling.review import SessionReview
+
+    x, y, _, _ = clustered_pool(n=300, seed=6)
+    session = Session(x, NAMES, random_state=0, background=False, reselect="doubling")
+    for i in range(90):
+        session.tell(i, int(y[i]) if i % 9 else int((y[i] + 1) % 3))
+    session.label_doubt()
+    start = session._doubt_incremental
+    for i in range(90, 100):
+        session.tell(i, int(y[i]))
+        got = session.label_doubt()
+        idx = sorted(session.labels)
+        loo = leave_one_out(session.posterior, session.features[idx], torch.tensor([session.labels[j] for j in idx]))
+        np.testing.assert_allclose([got[j] for j in idx], loo.doubt.numpy(), rtol=0, atol=1e-7)
+    assert session._doubt_incremental - start == 10  # every answer past 80 labels (no fit point up to 160)
+    session.retrain()
+    session.tell(100, int(y[100]))
+    before = session._doubt_incremental
+    session.label_doubt()
+    assert session._doubt_incremental == before  # after a refit: computed in full
+    assert isinstance(session, SessionReview)

@@ -10,13 +10,14 @@ wrong is changed with :meth:`Session.correct <bayesal.labeling.session.Session.c
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
 import torch
 
 from bayesal.exceptions import InvalidInputError
-from bayesal.laplace import LastLayerLaplace, leave_one_out
+from bayesal.laplace import LastLayerLaplace, LeaveOneOut, LeaveOneOutCache, leave_one_out
 
 from .views import SessionViews
 
@@ -38,49 +39,99 @@ class LabelDoubt:
         The leave-one-out predictive of each item.
     """
 
-    def __init__(self, posterior: LastLayerLaplace, features: torch.Tensor, labels: dict[int, int]) -> None:
+    def __init__(self, labels: dict[int, int], loo: LeaveOneOut | None, num_classes: int) -> None:
         self.indices = np.fromiter(labels.keys(), dtype=np.int64, count=len(labels))
         self.labels = np.fromiter(labels.values(), dtype=np.int64, count=len(labels))
-        if self.indices.size:
-            loo = leave_one_out(posterior, features[torch.from_numpy(self.indices)], torch.from_numpy(self.labels))
+        if loo is not None:
             self.probs = loo.probs.cpu().numpy()
             self.doubt = loo.doubt.cpu().numpy()
         else:
-            self.probs = np.zeros((0, posterior.num_classes))
+            self.probs = np.zeros((0, num_classes))
             self.doubt = np.zeros(0)
-        self._row = {int(i): r for r, i in enumerate(self.indices)}
 
     def order(self) -> np.ndarray:
         """Rows by decreasing doubt (ties: the earlier label first)."""
         return np.argsort(-self.doubt, kind="stable")
 
-    def row(self, index: int) -> int:
-        """The row of pool ``index`` (``KeyError`` if it is not labeled)."""
-        return self._row[index]
+
+#: How close (absolute, relative to the largest entry) the review's own rank-1 update must come to the
+#: session's posterior for the incremental leave-one-out to be used; else it is recomputed in full.
+INCREMENTAL_TOLERANCE = 1e-9
+
+
+class _DoubtState:
+    """What the last :meth:`SessionReview.label_doubts` computed, for the next one: the posterior and
+    labels it was for, its result and (shared covariance) the incremental cache."""
+
+    def __init__(self, posterior: LastLayerLaplace, key: tuple[tuple[int, int], ...], result: LabelDoubt,
+                 cache: LeaveOneOutCache | None) -> None:
+        self.posterior, self.key, self.result, self.cache = posterior, key, result, cache
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    scale = float(b.abs().max()) if b.numel() else 0.0
+    return bool(torch.allclose(a, b, rtol=0.0, atol=INCREMENTAL_TOLERANCE * max(scale, 1e-300)))
 
 
 class SessionReview(SessionViews):
     """Label-error review (a part of :class:`~bayesal.labeling.session.Session`)."""
 
-    _doubt_cache: tuple[LastLayerLaplace, tuple[tuple[int, int], ...], LabelDoubt] | None = None
+    _doubt_state: _DoubtState | None = None
+    #: label_doubts calls served by the incremental cache (the others recomputed in full)
+    _doubt_incremental: int = 0
 
     def label_doubts(self) -> LabelDoubt:
-        """The leave-one-out view of every current label under the current posterior (computed once per
-        posterior state: ``O(n·D²)`` for ``n`` labels, then cached until the next action or refit).
+        """The leave-one-out view of every current label under the current posterior.
+
+        Computed once per posterior state. After one new answer absorbed as an update (no refit, no
+        correction, past the early phase) it follows from the previous one in ``O(n·D + D²)`` for ``n``
+        labels (:class:`~bayesal.laplace.LeaveOneOutCache`: the update's rank-1 step applied to the
+        cached logits and variances, used only when its posterior matches the session's up to
+        round-off); otherwise it is computed in full, ``O(n·D²)``.
 
         Returns
         -------
         LabelDoubt
         """
+        lock = self.__dict__.setdefault("_review_lock", threading.Lock())  # atomic: one lock per session
         with self._state.lock:
             posterior, labels = self._state.posterior, dict(self._book.labels)
         key = tuple(labels.items())
-        cached = self._doubt_cache
-        if cached is not None and cached[0] is posterior and cached[1] == key:
-            return cached[2]
-        out = LabelDoubt(posterior, self._x, labels)
-        self._doubt_cache = (posterior, key, out)
-        return out
+        with lock:
+            last = self._doubt_state
+            if last is not None and last.posterior is posterior and last.key == key:
+                return last.result
+            cache = self._advanced(last, posterior, key)
+            if cache is not None:
+                self._doubt_incremental += 1
+            elif labels and posterior.hessian == "shared":
+                idx = torch.tensor(list(labels), dtype=torch.long)
+                cache = LeaveOneOutCache(posterior, self._x[idx], torch.tensor(list(labels.values())))
+            if cache is not None:
+                loo: LeaveOneOut | None = cache.result()
+            elif labels:
+                idx = torch.tensor(list(labels), dtype=torch.long)
+                loo = leave_one_out(posterior, self._x[idx], torch.tensor(list(labels.values())))
+            else:
+                loo = None
+            out = LabelDoubt(labels, loo, posterior.num_classes)
+            self._doubt_state = _DoubtState(posterior, key, out, cache)
+            return out
+
+    def _advanced(self, last: _DoubtState | None, posterior: LastLayerLaplace,
+                  key: tuple[tuple[int, int], ...]) -> LeaveOneOutCache | None:
+        """The last state's cache advanced by the one label added since, if that reproduces ``posterior``."""
+        if last is None or last.cache is None or len(key) != len(last.key) + 1 or key[:-1] != last.key:
+            return None
+        if posterior.n_updates_ != last.posterior.n_updates_ + 1:
+            return None  # a refit (or a swapped-in one) in between
+        index, label = key[-1]
+        cache = last.cache
+        mine = cache.add(self._x[index], label)
+        if not (_close(mine.mean, posterior.mean) and _close(mine.bias, posterior.bias)
+                and _close(mine.covariance, posterior.covariance)):
+            return None  # e.g. the early phase's exact head: recompute in full
+        return cache
 
     def label_doubt(self) -> dict[int, float]:
         """``{pool index: doubt}`` of every current label: 1 − the probability that the posterior without

@@ -11,9 +11,14 @@ minimiser is the mean. Removing it never refits anything:
   and it is a ``C × C`` solve per point.
 * **mean** (one Newton step, the approximation): the old data's gradient vanishes at ``μ``, so the
   objective without the point has gradient ``−J_iᵀ (p_i − y_i)`` there, and its Newton step with the
-  Hessian ``Σ₋ᵢ⁻¹`` moves the point's logits by ``Δz_i = J_i Σ₋ᵢ J_iᵀ (p_i − y_i)`` (the first Newton
-  iterate, from ``z_i``, towards the mode of the cavity ``N(μ, Σ) / p(y_i | W)``; iterating further
-  was measured no closer to an exact refit without the point, see below).
+  Hessian ``Σ₋ᵢ⁻¹`` moves the point's logits by ``Δz_i = γ J_i Σ₋ᵢ J_iᵀ (p_i − y_i)`` (the first Newton
+  iterate, from ``z_i``, towards the mode of the cavity ``N(μ, Σ) / p(y_i | W)``). Iterating further
+  was measured: on digits (300 labels, 15 % flipped) it moved the shared covariance's leave-one-out
+  probabilities from 0.067 to 0.058 (mean absolute difference to an exact refit) but the full GGN's
+  from 0.006 to 0.016, and from a single label it left the prior (the cavity is not convex; Newton
+  stops at a nearer mode), so the single step is kept. The step is scaled by the update's step size
+  ``γ`` (the default 1); with the paper's ``γ = 10`` the mean is no mode of any objective, and the
+  leave-one-out of points absorbed by such steps is only rough.
 
 The leave-one-out predictive is then the posterior's own (calibrated) predictive at ``φ_i``: the
 mean-field softmax of ``z_i + Δz_i`` with the logit variance ``τ J_i Σ₋ᵢ J_iᵀ`` (``τ`` the posterior's
@@ -119,13 +124,14 @@ def _from_moments(posterior: LastLayerLaplace, z: torch.Tensor, cov: torch.Tenso
     """:func:`leave_one_out` from the points' MAP logits ``z (N, C)``, logit (co)variances ``cov`` (``(N,)``
     or ``(N, C, C)``, without the spread) and targets ``y (N, C)`` under ``posterior``."""
     p = torch.softmax(z, dim=-1)
+    gamma = posterior.gamma  # the update's step size: its mean step is undone with the same one
     if cov.ndim == 1:
         m = curvature_weights(p, posterior.curvature)
         var = cov / (1.0 - m * cov).clamp_min(MIN_DENOMINATOR)
-        z_loo = z + var.unsqueeze(1) * (p - y)
+        z_loo = z + gamma * var.unsqueeze(1) * (p - y)
     elif cov.ndim == 3:
         var = _full_downdate(cov, p)
-        z_loo = z + (var @ (p - y).unsqueeze(2)).squeeze(2)
+        z_loo = z + gamma * (var @ (p - y).unsqueeze(2)).squeeze(2)
     else:  # pragma: no cover - every registered structure gives (N,) or (N, C, C)
         raise InvalidInputError(f"leave_one_out needs logit variances (N,) or (N, C, C), got {tuple(cov.shape)}")
     spread = posterior.fitted_spread

@@ -30,7 +30,7 @@ What is approximated, besides the Newton step of the mean:
 
 * the curvature ``Λ_i`` removed is the one at the current mean; the precision holds the one at the
   point's own linearisation (the same at a fresh fit; after updates they differ by the mean's drift).
-  Should ``1 − m_i q_i`` (or ``I − Λ_i S_i``) not be positive the removed curvature exceeds what the
+  Should ``1 − m_i q_i`` not be positive (shared covariance) the removed curvature exceeds what the
   precision holds, and the downdate is floored at :data:`MIN_DENOMINATOR`;
 * the bias is a point estimate of the posterior and is kept;
 * the other points' curvature and gradients are those of the Gaussian the posterior keeps of them (an
@@ -60,8 +60,8 @@ if TYPE_CHECKING:
 
 __all__ = ["LeaveOneOut", "LeaveOneOutCache", "leave_one_out", "MIN_DENOMINATOR"]
 
-#: Floor of ``1 − m q`` (and of the eigenvalues of ``I − Λ S``): a point whose removed curvature would
-#: exceed what the precision holds keeps a finite, large leave-one-out variance.
+#: Floor of ``1 − m q`` (shared covariance): a point whose removed curvature would exceed what the
+#: precision holds keeps a finite, large leave-one-out variance.
 MIN_DENOMINATOR = 1e-6
 
 

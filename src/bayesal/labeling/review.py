@@ -123,14 +123,12 @@ class SessionReview(SessionViews):
         """The last state's cache advanced by the one label added since, if that reproduces ``posterior``."""
         if last is None or last.cache is None or len(key) != len(last.key) + 1 or key[:-1] != last.key:
             return None
-        if posterior.n_updates_ != last.posterior.n_updates_ + 1:
-            return None  # a refit (or a swapped-in one) in between
         index, label = key[-1]
         cache = last.cache
         mine = cache.add(self._x[index], label)
         if not (_close(mine.mean, posterior.mean) and _close(mine.bias, posterior.bias)
                 and _close(mine.covariance, posterior.covariance)):
-            return None  # e.g. the early phase's exact head: recompute in full
+            return None  # a refit in between, or the early phase's exact head: recompute in full
         return cache
 
     def label_doubt(self) -> dict[int, float]:

@@ -22,10 +22,9 @@ LAMBDA_MF = math.pi / 8
 CLASSES = ["sport", "business", "tech"]
 
 
-def reference_probs(observed: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray, num_classes: int) -> torch.Tensor:
-    """Mean-field predictive after chained one-point Newton updates from the prior N(0, I), with an
-    explicit dense inverse of the precision (the textbook computation the backend must match)."""
-    d = x.shape[1]
+def reference_state(observed: list[tuple[np.ndarray, np.ndarray]], d: int, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean ``(C, D)`` and precision ``(D, D)`` after chained one-point Newton updates from the prior N(0, I),
+    with an explicit dense inverse of the precision (the textbook computation the backend must match)."""
     prec = torch.eye(d, dtype=torch.float64)
     mu = torch.zeros(num_classes, d, dtype=torch.float64)
     for phi_np, y_np in observed:
@@ -34,10 +33,38 @@ def reference_probs(observed: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray
         prec = prec + torch.outer(phi, phi)
         sigma = torch.linalg.inv(prec)
         mu = mu + GAMMA * torch.outer(y - p, sigma @ phi)
+    return mu, prec
+
+
+def reference_probs(observed: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Mean-field predictive of :func:`reference_state` at ``x``."""
+    mu, prec = reference_state(observed, x.shape[1], num_classes)
     sigma = torch.linalg.inv(prec)
     xt = torch.as_tensor(x, dtype=torch.float64)
     var = ((xt @ sigma) * xt).sum(1)
     return torch.softmax((xt @ mu.T) / torch.sqrt(1 + LAMBDA_MF * var)[:, None], 1)
+
+
+def reference_doubt(observed: list[tuple[np.ndarray, np.ndarray]], k: int, num_classes: int) -> float:
+    """1 − the probability of the ``k``-th observation's label under :func:`reference_state` without it:
+    its (gaussian-curvature) precision term removed densely, the mean moved by one γ-scaled Newton step."""
+    phi_np, y_np = observed[k]
+    mu, prec = reference_state(observed, len(phi_np), num_classes)
+    phi, y = torch.as_tensor(phi_np, dtype=torch.float64), torch.as_tensor(y_np, dtype=torch.float64)
+    sigma = torch.linalg.inv(prec - torch.outer(phi, phi))
+    mu = mu + GAMMA * torch.outer(torch.softmax(mu @ phi, 0) - y, sigma @ phi)
+    probs = torch.softmax((mu @ phi) / torch.sqrt(1 + LAMBDA_MF * phi @ sigma @ phi), 0)
+    return float(1 - probs @ y)
+
+
+def expected_scores(observed: list[tuple[np.ndarray, np.ndarray]], tasks: list[dict], annotated: list[int],
+                    x: np.ndarray, num_classes: int = 3) -> np.ndarray:
+    """The backend's scores: the margin utility, and for a task with an annotation (``annotated[k]`` the
+    task id of ``observed[k]``) its label doubt."""
+    out = margin_utility(reference_probs(observed, x, num_classes))
+    for k, task_id in enumerate(annotated):
+        out[[t["id"] for t in tasks].index(task_id)] = reference_doubt(observed, k, num_classes)
+    return out
 
 
 def margin_utility(probs: torch.Tensor) -> np.ndarray:
@@ -145,7 +172,8 @@ def test_annotation_webhooks_apply_the_bayesian_update(make_client, recorded, te
     assert r.status_code == 201 and r.json()["changed"] == 1
     out = predict(client, pbody)
     assert out["model_version"] != v0
-    expected = margin_utility(reference_probs([(text_features[task_id], onehot("sport"))], x, 3))
+    # the annotated task is scored by its label doubt (the paper's γ = 10 step undone by one γ-scaled step)
+    expected = expected_scores([(text_features[task_id], onehot("sport"))], pbody["tasks"], [task_id], x)
     np.testing.assert_allclose(scores(out), expected, atol=2e-6)
     assert out["results"][0]["result"][0]["value"]["choices"] == ["sport"]
 
@@ -159,7 +187,7 @@ def test_annotation_webhooks_apply_the_bayesian_update(make_client, recorded, te
     assert updated["annotation"]["result"][0]["value"]["choices"] == ["tech"]
     assert client.post("/webhook", json=updated).json()["changed"] == 1
     out = predict(client, pbody)
-    expected = margin_utility(reference_probs([(text_features[task_id], onehot("tech"))], x, 3))
+    expected = expected_scores([(text_features[task_id], onehot("tech"))], pbody["tasks"], [task_id], x)
     np.testing.assert_allclose(scores(out), expected, atol=2e-6)
     assert out["results"][0]["result"][0]["value"]["choices"] == ["tech"]
 
@@ -191,7 +219,8 @@ def test_a_changed_annotation_in_the_middle_refolds_in_order(make_client, record
         assert client.post("/webhook", json=_created_for(recorded, 100 + k, tasks[k], label)).status_code == 201
     client.post("/webhook", json=_created_for(recorded, 100, tasks[0], "tech") | {"action": "ANNOTATION_UPDATED"})
     seq = [(text_features[tasks[k]["id"]], onehot(lab)) for k, lab in enumerate(["tech", "sport", "business"])]
-    np.testing.assert_allclose(scores(predict(client, pbody)), margin_utility(reference_probs(seq, x, 3)), atol=2e-6)
+    expected = expected_scores(seq, tasks, [t["id"] for t in tasks[:3]], x)
+    np.testing.assert_allclose(scores(predict(client, pbody)), expected, atol=2e-6)
 
 
 def test_cancelled_annotation_counts_as_no_label(make_client, recorded):
@@ -228,8 +257,9 @@ def test_project_updated_with_a_new_class_keeps_the_annotations(make_client, rec
     out = predict(client, pbody)
     classes = CLASSES + ["politics"]
     x = np.stack([text_features[t["id"]] for t in pbody["tasks"]])
-    ref = reference_probs([(text_features[created["task"]["id"]], onehot("sport", classes))], x, 4)
-    np.testing.assert_allclose(scores(out), margin_utility(ref), atol=2e-6)
+    observed = [(text_features[created["task"]["id"]], onehot("sport", classes))]
+    expected = expected_scores(observed, pbody["tasks"], [created["task"]["id"]], x, 4)
+    np.testing.assert_allclose(scores(out), expected, atol=2e-6)
 
 
 @pytest.mark.slow
@@ -360,6 +390,7 @@ def test_by_default_an_annotation_is_the_library_update(make_client, recorded, t
     """Without ``paper`` the backend folds the library's default update (γ = 1, damped Newton steps,
     categorical curvature) from the zero-mean prior, the same posterior ``LastLayerLaplace`` gives."""
     from bayesal import LastLayerLaplace
+    from bayesal.laplace import leave_one_out
 
     client = make_client(posterior=BackendSettings().posterior)
     pbody = recorded("text_predict_post")
@@ -375,6 +406,19 @@ def test_by_default_an_annotation_is_the_library_update(make_client, recorded, t
     post = prior.update(torch.as_tensor(text_features[task_id], dtype=torch.float64)[None], torch.tensor([0]))
     assert post.steps > 1 and post.gamma == 1.0
     expected = margin_utility(post.predict_proba(torch.as_tensor(x, dtype=torch.float64)))
-    np.testing.assert_allclose(scores(out), expected, atol=2e-6)
     labeled = [t["id"] for t in pbody["tasks"]].index(task_id)
+    expected[labeled] = float(leave_one_out(post, x[labeled : labeled + 1], torch.tensor([0])).doubt[0])
+    np.testing.assert_allclose(scores(out), expected, atol=2e-6)
     assert out["results"][labeled]["result"][0]["value"]["choices"] == ["sport"]
+
+
+def test_annotated_tasks_are_scored_by_their_label_doubt(make_client, recorded):
+    """With the library's update (γ = 1), the only annotation's score is the doubt of the posterior without
+    it — the prior's, 2/3 for 3 classes — while the other tasks keep the strategy's utility."""
+    client = make_client(posterior=BackendSettings().posterior)
+    pbody = recorded("text_predict_post")
+    before = scores(predict(client, pbody))
+    client.post("/webhook", json=_created_for(recorded, 300, pbody["tasks"][0], "sport"))
+    after = scores(predict(client, pbody))
+    assert abs(after[0] - 2 / 3) < 0.01
+    assert np.all(after[1:] <= 1.0) and not np.allclose(after[1:], before[1:])

@@ -233,10 +233,14 @@ def test_exports(service, pool):
     r = c.get("/api/export/labels.csv")
     assert r.headers["content-disposition"] == 'attachment; filename="labels.csv"'
     lines = r.text.strip().split("\n")
-    assert lines[0] == "index,label,label_index,item,id,annotator,time" and len(lines) == 5
+    assert lines[0] == "index,label,label_index,item,id,annotator,time,label_doubt" and len(lines) == 5
     rows = [json.loads(line) for line in c.get("/api/export/labels.jsonl").text.splitlines()]
     assert {r["index"]: r["label"] for r in rows} == done
     assert all(r["item"] == pool[2][r["index"]] and NAMES[r["label_index"]] == r["label"] for r in rows)
+    # the leave-one-out doubt of each given label, as the session computes it
+    doubt = service.session.label_doubt()
+    assert all(r["label_doubt"] == pytest.approx(doubt[r["index"]], abs=1e-6) and 0 <= r["label_doubt"] <= 1 for r in rows)
+    assert [line.split(",")[7] for line in lines[1:]] == [str(r["label_doubt"]) for r in rows]
     payload = torch.load(io.BytesIO(c.get("/api/export/posterior.pt").content), weights_only=False)
     post = LastLayerLaplace.from_state_dict(payload["posterior"])
     assert payload["class_names"] == NAMES and payload["n_labeled"] == 4

@@ -182,9 +182,10 @@ def test_wrong_token_is_refused(browser, serve_process, tmp_path):
     path = dl.value.path()
     assert dl.value.suggested_filename == "labels.csv"
     lines = Path(path).read_text().splitlines()
-    assert lines[0] == "index,label,label_index,item,id,annotator,time"
+    assert lines[0] == "index,label,label_index,item,id,annotator,time,label_doubt"
     assert [ln.split(",")[:5] for ln in lines[1:]] == [[first, "5", "5", "", first], [str(i), "3", "3", "", str(i)]]
     assert all(ln.split(",")[5] and ln.split(",")[6].endswith("+00:00") for ln in lines[1:])  # the tab, the time
+    assert all(0 <= float(ln.split(",")[7]) <= 1 for ln in lines[1:])  # the leave-one-out doubt
 
 
 def highlighted(page) -> list[str]:

@@ -1,4 +1,4 @@
-"""Command-line interface: ``bayesal run | plot | label | serve | labelstudio | export | predict | datasets | demo``."""
+"""Command-line interface: ``bayesal run | plot | label | review | serve | labelstudio | export | predict | datasets | demo``."""
 
 from __future__ import annotations
 
@@ -174,6 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser("label", help="label instances in the terminal, one at a time, with instant updates")
         add_label_arguments(p)
         p.set_defaults(func=label_main)
+    try:
+        from .review import add_review_arguments, review_main
+    except ImportError:  # labeling is optional at import time
+        pass
+    else:
+        p = sub.add_parser("review", help="review a session's labels in the terminal, most doubted first")
+        add_review_arguments(p)
+        p.set_defaults(func=review_main)
     try:
         from .labelstudio import add_labelstudio_arguments, labelstudio_main
     except ImportError:  # the Label Studio backend is optional at import time

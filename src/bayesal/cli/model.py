@@ -1,7 +1,7 @@
 """``bayesal export`` (a session's labels, and optionally its model, without a server) and ``bayesal
 predict`` (a labeled model applied to new items)::
 
-    bayesal export my-labels --out labels.csv             # index,label,label_index,item,id,annotator,time
+    bayesal export my-labels --out labels.csv             # index,label,label_index,item,id,annotator,time,label_doubt
     bayesal export my-labels --model model.pt             # also the model (posterior, classes, backbone)
     bayesal predict --model my-labels new.csv --out preds.csv   # or --model model.pt; or a folder of images
 

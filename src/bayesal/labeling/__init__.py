@@ -2,7 +2,7 @@
 
 :class:`Session` is the facade: ``session`` (construction and the write path of its actions) with its
 parts ``views`` (what it holds, read-only), ``queries`` (what to label next, the predictive, the
-stopping signals) and ``opening`` (from a dataset, resume, recover). Behind it, one module per job:
+stopping signals), ``review`` (which given labels the model doubts) and ``opening`` (from a dataset, resume, recover). Behind it, one module per job:
 ``engine`` (the labeling engine: the write path of an event, the resume of a log, the posterior
 arithmetic of events — shared with the Label Studio backend), ``config`` (the saved header),
 ``history`` (labels, undo/redo bookkeeping), ``state`` (events → posterior, undo cache), ``replay``

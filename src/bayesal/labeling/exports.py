@@ -24,7 +24,7 @@ from .storage import LOG_NAME, read_log
 
 __all__ = ["EXPORT_COLUMNS", "label_rows", "format_labels", "logged_history", "model_payload"]
 
-EXPORT_COLUMNS = ["index", "label", "label_index", "item", "id", "annotator", "time"]
+EXPORT_COLUMNS = ["index", "label", "label_index", "item", "id", "annotator", "time", "label_doubt"]
 
 
 def _iso(t: Any) -> str:
@@ -34,7 +34,8 @@ def _iso(t: Any) -> str:
 
 
 def label_rows(history: Sequence[Mapping[str, Any]], class_names: Sequence[str], *,
-               ids: Sequence[str] | None = None, items: Sequence[str] | None = None) -> list[dict[str, Any]]:
+               ids: Sequence[str] | None = None, items: Sequence[str] | None = None,
+               doubt: Mapping[int, float] | None = None) -> list[dict[str, Any]]:
     """One row per labeled item of an effective action ``history``.
 
     Parameters
@@ -45,12 +46,16 @@ def label_rows(history: Sequence[Mapping[str, Any]], class_names: Sequence[str],
         The ``C`` class names.
     ids, items
         Per pool position: the item's id and its text or file path (optional).
+    doubt
+        Per labeled position: how much the model doubts the given label (``Session.label_doubt()``;
+        optional — ``bayesal export`` reads the log without a model and leaves it empty).
 
     Returns
     -------
     list of dict
         ``index``, ``label``, ``label_index``, ``id``, ``item`` (``""`` where unknown), ``annotator``
-        and ``time`` (ISO 8601, UTC) of the latest answer, in the order the items were first labeled.
+        and ``time`` (ISO 8601, UTC) of the latest answer and ``label_doubt`` (``""`` where not given),
+        in the order the items were first labeled.
     """
     rows: dict[int, dict[str, Any]] = {}
     for action in history:
@@ -61,6 +66,8 @@ def label_rows(history: Sequence[Mapping[str, Any]], class_names: Sequence[str],
         row.update(label=class_names[c], label_index=c, annotator=str(action.get("user", "")), time=_iso(action.get("t")))
         row["id"] = ids[i] if ids is not None and i < len(ids) else str(i)
         row["item"] = items[i] if items is not None and i < len(items) and isinstance(items[i], str) else ""
+    for i, row in rows.items():
+        row["label_doubt"] = round(float(doubt[i]), 6) if doubt is not None and i in doubt else ""
     return list(rows.values())
 
 

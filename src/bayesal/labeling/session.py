@@ -64,6 +64,7 @@ from .opening import SessionOpening, resolve_strategy
 from .policy import DEFAULT_RESELECT_BASE, RefitPolicy
 from .queries import SessionQueries
 from .replay import PosteriorReplay
+from .review import SessionReview
 from .schema import MAX_USER, check_header
 from .signals import StoppingSignals
 from .state import SessionState
@@ -76,7 +77,7 @@ __all__ = [
 ]
 
 
-class Session(SessionOpening, SessionQueries):
+class Session(SessionOpening, SessionQueries, SessionReview):
     """Pool-based labeling session with immediate Bayesian updates and crash-safe persistence.
 
     Parameters

@@ -7,7 +7,8 @@ folder. It turns Label Studio's bodies into model calls:
 
 * ``setup(project, schema)`` — parse the labeling config, open the project, return the model version;
 * ``predict(tasks, project, label_config)`` — one prediction per task: the most probable class as the
-  ``<Choices>`` result and the strategy's utility as ``score``;
+  ``<Choices>`` result and as ``score`` the strategy's utility — for an annotated task its label doubt
+  (:mod:`~.review`), so label errors sort first;
 * ``webhook(payload)`` — ``ANNOTATION_CREATED`` / ``ANNOTATIONS_CREATED`` / ``ANNOTATION_UPDATED``
   apply the Bayesian update, ``ANNOTATIONS_DELETED`` / ``TASKS_DELETED`` remove annotations,
   ``PROJECT_UPDATED`` records a changed labeling config, ``START_TRAINING`` refits the head; other
@@ -33,6 +34,7 @@ from bayesal.laplace import DEFAULT_LAMBDA_MF, Hessian, PosteriorOptions
 from .config import ChoicesConfig, parse_label_config
 from .features import FeatureStore, TaskFeaturizer, default_backbone
 from .project import FEATURES_NAME, LOG_NAME, ProjectModel
+from .review import label_doubt_scores
 
 __all__ = ["LabelStudioBackend", "BackendSettings", "annotation_labels", "ANNOTATION_ACTIONS"]
 
@@ -242,6 +244,13 @@ class LabelStudioBackend:
         feats = proj.featurizer.encode(tasks)
         done = proj.model.labeled_tasks()
         probs, utility = proj.model.predict(feats, labeled=[t.get("id") in done for t in tasks])
+        annotated = [k for k, t in enumerate(tasks) if t.get("id") in done]
+        if annotated:  # an annotated task's score is its label doubt: the Data Manager sorts label errors first
+            doubt = label_doubt_scores(proj.model.posterior(), feats[annotated],
+                                       [done[tasks[k]["id"]] for k in annotated], cfg)
+            for k, d in zip(annotated, doubt):
+                if d == d:
+                    utility[k] = float(d)
         version = proj.model.model_version
         results = []
         for p, u in zip(probs, utility):

@@ -12,6 +12,7 @@ import pkgutil
 from .full import FullLaplace
 from .head import HeadConfig, train_head
 from .linalg import TiledRows, safe_cholesky, spd_inverse, symmetrize
+from .loo import LeaveOneOut, LeaveOneOutCache, leave_one_out
 from .options import BLOCK_ELEMENTS, Curvature, HeadSolver, Hessian, Option, Predictive, PriorSelection, SpreadSelection
 from .posterior import LastLayerLaplace
 from .predictive import (
@@ -39,6 +40,9 @@ __all__ = [
     "PriorSelection",
     "SpreadSelection",
     "train_head",
+    "LeaveOneOut",
+    "LeaveOneOutCache",
+    "leave_one_out",
     "FIDELITY_OPTIONS",
     "PAPER_OPTIONS",
     "BLOCK_ELEMENTS",

@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 
 from bayesal.exceptions import BayesalError, InvalidInputError, StaleAnswerError
 
+from .review import LabelReview, add_review_routes
 from .service import LabelingService
 
 __all__ = ["create_app", "check_bind", "is_loopback", "TOKEN_HEADER", "CLIENT_HEADER"]
@@ -100,6 +101,7 @@ def create_app(service: LabelingService, *, token: str | None = None) -> FastAPI
     app = FastAPI(title="bayesal serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
     page_template = _asset("index.html").replace("{{CSS}}", _asset("app.css")).replace("{{JS}}", _asset("app.js"))
+    page_template = page_template.replace("{{REVIEW_JS}}", _asset("review.js"))
 
     def denied(request: Request, why: str) -> Response:
         if request.url.path == "/" and request.method == "GET":
@@ -211,6 +213,7 @@ def create_app(service: LabelingService, *, token: str | None = None) -> FastAPI
         return Response(service.export_posterior(), media_type="application/octet-stream",
                         headers={"Content-Disposition": 'attachment; filename="posterior.pt"'})
 
+    add_review_routes(app, LabelReview(service))
     return app
 
 

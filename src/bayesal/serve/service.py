@@ -436,15 +436,18 @@ class LabelingService:
         items = self._item_locations
         if items is None and self.session.items is not None:
             items = [v if isinstance(v, str) else "" for v in self.session.items] if self._texts() else None
-        return label_rows(self.session.history, self._names, ids=self._item_ids, items=items)
+        # label_doubt: 1 − the leave-one-out probability of the given label
+        return label_rows(self.session.history, self._names, ids=self._item_ids, items=items,
+                          doubt=self.session.label_doubt())
 
     def _texts(self) -> bool:
         items = self.session.items
         return items is not None and len(items) > 0 and isinstance(items[0], str)
 
     def export_csv(self) -> str:
-        """Labels as CSV: ``index,label,label_index,item,id,annotator,time`` (item: the text or the
-        file path, empty for other items; time: ISO 8601 UTC of the latest answer)."""
+        """Labels as CSV: ``index,label,label_index,item,id,annotator,time,label_doubt`` (item: the text or
+        the file path, empty for other items; time: ISO 8601 UTC of the latest answer; ``label_doubt``: see
+        :meth:`~bayesal.labeling.session.Session.label_doubt`)."""
         with self._lock:
             rows = self._label_rows()
         return format_labels(rows, "csv")

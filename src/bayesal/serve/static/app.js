@@ -304,6 +304,7 @@
   }
 
   document.addEventListener("keydown", (ev) => {
+    if (document.body.dataset.view === "review") return;  // the Review view has its own keys (review.js)
     const tag = (ev.target && ev.target.tagName) || "";
     if (tag === "SELECT" || tag === "INPUT" || tag === "TEXTAREA" || ev.altKey || ev.metaKey) return;
     const k = ev.key.toLowerCase();

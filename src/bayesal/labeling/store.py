@@ -236,8 +236,10 @@ class SessionStore:
     def append(self, event: dict[str, Any]) -> None:
         """Write ``event`` to the label log, durably, before returning.
 
-        After a failed write the line may be partly on disk (when cutting it off failed too): every
-        later append is refused, so the log stays a valid prefix of what was acknowledged. With
+        After a failed write whose partial line was cut off again (a full disk), the next append is
+        tried as usual: once space is free, recording goes on. When the line may be partly on disk
+        (cutting it off failed, or the fsync failed) every later append is refused, so the log stays a
+        valid prefix of what was acknowledged. With
         ``files.halt_on_write_error`` off (a Label Studio project) the error is raised as it is and the
         next append is tried.
         """
@@ -249,9 +251,12 @@ class SessionStore:
         except OSError as err:
             if not self.files.halt_on_write_error:
                 raise
-            self._log_error = err
             what = (str(err) if isinstance(err, StorageError)
                     else f"could not write to the label log {self.log_path} ({err})")
+            if isinstance(err, StorageError) and self._log.intact:  # the log is as it was: go on later
+                raise StorageError(f"{what}; the last action was not recorded (give it again once the "
+                                   "problem is fixed)") from err
+            self._log_error = err
             raise StorageError(f"{what}; the last action was not recorded") from err
 
     def committed(self, state: Callable[[], dict[str, Any] | None]) -> None:

@@ -337,3 +337,20 @@ def test_a_missing_or_short_shard_is_an_error_not_fewer_rows(tmp_path):
     np.save(d / "shard-000002.npy", x[20:22])
     with pytest.raises(DataFileError, match="holds 2 rows, the manifest plans 5"):
         open_pool(d)
+
+
+@pytest.mark.parametrize("name", ["f.npy", "f.parquet", "shards/b.npy"])
+def test_a_fifo_in_place_of_a_pool_file_is_refused_without_blocking(tmp_path, name):
+    import os
+    import signal
+
+    (tmp_path / "shards").mkdir()
+    np.save(tmp_path / "shards" / "a.npy", np.zeros((3, 2), dtype=np.float32))
+    os.mkfifo(tmp_path / name)  # opening it for reading would wait for a writer forever
+    target = tmp_path / ("shards" if name.startswith("shards") else name)
+    signal.alarm(20)  # a regression hangs: fail it instead
+    try:
+        with pytest.raises(DataFileError, match="FIFO"):
+            open_pool(target)
+    finally:
+        signal.alarm(0)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import stat
 import threading
 import tokenize
 from abc import ABC, abstractmethod
@@ -310,7 +311,7 @@ class NpyPool(Pool):
     """A 2-D float32/float64 ``.npy`` file (C order), e.g. written by ``np.save`` or ``np.lib.format.open_memmap``."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
+        self.path = _regular_file(Path(path))
         shape, dtype, fortran, offset = read_npy_header(self.path)
         if len(shape) != 2:
             raise DataFileError(f"{self.path}: pool features must be 2-D (N, D), got shape {shape}")
@@ -369,7 +370,7 @@ class ParquetPool(Pool):
     def __init__(self, path: str | os.PathLike, column: str | None = None) -> None:
         import pyarrow.parquet as pq
 
-        self.path = Path(path)
+        self.path = _regular_file(Path(path))
         try:
             pf = pq.ParquetFile(self.path)
         except Exception as err:  # pyarrow raises its own ArrowInvalid/OSError types
@@ -566,6 +567,19 @@ class ShardedPool(Pool):
 
     def __repr__(self) -> str:
         return f"ShardedPool({len(self.parts)} shards, n_rows={self.n_rows}, dim={self.dim})"
+
+
+def _regular_file(path: Path) -> Path:
+    """``path`` if it is a regular file (checked with ``os.stat`` before opening: reading a FIFO or a
+    device would block or never end); else :class:`DataFileError`."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        raise DataFileError(f"{path}: cannot read the pool file ({err.strerror or err})") from err
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise DataFileError(f"{path}: the pool file is {kind}; give a regular .npy/.parquet file")
+    return path
 
 
 def _is_zarr(path: Path) -> bool:

@@ -23,6 +23,7 @@ import queue
 import stat
 import threading
 import tokenize
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -37,6 +38,7 @@ __all__ = [
     "ArrayPool",
     "NpyPool",
     "ParquetPool",
+    "PoolColumnsWarning",
     "ZarrPool",
     "ShardedPool",
     "RowRange",
@@ -307,6 +309,10 @@ def read_npy_header(path: str | os.PathLike) -> tuple[tuple[int, ...], np.dtype,
     return tuple(shape), np.dtype(dtype), bool(fortran), offset
 
 
+class PoolColumnsWarning(UserWarning):
+    """A Parquet pool holds columns that are not read as features (e.g. a text column)."""
+
+
 class NpyPool(Pool):
     """A 2-D float32/float64 ``.npy`` file (C order), e.g. written by ``np.save`` or ``np.lib.format.open_memmap``."""
 
@@ -401,6 +407,16 @@ class ParquetPool(Pool):
             self.list_column = False
             self.dim = len(self.columns)
             value_type = schema.field(self.columns[0]).type
+        #: The file's columns that are not read as features (e.g. a text or id column beside them).
+        self.other_columns = [n for n in names if n not in self.columns]
+        if not self.list_column and self.other_columns:  # which columns are features was inferred: say so
+            shown = ", ".join(f"{n!r} ({schema.field(n).type})" for n in self.other_columns[:5])
+            warnings.warn(
+                f"{self.path}: the pool's features are its {self.dim} float column(s); the other column(s) {shown}"
+                f"{' …' if len(self.other_columns) > 5 else ''} are not features and are not read (pass a text "
+                "column as the items, or store the features as one list column 'features')",
+                PoolColumnsWarning, stacklevel=2,
+            )
         self.dtype = np.dtype(np.float64) if pa.types.is_float64(value_type) else np.dtype(np.float32)
         sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
         self.group_starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
@@ -471,7 +487,15 @@ class ZarrPool(Pool):
 
     def read(self, start: int, stop: int) -> np.ndarray:
         start, stop = self._check_range(start, stop)
-        return np.ascontiguousarray(np.asarray(self._open()[start:stop]), dtype=self.dtype)
+        try:
+            block = self._open()[start:stop]
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as err:  # the codecs raise their own types (RuntimeError, ValueError, ...)
+            where = str(self.path) if self.path is not None else "the Zarr array"
+            raise DataFileError(f"{where}: rows {start}-{stop} cannot be read, a chunk is damaged "
+                                f"({type(err).__name__}: {err}); write the array again") from err
+        return np.ascontiguousarray(np.asarray(block), dtype=self.dtype)
 
     def default_chunk_rows(self, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
         rows = super().default_chunk_rows(chunk_bytes)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,11 @@ from .storage import (
     save_snapshot,
 )
 
-__all__ = ["StorageOptions", "LogFiles", "SESSION_FILES", "SessionStore", "SnapshotWriter"]
+__all__ = ["StorageOptions", "LogFiles", "SESSION_FILES", "SessionStore", "SnapshotWriter", "SnapshotWarning"]
+
+
+class SnapshotWarning(UserWarning):
+    """An action was recorded durably in the label log, but the snapshot after it could not be written."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,7 @@ class SessionStore:
         self._log: LabelLog | None = None
         self._writer: SnapshotWriter | None = None
         self._log_error: OSError | None = None
+        self.snapshot_failures = 0  # snapshots that could not be written after a logged event
         self._since_snapshot = 0
 
     # ------------------------------------------------------------------ opening
@@ -261,12 +267,25 @@ class SessionStore:
 
     def committed(self, state: Callable[[], dict[str, Any] | None]) -> None:
         """Count one committed event and write the snapshot ``state()`` if ``snapshot_every`` are due
-        (``None``: nothing to write yet)."""
+        (``None``: nothing to write yet).
+
+        The event is in the label log already, so a snapshot that cannot be written (a full disk) does
+        not undo it: a :class:`SnapshotWarning` says so, ``snapshot_failures`` counts it, and the
+        snapshot is tried again after the next event (resume rebuilds it from the log meanwhile)."""
         self._since_snapshot += 1
         if self._since_snapshot >= self.options.snapshot_every:
             snap = state()
             if snap is not None:
-                self.snapshot(snap, sync=not self.options.async_snapshot)
+                try:
+                    self.snapshot(snap, sync=not self.options.async_snapshot)
+                except OSError as err:
+                    self._since_snapshot = self.options.snapshot_every  # due again at the next event
+                    self.snapshot_failures += 1
+                    warnings.warn(
+                        f"the action was recorded in the label log {self.log_path}, but the snapshot could not be "
+                        f"written ({err}); nothing is lost (the log holds every event, and the snapshot is tried "
+                        "again after the next action)", SnapshotWarning, stacklevel=5,
+                    )
 
     @property
     def snapshot_due(self) -> bool:

@@ -18,8 +18,8 @@ Security model
 from __future__ import annotations
 
 import hmac
-import os
 import ipaddress
+import os
 import secrets
 from importlib.resources import files
 from typing import Any

@@ -91,7 +91,8 @@ def test_malformed_webhooks_are_clear_errors_and_change_nothing(backend_client, 
         _refused(r)
     raw = json.dumps(created).replace('"id": 1, "import_id"', '"id": NaN, "import_id"')
     _refused(client.post("/webhook", content=raw, headers={"Content-Type": "application/json"}))
-    for raw in ('{"action": NaN}', '{"action": "ANNOTATION_CREATED", "project": {"id": Infinity}}', "[1]", "{"):
+    for raw in ('{"action": NaN}', '{"action": "ANNOTATION_CREATED", "project": {"id": Infinity}}', "[1]", "{",
+                '{"project": ' + "9" * 5000 + "}", b"\xff\xfe{"):
         _refused(client.post("/webhook", content=raw, headers={"Content-Type": "application/json"}))
     surrogate = copy.deepcopy(created)
     surrogate["annotation"]["id"] = 99

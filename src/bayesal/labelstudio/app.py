@@ -33,6 +33,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bayesal.exceptions import BayesalError, StorageError
 from bayesal.utils import describe_os_error
@@ -109,6 +110,12 @@ def create_app(backend: LabelStudioBackend, *, basic_auth: tuple[str, str] | Non
     @app.exception_handler(BayesalError)
     async def _bayesal_error(request: Request, exc: BayesalError) -> JSONResponse:
         return JSONResponse(status_code=400, content={"error": _printable(str(exc))})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's own refusals (a body that is not JSON, an unknown route) in the shape Label Studio shows
+        return JSONResponse(status_code=exc.status_code, content={"error": _printable(str(exc.detail))},
+                            headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _malformed(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -242,6 +242,25 @@ def test_a_zarr_pool_with_a_damaged_chunk_is_a_data_file_error(tmp_path, x):
         pool.to_numpy()
 
 
+def test_a_fifo_among_the_zarr_files_is_refused_without_blocking(tmp_path, x):
+    import os
+    import signal
+
+    zarr = pytest.importorskip("zarr", reason="Zarr pools need the zarr extra (pip install bayesal[zarr])")
+    z = zarr.open_array(str(tmp_path / "pool.zarr"), mode="w", shape=x.shape, chunks=(100, 7), dtype="float32")
+    z[:] = x
+    chunk = next(p for p in sorted((tmp_path / "pool.zarr").rglob("*"))
+                 if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".json"))
+    chunk.unlink()
+    os.mkfifo(chunk)  # Zarr's reader threads would wait on it forever
+    signal.alarm(20)
+    try:
+        with pytest.raises(DataFileError, match="not a regular file"):
+            open_pool(tmp_path / "pool.zarr").to_numpy()
+    finally:
+        signal.alarm(0)
+
+
 def test_pools_pickle_without_their_data(npy_path, x):
     pool = open_pool(npy_path)
     blob = pickle.dumps(pool)

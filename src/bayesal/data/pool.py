@@ -464,6 +464,7 @@ class ZarrPool(Pool):
             raise MissingDependencyError(f"Zarr pools need zarr ({err}); install it with `pip install bayesal[zarr]`") from err
         if isinstance(source, (str, os.PathLike)):
             self.path: Path | None = Path(source)
+            _zarr_files_regular(self.path)
             try:
                 arr = zarr.open_array(str(self.path), mode="r")
             except Exception as err:  # zarr raises several types for a non-array path
@@ -604,6 +605,21 @@ def _regular_file(path: Path) -> Path:
         kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
         raise DataFileError(f"{path}: the pool file is {kind}; give a regular .npy/.parquet file")
     return path
+
+
+def _zarr_files_regular(path: Path) -> None:
+    """Refuse a Zarr directory holding a FIFO, device or socket (the codec's reader threads would block
+    on it forever); ``os.stat`` only, nothing is opened."""
+    for folder, _, names in os.walk(path):
+        for name in names:
+            file = Path(folder) / name
+            try:
+                mode = os.stat(file).st_mode
+            except OSError:
+                continue  # a dangling link: Zarr reads it as a missing chunk
+            if not stat.S_ISREG(mode):
+                raise DataFileError(f"{file}: a file of the Zarr array is not a regular file (a FIFO or device); "
+                                    "remove it or write the array again")
 
 
 def _is_zarr(path: Path) -> bool:

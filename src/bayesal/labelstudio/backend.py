@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from bayesal.data import Backbone
 from bayesal.exceptions import InvalidInputError, StateMismatchError
@@ -83,7 +83,7 @@ class BackendSettings:
 _MAX_ID_DIGITS = 18
 
 
-def _is_id(value: Any) -> bool:
+def _is_id(value: Any) -> TypeGuard[int]:
     """A Label Studio id: a non-negative integer of at most 18 digits (``True`` is no id)."""
     return type(value) is int and 0 <= value < 10**_MAX_ID_DIGITS
 

@@ -118,7 +118,7 @@ class SharedLaplace(LastLayerLaplace):
     def _weight_space_update(
         self, x: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, gamma: float, steps: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        res = weight_newton(self.covariance_, x, logits, targets, PointCurvature(self.curvature), gamma, steps)
+        res = weight_newton(self.covariance_, x, logits, targets, self._span_curvature(), gamma, steps)
         return self.mean_ + res.delta, res.covariance
 
     def _mean_step(self, phi: torch.Tensor, resid: torch.Tensor, gamma: float) -> torch.Tensor:

@@ -71,9 +71,10 @@ class NewtonUpdating(CovarianceStructure):
             ``N(μ, Σ) × Π_j p(y_j | φ_j, W)``), stopping early once converged. The steps run in the span
             of the new points (:func:`~bayesal.laplace.update.span_newton`): one ``O(M·P²)`` product with
             ``Σ`` before and one downdate after, so extra steps cost ``O(M³)`` each (``O((M·C)³)`` for the
-            full GGN), not ``O(P²)``. With the shared covariance a batch of more than ``D`` rows runs the same
-            iterates in the weight space instead (``O(M·D² + D³)`` per step): a large batch costs about
-            what a retrain does. The covariance uses the curvature of the last linearisation.
+            full GGN), not ``O(P²)``. A batch of more than ``D`` rows runs the same iterates in the weight
+            space instead (:func:`~bayesal.laplace.update.weight_newton`, ``O(M·D² + D³)`` per step for the
+            shared covariance): a large batch costs about what a retrain does. The covariance uses the
+            curvature of the last linearisation.
         method : {"woodbury", "rank1"}
             How the covariance is downdated (same result). With ``"woodbury"`` and the shared covariance
             the downdate ``Σ' = Σ − HᵀH`` is kept as its factor ``H (M, D)`` and applied when ``Σ'`` is

@@ -1,10 +1,15 @@
 """The whole fault/fuzz campaign: fuzzed files for every reader and the CLI, a full disk and read-only
-directories for every write path, and SIGKILL trials of ``bayesal run`` and of a labeling session.
+directories for every write path, SIGKILL trials of ``bayesal run`` and of a labeling session, and the
+service surfaces (``tests/faults/surfaces.py``): the Label Studio backend's endpoints and serve's API under
+hypothesis-generated JSON, pool files and shard folders, session headers, foreign files given as results
+files, a full disk under serve, the backend and the results writer, and update batch sizes up to 100,000.
 
 Last line (an interface): ``inputs_tried=<> clear_errors=<> other_exceptions=<> silent_drops=<> hangs=<>
-lost_labels=<> lost_result_rows=<>``. Target: inputs_tried >= 2000 and every count but clear_errors 0.
+lost_labels=<> lost_result_rows=<> surfaces=<>``. Target: inputs_tried >= 20000 over >= 8 surfaces and
+every count but clear_errors 0.
 
     PYTHONPATH=src python benchmarks/faults.py [--inputs 1000] [--kills 51]
+    PYTHONPATH=src python benchmarks/faults.py --inputs 20 --disk-faults 20 --kills 0   # a smoke run
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ sys.path.insert(0, str(FAULTS))
 
 from families import READERS, faults_disk  # noqa: E402
 from faultkit import Tally  # noqa: E402
+from surfaces import SURFACES  # noqa: E402
 
 
 def kill_trials(workload: str, workdir: Path, n: int) -> dict:
@@ -40,25 +46,36 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--inputs", type=int, default=1000, help="generated inputs per reader (default 1000)")
     ap.add_argument("--disk-faults", type=int, default=300, help="injected disk faults (default 300)")
-    ap.add_argument("--kills", type=int, default=51, help="SIGKILL trials per workload (default 51)")
+    ap.add_argument("--kills", type=int, default=51, help="SIGKILL trials per workload (default 51; 0: none)")
+    ap.add_argument("--only", default=None, help="comma-separated families to run (default: all)")
     args = ap.parse_args()
+    only = set(args.only.split(",")) if args.only else None
     total = Tally()
+    surfaces = 0
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for name, family in READERS.items():
+        for name, family in {**READERS, **SURFACES}.items():
+            if only is not None and name not in only:
+                continue
             t0 = time.perf_counter()
             tally = Tally()
             (work / name).mkdir()
             family(tally, work / name, args.inputs)
             print(f"{name:16s} {tally.line()} correct={tally.correct} ({time.perf_counter() - t0:.0f}s)", flush=True)
             total.add(tally)
-        t0 = time.perf_counter()
-        tally = Tally()
-        (work / "disk").mkdir()
-        faults_disk(tally, work / "disk", args.disk_faults)
-        print(f"{'disk_faults':16s} {tally.line()} correct={tally.correct} ({time.perf_counter() - t0:.0f}s)", flush=True)
-        total.add(tally)
-        for workload in ("run", "session"):
+            surfaces += 1
+        if only is None or "disk_faults" in only:
+            t0 = time.perf_counter()
+            tally = Tally()
+            (work / "disk").mkdir()
+            faults_disk(tally, work / "disk", args.disk_faults)
+            print(f"{'disk_faults':16s} {tally.line()} correct={tally.correct} ({time.perf_counter() - t0:.0f}s)",
+                  flush=True)
+            total.add(tally)
+            surfaces += 1
+        for workload in ("run", "session") if args.kills > 0 else ():
+            if only is not None and f"kill_{workload}" not in only:
+                continue
             t0 = time.perf_counter()
             res = kill_trials(workload, work / f"kill_{workload}", args.kills)
             total.inputs_tried += res["kills"]
@@ -67,11 +84,12 @@ def main() -> None:
             total.other_exceptions += res.get("errors", 0)
             total.hangs += res.get("hangs", 0)
             print(f"{'kill_' + workload:16s} {json.dumps(res)} ({time.perf_counter() - t0:.0f}s)", flush=True)
+            surfaces += 1
     for kind, items in total.examples.items():
         for item in items:
             print(f"  {kind}: {item[:300]}")
     print("(the machine is shared: times above are noisy)")
-    print(total.line())
+    print(f"{total.line()} surfaces={surfaces}")
 
 
 if __name__ == "__main__":

@@ -274,6 +274,18 @@ def test_cache_dir_from_env(tmp_path, monkeypatch):
     assert cache_dir() == __import__("pathlib").Path.home() / ".cache" / "bayesal"
 
 
+@pytest.mark.parametrize("below", ["", "sub/deeper"])
+def test_cache_dir_on_a_file_is_a_clear_storage_error(tmp_path, monkeypatch, below):
+    from bayesal.data.cache import FeatureCache
+    from bayesal.exceptions import StorageError
+
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("BAYESAL_CACHE", str(tmp_path / "file" / below))
+    for use in (cache_dir, FeatureCache):  # the sharded built-in loaders call cache_dir() themselves
+        with pytest.raises(StorageError, match="is a file, not a directory"):
+            use()
+
+
 def test_cache_hit_and_key_depends_on_content():
     items = np.arange(30, dtype=np.float32).reshape(10, 3)
     bb = _CountingBackbone()

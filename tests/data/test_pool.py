@@ -15,7 +15,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bayesal.data.backbones import Backbone, RawBackbone
-from bayesal.data.pool import ArrayPool, NpyPool, ParquetPool, Pool, ShardedPool, ZarrPool, open_pool
+from bayesal.data.pool import (
+    ArrayPool,
+    NpyPool,
+    ParquetPool,
+    Pool,
+    PoolColumnsWarning,
+    ShardedPool,
+    ZarrPool,
+    open_pool,
+)
 from bayesal.data.shards import MANIFEST_NAME, featurize_to_shards, missing_rows
 from bayesal.exceptions import DataFileError, InvalidInputError
 
@@ -186,8 +195,10 @@ def test_parquet_pools_list_column_and_float_columns(tmp_path, x):
 
     cols = pd.DataFrame(x.astype(np.float64), columns=[f"f{i}" for i in range(7)]).assign(label=np.arange(1037) % 3)
     cols.to_parquet(tmp_path / "cols.parquet", row_group_size=200)
-    pool = open_pool(tmp_path / "cols.parquet")
-    assert isinstance(pool, ParquetPool) and pool.dim == 7 and pool.dtype == np.float64  # int label column skipped
+    with pytest.warns(PoolColumnsWarning, match="'label'"):  # the int label column is skipped, with a word
+        pool = open_pool(tmp_path / "cols.parquet")
+    assert isinstance(pool, ParquetPool) and pool.dim == 7 and pool.dtype == np.float64
+    assert pool.other_columns == ["label"]
     np.testing.assert_allclose(pool.read(190, 610), x[190:610].astype(np.float64))
 
     pd.DataFrame({"a": ["x", "y"]}).to_parquet(tmp_path / "text.parquet")
@@ -207,6 +218,47 @@ def test_zarr_pool(tmp_path, x):
     clone = pickle.loads(pickle.dumps(pool))  # sent to workers without an open handle
     np.testing.assert_array_equal(clone.read(0, 10), x[:10])
     np.testing.assert_array_equal(open_pool(zarr.open_array(str(tmp_path / "pool.zarr"), mode="r")).read(7, 9), x[7:9])
+
+
+def test_a_parquet_text_column_beside_float_features_is_named_not_dropped_silently(tmp_path, x):
+    frame = pd.DataFrame(x[:20, :3], columns=["f0", "f1", "f2"]).assign(text=[f"doc {i}" for i in range(20)])
+    frame.to_parquet(tmp_path / "p.parquet")
+    with pytest.warns(PoolColumnsWarning, match=r"'text' \((large_)?string\).*not read.*items"):
+        pool = open_pool(tmp_path / "p.parquet")
+    assert pool.dim == 3 and pool.other_columns == ["text"]
+    np.testing.assert_array_equal(pool.to_numpy(), x[:20, :3])
+
+
+def test_a_zarr_pool_with_a_damaged_chunk_is_a_data_file_error(tmp_path, x):
+    zarr = pytest.importorskip("zarr", reason="Zarr pools need the zarr extra (pip install bayesal[zarr])")
+    z = zarr.open_array(str(tmp_path / "pool.zarr"), mode="w", shape=x.shape, chunks=(100, 7), dtype="float32")
+    z[:] = x
+    chunk_files = sorted(p for p in (tmp_path / "pool.zarr").rglob("*")
+                         if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".json"))
+    chunk_files[3].write_bytes(b"not a compressed chunk")
+    pool = open_pool(tmp_path / "pool.zarr")
+    np.testing.assert_array_equal(pool.read(0, 100), x[:100])  # the intact chunks still read
+    with pytest.raises(DataFileError, match="chunk is damaged"):
+        pool.to_numpy()
+
+
+def test_a_fifo_among_the_zarr_files_is_refused_without_blocking(tmp_path, x):
+    import os
+    import signal
+
+    zarr = pytest.importorskip("zarr", reason="Zarr pools need the zarr extra (pip install bayesal[zarr])")
+    z = zarr.open_array(str(tmp_path / "pool.zarr"), mode="w", shape=x.shape, chunks=(100, 7), dtype="float32")
+    z[:] = x
+    chunk = next(p for p in sorted((tmp_path / "pool.zarr").rglob("*"))
+                 if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".json"))
+    chunk.unlink()
+    os.mkfifo(chunk)  # Zarr's reader threads would wait on it forever
+    signal.alarm(20)
+    try:
+        with pytest.raises(DataFileError, match="not a regular file"):
+            open_pool(tmp_path / "pool.zarr").to_numpy()
+    finally:
+        signal.alarm(0)
 
 
 def test_pools_pickle_without_their_data(npy_path, x):
@@ -337,3 +389,20 @@ def test_a_missing_or_short_shard_is_an_error_not_fewer_rows(tmp_path):
     np.save(d / "shard-000002.npy", x[20:22])
     with pytest.raises(DataFileError, match="holds 2 rows, the manifest plans 5"):
         open_pool(d)
+
+
+@pytest.mark.parametrize("name", ["f.npy", "f.parquet", "shards/b.npy"])
+def test_a_fifo_in_place_of_a_pool_file_is_refused_without_blocking(tmp_path, name):
+    import os
+    import signal
+
+    (tmp_path / "shards").mkdir()
+    np.save(tmp_path / "shards" / "a.npy", np.zeros((3, 2), dtype=np.float32))
+    os.mkfifo(tmp_path / name)  # opening it for reading would wait for a writer forever
+    target = tmp_path / ("shards" if name.startswith("shards") else name)
+    signal.alarm(20)  # a regression hangs: fail it instead
+    try:
+        with pytest.raises(DataFileError, match="FIFO"):
+            open_pool(target)
+    finally:
+        signal.alarm(0)

@@ -10,7 +10,7 @@ import signal
 import numpy as np
 import pytest
 
-from bayesal.exceptions import CorruptStateError, StorageError
+from bayesal.exceptions import CorruptStateError, InvalidInputError, StorageError
 from bayesal.labeling.schema import check_event, check_header, depth
 from bayesal.labeling.session import Session
 from bayesal.labeling.storage import LOG_NAME, STATE_NAME, encode_record, read_log
@@ -104,3 +104,41 @@ def test_schema_helpers():
         check_event({"op": "undo", "seq": 3}, 2, "x")
     with pytest.raises(CorruptStateError, match="'index' holds a bool"):
         check_event({"op": "skip", "seq": 1, "index": True}, 1, "x")
+
+
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (lambda r: r[0].update(class_names=["a", "a", "c"]), "repeat"),
+        (lambda r: r[0].update(class_names=["a" * 1001, "b", "c"]), "longer than 1000 characters"),
+    ],
+)
+def test_class_names_a_new_session_refuses_are_refused_on_resume_too(session_dir, edit, words):
+    _rewrite(session_dir, edit)
+    with pytest.raises(CorruptStateError, match=words):
+        Session.resume(session_dir, X)
+
+
+def test_an_unknown_strategy_option_in_a_valid_header_is_a_clear_error(session_dir):
+    _rewrite(session_dir, lambda r: r[0]["strategy"].update(kwargs={"bogus": 1}))
+    with pytest.raises(InvalidInputError, match=r"cannot build.*'bogus'.*pass strategy="):
+        Session.resume(session_dir, X)
+    Session.resume(session_dir, X, strategy="margin").close()  # another strategy still opens it
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"class_names": ["a" * 1001, "b", "c"]}, "limited to 1000 characters"),
+        ({"meta": {"f": object()}}, "meta must hold only JSON values"),
+        ({"meta": {"f": float("nan")}}, "meta must hold only JSON values"),
+        ({"meta": {"deep": _nested(11)}}, "meta is nested deeper"),
+        ({"strategy_kwargs": {"bogus": 1}}, r"cannot be built with the options \['bogus'\]"),
+        ({"strategy_kwargs": {"x": object()}}, "the strategy's options must hold only JSON values"),
+    ],
+)
+def test_settings_a_header_cannot_hold_are_refused_when_the_session_is_made(tmp_path, kwargs, words):
+    kwargs = {"class_names": ["a", "b", "c"], **kwargs}
+    with pytest.raises(InvalidInputError, match=words):
+        Session(X, state_dir=tmp_path / "s", fsync=False, **kwargs)
+    assert not (tmp_path / "s" / LOG_NAME).exists()

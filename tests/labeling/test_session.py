@@ -718,6 +718,32 @@ def test_failed_log_write_blocks_further_events(pool, tmp_path, monkeypatch):
     r.close()
 
 
+def test_a_snapshot_failing_after_the_label_was_logged_is_a_warning_not_a_lost_label(pool, tmp_path, monkeypatch):
+    import errno
+
+    from bayesal.labeling import SnapshotWarning
+    from bayesal.labeling import store as store_module
+
+    x, _ = pool
+    s = make(pool, tmp_path, async_snapshot=False)
+    s.tell(1, 0)
+    real = store_module.save_snapshot
+
+    def disk_full(*args, **kwargs):
+        raise StorageError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store_module, "save_snapshot", disk_full)
+    with pytest.warns(SnapshotWarning, match="recorded in the label log"):
+        s.tell(2, 1)  # durable in the log: tell returns normally
+    assert s.labels == {1: 0, 2: 1} and s._engine.store.snapshot_failures == 1
+    monkeypatch.setattr(store_module, "save_snapshot", real)
+    s.tell(3, 1)  # the snapshot is written again once space is free
+    s.close()
+    r = Session.resume(tmp_path / "s", x)
+    assert r.labels == {1: 0, 2: 1, 3: 1}
+    r.close()
+
+
 def test_background_snapshots_coalesce_and_flush(pool, tmp_path):
     x, _ = pool
     s = make(pool, tmp_path, snapshot_interval=30.0)

@@ -151,6 +151,31 @@ def test_a_failed_append_blocks_every_later_one(tmp_path, monkeypatch):
     assert len(read_log(tmp_path / LOG_NAME).records) == 2
 
 
+@pytest.mark.parametrize("partial", [False, True])
+def test_a_write_that_failed_cleanly_lets_later_appends_through(tmp_path, monkeypatch, partial):
+    import errno
+    import os
+
+    store, _ = new_store(tmp_path, n_events=1)
+    real_write, disk = os.write, {"full": True, "half": partial}
+
+    def write(fd, data):  # the disk is full (after taking half of the line, with ``partial``)
+        if not disk["full"]:
+            return real_write(fd, data)
+        if disk["half"]:
+            disk["half"] = False
+            return real_write(fd, bytes(data)[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", write)
+    with pytest.raises(StorageError, match="not recorded"):
+        store.append(event(2))
+    disk["full"] = False  # space was freed: the log was cut back to its last full line, so recording goes on
+    store.append(event(2))
+    store.close()
+    assert [r["seq"] for r in read_log(tmp_path / LOG_NAME).records[1:]] == [1, 2]
+
+
 def test_a_closed_store_refuses_events(tmp_path):
     store, _ = new_store(tmp_path)
     store.close()

@@ -76,6 +76,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         records: list[dict[str, Any]] = []
+        (tmp_path / "ls").mkdir()
         backend = LabelStudioBackend(tmp_path / "state", BackendSettings(seed=0, fsync=False, files_root=str(tmp_path / "ls")))
         app = create_app(backend)
         app.middleware("http")(recording_middleware(records))

@@ -167,3 +167,45 @@ def test_absorbing_a_logit_step_equals_the_update_with_its_point(curvature, step
     torch.testing.assert_close(got.covariance, want.covariance, rtol=0, atol=1e-12)
     assert got.n_updates_ == want.n_updates_ == post.n_updates_ + 1
     torch.testing.assert_close(post.mean, LastLayerLaplace.from_state_dict(post.state_dict()).mean)  # untouched
+
+
+@pytest.mark.parametrize("curvature,hessian", [("categorical", "shared"), ("gaussian", "shared"), ("gaussian", "full")])
+@pytest.mark.parametrize("steps", [1, 5])
+@pytest.mark.parametrize("m", [7, 60])
+def test_a_batch_larger_than_d_gives_the_span_iterations_result(monkeypatch, curvature, hessian, steps, m):
+    # past M = D the update runs in the weight space; it must be the same computation as the span's
+    x, y, _, _ = _problem(seed=2, n=40, m=0, d=6, c=3)
+    _, _, xn, yn = _problem(seed=3, n=0, m=m, d=6, c=3)
+    post = LastLayerLaplace(exact_until=0, prior_precision=0.7, curvature=curvature, hessian=hessian, gamma=1.0,
+                            steps=steps).fit(x, y)
+    post = post.update(xn[:2], yn[:2])  # a pending downdate too
+    weight_space = post.update(xn, yn)
+    monkeypatch.setattr(type(post), "_weight_space_update", lambda self, *args: None)
+    span = post.update(xn, yn)
+    torch.testing.assert_close(weight_space.mean, span.mean, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(weight_space.covariance, span.covariance, rtol=1e-10, atol=1e-13)
+    if steps == 1 and hessian == "shared" and curvature == "gaussian":  # the closed form, densely
+        p = torch.softmax(xn @ post.mean.T + post.bias, 1)
+        cov = torch.linalg.inv(torch.linalg.inv(post.covariance) + xn.T @ xn)
+        onehot = torch.nn.functional.one_hot(yn, 3).double()
+        torch.testing.assert_close(weight_space.mean, post.mean + (onehot - p).T @ xn @ cov)
+        torch.testing.assert_close(weight_space.covariance, cov)
+
+
+def test_a_ten_thousand_row_update_costs_about_a_retrain():
+    import time
+
+    g = torch.Generator().manual_seed(0)
+    d, c = 64, 5
+    w = torch.randn(c, d, generator=g, dtype=torch.float64)
+    x = torch.randn(10_300, d, generator=g, dtype=torch.float64)
+    y = (x @ w.T).argmax(1)
+    post = LastLayerLaplace(prior_precision=1.0).fit(x[:300], y[:300])
+    t0 = time.perf_counter()
+    new = post.update(x[300:], y[300:])
+    update_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    LastLayerLaplace(prior_precision=1.0).fit(x, y)
+    retrain_s = time.perf_counter() - t0
+    assert update_s < max(2.0 * retrain_s, 5.0), (update_s, retrain_s)  # the span iteration took minutes
+    assert float((new.predict(x[300:]) == y[300:]).double().mean()) > 0.9

@@ -413,3 +413,92 @@ def test_a_background_refit_refreshes_the_cached_picks_and_panel(pool, tmp_path,
     finally:
         release.set()
         svc.close()
+
+
+def test_undo_takes_back_only_the_tabs_own_action_whatever_the_body(service):
+    a, b = client_for(service, client_id="tabA"), client_for(service, client_id="tabB")
+    ia = a.get("/api/next").json()["index"]
+    a.post("/api/answer", json={"index": ia, "label": "sport"})
+    for body in ({}, {"expect_index": None}, {"expect_index": ia}):  # B has no action of its own
+        r = b.post("/api/undo", json=body)
+        assert r.status_code == 409 and "another tab" in r.json()["detail"]
+    assert service.session.labels == {ia: 1}
+    r = a.post("/api/undo", json={})  # A's own last action, even without naming its item
+    assert r.status_code == 200 and r.json()["undone"]["index"] == ia and service.session.labels == {}
+    # B redoes it: from then on the action is B's, and A can no longer undo it
+    assert b.post("/api/redo", json={}).status_code == 200 and service.session.labels == {ia: 1}
+    assert a.post("/api/undo", json={"expect_index": ia}).status_code == 409
+    assert b.post("/api/undo", json={}).status_code == 200 and service.session.labels == {}
+
+
+def test_undo_of_an_action_made_before_the_server_started_needs_its_item(pool, tmp_path):
+    svc = make_service(pool, tmp_path)
+    svc.session.tell(5, 0)  # e.g. labeled in the terminal before `bayesal serve --resume`
+    fresh = LabelingService(svc.session)
+    c = client_for(fresh, client_id="tabA")
+    assert c.post("/api/undo", json={}).status_code == 409
+    assert c.post("/api/undo", json={"expect_index": 4}).status_code == 409
+    assert c.post("/api/undo", json={"expect_index": 5}).status_code == 200 and svc.session.labels == {}
+    svc.close()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"index": NaN, "label": "sport"}',
+        '{"index": Infinity, "label": "sport"}',
+        '{"index": -Infinity, "label": "sport"}',
+        '{"index": 1e400, "label": "sport"}',
+        '{"index": 2.0, "label": "sport"}',
+        '{"index": 1, "label": NaN}',
+        '{"index": 1, "label": "sport", "x": NaN}',
+        '{"index": 1, "label": "\\ud800"}',
+        '{"index": [1], "label": "sport"}',
+        '{"index": {"a": 1}, "label": "sport"}',
+        '{"index": true, "label": "sport"}',
+        '{"index": 1, "label": ["sport"]}',
+        '{"index": ' + "9" * 400 + ', "label": "sport"}',
+        '{"index": ' + "9" * 5000 + ', "label": "sport"}',
+        "[1, 2]",
+        "5",
+        "null",
+        '"sport"',
+        "{",
+    ],
+)
+def test_malformed_answer_bodies_get_a_clear_4xx_and_record_nothing(service, raw):
+    c = client_for(service)
+    for route in ("/api/answer", "/api/correct", "/api/skip", "/api/undo"):
+        r = c.post(route, content=raw, headers={"Content-Type": "application/json"})
+        assert 400 <= r.status_code < 500, (route, r.status_code, r.text)
+        detail = r.json()["detail"]
+        assert isinstance(detail, str) and detail and "Traceback" not in detail
+    assert service.session.n_labeled == 0 and len(service.session.events) == 0
+
+
+def test_serve_records_again_once_a_full_disk_has_space(service, pool, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    c = client_for(service)
+    first = c.get("/api/next").json()["index"]
+    real_write, full = os.write, [True]
+
+    def write(fd, data):
+        if full[0]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", write)
+    r = c.post("/api/answer", json={"index": first, "label": "sport"})
+    assert r.status_code == 503
+    detail = r.json()["detail"]
+    assert "No space left on device" in detail and "nothing was recorded" in detail
+    assert "Session." not in detail and "resume()" not in detail
+    assert service.session.labels == {}
+    full[0] = False  # space was freed: the same server records again
+    r = c.post("/api/answer", json={"index": first, "label": "sport"})
+    assert r.status_code == 200 and service.session.labels == {first: 1}
+    monkeypatch.undo()
+    service.close()
+    assert saved_labels(tmp_path, pool) == {first: 1}

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from bayesal.exceptions import BackboneError, DataFileError, InvalidInputError
+from bayesal.exceptions import BackboneError, DataFileError, InvalidInputError, StorageError
 from bayesal.utils import atomic_write, check_writable_dir
 
 __all__ = [
@@ -44,7 +44,15 @@ class CorruptCacheWarning(UserWarning):
 def cache_dir() -> Path:
     """The cache directory: ``$BAYESAL_CACHE`` or ``~/.cache/bayesal`` (not created here)."""
     env = os.environ.get("BAYESAL_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "bayesal"
+    path = Path(env).expanduser() if env else Path.home() / ".cache" / "bayesal"
+    existing = path
+    while not existing.exists() and existing != existing.parent:  # its first part that exists
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():  # mkdir below it would fail with a bare OSError
+        where = f"$BAYESAL_CACHE={env}" if env else str(path)
+        raise StorageError(f"the feature cache directory {where} cannot be used: {existing} is a file, not a "
+                           "directory; point BAYESAL_CACHE at a folder (or unset it)")
+    return path
 
 
 def _update_with(h: hashlib._Hash, obj: Any) -> None:

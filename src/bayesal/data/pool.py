@@ -20,8 +20,10 @@ from __future__ import annotations
 import json
 import os
 import queue
+import stat
 import threading
 import tokenize
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -36,6 +38,7 @@ __all__ = [
     "ArrayPool",
     "NpyPool",
     "ParquetPool",
+    "PoolColumnsWarning",
     "ZarrPool",
     "ShardedPool",
     "RowRange",
@@ -306,11 +309,15 @@ def read_npy_header(path: str | os.PathLike) -> tuple[tuple[int, ...], np.dtype,
     return tuple(shape), np.dtype(dtype), bool(fortran), offset
 
 
+class PoolColumnsWarning(UserWarning):
+    """A Parquet pool holds columns that are not read as features (e.g. a text column)."""
+
+
 class NpyPool(Pool):
     """A 2-D float32/float64 ``.npy`` file (C order), e.g. written by ``np.save`` or ``np.lib.format.open_memmap``."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
+        self.path = _regular_file(Path(path))
         shape, dtype, fortran, offset = read_npy_header(self.path)
         if len(shape) != 2:
             raise DataFileError(f"{self.path}: pool features must be 2-D (N, D), got shape {shape}")
@@ -369,7 +376,7 @@ class ParquetPool(Pool):
     def __init__(self, path: str | os.PathLike, column: str | None = None) -> None:
         import pyarrow.parquet as pq
 
-        self.path = Path(path)
+        self.path = _regular_file(Path(path))
         try:
             pf = pq.ParquetFile(self.path)
         except Exception as err:  # pyarrow raises its own ArrowInvalid/OSError types
@@ -400,6 +407,16 @@ class ParquetPool(Pool):
             self.list_column = False
             self.dim = len(self.columns)
             value_type = schema.field(self.columns[0]).type
+        #: The file's columns that are not read as features (e.g. a text or id column beside them).
+        self.other_columns = [n for n in names if n not in self.columns]
+        if not self.list_column and self.other_columns:  # which columns are features was inferred: say so
+            shown = ", ".join(f"{n!r} ({schema.field(n).type})" for n in self.other_columns[:5])
+            warnings.warn(
+                f"{self.path}: the pool's features are its {self.dim} float column(s); the other column(s) {shown}"
+                f"{' …' if len(self.other_columns) > 5 else ''} are not features and are not read (pass a text "
+                "column as the items, or store the features as one list column 'features')",
+                PoolColumnsWarning, stacklevel=2,
+            )
         self.dtype = np.dtype(np.float64) if pa.types.is_float64(value_type) else np.dtype(np.float32)
         sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
         self.group_starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
@@ -447,6 +464,7 @@ class ZarrPool(Pool):
             raise MissingDependencyError(f"Zarr pools need zarr ({err}); install it with `pip install bayesal[zarr]`") from err
         if isinstance(source, (str, os.PathLike)):
             self.path: Path | None = Path(source)
+            _zarr_files_regular(self.path)
             try:
                 arr = zarr.open_array(str(self.path), mode="r")
             except Exception as err:  # zarr raises several types for a non-array path
@@ -470,7 +488,15 @@ class ZarrPool(Pool):
 
     def read(self, start: int, stop: int) -> np.ndarray:
         start, stop = self._check_range(start, stop)
-        return np.ascontiguousarray(np.asarray(self._open()[start:stop]), dtype=self.dtype)
+        try:
+            block = self._open()[start:stop]
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as err:  # the codecs raise their own types (RuntimeError, ValueError, ...)
+            where = str(self.path) if self.path is not None else "the Zarr array"
+            raise DataFileError(f"{where}: rows {start}-{stop} cannot be read, a chunk is damaged "
+                                f"({type(err).__name__}: {err}); write the array again") from err
+        return np.ascontiguousarray(np.asarray(block), dtype=self.dtype)
 
     def default_chunk_rows(self, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
         rows = super().default_chunk_rows(chunk_bytes)
@@ -566,6 +592,34 @@ class ShardedPool(Pool):
 
     def __repr__(self) -> str:
         return f"ShardedPool({len(self.parts)} shards, n_rows={self.n_rows}, dim={self.dim})"
+
+
+def _regular_file(path: Path) -> Path:
+    """``path`` if it is a regular file (checked with ``os.stat`` before opening: reading a FIFO or a
+    device would block or never end); else :class:`DataFileError`."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        raise DataFileError(f"{path}: cannot read the pool file ({err.strerror or err})") from err
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise DataFileError(f"{path}: the pool file is {kind}; give a regular .npy/.parquet file")
+    return path
+
+
+def _zarr_files_regular(path: Path) -> None:
+    """Refuse a Zarr directory holding a FIFO, device or socket (the codec's reader threads would block
+    on it forever); ``os.stat`` only, nothing is opened."""
+    for folder, _, names in os.walk(path):
+        for name in names:
+            file = Path(folder) / name
+            try:
+                mode = os.stat(file).st_mode
+            except OSError:
+                continue  # a dangling link: Zarr reads it as a missing chunk
+            if not stat.S_ISREG(mode):
+                raise DataFileError(f"{file}: a file of the Zarr array is not a regular file (a FIFO or device); "
+                                    "remove it or write the array again")
 
 
 def _is_zarr(path: Path) -> bool:

@@ -18,10 +18,10 @@ from .exports import EXPORT_COLUMNS, format_labels, label_rows, logged_history, 
 from .recovery import read_session_header
 from .session import Session
 from .storage import LOG_NAME
-from .store import LogFiles, SessionStore, StorageOptions
+from .store import LogFiles, SessionStore, SnapshotWarning, StorageOptions
 
 __all__ = [
     "Session", "StorageOptions", "LabelingEngine", "EventFold", "PosteriorFold", "SessionStore", "LogFiles",
-    "log_header", "logged_records", "resolve_seed", "read_session_header",
+    "log_header", "logged_records", "resolve_seed", "read_session_header", "SnapshotWarning",
     "EXPORT_COLUMNS", "label_rows", "format_labels", "LOG_NAME", "logged_history", "model_payload",
 ]

@@ -11,6 +11,7 @@ validates the settings and builds it; :func:`saved_options` reads the options ba
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ from bayesal.exceptions import InvalidInputError, StateMismatchError
 from bayesal.laplace import PosteriorOptions
 
 from .engine import log_header, resolve_seed
+from .schema import MAX_CLASS_NAME, MAX_CLASSES, MAX_DEPTH, depth
 
 __all__ = [
     "POSTERIOR_KEYS", "saved_options", "feature_hash", "check_class_names", "new_header", "check_features",
@@ -55,12 +57,30 @@ def check_class_names(class_names: Sequence[str] | int) -> list[str]:
         names = [str(c) for c in class_names]  # type: ignore[union-attr]
     if len(names) < 2:
         raise InvalidInputError(f"need at least 2 classes, got {len(names)}")
+    if len(names) > MAX_CLASSES:
+        raise InvalidInputError(f"a session holds at most {MAX_CLASSES:,} classes, got {len(names):,}")
+    long = [n for n in names if len(n) > MAX_CLASS_NAME]
+    if long:
+        raise InvalidInputError(f"class names are limited to {MAX_CLASS_NAME} characters; {len(long)} class name(s) "
+                                f"are longer (the first has {len(long[0]):,}: {long[0][:40]!r}…); shorten them")
     if len(set(names)) != len(names):
-        raise InvalidInputError(f"class names must be unique, got {names}")
+        raise InvalidInputError(f"class names must be unique, got {names[:50]}")
     return names
 
 
 COLD_STARTS = ("random", "cover")  # how a session picks before its labels span the classes
+
+
+def _check_json(value: Any, what: str) -> None:
+    """Raise :class:`InvalidInputError` unless ``value`` can be saved in the session header (JSON: strings,
+    finite numbers, booleans, None, lists and string-keyed dicts, nested at most ``MAX_DEPTH`` deep)."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise InvalidInputError(f"{what} must hold only JSON values (strings, finite numbers, booleans, None, lists, "
+                                f"dicts), as it is saved in the session header: {err}") from err
+    if depth(value) > MAX_DEPTH - 2:
+        raise InvalidInputError(f"{what} is nested deeper than {MAX_DEPTH - 2} levels")
 
 
 def new_header(
@@ -93,6 +113,8 @@ def new_header(
     if candidate_size is not None and (isinstance(candidate_size, bool) or not isinstance(candidate_size, int)
                                        or candidate_size < 1):
         raise InvalidInputError(f"candidate_size must be a positive integer or None, got {candidate_size!r}")
+    _check_json(dict(meta or {}), "meta")
+    _check_json(dict(strategy.get("kwargs") or {}), "the strategy's options")
     if options is None:
         options = PosteriorOptions()
     if not isinstance(options, PosteriorOptions):

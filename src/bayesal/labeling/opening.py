@@ -28,7 +28,10 @@ __all__ = ["SessionOpening", "resolve_strategy"]
 
 def resolve_strategy(spec: str | Strategy, kwargs: Mapping[str, Any]) -> QueryStrategy:
     """The session's strategy from the registry; refused at once if it needs true labels."""
-    strategy = make_strategy(spec, **dict(kwargs))
+    try:
+        strategy = make_strategy(spec, **dict(kwargs))
+    except TypeError as err:  # an option the strategy does not take (e.g. from an edited session header)
+        raise InvalidInputError(f"strategy {spec!r} cannot be built with the options {sorted(kwargs)[:10]}: {err}") from err
     if is_oracle(strategy) or not isinstance(strategy, QueryStrategy):
         raise InvalidInputError(
             f"strategy {spec!r} needs the candidates' true labels (a simulation oracle), which a labeling "
@@ -191,4 +194,8 @@ class SessionOpening:
             raise InvalidInputError(
                 f"the session in {state_dir} used a strategy object ({saved['name']!r}); pass strategy= to resume"
             )
-        return resolve_strategy(saved["name"], saved.get("kwargs", {}))
+        try:
+            return resolve_strategy(saved["name"], saved.get("kwargs", {}))
+        except InvalidInputError as err:
+            raise InvalidInputError(f"the session in {state_dir} saved a strategy this version cannot build ({err}); "
+                                    "pass strategy= to resume it with another one") from err

@@ -19,10 +19,11 @@ from bayesal.exceptions import CorruptStateError
 
 from .policy import RESELECT_SCHEDULES
 
-__all__ = ["MAX_DEPTH", "MAX_CLASSES", "check_header", "check_event", "check_snapshot", "depth"]
+__all__ = ["MAX_DEPTH", "MAX_CLASSES", "MAX_CLASS_NAME", "check_header", "check_event", "check_snapshot", "depth"]
 
 MAX_DEPTH = 12  # nesting of a header (meta and strategy kwargs are small dicts)
 MAX_CLASSES = 100_000
+MAX_CLASS_NAME = 1000  # characters of one class name
 MAX_INDEX = 2**40
 MAX_USER = 200  # characters of the annotator's name on an answer
 _NONE = type(None)
@@ -111,9 +112,13 @@ def check_header(header: Any, where: str, *, complete: bool = True) -> dict[str,
     for key in ("num_items", "num_features"):
         if key in header and not 1 <= header[key] <= MAX_INDEX:
             raise _fail(where, f"{key} {header[key]} in the header is out of range")
-    names = header.get("class_names", ["", ""])
-    if not 2 <= len(names) <= MAX_CLASSES or not all(isinstance(c, str) and len(c) <= 1000 for c in names):
+    names = header.get("class_names", ["0", "1"])  # absent: allowed only with complete=False (checked above)
+    if not 2 <= len(names) <= MAX_CLASSES or not all(isinstance(c, str) for c in names):
         raise _fail(where, f"class_names must be 2 to {MAX_CLASSES} strings")
+    if not all(len(c) <= MAX_CLASS_NAME for c in names):
+        raise _fail(where, f"a class name is longer than {MAX_CLASS_NAME} characters")
+    if len(set(names)) != len(names):
+        raise _fail(where, "class_names repeat a name")
     if "gamma" in header and (not math.isfinite(header["gamma"]) or header["gamma"] < 0):
         raise _fail(where, f"gamma {header['gamma']!r} is not a finite number >= 0")
     for key in ("retrain_every", "candidate_size"):

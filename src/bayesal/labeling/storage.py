@@ -220,6 +220,8 @@ class LabelLog(_OwnsFd):
         self.path = Path(path)
         self.fsync = fsync
         self._fd: int | None = None
+        # False after a failed append that may have left part of its line behind (see :meth:`append`)
+        self.intact = True
 
     @classmethod
     def create(cls, path: str | os.PathLike[str], header: dict[str, Any], *, fsync: bool = True) -> LabelLog:
@@ -283,15 +285,21 @@ class LabelLog(_OwnsFd):
             raise StorageError(f"the label log {self.path} is closed; reopen the session to write to it")
         data = encode_record(record)
         size = os.fstat(self._fd).st_size
+        stage = "write"
         try:
             written = os.write(self._fd, data)
             while written < len(data):  # a short write: the disk filled up mid-line
                 written += os.write(self._fd, data[written:])
             if self.fsync:
+                stage = "fsync"
                 os.fsync(self._fd)
         except OSError as err:
             # leave the log as it was before this line (no half line for the next append to follow)
+            self.intact = False
             with suppress(OSError):
                 os.ftruncate(self._fd, size)
+                # after a failed fsync the file's state on disk is unknown: only a failed write whose
+                # partial line is confirmed gone leaves a log the next append may follow
+                self.intact = stage == "write" and os.fstat(self._fd).st_size == size
             raise storage_error("append to the label log", self.path, err) from err
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,11 @@ from .storage import (
     save_snapshot,
 )
 
-__all__ = ["StorageOptions", "LogFiles", "SESSION_FILES", "SessionStore", "SnapshotWriter"]
+__all__ = ["StorageOptions", "LogFiles", "SESSION_FILES", "SessionStore", "SnapshotWriter", "SnapshotWarning"]
+
+
+class SnapshotWarning(UserWarning):
+    """An action was recorded durably in the label log, but the snapshot after it could not be written."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,7 @@ class SessionStore:
         self._log: LabelLog | None = None
         self._writer: SnapshotWriter | None = None
         self._log_error: OSError | None = None
+        self.snapshot_failures = 0  # snapshots that could not be written after a logged event
         self._since_snapshot = 0
 
     # ------------------------------------------------------------------ opening
@@ -236,8 +242,10 @@ class SessionStore:
     def append(self, event: dict[str, Any]) -> None:
         """Write ``event`` to the label log, durably, before returning.
 
-        After a failed write the line may be partly on disk (when cutting it off failed too): every
-        later append is refused, so the log stays a valid prefix of what was acknowledged. With
+        After a failed write whose partial line was cut off again (a full disk), the next append is
+        tried as usual: once space is free, recording goes on. When the line may be partly on disk
+        (cutting it off failed, or the fsync failed) every later append is refused, so the log stays a
+        valid prefix of what was acknowledged. With
         ``files.halt_on_write_error`` off (a Label Studio project) the error is raised as it is and the
         next append is tried.
         """
@@ -249,19 +257,35 @@ class SessionStore:
         except OSError as err:
             if not self.files.halt_on_write_error:
                 raise
-            self._log_error = err
             what = (str(err) if isinstance(err, StorageError)
                     else f"could not write to the label log {self.log_path} ({err})")
+            if isinstance(err, StorageError) and self._log.intact:  # the log is as it was: go on later
+                raise StorageError(f"{what}; the last action was not recorded (give it again once the "
+                                   "problem is fixed)") from err
+            self._log_error = err
             raise StorageError(f"{what}; the last action was not recorded") from err
 
     def committed(self, state: Callable[[], dict[str, Any] | None]) -> None:
         """Count one committed event and write the snapshot ``state()`` if ``snapshot_every`` are due
-        (``None``: nothing to write yet)."""
+        (``None``: nothing to write yet).
+
+        The event is in the label log already, so a snapshot that cannot be written (a full disk) does
+        not undo it: a :class:`SnapshotWarning` says so, ``snapshot_failures`` counts it, and the
+        snapshot is tried again after the next event (resume rebuilds it from the log meanwhile)."""
         self._since_snapshot += 1
         if self._since_snapshot >= self.options.snapshot_every:
             snap = state()
             if snap is not None:
-                self.snapshot(snap, sync=not self.options.async_snapshot)
+                try:
+                    self.snapshot(snap, sync=not self.options.async_snapshot)
+                except OSError as err:
+                    self._since_snapshot = self.options.snapshot_every  # due again at the next event
+                    self.snapshot_failures += 1
+                    warnings.warn(
+                        f"the action was recorded in the label log {self.log_path}, but the snapshot could not be "
+                        f"written ({err}); nothing is lost (the log holds every event, and the snapshot is tried "
+                        "again after the next action)", SnapshotWarning, stacklevel=5,
+                    )
 
     @property
     def snapshot_due(self) -> bool:

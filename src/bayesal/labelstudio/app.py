@@ -29,11 +29,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bayesal.exceptions import BayesalError
+from bayesal.exceptions import BayesalError, StorageError
+from bayesal.utils import describe_os_error
 
 from .backend import LabelStudioBackend
 
@@ -45,7 +48,7 @@ class _Body(BaseModel):
 
 
 class SetupRequest(_Body):
-    project: str | int
+    project: StrictInt | StrictStr
     label_config: str = Field(alias="schema")
     hostname: str | None = None
     access_token: str | None = None
@@ -54,14 +57,14 @@ class SetupRequest(_Body):
 
 class PredictRequest(_Body):
     tasks: list[dict[str, Any]]
-    project: str | int
+    project: StrictInt | StrictStr
     label_config: str | None = None
     params: dict[str, Any] | None = None
 
 
 class TrainRequest(_Body):
     annotations: list[dict[str, Any]]
-    project: str | int
+    project: StrictInt | StrictStr
     label_config: str | None = None
 
 
@@ -80,6 +83,20 @@ def _check_basic_auth(header: str | None, expected: tuple[str, str]) -> bool:
     return hmac.compare_digest(user, expected[0]) & hmac.compare_digest(password, expected[1])
 
 
+def _printable(text: str) -> str:
+    """``text`` with lone surrogates escaped (JSON, as UTF-8, cannot carry them)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _validation_summary(errors: Any) -> str:
+    """``"tasks: Input should be a valid list; …"`` from pydantic's error list (no input values)."""
+    parts = []
+    for e in list(errors)[:5]:
+        where = ".".join(str(k) for k in e.get("loc", ())[1:]) or "body"
+        parts.append(f"{where}: {e.get('msg', 'invalid value')}")
+    return "; ".join(parts) or "not a JSON object of the expected fields"
+
+
 def create_app(backend: LabelStudioBackend, *, basic_auth: tuple[str, str] | None = None) -> FastAPI:
     """The FastAPI app serving ``backend``; the backend's files are closed when the app shuts down."""
 
@@ -92,7 +109,26 @@ def create_app(backend: LabelStudioBackend, *, basic_auth: tuple[str, str] | Non
 
     @app.exception_handler(BayesalError)
     async def _bayesal_error(request: Request, exc: BayesalError) -> JSONResponse:
-        return JSONResponse(status_code=400, content={"error": str(exc)})
+        return JSONResponse(status_code=400, content={"error": _printable(str(exc))})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's own refusals (a body that is not JSON, an unknown route) in the shape Label Studio shows
+        return JSONResponse(status_code=exc.status_code, content={"error": _printable(str(exc.detail))},
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _malformed(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # named fields only: echoing the input back fails for a NaN or a lone surrogate (a 500)
+        return JSONResponse(status_code=422, content={"error": "invalid request body: " + _validation_summary(exc.errors())})
+
+    @app.exception_handler(StorageError)
+    @app.exception_handler(OSError)
+    async def _storage(request: Request, exc: OSError) -> JSONResponse:
+        # a full disk or an unwritable state folder (the label log, the feature cache): nothing was changed
+        # that a retry would not redo; StorageError says what failed, a raw OSError only why
+        what = str(exc) if isinstance(exc, StorageError) else f"could not read or write the backend's files: {describe_os_error(exc)}"
+        return JSONResponse(status_code=503, content={"error": _printable(what)})
 
     if basic_auth is not None:
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from bayesal.data import Backbone
 from bayesal.exceptions import InvalidInputError, StateMismatchError
@@ -74,6 +74,20 @@ class BackendSettings:
         if p.hessian is not Hessian.SHARED or p.lambda_mf != DEFAULT_LAMBDA_MF:
             raise InvalidInputError("the Label Studio backend uses the shared covariance and the default mean-field "
                                     f"scale; got hessian={p.hessian.value!r}, lambda_mf={p.lambda_mf}")
+        for option, root in (("--files-root", self.files_root), ("--upload-root", self.upload_root)):
+            # checked at start: a mistyped folder would otherwise fail each image task later
+            if root is not None and not Path(root).is_dir():
+                raise InvalidInputError(f"{option} {root} is not a folder; pass the folder Label Studio serves the "
+                                        "files from")
+
+
+#: Longest project id / creation time accepted (Label Studio's are database ids and Unix times).
+_MAX_ID_DIGITS = 18
+
+
+def _is_id(value: Any) -> TypeGuard[int]:
+    """A Label Studio id: a non-negative integer of at most 18 digits (``True`` is no id)."""
+    return type(value) is int and 0 <= value < 10**_MAX_ID_DIGITS
 
 
 def _project_uid(project: Any) -> tuple[int, str]:
@@ -82,20 +96,46 @@ def _project_uid(project: Any) -> tuple[int, str]:
     if isinstance(project, Mapping):
         pid = project.get("id")
         created = project.get("created_at")
-        if not isinstance(pid, int):
-            raise InvalidInputError("the webhook's project has no integer id; is this a Label Studio webhook?")
+        if not _is_id(pid):
+            raise InvalidInputError("the webhook's project has no integer id (at most 18 digits); is this a Label "
+                                    "Studio webhook?")
         if isinstance(created, str) and created:
             try:
                 ts = int(datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp())
-            except ValueError as err:
-                raise InvalidInputError(f"project {pid}: cannot read created_at {created!r}") from err
+            except (ValueError, OverflowError) as err:
+                raise InvalidInputError(f"project {pid}: cannot read created_at {created[:40]!r}") from err
             return pid, f"{pid}.{ts}"
         return pid, str(pid)
+    if isinstance(project, bool) or not isinstance(project, (int, str)):
+        raise InvalidInputError(f"project must be a Label Studio project id ('<id>' or '<id>.<created>'), "
+                                f"got {type(project).__name__}")
     text = str(project)
     head, _, tail = text.partition(".")
-    if not head.isdigit() or (tail and not tail.isdigit()):
-        raise InvalidInputError(f"project {project!r} is not a Label Studio project id ('<id>' or '<id>.<created>')")
+    if not (head.isascii() and head.isdigit() and len(head) <= _MAX_ID_DIGITS) or (
+        tail and not (tail.isascii() and tail.isdigit() and len(tail) <= _MAX_ID_DIGITS)
+    ):
+        raise InvalidInputError(f"project {text[:40]!r} is not a Label Studio project id ('<id>' or '<id>.<created>', "
+                                "at most 18 digits each)")
     return int(head), text
+
+
+def _listed(payload: Mapping[str, Any], key: str) -> list[Any]:
+    """``payload[key]`` as a list (a missing or null value: empty); anything else is refused."""
+    value = payload.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidInputError(f"the webhook's {key!r} must be a list, got {type(value).__name__}; is this a Label "
+                                "Studio webhook?")
+    return value
+
+
+def _task_id(task: Mapping[str, Any]) -> int:
+    """The integer id of a task (refused otherwise: a task's id keys the model's annotations)."""
+    tid = task.get("id")
+    if not _is_id(tid):
+        raise InvalidInputError(f"a task's id must be an integer, got {type(tid).__name__}; is this a Label Studio task?")
+    return tid
 
 
 def annotation_labels(annotation: Mapping[str, Any], config: ChoicesConfig) -> list[str] | None:
@@ -103,12 +143,19 @@ def annotation_labels(annotation: Mapping[str, Any], config: ChoicesConfig) -> l
     skipped/cancelled annotation, or one that labels other controls only)."""
     if annotation.get("was_cancelled"):
         return None
+    result = annotation.get("result")
+    if result is not None and not isinstance(result, list):
+        raise InvalidInputError(f"annotation {annotation.get('id')!r}: 'result' must be a list of regions, got "
+                                f"{type(result).__name__}")
     chosen: list[str] = []
-    for item in annotation.get("result") or []:
+    for item in result or []:
         if not isinstance(item, Mapping) or item.get("from_name") != config.from_name:
             continue
         value = item.get("value")
         choices = value.get("choices") if isinstance(value, Mapping) else None
+        if choices is not None and not isinstance(choices, list):
+            raise InvalidInputError(f"annotation {annotation.get('id')!r}: the choices of {config.from_name!r} must be "
+                                    f"a list, got {type(choices).__name__}")
         if isinstance(choices, list):
             chosen.extend(str(c) for c in choices)
     return chosen or None
@@ -241,13 +288,16 @@ class LabelStudioBackend:
         cfg = proj.featurizer.config
         if not tasks:
             return [], proj.model.model_version
+        if not all(isinstance(t, Mapping) for t in tasks):
+            raise InvalidInputError("every task must be a JSON object; is this a Label Studio /predict call?")
+        ids = [_task_id(t) for t in tasks]
         feats = proj.featurizer.encode(tasks)
         done = proj.model.labeled_tasks()
-        probs, utility = proj.model.predict(feats, labeled=[t.get("id") in done for t in tasks])
-        annotated = [k for k, t in enumerate(tasks) if t.get("id") in done]
+        probs, utility = proj.model.predict(feats, labeled=[i in done for i in ids])
+        annotated = [k for k, i in enumerate(ids) if i in done]
         if annotated:  # an annotated task's score is its label doubt: the Data Manager sorts label errors first
             doubt = label_doubt_scores(proj.model.posterior(), feats[annotated],
-                                       [done[tasks[k]["id"]] for k in annotated], cfg)
+                                       [done[ids[k]] for k in annotated], cfg)
             for k, d in zip(annotated, doubt):
                 if d == d:
                     utility[k] = float(d)
@@ -284,9 +334,11 @@ class LabelStudioBackend:
             "PROJECT_UPDATED": self._on_project_updated,
             "START_TRAINING": self._on_start_training,
         }
-        handler = handlers.get(str(action))
+        handler = handlers.get(action) if isinstance(action, str) else None
         if handler is None or not isinstance(payload.get("project"), Mapping):
-            return {"action": action, "status": "ignored"}
+            # echoed back as Python would print it: JSON cannot carry a lone surrogate
+            shown = action if isinstance(action, str) and action.isascii() else repr(action)[:200]
+            return {"action": shown, "status": "ignored"}
         return {"action": action, **handler(payload)}
 
     def _webhook_project(self, payload: Mapping[str, Any]) -> _Project:
@@ -294,15 +346,19 @@ class LabelStudioBackend:
         return self.project(project, project.get("label_config") or None)
 
     def _on_annotations(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        proj = self._webhook_project(payload)
         anns, tasks = payload.get("annotation"), payload.get("task")
         anns = anns if isinstance(anns, list) else [anns]
         tasks = tasks if isinstance(tasks, list) else [tasks]
-        by_id = {t.get("id"): t for t in tasks if isinstance(t, Mapping)}
+        by_id = {t["id"]: t for t in tasks if isinstance(t, Mapping) and _is_id(t.get("id"))}
+        for ann in anns:  # all checked before the first is applied
+            if not isinstance(ann, Mapping) or not _is_id(ann.get("id")):
+                raise InvalidInputError("a webhook annotation has no integer id; is this a Label Studio webhook?")
+            if ann.get("task") is not None and not _is_id(ann.get("task")):
+                raise InvalidInputError(f"annotation {ann['id']}: its task id must be an integer, got "
+                                        f"{type(ann.get('task')).__name__}")
+        proj = self._webhook_project(payload)
         changed = 0
         for ann in anns:
-            if not isinstance(ann, Mapping) or not isinstance(ann.get("id"), int):
-                raise InvalidInputError("a webhook annotation has no integer id; is this a Label Studio webhook?")
             changed += self._sync_annotation(proj, ann, by_id.get(ann.get("task")))
         return {"status": "ok", "changed": changed, "model_version": proj.model.model_version}
 
@@ -313,17 +369,17 @@ class LabelStudioBackend:
         if task is None:
             raise InvalidInputError(f"annotation {ann['id']}: the webhook carries no task {ann.get('task')} to read the item from")
         feature = proj.featurizer.encode([task])[0]
-        return int(proj.model.annotate(ann["id"], task["id"], labels, feature))
+        return int(proj.model.annotate(ann["id"], _task_id(task), labels, feature))
 
     def _on_annotations_deleted(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        ids = [a.get("id") for a in _listed(payload, "annotations") if isinstance(a, Mapping)]
         proj = self._webhook_project(payload)
-        ids = [a.get("id") for a in payload.get("annotations") or [] if isinstance(a, Mapping)]
-        changed = sum(proj.model.delete(i) for i in ids if isinstance(i, int))
+        changed = sum(proj.model.delete(i) for i in ids if _is_id(i))
         return {"status": "ok", "changed": changed, "model_version": proj.model.model_version}
 
     def _on_tasks_deleted(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        gone = {t["id"] for t in _listed(payload, "tasks") if isinstance(t, Mapping) and _is_id(t.get("id"))}
         proj = self._webhook_project(payload)
-        gone = {t.get("id") for t in payload.get("tasks") or [] if isinstance(t, Mapping)}
         changed = sum(proj.model.delete(a) for a in proj.model.annotations_of_tasks(gone))
         return {"status": "ok", "changed": changed, "model_version": proj.model.model_version}
 
@@ -342,8 +398,10 @@ class LabelStudioBackend:
         proj = self.project(project, label_config)
         live: set[int] = set()
         for task in annotated_tasks:
-            for ann in task.get("annotations") or []:
-                if isinstance(ann, Mapping) and isinstance(ann.get("id"), int):
+            if not isinstance(task, Mapping):
+                raise InvalidInputError("every annotated task must be a JSON object; is this a Label Studio /train call?")
+            for ann in _listed(task, "annotations"):
+                if isinstance(ann, Mapping) and _is_id(ann.get("id")):
                     live.add(ann["id"])
                     self._sync_annotation(proj, ann, task)
         for stale in set(proj.model.annotation_ids()) - live:

@@ -17,9 +17,11 @@ across predictions and restarts.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import stat
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,13 +31,16 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import numpy as np
 
 from bayesal.data import Backbone, get_backbone
-from bayesal.exceptions import DataFileError, InvalidInputError, MissingDependencyError
+from bayesal.exceptions import DataFileError, InvalidInputError, MissingDependencyError, StorageError
+from bayesal.utils import require_regular_file, storage_error
 
 from .config import ChoicesConfig
 
 __all__ = ["TaskFeaturizer", "FeatureStore", "default_backbone"]
 
 FEATURES_MAGIC = b"BAYESAL-TASK-FEATURES v1 "
+#: Largest image (width x height) decoded: a bigger one is refused from its header, before decoding.
+MAX_IMAGE_PIXELS = 64_000_000
 KEY_BYTES = 16
 
 
@@ -68,13 +73,18 @@ class FeatureStore:
         self._load()
 
     def _load(self) -> None:
-        raw = self.path.read_bytes() if self.path.exists() else b""
-        if raw and not raw.startswith(self._header):
-            os.replace(self.path, self.path.with_name(self.path.name + ".stale"))
-            raw = b""
-        if not raw:
-            self.path.write_bytes(self._header)
-            return
+        try:
+            raw = require_regular_file(self.path, what="feature cache").read_bytes() if self.path.exists() else b""
+            if raw and not raw.startswith(self._header):
+                os.replace(self.path, self.path.with_name(self.path.name + ".stale"))
+                raw = b""
+            if not raw:
+                self.path.write_bytes(self._header)
+                return
+        except OSError as err:
+            if isinstance(err, StorageError):
+                raise
+            raise storage_error("open the feature cache", self.path, err) from err
         body = raw[len(self._header) :]
         n = len(body) // self._record
         arr = np.frombuffer(body[: n * self._record], dtype=np.uint8).reshape(n, self._record)
@@ -97,9 +107,28 @@ class FeatureStore:
         with self._lock:
             if key in self._rows:
                 return
+            self._append(key + vec.tobytes())
             self._rows[key] = vec
-            with open(self.path, "ab") as fh:
-                fh.write(key + vec.tobytes())
+
+    def _append(self, record: bytes) -> None:
+        """Append one record; after a failed write (a full disk) the file is cut back to whole records,
+        so that the records written later stay aligned."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        except OSError as err:
+            raise storage_error("open the feature cache", self.path, err) from err
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                written = 0
+                while written < len(record):
+                    written += os.write(fd, record[written:])
+            except OSError as err:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise storage_error("write the feature cache", self.path, err) from err
+        finally:
+            os.close(fd)
 
 
 class TaskFeaturizer:
@@ -141,18 +170,27 @@ class TaskFeaturizer:
         data = task.get("data") if isinstance(task, Mapping) else None
         if not isinstance(data, Mapping) or self.config.data_key not in data:
             raise InvalidInputError(
-                f"task {task.get('id') if isinstance(task, Mapping) else task!r} has no data[{self.config.data_key!r}] "
+                f"task {task.get('id') if isinstance(task, Mapping) else type(task).__name__!r} has no data[{self.config.data_key!r}] "
                 f"that the labeling config's ${self.config.data_key} refers to; import tasks with that key"
             )
         value = data[self.config.data_key]
         if not isinstance(value, str):
             raise InvalidInputError(
-                f"task {task.get('id')}: data[{self.config.data_key!r}] must be a string, got {type(value).__name__}"
+                f"task {task.get('id')!r}: data[{self.config.data_key!r}] must be a string, got {type(value).__name__}"
             )
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:  # a lone surrogate (from a "\ud800" escape): no text to encode
+            raise InvalidInputError(
+                f"task {task.get('id')!r}: data[{self.config.data_key!r}] is not valid Unicode (a lone surrogate at "
+                f"character {err.start}); fix the task's text in Label Studio"
+            ) from err
         return value
 
     def image_path(self, ref: str) -> Path:
         """The local file an image reference points to, inside an allowed root."""
+        if "\0" in unquote(ref):
+            raise DataFileError(f"image {ref[:200]!r} holds a NUL character; no file has such a name")
         parts = urlsplit(ref)
         if parts.path.startswith("/data/local-files") and parts.query:
             rel = parse_qs(parts.query).get("d", [""])[0]
@@ -186,12 +224,21 @@ class TaskFeaturizer:
         path = self.image_path(ref)
         try:
             from PIL import Image
-
-            with Image.open(path) as im:
-                return np.asarray(im.convert("RGB"), dtype=np.uint8)
         except ImportError as err:
             raise MissingDependencyError("image tasks need Pillow; install it with `pip install bayesal[images]`") from err
-        except OSError as err:
+        try:
+            require_regular_file(path, what="image")  # a FIFO would block the reader
+            with Image.open(path) as im:  # reads the header only: the size is known before decoding
+                w, h = im.size
+                if w * h > MAX_IMAGE_PIXELS:
+                    raise DataFileError(
+                        f"image {path} (task reference {ref!r}) is {w} x {h} pixels, over the limit of "
+                        f"{MAX_IMAGE_PIXELS:,}; it is not decoded (it is shrunk to 112 px anyway): scale it down"
+                    )
+                return np.asarray(im.convert("RGB"), dtype=np.uint8)
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            if isinstance(err, DataFileError):
+                raise
             raise DataFileError(f"cannot read image {path} (task reference {ref!r}): {err}") from err
 
     # ------------------------------------------------------------------ features
@@ -208,6 +255,8 @@ class TaskFeaturizer:
                 st = path.stat()
             except OSError as err:
                 raise DataFileError(f"cannot read image {path} (task reference {value!r}): {err}") from err
+            if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block the reader
+                raise DataFileError(f"image {path} (task reference {value!r}) is not a regular file")
             h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}".encode())
         else:
             h.update(value.encode("utf-8", errors="surrogatepass"))

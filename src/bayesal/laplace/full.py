@@ -16,6 +16,7 @@ from .update import (
     full_ggn_factor,
     gram_downdate,
     rank1_downdate,
+    weight_newton,
 )
 
 __all__ = ["FullLaplace"]
@@ -70,6 +71,12 @@ class FullLaplace(LastLayerLaplace):
         if method is UpdateMethod.WOODBURY:
             return mean, gram_downdate(self.covariance_, res.whiten @ left), None
         return mean, rank1_downdate(self.covariance_, self._hessian_factor(x, res.probs, self.curvature)), None
+
+    def _weight_space_update(
+        self, x: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, gamma: float, steps: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        res = weight_newton(self.covariance_, x, logits, targets, self._span_curvature(), gamma, steps)
+        return self.mean_ + res.delta, res.covariance
 
     def _mean_step(self, phi: torch.Tensor, resid: torch.Tensor, gamma: float) -> torch.Tensor:
         # vec μ' = vec μ + γ Σ vec(Σ_j resid_j φ_jᵀ)

@@ -25,6 +25,7 @@ from .update import (
     rank1_downdate,
     shared_factor,
     span_newton,
+    weight_newton,
 )
 
 __all__ = ["SharedLaplace"]
@@ -113,6 +114,12 @@ class SharedLaplace(LastLayerLaplace):
         if new_pending.shape[0] > PENDING_DOWNDATE_MAX_FRACTION * self.num_features_:
             return mean, gram_downdate(base, new_pending), None
         return mean, base, new_pending
+
+    def _weight_space_update(
+        self, x: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, gamma: float, steps: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        res = weight_newton(self.covariance_, x, logits, targets, self._span_curvature(), gamma, steps)
+        return self.mean_ + res.delta, res.covariance
 
     def _mean_step(self, phi: torch.Tensor, resid: torch.Tensor, gamma: float) -> torch.Tensor:
         # residᵀ (Φ Σ): O(M D² + M C D), the spec's O(D² + CD) per point, instead of O(C D²)

@@ -102,6 +102,14 @@ class CovarianceStructure:
         """``(μ', Σ' or its base, pending factor or None)`` after :func:`span_newton` gave ``res``."""
         raise NotImplementedError(f"{type(self).__name__} does not implement _updated_state")
 
+    def _weight_space_update(
+        self, x: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, gamma: float, steps: int
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(μ', Σ')`` of an update with rows ``x (M, D)`` computed in the weight space, for batches
+        larger than the span iteration handles well (``M > D``); ``None``: this structure has no such
+        form and the span iteration is used whatever ``M``."""
+        return None
+
     def _mean_step(self, phi: torch.Tensor, resid: torch.Tensor, gamma: float) -> torch.Tensor:
         """``μ + γ Σ ∇`` for the gradient ``Σ_j resid_j ⊗ φ_j`` of rows ``phi (M, D)``, ``resid (M, C)``."""
         raise NotImplementedError(f"{type(self).__name__} does not implement _mean_step")

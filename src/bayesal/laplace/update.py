@@ -51,6 +51,8 @@ __all__ = [
     "kernel_downdate",
     "gram_downdate",
     "span_newton",
+    "weight_newton",
+    "WeightNewtonResult",
     "SpanNewtonResult",
     "SpanCurvature",
     "PointCurvature",
@@ -546,6 +548,158 @@ def span_newton(
     coef_t, factor_t, whiten_t, probs_t = (torch.from_numpy(np.ascontiguousarray(v)).to(dtype=out_dtype, device=out_device)
                                            for v in (coef, factor, whiten, probs))
     return SpanNewtonResult(coef_t, factor_t, whiten_t, probs_t, taken)
+
+
+@dataclass(frozen=True)
+class WeightNewtonResult:
+    """Result of :func:`weight_newton`: the mean's change ``delta (C, D)``, the covariance at the last
+    linearisation (``(Σ⁻¹ + Φᵀ diag(m) Φ)⁻¹ (D, D)`` shared, ``(Σ⁻¹ + Σ_j Λ_j ⊗ φ_jφ_jᵀ)⁻¹ (C·D, C·D)``
+    full), the softmax ``probs (M, C)`` there and the Newton steps taken."""
+
+    delta: torch.Tensor
+    covariance: torch.Tensor
+    probs: torch.Tensor
+    steps: int
+
+
+class _SharedWeights:
+    """The Newton system of the shared covariance ``I_C ⊗ Σ``: one ``(D, D)`` matrix for every class."""
+
+    def __init__(self, sigma: np.ndarray, phi: np.ndarray, model: PointCurvature) -> None:
+        self.phi, self.model = phi, model
+        self.prec = _spd_inverse(sigma)
+        self.chol = np.zeros(0)
+
+    def prec_mul(self, delta: np.ndarray) -> np.ndarray:
+        return delta @ self.prec
+
+    def newton_step(self, probs: np.ndarray, grad: np.ndarray) -> np.ndarray:
+        weighted = self.phi * self.model.factor(probs)[:, None]
+        hess = weighted.T @ weighted
+        hess += self.prec
+        self.chol = _spd_factor(hess)
+        return -_chol_solve(self.chol, grad.T).T  # H is symmetric: −∇ H⁻¹ row by row
+
+    def covariance(self) -> np.ndarray:
+        return _spd_inverse_from(self.chol)
+
+
+class _FullWeights:
+    """The Newton system of the full GGN over class-major ``vec W``: ``(C·D, C·D)``."""
+
+    def __init__(self, sigma: np.ndarray, phi: np.ndarray, classes: int) -> None:
+        self.phi, self.classes = phi, classes
+        self.prec = _spd_inverse(sigma)
+        self.chol = np.zeros(0)
+
+    def prec_mul(self, delta: np.ndarray) -> np.ndarray:
+        return (self.prec @ delta.reshape(-1)).reshape(delta.shape)
+
+    def newton_step(self, probs: np.ndarray, grad: np.ndarray) -> np.ndarray:
+        c, d = self.classes, self.phi.shape[1]
+        hess = self.prec.copy()
+        for a in range(c):  # Σ_j (diag p_j − p_j p_jᵀ)[a, b] φ_j φ_jᵀ, block (a, b)
+            for b in range(a, c):
+                weight = (probs[:, a] if a == b else 0.0) - probs[:, a] * probs[:, b]
+                block = (self.phi * weight[:, None]).T @ self.phi
+                hess[a * d:(a + 1) * d, b * d:(b + 1) * d] += block
+                if a != b:
+                    hess[b * d:(b + 1) * d, a * d:(a + 1) * d] += block.T
+        self.chol = _spd_factor(hess)
+        return -_chol_solve(self.chol, grad.reshape(-1, 1)).reshape(grad.shape)
+
+    def covariance(self) -> np.ndarray:
+        return _spd_inverse_from(self.chol)
+
+
+def weight_newton(
+    cov: torch.Tensor,
+    x: torch.Tensor,
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    model: SpanCurvature,
+    gamma: float,
+    steps: int,
+) -> WeightNewtonResult:
+    """:func:`span_newton` in the weight space: for a batch larger than the weights' dimension.
+
+    The same damped Newton iterates (same objective, curvature, backtracking and stopping rule) written
+    with the precision instead of the kernel: the step is ``−H⁻¹ ∇`` with ``H = Σ⁻¹ + JᵀΛJ`` and
+    ``∇ = Σ⁻¹ δ − γ Jᵀ(Y − P)`` for the change ``δ`` of the mean. For the shared covariance
+    (:class:`PointCurvature`) ``H`` is one ``(D, D)`` matrix, ``O(M·D² + D³)`` a step; for the full GGN
+    (:class:`SoftmaxCurvature`) it is ``(C·D, C·D)``, ``O(M·C²·D² + (C·D)³)``; the span's steps cost
+    ``O(M³)`` and ``O((M·C)³)``: the weight space is the cheaper form once ``M`` exceeds ``D``.
+
+    Parameters
+    ----------
+    cov : torch.Tensor
+        ``Σ`` before the update: ``(D, D)`` shared, ``(C·D, C·D)`` full.
+    x : torch.Tensor
+        New rows ``Φ (M, D)``.
+    logits : torch.Tensor
+        ``(M, C)`` logits of the new rows at the current mean.
+    targets : torch.Tensor
+        ``(M, C)`` one-hot or soft labels.
+    model : SpanCurvature
+        The covariance structure's linearisation (:class:`PointCurvature` or :class:`SoftmaxCurvature`).
+    gamma, steps
+        Step size and Newton steps.
+    """
+    out_dtype, out_device = logits.dtype, logits.device
+    sigma, phi, z0, y = (t.detach().to("cpu", torch.float64).numpy() for t in (cov, x, logits, targets))
+    sigma = 0.5 * (sigma + sigma.T)
+    if isinstance(model, PointCurvature):
+        system: _SharedWeights | _FullWeights = _SharedWeights(sigma, phi, model)
+    elif isinstance(model, SoftmaxCurvature):
+        system = _FullWeights(sigma, phi, z0.shape[1])
+    else:
+        raise InvalidInputError(f"no weight-space Newton system for {type(model).__name__}")
+    gy = gamma * y
+    delta = np.zeros((z0.shape[1], phi.shape[1]))
+    delta_prec = np.zeros_like(delta)  # Σ⁻¹ δ
+    log_p = _log_softmax(z0)
+
+    def objective(d: np.ndarray, d_prec: np.ndarray) -> tuple[float, np.ndarray]:
+        lp = _log_softmax(z0 + phi @ d.T)
+        return 0.5 * float(np.vdot(d, d_prec)) - float(np.vdot(gy, lp)), lp
+
+    current = -float(np.vdot(gy, log_p))  # the objective at δ = 0
+    probs = np.zeros_like(z0)
+    taken = 0
+    for _ in range(steps):
+        probs = np.exp(log_p)
+        step = system.newton_step(probs, delta_prec - (gy - gamma * probs).T @ phi)
+        step_prec = system.prec_mul(step)
+        if steps > 1:
+            alpha = 1.0
+            for _ in range(BACKTRACK_HALVINGS):
+                s_try, sp_try = (step, step_prec) if alpha == 1.0 else (alpha * step, alpha * step_prec)
+                value, trial_log_p = objective(delta + s_try, delta_prec + sp_try)
+                if value <= current:
+                    current, log_p, step, step_prec = value, trial_log_p, s_try, sp_try
+                    break
+                alpha *= 0.5
+            else:
+                step, step_prec = 0.0 * step, 0.0 * step_prec
+        delta = delta + step
+        delta_prec = delta_prec + step_prec
+        taken += 1
+        if taken < steps and float(np.abs(phi @ step.T).max()) <= CONVERGED_LOGIT_CHANGE:
+            break
+    delta_t, cov_t, probs_t = (torch.from_numpy(np.ascontiguousarray(v)).to(dtype=out_dtype, device=out_device)
+                               for v in (delta, system.covariance(), probs))
+    return WeightNewtonResult(delta_t, cov_t, probs_t, taken)
+
+
+def _spd_inverse(a: np.ndarray) -> np.ndarray:
+    """``A⁻¹`` of SPD ``A``, symmetric."""
+    return _spd_inverse_from(_spd_factor(a))
+
+
+def _spd_inverse_from(chol: np.ndarray) -> np.ndarray:
+    """``A⁻¹`` from the lower Cholesky factor of ``A``, symmetric."""
+    inv = scipy.linalg.cho_solve((chol, True), np.eye(chol.shape[0]))
+    return 0.5 * (inv + inv.T)
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:

@@ -71,7 +71,10 @@ class NewtonUpdating(CovarianceStructure):
             ``N(μ, Σ) × Π_j p(y_j | φ_j, W)``), stopping early once converged. The steps run in the span
             of the new points (:func:`~bayesal.laplace.update.span_newton`): one ``O(M·P²)`` product with
             ``Σ`` before and one downdate after, so extra steps cost ``O(M³)`` each (``O((M·C)³)`` for the
-            full GGN), not ``O(P²)``. The covariance uses the curvature of the last linearisation.
+            full GGN), not ``O(P²)``. A batch of more than ``D`` rows runs the same iterates in the weight
+            space instead (:func:`~bayesal.laplace.update.weight_newton`, ``O(M·D² + D³)`` per step for the
+            shared covariance): a large batch costs about what a retrain does. The covariance uses the
+            curvature of the last linearisation.
         method : {"woodbury", "rank1"}
             How the covariance is downdated (same result). With ``"woodbury"`` and the shared covariance
             the downdate ``Σ' = Σ − HᵀH`` is kept as its factor ``H (M, D)`` and applied when ``Σ'`` is
@@ -96,12 +99,18 @@ class NewtonUpdating(CovarianceStructure):
         if x.shape[0] == 0:
             return target
         steps = self.steps if steps is None else check_steps(steps)
-        # every Newton step lives in the span of the new points (see span_newton): one product with Σ
-        # before the iteration and one downdate after it, whatever the number of steps
-        left, kernel = self._span_products(x)
-        res = span_newton(kernel, torch.addmm(self.bias_, x, self.mean_.T), targets, self._span_curvature(), gamma,
-                          steps)
-        mean, cov, pending = self._updated_state(x, res, left, method)
+        logits = torch.addmm(self.bias_, x, self.mean_.T)
+        # a batch larger than the weight space: the same Newton iterates with D×D matrices (O(M·D² + D³)
+        # per step) instead of the span's M×M ones (O(M³)), where the structure has that form
+        dense = self._weight_space_update(x, logits, targets, gamma, steps) if x.shape[0] > self.num_features_ else None
+        if dense is not None:
+            (mean, cov), pending = dense, None
+        else:
+            # every Newton step lives in the span of the new points (see span_newton): one product with Σ
+            # before the iteration and one downdate after it, whatever the number of steps
+            left, kernel = self._span_products(x)
+            res = span_newton(kernel, logits, targets, self._span_curvature(), gamma, steps)
+            mean, cov, pending = self._updated_state(x, res, left, method)
         rows = self._early_rows(x, targets, gamma)
         bias = self.bias_
         if rows is not None and classes_seen(rows[1]) >= 2:

@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import os
 import secrets
 from importlib.resources import files
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.concurrency import run_in_threadpool
 
-from bayesal.exceptions import BayesalError, InvalidInputError, StaleAnswerError
+from bayesal.exceptions import BayesalError, InvalidInputError, StaleAnswerError, StorageError
 
 from .review import LabelReview, add_review_routes
 from .service import LabelingService
@@ -129,6 +131,12 @@ def create_app(service: LabelingService, *, token: str | None = None) -> FastAPI
         response.headers["Referrer-Policy"] = "no-referrer"
         return response
 
+    @app.exception_handler(RequestValidationError)
+    async def malformed(request: Request, err: RequestValidationError) -> JSONResponse:
+        # the default handler echoes the offending input back, and a NaN, an infinity or a lone
+        # surrogate in it cannot be written as JSON (a 500 instead of a 422): name the fields only
+        return JSONResponse({"detail": "invalid request body: " + _validation_summary(err.errors())}, status_code=422)
+
     @app.exception_handler(InvalidInputError)
     async def invalid(request: Request, err: InvalidInputError) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, status_code=422)
@@ -141,6 +149,12 @@ def create_app(service: LabelingService, *, token: str | None = None) -> FastAPI
         except InvalidInputError:
             pass
         return JSONResponse(body, status_code=409)
+
+    @app.exception_handler(StorageError)
+    async def not_saved(request: Request, err: StorageError) -> JSONResponse:
+        # the session's own message speaks to a Python caller (Session.resume()); a browser user is told
+        # what happened and what to do here
+        return JSONResponse({"detail": _storage_message(err)}, status_code=503)
 
     @app.exception_handler(BayesalError)
     async def unavailable(request: Request, err: BayesalError) -> JSONResponse:
@@ -215,6 +229,28 @@ def create_app(service: LabelingService, *, token: str | None = None) -> FastAPI
 
     add_review_routes(app, LabelReview(service))
     return app
+
+
+def _storage_message(err: StorageError) -> str:
+    """What a browser user is told when the session's files cannot be written."""
+    code: int | None = None
+    cause: BaseException | None = err
+    while cause is not None and code is None:
+        code = getattr(cause, "errno", None)
+        cause = cause.__cause__
+    reason = os.strerror(code) if code else "the session is closed or its files cannot be written"
+    return (f"could not save: {reason}; nothing was recorded. Answer again once the problem is fixed (e.g. "
+            "free disk space); if it keeps failing, stop bayesal serve and start it again with --resume: "
+            "every answer acknowledged so far is saved")
+
+
+def _validation_summary(errors: Any) -> str:
+    """``"index: Input should be a valid integer; …"`` from pydantic's error list (no input values)."""
+    parts = []
+    for e in list(errors)[:5]:
+        where = ".".join(str(k) for k in e.get("loc", ())[1:]) or "body"
+        parts.append(f"{where}: {e.get('msg', 'invalid value')}")
+    return "; ".join(parts) or "not a JSON object of the expected fields"
 
 
 def _escape(text: str) -> str:

@@ -127,6 +127,10 @@ class LabelingService:
         self._stats_cache: tuple[tuple[int, int], dict[str, Any]] | None = None
         self._trace: dict[int, dict[str, float]] = {}  # label count -> panel values at that count
         self._views: dict[int, dict[str, Any]] = {}
+        # who made each action of the session's history (and of its redo stack), so that a tab undoes
+        # only its own: aligned with ``session.history``; None for actions made before this service
+        self._owners: list[str | None] = [None] * len(session.history)
+        self._redo_owners: list[str | None] = []
         self.acknowledged = 0  # answers recorded through this service (tell), for tests and benchmarks
         self._closed = False
 
@@ -152,6 +156,11 @@ class LabelingService:
 
     def _changed(self) -> None:
         self._version += 1
+
+    def _owned(self, cid: str) -> None:
+        """Note ``cid`` as the maker of the action just recorded (a new action clears the redo stack)."""
+        self._owners.append(cid)
+        self._redo_owners = []
 
     def _state_key(self) -> tuple[int, int]:
         """What cached picks and panels depend on: the changes made here and the background refits the
@@ -267,6 +276,7 @@ class LabelingService:
                 )
             self.session.tell(i, c, user=self.user or cid)
             self.acknowledged += 1
+            self._owned(cid)
             self._changed()
             if self._leases.get(cid, (None,))[0] == i:
                 del self._leases[cid]
@@ -282,6 +292,7 @@ class LabelingService:
                 raise StaleAnswerError(f"item #{i} was already labeled {self._names[labels[i]]!r} elsewhere; nothing skipped")
             if i not in skipped:
                 self.session.skip(i)
+                self._owned(cid)
                 self._changed()
             if self._leases.get(cid, (None,))[0] == i:
                 del self._leases[cid]
@@ -295,15 +306,18 @@ class LabelingService:
             if i not in self.session.labels:
                 raise StaleAnswerError(f"item #{i} is not labeled (any more); nothing to correct")
             self.session.correct(i, c, user=self.user or cid)
+            self._owned(cid)
             self._changed()
             return {"recorded": {"op": "correct", "index": i, "label": self._names[c]}, "next": self._card(self._pick(cid))}
 
     def undo(self, client: str | None = None, expect_index: int | None = None) -> dict[str, Any]:
-        """Undo the last action; with ``expect_index`` only if that action concerns that item.
+        """Undo the last action if ``client`` made it; with ``expect_index`` only if it concerns that item.
 
-        The page sends the item of its own last action, so that one person's undo never silently
-        takes back another person's label (:class:`StaleAnswerError` instead). An undone answer's
-        item is shown again.
+        Each client undoes only its own actions: when the last action was made by another client
+        (another tab or person), :class:`StaleAnswerError` and nothing is undone, whatever the body
+        says. An action made before this service started (no known maker) is undone only when
+        ``expect_index`` names its item (the page sends the item of its own last action, kept across
+        reloads). An undone answer's item is shown again.
         """
         with self._lock:
             cid = self._client(client)
@@ -311,12 +325,17 @@ class LabelingService:
             if not history:
                 raise StaleAnswerError("there is nothing to undo")
             last = history[-1]
-            if expect_index is not None and int(last.get("index", -1)) != expect_index:
+            owner = self._owners[-1] if len(self._owners) == len(history) else None
+            mismatch = expect_index is not None and int(last.get("index", -1)) != expect_index
+            if (owner is not None and owner != cid) or mismatch or (owner is None and expect_index is None):
                 raise StaleAnswerError(
-                    f"the last action is no longer yours ({self._describe(last)['op']} of item "
-                    f"#{last.get('index', '-')}, made in another tab or by another person); nothing was undone"
+                    f"the last action is not this tab's ({self._describe(last)['op']} of item "
+                    f"#{last.get('index', '-')}, made in another tab, by another person or before the server "
+                    "started); nothing was undone"
                 )
             done = self.session.undo()
+            self._owners = (self._owners + [None] * len(history))[: len(history) - 1]
+            self._redo_owners.append(owner)
             self._changed()
             prefer = int(done["index"]) if done["op"] in ("tell", "skip") else None
             return {"undone": self._describe(done), "next": self._card(self._pick(cid, prefer=prefer))}
@@ -328,6 +347,9 @@ class LabelingService:
             if not self.session.can_redo:
                 raise StaleAnswerError("there is nothing to redo")
             done = self.session.redo()
+            redo_owners = self._redo_owners[:-1]
+            self._owned(cid)  # the redone action is the redoing tab's from now on
+            self._redo_owners = redo_owners
             self._changed()
             if done["op"] in ("tell", "skip") and self._leases.get(cid, (None,))[0] == int(done["index"]):
                 del self._leases[cid]
@@ -356,6 +378,7 @@ class LabelingService:
                 raise InvalidInputError("retraining needs labels of at least 2 classes")
             t0 = time.perf_counter()
             self.session.retrain()
+            self._owned(cid)
             self._changed()
             return {"retrained_on": self.session.n_labeled, "seconds": round(time.perf_counter() - t0, 3),
                     "next": self._card(self._pick(cid))}

@@ -4,8 +4,9 @@ Each card shows the item, its given label and the model's view of it *without* t
 leave-one-out predictive, :meth:`Session.suspicious <bayesal.labeling.session.Session.suspicious>`).
 The reviewer keeps the label (one key) or corrects it with a class key — a correction is the session's
 ``correct`` event, through :meth:`LabelingService.correct <bayesal.serve.service.LabelingService.correct>`.
-A kept label is not shown again while the server runs (kept labels are not events: the label log is
-unchanged, and a restarted server asks about them again if the model still doubts them).
+A kept label — and a corrected one, which the page then keeps — is not shown again while the server
+runs (kept labels are not events: the label log is unchanged, and a restarted server asks about them
+again if the model still doubts them).
 """
 
 from __future__ import annotations

@@ -105,9 +105,13 @@
     const card = st.card;
     if (!card || card.done) return;
     if (label === card.label) { await keep(); return; }
+    let text = "";
     const data = await request("POST", "/api/correct", { index: card.index, label },
-      (d) => `corrected #${d.recorded.index} → ${d.recorded.label}`);
-    if (data) await load();
+      (d) => (text = `corrected #${d.recorded.index} → ${d.recorded.label}`));
+    if (!data) return;
+    // the corrected label is the reviewer's own verdict: it is not asked about again
+    const kept = await request("POST", "/api/review/keep", { index: card.index }, () => text);
+    if (kept) render(kept.next); else await load();
   }
 
   function open() {

@@ -38,6 +38,7 @@ class NewtonUpdating(CovarianceStructure):
     steps: int
     exact_until: int
     prior_precision_: float
+    prior_mean: torch.Tensor | None
     dtype: torch.dtype
     device: torch.device
 
@@ -129,8 +130,9 @@ class NewtonUpdating(CovarianceStructure):
         """The exact MAP ``(W, b)`` of the head objective at λ₀ on ``rows``, warm-started at ``(mean, bias)``
         (L-BFGS to the default head tolerance, whatever solver trained the head first). The covariance stays
         the update's (its curvature at the Newton iterate)."""
+        m0 = None if self.prior_mean is None else self.prior_mean.to(torch.float64)
         fit = fit_map_head(rows[0].to(torch.float64), rows[1].to(torch.float64), self.prior_precision_,
-                           init=(mean.to(torch.float64), bias.to(torch.float64)))
+                           init=(mean.to(torch.float64), bias.to(torch.float64)), prior_mean=m0)
         return fit.weight.to(self.dtype), fit.bias.to(self.dtype)
 
     def _set_updated(

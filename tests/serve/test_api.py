@@ -409,3 +409,18 @@ def test_a_background_refit_refreshes_the_cached_picks_and_panel(pool, tmp_path,
     finally:
         release.set()
         svc.close()
+
+
+def test_a_zero_shot_prior_gives_the_first_card_a_guess(pool, tmp_path):
+    x, _, texts, _, _ = pool
+    m0 = torch.as_tensor(x[:3], dtype=torch.float64) * 3.0  # the guess: nearest of three pool rows
+    session = Session(x, NAMES, items=texts, random_state=1, candidate_size=100, state_dir=tmp_path / "z",
+                      fsync=False, prior_mean=m0)
+    svc = LabelingService(session, name="toy")
+    try:
+        card = client_for(svc).get("/api/next").json()
+        assert card["n_labeled"] == 0 and card["no_guess"] is None
+        expected = int((torch.as_tensor(x[card["index"]], dtype=torch.float64) @ m0.T).argmax())
+        assert card["guess"] == [NAMES[expected]] and card["top"][0]["label"] == NAMES[expected]
+    finally:
+        svc.close()

@@ -120,7 +120,7 @@ def _top_classes(session: Any, index: int, k: int = 3) -> str:
     from bayesal.serve import model_guess
 
     probs = session.predict_proba([index])[0]
-    guess = model_guess(probs, session.n_labeled, k=k)
+    guess = model_guess(probs, session.n_labeled, k=k, prior_informed=session.has_prior_mean)
     if guess.no_guess is not None:  # a uniform prediction: listing "top" classes would only repeat 1/C
         return f"no guess yet ({guess.no_guess}; every class {100 / probs.numel():.0f}%)"
     names = session.class_names

@@ -215,7 +215,8 @@ class LabelingService:
         }
         if index is None:
             return {**base, "index": None, "done": True}
-        guess = model_guess(self.session.predict_proba([index])[0], self.session.n_labeled)
+        guess = model_guess(self.session.predict_proba([index])[0], self.session.n_labeled,
+                            prior_informed=self.session.has_prior_mean)
         top = [{"label": self._names[c], "p": round(p, 4)} for c, p in guess.top]
         # "guess": the classes the page highlights (the top one, or those tied at the top; none without
         # information); "no_guess": why the page says the model has no guess yet, instead of showing ``top``

@@ -8,6 +8,7 @@ import torch
 from bayesal import HeadConfig, LastLayerLaplace
 from bayesal.exceptions import InvalidInputError
 from bayesal.laplace.evidence import cross_validate_prior, effective_parameters, maximize_evidence
+from bayesal.laplace.fitting import PRIOR_MEAN_BIAS_PRECISION
 from bayesal.laplace.head import fit_map_head, map_objective, train_head
 from bayesal.laplace.update import curvature_weights
 
@@ -180,7 +181,8 @@ def test_without_labels_the_posterior_is_the_prior_and_predicts_the_zero_shot_gu
 def test_a_fit_is_the_exact_map_around_the_prior_mean(data, prior):
     x, y, m0, _ = data
     post = LastLayerLaplace(prior_precision=prior, prior_mean=m0, random_state=0).fit(x[:30], y[:30], num_classes=C)
-    ref = fit_map_head(x[:30], _onehot(y[:30]), post.fitted_prior_precision, prior_mean=m0, tol=1e-9)
+    ref = fit_map_head(x[:30], _onehot(y[:30]), post.fitted_prior_precision, prior_mean=m0, tol=1e-9,
+                       bias_precision=PRIOR_MEAN_BIAS_PRECISION)
     torch.testing.assert_close(post.mean, ref.weight, atol=1e-3, rtol=1e-3)
     zero = LastLayerLaplace(prior_precision=post.fitted_prior_precision).fit(x[:30], y[:30], num_classes=C)
     assert float((post.mean - m0).norm()) < float((zero.mean - m0).norm())
@@ -205,7 +207,7 @@ def test_an_early_update_after_a_fit_with_a_prior_mean_is_the_exact_refit(data):
     x, y, m0, _ = data
     post = LastLayerLaplace(prior_precision=0.5, prior_mean=m0, random_state=0).fit(x[:10], y[:10], num_classes=C)
     upd = post.update(x[10:25], y[10:25])
-    ref = fit_map_head(x[:25], _onehot(y[:25]), 0.5, prior_mean=m0, tol=1e-9)
+    ref = fit_map_head(x[:25], _onehot(y[:25]), 0.5, prior_mean=m0, tol=1e-9, bias_precision=PRIOR_MEAN_BIAS_PRECISION)
     torch.testing.assert_close(upd.mean, ref.weight, atol=2e-3, rtol=2e-3)
     # past the early phase the Newton update still starts from the prior centred on M₀: closer to the refit
     # around M₀ than to the refit around zero
@@ -216,7 +218,7 @@ def test_an_early_update_after_a_fit_with_a_prior_mean_is_the_exact_refit(data):
     fixed = upd.relabel(x[12], int(y[12]), (int(y[12]) + 1) % C)
     yy = y[:25].clone()
     yy[12] = (int(y[12]) + 1) % C
-    ref2 = fit_map_head(x[:25], _onehot(yy), 0.5, prior_mean=m0, tol=1e-9)
+    ref2 = fit_map_head(x[:25], _onehot(yy), 0.5, prior_mean=m0, tol=1e-9, bias_precision=PRIOR_MEAN_BIAS_PRECISION)
     torch.testing.assert_close(fixed.mean, ref2.weight, atol=2e-3, rtol=2e-3)
 
 
@@ -235,3 +237,19 @@ def test_the_prior_mean_is_saved_copied_and_shown(data):
     torch.testing.assert_close(post.prior_mean, m0)
     assert f"prior_mean=<({C}, {D})>" in repr(post)
     assert "prior_mean" not in repr(LastLayerLaplace())
+
+
+def test_with_a_prior_mean_a_class_without_labels_keeps_its_guess(data):
+    x, _, m0, _ = data
+    guess = (x @ m0.T).argmax(1)
+    seen = guess < 2  # the first labels name classes 0 and 1 only
+    idx = seen.nonzero().flatten()[:6]
+    post = LastLayerLaplace(prior_precision=1.0, prior_mean=m0).fit(x[idx], guess[idx], num_classes=C)
+    # the bias prior of a prior mean keeps class 2's bias near zero: its guessed rows stay its own
+    assert abs(float(post.bias[2])) < 1.0
+    assert float((post.predict(x[~seen]) == 2).double().mean()) > 0.8
+    flat = LastLayerLaplace(prior_precision=1.0, prior_mean=m0, head_config=HeadConfig(bias_precision=1e-4))
+    assert flat._head_config().bias_precision == PRIOR_MEAN_BIAS_PRECISION  # raised to the floor
+    strong = LastLayerLaplace(prior_precision=1.0, prior_mean=m0, head_config=HeadConfig(bias_precision=5.0))
+    assert strong._head_config().bias_precision == 5.0
+    assert LastLayerLaplace(head_config=HeadConfig(bias_precision=1e-4))._head_config().bias_precision == 1e-4

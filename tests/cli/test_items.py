@@ -167,6 +167,10 @@ def test_a_text_session_starts_from_the_zero_shot_guess_of_the_class_names(tmp_p
     with Session.resume(state, feats, background=False) as s:
         assert s.has_prior_mean
         np.testing.assert_array_equal(s.predict_proba(range(len(texts))).argmax(1).numpy(), guess)
+    out = label(["--resume", str(state)], "+weather\nq\n")  # an added class gets its name's zero-shot row
+    assert "added class [5] weather" in out
+    w = get_backbone("minilm").encode(["weather"], progress=False).astype(np.float64)[0]
+    np.testing.assert_allclose(read_session_header(state)["prior_mean"][5], 20.0 * w / np.linalg.norm(w), atol=1e-5)
     off = tmp_path / "plain"
     out = label(["--items", str(items), "--classes", ",".join(classes), "--no-zero-shot", "--state-dir", str(off)],
                 "q\n")

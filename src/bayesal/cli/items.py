@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -79,6 +79,8 @@ class ItemsData:
     test_labels: np.ndarray | None = None
     train_labels: Any = None  # no true labels: --oracle does not apply
     meta: dict[str, Any] = field(default_factory=dict)
+    #: A zero-shot session's row of the prior mean for a class added later (its name embedded), else None.
+    class_prior: Callable[[str], np.ndarray] | None = None
 
 
 def default_user(args: argparse.Namespace) -> str | None:
@@ -271,8 +273,13 @@ def open_items_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, Item
     test_labels = None
     if test.size:
         test_labels = np.array([header_index(session.class_names, raw.labels[i]) for i in test], dtype=np.int64)
+    zs = src.get("zero_shot")
+    class_prior = None
+    if session.has_prior_mean and isinstance(zs, dict) and isinstance(zs.get("scale"), (int, float)):
+        def class_prior(name: str) -> np.ndarray:
+            return zero_shot_head(ClassList([name], [None]), backbone, scale=float(zs["scale"]))[0]
     data = ItemsData(name=raw.source.name, item_ids=ids, item_locations=locations,
-                     test_features=feats[test] if test.size else None, test_labels=test_labels)
+                     test_features=feats[test] if test.size else None, test_labels=test_labels, class_prior=class_prior)
     return session, data
 
 

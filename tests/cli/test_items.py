@@ -136,3 +136,43 @@ def test_image_folder_with_class_subfolders(tmp_path: Path) -> None:
     assert main(["predict", "--model", str(state), str(root / "cat"), "--out", str(tmp_path / "p.csv")]) == 0
     preds = read_csv(tmp_path / "p.csv")
     assert [r["id"] for r in preds] == ["0.png", "1.png", "2.png"] and all(r["prediction"] in picks for r in preds)
+
+
+def test_a_text_session_starts_from_the_zero_shot_guess_of_the_class_names(tmp_path: Path, bbc) -> None:
+    from bayesal.data import get_backbone
+    from bayesal.labeling import read_session_header
+
+    texts, names, classes, _ = bbc
+    items = tmp_path / "news.csv"
+    pd.DataFrame({"text": texts}).to_csv(items, index=False)
+    spec = tmp_path / "classes.txt"
+    spec.write_text("\n".join(f"{c}: news about {c}" if c == "tech" else c for c in classes) + "\n")
+    state = tmp_path / "zs"
+    out = label(["--items", str(items), "--classes-file", str(spec), "--state-dir", str(state)], "q\n")
+    # the first item already shows a guess, not "no guess yet"
+    assert "no guess yet" not in out.split("saved:")[0]
+    header = read_session_header(state)
+    zs = header["meta"]["items"]["zero_shot"]
+    texts_embedded = [c if c != "tech" else "tech: news about tech" for c in classes]
+    assert zs["texts"] == texts_embedded and zs["scale"] == 20.0
+    e = get_backbone("minilm").encode(texts_embedded, progress=False).astype(np.float64)
+    m0 = np.asarray(header["prior_mean"])
+    np.testing.assert_allclose(m0, 20.0 * e / np.linalg.norm(e, axis=1, keepdims=True), atol=1e-5)
+    # the guess is the nearest class text: most of these articles are guessed right before any label
+    from bayesal.labeling import Session
+
+    feats = np.load(next((state / "embeddings").rglob("*.npy")))
+    guess = (feats @ m0.T).argmax(1)
+    assert np.mean([classes[g] == n for g, n in zip(guess, names)]) > 0.5
+    with Session.resume(state, feats, background=False) as s:
+        assert s.has_prior_mean
+        np.testing.assert_array_equal(s.predict_proba(range(len(texts))).argmax(1).numpy(), guess)
+    out = label(["--resume", str(state)], "+weather\nq\n")  # an added class gets its name's zero-shot row
+    assert "added class [5] weather" in out
+    w = get_backbone("minilm").encode(["weather"], progress=False).astype(np.float64)[0]
+    np.testing.assert_allclose(read_session_header(state)["prior_mean"][5], 20.0 * w / np.linalg.norm(w), atol=1e-5)
+    off = tmp_path / "plain"
+    out = label(["--items", str(items), "--classes", ",".join(classes), "--no-zero-shot", "--state-dir", str(off)],
+                "q\n")
+    assert "no guess yet (no labels yet" in out
+    assert "prior_mean" not in read_session_header(off) and "zero_shot" not in read_session_header(off)["meta"]["items"]

@@ -502,3 +502,39 @@ def test_serve_records_again_once_a_full_disk_has_space(service, pool, tmp_path,
     monkeypatch.undo()
     service.close()
     assert saved_labels(tmp_path, pool) == {first: 1}
+
+
+def test_a_zero_shot_prior_gives_the_first_card_a_guess(pool, tmp_path):
+    x, _, texts, _, _ = pool
+    m0 = torch.as_tensor(x[:3], dtype=torch.float64) * 3.0  # the guess: nearest of three pool rows
+    session = Session(x, NAMES, items=texts, random_state=1, candidate_size=100, state_dir=tmp_path / "z",
+                      fsync=False, prior_mean=m0)
+    svc = LabelingService(session, name="toy")
+    try:
+        card = client_for(svc).get("/api/next").json()
+        assert card["n_labeled"] == 0 and card["no_guess"] is None
+        expected = int((torch.as_tensor(x[card["index"]], dtype=torch.float64) @ m0.T).argmax())
+        assert card["guess"] == [NAMES[expected]] and card["top"][0]["label"] == NAMES[expected]
+    finally:
+        svc.close()
+
+
+def test_a_class_added_to_a_zero_shot_session_gets_its_prior_row(pool, tmp_path):
+    x, _, texts, _, _ = pool
+    m0 = torch.as_tensor(x[:3], dtype=torch.float64)
+    session = Session(x, NAMES, items=texts, random_state=1, candidate_size=100, state_dir=tmp_path / "z",
+                      fsync=False, prior_mean=m0)
+    asked = []
+
+    def row(name):
+        asked.append(name)
+        return np.full(x.shape[1], 0.5)
+
+    svc = LabelingService(session, name="toy", class_prior=row)
+    try:
+        r = client_for(svc).post("/api/classes", json={"label": " weather "})
+        assert r.status_code == 200, r.text
+        assert asked == ["weather"]
+        torch.testing.assert_close(svc.session.posterior.prior_mean[3], torch.full((x.shape[1],), 0.5, dtype=torch.float64))
+    finally:
+        svc.close()

@@ -34,3 +34,11 @@ def test_classes_tied_at_the_top_are_all_the_guess():
     # one label of a class the item does not look like: the other classes tie above it
     g = model_guess([0.3, 0.3, 0.1, 0.3], n_labeled=1, k=2)
     assert g.best == [0, 1, 3] and len(g.top) == 2
+
+
+def test_a_prior_mean_makes_the_prediction_before_the_first_label_a_guess():
+    g = model_guess(torch.tensor([0.7, 0.2, 0.1]), n_labeled=0, prior_informed=True)
+    assert g.best == [0] and g.no_guess is None
+    # a uniform prediction stays no guess, prior or not
+    g = model_guess(torch.tensor([1 / 3, 1 / 3, 1 / 3]), n_labeled=0, prior_informed=True)
+    assert g.best == [] and g.no_guess == "every class is equally likely"

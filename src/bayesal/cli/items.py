@@ -6,13 +6,17 @@ where they came from and how they were read and embedded, so ``--resume DIR`` ne
 Labels the source already holds (``--label-column``, or subfolders named after classes) become the
 session's first answers, logged like any other. Nothing is held out unless ``--test-size`` asks:
 then that share of the already labeled items is kept out of the pool to measure the accuracy.
+
+A text session's head starts from a zero-shot guess: the class names (and descriptions) embedded by the
+same backbone give the mean of its prior (:func:`bayesal.data.zero_shot_head`), saved in the header, so the
+first item already has a suggestion; ``--no-zero-shot`` keeps the zero-mean prior.
 """
 
 from __future__ import annotations
 
 import argparse
 import getpass
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -53,6 +57,9 @@ def add_items_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--backbone", default=None,
                        help="with --items: the embedding model (text: minilm; images: efficientnet-lite0 (default), "
                             "efficientnet-lite2)")
+    group.add_argument("--no-zero-shot", action="store_true",
+                       help="with --items of texts: start the head from the zero-mean prior instead of the zero-shot "
+                            "guess of the class names (and descriptions) embedded by the same backbone")
     group.add_argument("--test-size", type=_test_size, default=None,
                        help="with --items: hold out this share (or count) of the already labeled items to measure "
                             "the accuracy (default: nothing held out)")
@@ -72,6 +79,8 @@ class ItemsData:
     test_labels: np.ndarray | None = None
     train_labels: Any = None  # no true labels: --oracle does not apply
     meta: dict[str, Any] = field(default_factory=dict)
+    #: A zero-shot session's row of the prior mean for a class added later (its name embedded), else None.
+    class_prior: Callable[[str], np.ndarray] | None = None
 
 
 def default_user(args: argparse.Namespace) -> str | None:
@@ -149,7 +158,16 @@ def _pool_items(raw: Any, rows: np.ndarray) -> tuple[Any, list[str], list[str]]:
 
 def open_items_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, ItemsData]:
     """The session over ``--items`` (new) or over the items a resumed session records."""
-    from bayesal.data import backbone_name, embed_items, items_backbone, read_classes, read_items
+    from bayesal.data import (
+        ClassList,
+        backbone_name,
+        class_texts,
+        embed_items,
+        items_backbone,
+        read_classes,
+        read_items,
+        zero_shot_head,
+    )
     from bayesal.labeling import LOG_NAME, Session, read_session_header
     from bayesal.utils import check_writable_dir, safe_name
 
@@ -225,6 +243,12 @@ def open_items_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, Item
                "test_size": args.test_size, "seed": args.seed, "digest": raw.digest(), "n_items": len(raw)}
         if any(d for d in classes.descriptions):
             src["descriptions"] = [d or "" for d in classes.descriptions]
+        prior_mean = None
+        if raw.kind == "text" and not getattr(args, "no_zero_shot", False) and backbone.logit_scale is not None:
+            # the names as given (with their descriptions), or those the labels named
+            zs_classes = classes if classes.names == names else ClassList(names, [None] * len(names))
+            prior_mean = zero_shot_head(zs_classes, backbone)
+            src["zero_shot"] = {"scale": backbone.logit_scale, "texts": class_texts(zs_classes)}
         session = Session(
             feats[pool], names, items=display,
             meta={"dataset": raw.source.name, "items": src},
@@ -237,6 +261,7 @@ def open_items_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, Item
             random_state=args.seed,
             state_dir=state_dir,
             cold_start="cover",  # from zero labels: typical, diverse items until every class has one
+            prior_mean=prior_mean,
         )
         try:
             n_given = _import_labels(session, raw.labels, pool)
@@ -248,8 +273,13 @@ def open_items_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, Item
     test_labels = None
     if test.size:
         test_labels = np.array([header_index(session.class_names, raw.labels[i]) for i in test], dtype=np.int64)
+    zs = src.get("zero_shot")
+    class_prior = None
+    if session.has_prior_mean and isinstance(zs, dict) and isinstance(zs.get("scale"), (int, float)):
+        def class_prior(name: str) -> np.ndarray:
+            return zero_shot_head(ClassList([name], [None]), backbone, scale=float(zs["scale"]))[0]
     data = ItemsData(name=raw.source.name, item_ids=ids, item_locations=locations,
-                     test_features=feats[test] if test.size else None, test_labels=test_labels)
+                     test_features=feats[test] if test.size else None, test_labels=test_labels, class_prior=class_prior)
     return session, data
 
 

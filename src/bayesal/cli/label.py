@@ -120,7 +120,7 @@ def _top_classes(session: Any, index: int, k: int = 3) -> str:
     from bayesal.serve import model_guess
 
     probs = session.predict_proba([index])[0]
-    guess = model_guess(probs, session.n_labeled, k=k)
+    guess = model_guess(probs, session.n_labeled, k=k, prior_informed=session.has_prior_mean)
     if guess.no_guess is not None:  # a uniform prediction: listing "top" classes would only repeat 1/C
         return f"no guess yet ({guess.no_guess}; every class {100 / probs.numel():.0f}%)"
     names = session.class_names
@@ -263,7 +263,8 @@ def label_main(args: argparse.Namespace, stdin: TextIO | None = None, stdout: Te
                 print(f"--- instance #{idx} ({session.n_labeled} labeled) ---", file=out)
                 print(render_item(items[idx] if items is not None else None, idx), file=out)
                 print(f"model: {_top_classes(session, idx)}", file=out)
-                action = _ask(session, idx, inp, out, ds if args.oracle else None, user=default_user(args))
+                action = _ask(session, idx, inp, out, ds if args.oracle else None, user=default_user(args),
+                              class_prior=getattr(ds, "class_prior", None))
                 if action == "quit":
                     quit_now = True
                     break
@@ -321,7 +322,8 @@ def _first_word(text: str) -> str:
     return parts[0] if parts else ""
 
 
-def _ask(session: Any, idx: int, inp: TextIO, out: TextIO, oracle_ds: Any, user: str | None = None) -> str:
+def _ask(session: Any, idx: int, inp: TextIO, out: TextIO, oracle_ds: Any, user: str | None = None,
+         class_prior: Any = None) -> str:
     """Prompt until the instance is answered; returns 'told', 'skipped', 'requery' or 'quit'."""
     names = session.class_names
     while True:
@@ -368,7 +370,8 @@ def _ask(session: Any, idx: int, inp: TextIO, out: TextIO, oracle_ds: Any, user:
                 print(f"redone: {what}", file=out)
                 return "requery"
             if ans.startswith("+") and ans[1:].strip() and ans not in names:
-                session.add_class(ans[1:])
+                # a zero-shot session embeds the new class's name for its row of the prior mean
+                session.add_class(ans[1:], prior_row=None if class_prior is None else class_prior(ans[1:].strip()))
                 print(f"added class [{session.num_classes - 1}] {session.class_names[-1]}", file=out)
                 return "requery"
             if ans.split(maxsplit=1)[0] == "fix":

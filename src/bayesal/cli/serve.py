@@ -83,7 +83,8 @@ def build_service(args: argparse.Namespace, out: Any = None) -> Any:
     try:
         return LabelingService(session, name=ds.name, test_features=ds.test_features, test_labels=ds.test_labels,
                                window=args.window, lease_seconds=args.lease_seconds, user=args.user,
-                               item_ids=getattr(ds, "item_ids", None), item_locations=getattr(ds, "item_locations", None))
+                               item_ids=getattr(ds, "item_ids", None), item_locations=getattr(ds, "item_locations", None),
+                               class_prior=getattr(ds, "class_prior", None))
     except BaseException:
         session.close()
         raise

@@ -9,10 +9,12 @@ from .items import (
     ImageFiles,
     RawItems,
     backbone_name,
+    class_texts,
     embed_items,
     items_backbone,
     read_classes,
     read_items,
+    zero_shot_head,
 )
 from .pool import ArrayPool, NpyPool, ParquetPool, Pool, ShardedPool, ZarrPool, open_pool
 from .registry import add_file_options, file_loader_kwargs, list_datasets, load_dataset, register
@@ -50,5 +52,7 @@ __all__ = [
     "items_backbone",
     "embed_items",
     "backbone_name",
+    "class_texts",
+    "zero_shot_head",
     "split_indices",
 ]

@@ -69,6 +69,10 @@ class Backbone(ABC):
 
     name: str = "backbone"
     dim: int | None = None
+    #: For a text encoder trained contrastively: the scale ``s`` of its training logits ``s · cos(u, v)``
+    #: between unit-normalised embeddings, which makes ``s`` times a class name's embedding a zero-shot
+    #: head (:func:`~bayesal.data.items.zero_shot_head`). None: no zero-shot head.
+    logit_scale: float | None = None
 
     def config(self) -> dict[str, Any]:
         """Everything that changes the output (goes into the cache key)."""
@@ -90,6 +94,10 @@ class MiniLMBackbone(Backbone):
     """
 
     dim = 384
+    # all-MiniLM-L6-v2 was trained with sentence-transformers' MultipleNegativesRankingLoss at its default
+    # scale 20 (logits 20 · cos); on BBC News the zero-shot log-likelihood of s · cos is near its best there
+    # (NLL 0.75 at s = 20, 0.69 at 30, 0.99 at 10: docs/method.md)
+    logit_scale = 20.0
 
     def __init__(self, max_seq_length: int = 128, device: str = "cpu") -> None:
         self.max_seq_length = int(max_seq_length)

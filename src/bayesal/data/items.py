@@ -30,6 +30,7 @@ from .backbones import Backbone, get_backbone
 __all__ = [
     "IMAGE_SUFFIXES", "TABLE_SUFFIXES", "ClassList", "RawItems", "ImageFiles", "read_items", "read_classes",
     "items_backbone", "backbone_name", "embed_items", "load_image", "TEXT_BACKBONES", "IMAGE_BACKBONES",
+    "class_texts", "zero_shot_head",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -84,6 +85,29 @@ def read_classes(spec: str | None = None, path: str | os.PathLike[str] | None = 
     if dup:
         raise InvalidInputError(f"class name(s) {dup[:5]} appear more than once")
     return ClassList(names, descriptions)
+
+
+def class_texts(classes: ClassList) -> list[str]:
+    """What is embedded for each class of a zero-shot head: ``name`` or ``name: description``."""
+    descriptions = list(classes.descriptions) + [None] * (len(classes.names) - len(classes.descriptions))
+    return [f"{n}: {d}" if d else n for n, d in zip(classes.names, descriptions)]
+
+
+def zero_shot_head(classes: ClassList, backbone: Backbone, *, scale: float | None = None) -> np.ndarray:
+    """A zero-shot head ``(C, D)`` float64 for a text backbone: each class's :func:`class_texts` embedded by
+    ``backbone``, unit-normalised and times ``scale`` (default: the backbone's ``logit_scale``), so that
+    its logits for a unit-normalised item embedding are ``scale · cos(item, class)`` — the backbone's own
+    similarity logits. The mean of the head's prior in a labeling session (docs/method.md)."""
+    s = backbone.logit_scale if scale is None else float(scale)
+    if s is None or not (s > 0 and np.isfinite(s)):
+        raise InvalidInputError(f"the backbone {backbone.name} has no zero-shot logit scale; pass scale > 0")
+    if not classes.names:
+        raise InvalidInputError("a zero-shot head needs the class names")
+    e = np.asarray(backbone.encode(class_texts(classes), progress=False), dtype=np.float64)
+    norms = np.linalg.norm(e, axis=1, keepdims=True)
+    if not np.all(np.isfinite(e)) or np.any(norms == 0):
+        raise InvalidInputError("a class text has no usable embedding (empty or zero vector)")
+    return s * e / norms
 
 
 # ------------------------------------------------------------------------------------ images

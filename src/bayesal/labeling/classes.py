@@ -1,6 +1,7 @@
 """A class added to a saved session: the header's class list grows by one name at the end.
 
-Every recorded label names a class by its index, so appending a class changes none of them: the label
+Every recorded label names a class by its index, so appending a class changes none of them (a prior mean
+gains a row: the given one, or zeros — no zero-shot guess for that class): the label
 log is rewritten atomically with the longer list in its header and the same events, and the snapshot
 (a cache whose posterior has one row fewer) is removed first — a crash in between leaves the old log
 without a snapshot, which resumes to the session as it was. Reopening replays the events into a
@@ -9,6 +10,8 @@ posterior with one more class, whose new row starts at the prior.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from bayesal.exceptions import CorruptStateError, InvalidInputError
@@ -33,8 +36,11 @@ def check_new_class(name: object, names: list[str]) -> str:
     return name
 
 
-def append_class(state_dir: str | Path, name: str, *, fsync: bool = True) -> list[str]:
+def append_class(state_dir: str | Path, name: str, *, fsync: bool = True,
+                 prior_row: Sequence[float] | None = None) -> list[str]:
     """Append class ``name`` to the closed session in ``state_dir``; returns the new class names.
+
+    A session with a prior mean gains ``prior_row`` ``(D,)`` as the new class's row of it (zeros if None).
 
     Raises
     ------
@@ -55,6 +61,11 @@ def append_class(state_dir: str | Path, name: str, *, fsync: bool = True) -> lis
         names = list(header["class_names"])
         name = check_new_class(name, names)
         header["class_names"] = [*names, name]
+        if header.get("prior_mean") is not None:
+            row = [0.0] * int(header["num_features"]) if prior_row is None else [float(v) for v in prior_row]
+            if len(row) != int(header["num_features"]) or not all(math.isfinite(v) for v in row):
+                raise InvalidInputError(f"the new class's prior row must hold {header['num_features']} finite numbers")
+            header["prior_mean"] = [*header["prior_mean"], row]
         snapshot = path / STATE_NAME
         if snapshot.exists():  # first: a crash before the log is replaced must not pair it with the old log
             snapshot.unlink()

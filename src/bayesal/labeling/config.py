@@ -3,7 +3,8 @@
 The header records what a session needs to be rebuilt from its events: the pool (shape and a hash of
 the features), the class names, the seed, the strategy, the posterior options (posterior and head
 settings, the update step ``gamma``), the refit policy (``retrain_every`` and ``reselect``, see
-:mod:`bayesal.labeling.policy`) and ``candidate_size``. :func:`new_header`
+:mod:`bayesal.labeling.policy`), ``candidate_size`` and, when the prior has one, its mean ``prior_mean``
+(the ``(C, D)`` rows themselves, so a resume or a replay needs no backbone to rebuild it). :func:`new_header`
 validates the settings and builds it; :func:`saved_options` reads the options back;
 :func:`check_features` tells whether a pool is the one a saved header was made for.
 """
@@ -20,14 +21,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from bayesal.exceptions import InvalidInputError, StateMismatchError
+from bayesal.exceptions import CorruptStateError, InvalidInputError, StateMismatchError
 from bayesal.laplace import PosteriorOptions
 
 from .engine import log_header, resolve_seed
 from .schema import MAX_CLASS_NAME, MAX_CLASSES, MAX_DEPTH, depth
 
 __all__ = [
-    "POSTERIOR_KEYS", "saved_options", "feature_hash", "check_class_names", "new_header", "check_features",
+    "POSTERIOR_KEYS", "saved_options", "saved_prior_mean", "feature_hash", "check_class_names", "new_header",
+    "check_features",
 ]
 
 #: The :class:`PosteriorOptions` fields a header saves under ``posterior`` (``head`` and ``gamma`` have
@@ -95,6 +97,7 @@ def new_header(
     meta: Mapping[str, Any] | None,
     reselect: Mapping[str, Any] | None = None,
     cold_start: str = "random",
+    prior_mean: Any = None,
 ) -> dict[str, Any]:
     """Validate the settings of a new session over the pool ``x`` ``(N, D)`` and build its header.
 
@@ -102,7 +105,8 @@ def new_header(
     of ``None`` are the default :class:`~bayesal.laplace.settings.PosteriorOptions`. They are saved
     resolved (``posterior``: :data:`POSTERIOR_KEYS`, ``head`` and ``gamma``), so that a session reloads
     with the same update whatever later versions default to. A ``random_state`` of ``None`` draws a
-    seed; it is saved either way. ``reselect`` is the re-selection schedule's header entry
+    seed; it is saved either way. ``prior_mean`` ``(C, D)`` (None: a zero-mean prior) is saved as its rows
+    of float64 numbers (JSON keeps them exactly). ``reselect`` is the re-selection schedule's header entry
     (:meth:`~bayesal.labeling.policy.RefitPolicy.header_field`). Raises :class:`~bayesal.exceptions.InvalidInputError` naming the first
     bad setting.
     """
@@ -140,7 +144,32 @@ def new_header(
     )
     if cold_start != "random":  # the default leaves the header as earlier versions wrote it
         header["cold_start"] = cold_start
+    if prior_mean is not None:
+        m0 = _prior_mean_tensor(prior_mean, len(names), int(x.shape[1]), InvalidInputError)
+        header["prior_mean"] = m0.tolist()
     return header
+
+
+def _prior_mean_tensor(value: Any, c: int, d: int, error: type[Exception]) -> torch.Tensor:
+    """``value`` as a finite float64 ``(C, D)`` tensor, else ``error`` naming the problem."""
+    try:
+        m0 = torch.as_tensor(np.asarray(value, dtype=np.float64))
+    except (TypeError, ValueError) as err:
+        raise error(f"prior_mean must be a (C, D) array of numbers: {err}") from err
+    if tuple(m0.shape) != (c, d):
+        raise error(f"prior_mean has shape {tuple(m0.shape)}, expected (C, D) = ({c}, {d})")
+    if not bool(torch.isfinite(m0).all()):
+        raise error("prior_mean contains NaN or inf")
+    return m0
+
+
+def saved_prior_mean(header: Mapping[str, Any]) -> torch.Tensor | None:
+    """The prior mean ``(C, D)`` float64 a session header saved (None: the zero-mean prior); raises
+    :class:`~bayesal.exceptions.CorruptStateError` when it does not match the header's classes and features."""
+    if header.get("prior_mean") is None:
+        return None
+    return _prior_mean_tensor(header["prior_mean"], len(header["class_names"]), int(header["num_features"]),
+                              CorruptStateError)
 
 
 def saved_options(header: Mapping[str, Any]) -> PosteriorOptions:

@@ -85,13 +85,15 @@ class PosteriorFold:
         self._priors: dict[tuple[int, int], LastLayerLaplace] = {}
 
     def prior(self, num_classes: int, num_features: int) -> LastLayerLaplace:
-        """The zero-mean prior ``N(0, λ₀⁻¹ I)`` over ``(C, D)`` weights (no data); shared per shape."""
+        """The prior ``N(M₀, λ₀⁻¹ I)`` over ``(C, D)`` weights (no data), ``M₀`` the settings' ``prior_mean``
+        (zero without one); shared per shape."""
         key = (int(num_classes), int(num_features))
         if key not in self._priors:
             c, d = key
+            mean = self.settings.get("prior_mean")
             self._priors[key] = LastLayerLaplace(**self.settings).fit(
                 torch.zeros(0, d, dtype=torch.float64), torch.zeros(0, dtype=torch.long),
-                weight=torch.zeros(c, d, dtype=torch.float64), num_classes=c,
+                weight=torch.zeros(c, d, dtype=torch.float64) if mean is None else mean, num_classes=c,
             )
         return self._priors[key]
 

@@ -2,7 +2,8 @@
 
 * Start from the last fit point in the history (a ``retrain``, or a ``tell`` that triggered the
   automatic retrain) — the head trained from scratch on the labels at that point, seeded by
-  ``(seed, position)`` — or from the zero-mean prior ``N(0, λ₀⁻¹ I)`` if there is none;
+  ``(seed, position)`` — or from the prior ``N(M₀, λ₀⁻¹ I)`` if there is none (``M₀`` the session's
+  prior mean, e.g. a zero-shot head from the class names; zero without one);
 * then every later ``tell`` is one Bayesian update with step ``gamma``, every ``correct`` the mean shift
   ``μ ← μ + γ Σ (e_new − e_old) φᵀ`` (the Newton step that swaps the old label's likelihood term for the
   new one; with the "gaussian" curvature the Hessian of a point does not depend on its label, so ``Σ``
@@ -34,16 +35,20 @@ class PosteriorReplay:
     classes, from its saved settings (``seed`` and the posterior ``options``), with the engine's
     :class:`~bayesal.labeling.engine.PosteriorFold`."""
 
-    def __init__(self, x: torch.Tensor, num_classes: int, *, seed: int, options: PosteriorOptions) -> None:
+    def __init__(self, x: torch.Tensor, num_classes: int, *, seed: int, options: PosteriorOptions,
+                 prior_mean: torch.Tensor | None = None) -> None:
         self.x = x
         self.num_classes = num_classes
         self.seed = seed
         self.options = options
         self.gamma = options.gamma
-        self.posteriors = PosteriorFold({**options.posterior_kwargs(), "dtype": torch.float64}, seed=seed, tag=FIT_TAG)
+        settings = {**options.posterior_kwargs(), "dtype": torch.float64}
+        if prior_mean is not None:  # every fit and the prior itself are centred on it
+            settings["prior_mean"] = prior_mean
+        self.posteriors = PosteriorFold(settings, seed=seed, tag=FIT_TAG)
 
     def prior(self) -> LastLayerLaplace:
-        """Zero-mean prior posterior ``N(0, λ₀⁻¹ I)`` (no data), shared — it is never modified."""
+        """The prior posterior ``N(M₀, λ₀⁻¹ I)`` (no data), shared — it is never modified."""
         return self.posteriors.prior(self.num_classes, self.x.shape[1])
 
     def fit(self, labels: Mapping[int, int], position: int) -> LastLayerLaplace:

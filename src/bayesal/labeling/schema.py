@@ -50,6 +50,7 @@ _HEADER: dict[str, tuple[tuple[type, ...], bool]] = {
     "candidate_size": ((int, _NONE), True),
     "meta": ((dict,), False),
     "cold_start": ((str,), False),  # absent: random picks until two classes are labeled
+    "prior_mean": ((list,), False),  # absent: the zero-mean prior; else the (C, D) rows of its mean
 }
 _EVENT_KEYS: dict[str, dict[str, tuple[type, ...]]] = {
     "tell": {"index": (int,), "label": (int,), "name": (str,), "retrain": (bool,), "was_skipped": (bool,), "user": (str,)},

@@ -57,7 +57,7 @@ from bayesal.strategies import QueryStrategy, Strategy
 from bayesal.utils import as_features
 
 from .classes import append_class, check_new_class
-from .config import feature_hash, new_header, saved_options
+from .config import feature_hash, new_header, saved_options, saved_prior_mean
 from .engine import LabelingEngine
 from .history import LabelBook
 from .opening import SessionOpening, resolve_strategy
@@ -134,6 +134,11 @@ class Session(SessionOpening, SessionQueries, SessionReview):
         two classes are labeled; ``"cover"`` picks typical, diverse items (TypiClust on the pool's
         features) until every class has a label (or there are 5 labels per class), for a session
         that starts from zero labels.
+    prior_mean : array-like of shape (C, D), optional
+        The mean ``M₀`` of the head's prior ``N(M₀, λ₀⁻¹ I)`` (saved in the header): e.g. a zero-shot head
+        made of the class names' embeddings (:func:`bayesal.data.zero_shot_head`). The posterior before
+        the first label is that prior, so the first query's prediction is its guess; every refit is
+        centred on it. None: the zero-mean prior.
     **storage_options
         Fields of :class:`StorageOptions` given as keywords (``fsync=False``, ``snapshot_every=10``,
         …); they override ``storage``.
@@ -165,6 +170,7 @@ class Session(SessionOpening, SessionQueries, SessionReview):
         meta: Mapping[str, Any] | None = None,
         background: bool = True,
         cold_start: str = "random",
+        prior_mean: Any = None,
         **storage_options: Any,
     ) -> None:
         x = as_features(features, name="pool features", dtype=torch.float64)
@@ -180,7 +186,7 @@ class Session(SessionOpening, SessionQueries, SessionReview):
         header = new_header(x, class_names, strategy=strat_cfg, options=options, retrain_every=retrain_every,
                             candidate_size=candidate_size, random_state=random_state, meta=meta,
                             reselect=RefitPolicy(retrain_every, reselect, reselect_base).header_field(),
-                            cold_start=cold_start)
+                            cold_start=cold_start, prior_mean=prior_mean)
         if isinstance(strategy, str):  # a name: resolved once the header has checked the other settings
             strat_obj = resolve_strategy(strategy, strat_cfg["kwargs"])
         self._setup(header, x, items, strat_obj, StorageOptions.build(storage, storage_options), background)
@@ -206,7 +212,8 @@ class Session(SessionOpening, SessionQueries, SessionReview):
         self._candidate_size = header["candidate_size"]
         self._options = options
         try:  # the settings come from a file: a bad one is a corrupt header, not a TypeError
-            self._replay = PosteriorReplay(x, len(self._names), seed=self._seed, options=saved_options(header))
+            self._replay = PosteriorReplay(x, len(self._names), seed=self._seed, options=saved_options(header),
+                                           prior_mean=saved_prior_mean(header))
             self._book = LabelBook(self._names, x.shape[0])  # labels, skipped, history, redo
             self._policy = RefitPolicy.from_header(header)
             self._state = SessionState(self._header, self._replay, self._book, options.undo_cache,
@@ -389,7 +396,13 @@ class Session(SessionOpening, SessionQueries, SessionReview):
         self._record({"op": "redo"})
         return action
 
-    def add_class(self, name: str) -> None:
+    @property
+    def has_prior_mean(self) -> bool:
+        """Whether the head's prior has a mean (e.g. a zero-shot head): then the predictions before any
+        label are its guesses, not a uniform distribution."""
+        return self._header.get("prior_mean") is not None
+
+    def add_class(self, name: str, prior_row: Sequence[float] | None = None) -> None:
         """Add a class after the existing ones; every label, skip and setting is kept.
 
         The session is closed, its saved header gains the class (:mod:`bayesal.labeling.classes`) and
@@ -400,6 +413,9 @@ class Session(SessionOpening, SessionQueries, SessionReview):
         ----------
         name : str
             The new class's name (not one of :attr:`class_names`).
+        prior_row : sequence of float, optional
+            With a prior mean: the new class's row of it ``(D,)`` (e.g. its name's zero-shot row);
+            zeros if None.
 
         Raises
         ------
@@ -414,7 +430,7 @@ class Session(SessionOpening, SessionQueries, SessionReview):
         path, x, items, strategy = self._state_dir, self._x, self.items, self._strategy
         options, background = self._options, self._state.background
         self.close()
-        append_class(path, name, fsync=options.fsync)
+        append_class(path, name, fsync=options.fsync, prior_row=prior_row)
         reopened = type(self).resume(path, x, items=items, strategy=strategy, storage=options, background=background)
         self.__dict__.update(reopened.__dict__)  # the same object, now over the longer class list
 

@@ -5,17 +5,19 @@ With the head at its MAP ``W*`` for λ₀ and the data Hessian ``H = Σ_i H_i`` 
 eigenvalues ``e_k``, each counted ``multiplicity`` times: ``C`` for the shared covariance ``I_C ⊗ Σ``,
 1 for the full GGN), the Laplace approximation of ``log p(D | λ₀)`` is, up to a constant,
 
-    log Z(λ₀) = −NLL(W*) − λ₀/2 ‖W*‖² − multiplicity/2 · Σ_k log(1 + e_k / λ₀)
+    log Z(λ₀) = −NLL(W*) − λ₀/2 ‖W* − M₀‖² − multiplicity/2 · Σ_k log(1 + e_k / λ₀)
 
 (the prior's normaliser and the Gaussian integral leave only ``log det(I + H/λ₀)``; directions the
 data do not see, ``e_k = 0``, drop out). Setting the total derivative to zero — ``W*`` moves with λ₀,
 but by the envelope theorem only the explicit λ₀ counts — gives MacKay's fixed point
 
-    λ₀ = γ_eff / ‖W*‖²,   γ_eff = multiplicity · Σ_k e_k / (λ₀ + e_k)   (effective number of parameters).
+    λ₀ = γ_eff / ‖W* − M₀‖²,   γ_eff = multiplicity · Σ_k e_k / (λ₀ + e_k)   (effective number of parameters).
 
 One eigendecomposition of ``ΦᵀΦ`` gives every ``e_k`` for the 'gaussian' curvature, for every λ₀;
 curvatures that depend on the head ('categorical', full GGN) are re-decomposed at each new head.
-The bias is a point estimate with its own fixed (weak) prior and is not part of the evidence.
+The bias is a point estimate with its own fixed (weak) prior and is not part of the evidence. ``M₀`` is
+the prior mean (zero unless given; a zero-shot head, say): every ``‖W‖²`` of the zero-mean prior is
+then ``‖W − M₀‖²``, and every head fit is the MAP of the prior centred there.
 
 **Cross-validation.** :func:`cross_validate_prior` scores a grid of λ₀ — scaled by the mean squared
 feature norm, so that the prior logit scale ``‖φ‖²/λ₀`` is what the grid spans — by the held-out
@@ -77,7 +79,7 @@ class EvidenceFit(NamedTuple):
 def log_evidence(
     prior_precision: float, data_nll: float, weight_sq_norm: float, eigvals: torch.Tensor, multiplicity: int = 1
 ) -> float:
-    """``log Z(λ₀)`` (up to a constant) from the data NLL at the head, ``‖W‖²`` and the Hessian eigenvalues."""
+    """``log Z(λ₀)`` (up to a constant) from the data NLL at the head, ``‖W − M₀‖²`` and the Hessian eigenvalues."""
     e = eigvals.clamp_min(0)
     logdet = float(torch.log1p(e / prior_precision).sum())
     return -data_nll - 0.5 * prior_precision * weight_sq_norm - 0.5 * multiplicity * logdet
@@ -98,7 +100,7 @@ def evidence_fixed_point(
     weight_sq_norm: float, eigvals: torch.Tensor, multiplicity: int = 1, *, init: float = 1.0,
     rtol: float = 1e-6, max_iter: int = 1000,
 ) -> float:
-    """λ₀ maximising :func:`log_evidence` for a FIXED head (``‖W‖²`` and the eigenvalues given).
+    """λ₀ maximising :func:`log_evidence` for a FIXED head (``‖W − M₀‖²`` and the eigenvalues given).
 
     For a fixed head ``log Z`` is concave in ``log λ₀`` up to the log-det term, and the fixed-point map
     ``λ₀ ← γ_eff(λ₀)/‖W‖²`` is monotone, so iterating it from any start converges to the maximiser.
@@ -125,14 +127,16 @@ def maximize_evidence(
     head: HeadConfig = HeadConfig(),
     rtol: float = 1e-3,
     max_iter: int = 50,
+    prior_mean: torch.Tensor | None = None,
 ) -> EvidenceFit:
     """Choose λ₀ by the Laplace evidence, refitting the exact MAP head at each iterate (warm-started).
 
     ``features (N, D)`` float64, ``targets (N, C)``. ``spectrum(W, b)`` returns the data-Hessian
     eigenvalues at a head (default: those of ``ΦᵀΦ``, the 'gaussian' curvature, computed once) and
     ``multiplicity`` how often each counts (default ``C``, the shared covariance). Iterates MacKay's
-    update ``λ₀ ← γ_eff / ‖W*(λ₀)‖²`` until ``|Δ log λ₀| < rtol``; each iterate costs one warm-started
-    head fit. The returned head is the exact MAP for the returned λ₀.
+    update ``λ₀ ← γ_eff / ‖W*(λ₀) − M₀‖²`` until ``|Δ log λ₀| < rtol``; each iterate costs one warm-started
+    head fit. The returned head is the exact MAP for the returned λ₀ (and ``prior_mean`` ``M₀ (C, D)``,
+    None: zero).
     """
     if features.shape[0] == 0:
         raise InvalidInputError("cannot choose the prior precision without labeled data; label some points first")
@@ -150,11 +154,11 @@ def maximize_evidence(
     while True:
         fit = fit_map_head(
             features, targets, lam, init=init, tol=head.tol, max_iter=head.max_iter,
-            bias_precision=head.bias_precision, spectrum=fspec,
+            bias_precision=head.bias_precision, spectrum=fspec, prior_mean=prior_mean,
         )
         init = (fit.weight, fit.bias)
         eig = spectrum(fit.weight, fit.bias)
-        sq = float(fit.weight.square().sum())
+        sq = float((fit.weight if prior_mean is None else fit.weight - prior_mean.to(fit.weight)).square().sum())
         if converged or n_iter >= max_iter:
             break
         new = _clip(effective_parameters(lam, eig, multiplicity) / sq) if sq > 0 else PRIOR_PRECISION_BOUNDS[1]
@@ -247,6 +251,7 @@ def cross_validate_prior(
     curvature: str | Curvature = Curvature.CATEGORICAL,
     lambda_mf: float = DEFAULT_LAMBDA_MF,
     keep_folds: bool = False,
+    prior_mean: torch.Tensor | None = None,
 ) -> CrossValidationFit:
     """λ₀ maximising the K-fold held-out log-likelihood of the exact MAP head (or of its Laplace predictive).
 
@@ -262,6 +267,8 @@ def cross_validate_prior(
     more), as many held-out variances (``O(min(N, D)³)`` each) and one exact fit on all the data.
     ``keep_folds=True`` returns each fold's held-out logits and training curvatures (``curvature``) at
     the chosen λ₀, from which the spread of the predictive is chosen on the same folds.
+    ``prior_mean`` ``M₀ (C, D)`` centres the prior of every head fit (None: zero); λ₀ then also says how
+    far the labels may pull the head from ``M₀``, and the folds choose it.
     """
     n = features.shape[0]
     if n == 0:
@@ -269,7 +276,8 @@ def cross_validate_prior(
     scale = float(features.square().sum(1).mean()) or 1.0
     lams = sorted((scale * g for g in grid), reverse=True)
     k = min(folds, n)
-    fitkw: dict[str, Any] = {"tol": head.tol, "max_iter": head.max_iter, "bias_precision": head.bias_precision}
+    fitkw: dict[str, Any] = {"tol": head.tol, "max_iter": head.max_iter, "bias_precision": head.bias_precision,
+                             "prior_mean": prior_mean}
     if k < 2:  # one point: nothing to validate on; the middle of the grid
         lam = lams[len(lams) // 2]
         fit = fit_map_head(features, targets, lam, init=init, **fitkw)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -20,8 +21,14 @@ from .update import classes_seen
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["HeadFitting", "FALLBACK_PRIOR_PRECISION"]
+__all__ = ["HeadFitting", "FALLBACK_PRIOR_PRECISION", "PRIOR_MEAN_BIAS_PRECISION"]
 FALLBACK_PRIOR_PRECISION = 1.0  # a string prior with nothing to choose from (see fit)
+
+#: The least prior precision of the bias when the weights' prior has a mean: a bias prior ``N(0, 1)``, one
+#: logit unit. The default, nearly flat bias prior lets the first few labels push the bias of every class
+#: they do not name down without bound, which overrides the prior mean's guess for those classes (BBC
+#: News, 5 random labels, λ₀ = 1: accuracy 0.52 with the flat bias, 0.77 with this one; 0.79 with no label).
+PRIOR_MEAN_BIAS_PRECISION = 1.0
 
 
 class HeadFitting(CovarianceStructure):
@@ -38,6 +45,7 @@ class HeadFitting(CovarianceStructure):
     head_config: HeadConfig
     random_state: RandomState
     exact_until: int
+    prior_mean: torch.Tensor | None
 
     def fit(
         self,
@@ -56,9 +64,13 @@ class HeadFitting(CovarianceStructure):
         without labeled data (pass a number to set λ₀). Otherwise λ₀ is chosen (if a string) and the
         head is fitted with ``head_config`` (seeded by ``random_state`` for the paper's SGD recipe).
         Without ``num_classes`` (or ``weight``) C is inferred from soft labels' width or as the largest
-        class index + 1: pass it when the labeled set may lack the last classes.
+        class index + 1: pass it when the labeled set may lack the last classes. With a ``prior_mean``
+        every head is fitted around it, and without labeled data (and ``weight``) the posterior is the
+        prior: mean ``M₀``, bias zero, covariance ``λ₀⁻¹ I`` (λ₀ = 1 for a string prior, as above).
         """
         x = as_features(features, dtype=self.dtype, device=self.device)
+        if weight is None and x.shape[0] == 0 and self.prior_mean is not None:
+            weight = self.prior_mean  # no labels: the prior is the posterior
         if weight is not None:
             num_classes = int(weight.shape[0]) if num_classes is None else num_classes
         inferred = num_classes is None
@@ -72,6 +84,8 @@ class HeadFitting(CovarianceStructure):
                 "pass num_classes=C"
             )
         d = x.shape[1]
+        if self.prior_mean is not None and self.prior_mean.shape != (c, d):
+            raise InvalidInputError(f"prior_mean has shape {tuple(self.prior_mean.shape)}, expected (C, D) = ({c}, {d})")
         lam, folds = None, None
         if weight is None:
             if x.shape[0] == 0:
@@ -103,23 +117,26 @@ class HeadFitting(CovarianceStructure):
     def _fit_head(self, x: torch.Tensor, targets: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor, float, Any]:
         """Choose λ₀ (if a string) and fit the head; returns ``(W, b, λ₀, folds)`` (the cross-validation
         folds at λ₀ when it chose λ₀ and the spread is chosen from folds too, else None)."""
-        cfg = self.head_config
+        cfg = self._head_config()
         x64, t64 = x.to(torch.float64), targets.to(torch.float64)
+        m0 = None if self.prior_mean is None else self.prior_mean.to(torch.float64)
         if self.prior_precision in ("cv", "cv-predictive"):
             # folds from random_state when given, else a fixed seed: the same data give the same λ₀;
             # "cv-predictive" scores with this posterior's own predictive
             gen = None if self.random_state is None else as_generator(self.random_state)
             sel = cross_validate_prior(x64, t64, head=cfg, generator=gen, predictive=self.prior_precision != "cv",
                                        curvature=self._cv_curvature(), lambda_mf=self.lambda_mf,
-                                       keep_folds=self.spread == "cv")
+                                       keep_folds=self.spread == "cv", prior_mean=m0)
             lam, head, folds = sel.prior_precision, (sel.weight, sel.bias), sel.folds
         elif self.prior_precision == "evidence":
-            ev = maximize_evidence(x64, t64, self._ggn_spectrum(x64), self._evidence_multiplicity(c), head=cfg)
+            ev = maximize_evidence(x64, t64, self._ggn_spectrum(x64), self._evidence_multiplicity(c), head=cfg,
+                                   prior_mean=m0)
             lam, head, folds = ev.prior_precision, (ev.weight, ev.bias), None
         else:
             lam, head, folds = float(self.prior_precision), None, None
         if head is None or cfg.solver != "exact":
-            head = train_head(x, targets, c, config=cfg, prior_precision=lam, generator=as_generator(self.random_state))
+            head = train_head(x, targets, c, config=cfg, prior_precision=lam, generator=as_generator(self.random_state),
+                              prior_mean=self.prior_mean)
         return head[0].to(self.dtype), head[1].to(self.dtype), lam, folds
 
     def _choose_spread(self, x: torch.Tensor, targets: torch.Tensor, folds: Any, given_head: bool) -> float:
@@ -133,9 +150,18 @@ class HeadFitting(CovarianceStructure):
         x64, t64 = x.to(torch.float64), targets.to(torch.float64)
         if folds is None:
             gen = None if self.random_state is None else as_generator(self.random_state)
-            folds = heldout_folds(x64, t64, self.prior_precision_, head=self.head_config, generator=gen,
-                                  curvature=self._cv_curvature())
+            folds = heldout_folds(x64, t64, self.prior_precision_, head=self._head_config(), generator=gen,
+                                  curvature=self._cv_curvature(),
+                                  prior_mean=None if self.prior_mean is None else self.prior_mean.to(torch.float64))
         return select_spread(x64, t64, folds, self.prior_precision_, lambda_mf=self.lambda_mf).spread
+
+    def _head_config(self) -> HeadConfig:
+        """How heads are fitted: :attr:`head_config`, with the bias prior at least
+        :data:`PRIOR_MEAN_BIAS_PRECISION` when the weights' prior has a mean."""
+        cfg = self.head_config
+        if self.prior_mean is None or cfg.bias_precision >= PRIOR_MEAN_BIAS_PRECISION:
+            return cfg
+        return replace(cfg, bias_precision=PRIOR_MEAN_BIAS_PRECISION)
 
     def _cv_curvature(self) -> Curvature:
         """Curvature of the predictive that ``"cv-predictive"`` scores."""
@@ -159,9 +185,8 @@ class HeadFitting(CovarianceStructure):
             return FALLBACK_PRIOR_PRECISION
         x64 = x.to(torch.float64)
         eig = self._ggn_spectrum(x64)(self.mean_.to(torch.float64), self.bias_.to(torch.float64))
-        return evidence_fixed_point(
-            float(self.mean_.square().sum()), eig, self._evidence_multiplicity(self.num_classes_)
-        )
+        shift = self.mean_ if self.prior_mean is None else self.mean_ - self.prior_mean
+        return evidence_fixed_point(float(shift.square().sum()), eig, self._evidence_multiplicity(self.num_classes_))
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, features: Any, labels: Any, **kwargs: Any) -> Self:

@@ -2,9 +2,10 @@
 
 The posterior describes the negative log joint
 
-    f(W, b) = Σ_i CE(y_i, softmax(W φ_i + b)) + λ₀/2 ‖W‖² + λ_b/2 ‖b‖²
+    f(W, b) = Σ_i CE(y_i, softmax(W φ_i + b)) + λ₀/2 ‖W − M₀‖² + λ_b/2 ‖b‖²
 
-(summed loss, prior precision λ₀ on W). It is convex, so the head the posterior is built around must
+(summed loss, prior precision λ₀ on W around the prior mean ``M₀``: zero unless given, e.g. a zero-shot
+head from class-name embeddings). It is convex, so the head the posterior is built around must
 be its minimiser: the closed-form update is a Newton step only from a point where the gradient of the
 old data's objective vanishes. ``solver="exact"`` (default) minimises ``f`` with L-BFGS in float64 to a
 gradient-norm tolerance, warm-started from ``init``. ``HeadConfig.paper()`` is the paper's recipe
@@ -96,14 +97,28 @@ def map_objective(
     bias: torch.Tensor,
     prior_precision: float | torch.Tensor,
     bias_precision: float = 0.0,
+    prior_mean: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``f(W, b)`` and its gradients ``(C, D)``, ``(C,)`` for ``x (N, D)`` and ``targets (N, C)``
-    (one-hot or soft rows), in closed form: ``∇_W f = (P − Y)ᵀ Φ + λ₀ W``. ``prior_precision`` is a
-    number or a per-column ``(D,)`` tensor (a prior written in other coordinates)."""
-    z = torch.addmm(bias, x, weight.T)
+    (one-hot or soft rows), in closed form: ``∇_W f = (P − Y)ᵀ Φ + λ₀ (W − M₀)``. ``prior_precision`` is a
+    number or a per-column ``(D,)`` tensor (a prior written in other coordinates); ``prior_mean`` is
+    ``M₀ (C, D)`` (None: zero)."""
+    return _shifted_objective(x, targets, weight if prior_mean is None else weight - prior_mean, bias,
+                              prior_precision, bias_precision, None if prior_mean is None else x @ prior_mean.T)
+
+
+def _shifted_objective(
+    x: torch.Tensor, targets: torch.Tensor, delta: torch.Tensor, bias: torch.Tensor,
+    prior_precision: float | torch.Tensor, bias_precision: float, offset: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`map_objective` in the shifted parameter ``Δ = W − M₀``: logits ``Φ Δᵀ + b + offset`` with
+    ``offset = Φ M₀ᵀ (N, C)`` (None: zero) and the prior ``λ₀/2 ‖Δ‖²``; gradients with respect to ``Δ, b``."""
+    z = torch.addmm(bias, x, delta.T)
+    if offset is not None:
+        z = z + offset
     lse = torch.logsumexp(z, 1)
-    reg = prior_precision * weight
-    value = (lse - (targets * z).sum(1)).sum() + 0.5 * (reg * weight).sum() + 0.5 * bias_precision * bias.square().sum()
+    reg = prior_precision * delta
+    value = (lse - (targets * z).sum(1)).sum() + 0.5 * (reg * delta).sum() + 0.5 * bias_precision * bias.square().sum()
     resid = torch.exp(z - lse.unsqueeze(1)) - targets  # P − Y
     grad_w = torch.addmm(reg, resid.T, x)
     grad_b = resid.sum(0) + bias_precision * bias
@@ -120,9 +135,10 @@ Objective = Callable[[np.ndarray], tuple[float, np.ndarray]]
 
 def _objective_on_cpu(
     xt: torch.Tensor, t: torch.Tensor, prior: torch.Tensor, scale: torch.Tensor, bias_precision: float,
-    last: dict[str, float],
+    last: dict[str, float], offset: torch.Tensor | None = None,
 ) -> Objective:
-    """:func:`map_objective` of the whitened problem on flat parameters ``θ = [vec W̃, b]``, in NumPy.
+    """:func:`map_objective` of the whitened problem on flat parameters ``θ = [vec W̃, b]``, in NumPy
+    (``W̃`` the whitened shift from the prior mean, whose logits ``offset (N, C)`` are added).
 
     The same formula as :func:`map_objective` (tested equal); a solver iteration on a small labeled
     set is a few microsecond-sized array operations, where NumPy's per-call cost is several times
@@ -130,11 +146,14 @@ def _objective_on_cpu(
     """
     x, y = xt.double().numpy(), t.double().numpy()
     pr, inv_s = prior.double().numpy(), 1.0 / scale.double().numpy()
+    off = None if offset is None else offset.double().numpy()
     c, r = y.shape[1], x.shape[1]
 
     def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
         w, b = theta[: c * r].reshape(c, r), theta[c * r :]
         z = x @ w.T + b
+        if off is not None:
+            z += off
         zmax = z.max(1, keepdims=True)
         ez = np.exp(z - zmax)
         sz = ez.sum(1, keepdims=True)
@@ -153,14 +172,14 @@ def _objective_on_cpu(
 
 def _objective_in_torch(
     xt: torch.Tensor, t: torch.Tensor, prior: torch.Tensor, scale: torch.Tensor, bias_precision: float,
-    last: dict[str, float],
+    last: dict[str, float], offset: torch.Tensor | None = None,
 ) -> Objective:
     """:func:`_objective_on_cpu` for features on another device: :func:`map_objective` where they are."""
     c, r = t.shape[1], xt.shape[1]
 
     def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
         th = torch.from_numpy(theta).to(xt)
-        value, gw, gb = map_objective(xt, t, th[: c * r].view(c, r), th[c * r :], prior, bias_precision)
+        value, gw, gb = _shifted_objective(xt, t, th[: c * r].view(c, r), th[c * r :], prior, bias_precision, offset)
         last["norm"] = math.sqrt(float((gw / scale).square().sum() + gb.square().sum()))
         return float(value), torch.cat([gw.reshape(-1), gb]).to("cpu", torch.float64).numpy()
 
@@ -179,6 +198,7 @@ def fit_map_head(
     spectrum: tuple[torch.Tensor, torch.Tensor] | None = None,
     history_size: int = 20,
     precond: float = PRECONDITIONER_SCALE,
+    prior_mean: torch.Tensor | None = None,
 ) -> HeadFit:
     """Minimise :func:`map_objective` with preconditioned L-BFGS (scipy's L-BFGS-B, strong-Wolfe line search).
 
@@ -188,9 +208,14 @@ def fit_map_head(
     :func:`~bayesal.laplace.linalg.feature_spectrum` when not given; pass it to reuse one
     eigendecomposition for several λ₀), where the Hessian is well conditioned whatever the feature
     scale; for ``N < D`` the optimum lies in the span of the features, so only that span is searched.
-    Stops when ``‖∇f‖₂ ≤ tol · ‖∇f(0, 0)‖₂`` (in the original coordinates; the reference makes ``tol``
+    Stops when ``‖∇f‖₂ ≤ tol · ‖∇f(0, 0)‖₂`` (in the original coordinates, the prior term counted only
+    with a prior mean, where it is ``−λ₀ M₀``; the reference makes ``tol``
     independent of the number of points and the feature scale); warns with
     :class:`ConvergenceWarning` if ``max_iter`` iterations did not get there.
+
+    ``prior_mean`` ``M₀ (C, D)`` centres the prior (None: zero). The problem is then solved in the
+    shift ``Δ = W − M₀``, whose objective is the zero-mean one with the logits offset by ``Φ M₀ᵀ``: the
+    same whitening applies, and its optimum lies in the span of the features again.
     """
     if not (prior_precision > 0 and math.isfinite(prior_precision)):
         raise InvalidInputError(f"prior_precision must be a positive number, got {prior_precision}")
@@ -200,21 +225,25 @@ def fit_map_head(
     e, v = e.to(x), v.to(x)
     scale = (prior_precision + precond * e).rsqrt()  # (r,)
     xt = (x @ v) * scale  # whitened features (N, r)
-    prior = prior_precision * scale.square()  # λ₀ ‖W‖² = Σ_k λ₀ s_k² W̃_k²
+    prior = prior_precision * scale.square()  # λ₀ ‖W − M₀‖² = Σ_k λ₀ s_k² W̃_k²
+    m0 = None if prior_mean is None else _checked_mean(prior_mean, c, x)
+    offset = None if m0 is None else x @ m0.T  # logits of the prior mean (N, C)
     if init is None:
         w = torch.zeros(c, v.shape[1], dtype=x.dtype, device=x.device)
         b = torch.zeros(c, dtype=x.dtype, device=x.device)
     else:
-        w = (init[0].detach().to(x) @ v) / scale
+        w0 = init[0].detach().to(x)
+        w = ((w0 if m0 is None else w0 - m0) @ v) / scale
         b = init[1].detach().to(x).clone()
-    with torch.no_grad():  # scale of the problem: the gradient at W = 0, b = 0
-        _, g0w, g0b = map_objective(x, t, x.new_zeros(c, x.shape[1]), x.new_zeros(c), 0.0)
+    with torch.no_grad():  # scale of the problem: the gradient at W = 0, b = 0 (its prior term with a prior mean)
+        _, g0w, g0b = map_objective(x, t, x.new_zeros(c, x.shape[1]), x.new_zeros(c), 0.0 if m0 is None else prior_precision,
+                                    prior_mean=m0)
     target_norm = tol * max(math.sqrt(float(g0w.square().sum() + g0b.square().sum())), torch.finfo(x.dtype).tiny)
     n_w = w.numel()
     last: dict[str, float] = {}
 
-    objective = _objective_on_cpu(xt, t, prior, scale, bias_precision, last) if x.device.type == "cpu" else \
-        _objective_in_torch(xt, t, prior, scale, bias_precision, last)
+    objective = _objective_on_cpu(xt, t, prior, scale, bias_precision, last, offset) if x.device.type == "cpu" else \
+        _objective_in_torch(xt, t, prior, scale, bias_precision, last, offset)
 
     def stop_at_tolerance(intermediate_result: object) -> None:
         # L-BFGS-B's own tests are on the max-abs projected gradient and the relative decrease in the
@@ -248,7 +277,19 @@ def fit_map_head(
             stacklevel=2,
         )
     weight = (w * scale) @ v.T
+    if m0 is not None:
+        weight = weight + m0
     return HeadFit(weight, b.clone(), last["norm"], n_iter, converged)
+
+
+def _checked_mean(prior_mean: torch.Tensor, c: int, x: torch.Tensor) -> torch.Tensor:
+    """``prior_mean`` as ``(C, D)`` in the features' dtype and device, checked."""
+    m0 = torch.as_tensor(prior_mean).detach().to(x)
+    if m0.shape != (c, x.shape[1]):
+        raise InvalidInputError(f"prior_mean has shape {tuple(m0.shape)}, expected (C, D) = ({c}, {x.shape[1]})")
+    if not bool(torch.isfinite(m0).all()):
+        raise InvalidInputError("prior_mean contains NaN or inf")
+    return m0
 
 
 def train_head(
@@ -260,12 +301,15 @@ def train_head(
     init: tuple[torch.Tensor, torch.Tensor] | None = None,
     generator: torch.Generator | None = None,
     prior_precision: float = 1.0,
+    prior_mean: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fit ``W (C, D)`` and ``b (C,)`` on ``features (N, D)``, ``labels (N,)`` (or soft ``(N, C)``).
 
-    ``config.solver="exact"``: the MAP head for ``prior_precision`` (see :func:`fit_map_head`),
-    computed in float64. ``"radam"``: the paper's mini-batch recipe (integer labels), mini-batches drawn
-    with ``generator``. ``init=(W, b)`` warm-starts / fine-tunes from those weights instead of zeros.
+    ``config.solver="exact"``: the MAP head for ``prior_precision`` and ``prior_mean`` ``M₀ (C, D)`` (see
+    :func:`fit_map_head`), computed in float64. ``"radam"``: the paper's mini-batch recipe (integer
+    labels), mini-batches drawn with ``generator``; it has no prior of its own (its weight decay pulls
+    towards zero), so a prior mean only sets its starting point when ``init`` is not given.
+    ``init=(W, b)`` warm-starts / fine-tunes from those weights instead of zeros (or ``M₀``).
     Returned tensors are detached, in the features' dtype.
     """
     num_classes = check_num_classes(num_classes)
@@ -279,12 +323,13 @@ def train_head(
     if config.solver == HeadSolver.EXACT:
         fit = fit_map_head(
             x.double(), targets, prior_precision, init=init, tol=config.tol, max_iter=config.max_iter,
-            bias_precision=config.bias_precision,
+            bias_precision=config.bias_precision, prior_mean=prior_mean,
         )
         return fit.weight.to(x.dtype), fit.bias.to(x.dtype)
     y = targets.argmax(1)
     if init is None:
-        w0 = torch.zeros(num_classes, d, dtype=x.dtype, device=x.device)
+        w0 = torch.zeros(num_classes, d, dtype=x.dtype, device=x.device) if prior_mean is None else \
+            _checked_mean(prior_mean, num_classes, x)
         b0 = torch.zeros(num_classes, dtype=x.dtype, device=x.device)
     else:
         w0 = init[0].detach().to(x)

@@ -33,11 +33,12 @@ class Persistence(CovarianceStructure):
     dtype: torch.dtype
     device: torch.device
     chunk_size: int | None
+    prior_mean: torch.Tensor | None
 
     def copy(self) -> Self:
         """Independent copy: tensors cloned, configuration shared (it is immutable)."""
         out = copy.copy(self)
-        for name in ("mean_", "bias_", "covariance_", "_scale_tril"):
+        for name in ("mean_", "bias_", "covariance_", "_scale_tril", "prior_mean"):
             value = getattr(self, name, None)
             if isinstance(value, torch.Tensor):
                 setattr(out, name, value.clone())
@@ -67,6 +68,8 @@ class Persistence(CovarianceStructure):
             "n_updates": self.n_updates_,
             # the labeled rows an update refits on exactly (early phase; see NewtonUpdating.update)
             "retained": None if self._retained is None else [t.cpu() for t in self._retained],
+            # the prior's mean M₀ (None: zero), which every later fit and exact refit is centred on
+            "prior_mean": None if self.prior_mean is None else self.prior_mean.cpu(),
         }
 
     @classmethod
@@ -78,7 +81,8 @@ class Persistence(CovarianceStructure):
             cfg.setdefault("steps", 1)  # states written before iterated updates made one step
             cfg.setdefault("spread", 1.0)  # ... and before the spread of the predictive was chosen
             cfg.setdefault("exact_until", 0)  # ... and before few-label updates were exact
-            post = cls(device=device, **cfg)  # type: ignore[call-arg]  # the factory: LastLayerLaplace(hessian=...)
+            # states written before the prior could have a mean hold none: a zero-mean prior
+            post = cls(device=device, prior_mean=state.get("prior_mean"), **cfg)  # type: ignore[call-arg]  # the factory
             post.mean_ = state["mean"].to(dtype=post.dtype, device=post.device)
             post.bias_ = state["bias"].to(dtype=post.dtype, device=post.device)
             post.covariance_ = state["covariance"].to(dtype=post.dtype, device=post.device)
@@ -95,6 +99,7 @@ class Persistence(CovarianceStructure):
         p = post._num_params()
         rows = post._retained
         if post.bias_.shape != (post.num_classes_,) or post.covariance_.shape != (p, p) or (
+            post.prior_mean is not None and post.prior_mean.shape != post.mean_.shape) or (
             rows is not None and (len(rows) != 2 or rows[0].shape[1:] != (post.num_features_,)
                                   or rows[1].shape != (rows[0].shape[0], post.num_classes_))
         ):

@@ -67,6 +67,12 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, Persistence):
     same objective (``head_config``, default ``HeadConfig()``: L-BFGS to a gradient tolerance), so the
     closed-form update starts where the old data's gradient vanishes.
 
+    ``prior_mean``: the mean ``M₀ (C, D)`` of the Gaussian prior ``N(M₀, λ₀⁻¹ I)`` on the weights (None:
+    zero), e.g. a zero-shot head made of class-name embeddings. Every fit is the MAP of
+    ``NLL + λ₀/2 ‖W − M₀‖²``, the evidence and the cross-validation of λ₀ use that prior, and a fit without
+    labels is the prior itself: mean ``M₀``, so the predictive at zero labels is the zero-shot guess.
+    The update needs nothing more (the prior is inside the posterior it starts from).
+
     Fitted attributes: ``mean_ (C, D)``, ``bias_ (C,)``, ``covariance_``, ``prior_precision_`` (the λ₀
     in use), ``num_classes_``, ``num_features_``, ``n_updates_`` (points absorbed by :meth:`update` since the last fit). Code
     outside :mod:`bayesal.laplace` uses the public read-only views (:attr:`num_classes`,
@@ -98,6 +104,7 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, Persistence):
         chunk_size: int | None = None,
         spread: float | str = "cv",
         exact_until: int = DEFAULT_EXACT_UNTIL,
+        prior_mean: Any = None,
     ) -> None:
         prior_precision = check_prior_precision(prior_precision)
         if isinstance(spread, str):
@@ -121,6 +128,7 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, Persistence):
         self.head_config = head_config
         self.random_state = random_state
         self.chunk_size = None if chunk_size is None else int(chunk_size)
+        self.prior_mean = _check_prior_mean(prior_mean, dtype, self.device)
         self._scale_tril: torch.Tensor | None = None
         self._retained = None
 
@@ -404,7 +412,24 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, Persistence):
 
     def __repr__(self) -> str:
         fitted = f", C={self.num_classes_}, D={self.num_features_}" if hasattr(self, "mean_") else ""
+        mean = "" if self.prior_mean is None else f", prior_mean=<{tuple(self.prior_mean.shape)}>"
         return (
             f"LastLayerLaplace(prior_precision={self.prior_precision}, curvature={self.curvature.value!r}, "
-            f"hessian={str(self.hessian)!r}, gamma={self.gamma}, spread={self.spread}{fitted})"
+            f"hessian={str(self.hessian)!r}, gamma={self.gamma}, spread={self.spread}{mean}{fitted})"
         )
+
+
+def _check_prior_mean(prior_mean: Any, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+    """The prior mean ``M₀`` as a finite ``(C, D)`` tensor in the posterior's dtype and device (or None);
+    its shape is checked against the data at :meth:`LastLayerLaplace.fit`."""
+    if prior_mean is None:
+        return None
+    try:
+        m0 = torch.as_tensor(prior_mean).detach().to(dtype=dtype, device=device).clone()
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise InvalidInputError(f"prior_mean must be a (C, D) array of numbers: {err}") from err
+    if m0.ndim != 2:
+        raise InvalidInputError(f"prior_mean must be a (C, D) array, got shape {tuple(m0.shape)}")
+    if not bool(torch.isfinite(m0).all()):
+        raise InvalidInputError("prior_mean contains NaN or inf")
+    return m0

@@ -68,11 +68,13 @@ def heldout_folds(
     generator: torch.Generator | None = None,
     curvature: str | Curvature = Curvature.CATEGORICAL,
     fold_tol: float = 1e-3,
+    prior_mean: torch.Tensor | None = None,
 ) -> tuple[HeldOutFold, ...]:
     """The K folds' held-out MAP logits and training curvatures at a fixed λ₀ (``prior_precision``), for
     a λ₀ that cross-validation did not choose (a number, or the evidence's). ``features (N, D)`` float64,
     ``targets (N, C)``; folds as in :func:`~bayesal.laplace.evidence.cross_validate_prior` (``generator``,
-    else a fixed seed). Cost: ``folds`` warm-started head fits to ``fold_tol``."""
+    else a fixed seed; ``prior_mean`` ``M₀ (C, D)`` centres the heads' prior). Cost: ``folds`` head fits to
+    ``fold_tol``."""
     n = features.shape[0]
     k = min(folds, n)
     if k < 2:
@@ -80,7 +82,7 @@ def heldout_folds(
     out = []
     for tr, te in fold_masks(n, k, generator, features.device):
         fit = fit_map_head(features[tr], targets[tr], prior_precision, tol=max(head.tol, fold_tol),
-                           max_iter=head.max_iter, bias_precision=head.bias_precision)
+                           max_iter=head.max_iter, bias_precision=head.bias_precision, prior_mean=prior_mean)
         m = curvature_weights(torch.softmax(features[tr] @ fit.weight.T + fit.bias, 1), curvature)
         out.append(HeldOutFold(tr, features[te] @ fit.weight.T + fit.bias, m))
     return tuple(out)

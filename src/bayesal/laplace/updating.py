@@ -12,7 +12,7 @@ import torch
 from bayesal.exceptions import InvalidInputError, NumericalError
 from bayesal.utils import as_targets, check_scalar
 
-from .head import fit_map_head
+from .head import HeadConfig, fit_map_head
 from .options import UpdateMethod
 from .structures import CovarianceStructure
 from .update import check_gamma, check_steps, classes_seen, span_newton
@@ -38,6 +38,7 @@ class NewtonUpdating(CovarianceStructure):
     steps: int
     exact_until: int
     prior_precision_: float
+    prior_mean: torch.Tensor | None
     dtype: torch.dtype
     device: torch.device
 
@@ -132,14 +133,22 @@ class NewtonUpdating(CovarianceStructure):
             return None
         return torch.cat([self._retained[0], x]), torch.cat([self._retained[1], targets])
 
+    def _head_config(self) -> HeadConfig:
+        """How heads are fitted (the fitting part's: ``head_config`` with the bias prior of a prior mean)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _head_config")
+
     def _exact_head(
         self, rows: tuple[torch.Tensor, torch.Tensor], mean: torch.Tensor, bias: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The exact MAP ``(W, b)`` of the head objective at λ₀ on ``rows``, warm-started at ``(mean, bias)``
         (L-BFGS to the default head tolerance, whatever solver trained the head first). The covariance stays
         the update's (its curvature at the Newton iterate)."""
+        extra: dict[str, Any] = {}
+        if self.prior_mean is not None:  # centred on the prior mean, with the bias prior of its fits
+            extra = {"prior_mean": self.prior_mean.to(torch.float64),
+                     "bias_precision": self._head_config().bias_precision}
         fit = fit_map_head(rows[0].to(torch.float64), rows[1].to(torch.float64), self.prior_precision_,
-                           init=(mean.to(torch.float64), bias.to(torch.float64)))
+                           init=(mean.to(torch.float64), bias.to(torch.float64)), **extra)
         return fit.weight.to(self.dtype), fit.bias.to(self.dtype)
 
     def _set_updated(

@@ -1,8 +1,9 @@
 """The model's guess for one item, as the labeling UIs show it (the web page and ``bayesal label``).
 
-A guess is only shown when the model has something to say: with no labels, or when every class is
-equally probable (within :data:`TOLERANCE`), the predictive is uniform and naming a "most probable"
-class would only reflect the order of the classes. Otherwise the guess is the most probable class —
+A guess is only shown when the model has something to say: with no labels (unless its prior has a mean,
+a zero-shot guess from the class names), or when every class is equally probable (within
+:data:`TOLERANCE`), the predictive is uniform and naming a "most probable" class would only reflect
+the order of the classes. Otherwise the guess is the most probable class —
 or, when several tie at the top (within the tolerance, as the margin strategy's picks often do),
 all of them, so that no one of them is singled out by chance.
 """
@@ -42,12 +43,14 @@ class ModelGuess:
 
 
 def model_guess(probs: torch.Tensor | Sequence[float], n_labeled: int, *, k: int = 3,
-                tolerance: float = TOLERANCE) -> ModelGuess:
-    """The guess shown for an item of predictive probabilities ``probs`` ``(C,)`` after ``n_labeled`` labels."""
+                tolerance: float = TOLERANCE, prior_informed: bool = False) -> ModelGuess:
+    """The guess shown for an item of predictive probabilities ``probs`` ``(C,)`` after ``n_labeled`` labels;
+    ``prior_informed``: the model's prior has a mean (a zero-shot head), so its prediction is a guess even
+    before the first label."""
     p = torch.as_tensor(probs, dtype=torch.float64).reshape(-1)
     order = torch.argsort(p, descending=True, stable=True)
     top = [(int(c), float(p[c])) for c in order[:k]]
-    if n_labeled <= 0:
+    if n_labeled <= 0 and not prior_informed:
         return ModelGuess(top, [], "no labels yet")
     if float(p.max() - p.min()) <= tolerance:
         return ModelGuess(top, [], "every class is equally likely")

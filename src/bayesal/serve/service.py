@@ -80,6 +80,9 @@ class LabelingService:
     item_ids, item_locations:
         Per pool position: the item's id and its text or file path, for the exports (default: the
         position, and the item when it is a text).
+    class_prior:
+        For a session whose prior has a mean (a zero-shot head): the row ``(D,)`` of it for a class added
+        later, from its name (default: zeros).
     """
 
     def __init__(
@@ -95,12 +98,14 @@ class LabelingService:
         user: str | None = None,
         item_ids: Sequence[str] | None = None,
         item_locations: Sequence[str] | None = None,
+        class_prior: Callable[[str], Any] | None = None,
     ) -> None:
         if not isinstance(window, int) or window < 1:
             raise InvalidInputError(f"window must be a positive integer, got {window!r}")
         if not lease_seconds >= 0:
             raise InvalidInputError(f"lease_seconds must be >= 0, got {lease_seconds!r}")
         self.session = session
+        self._class_prior = class_prior if session.has_prior_mean else None
         self.name = str(name)
         self.window = window
         self.lease_seconds = float(lease_seconds)
@@ -224,7 +229,8 @@ class LabelingService:
         }
         if index is None:
             return {**base, "index": None, "done": True}
-        guess = model_guess(self.session.predict_proba([index])[0], self.session.n_labeled)
+        guess = model_guess(self.session.predict_proba([index])[0], self.session.n_labeled,
+                            prior_informed=self.session.has_prior_mean)
         top = [{"label": self._names[c], "p": round(p, 4)} for c, p in guess.top]
         # "guess": the classes the page highlights (the top one, or those tied at the top; none without
         # information); "no_guess": why the page says the model has no guess yet, instead of showing ``top``
@@ -360,7 +366,8 @@ class LabelingService:
         kept, the posterior grows a row); the response holds the new ``info`` and the next item."""
         with self._lock:
             cid = self._client(client)
-            self.session.add_class(label)
+            # a zero-shot session's new class gets its own row of the prior mean (its name embedded)
+            self.session.add_class(label, prior_row=None if self._class_prior is None else self._class_prior(label.strip()))
             self._names = self.session.class_names
             self._keys = shortcut_keys(self._names)
             self._query_cache, self._stats_cache = None, None

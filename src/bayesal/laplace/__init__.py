@@ -12,7 +12,17 @@ import pkgutil
 from .full import FullLaplace
 from .head import HeadConfig, train_head
 from .linalg import TiledRows, safe_cholesky, spd_inverse, symmetrize
-from .options import BLOCK_ELEMENTS, Curvature, HeadSolver, Hessian, Option, Predictive, PriorSelection, SpreadSelection
+from .options import (
+    BLOCK_ELEMENTS,
+    MAX_DENSE_PARAMETERS,
+    Curvature,
+    HeadSolver,
+    Hessian,
+    Option,
+    Predictive,
+    PriorSelection,
+    SpreadSelection,
+)
 from .posterior import LastLayerLaplace
 from .predictive import (
     DEFAULT_LAMBDA_MF,
@@ -42,6 +52,7 @@ __all__ = [
     "FIDELITY_OPTIONS",
     "PAPER_OPTIONS",
     "BLOCK_ELEMENTS",
+    "MAX_DENSE_PARAMETERS",
     "Curvature",
     "DEFAULT_EXACT_UNTIL",
     "DEFAULT_LAMBDA_MF",

@@ -72,6 +72,7 @@ class HeadFitting(CovarianceStructure):
                 "pass num_classes=C"
             )
         d = x.shape[1]
+        self._check_capacity(c, d)  # before the head fit and any (P, P) allocation
         lam, folds = None, None
         if weight is None:
             if x.shape[0] == 0:

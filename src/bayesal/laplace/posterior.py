@@ -284,7 +284,12 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, Persistence):
         if checked:
             return self._logits(features)
         x = self._pool(features)
-        return self._cat([self._logits(ch) for ch in self._pool_chunks(x)], (0, self.num_classes_))
+        out = torch.empty(x.shape[0], self.num_classes_, dtype=self.dtype, device=self.device)
+        start = 0
+        for ch in self._pool_chunks(x):
+            out[start : start + ch.shape[0]] = self._logits(ch)
+            start += ch.shape[0]
+        return out
 
     def _cat(self, parts: list[torch.Tensor], empty_shape: tuple[int, ...]) -> torch.Tensor:
         if not parts:
@@ -356,12 +361,16 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, Persistence):
         if method is Predictive.MC:
             n_samples = check_scalar(n_samples, "n_samples", integer=True, low=1)
         x = self._pool(features)
-        out = []
+        # written into one (N, C) result chunk by chunk: with many classes the result is the largest
+        # object, and a list of chunks joined at the end would hold it twice
+        out = torch.empty(x.shape[0], self.num_classes_, dtype=self.dtype, device=self.device)
+        start = 0
         if method is Predictive.MEAN_FIELD:
             for ch in self._pool_chunks(x, self._per_row_cost()):
                 var = self._predictive_cov(ch)
                 v = var if var.ndim == 1 else centered(var).diagonal(dim1=1, dim2=2)
-                out.append(mean_field_probs(self._logits(ch), v, lam))
+                out[start : start + ch.shape[0]] = mean_field_probs(self._logits(ch), v, lam)
+                start += ch.shape[0]
         else:
             # MC rows come in blocks of a fixed size (not chunk_size), so a seeded result does not
             # depend on the chunking; a block holds about BLOCK_ELEMENTS samples (the strategies'
@@ -370,8 +379,9 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, Persistence):
             step = max(1, BLOCK_ELEMENTS // (n_samples * self.num_classes_))
             for ch in self._pool_chunks(x, step=step):
                 scale = logit_scale(self._predictive_cov(ch))
-                out.append(mc_probs(self._logits(ch), scale, n_samples, gen))
-        return self._cat(out, (0, self.num_classes_))
+                out[start : start + ch.shape[0]] = mc_probs(self._logits(ch), scale, n_samples, gen)
+                start += ch.shape[0]
+        return out
 
     def predict(self, features: Any, **kwargs: Any) -> torch.Tensor:
         """Most probable class ``(N,)`` under the predictive."""

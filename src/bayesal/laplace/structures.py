@@ -63,6 +63,10 @@ class CovarianceStructure:
         raise NotImplementedError(f"{type(self).__name__} does not implement _point_probs")
 
     # the structure's own algebra (checked by register_structure)
+    def _check_capacity(self, num_classes: int, num_features: int) -> None:
+        """Raise :class:`~bayesal.exceptions.InvalidInputError` before fitting ``C`` classes on ``D``
+        features if the structure cannot hold them (default: any size; the full GGN has a limit)."""
+
     def _num_params(self) -> int:
         """Side ``P`` of the covariance: ``D`` (shared) or ``C·D`` (full)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement _num_params")

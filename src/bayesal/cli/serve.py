@@ -66,6 +66,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how long an item shown to one tab is kept from the others (default 120; 0 = all tabs "
                              "see the top pick)")
     parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--no-speculate", action="store_true",
+                        help="do not compute the next item under each likely answer while an item is shown")
     add_posterior_arguments(parser, default="cv; a resumed session keeps its own options")
 
 
@@ -80,7 +82,8 @@ def build_service(args: argparse.Namespace, out: Any = None) -> Any:
     session, ds = open_session(args, out)
     try:
         return LabelingService(session, name=ds.name, test_features=ds.test_features, test_labels=ds.test_labels,
-                               window=args.window, lease_seconds=args.lease_seconds)
+                               window=args.window, lease_seconds=args.lease_seconds,
+                               speculate=not getattr(args, "no_speculate", False))
     except BaseException:
         session.close()
         raise

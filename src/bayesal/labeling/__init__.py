@@ -14,11 +14,12 @@ Other packages use the names exported here only.
 """
 
 from .engine import EventFold, LabelingEngine, PosteriorFold, log_header, logged_records, resolve_seed
+from .queries import QueryView
 from .recovery import read_session_header
 from .session import Session
 from .store import LogFiles, SessionStore, StorageOptions
 
 __all__ = [
     "Session", "StorageOptions", "LabelingEngine", "EventFold", "PosteriorFold", "SessionStore", "LogFiles",
-    "log_header", "logged_records", "resolve_seed", "read_session_header",
+    "log_header", "logged_records", "resolve_seed", "read_session_header", "QueryView",
 ]

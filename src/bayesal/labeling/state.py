@@ -75,6 +75,11 @@ class SessionState:
         self.on_refit = on_refit
         self._worker = RefitWorker() if background else None
 
+    @property
+    def background(self) -> bool:
+        """Whether new fit points refit in a worker thread (the interim posterior meanwhile)."""
+        return self._worker is not None
+
     def _validate(self, ev: Mapping[str, Any], where: str | None) -> None:
         """:meth:`LabelBook.validate`; for a stored event being replayed (``where`` names it) a failure
         is a :class:`~bayesal.exceptions.CorruptStateError`."""

@@ -51,8 +51,12 @@ def make_data(c: int, d: int, n: int, pool: int, seed: int = 0):  # noqa: ANN201
     rng = np.random.default_rng(seed)
     teacher = rng.standard_normal((c, d)).astype(np.float32)
     x = (rng.standard_normal((n + pool, d)) / np.sqrt(d)).astype(np.float32)
-    y = np.argmax(x @ teacher.T * 3.0 + rng.gumbel(size=(n + pool, c)).astype(np.float32), axis=1)
-    return x[:n], y[:n], x[n:]
+    # labels in blocks of rows: the (rows, C) teacher logits of all rows would set the peak memory
+    y = np.concatenate([
+        np.argmax(x[i : i + 500] @ teacher.T * 3.0 + rng.gumbel(size=(len(x[i : i + 500]), c)).astype(np.float32), 1)
+        for i in range(0, n, 500)
+    ])
+    return x[:n], y, x[n:]
 
 
 def bayesal_cell(c: int, d: int, n: int, pool: int, updates: int, prior: str) -> dict:

@@ -83,7 +83,11 @@ class SessionQueries(SessionViews):
         point (so that :meth:`view_after_tell` needs nothing of the live session for them)."""
         with self._state.lock:
             due = {int(c): self._policy.due(self._book, self._book.check_label(int(c))) for c in answers}
-            return QueryView(self._state.posterior, dict(self._book.labels), frozenset(self._book.skipped),
+            post = self._state.posterior
+            # an update's downdate left pending is applied now: an update computed from the view then
+            # starts from the state that tell() will start from (a query reads it, as this does), to the bit
+            post.covariance  # noqa: B018 - read for its side effect
+            return QueryView(post, dict(self._book.labels), frozenset(self._book.skipped),
                              len(self._state.events), due)
 
     def view_after_tell(self, view: QueryView, index: int, label: int) -> QueryView | None:

@@ -96,3 +96,37 @@ def test_lbfgs_history_is_shortened_only_for_heads_beyond_the_workspace_bound() 
     assert (2 * m + 5) * big <= LBFGS_WORKSPACE_ELEMENTS
     assert lbfgs_history_size(10**9, 20) == MIN_HISTORY_SIZE
     assert lbfgs_history_size(10**9, 3) == 3
+
+
+def test_a_pending_mean_is_the_eager_update_to_the_bit_when_read_after_each_update() -> None:
+    c, d = 300, 24
+    post = _given_head(c, d)
+    gen = torch.Generator().manual_seed(4)
+    xs = torch.randn(6, d, generator=gen, dtype=torch.float64)
+    ys = torch.randint(0, c, (6,), generator=gen)
+    lazy = eager = post
+    for i in range(6):
+        lazy = lazy.update(xs[i : i + 1], ys[i : i + 1])
+        assert not isinstance(lazy._mean_state, torch.Tensor)  # kept pending until read
+        expected = torch.addr(eager.mean, *_mean_factors(eager, xs[i], ys[i]))
+        eager = eager.update(xs[i : i + 1], ys[i : i + 1])
+        assert torch.equal(lazy.mean, expected) and torch.equal(eager.mean, expected)
+    # a chain of updates never read in between: one pending correction, equal up to round-off
+    chain = post
+    for i in range(6):
+        chain = chain.update(xs[i : i + 1], ys[i : i + 1])
+    assert chain._mean_state.rank == 6  # type: ignore[union-attr]
+    torch.testing.assert_close(chain.predict_proba(xs), eager.predict_proba(xs), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(chain.mean, eager.mean, rtol=1e-10, atol=1e-12)
+
+
+def _mean_factors(post: LastLayerLaplace, phi: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(a, b)`` with ``μ' = μ + a bᵀ`` for the one-point update of ``post``: its own Newton iteration,
+    through the same products (what the eager update added to a dense mean)."""
+    from bayesal.laplace.update import span_newton
+
+    x = phi[None]
+    left, kernel = post._span_products(x)
+    target = torch.nn.functional.one_hot(label, post.num_classes).to(torch.float64)[None]
+    res = span_newton(kernel, post._new_point_logits(x), target, post._span_curvature(), post.gamma, post.steps)
+    return res.coef[0], left[0]

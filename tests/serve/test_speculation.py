@@ -88,3 +88,34 @@ def test_view_after_tell_is_the_state_tell_leads_to() -> None:
         assert (now.posterior.mean == after.posterior.mean).all()
     finally:
         s.close()
+
+
+def test_the_next_image_is_rendered_while_the_current_one_is_shown(monkeypatch) -> None:
+    import threading
+
+    import bayesal.serve.service as service_module
+
+    x, y = _pool(n=200, seed=3)
+    images = np.random.default_rng(0).integers(0, 255, size=(len(x), 8, 8), dtype=np.uint8)
+    rendered_in: dict[int, str] = {}
+    real = service_module.item_view
+
+    def spy(item, index):
+        rendered_in.setdefault(index, threading.current_thread().name)
+        return real(item, index)
+
+    monkeypatch.setattr(service_module, "item_view", spy)
+    session = Session(x, NAMES, items=images, random_state=3, candidate_size=100, background=False)
+    svc = LabelingService(session, name="t", lease_seconds=0)
+    try:
+        card = svc.next_item("t1")
+        ahead = 0
+        for _ in range(12):
+            assert svc.speculator is not None and svc.speculator.wait(timeout=60)
+            i = card["index"]
+            card = svc.answer(i, NAMES[int(y[i])], "t1")["next"]
+            assert card["item"]["kind"] == "image" and card["item"]["src"].startswith("data:image/png")
+            ahead += rendered_in[card["index"]] == "bayesal-speculate"
+        assert ahead >= 8  # past the cold start, the item shown next was rendered ahead of its answer
+    finally:
+        svc.close()

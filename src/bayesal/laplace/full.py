@@ -9,6 +9,7 @@ import torch
 from bayesal.exceptions import InvalidInputError
 
 from .options import MAX_DENSE_PARAMETERS, Curvature, Hessian, UpdateMethod
+from .pending import PendingMean
 from .posterior import LastLayerLaplace
 from .structures import register_structure
 from .update import (
@@ -78,7 +79,7 @@ class FullLaplace(LastLayerLaplace):
 
     def _updated_state(
         self, x: torch.Tensor, res: SpanNewtonResult, left: torch.Tensor, method: UpdateMethod
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor | PendingMean, torch.Tensor, torch.Tensor | None]:
         mean = self.mean_ + (res.coef @ left).reshape(self.num_classes_, self.num_features_)
         if method is UpdateMethod.WOODBURY:
             return mean, gram_downdate(self.covariance_, res.whiten @ left), None

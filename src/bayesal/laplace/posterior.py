@@ -22,6 +22,7 @@ from .fitting import HeadFitting
 from .head import HeadConfig
 from .linalg import safe_cholesky
 from .options import BLOCK_ELEMENTS, Curvature, Predictive, PriorSelection, SpreadSelection, check_prior_precision
+from .pending import PendingMean, dense_mean, pending_logits
 from .persistence import Persistence
 from .predictive import DEFAULT_LAMBDA_MF, centered, logit_scale, mc_logit_samples, mc_probs, mean_field_probs
 from .structures import structure_class
@@ -131,7 +132,7 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, Persistence):
 
     # -------------------------------------------------------------- predictive
     def _check_fitted(self) -> None:
-        if not hasattr(self, "mean_"):
+        if not hasattr(self, "_mean_state"):
             raise NotFittedError("this LastLayerLaplace is not fitted yet; call fit() first")
 
     def _features(self, features: Any) -> torch.Tensor:
@@ -180,7 +181,7 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, Persistence):
     @property
     def is_fitted(self) -> bool:
         """Whether :meth:`fit` (or :meth:`from_state_dict`) has set the mean and covariance."""
-        return hasattr(self, "mean_")
+        return hasattr(self, "_mean_state")
 
     @property
     def fitted_spread(self) -> float:
@@ -221,6 +222,26 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, Persistence):
         Read only: do not modify the returned tensor."""
         self._check_fitted()
         return self.covariance_
+
+    @property
+    def mean_(self) -> torch.Tensor:
+        """``μ`` as a dense tensor: a correction that :meth:`update` left pending is applied on first read
+        (see :mod:`bayesal.laplace.pending`)."""
+        # one object, read and replaced whole: a concurrent reader sees the old or the new one
+        state = self._mean_state
+        if isinstance(state, torch.Tensor):
+            return state
+        dense = dense_mean(state)
+        self._mean_state = dense
+        return dense
+
+    @mean_.setter
+    def mean_(self, value: torch.Tensor | PendingMean) -> None:
+        self._mean_state = value
+
+    def _new_point_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """MAP logits ``(M, C)`` of an update's new rows ``x (M, D)``, leaving a pending mean pending."""
+        return pending_logits(self.bias_, x, self._mean_state)
 
     @property
     def covariance_(self) -> torch.Tensor:
@@ -413,7 +434,7 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, Persistence):
         return torch.cholesky_inverse(self.scale_tril)
 
     def __repr__(self) -> str:
-        fitted = f", C={self.num_classes_}, D={self.num_features_}" if hasattr(self, "mean_") else ""
+        fitted = f", C={self.num_classes_}, D={self.num_features_}" if hasattr(self, "_mean_state") else ""
         return (
             f"LastLayerLaplace(prior_precision={self.prior_precision}, curvature={self.curvature.value!r}, "
             f"hessian={str(self.hessian)!r}, gamma={self.gamma}, spread={self.spread}{fitted})"

@@ -13,6 +13,7 @@ from bayesal.utils import as_features
 
 from .linalg import isotropic_minus_low_rank, row_quadratic_forms, row_quadratic_forms_low_rank
 from .options import MAX_DENSE_PARAMETERS, Curvature, Hessian, UpdateMethod
+from .pending import MAX_PENDING_MEAN_RANK, PendingMean
 from .posterior import LastLayerLaplace
 from .structures import register_structure
 from .update import (
@@ -102,11 +103,8 @@ class SharedLaplace(LastLayerLaplace):
 
     def _updated_state(
         self, x: torch.Tensor, res: SpanNewtonResult, left: torch.Tensor, method: UpdateMethod
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        # one point: the outer product (torch's addmm with an inner dimension of 1 is ~10x slower on
-        # the CPU, 3 ms at C = 1,000, D = 768, where this pass over μ should cost what a copy costs)
-        mean = torch.addr(self.mean_, res.coef[0], left[0]) if x.shape[0] == 1 else \
-            torch.addmm(self.mean_, res.coef.T, left)
+    ) -> tuple[torch.Tensor | PendingMean, torch.Tensor, torch.Tensor | None]:
+        mean = self._updated_mean(res.coef, left)
         if method is not UpdateMethod.WOODBURY:
             return mean, rank1_downdate(self.covariance_, self._hessian_factor(x, res.probs, self.curvature)), None
         # Σ' = Σ − HᵀH with H = L⁻¹FΦΣ (L Lᵀ = I + FKF at span_newton's last linearisation); H joins the
@@ -118,6 +116,21 @@ class SharedLaplace(LastLayerLaplace):
         if new_pending.shape[0] > PENDING_DOWNDATE_MAX_FRACTION * self.num_features_:
             return mean, gram_downdate(base, new_pending), None
         return mean, base, new_pending
+
+    def _updated_mean(self, coef: torch.Tensor, left: torch.Tensor) -> torch.Tensor | PendingMean:
+        """``μ + coefᵀ left`` for ``coef (M, C)``, ``left = ΦΣ (M, D)``: a one-point update outside the
+        early phase keeps it pending (:mod:`bayesal.laplace.pending`), up to
+        :data:`~bayesal.laplace.pending.MAX_PENDING_MEAN_RANK` pending rows."""
+        state = self._mean_state
+        if coef.shape[0] == 1 and self._retained is None:  # no exact early-phase refit reads it
+            if isinstance(state, torch.Tensor):
+                return PendingMean(state, coef, left)
+            if state.rank < MAX_PENDING_MEAN_RANK:
+                return PendingMean(state.base, torch.cat([state.left, coef]), torch.cat([state.right, left]))
+        mean = self.mean_
+        # one point: the outer product (torch's addmm with an inner dimension of 1 is ~10x slower on
+        # the CPU, 3 ms at C = 1,000, D = 768, where this pass over μ should cost what a copy costs)
+        return torch.addr(mean, coef[0], left[0]) if coef.shape[0] == 1 else torch.addmm(mean, coef.T, left)
 
     def _mean_step(self, phi: torch.Tensor, resid: torch.Tensor, gamma: float) -> torch.Tensor:
         # residᵀ (Φ Σ): O(M D² + M C D), the spec's O(D² + CD) per point, instead of O(C D²)

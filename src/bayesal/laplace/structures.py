@@ -15,6 +15,7 @@ import torch
 from bayesal.exceptions import InvalidInputError
 
 from .options import Curvature, UpdateMethod
+from .pending import PendingMean
 from .update import LogitStep, SpanCurvature, SpanNewtonResult
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ class CovarianceStructure:
     _scale_tril: torch.Tensor | None
     _cov_state: tuple[torch.Tensor, torch.Tensor | None]
     _retained: tuple[torch.Tensor, torch.Tensor] | None  # the labeled rows of the early phase (see update)
+    _mean_state: torch.Tensor | PendingMean  # μ, or μ with an update's correction pending (see mean_)
     covariance_: torch.Tensor  # Σ dense (a property of the base class, which forms a pending downdate)
 
     # helpers of the base class that the fitting and update parts use
@@ -102,8 +104,9 @@ class CovarianceStructure:
 
     def _updated_state(
         self, x: torch.Tensor, res: SpanNewtonResult, left: torch.Tensor, method: UpdateMethod
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """``(μ', Σ' or its base, pending factor or None)`` after :func:`span_newton` gave ``res``."""
+    ) -> tuple[torch.Tensor | PendingMean, torch.Tensor, torch.Tensor | None]:
+        """``(μ' or its pending form, Σ' or its base, pending factor or None)`` after :func:`span_newton`
+        gave ``res``."""
         raise NotImplementedError(f"{type(self).__name__} does not implement _updated_state")
 
     def _mean_step(self, phi: torch.Tensor, resid: torch.Tensor, gamma: float) -> torch.Tensor:

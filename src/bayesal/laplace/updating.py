@@ -14,6 +14,7 @@ from bayesal.utils import as_targets, check_scalar
 
 from .head import fit_map_head
 from .options import UpdateMethod
+from .pending import PendingMean, dense_mean
 from .structures import CovarianceStructure
 from .update import check_gamma, check_steps, classes_seen, span_newton
 
@@ -99,15 +100,14 @@ class NewtonUpdating(CovarianceStructure):
         # every Newton step lives in the span of the new points (see span_newton): one product with Σ
         # before the iteration and one downdate after it, whatever the number of steps
         left, kernel = self._span_products(x)
-        res = span_newton(kernel, torch.addmm(self.bias_, x, self.mean_.T), targets, self._span_curvature(), gamma,
-                          steps)
+        res = span_newton(kernel, self._new_point_logits(x), targets, self._span_curvature(), gamma, steps)
         mean, cov, pending = self._updated_state(x, res, left, method)
         rows = self._early_rows(x, targets, gamma)
         bias = self.bias_
         if rows is not None and classes_seen(rows[1]) >= 2:
             # the early phase: the exact MAP of every label so far, from the Newton iterate (with one class
             # labeled the exact MAP is degenerate, its bias alone fits the labels: the update keeps b)
-            mean, bias = self._exact_head(rows, mean, bias)
+            mean, bias = self._exact_head(rows, dense_mean(mean), bias)
         target._set_updated(mean, cov, self.n_updates_ + x.shape[0], pending=pending)
         target.bias_, target._retained = bias, rows
         return target
@@ -134,7 +134,7 @@ class NewtonUpdating(CovarianceStructure):
         return fit.weight.to(self.dtype), fit.bias.to(self.dtype)
 
     def _set_updated(
-        self, mean: torch.Tensor, cov: torch.Tensor, n_updates: int, pending: torch.Tensor | None = None
+        self, mean: torch.Tensor | PendingMean, cov: torch.Tensor, n_updates: int, pending: torch.Tensor | None = None
     ) -> None:
         """Replace (never mutate: copies share them) the mean and the covariance ``cov − pendingᵀ pending``
         after an update."""

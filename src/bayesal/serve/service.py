@@ -126,7 +126,7 @@ class LabelingService:
         self._views: dict[int, dict[str, Any]] = {}
         self.acknowledged = 0  # answers recorded through this service (tell), for tests and benchmarks
         # the next pick under each likely answer, computed while the person reads (see speculation)
-        self.speculator = NextPickSpeculator(session) if speculate else None
+        self.speculator = NextPickSpeculator(session, prepare=self._item_view) if speculate else None
         self._closed = False
 
     # ------------------------------------------------------------------ helpers (lock held)
@@ -211,6 +211,8 @@ class LabelingService:
             self._query_cache = (key, found[0], found[1])
 
     def _item_view(self, index: int) -> dict[str, Any]:
+        # rendered once (also ahead of time, by the speculation, for the items it expects next): an image
+        # item's thumbnail is then no slower to show than a text
         view = self._views.get(index)
         if view is None:
             items = self.session.items

@@ -17,7 +17,7 @@ arrives are computed as before.
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import torch
@@ -49,10 +49,15 @@ class NextPickSpeculator:
         The session whose queries are speculated (read only: nothing is recorded).
     max_classes : int
         How many answers to speculate per item, the most probable first.
+    prepare : callable, optional
+        Called in the background thread with the first pick of each speculated answer, e.g. to render
+        that item (an image's thumbnail) before it is shown.
     """
 
-    def __init__(self, session: Session, max_classes: int = DEFAULT_SPECULATED_CLASSES) -> None:
+    def __init__(self, session: Session, max_classes: int = DEFAULT_SPECULATED_CLASSES,
+                 prepare: Callable[[int], object] | None = None) -> None:
         self._session = session
+        self._prepare = prepare
         self.max_classes = int(max_classes)
         self._cond = threading.Condition()
         self._generation = 0
@@ -170,3 +175,5 @@ class NextPickSpeculator:
                         self._results[(job.key, job.index, int(label))] = (job.k, picks)
                     self._inflight = None
                     self._cond.notify_all()
+            if picks and self._prepare is not None:
+                self._prepare(picks[0])

@@ -60,6 +60,10 @@ class CovarianceStructure:
         """Row blocks of ``x`` sized to keep temporaries small."""
         raise NotImplementedError(f"{type(self).__name__} does not implement _chunks")
 
+    def _new_point_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """MAP logits ``(M, C)`` of an update's new rows, leaving a pending mean correction pending."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _new_point_logits")
+
     def _point_probs(self, x: torch.Tensor) -> torch.Tensor:
         """MAP softmax ``(N, C)`` of checked rows."""
         raise NotImplementedError(f"{type(self).__name__} does not implement _point_probs")

@@ -143,7 +143,7 @@ class NewtonUpdating(CovarianceStructure):
         if not (float(lo) > 0 and math.isfinite(float(hi))):
             raise NumericalError("the updated covariance lost positive definiteness; rescale the features "
                                  "(e.g. standardize them) or refit the posterior")
-        self.mean_ = mean
+        self._mean_state = mean  # what mean_ forms on first read when a correction is pending
         self._cov_state = (cov, pending)
         self.n_updates_ = n_updates
         self._scale_tril = None

@@ -149,6 +149,7 @@ class NextPickSpeculator:
                     self._cond.notify_all()
                     return
                 job, self._job, self._busy = self._job, None, True
+                assert job is not None  # the wait above
             try:
                 self._speculate(job)
             except Exception:  # noqa: BLE001, S110 - a failed speculation only means the answer queries itself

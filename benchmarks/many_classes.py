@@ -6,9 +6,9 @@ points, a fresh subprocess (so that each ``C`` has its own peak memory) measures
 * ``fit_s``: ``LastLayerLaplace(prior_precision=..., spread=1.0).fit`` — the exact MAP head by
   L-BFGS and the covariance ``Σ (D, D)``; λ₀ is fixed (``--prior``, default 1.0: the cross-validated
   choice fits the head ``5 × 5`` more times, ``--prior cv`` measures it);
-* ``update_ms``: median of ``--updates`` chained one-point updates (``update``: the Newton iteration,
-  the mean and the covariance's downdate factor), and ``update_dense_ms`` the same with ``Σ'`` formed
-  (read by the next query's variances);
+* ``update_ms``: median of ``--updates`` chained one-point updates (``update``: the Newton iteration
+  and the factors of the mean's correction and of the covariance's downdate, both left pending), and
+  ``update_dense_ms`` the same with ``μ'`` and ``Σ'`` formed (as the next query reads them);
 * ``predict_s``: the mean-field predictive ``(10,000, C)`` of 10,000 pool points;
 * ``peak_gib``: the process's peak resident memory (``ru_maxrss``), and ``base_gib`` the peak after
   the imports and the data alone.
@@ -82,7 +82,7 @@ def bayesal_cell(c: int, d: int, n: int, pool: int, updates: int, prior: str) ->
         t0 = time.perf_counter()
         nxt = cur.update(new[i : i + 1], labels[i : i + 1])
         t1 = time.perf_counter()
-        _ = nxt.covariance_  # the downdate formed, as the next query's variances read it
+        _ = nxt.covariance_, nxt.mean_  # the downdate and the mean formed, as the next query reads them
         t2 = time.perf_counter()
         lazy.append(t1 - t0)
         dense.append(t2 - t0)

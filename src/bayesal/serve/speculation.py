@@ -24,10 +24,12 @@ import torch
 
 from bayesal.labeling import QueryView, Session
 
-__all__ = ["NextPickSpeculator", "DEFAULT_SPECULATED_CLASSES"]
+__all__ = ["NextPickSpeculator", "DEFAULT_SPECULATED_CLASSES", "DEFAULT_START_DELAY"]
 
 #: Answers speculated per item: the most probable classes under the predictive (a pool pass each).
 DEFAULT_SPECULATED_CLASSES = 8
+#: Seconds an item is shown before its speculation starts (a person takes far longer to answer).
+DEFAULT_START_DELAY = 0.05
 
 
 @dataclass(frozen=True)
@@ -52,11 +54,15 @@ class NextPickSpeculator:
     prepare : callable, optional
         Called in the background thread with the first pick of each speculated answer, e.g. to render
         that item (an image's thumbnail) before it is shown.
+    start_delay : float
+        Seconds an item is shown before its speculation starts: clients that answer faster than that
+        (scripts, several people at once) do not pay for speculations that a newer answer stops.
     """
 
     def __init__(self, session: Session, max_classes: int = DEFAULT_SPECULATED_CLASSES,
-                 prepare: Callable[[int], object] | None = None) -> None:
+                 prepare: Callable[[int], object] | None = None, start_delay: float = DEFAULT_START_DELAY) -> None:
         self._session = session
+        self.start_delay = float(start_delay)
         self._prepare = prepare
         self.max_classes = int(max_classes)
         self._cond = threading.Condition()
@@ -161,6 +167,10 @@ class NextPickSpeculator:
 
     def _speculate(self, job: _Job) -> None:
         session = self._session
+        with self._cond:  # a person reads for seconds; answers that come faster leave nothing to speculate on
+            self._cond.wait_for(lambda: job.generation != self._generation or self._closed, self.start_delay)
+        if not self._current(job):
+            return
         for label in job.order:
             if not self._current(job):
                 return

@@ -155,6 +155,9 @@ def test_predict_before_any_annotation_is_the_prior(make_client, recorded, text_
         (choice,) = res["result"]
         assert (choice["from_name"], choice["to_name"], choice["type"]) == ("topic", "text", "choices")
         assert choice["value"]["choices"][0] in CLASSES
+        # the result's score is the class probability; the utility is the prediction's, named as such
+        assert choice["score"] == pytest.approx(1 / len(CLASSES), abs=1e-6)
+        assert res["utility"] == res["score"]
     # zero-mean prior: every class equally likely, margin utility 1 everywhere
     np.testing.assert_allclose(scores(out), 1.0, atol=1e-6)
 
@@ -175,7 +178,10 @@ def test_annotation_webhooks_apply_the_bayesian_update(make_client, recorded, te
     # the annotated task is scored by its label doubt (the paper's γ = 10 step undone by one γ-scaled step)
     expected = expected_scores([(text_features[task_id], onehot("sport"))], pbody["tasks"], [task_id], x)
     np.testing.assert_allclose(scores(out), expected, atol=2e-6)
+    ref = reference_probs([(text_features[task_id], onehot("sport"))], x, 3)
     assert out["results"][0]["result"][0]["value"]["choices"] == ["sport"]
+    # the <Choices> result carries its class's probability, not the utility
+    np.testing.assert_allclose([r["result"][0]["score"] for r in out["results"]], ref.max(1).values.numpy(), atol=2e-6)
 
     # Label Studio may deliver a webhook twice: nothing changes
     v1 = out["model_version"]

@@ -68,6 +68,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                              "see the top pick)")
     parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default 1)")
     add_items_arguments(parser)
+    parser.add_argument("--no-speculate", action="store_true",
+                        help="do not compute the next item under each likely answer while an item is shown")
     add_posterior_arguments(parser, default="cv; a resumed session keeps its own options")
 
 
@@ -84,7 +86,7 @@ def build_service(args: argparse.Namespace, out: Any = None) -> Any:
         return LabelingService(session, name=ds.name, test_features=ds.test_features, test_labels=ds.test_labels,
                                window=args.window, lease_seconds=args.lease_seconds, user=args.user,
                                item_ids=getattr(ds, "item_ids", None), item_locations=getattr(ds, "item_locations", None),
-                               class_prior=getattr(ds, "class_prior", None))
+                               class_prior=getattr(ds, "class_prior", None), speculate=not getattr(args, "no_speculate", False))
     except BaseException:
         session.close()
         raise

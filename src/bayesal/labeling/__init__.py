@@ -15,6 +15,7 @@ Other packages use the names exported here only.
 
 from .engine import EventFold, LabelingEngine, PosteriorFold, log_header, logged_records, resolve_seed
 from .exports import EXPORT_COLUMNS, format_labels, label_rows, logged_history, model_payload
+from .queries import QueryView
 from .recovery import read_session_header
 from .session import Session
 from .storage import LOG_NAME
@@ -22,6 +23,6 @@ from .store import LogFiles, SessionStore, SnapshotWarning, StorageOptions
 
 __all__ = [
     "Session", "StorageOptions", "LabelingEngine", "EventFold", "PosteriorFold", "SessionStore", "LogFiles",
-    "log_header", "logged_records", "resolve_seed", "read_session_header", "SnapshotWarning",
+    "log_header", "logged_records", "resolve_seed", "read_session_header", "SnapshotWarning", "QueryView",
     "EXPORT_COLUMNS", "label_rows", "format_labels", "LOG_NAME", "logged_history", "model_payload",
 ]

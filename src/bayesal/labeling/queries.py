@@ -4,19 +4,35 @@ label, the predictive, the stopping signals. Nothing here writes an event.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
 from bayesal.exceptions import InvalidInputError
+from bayesal.laplace import LastLayerLaplace
 from bayesal.strategies import LabeledSet, QueryStrategy, RandomSampling, TypiClust, select
 from bayesal.utils import derive_seed
 
 from .views import SessionViews
 
-__all__ = ["SessionQueries"]
+__all__ = ["SessionQueries", "QueryView"]
+
+
+@dataclass(frozen=True)
+class QueryView:
+    """What a query reads of a session's state: the ``posterior``, the ``labels`` (pool index → class),
+    the ``skipped`` indices and the number of events so far (``n_events``, which seeds the query);
+    ``fit_points``: for the answers asked about when it was taken, whether telling one is a fit point
+    of the refit policy."""
+
+    posterior: LastLayerLaplace
+    labels: Mapping[int, int]
+    skipped: frozenset[int]
+    n_events: int
+    fit_points: Mapping[int, bool] = field(default_factory=dict)
 
 # Candidates clustered per covering query: k-means over more would cost more than the key-to-next budget
 _COVER_CANDIDATES = 300
@@ -51,9 +67,13 @@ class SessionQueries(SessionViews):
     def covering(self) -> bool:
         """True while a ``cold_start="cover"`` session has a class without a label (and fewer than 5
         labels per class): queries then pick typical, diverse items (TypiClust) instead of the strategy's."""
+        return self._covering(self._book.labels)
+
+    def _covering(self, labels: Mapping[int, int]) -> bool:
+        """:attr:`covering` for the labels ``labels`` (the session's, or those of a :class:`QueryView`)."""
         n_classes = len(self._names)
-        return (self._header.get("cold_start") == "cover" and len(self._book.labels) < _COVER_LABELS_PER_CLASS * n_classes
-                and len(set(self._book.labels.values())) < n_classes)
+        return (self._header.get("cold_start") == "cover" and len(labels) < _COVER_LABELS_PER_CLASS * n_classes
+                and len(set(labels.values())) < n_classes)
 
     def query(self, k: int = 1) -> list[int]:
         """Pool indices to label next.
@@ -74,28 +94,73 @@ class SessionQueries(SessionViews):
         list of int
             ``k`` pool indices (fewer if the pool is nearly exhausted; ``[]`` when done).
         """
+        return self.query_in(self.query_view(), k)
+
+    def query_view(self, answers: Iterable[int] = ()) -> QueryView:
+        """What :meth:`query` reads of the session now, taken consistently (a background refit swaps
+        the posterior under the same lock), with whether telling each class of ``answers`` would be a fit
+        point (so that :meth:`view_after_tell` needs nothing of the live session for them)."""
+        with self._state.lock:
+            due = {int(c): self._policy.due(self._book, self._book.check_label(int(c))) for c in answers}
+            post = self._state.posterior
+            # an update's downdate left pending is applied now: an update computed from the view then
+            # starts from the state that tell() will start from (a query reads it, as this does), to the bit
+            post.covariance  # noqa: B018 - read for its side effect
+            return QueryView(post, dict(self._book.labels), frozenset(self._book.skipped),
+                             len(self._state.events), due)
+
+    def view_after_tell(self, view: QueryView, index: int, label: int) -> QueryView | None:
+        """The view that :meth:`tell` ``(index, label)`` on the state ``view`` leads to, without recording
+        anything: the posterior updated with the point (what ``tell`` computes, the same call on the same
+        operands). ``None`` where that ``tell`` would refit the head inside the call (a fit point without
+        background refits): too costly to compute for an answer that may not come. For a ``label`` that
+        ``view`` was not taken with (see :meth:`query_view`), the session must still be in the state of
+        ``view``: whether the tell is a fit point is then read from it."""
+        if index in view.labels:
+            return None
+        action = {"op": "tell", "index": int(index), "label": int(label)}
+        deferred = self._state.background
+        due = view.fit_points.get(int(label))
+        if due is None:
+            due = self._policy.due(self._book, int(label))
+        if due:
+            if not deferred:
+                return None
+            action["retrain"] = True
+        labels = {**view.labels, int(index): int(label)}
+        post = self._replay.transition(view.posterior, action, len(self._book.history), labels, refit=False)
+        return QueryView(post, labels, view.skipped - {int(index)}, view.n_events + 1)
+
+    def query_in(self, view: QueryView, k: int = 1) -> list[int]:
+        """:meth:`query` on the state ``view`` (the current one, or one :meth:`view_after_tell` gives):
+        the same picks as :meth:`query` once the session is in that state."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise InvalidInputError(f"k must be a positive integer, got {k!r}")
-        avail = self.available_indices()
+        mask = np.ones(self._x.shape[0], dtype=bool)
+        if view.labels:
+            mask[np.fromiter(view.labels.keys(), dtype=np.int64)] = False
+        if view.skipped:
+            mask[np.fromiter(view.skipped, dtype=np.int64)] = False
+        avail = np.flatnonzero(mask)
         if avail.size == 0:
             return []
         k = min(int(k), int(avail.size))
-        gen = torch.Generator().manual_seed(derive_seed(self._seed, "query", len(self._state.events)))
+        gen = torch.Generator().manual_seed(derive_seed(self._seed, "query", view.n_events))
         available = torch.zeros(self._x.shape[0], dtype=torch.bool)
         available[torch.from_numpy(avail)] = True
-        lab_idx = sorted(self._book.labels)
+        lab_idx = sorted(view.labels)
         labeled = LabeledSet(
-            features=self._x[lab_idx], labels=torch.tensor([self._book.labels[i] for i in lab_idx], dtype=torch.long)
+            features=self._x[lab_idx], labels=torch.tensor([view.labels[i] for i in lab_idx], dtype=torch.long)
         )
         strategy: QueryStrategy
         candidate_size: int | None
-        if self.covering:  # typical items of uncovered clusters: every class gets a label soon
+        if self._covering(view.labels):  # typical items of uncovered clusters: every class gets a label soon
             strategy, candidate_size = TypiClust(n_iter=10), min(self._candidate_size or _COVER_CANDIDATES, _COVER_CANDIDATES)
-        elif self.cold_start:  # uniformly among all available instances
+        elif len(set(view.labels.values())) < 2:  # the cold start: uniformly among all available instances
             strategy, candidate_size = RandomSampling(), None
         else:
             strategy, candidate_size = self._strategy, self._candidate_size
-        picks = select(strategy, self._state.posterior.copy(), self._x, available, labeled, k, gen,
+        picks = select(strategy, view.posterior.copy(), self._x, available, labeled, k, gen,
                        candidate_size=candidate_size)
         return [int(i) for i in picks]
 

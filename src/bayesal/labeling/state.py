@@ -73,8 +73,12 @@ class SessionState:
         self.refit_error: BaseException | None = None
         self.swaps = 0  # background refits swapped in so far
         self.on_refit = on_refit
-        self.background = bool(background)
         self._worker = RefitWorker() if background else None
+
+    @property
+    def background(self) -> bool:
+        """Whether new fit points refit in a worker thread (the interim posterior meanwhile)."""
+        return self._worker is not None
 
     def _validate(self, ev: Mapping[str, Any], where: str | None) -> None:
         """:meth:`LabelBook.validate`; for a stored event being replayed (``where`` names it) a failure

@@ -7,8 +7,9 @@ folder. It turns Label Studio's bodies into model calls:
 
 * ``setup(project, schema)`` — parse the labeling config, open the project, return the model version;
 * ``predict(tasks, project, label_config)`` — one prediction per task: the most probable class as the
-  ``<Choices>`` result and as ``score`` the strategy's utility — for an annotated task its label doubt
-  (:mod:`~.review`), so label errors sort first;
+  ``<Choices>`` result, whose ``score`` is its probability, and as the prediction's ``score`` and
+  ``utility`` the strategy's utility (the usefulness of labeling the task next, not a confidence) — for
+  an annotated task its label doubt (:mod:`~.review`), so label errors sort first;
 * ``webhook(payload)`` — ``ANNOTATION_CREATED`` / ``ANNOTATIONS_CREATED`` / ``ANNOTATION_UPDATED``
   apply the Bayesian update, ``ANNOTATIONS_DELETED`` / ``TASKS_DELETED`` remove annotations,
   ``PROJECT_UPDATED`` records a changed labeling config, ``START_TRAINING`` refits the head; other
@@ -310,7 +311,10 @@ class LabelStudioBackend:
                     "from_name": cfg.from_name, "to_name": cfg.to_name, "type": "choices",
                     "value": {"choices": [cfg.classes[top]]}, "score": round(float(p[top]), 6),
                 }],
+                # the Data Manager sorts by the prediction's score: the usefulness of labeling the task
+                # next, named as such too (the class probability is the result's own score above)
                 "score": round(float(u), 6),
+                "utility": round(float(u), 6),
                 "model_version": version,
             })
         return results, version

@@ -13,7 +13,17 @@ from .full import FullLaplace
 from .head import HeadConfig, train_head
 from .linalg import TiledRows, safe_cholesky, spd_inverse, symmetrize
 from .loo import LeaveOneOut, LeaveOneOutCache, leave_one_out
-from .options import BLOCK_ELEMENTS, Curvature, HeadSolver, Hessian, Option, Predictive, PriorSelection, SpreadSelection
+from .options import (
+    BLOCK_ELEMENTS,
+    MAX_DENSE_PARAMETERS,
+    Curvature,
+    HeadSolver,
+    Hessian,
+    Option,
+    Predictive,
+    PriorSelection,
+    SpreadSelection,
+)
 from .posterior import LastLayerLaplace
 from .predictive import (
     DEFAULT_LAMBDA_MF,
@@ -46,6 +56,7 @@ __all__ = [
     "FIDELITY_OPTIONS",
     "PAPER_OPTIONS",
     "BLOCK_ELEMENTS",
+    "MAX_DENSE_PARAMETERS",
     "Curvature",
     "DEFAULT_EXACT_UNTIL",
     "DEFAULT_LAMBDA_MF",

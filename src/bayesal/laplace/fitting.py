@@ -86,6 +86,7 @@ class HeadFitting(CovarianceStructure):
         d = x.shape[1]
         if self.prior_mean is not None and self.prior_mean.shape != (c, d):
             raise InvalidInputError(f"prior_mean has shape {tuple(self.prior_mean.shape)}, expected (C, D) = ({c}, {d})")
+        self._check_capacity(c, d)  # before the head fit and any (P, P) allocation
         lam, folds = None, None
         if weight is None:
             if x.shape[0] == 0:

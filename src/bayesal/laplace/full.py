@@ -6,7 +6,10 @@ import math
 
 import torch
 
-from .options import Curvature, Hessian, UpdateMethod
+from bayesal.exceptions import InvalidInputError
+
+from .options import MAX_DENSE_PARAMETERS, Curvature, Hessian, UpdateMethod
+from .pending import PendingMean
 from .posterior import LastLayerLaplace
 from .structures import register_structure
 from .update import (
@@ -34,6 +37,17 @@ class FullLaplace(LastLayerLaplace):
 
     def _num_params(self) -> int:
         return self.num_classes_ * self.num_features_
+
+    def _check_capacity(self, num_classes: int, num_features: int) -> None:
+        p = num_classes * num_features
+        if p > MAX_DENSE_PARAMETERS:
+            gib = 8 * p * p / 2**30
+            raise InvalidInputError(
+                f"hessian='full' needs a (C·D)² covariance: C = {num_classes} classes × D = {num_features} features "
+                f"= {p} parameters, a {gib:,.1f} GiB float64 matrix (fitting holds about three), above the limit of "
+                f"{MAX_DENSE_PARAMETERS} parameters (bayesal.laplace.options.MAX_DENSE_PARAMETERS); use hessian='shared' "
+                "(memory O(D² + C·D)) or reduce D (e.g. PCA of the features)"
+            )
 
     def _hessian_factor(self, x: torch.Tensor, probs: torch.Tensor, curvature: Curvature) -> torch.Tensor:
         return full_ggn_factor(x, probs)
@@ -66,7 +80,7 @@ class FullLaplace(LastLayerLaplace):
 
     def _updated_state(
         self, x: torch.Tensor, res: SpanNewtonResult, left: torch.Tensor, method: UpdateMethod
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor | PendingMean, torch.Tensor, torch.Tensor | None]:
         mean = self.mean_ + (res.coef @ left).reshape(self.num_classes_, self.num_features_)
         if method is UpdateMethod.WOODBURY:
             return mean, gram_downdate(self.covariance_, res.whiten @ left), None

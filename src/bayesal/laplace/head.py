@@ -129,6 +129,22 @@ def _shifted_objective(
 #: far smaller on confidently fitted points; ``s = 0.01`` was the fastest of 0…0.25 on the built-in data.
 PRECONDITIONER_SCALE = 0.01
 
+#: Float64 elements L-BFGS-B's workspace may take (1 GiB): it keeps ``(2m + 5)`` vectors of the
+#: ``C·r + C`` parameters for a history of ``m``, 2.8 GiB at ``C = 10,000``, ``D = 768`` and ``m = 20``.
+#: A head with that many parameters gets a shorter history instead (never below
+#: :data:`MIN_HISTORY_SIZE`), so the fit stays within memory ``O(C·D)`` of a modest constant.
+LBFGS_WORKSPACE_ELEMENTS = 1 << 27
+#: Shortest L-BFGS history the workspace bound may leave.
+MIN_HISTORY_SIZE = 5
+
+
+def lbfgs_history_size(num_params: int, requested: int) -> int:
+    """The L-BFGS history for ``num_params`` parameters: ``requested``, shortened so that the solver's
+    ``(2m + 5) · num_params`` workspace stays under :data:`LBFGS_WORKSPACE_ELEMENTS` (at least
+    :data:`MIN_HISTORY_SIZE`, or ``requested`` if that is smaller)."""
+    fits = (LBFGS_WORKSPACE_ELEMENTS // max(1, num_params) - 5) // 2
+    return min(requested, max(MIN_HISTORY_SIZE, fits))
+
 
 Objective = Callable[[np.ndarray], tuple[float, np.ndarray]]
 
@@ -259,10 +275,11 @@ def fit_map_head(
         # scipy's compiled L-BFGS-B: per iteration only the objective runs in Python (a handful of
         # array operations). One BLAS thread: two were 3–4x slower on the built-in data sets (up to
         # 1000 x 784 features), where each product is too short to share
+        history = lbfgs_history_size(theta0.size, history_size)
         with blas_threads(1):
             res = minimize(
                 objective, theta0, jac=True, method="L-BFGS-B", callback=stop_at_tolerance,
-                options={"maxiter": max_iter, "maxcor": history_size, "gtol": 0.0, "ftol": 0.0, "maxls": 50},
+                options={"maxiter": max_iter, "maxcor": history, "gtol": 0.0, "ftol": 0.0, "maxls": 50},
             )
         theta, n_iter = res.x, int(res.nit)
         objective(theta)  # the norm at the returned point (the last evaluation may be a line-search trial)

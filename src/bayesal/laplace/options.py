@@ -15,13 +15,18 @@ from bayesal.utils import check_scalar
 
 __all__ = [
     "Option", "Curvature", "Hessian", "UpdateMethod", "Predictive", "PriorSelection", "SpreadSelection", "HeadSolver",
-    "check_prior_precision", "BLOCK_ELEMENTS",
+    "check_prior_precision", "BLOCK_ELEMENTS", "MAX_DENSE_PARAMETERS",
 ]
 
 #: Upper bound on the elements of one temporary block (32 MiB in float64): every row-chunked
 #: computation in bayesal (pool scoring, Monte Carlo samples, BAIT, TypiClust, look-ahead) sizes its
 #: blocks from it.
 BLOCK_ELEMENTS = 1 << 22
+
+#: Largest ``P = C·D`` for which a dense ``(P, P)`` weight covariance is formed (the full GGN's, or
+#: :meth:`~bayesal.laplace.shared.SharedLaplace.weight_covariance`): 2 GiB in float64, and fitting the
+#: full GGN holds about three such matrices. Above it they are refused before anything is allocated.
+MAX_DENSE_PARAMETERS = 16384
 
 _O = TypeVar("_O", bound="Option")
 

@@ -22,6 +22,7 @@ from .fitting import HeadFitting
 from .head import HeadConfig
 from .linalg import safe_cholesky
 from .options import BLOCK_ELEMENTS, Curvature, Predictive, PriorSelection, SpreadSelection, check_prior_precision
+from .pending import PendingMean, dense_mean, pending_logits
 from .persistence import Persistence
 from .predictive import DEFAULT_LAMBDA_MF, centered, logit_scale, mc_logit_samples, mc_probs, mean_field_probs
 from .structures import structure_class
@@ -139,7 +140,7 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, Persistence):
 
     # -------------------------------------------------------------- predictive
     def _check_fitted(self) -> None:
-        if not hasattr(self, "mean_"):
+        if not hasattr(self, "_mean_state"):
             raise NotFittedError("this LastLayerLaplace is not fitted yet; call fit() first")
 
     def _features(self, features: Any) -> torch.Tensor:
@@ -188,7 +189,7 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, Persistence):
     @property
     def is_fitted(self) -> bool:
         """Whether :meth:`fit` (or :meth:`from_state_dict`) has set the mean and covariance."""
-        return hasattr(self, "mean_")
+        return hasattr(self, "_mean_state")
 
     @property
     def fitted_spread(self) -> float:
@@ -229,6 +230,26 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, Persistence):
         Read only: do not modify the returned tensor."""
         self._check_fitted()
         return self.covariance_
+
+    @property
+    def mean_(self) -> torch.Tensor:
+        """``μ`` as a dense tensor: a correction that :meth:`update` left pending is applied on first read
+        (see :mod:`bayesal.laplace.pending`)."""
+        # one object, read and replaced whole: a concurrent reader sees the old or the new one
+        state = self._mean_state
+        if isinstance(state, torch.Tensor):
+            return state
+        dense = dense_mean(state)
+        self._mean_state = dense
+        return dense
+
+    @mean_.setter
+    def mean_(self, value: torch.Tensor | PendingMean) -> None:
+        self._mean_state = value
+
+    def _new_point_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """MAP logits ``(M, C)`` of an update's new rows ``x (M, D)``, leaving a pending mean pending."""
+        return pending_logits(self.bias_, x, self._mean_state)
 
     @property
     def covariance_(self) -> torch.Tensor:
@@ -292,7 +313,12 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, Persistence):
         if checked:
             return self._logits(features)
         x = self._pool(features)
-        return self._cat([self._logits(ch) for ch in self._pool_chunks(x)], (0, self.num_classes_))
+        out = torch.empty(x.shape[0], self.num_classes_, dtype=self.dtype, device=self.device)
+        start = 0
+        for ch in self._pool_chunks(x):
+            out[start : start + ch.shape[0]] = self._logits(ch)
+            start += ch.shape[0]
+        return out
 
     def _cat(self, parts: list[torch.Tensor], empty_shape: tuple[int, ...]) -> torch.Tensor:
         if not parts:
@@ -364,12 +390,16 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, Persistence):
         if method is Predictive.MC:
             n_samples = check_scalar(n_samples, "n_samples", integer=True, low=1)
         x = self._pool(features)
-        out = []
+        # written into one (N, C) result chunk by chunk: with many classes the result is the largest
+        # object, and a list of chunks joined at the end would hold it twice
+        out = torch.empty(x.shape[0], self.num_classes_, dtype=self.dtype, device=self.device)
+        start = 0
         if method is Predictive.MEAN_FIELD:
             for ch in self._pool_chunks(x, self._per_row_cost()):
                 var = self._predictive_cov(ch)
                 v = var if var.ndim == 1 else centered(var).diagonal(dim1=1, dim2=2)
-                out.append(mean_field_probs(self._logits(ch), v, lam))
+                out[start : start + ch.shape[0]] = mean_field_probs(self._logits(ch), v, lam)
+                start += ch.shape[0]
         else:
             # MC rows come in blocks of a fixed size (not chunk_size), so a seeded result does not
             # depend on the chunking; a block holds about BLOCK_ELEMENTS samples (the strategies'
@@ -378,8 +408,9 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, Persistence):
             step = max(1, BLOCK_ELEMENTS // (n_samples * self.num_classes_))
             for ch in self._pool_chunks(x, step=step):
                 scale = logit_scale(self._predictive_cov(ch))
-                out.append(mc_probs(self._logits(ch), scale, n_samples, gen))
-        return self._cat(out, (0, self.num_classes_))
+                out[start : start + ch.shape[0]] = mc_probs(self._logits(ch), scale, n_samples, gen)
+                start += ch.shape[0]
+        return out
 
     def predict(self, features: Any, **kwargs: Any) -> torch.Tensor:
         """Most probable class ``(N,)`` under the predictive."""
@@ -411,7 +442,7 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, Persistence):
         return torch.cholesky_inverse(self.scale_tril)
 
     def __repr__(self) -> str:
-        fitted = f", C={self.num_classes_}, D={self.num_features_}" if hasattr(self, "mean_") else ""
+        fitted = f", C={self.num_classes_}, D={self.num_features_}" if hasattr(self, "_mean_state") else ""
         mean = "" if self.prior_mean is None else f", prior_mean=<{tuple(self.prior_mean.shape)}>"
         return (
             f"LastLayerLaplace(prior_precision={self.prior_precision}, curvature={self.curvature.value!r}, "

@@ -15,6 +15,7 @@ import torch
 from bayesal.exceptions import InvalidInputError
 
 from .options import Curvature, UpdateMethod
+from .pending import PendingMean
 from .update import LogitStep, SpanCurvature, SpanNewtonResult
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ class CovarianceStructure:
     _scale_tril: torch.Tensor | None
     _cov_state: tuple[torch.Tensor, torch.Tensor | None]
     _retained: tuple[torch.Tensor, torch.Tensor] | None  # the labeled rows of the early phase (see update)
+    _mean_state: torch.Tensor | PendingMean  # μ, or μ with an update's correction pending (see mean_)
     covariance_: torch.Tensor  # Σ dense (a property of the base class, which forms a pending downdate)
 
     # helpers of the base class that the fitting and update parts use
@@ -58,11 +60,19 @@ class CovarianceStructure:
         """Row blocks of ``x`` sized to keep temporaries small."""
         raise NotImplementedError(f"{type(self).__name__} does not implement _chunks")
 
+    def _new_point_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """MAP logits ``(M, C)`` of an update's new rows, leaving a pending mean correction pending."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _new_point_logits")
+
     def _point_probs(self, x: torch.Tensor) -> torch.Tensor:
         """MAP softmax ``(N, C)`` of checked rows."""
         raise NotImplementedError(f"{type(self).__name__} does not implement _point_probs")
 
     # the structure's own algebra (checked by register_structure)
+    def _check_capacity(self, num_classes: int, num_features: int) -> None:
+        """Raise :class:`~bayesal.exceptions.InvalidInputError` before fitting ``C`` classes on ``D``
+        features if the structure cannot hold them (default: any size; the full GGN has a limit)."""
+
     def _num_params(self) -> int:
         """Side ``P`` of the covariance: ``D`` (shared) or ``C·D`` (full)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement _num_params")
@@ -98,8 +108,9 @@ class CovarianceStructure:
 
     def _updated_state(
         self, x: torch.Tensor, res: SpanNewtonResult, left: torch.Tensor, method: UpdateMethod
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """``(μ', Σ' or its base, pending factor or None)`` after :func:`span_newton` gave ``res``."""
+    ) -> tuple[torch.Tensor | PendingMean, torch.Tensor, torch.Tensor | None]:
+        """``(μ' or its pending form, Σ' or its base, pending factor or None)`` after :func:`span_newton`
+        gave ``res``."""
         raise NotImplementedError(f"{type(self).__name__} does not implement _updated_state")
 
     def _weight_space_update(

@@ -14,6 +14,7 @@ from bayesal.utils import as_targets, check_scalar
 
 from .head import HeadConfig, fit_map_head
 from .options import UpdateMethod
+from .pending import PendingMean, dense_mean
 from .structures import CovarianceStructure
 from .update import check_gamma, check_steps, classes_seen, span_newton
 
@@ -100,10 +101,11 @@ class NewtonUpdating(CovarianceStructure):
         if x.shape[0] == 0:
             return target
         steps = self.steps if steps is None else check_steps(steps)
-        logits = torch.addmm(self.bias_, x, self.mean_.T)
+        logits = self._new_point_logits(x)
         # a batch larger than the weight space: the same Newton iterates with D×D matrices (O(M·D² + D³)
         # per step) instead of the span's M×M ones (O(M³)), where the structure has that form
         dense = self._weight_space_update(x, logits, targets, gamma, steps) if x.shape[0] > self.num_features_ else None
+        mean: torch.Tensor | PendingMean
         if dense is not None:
             (mean, cov), pending = dense, None
         else:
@@ -117,7 +119,7 @@ class NewtonUpdating(CovarianceStructure):
         if rows is not None and classes_seen(rows[1]) >= 2:
             # the early phase: the exact MAP of every label so far, from the Newton iterate (with one class
             # labeled the exact MAP is degenerate, its bias alone fits the labels: the update keeps b)
-            mean, bias = self._exact_head(rows, mean, bias)
+            mean, bias = self._exact_head(rows, dense_mean(mean), bias)
         target._set_updated(mean, cov, self.n_updates_ + x.shape[0], pending=pending)
         target.bias_, target._retained = bias, rows
         return target
@@ -152,7 +154,7 @@ class NewtonUpdating(CovarianceStructure):
         return fit.weight.to(self.dtype), fit.bias.to(self.dtype)
 
     def _set_updated(
-        self, mean: torch.Tensor, cov: torch.Tensor, n_updates: int, pending: torch.Tensor | None = None
+        self, mean: torch.Tensor | PendingMean, cov: torch.Tensor, n_updates: int, pending: torch.Tensor | None = None
     ) -> None:
         """Replace (never mutate: copies share them) the mean and the covariance ``cov − pendingᵀ pending``
         after an update."""
@@ -161,7 +163,7 @@ class NewtonUpdating(CovarianceStructure):
         if not (float(lo) > 0 and math.isfinite(float(hi))):
             raise NumericalError("the updated covariance lost positive definiteness; rescale the features "
                                  "(e.g. standardize them) or refit the posterior")
-        self.mean_ = mean
+        self._mean_state = mean  # what mean_ forms on first read when a correction is pending
         self._cov_state = (cov, pending)
         self.n_updates_ = n_updates
         self._scale_tril = None

@@ -31,6 +31,7 @@ from bayesal.labeling import Session, format_labels, label_rows
 
 from .guess import model_guess
 from .render import item_view, line_plot_svg
+from .speculation import NextPickSpeculator
 
 __all__ = ["LabelingService", "shortcut_keys"]
 
@@ -83,6 +84,10 @@ class LabelingService:
     class_prior:
         For a session whose prior has a mean (a zero-shot head): the row ``(D,)`` of it for a class added
         later, from its name (default: zeros).
+    speculate:
+        While an item is shown, compute in the background the next pick under each likely answer
+        (:mod:`bayesal.serve.speculation`); an answer then returns it without querying. The picks are
+        those of the non-speculative loop.
     """
 
     def __init__(
@@ -99,6 +104,7 @@ class LabelingService:
         item_ids: Sequence[str] | None = None,
         item_locations: Sequence[str] | None = None,
         class_prior: Callable[[str], Any] | None = None,
+        speculate: bool = True,
     ) -> None:
         if not isinstance(window, int) or window < 1:
             raise InvalidInputError(f"window must be a positive integer, got {window!r}")
@@ -137,6 +143,8 @@ class LabelingService:
         self._owners: list[str | None] = [None] * len(session.history)
         self._redo_owners: list[str | None] = []
         self.acknowledged = 0  # answers recorded through this service (tell), for tests and benchmarks
+        # the next pick under each likely answer, computed while the person reads (see speculation)
+        self.speculator = NextPickSpeculator(session, prepare=self._item_view) if speculate else None
         self._closed = False
 
     # ------------------------------------------------------------------ helpers (lock held)
@@ -207,9 +215,27 @@ class LabelingService:
             if len(self._leases) > MAX_LEASES:  # bounded: forget the leases that expire first
                 for c, _ in sorted(self._leases.items(), key=lambda kv: kv[1][1])[: len(self._leases) - MAX_LEASES]:
                     del self._leases[c]
+        if self.speculator is not None:
+            # the answer's pick queries as many items as other clients hold, plus one (see below)
+            others = sum(1 for c in self._leases if c != client)
+            self.speculator.schedule(self._state_key(), choice, others + 1)
         return choice
 
+    def _take_speculated(self, before: tuple[int, int], index: int, label: int) -> None:
+        """After ``tell(index, label)`` moved the state from ``before`` by this one change: the picks
+        speculated for it become the query cache (a refit swapped in meanwhile makes them stale)."""
+        if self.speculator is None:
+            return
+        key = self._state_key()
+        if key != (before[0] + 1, before[1]):
+            return
+        found = self.speculator.take(before, index, label)
+        if found is not None:  # the cache of a query of k picks in this state (used if k are enough)
+            self._query_cache = (key, found[0], found[1])
+
     def _item_view(self, index: int) -> dict[str, Any]:
+        # rendered once (also ahead of time, by the speculation, for the items it expects next): an image
+        # item's thumbnail is then no slower to show than a text
         view = self._views.get(index)
         if view is None:
             items = self.session.items
@@ -280,10 +306,12 @@ class LabelingService:
                     f"item #{i} was already labeled {self._names[labels[i]]!r} (in another tab or by another "
                     "person); your answer was not recorded. Correct it in the history if it is wrong"
                 )
+            before = self._state_key()
             self.session.tell(i, c, user=self.user or cid)
             self.acknowledged += 1
             self._owned(cid)
             self._changed()
+            self._take_speculated(before, i, c)
             if self._leases.get(cid, (None,))[0] == i:
                 del self._leases[cid]
             return {"recorded": {"op": "tell", "index": i, "label": self._names[c]}, "next": self._card(self._pick(cid))}
@@ -507,4 +535,6 @@ class LabelingService:
         with self._lock:
             if not self._closed:
                 self._closed = True
+                if self.speculator is not None:
+                    self.speculator.close()
                 self.session.close()

@@ -190,3 +190,47 @@ def test_snapshot_writer_reports_a_failed_write(tmp_path):
     with pytest.raises(StorageError, match="writing the snapshot"):
         writer.flush()
     writer.close()
+
+
+def test_a_failed_background_snapshot_is_superseded_by_a_later_one(tmp_path, monkeypatch):
+    """A background write that failed (a full disk, since freed) neither blocks a later synchronous
+    snapshot, e.g. the one a session writes on close, nor is reported once a later write succeeded."""
+    import threading
+
+    import bayesal.labeling.store as store_module
+
+    options = StorageOptions(fsync=False, async_snapshot=True, snapshot_interval=0.0)
+    store, events = new_store(tmp_path, options)
+    real, full, failed = store_module.save_snapshot, [True], threading.Event()
+
+    def save(path, st, fsync):
+        if full[0]:
+            failed.set()
+            raise StorageError(f"could not write {path}: the disk is full")
+        return real(path, st, fsync=fsync)
+
+    def fail_in_background() -> None:
+        failed.clear()
+        full[0] = True
+        store.snapshot(state(events), sync=False)
+        assert failed.wait(10)
+        full[0] = False  # space again
+
+    monkeypatch.setattr(store_module, "save_snapshot", save)
+    events.append(event(1))
+    store.append(events[-1])
+    fail_in_background()
+    with pytest.raises(StorageError, match="writing the snapshot"):
+        store.drain()  # the latest background write failed: reported
+    fail_in_background()
+    events.append(event(2))
+    store.append(events[-1])
+    store.snapshot(state(events), sync=False)
+    store.drain()  # a later write succeeded: nothing to report
+    assert load_snapshot(tmp_path / STATE_NAME)["events"] == events
+    fail_in_background()
+    events.append(event(3))
+    store.append(events[-1])
+    store.snapshot(state(events), sync=True)  # the failed background write does not stop the synchronous one
+    assert load_snapshot(tmp_path / STATE_NAME)["events"] == events
+    store.close()

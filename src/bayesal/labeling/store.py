@@ -297,7 +297,10 @@ class SessionStore:
         """Replace the snapshot by ``state``: now (``sync``), or via the background writer."""
         self._since_snapshot = 0
         if sync:
-            self.drain()
+            try:
+                self.drain()
+            except StorageError:
+                pass  # an earlier background write failed (e.g. a full disk since freed): this one replaces it
             save_snapshot(self.snapshot_path, state, fsync=self.options.fsync)
             return
         if self._writer is None:
@@ -362,6 +365,7 @@ class SnapshotWriter:
                 self._busy = True
             try:
                 save_snapshot(self.path, state, fsync=self.fsync)
+                self._error = None  # a snapshot is the whole state: a later write supersedes a failed one
             except BaseException as err:  # noqa: BLE001 - reported by flush()
                 self._error = err
             finally:
@@ -373,8 +377,8 @@ class SnapshotWriter:
                     self._cond.notify_all()
 
     def flush(self) -> None:
-        """Write the pending state now and wait; raises :class:`~bayesal.exceptions.StorageError` if a
-        background write failed."""
+        """Write the pending state now and wait; raises :class:`~bayesal.exceptions.StorageError` if the
+        latest background write failed (one that a later successful write superseded is forgotten)."""
         with self._cond:
             self._urgent = True
             self._cond.notify_all()

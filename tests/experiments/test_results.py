@@ -64,9 +64,10 @@ def test_torn_header_only(tmp_path):
     assert len(res.read_results(path)) == 5
 
 
-@pytest.mark.parametrize("content", [b"x", b"notes without a line end", b"PAR1\x15\x04\x15\x00binary"])
+@pytest.mark.parametrize("content", [b"x", b"notes without a line end", b"PAR1\x15\x04\x15\x00binary", b"\n", b"\n\xc3\xaf]\xf1\xbc\x8a\x86", b"  \r\nnotes"])
 def test_a_file_that_is_not_a_results_file_is_never_cut(tmp_path, content):
-    """Without a line end such a file looked like an empty results file with a torn tail."""
+    """Without a line end (or with an empty first line) such a file looked like an empty results file with
+    a torn tail."""
     path = tmp_path / "notes.csv"
     path.write_bytes(content)
     with pytest.raises(ResultsFileError, match="not a bayesal results file.*untouched"):

@@ -119,6 +119,14 @@ def test_class_names_a_new_session_refuses_are_refused_on_resume_too(session_dir
         Session.resume(session_dir, X)
 
 
+@pytest.mark.parametrize("key", ["num_items", "num_features", "feature_hash", "strategy", "head", "gamma"])
+@pytest.mark.parametrize("how", ["resume", "recover"])
+def test_a_valid_header_without_a_setting_is_a_corrupt_header_not_a_key_error(session_dir, key, how):
+    _rewrite(session_dir, lambda r: r[0].pop(key))
+    with pytest.raises(CorruptStateError, match=f"lacks '{key}'"):
+        getattr(Session, how)(session_dir, X)
+
+
 def test_an_unknown_strategy_option_in_a_valid_header_is_a_clear_error(session_dir):
     _rewrite(session_dir, lambda r: r[0]["strategy"].update(kwargs={"bogus": 1}))
     with pytest.raises(InvalidInputError, match=r"cannot build.*'bogus'.*pass strategy="):

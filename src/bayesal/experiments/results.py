@@ -220,6 +220,9 @@ def check_csv_is_results(path: Path, columns: Iterable[str] = RESULT_COLUMNS) ->
         return
     header = ",".join(str(c) for c in columns).encode()
     if b"\n" in head:
+        if not head.split(b"\n", 1)[0].strip():
+            raise ResultsFileError(f"{path} is not a bayesal results file (its first line is empty, where a results "
+                                   "file has its header); it was left untouched: write the results to a new file")
         return  # a first line: the reader checks it is the results header (different columns are refused)
     if header.startswith(head):
         return  # a results file whose first write was cut off inside its header

@@ -18,6 +18,8 @@ from bayesal.strategies import QueryStrategy, Strategy, is_oracle, make_strategy
 from bayesal.utils import as_features
 
 from .config import check_features
+from .schema import check_header
+from .storage import LOG_NAME
 from .store import SessionStore, StorageOptions
 
 if TYPE_CHECKING:  # the part is only ever a base of Session
@@ -166,6 +168,8 @@ class SessionOpening:
         store = SessionStore.lock(path, options)
         try:
             plan = store.plan(recover=recover, drop_damaged=drop_damaged)  # under the lock: cannot go stale
+            # every setting present and typed before any is read (the files layer checked only what it uses)
+            check_header(plan.header, f"the session header in {path / LOG_NAME}")
             check_features(plan.header, x, path)
             self = cast("Session", cls.__new__(cls))
             self._setup(plan.header, x, items, cls._saved_strategy(plan.header, strategy, path), options, background)

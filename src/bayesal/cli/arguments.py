@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Parser", "positive_int", "non_negative_int", "positive_float", "non_negative_float", "prior_precision",
-    "add_posterior_arguments", "add_reselect_arguments", "posterior_options_from", "add_debug_option", "error_sentence", "run_guarded",
+    "add_posterior_arguments", "add_reselect_arguments", "posterior_options_from", "session_settings", "add_debug_option", "error_sentence", "run_guarded",
 ]
 
 
@@ -159,6 +159,21 @@ def posterior_options_from(args: argparse.Namespace, base: PosteriorOptions | No
     if head:
         changes["head"] = replace(options.head, **head)
     return options.replace(**changes)
+
+
+def session_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of a new :class:`~bayesal.labeling.session.Session` that the options of
+    ``bayesal label`` and ``bayesal serve`` give (strategy, posterior, refits, re-selection, candidates,
+    seed), the same for a built-in data set, a user file or raw ``--items``."""
+    return {
+        "strategy": args.strategy or "margin",
+        "options": posterior_options_from(args),
+        "retrain_every": args.retrain_every or None,
+        "reselect": None if args.no_reselect else "doubling",
+        "reselect_base": args.reselect_base,
+        "candidate_size": args.candidate_size or None,
+        "random_state": args.seed,
+    }
 
 
 def add_debug_option(parser: argparse.ArgumentParser, *, top: bool = False) -> None:

@@ -171,7 +171,7 @@ def open_items_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, Item
     from bayesal.labeling import LOG_NAME, Session, read_session_header
     from bayesal.utils import check_writable_dir, safe_name
 
-    from .arguments import posterior_options_from
+    from .arguments import session_settings
 
     if getattr(args, "oracle", False):
         raise InvalidInputError("--oracle answers with true labels, which raw --items do not have")
@@ -252,14 +252,8 @@ def open_items_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, Item
         session = Session(
             feats[pool], names, items=display,
             meta={"dataset": raw.source.name, "items": src},
-            strategy=args.strategy or "margin",
-            options=posterior_options_from(args),
-            retrain_every=args.retrain_every or None,
-            reselect=None if args.no_reselect else "doubling",
-            reselect_base=args.reselect_base,
-            candidate_size=args.candidate_size or None,
-            random_state=args.seed,
             state_dir=state_dir,
+            **session_settings(args),
             cold_start="cover",  # from zero labels: typical, diverse items until every class has one
             prior_mean=prior_mean,
         )

@@ -45,8 +45,8 @@ from .arguments import (
     add_reselect_arguments,
     non_negative_int,
     positive_int,
-    posterior_options_from,
     run_guarded,
+    session_settings,
 )
 from .items import add_items_arguments, default_user
 
@@ -207,14 +207,8 @@ def open_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, Any]:
     session = Session.from_dataset(
         ds,
         meta=meta,
-        strategy=args.strategy or "margin",
-        options=posterior_options_from(args),
-        retrain_every=args.retrain_every or None,
-        reselect=None if args.no_reselect else "doubling",
-        reselect_base=args.reselect_base,
-        candidate_size=args.candidate_size or None,
-        random_state=args.seed,
         state_dir=state_dir,
+        **session_settings(args),
     )
     print(f"new session in {state_dir} (resume with --resume {state_dir})", file=out)
     return session, ds

@@ -36,7 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bayesal.exceptions import BayesalError, StorageError
-from bayesal.utils import describe_os_error
+from bayesal.utils import describe_os_error, summarize_validation_errors
 
 from .backend import LabelStudioBackend
 
@@ -88,14 +88,6 @@ def _printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _validation_summary(errors: Any) -> str:
-    """``"tasks: Input should be a valid list; …"`` from pydantic's error list (no input values)."""
-    parts = []
-    for e in list(errors)[:5]:
-        where = ".".join(str(k) for k in e.get("loc", ())[1:]) or "body"
-        parts.append(f"{where}: {e.get('msg', 'invalid value')}")
-    return "; ".join(parts) or "not a JSON object of the expected fields"
-
 
 def create_app(backend: LabelStudioBackend, *, basic_auth: tuple[str, str] | None = None) -> FastAPI:
     """The FastAPI app serving ``backend``; the backend's files are closed when the app shuts down."""
@@ -120,7 +112,7 @@ def create_app(backend: LabelStudioBackend, *, basic_auth: tuple[str, str] | Non
     @app.exception_handler(RequestValidationError)
     async def _malformed(request: Request, exc: RequestValidationError) -> JSONResponse:
         # named fields only: echoing the input back fails for a NaN or a lone surrogate (a 500)
-        return JSONResponse(status_code=422, content={"error": "invalid request body: " + _validation_summary(exc.errors())})
+        return JSONResponse(status_code=422, content={"error": "invalid request body: " + summarize_validation_errors(exc.errors())})
 
     @app.exception_handler(StorageError)
     @app.exception_handler(OSError)

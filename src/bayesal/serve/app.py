@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.concurrency import run_in_threadpool
 
 from bayesal.exceptions import BayesalError, InvalidInputError, StaleAnswerError, StorageError
+from bayesal.utils import summarize_validation_errors
 
 from .review import LabelReview, add_review_routes
 from .service import LabelingService
@@ -135,7 +136,7 @@ def create_app(service: LabelingService, *, token: str | None = None) -> FastAPI
     async def malformed(request: Request, err: RequestValidationError) -> JSONResponse:
         # the default handler echoes the offending input back, and a NaN, an infinity or a lone
         # surrogate in it cannot be written as JSON (a 500 instead of a 422): name the fields only
-        return JSONResponse({"detail": "invalid request body: " + _validation_summary(err.errors())}, status_code=422)
+        return JSONResponse({"detail": "invalid request body: " + summarize_validation_errors(err.errors())}, status_code=422)
 
     @app.exception_handler(InvalidInputError)
     async def invalid(request: Request, err: InvalidInputError) -> JSONResponse:
@@ -243,14 +244,6 @@ def _storage_message(err: StorageError) -> str:
             "free disk space); if it keeps failing, stop bayesal serve and start it again with --resume: "
             "every answer acknowledged so far is saved")
 
-
-def _validation_summary(errors: Any) -> str:
-    """``"index: Input should be a valid integer; …"`` from pydantic's error list (no input values)."""
-    parts = []
-    for e in list(errors)[:5]:
-        where = ".".join(str(k) for k in e.get("loc", ())[1:]) or "body"
-        parts.append(f"{where}: {e.get('msg', 'invalid value')}")
-    return "; ".join(parts) or "not a JSON object of the expected fields"
 
 
 def _escape(text: str) -> str:

@@ -11,7 +11,15 @@ from .locations import (
     storage_error,
 )
 from .rng import RandomState, as_generator, derive_generator, derive_seed
-from .validation import as_features, as_targets, check_dtype, check_num_classes, check_scalar, infer_num_classes
+from .validation import (
+    as_features,
+    as_targets,
+    check_dtype,
+    check_num_classes,
+    check_scalar,
+    infer_num_classes,
+    summarize_validation_errors,
+)
 
 __all__ = [
     "RandomState",
@@ -34,4 +42,5 @@ __all__ = [
     "require_regular_file",
     "safe_name",
     "storage_error",
+    "summarize_validation_errors",
 ]

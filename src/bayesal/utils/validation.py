@@ -18,7 +18,7 @@ from bayesal.exceptions import InvalidInputError, NumericalError
 
 __all__ = [
     "as_features", "as_targets", "check_num_classes", "infer_num_classes", "check_scalar", "check_dtype",
-    "max_feature_scale",
+    "max_feature_scale", "summarize_validation_errors",
 ]
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
@@ -224,3 +224,13 @@ def infer_num_classes(y: Any, *, name: str = "labels") -> int:
     if arr.dtype.kind not in "iuf":
         raise InvalidInputError(f"{name} must be integer class indices or (M, C) soft labels, got dtype {arr.dtype}")
     return int(arr.max()) + 1
+
+
+def summarize_validation_errors(errors: Any) -> str:
+    """``"index: Input should be a valid integer; …"`` from pydantic's error list (at most five, never the
+    input values, which may be huge or not printable), for a web API's 422 message."""
+    parts = []
+    for e in list(errors)[:5]:
+        where = ".".join(str(k) for k in e.get("loc", ())[1:]) or "body"
+        parts.append(f"{where}: {e.get('msg', 'invalid value')}")
+    return "; ".join(parts) or "not a JSON object of the expected fields"

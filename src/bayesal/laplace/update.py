@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, overload
 
@@ -454,6 +455,23 @@ class SoftmaxCurvature(SpanCurvature):
         return chol_inv @ factor.T
 
 
+def _backtracked(objective: Callable[[Any, Any], tuple[float, Any]], point: Any, point_aux: Any, step: Any,
+                 step_aux: Any, current: float) -> tuple[Any, Any, float, Any]:
+    """Backtracking for the damped Newton iterations: the full ``step``, else its halves, until the
+    objective at ``point + step`` does not increase (keeps the iteration monotone where the curvature
+    underestimates the true one). ``*_aux`` is a linear image of the point carried along (its logits or
+    its product with the precision). Returns ``(step, step_aux, objective, log_p)``; after
+    :data:`BACKTRACK_HALVINGS` failed halvings a zero step, the same objective and ``log_p = None``."""
+    alpha = 1.0
+    for _ in range(BACKTRACK_HALVINGS):
+        s_try, a_try = (step, step_aux) if alpha == 1.0 else (alpha * step, alpha * step_aux)
+        value, log_p = objective(point + s_try, point_aux + a_try)
+        if value <= current:
+            return s_try, a_try, value, log_p
+        alpha *= 0.5
+    return 0.0 * step, 0.0 * step_aux, current, None
+
+
 def span_newton(
     kernel: torch.Tensor,
     logits: torch.Tensor,
@@ -522,18 +540,8 @@ def span_newton(
         step = solved - grad
         k_step = k_mat @ step
         if steps > 1:
-            # backtracking: the full step, else its halves, until the objective does not increase
-            # (keeps the iteration monotone where the curvature underestimates the true one)
-            alpha = 1.0
-            for _ in range(BACKTRACK_HALVINGS):
-                s_try, ks_try = (step, k_step) if alpha == 1.0 else (alpha * step, alpha * k_step)
-                value, trial_log_p = objective(coef + s_try, k_coef + ks_try)
-                if value <= current:
-                    current, log_p, step, k_step = value, trial_log_p, s_try, ks_try
-                    break
-                alpha *= 0.5
-            else:
-                step, k_step = 0.0 * step, 0.0 * k_step
+            step, k_step, current, trial = _backtracked(objective, coef, k_coef, step, k_step, current)
+            log_p = log_p if trial is None else trial
         coef = coef + step
         k_coef = k_coef + k_step
         taken += 1
@@ -671,16 +679,8 @@ def weight_newton(
         step = system.newton_step(probs, delta_prec - (gy - gamma * probs).T @ phi)
         step_prec = system.prec_mul(step)
         if steps > 1:
-            alpha = 1.0
-            for _ in range(BACKTRACK_HALVINGS):
-                s_try, sp_try = (step, step_prec) if alpha == 1.0 else (alpha * step, alpha * step_prec)
-                value, trial_log_p = objective(delta + s_try, delta_prec + sp_try)
-                if value <= current:
-                    current, log_p, step, step_prec = value, trial_log_p, s_try, sp_try
-                    break
-                alpha *= 0.5
-            else:
-                step, step_prec = 0.0 * step, 0.0 * step_prec
+            step, step_prec, current, trial = _backtracked(objective, delta, delta_prec, step, step_prec, current)
+            log_p = log_p if trial is None else trial
         delta = delta + step
         delta_prec = delta_prec + step_prec
         taken += 1

@@ -31,7 +31,7 @@ def news():
     ds = load_dataset("bbcnews")
     rng = np.random.default_rng(1)
     keep = [c for c in range(ds.num_classes) if ds.class_names[c] in CLASSES]
-    rows = rng.permutation(np.flatnonzero(np.isin(ds.train_labels, keep)))[:30]
+    rows = rng.permutation(np.flatnonzero(np.isin(ds.train_labels, keep)))[:45]
     texts = [ds.train_items[i][:300] for i in rows]
     return texts, [ds.class_names[ds.train_labels[i]] for i in rows]
 
@@ -50,14 +50,14 @@ def test_texts_by_keyboard_then_kill_resume_export_predict(browser, news, serve_
     page = open_page(browser, srv.page)
     key = {c: str(k + 1) for k, c in enumerate(CLASSES)}  # the page's shortcuts: 1, 2, 3
     acked: dict[str, str] = {}
-    for _ in range(8):
+    for _ in range(28):  # with the two answers below: 30 labels by keyboard
         i = shown_index(page)
         text = page.text_content("#item .text")
         row = texts.index(text)  # the page shows the item's text
         press_and_wait(page, key[truth[row]])
         assert page.text_content("#message") == f"#{i} → {truth[row]}"
         acked[f"a{row}"] = truth[row]
-    wait_panel(page, 8)
+    wait_panel(page, 28)
     # add a class from the page: its button and key appear, and it takes answers at once
     page.fill("#new-class", "other")
     n = page.evaluate("window.bayesalRenders")
@@ -70,17 +70,17 @@ def test_texts_by_keyboard_then_kill_resume_export_predict(browser, news, serve_
     press_and_wait(page, "4")
     assert page.text_content("#message") == f"#{i} → other"
     acked[f"a{row}"] = "other"
-    wait_panel(page, 9)
+    wait_panel(page, 29)
     srv.kill()  # a crash: every acknowledged answer is on disk
 
     again = serve_process(["--resume", str(state)])
     page2 = open_page(browser, again.page)
-    wait_panel(page2, 9)
+    wait_panel(page2, 29)
     assert page2.locator("#classes button").count() == 4  # the added class is saved
     row = texts.index(page2.text_content("#item .text"))
     press_and_wait(page2, key[truth[row]])
     acked[f"a{row}"] = truth[row]
-    wait_panel(page2, 10)
+    wait_panel(page2, 30)
     again.stop()
 
     assert main(["export", str(state), "--out", str(tmp_path / "labels.csv")]) == 0
@@ -95,22 +95,47 @@ def test_texts_by_keyboard_then_kill_resume_export_predict(browser, news, serve_
     assert "p_other" in preds[0]
 
 
-def test_image_folder_shows_images(browser, serve_process, tmp_path):  # noqa: F811
+def test_an_image_folder_by_keyboard_then_kill_resume_export_predict(browser, serve_process, tmp_path):  # noqa: F811
     pytest.importorskip("efficientnet_lite_pytorch")
     from PIL import Image
 
     ds = load_dataset("animals")
+    names = [ds.class_names[c] for c in range(3)]
+    rows = np.random.default_rng(0).permutation(np.flatnonzero(np.isin(ds.train_labels, [0, 1, 2])))[:40]
     root = tmp_path / "photos"
     root.mkdir()
-    for k in range(8):
-        Image.fromarray(np.asarray(ds.train_items[k], dtype=np.uint8)).save(root / f"{k}.png")
-    srv = serve_process(["--items", str(root), "--classes", "animal,other", "--state-dir", str(tmp_path / "s")])
+    truth = []
+    for k, r in enumerate(rows):  # sorted file names: pool position k is file k
+        Image.fromarray(np.asarray(ds.train_items[r], dtype=np.uint8)).save(root / f"{k:03d}.png")
+        truth.append(names[int(ds.train_labels[r])])
+    state = tmp_path / "s"
+    srv = serve_process(["--items", str(root), "--classes", ",".join(names), "--state-dir", str(state)])
     page = open_page(browser, srv.page)
-    assert page.locator("#item img").count() == 1
-    assert page.get_attribute("#item img", "src").startswith("data:image/png;base64,")
-    press_and_wait(page, "1")
-    wait_panel(page, 1)
+    key = {c: str(k + 1) for k, c in enumerate(names)}
+    acked: dict[str, str] = {}
+    for n in range(30):
+        assert page.get_attribute("#item img", "src").startswith("data:image/png;base64,")
+        i = shown_index(page)
+        press_and_wait(page, key[truth[i]])
+        acked[f"{i:03d}.png"] = truth[i]
+        if n == 19:
+            wait_panel(page, 20)
+            srv.kill()  # a crash mid-session: every acknowledged answer is on disk
+            srv = serve_process(["--resume", str(state)])
+            page = open_page(browser, srv.page)
+            wait_panel(page, 20)
+    wait_panel(page, 30)
     srv.stop()
-    assert main(["export", str(tmp_path / "s"), "--out", str(tmp_path / "l.csv")]) == 0
-    (row,) = read_csv(tmp_path / "l.csv")
-    assert row["label"] == "animal" and row["item"] == str(root / row["id"])
+    assert main(["export", str(state), "--out", str(tmp_path / "l.csv")]) == 0
+    got = read_csv(tmp_path / "l.csv")
+    assert {r["id"]: r["label"] for r in got} == acked
+    assert all(r["item"] == str(root / r["id"]) and r["annotator"] and r["time"] for r in got)
+    new = tmp_path / "new"
+    new.mkdir()
+    for k in range(3):
+        (new / f"{k}.png").write_bytes((root / f"{k:03d}.png").read_bytes())
+    assert main(["predict", "--model", str(state), str(new), "--out", str(tmp_path / "p.csv")]) == 0
+    preds = read_csv(tmp_path / "p.csv")
+    assert len(preds) == 3 and all(r["prediction"] in names for r in preds)
+    assert all(abs(sum(float(r[f"p_{c}"]) for c in names) - 1) < 1e-3 for r in preds)  # written to 4 digits
+    assert set(acked.values()) == set(names)  # every class was answered

@@ -82,6 +82,8 @@ class ALConfig:
             "steps": opts["steps"], "curvature": opts["curvature"], "head": opts["head"],
             # runs from before the predictive's spread was chosen have no such key: rerun, not resumed
             "spread": opts["spread"], "exact_until": opts["exact_until"],
+            # ... and so do runs from before "cv" chose the likelihood's temperature with the spread
+            "temperature": "cv" if opts["spread"] == "cv" else 1.0,
         }
         if self.posterior.hessian is not Hessian.SHARED:
             out["hessian"] = opts["hessian"]

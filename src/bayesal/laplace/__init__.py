@@ -31,6 +31,7 @@ from .predictive import (
     mean_field_probs,
     mean_field_scaled,
     predictive_from_logits,
+    tempered,
 )
 from .settings import PosteriorOptions
 from .shared import SharedLaplace
@@ -71,6 +72,7 @@ __all__ = [
     "mean_field_probs",
     "mean_field_scaled",
     "predictive_from_logits",
+    "tempered",
     "safe_cholesky",
     "spd_inverse",
     "symmetrize",

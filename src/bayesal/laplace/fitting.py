@@ -14,7 +14,7 @@ from .evidence import cross_validate_prior, evidence_fixed_point, maximize_evide
 from .head import HeadConfig, train_head
 from .linalg import feature_spectrum, spd_inverse
 from .options import Curvature
-from .spread import FALLBACK_SPREAD, heldout_folds, select_spread
+from .spread import FALLBACK_SPREAD, MIN_ROWS_PER_CLASS_FOR_TEMPERATURE, TEMPERATURE_GRID, heldout_folds, select_spread
 from .structures import CovarianceStructure
 from .update import classes_seen
 
@@ -107,7 +107,7 @@ class HeadFitting(CovarianceStructure):
         self.mean_, self.bias_ = weight.clone(), bias.clone()
         self.num_classes_, self.num_features_ = c, d
         self.prior_precision_ = self._given_head_precision(x) if lam is None else lam
-        self.spread_ = self._choose_spread(x, targets, folds, given_head=lam is None)
+        self.spread_, self.temperature_ = self._choose_spread(x, targets, folds, given_head=lam is None)
         self.covariance_ = spd_inverse(self._prior_plus_ggn(x))
         self.n_updates_ = 0
         self._scale_tril = None
@@ -140,21 +140,27 @@ class HeadFitting(CovarianceStructure):
                               prior_mean=self.prior_mean)
         return head[0].to(self.dtype), head[1].to(self.dtype), lam, folds
 
-    def _choose_spread(self, x: torch.Tensor, targets: torch.Tensor, folds: Any, given_head: bool) -> float:
-        """The spread ``τ`` of the predictive: the number given, or (``"cv"``) the one whose held-out
-        predictive log-likelihood is best on the folds at λ₀ (those that chose λ₀, else fresh ones). A head
-        passed to :meth:`fit` is not refitted on folds: it keeps the plain Laplace predictive (τ = 1)."""
+    def _choose_spread(
+        self, x: torch.Tensor, targets: torch.Tensor, folds: Any, given_head: bool
+    ) -> tuple[float, float]:
+        """The spread ``τ`` and likelihood temperature ``T`` of the predictive: the spread given (with
+        ``T = 1``), or (``"cv"``) the pair whose held-out predictive log-likelihood is best on the folds at
+        λ₀ (those that chose λ₀, else fresh ones; see :func:`~bayesal.laplace.spread.select_spread`). A
+        head passed to :meth:`fit` is not refitted on folds: it keeps the plain Laplace predictive."""
         if not isinstance(self.spread, str):
-            return float(self.spread)
+            return float(self.spread), 1.0
         if given_head:
-            return FALLBACK_SPREAD
+            return FALLBACK_SPREAD, 1.0
         x64, t64 = x.to(torch.float64), targets.to(torch.float64)
         if folds is None:
             gen = None if self.random_state is None else as_generator(self.random_state)
             folds = heldout_folds(x64, t64, self.prior_precision_, head=self._head_config(), generator=gen,
                                   curvature=self._cv_curvature(),
                                   prior_mean=None if self.prior_mean is None else self.prior_mean.to(torch.float64))
-        return select_spread(x64, t64, folds, self.prior_precision_, lambda_mf=self.lambda_mf).spread
+        enough = x.shape[0] >= MIN_ROWS_PER_CLASS_FOR_TEMPERATURE * targets.shape[1]
+        fit = select_spread(x64, t64, folds, self.prior_precision_, lambda_mf=self.lambda_mf,
+                            temperatures=TEMPERATURE_GRID if enough else (1.0,))
+        return fit.spread, fit.temperature
 
     def _head_config(self) -> HeadConfig:
         """How heads are fitted: :attr:`head_config`, with the bias prior at least

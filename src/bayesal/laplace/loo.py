@@ -135,7 +135,8 @@ def _from_moments(posterior: LastLayerLaplace, z: torch.Tensor, cov: torch.Tenso
     else:  # pragma: no cover - every registered structure gives (N,) or (N, C, C)
         raise InvalidInputError(f"leave_one_out needs logit variances (N,) or (N, C, C), got {tuple(cov.shape)}")
     spread = posterior.fitted_spread
-    probs = predictive_from_logits(z_loo, var * spread if spread != 1.0 else var, posterior.lambda_mf)
+    probs = predictive_from_logits(z_loo, var * spread if spread != 1.0 else var, posterior.lambda_mf,
+                                   temperature=posterior.fitted_temperature)
     return LeaveOneOut(probs=probs, given=(probs * y).sum(1), logits=z_loo, variance=var)
 
 

@@ -62,6 +62,7 @@ class Persistence(CovarianceStructure):
             },
             "prior_precision": self.prior_precision_,
             "spread": self.spread_,
+            "temperature": self.temperature_,
             "mean": self.mean_.cpu(),
             "bias": self.bias_.cpu(),
             "covariance": self.covariance_.cpu(),
@@ -91,6 +92,8 @@ class Persistence(CovarianceStructure):
             post.prior_precision_ = float(state.get("prior_precision", cfg["prior_precision"]))  # type: ignore[arg-type]
             # states written before the spread was chosen predict with the plain Laplace predictive
             post.spread_ = float(state.get("spread", 1.0))
+            # ... and those before the likelihood's temperature was chosen with it, with none
+            post.temperature_ = float(state.get("temperature", 1.0))
             kept = state.get("retained")
             post._retained = None if kept is None else tuple(t.to(dtype=post.dtype, device=post.device) for t in kept)
         except (KeyError, TypeError, AttributeError) as err:

@@ -24,7 +24,15 @@ from .linalg import safe_cholesky
 from .options import BLOCK_ELEMENTS, Curvature, Predictive, PriorSelection, SpreadSelection, check_prior_precision
 from .pending import PendingMean, dense_mean, pending_logits
 from .persistence import Persistence
-from .predictive import DEFAULT_LAMBDA_MF, centered, logit_scale, mc_logit_samples, mc_probs, mean_field_probs
+from .predictive import (
+    DEFAULT_LAMBDA_MF,
+    centered,
+    logit_scale,
+    mc_logit_samples,
+    mc_probs,
+    mean_field_probs,
+    tempered,
+)
 from .structures import structure_class
 from .update import (
     DEFAULT_CURVATURE,
@@ -198,12 +206,21 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, Persistence):
         self._check_fitted()
         return self.spread_
 
-    def with_spread(self, spread: float) -> LastLayerLaplace:
-        """A shallow copy whose predictive uses the spread ``τ = spread`` (``1``: the plain Laplace
-        predictive, ``0``: the MAP softmax); the mean, the covariance and updates are unchanged."""
+    @property
+    def fitted_temperature(self) -> float:
+        """The temperature ``T`` of the predictive's likelihood ``softmax(z / T)``: chosen with the spread
+        at :meth:`fit` when the spread is ``"cv"``, else 1 (see :mod:`bayesal.laplace.spread`)."""
+        self._check_fitted()
+        return self.temperature_
+
+    def with_spread(self, spread: float, temperature: float = 1.0) -> LastLayerLaplace:
+        """A shallow copy whose predictive uses the spread ``τ = spread`` and the likelihood temperature
+        ``T = temperature`` (``τ = 1, T = 1``: the plain Laplace predictive; ``τ = 0, T = 1``: the MAP
+        softmax); the mean, the covariance and updates are unchanged."""
         self._check_fitted()
         out = copy.copy(self)
         out.spread_ = float(check_scalar(spread, "spread", low=0))
+        out.temperature_ = _check_temperature(temperature)
         return out
 
     @property
@@ -380,7 +397,9 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, Persistence):
         generator: torch.Generator | None = None,
         lambda_mf: float | None = None,
     ) -> torch.Tensor:
-        """Posterior predictive ``(N, C)``: mean-field (default) or Monte Carlo with ``n_samples``.
+        """Posterior predictive ``(N, C)``: mean-field (default) or Monte Carlo with ``n_samples``, of the
+        likelihood ``softmax(z / T)`` under the tempered posterior's logits ``z ~ N(μ(x), τ σ²(x))``
+        (:attr:`fitted_spread` ``τ``, :attr:`fitted_temperature` ``T``).
 
         Works in chunks of rows so that a large pool never materialises ``(N, D, D)`` or
         ``(K, N, C)`` at once.
@@ -398,7 +417,7 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, Persistence):
             for ch in self._pool_chunks(x, self._per_row_cost()):
                 var = self._predictive_cov(ch)
                 v = var if var.ndim == 1 else centered(var).diagonal(dim1=1, dim2=2)
-                out[start : start + ch.shape[0]] = mean_field_probs(self._logits(ch), v, lam)
+                out[start : start + ch.shape[0]] = mean_field_probs(self._logits(ch), v, lam, self.temperature_)
                 start += ch.shape[0]
         else:
             # MC rows come in blocks of a fixed size (not chunk_size), so a seeded result does not
@@ -408,7 +427,7 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, Persistence):
             step = max(1, BLOCK_ELEMENTS // (n_samples * self.num_classes_))
             for ch in self._pool_chunks(x, step=step):
                 scale = logit_scale(self._predictive_cov(ch))
-                out[start : start + ch.shape[0]] = mc_probs(self._logits(ch), scale, n_samples, gen)
+                out[start : start + ch.shape[0]] = mc_probs(self._logits(ch), scale, n_samples, gen, self.temperature_)
                 start += ch.shape[0]
         return out
 
@@ -417,12 +436,14 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, Persistence):
         return self.predict_proba(features, **kwargs).argmax(1)
 
     def sample_logits(self, features: Any, n_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Logit samples ``(K, N, C)`` from the Laplace posterior (for BALD, variation ratio); seeded
-        like the Monte Carlo predictive. The logit covariance is computed chunk by chunk."""
+        """Logit samples ``(K, N, C)`` of the predictive's likelihood, ``z / T`` with ``z ~ N(μ(x), τ σ²(x))``
+        (for BALD, variation ratio); seeded like the Monte Carlo predictive. The logit covariance is
+        computed chunk by chunk."""
         n_samples = check_scalar(n_samples, "n_samples", integer=True, low=1)
         x = self._features(features)
         scale = logit_scale(self._logit_variance(x))
-        return mc_logit_samples(self._logits(x), scale, n_samples, self._mc_generator(generator))
+        return tempered(mc_logit_samples(self._logits(x), scale, n_samples, self._mc_generator(generator)),
+                        self.temperature_)
 
     def _sample_count(self, n_samples: int) -> int:
         """``n_samples`` checked (an integer ≥ 1) on a fitted posterior."""
@@ -444,10 +465,20 @@ class LastLayerLaplace(HeadFitting, NewtonUpdating, Persistence):
     def __repr__(self) -> str:
         fitted = f", C={self.num_classes_}, D={self.num_features_}" if hasattr(self, "_mean_state") else ""
         mean = "" if self.prior_mean is None else f", prior_mean=<{tuple(self.prior_mean.shape)}>"
+        chosen = (f", λ₀={self.prior_precision_:.3g}, τ={self.spread_:.3g}, T={self.temperature_:.3g}"
+                  if hasattr(self, "_mean_state") else "")
         return (
             f"LastLayerLaplace(prior_precision={self.prior_precision}, curvature={self.curvature.value!r}, "
-            f"hessian={str(self.hessian)!r}, gamma={self.gamma}, spread={self.spread}{mean}{fitted})"
+            f"hessian={str(self.hessian)!r}, gamma={self.gamma}, spread={self.spread}{mean}{fitted}{chosen})"
         )
+
+
+def _check_temperature(temperature: Any) -> float:
+    """A likelihood temperature: a finite number > 0."""
+    t = float(check_scalar(temperature, "temperature", low=0))
+    if not t > 0:
+        raise InvalidInputError(f"temperature must be > 0, got {temperature!r}")
+    return t
 
 
 def _check_prior_mean(prior_mean: Any, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:

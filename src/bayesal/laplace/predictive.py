@@ -23,6 +23,7 @@ __all__ = [
     "mc_logit_samples",
     "logit_sample_blocks",
     "predictive_from_logits",
+    "tempered",
 ]
 
 DEFAULT_LAMBDA_MF = math.pi / 8
@@ -45,18 +46,26 @@ def logit_scale(variance: torch.Tensor) -> torch.Tensor:
     return safe_cholesky(variance)
 
 
-def mean_field_probs(logits: torch.Tensor, variance: torch.Tensor, lambda_mf: float = DEFAULT_LAMBDA_MF) -> torch.Tensor:
-    """``softmax(z / sqrt(1 + λ σ²))``; ``logits (N, C)``, ``variance (N,)`` or per class ``(N, C)``."""
+def mean_field_probs(
+    logits: torch.Tensor, variance: torch.Tensor, lambda_mf: float = DEFAULT_LAMBDA_MF, temperature: float = 1.0
+) -> torch.Tensor:
+    """``softmax(z / sqrt(T² + λ σ²))``; ``logits (N, C)``, ``variance (N,)`` or per class ``(N, C)``.
+
+    ``T`` is the likelihood's temperature: the mean field of ``softmax(z/T)`` under ``z ~ N(μ, σ²)``
+    (``T = 1``: the plain mean-field predictive ``softmax(z / sqrt(1 + λ σ²))``).
+    """
     if variance.ndim == 1:
         variance = variance.unsqueeze(1)
-    return torch.softmax(logits / torch.sqrt(1.0 + lambda_mf * variance.clamp_min(0)), dim=-1)
+    return torch.softmax(logits / torch.sqrt(temperature * temperature + lambda_mf * variance.clamp_min(0)), dim=-1)
 
 
-def mean_field_scaled(logits: torch.Tensor, variance: torch.Tensor, lambda_mf: float = DEFAULT_LAMBDA_MF) -> torch.Tensor:
-    """The mean-field logits ``κ z`` ``(N, C)``, ``κ = (1 + λ σ²)^(−½)``, whose softmax is the mean-field
+def mean_field_scaled(
+    logits: torch.Tensor, variance: torch.Tensor, lambda_mf: float = DEFAULT_LAMBDA_MF, temperature: float = 1.0
+) -> torch.Tensor:
+    """The mean-field logits ``κ z`` ``(N, C)``, ``κ = (T² + λ σ²)^(−½)``, whose softmax is the mean-field
     predictive; ``variance (N,)`` or ``(N, C, C)`` (then the centred per-class variances)."""
     v = variance.unsqueeze(1) if variance.ndim == 1 else centered(variance).diagonal(dim1=-2, dim2=-1)
-    return logits * torch.rsqrt(1.0 + lambda_mf * v.clamp_min(0))
+    return logits * torch.rsqrt(temperature * temperature + lambda_mf * v.clamp_min(0))
 
 
 def mc_logit_samples(
@@ -84,9 +93,15 @@ def mc_probs(
     scale: torch.Tensor,
     n_samples: int = 1000,
     generator: torch.Generator | None = None,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
-    """Monte Carlo predictive ``(N, C)``: the mean softmax over ``n_samples`` logit samples."""
-    return torch.softmax(mc_logit_samples(logits, scale, n_samples, generator), dim=-1).mean(0)
+    """Monte Carlo predictive ``(N, C)``: the mean of ``softmax(z/T)`` over ``n_samples`` logit samples ``z``."""
+    return torch.softmax(tempered(mc_logit_samples(logits, scale, n_samples, generator), temperature), dim=-1).mean(0)
+
+
+def tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``logits / T`` (in place; unchanged when ``T = 1``): logit samples seen through the tempered likelihood."""
+    return logits if temperature == 1.0 else logits.div_(temperature)
 
 
 def logit_sample_blocks(
@@ -114,6 +129,7 @@ def predictive_from_logits(
     method: str = "mean_field",
     n_samples: int = 1000,
     generator: torch.Generator | None = None,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     """Predictive ``(N, C)`` from MAP ``logits (N, C)`` and ``variance (N,)`` (or ``(N, C, C)``).
 
@@ -127,6 +143,8 @@ def predictive_from_logits(
         Mean-field scale ``λ``.
     method : Predictive or {"mean_field", "mc"}
         Mean-field approximation or Monte Carlo with ``n_samples`` draws from ``generator``.
+    temperature : float
+        The likelihood's temperature ``T`` (``softmax(z/T)``); 1: none.
 
     Returns
     -------
@@ -135,7 +153,7 @@ def predictive_from_logits(
     """
     method = Predictive.parse(method, "predictive")
     if method is Predictive.MEAN_FIELD:
-        scaled = mean_field_scaled(logits, variance, lambda_mf)
+        scaled = mean_field_scaled(logits, variance, lambda_mf, temperature)
         # the softmax over the classes along the (C, N) transpose (several times faster for small C than
         # over a short last dim), written out as max, exp, sum and divide: torch.softmax over a leading
         # dim rounds differently with the number of threads, and a score must not depend on it (Ray
@@ -146,5 +164,5 @@ def predictive_from_logits(
         return e.div_(e.sum(0)).T
     out = torch.empty_like(logits)
     for rows, s in logit_sample_blocks(logits, variance, n_samples, generator):
-        out[rows] = torch.softmax(s, dim=-1).mean(0)
+        out[rows] = torch.softmax(tempered(s, temperature), dim=-1).mean(0)
     return out

@@ -15,6 +15,15 @@ With few labels the folds' scores are noisy, and the plain argmax over the grid 
 The choice is therefore the *smallest* spread whose mean held-out log-likelihood lies within one
 standard error of the best (the one-standard-error rule of cross-validation), the standard error from
 the per-point differences to the best: a wider predictive must earn its width on the folds.
+
+The spread can only widen the MAP's predictive. A head fitted by held-out likelihood may also be too
+sharp or too soft as a whole (Rotten Tomatoes, 100 labels: ECE 0.073 for the MAP softmax; mnist5k, 1,000
+labels: its confidence below its accuracy), which the standard post-hoc remedy, a temperature on the
+logits, corrects. With ``spread="cv"`` the predictive's likelihood is therefore tempered too,
+``softmax(z / T)`` under ``z ~ N(μ, τΣ)``, mean field ``softmax(z / sqrt(T² + λ τ σ²))``: ``T`` is chosen
+on the same folds at the chosen ``τ`` by its held-out log-likelihood, once the labels number at least
+:data:`MIN_ROWS_PER_CLASS_FOR_TEMPERATURE` per class (below, ``T = 1``). Like ``τ``, ``T`` changes
+neither the head's argmax nor the update.
 """
 
 from __future__ import annotations
@@ -32,13 +41,22 @@ from .options import Curvature
 from .predictive import DEFAULT_LAMBDA_MF
 from .update import curvature_weights
 
-__all__ = ["SPREAD_GRID", "SpreadFit", "heldout_folds", "select_spread"]
+__all__ = ["SPREAD_GRID", "TEMPERATURE_GRID", "MIN_ROWS_PER_CLASS_FOR_TEMPERATURE", "SpreadFit", "heldout_folds", "select_spread"]
 
 #: Candidate spreads: 0 (the MAP softmax) and 10⁻⁶ … 1 (the plain Laplace predictive) in quarter decades.
 #: Not beyond 1: with a handful of labels the folds are too small to tell a wider posterior from noise,
 #: and a spread above 1 then flattens every prediction (measured: τ = 1000 at 10 labels of digits, the
 #: model's accuracy estimate 0.11 where it is right half of the time).
 SPREAD_GRID = (0.0, *(10.0 ** (k / 4) for k in range(-24, 1)))
+
+#: Candidate temperatures of the likelihood ``softmax(z / T)``: 0.1 … 10 in twentieths of a decade (1 included).
+TEMPERATURE_GRID = tuple(10.0 ** (k / 20) for k in range(-20, 21))
+
+#: Labeled rows per class below which the temperature stays 1. The folds' heads see 4/5 of the rows at
+#: the same λ₀ and are less confident than the head of all rows, so with few rows the folds ask for a
+#: sharper likelihood than the full head needs (bbcnews, 20 labels: test NLL 31 % above the MAP's);
+#: from ten rows per class on, the folds' temperature lowers the test NLL and ECE in every measured cell.
+MIN_ROWS_PER_CLASS_FOR_TEMPERATURE = 10
 
 #: The spread where nothing can be validated (fewer than two labeled points): the plain Laplace predictive.
 FALLBACK_SPREAD = 1.0
@@ -50,12 +68,13 @@ STANDARD_ERRORS = 1.0
 class SpreadFit(NamedTuple):
     """Result of :func:`select_spread`: the chosen ``spread``, the grid, the mean held-out
     log-likelihood per point of each value and the standard error of each value's difference to the
-    best (``errors``)."""
+    best (``errors``), and the chosen likelihood ``temperature``."""
 
     spread: float
     grid: tuple[float, ...]
     scores: tuple[float, ...]
     errors: tuple[float, ...] = ()
+    temperature: float = 1.0
 
 
 def heldout_folds(
@@ -96,17 +115,22 @@ def select_spread(
     *,
     lambda_mf: float = DEFAULT_LAMBDA_MF,
     grid: tuple[float, ...] = SPREAD_GRID,
+    temperatures: tuple[float, ...] = (1.0,),
     standard_errors: float = STANDARD_ERRORS,
 ) -> SpreadFit:
-    """The spread ``τ`` of the mean-field predictive ``softmax(z / sqrt(1 + λ_mf τ σ²))`` chosen by its
-    held-out log-likelihood over ``folds``: the smallest ``τ`` of the grid whose mean score lies within
-    ``standard_errors`` standard errors of the best one (``0``: the plain argmax).
+    """The spread ``τ`` and likelihood temperature ``T`` of the mean-field predictive
+    ``softmax(z / sqrt(T² + λ_mf τ σ²))`` chosen by its held-out log-likelihood over ``folds``.
+
+    First the spread, at ``T = 1``: the smallest ``τ`` of the grid whose mean score lies within
+    ``standard_errors`` standard errors of the best one (``0``: the plain argmax). Then, at that spread,
+    the temperature of ``temperatures`` with the best mean score — the post-hoc temperature scaling of
+    a classifier's logits, on the same folds, applied to the Bayesian predictive (``(1.0,)``: none).
 
     Each fold's variances ``σ² = φ*ᵀΣφ*`` come from its training rows' shared-covariance Laplace
-    posterior at λ₀ (``O(min(n, D)³)`` once per fold); every ``τ`` of the grid then costs ``O(N·C)``.
-    The standard error of a value is that of the mean of its per-point score differences to the best.
-    Without folds (fewer than two points) the plain Laplace predictive, ``τ = 1``, is returned with no
-    scores.
+    posterior at λ₀ (``O(min(n, D)³)`` once per fold); every ``τ`` and ``T`` of the grids then costs
+    ``O(N·C)``. The standard error of a spread is that of the mean of its per-point score differences to
+    the best. Without folds (fewer than two points) the plain Laplace predictive, ``τ = 1, T = 1``, is
+    returned with no scores.
 
     Parameters
     ----------
@@ -123,33 +147,48 @@ def select_spread(
         The mean-field constant of the predictive.
     grid : tuple of float
         Candidate spreads (≥ 0), in increasing order.
+    temperatures : tuple of float
+        Candidate likelihood temperatures (> 0); ``(1.0,)``: the spread alone.
     standard_errors : float
-        Tolerance (≥ 0) of the rule, in standard errors.
+        Tolerance (≥ 0) of the spread's rule, in standard errors.
 
     Returns
     -------
     SpreadFit
+        ``scores`` and ``errors`` are those of the spreads at ``T = 1``.
     """
     if any(not (math.isfinite(t) and t >= 0) for t in grid) or not grid or list(grid) != sorted(grid):
         raise InvalidInputError(f"spread grid must hold finite numbers >= 0 in increasing order, got {grid!r}")
+    if not temperatures or any(not (math.isfinite(t) and t > 0) for t in temperatures):
+        raise InvalidInputError(f"temperatures must be finite numbers > 0, got {temperatures!r}")
     if not (math.isfinite(standard_errors) and standard_errors >= 0):
         raise InvalidInputError(f"standard_errors must be a finite number >= 0, got {standard_errors!r}")
     if not folds:
-        return SpreadFit(FALLBACK_SPREAD, tuple(grid), ())
+        return SpreadFit(FALLBACK_SPREAD, tuple(grid), (), (), 1.0)
     n = features.shape[0]
-    taus = torch.tensor(grid, dtype=torch.float64, device=features.device)
-    per_point = torch.zeros(len(grid), n, dtype=torch.float64, device=features.device)
+    held = []  # per fold: held-out rows, logits, targets and variances
     for fold in folds:
         te = ~fold.train
         var = heldout_logit_variance(features[fold.train], features[te], fold.curvature, prior_precision)
-        z, y, v = fold.logits.to(torch.float64), targets[te].to(torch.float64), var.clamp_min(0)
-        for i, tau in enumerate(taus):
-            logp = torch.log_softmax(z * torch.rsqrt(1.0 + lambda_mf * tau * v).unsqueeze(1), dim=-1)
-            per_point[i, te] = (y * logp).sum(1)
-    scores = per_point.mean(1)
+        held.append((te, fold.logits.to(torch.float64), targets[te].to(torch.float64), var.clamp_min(0)))
+
+    def per_point(tau: float, temperature: float = 1.0) -> torch.Tensor:
+        out = torch.zeros(n, dtype=torch.float64, device=features.device)  # rows in no held-out fold score 0
+        for te, z, y, v in held:
+            logp = torch.log_softmax(z * torch.rsqrt(temperature * temperature + lambda_mf * tau * v).unsqueeze(1), dim=-1)
+            out[te] = (y * logp).sum(1)
+        return out
+
+    spread_scores = torch.stack([per_point(tau) for tau in grid])  # (len(grid), N)
+    scores = spread_scores.mean(1)
     best = int(torch.argmax(scores))  # the first maximum: the smallest spread among ties
-    gaps = per_point[best] - per_point
+    gaps = spread_scores[best] - spread_scores
     errors = gaps.std(1) / math.sqrt(n) if n > 1 else torch.zeros_like(scores)
     within = (scores[best] - scores) <= standard_errors * errors
     chosen = int(within.nonzero()[0])  # the smallest spread within the tolerance (the best always is)
-    return SpreadFit(float(grid[chosen]), tuple(grid), tuple(scores.tolist()), tuple(errors.tolist()))
+    spread = float(grid[chosen])
+    temperature = 1.0
+    if tuple(temperatures) != (1.0,):
+        by_t = [float(per_point(spread, t).mean()) for t in temperatures]
+        temperature = float(temperatures[max(range(len(by_t)), key=by_t.__getitem__)])
+    return SpreadFit(spread, tuple(grid), tuple(scores.tolist()), tuple(errors.tolist()), temperature)

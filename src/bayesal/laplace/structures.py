@@ -40,6 +40,7 @@ class CovarianceStructure:
     num_features_: int
     prior_precision_: float
     spread_: float
+    temperature_: float
     n_updates_: int
     _scale_tril: torch.Tensor | None
     _cov_state: tuple[torch.Tensor, torch.Tensor | None]

@@ -128,8 +128,9 @@ def predictive_from_logits(
     n_samples: int = 1000,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Predictive ``(N, C)`` of ``posterior`` (its ``λ_mf``) from MAP ``logits (N, C)`` and ``variance``."""
-    return _predictive(logits, variance, posterior.lambda_mf, method, n_samples, generator)
+    """Predictive ``(N, C)`` of ``posterior`` (its ``λ_mf`` and likelihood temperature) from MAP
+    ``logits (N, C)`` and ``variance``."""
+    return _predictive(logits, variance, posterior.lambda_mf, method, n_samples, generator, posterior.fitted_temperature)
 
 
 def entropy(probs: torch.Tensor, dim: int = -1) -> torch.Tensor:

@@ -41,11 +41,11 @@ def _check_shared(posterior: LastLayerLaplace, who: str) -> None:
         raise InvalidInputError(f"{who} needs a posterior with hessian='shared' (covariance I_C ⊗ Σ)")
 
 
-def _laplace_units(posterior: LastLayerLaplace) -> tuple[LastLayerLaplace, float]:
+def _laplace_units(posterior: LastLayerLaplace) -> tuple[LastLayerLaplace, float, float]:
     """The posterior with its plain Laplace variances ``φᵀΣφ`` (the update's algebra needs them, e.g. in
-    its denominators ``1 + m φᵀΣφ``) and the mean-field constant that puts the predictive's spread ``τ``
-    back: ``λ_mf τ σ²`` is the tempered predictive's."""
-    return posterior.with_spread(1.0), posterior.lambda_mf * posterior.fitted_spread
+    its denominators ``1 + m φᵀΣφ``), the mean-field constant that puts the predictive's spread ``τ``
+    back (``λ_mf τ σ²`` is the tempered predictive's) and the likelihood's temperature ``T``."""
+    return posterior.with_spread(1.0), posterior.lambda_mf * posterior.fitted_spread, posterior.fitted_temperature
 
 
 class OracleLookahead(OracleStrategy):
@@ -117,7 +117,7 @@ class OracleLookahead(OracleStrategy):
         """See :meth:`OracleStrategy.query_with_labels`."""
         x, _, _, b, gen = prepare(posterior, candidates, labeled, batch_size, generator)
         _check_shared(posterior, "OracleLookahead")
-        posterior, lam = _laplace_units(posterior)
+        posterior, lam, temp = _laplace_units(posterior)
         y = check_candidate_labels(candidate_labels, x.shape[0], posterior.num_classes)
         c = posterior.num_classes
         t0 = time.perf_counter()
@@ -134,7 +134,7 @@ class OracleLookahead(OracleStrategy):
         x_sig = posterior.covariance_product(x)  # (N, D)
 
         def cross_entropy(z: torch.Tensor, v: torch.Tensor) -> float:
-            p = mean_field_probs(z, v, lam)
+            p = mean_field_probs(z, v, lam, temp)
             return float(-torch.log(p.gather(1, ref_y[:, None]).clamp_min(1e-300)).mean())
 
         now = cross_entropy(z_r, var_r)
@@ -219,10 +219,11 @@ class ExpectedLogLossReduction(QueryStrategy):
         z_r: torch.Tensor,
         var_r: torch.Tensor,
         k_rc: torch.Tensor,
+        temperature: float = 1.0,
     ) -> torch.Tensor:
         """``R(x, y)`` ``(N, C)`` after an update with step size ``gamma``, for candidates with MAP logits ``z_c (N, C)``, variances ``var_c``
         (``= φᵀΣφ``), curvatures ``curv (N,)``; reference ``z_r (R, C)``, ``var_r (R,)``,
-        ``k_rc = Φ_R Σ Φ_cᵀ (R, N)``."""
+        ``k_rc = Φ_R Σ Φ_cᵀ (R, N)``; the reference predictive's likelihood temperature ``temperature``."""
         n, c = z_c.shape
         r = z_r.shape[0]
         p_map = torch.softmax(z_c, dim=1)
@@ -233,7 +234,7 @@ class ExpectedLogLossReduction(QueryStrategy):
             sl = slice(start, min(n, start + step))
             k = k_rc[:, sl].T  # (n, R)
             v_new = var_r.unsqueeze(0) - curv[sl, None] * k * k / denom[sl, None]
-            scale = torch.rsqrt(1.0 + lambda_mf * v_new.clamp_min(0))  # (n, R)
+            scale = torch.rsqrt(temperature * temperature + lambda_mf * v_new.clamp_min(0))  # (n, R)
             coef = (gamma / denom[sl, None]) * k  # (n, R)
             # scaled logits after the update with label y: base + delta · e_y
             base = (z_r.unsqueeze(0) - coef.unsqueeze(2) * p_map[sl].unsqueeze(1)) * scale.unsqueeze(2)
@@ -273,7 +274,7 @@ class ExpectedLogLossReduction(QueryStrategy):
             ref = posterior.check_features(self.reference, name="reference")
         else:
             ref = x[torch.randperm(x.shape[0], generator=gen)[: self.n_reference].to(x.device)]
-        post, lam = _laplace_units(posterior)
+        post, lam, temp = _laplace_units(posterior)
         post = post.copy()
         z_c, var_c = post.logits(x, checked=True), post.logit_variance(x, checked=True)
         z_r, var_r = post.logits(ref, checked=True), post.logit_variance(ref, checked=True)
@@ -286,9 +287,9 @@ class ExpectedLogLossReduction(QueryStrategy):
             rem = alive.nonzero().flatten()
             p_map = torch.softmax(z_c[rem], dim=1)
             curv = curvature_weights(p_map, post.curvature)
-            table = self.risk_table(post.gamma, lam, z_c[rem], var_c[rem], curv, z_r, var_r, k_rc[:, rem])
-            pred = mean_field_probs(z_c[rem], var_c[rem], lam)
-            now = self._risk(z_r * torch.rsqrt(1.0 + lam * var_r.clamp_min(0)).unsqueeze(1)).mean()
+            table = self.risk_table(post.gamma, lam, z_c[rem], var_c[rem], curv, z_r, var_r, k_rc[:, rem], temp)
+            pred = mean_field_probs(z_c[rem], var_c[rem], lam, temp)
+            now = self._risk(z_r * torch.rsqrt(temp * temp + lam * var_r.clamp_min(0)).unsqueeze(1)).mean()
             u = now - (pred * table).sum(1)
             seconds += time.perf_counter() - t0
             scored += rem.numel()

@@ -33,7 +33,7 @@ class MarginSampling(PredictiveScoreStrategy):
         # than softmax-then-margin (no division of every probability), which the whole-pool scorings
         # of sequential selection repeat at every pick. Elementwise along class rows, like the written-out
         # softmax of the predictive: the same values whatever the thread count.
-        scaled = mean_field_scaled(logits, variance, posterior.lambda_mf)
+        scaled = mean_field_scaled(logits, variance, posterior.lambda_mf, posterior.fitted_temperature)
         first, second = top_two(scaled)
         total = torch.sub(scaled.T, first).exp_().sum(0)
         return torch.sub(second, first).exp_().neg_().add_(1.0).div_(total).neg_().add_(1.0)

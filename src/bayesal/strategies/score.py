@@ -12,7 +12,7 @@ import torch
 
 from bayesal.data import Pool
 from bayesal.exceptions import InvalidInputError
-from bayesal.laplace import LastLayerLaplace, Predictive
+from bayesal.laplace import LastLayerLaplace, Predictive, tempered
 
 from ._common import logit_sample_chunks, predictive_from_logits, prepare, top_b
 from .base import LabeledSet, QueryResult, QueryStrategy
@@ -124,8 +124,9 @@ class SampledScoreStrategy(ScoreStrategy):
 
     def score_logits(self, posterior, logits, variance, generator):  # noqa: D102 (see base)
         out = torch.empty(logits.shape[0], dtype=logits.dtype, device=logits.device)
+        temperature = posterior.fitted_temperature  # samples seen through the predictive's likelihood
         for rows, samples in logit_sample_chunks(logits, variance, self.n_samples, generator):
-            out[rows] = self.score_samples(samples)
+            out[rows] = self.score_samples(tempered(samples, temperature))
         return out
 
     def __repr__(self) -> str:

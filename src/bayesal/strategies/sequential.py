@@ -178,7 +178,7 @@ class _SequentialSelection:
             else:  # row-wise deterministic scores: score all, mask the picks
                 u = _score_all(base, post, z, var, gen)
                 i = j = _best_alive(u, alive)
-            pred = mean_field_probs(z[i : i + 1], var[i : i + 1], post.lambda_mf)[0]
+            pred = mean_field_probs(z[i : i + 1], var[i : i + 1], post.lambda_mf, post.fitted_temperature)[0]
             target = self._target(pred, i, oracle, gen)
             row = x[i].to(post.dtype)
             step = post.logit_step(row, target, logits=z[i])
@@ -217,10 +217,11 @@ class _SequentialSelection:
         """
         base: ScoreStrategy = self.base  # type: ignore[assignment]
         lam = post.lambda_mf
+        t2 = post.fitted_temperature**2  # κ = (T² + λσ²)^(−½), the mean-field scale of the tempered likelihood
         n = x.shape[0]
         alive = torch.ones(n, dtype=torch.bool, device=x.device)
         u_at = _score_all(base, post, z, var, gen)  # exact score when last computed
-        kappa_at = torch.rsqrt(1.0 + lam * var.clamp_min(0))
+        kappa_at = torch.rsqrt(t2 + lam * var.clamp_min(0))
         span_at = z.amax(1) - z.amin(1)
         drift = torch.zeros_like(u_at)  # bound on span(z − z_at)
         floor_at = base.top_probability_floor(u_at)  # lower bound on the top probability when scored
@@ -236,7 +237,7 @@ class _SequentialSelection:
         picks, utils = [], []
         for _ in range(b):
             if not dense_left and not bool(fresh.all()):
-                torch.clamp_min(var, 0, out=kappa).mul_(lam).add_(1.0).rsqrt_()  # κ = (1 + λσ²)^(−½)
+                torch.clamp_min(var, 0, out=kappa).mul_(lam).add_(t2).rsqrt_()  # κ = (T² + λσ²)^(−½)
                 torch.sub(kappa, kappa_at, out=tmp).abs_().mul_(span_at)
                 torch.addcmul(tmp, kappa, drift, out=moved)  # κ·drift + |κ − κ_at|·span_at ≥ span(w − w_at)
                 if floor_at is not None:
@@ -274,7 +275,7 @@ class _SequentialSelection:
                 if not dense_left:  # the bounds resume from this state
                     if floor_at is not None:
                         floor_at = cast(torch.Tensor, base.top_probability_floor(u_at)).clamp_(0.0, 1.0)
-                    torch.clamp_min(var, 0, out=kappa_at).mul_(lam).add_(1.0).rsqrt_()
+                    torch.clamp_min(var, 0, out=kappa_at).mul_(lam).add_(t2).rsqrt_()
                     torch.sub(z.amax(1), z.amin(1), out=span_at)
                     drift.zero_()
                 fresh.fill_(True)
@@ -283,7 +284,7 @@ class _SequentialSelection:
             else:
                 rows = (alive & fresh).nonzero().flatten()
                 i = int(rows[argmax_first(u_at[rows])])  # rows ascend, so ties still go to the lowest index
-            pred = mean_field_probs(z[i : i + 1], var[i : i + 1], post.lambda_mf)[0]
+            pred = mean_field_probs(z[i : i + 1], var[i : i + 1], post.lambda_mf, post.fitted_temperature)[0]
             target = self._target(pred, i, oracle, gen)
             row = x[i].to(post.dtype)  # exact: the candidates are in the posterior's dtype or came in float32
             step = post.logit_step(row, target, logits=z[i])

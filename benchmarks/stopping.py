@@ -8,10 +8,10 @@ sessions' doubling schedule) — with the audit stream on (each label, with prob
 label is absorbed). Every ``--batch`` labels it records:
 
 * the true accuracy on the unlabeled pool, the session's 90 % interval of it
-  (:func:`bayesal.labeling.signals.accuracy_interval`: prediction-powered with the audit labels, their
-  rectifiers from the current posterior's leave-one-out predictive, as ``Session.estimate`` does; for
-  comparison the rectifiers of the predictions made when each audit item was drawn ("stale") and the
-  model-based interval) and the test accuracy;
+  (:func:`bayesal.labeling.signals.accuracy_interval`: prediction-powered with the audit labels, each
+  one's rectifier the mean of the prediction made when it was drawn and the current posterior's
+  leave-one-out one, as ``Session.estimate`` does; for comparison each of the two alone — "logged"
+  and "loo" — and the model-based interval) and the test accuracy;
 * the expected gain of the next 50 labels (:func:`~bayesal.labeling.signals.prediction_gain` over the
   last 50 labels) and the stabilizing-predictions statistic (Bloodgood & Vijay-Shanker 2009: Cohen's κ
   of the predictions on a fixed random stop set between successive models).
@@ -81,9 +81,8 @@ def run(ds, strategy_name: str, seed: int, *, budget: int, batch: int, audit_rat
     post = replay.prior()
     labeled: list[int] = []
     audits: list[tuple[int, float]] = []  # (correct, confidence) of each audit label, out of sample
-    audit_idx: list[tuple[int, int]] = []  # (pool index, label count when drawn)
+    audit_idx: list[int] = []  # their pool indices
     preds: dict[int, torch.Tensor] = {}
-    probs_then: dict[int, torch.Tensor] = {}
     rows: list[dict] = []
     while len(labeled) < budget:
         avail = torch.ones(n, dtype=torch.bool)
@@ -100,7 +99,7 @@ def run(ds, strategy_name: str, seed: int, *, budget: int, batch: int, audit_rat
                 p = post.predict_proba(x[picks])
                 conf, pred = p.max(1)
                 audits += [(int(pred[j] == y[i]), float(conf[j])) for j, i in enumerate(picks)]
-                audit_idx += [(int(i), len(labeled)) for i in picks]
+                audit_idx += [int(i) for i in picks]
                 avail[picks] = False
             if k > n_audit:
                 lab = LabeledSet(features=x[labeled], labels=y[labeled])
@@ -124,27 +123,24 @@ def run(ds, strategy_name: str, seed: int, *, budget: int, batch: int, audit_rat
         a = torch.tensor(audits, dtype=torch.float64).reshape(-1, 2)
         stale = accuracy_interval(conf, a[:, 0], a[:, 1])  # the predictions logged when the audits were drawn
         model = accuracy_interval(conf)
-        recent = [j for j, (_, at) in enumerate(audit_idx) if at >= m / 2]
-        est_recent = accuracy_interval(conf, a[recent, 0], a[recent, 1])
-        if len(audit_idx) >= 2:  # the session's: the current model's leave-one-out predictions of the audits
-            ai = [i for i, _ in audit_idx]
+        if len(audit_idx) >= 2:  # the session's: with the current model's leave-one-out predictions too
+            ai = audit_idx
             lc, lp = leave_one_out(post, x[ai], y[ai]).probs.max(1)
-            est = accuracy_interval(conf, (lp == y[ai]).double(), lc)
+            loo = accuracy_interval(conf, (lp == y[ai]).double(), lc)
+            est = accuracy_interval(conf, torch.stack([(lp == y[ai]).double(), a[:, 0]], 1),
+                                    torch.stack([lc, a[:, 1]], 1))
         else:
-            est = model
+            est = loo = model
         p_ref = post.predict_proba(x[ref])
         preds[m] = p_ref.argmax(1)
-        probs_then[m] = p_ref
         back = [k2 for k2 in preds if k2 <= m - GAIN_WINDOW]
         gain = (prediction_gain(p_ref, preds[back[-1]]) * GAIN_HORIZON / (m - back[-1])) if back else math.nan
-        old_view = (-prediction_gain(probs_then[back[-1]], preds[m]) * GAIN_HORIZON / (m - back[-1])) if back else math.nan
         prev = [k2 for k2 in preds if k2 < m]
         kappa = cohen_kappa(preds[m], preds[prev[-1]], c) if prev else math.nan
         rows.append(dict(n=m, n_audit=len(audits), true_acc=true_acc, test_acc=test_acc, est=est.accuracy,
                          low=est.low, high=est.high, method=est.method, model_low=model.low, model_high=model.high,
-                         model_acc=model.accuracy, gain50=gain, kappa=kappa, old_view=old_view,
-                         recent_low=est_recent.low, recent_high=est_recent.high, stale_low=stale.low,
-                         stale_high=stale.high))
+                         model_acc=model.accuracy, gain50=gain, kappa=kappa, stale_low=stale.low,
+                         stale_high=stale.high, loo_low=loo.low, loo_high=loo.high))
     return rows
 
 
@@ -193,6 +189,7 @@ def main(argv=None) -> None:
                     cov = float(np.mean([r["low"] <= r["true_acc"] <= r["high"] for r in rows]))
                     cov_model = float(np.mean([r["model_low"] <= r["true_acc"] <= r["model_high"] for r in rows]))
                     cov_stale = float(np.mean([r["stale_low"] <= r["true_acc"] <= r["stale_high"] for r in rows]))
+                    cov_loo = float(np.mean([r["loo_low"] <= r["true_acc"] <= r["loo_high"] for r in rows]))
                     width = float(np.mean([r["high"] - r["low"] for r in rows]))
                     cover.setdefault(name, []).append(cov)
                     rel = {k: abs(s[k] - s["n99"]) / s["n99"] for k in ("ours", "sp")}
@@ -200,11 +197,11 @@ def main(argv=None) -> None:
                     errs.setdefault(name, []).append((rel["ours"], rel["sp"], *rel_fixed))
                     within.append(rel["ours"] <= 0.2)
                     fh.write(json.dumps({"dataset": name, "strategy": strat, "seed": seed, "stops": s,
-                                         "coverage": cov, "coverage_model": cov_model, "coverage_stale": cov_stale,
+                                         "coverage": cov, "coverage_model": cov_model, "coverage_logged": cov_stale, "coverage_loo": cov_loo,
                                          "rows": rows}) + "\n")
                     fh.flush()
                     print(f"{name:16s} {strat:10s} seed={seed} n99={s['n99']:4d} stop={s['ours']:4d} sp={s['sp']:4d} "
-                          f"coverage={cov:.2f} (stale {cov_stale:.2f}, model {cov_model:.2f}) width={width:.3f} "
+                          f"coverage={cov:.2f} (logged {cov_stale:.2f}, loo {cov_loo:.2f}, model {cov_model:.2f}) width={width:.3f} "
                           f"audits={rows[-1]['n_audit']} final={rows[-1]['test_acc']:.3f} "
                           f"[{time.perf_counter() - t0:.0f}s]", flush=True)
     print()

@@ -44,6 +44,18 @@ def test_audit_interval_is_the_prediction_powered_one():
     assert est.low == pytest.approx(c.mean() + r.mean() - half) and est.high == pytest.approx(min(c.mean() + r.mean() + half, 1))
 
 
+def test_audit_interval_averages_several_predictions_per_label():
+    c = torch.linspace(0.5, 1.0, 100, dtype=torch.float64)
+    hits = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0], [1.0, 1.0]])
+    conf = torch.tensor([[0.9, 0.6], [0.8, 0.7], [0.6, 0.5], [0.95, 0.9]])
+    est = accuracy_interval(c, hits, conf)
+    r = (hits - conf).mean(1)
+    var = max(float(r.var()), float((conf * (1 - conf)).mean())) / 4 + float((c * (1 - c)).sum()) / 100**2
+    half = stats.t.ppf(0.95, 3) * math.sqrt(var)
+    assert est.accuracy == pytest.approx(float(c.mean() + r.mean()))
+    assert est.low == pytest.approx(float(c.mean() + r.mean()) - half)
+
+
 def test_audit_interval_floors_the_spread_and_clips_to_probabilities():
     c = torch.full((50,), 0.99, dtype=torch.float64)
     est = accuracy_interval(c, torch.ones(4, dtype=torch.float64), torch.full((4,), 0.9, dtype=torch.float64))
@@ -175,7 +187,7 @@ def test_without_audit_rate_queries_and_headers_are_unchanged(pool, tmp_path):
     b.close()
 
 
-def test_estimate_uses_the_leave_one_out_predictions_of_the_audit_labels(pool, tmp_path):
+def test_estimate_rectifies_with_the_logged_and_the_leave_one_out_predictions(pool, tmp_path):
     x, y, _, _ = pool
     s = _session(pool, tmp_path, audit_rate=0.3)
     _label(s, y, 30)
@@ -184,8 +196,15 @@ def test_estimate_uses_the_leave_one_out_predictions_of_the_audit_labels(pool, t
     idx = [a["index"] for a in audits]
     ya = torch.tensor([a["label"] for a in audits])
     conf, pred = leave_one_out(s.posterior, s.features[idx], ya).probs.max(1)
+    logged_hit = torch.tensor([float(a["predicted"] == a["label"]) for a in audits])
+    logged_conf = torch.tensor([a["confidence"] for a in audits])
     rest = [i for i in range(x.shape[0]) if i not in s.labels]
-    direct = accuracy_interval(s.predict_proba(rest).max(1).values, (pred == ya).double(), conf)
+    conf_rest = s.predict_proba(rest).max(1).values
+    direct = accuracy_interval(conf_rest, torch.stack([(pred == ya).double(), logged_hit], 1),
+                               torch.stack([conf, logged_conf], 1))
+    # the mean of two rectifiers per label: the point estimate is the model's plus their mean
+    r = ((pred == ya).double() - conf + logged_hit - logged_conf) / 2
+    assert direct.accuracy == pytest.approx(min(float(conf_rest.mean() + r.mean()), 1.0))
     assert est["method"] == "audit" and est["n_audit"] == len(audits) >= 2
     assert (est["accuracy"], est["low"], est["high"]) == pytest.approx((direct.accuracy, direct.low, direct.high))
     assert est["pool_size"] == len(rest) and est["audit_rate"] == 0.3

@@ -15,7 +15,14 @@ Other packages use the names exported here only.
 
 from .engine import EventFold, LabelingEngine, PosteriorFold, log_header, logged_records, resolve_seed
 from .exports import (
-    EXPORT_COLUMNS, STOP_NAME, format_labels, label_rows, logged_history, model_payload, stop_fields, stop_summary,
+    EXPORT_COLUMNS,
+    STOP_NAME,
+    format_labels,
+    label_rows,
+    logged_history,
+    model_payload,
+    stop_fields,
+    stop_summary,
 )
 from .queries import QueryView
 from .recovery import read_session_header

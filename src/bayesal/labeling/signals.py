@@ -8,13 +8,18 @@
   predictive is calibrated on the pool; after uncertainty sampling it is not (the labeled items are
   the hard ones, and the head is under- or overconfident on the rest depending on the data).
 * With *audit* labels — items drawn uniformly at random from the unlabeled pool, labeled like any
-  other and predicted out of sample (the session uses the current model's leave-one-out predictive
-  of each, a downdate: the model as it is now, without that label) — the prediction-powered estimate (PPI, Angelopoulos et al. 2023): the model-based estimate plus the mean
-  rectifier ``r = 1[prediction correct] − confidence`` of the audit labels, with the interval
+  other and predicted out of sample — the prediction-powered estimate (PPI, Angelopoulos et al.
+  2023): the model-based estimate plus the mean rectifier ``r = 1[prediction correct] − confidence``
+  of the audit labels, with the interval
   ``± t · sqrt(s_r² / n + Σ_x p_x (1 − p_x) / N²)`` (``t`` Student's quantile with ``n − 1`` degrees
   of freedom; ``s_r²`` the rectifiers' sample variance, floored at the mean Bernoulli variance
   ``c (1 − c)`` of the audit confidences so that a few identical rectifiers do not give a zero width).
-  The miscalibration is corrected whatever its direction, at the price of the audit labels.
+  The miscalibration is corrected whatever its direction, at the price of the audit labels. An audit
+  label may come with several out-of-sample predictions (``(n, k)`` inputs): its rectifier is then
+  their mean. The session gives two: the prediction made when the item was drawn (exactly out of
+  sample, but of an older model, whose miscalibration may differ from the current one's) and the
+  current model's leave-one-out predictive (the current model, but an approximate downdate); each
+  alone failed in one data set of the benchmark, their mean in none (``docs/benchmarks.md``).
 
 **Gain** (:func:`prediction_gain`): the accuracy gained over the last labels, as the current model
 sees it: ``mean_x [p(ŷ_now(x) | x) − p(ŷ_then(x) | x)]`` on the reference subset, where ``ŷ_then`` are
@@ -106,9 +111,10 @@ def accuracy_interval(confidence: torch.Tensor, audit_correct: torch.Tensor | No
     ----------
     confidence : Tensor of shape (N,)
         ``max_c p(c | x)`` of the current model on each unlabeled item.
-    audit_correct : Tensor of shape (n,), optional
-        Whether the model's out-of-sample prediction of each audit label was right (0/1).
-    audit_confidence : Tensor of shape (n,), optional
+    audit_correct : Tensor of shape (n,) or (n, k), optional
+        Whether the model's out-of-sample prediction of each audit label was right (0/1); ``k``
+        predictions per label are averaged into its rectifier.
+    audit_confidence : Tensor of shape (n,) or (n, k), optional
         That prediction's confidence.
     level : float, default 0.9
         Nominal coverage of the interval.
@@ -125,10 +131,10 @@ def accuracy_interval(confidence: torch.Tensor, audit_correct: torch.Tensor | No
     n_pool = int(c.numel())
     model = float(c.mean()) if n_pool else float("nan")
     pool_var = float((c * (1.0 - c)).sum()) / n_pool**2 if n_pool else 0.0
-    n = 0 if audit_correct is None else int(audit_correct.numel())
+    n = 0 if audit_correct is None else int(audit_correct.shape[0]) if audit_correct.ndim else 1
     if n >= max(2, min_audit) and audit_confidence is not None:
-        a = audit_confidence.detach().to(torch.float64).reshape(-1)
-        r = audit_correct.detach().to(torch.float64).reshape(-1) - a  # type: ignore[union-attr]
+        a = audit_confidence.detach().to(torch.float64).reshape(n, -1)
+        r = (audit_correct.detach().to(torch.float64).reshape(n, -1) - a).mean(1)  # type: ignore[union-attr]
         floor = float((a * (1.0 - a)).mean())
         var = max(float(r.var(unbiased=True)), floor) / n + pool_var
         point, q, method = model + float(r.mean()), float(stats.t.ppf(0.5 + level / 2, n - 1)), "audit"

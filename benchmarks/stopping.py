@@ -8,10 +8,10 @@ sessions' doubling schedule) — with the audit stream on (each label, with prob
 label is absorbed). Every ``--batch`` labels it records:
 
 * the true accuracy on the unlabeled pool, the session's 90 % interval of it
-  (:func:`bayesal.labeling.signals.accuracy_interval`: prediction-powered with the audit labels, each
-  one's rectifier the mean of the prediction made when it was drawn and the current posterior's
-  leave-one-out one, as ``Session.estimate`` does; for comparison each of the two alone — "logged"
-  and "loo" — and the model-based interval) and the test accuracy;
+  (:func:`bayesal.labeling.signals.accuracy_interval`: prediction-powered with the audit labels, the
+  hull of the intervals from the predictions made when they were drawn and from the current
+  posterior's leave-one-out ones, as ``Session.estimate`` does; for comparison each of the two alone —
+  "logged" and "loo" — and the model-based interval) and the test accuracy;
 * the expected gain of the next 50 labels (:func:`~bayesal.labeling.signals.prediction_gain` over the
   last 50 labels) and the stabilizing-predictions statistic (Bloodgood & Vijay-Shanker 2009: Cohen's κ
   of the predictions on a fixed random stop set between successive models).

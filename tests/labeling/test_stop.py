@@ -44,16 +44,15 @@ def test_audit_interval_is_the_prediction_powered_one():
     assert est.low == pytest.approx(c.mean() + r.mean() - half) and est.high == pytest.approx(min(c.mean() + r.mean() + half, 1))
 
 
-def test_audit_interval_averages_several_predictions_per_label():
+def test_two_kinds_of_prediction_give_the_hull_of_their_intervals():
     c = torch.linspace(0.5, 1.0, 100, dtype=torch.float64)
-    hits = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0], [1.0, 1.0]])
-    conf = torch.tensor([[0.9, 0.6], [0.8, 0.7], [0.6, 0.5], [0.95, 0.9]])
+    hits = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0], [1.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
+    conf = torch.tensor([[0.9, 0.6], [0.8, 0.7], [0.6, 0.5], [0.95, 0.9], [0.7, 0.8]], dtype=torch.float64)
     est = accuracy_interval(c, hits, conf)
-    r = (hits - conf).mean(1)
-    var = max(float(r.var()), float((conf * (1 - conf)).mean())) / 4 + float((c * (1 - c)).sum()) / 100**2
-    half = stats.t.ppf(0.95, 3) * math.sqrt(var)
-    assert est.accuracy == pytest.approx(float(c.mean() + r.mean()))
-    assert est.low == pytest.approx(float(c.mean() + r.mean()) - half)
+    one = [accuracy_interval(c, hits[:, k], conf[:, k]) for k in range(2)]
+    assert est.method == "audit" and est.n_audit == 5
+    assert est.accuracy == pytest.approx((one[0].accuracy + one[1].accuracy) / 2)
+    assert est.low == min(o.low for o in one) and est.high == max(o.high for o in one)
 
 
 def test_audit_interval_floors_the_spread_and_clips_to_probabilities():

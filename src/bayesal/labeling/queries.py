@@ -252,7 +252,7 @@ class SessionQueries(SessionViews):
         Either alone can be off: the logged one is exactly out of sample but its model's miscalibration
         drifts as labels accumulate (60 % coverage on animals with margin sampling); the leave-one-out
         one follows the current model but its mean is a one-step approximation, too pessimistic on
-        Rotten Tomatoes (73 %). Their mean rectifier did better in every run (``docs/benchmarks.md``)."""
+        Rotten Tomatoes (73 %). The hull of their intervals is the estimate's (``docs/benchmarks.md``)."""
         if len(audits) < 2:
             return torch.zeros(0, 2, dtype=torch.float64), torch.zeros(0, 2, dtype=torch.float64)
         idx = [a["index"] for a in audits]
@@ -267,9 +267,9 @@ class SessionQueries(SessionViews):
         """The model's accuracy on the unlabeled pool with an interval, the gain per label and whether
         to stop (see :mod:`bayesal.labeling.signals` for the formulas).
 
-        With at least 2 audit labels the interval is the prediction-powered one (honest), each audit
-        label's rectifier the mean of two out-of-sample predictions of it (the one logged when it was
-        given and the current model's leave-one-out one); without, the model's own
+        With at least 2 audit labels the interval is prediction-powered (honest): the hull of the
+        intervals from two out-of-sample predictions of the audit labels (the one logged when each was
+        given and the current model's leave-one-out one), the estimate their mean; without, the model's own
         (``method="model"``), which is not honest after uncertainty sampling.
 
         Parameters

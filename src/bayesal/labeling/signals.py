@@ -15,11 +15,13 @@
   of freedom; ``s_r²`` the rectifiers' sample variance, floored at the mean Bernoulli variance
   ``c (1 − c)`` of the audit confidences so that a few identical rectifiers do not give a zero width).
   The miscalibration is corrected whatever its direction, at the price of the audit labels. An audit
-  label may come with several out-of-sample predictions (``(n, k)`` inputs): its rectifier is then
-  their mean. The session gives two: the prediction made when the item was drawn (exactly out of
-  sample, but of an older model, whose miscalibration may differ from the current one's) and the
-  current model's leave-one-out predictive (the current model, but an approximate downdate); each
-  alone failed in one data set of the benchmark, their mean in none (``docs/benchmarks.md``).
+  label may come with several kinds of out-of-sample prediction (``(n, k)`` inputs): the estimate is
+  then the mean of the ``k`` estimates and the interval the hull of their intervals. The session gives
+  two: the prediction made when the item was drawn (exactly out of sample, but of an older model,
+  whose miscalibration drifts as labels accumulate) and the current model's leave-one-out predictive
+  (the current model, but an approximate downdate). Each alone fell short in one data set of the
+  benchmark, in opposite directions, and so did the mean of their rectifiers; the hull did not
+  (``docs/benchmarks.md``).
 
 **Gain** (:func:`prediction_gain`): the accuracy gained over the last labels, as the current model
 sees it: ``mean_x [p(ŷ_now(x) | x) − p(ŷ_then(x) | x)]`` on the reference subset, where ``ŷ_then`` are
@@ -112,8 +114,8 @@ def accuracy_interval(confidence: torch.Tensor, audit_correct: torch.Tensor | No
     confidence : Tensor of shape (N,)
         ``max_c p(c | x)`` of the current model on each unlabeled item.
     audit_correct : Tensor of shape (n,) or (n, k), optional
-        Whether the model's out-of-sample prediction of each audit label was right (0/1); ``k``
-        predictions per label are averaged into its rectifier.
+        Whether the model's out-of-sample prediction of each audit label was right (0/1); with ``k``
+        kinds of prediction, one interval per kind and their hull.
     audit_confidence : Tensor of shape (n,) or (n, k), optional
         That prediction's confidence.
     level : float, default 0.9
@@ -132,18 +134,24 @@ def accuracy_interval(confidence: torch.Tensor, audit_correct: torch.Tensor | No
     model = float(c.mean()) if n_pool else float("nan")
     pool_var = float((c * (1.0 - c)).sum()) / n_pool**2 if n_pool else 0.0
     n = 0 if audit_correct is None else int(audit_correct.shape[0]) if audit_correct.ndim else 1
+    clip = lambda v: min(max(v, 0.0), 1.0)  # noqa: E731
     if n >= max(2, min_audit) and audit_confidence is not None:
         a = audit_confidence.detach().to(torch.float64).reshape(n, -1)
-        r = (audit_correct.detach().to(torch.float64).reshape(n, -1) - a).mean(1)  # type: ignore[union-attr]
-        floor = float((a * (1.0 - a)).mean())
-        var = max(float(r.var(unbiased=True)), floor) / n + pool_var
-        point, q, method = model + float(r.mean()), float(stats.t.ppf(0.5 + level / 2, n - 1)), "audit"
-    else:
-        var, point, q, method, n = pool_var, model, float(stats.norm.ppf(0.5 + level / 2)), "model", 0
-    half = q * math.sqrt(var)
-    clip = lambda v: min(max(v, 0.0), 1.0)  # noqa: E731
-    return AccuracyEstimate(accuracy=clip(point), low=clip(point - half), high=clip(point + half),
-                            level=level, method=method, n_audit=n, model_accuracy=model, pool_size=n_pool)
+        hits = audit_correct.detach().to(torch.float64).reshape(n, -1)  # type: ignore[union-attr]
+        q = float(stats.t.ppf(0.5 + level / 2, n - 1))
+        points, lows, highs = [], [], []
+        for k in range(a.shape[1]):  # one interval per kind of prediction, then their hull
+            r = hits[:, k] - a[:, k]
+            floor = float((a[:, k] * (1.0 - a[:, k])).mean())
+            half = q * math.sqrt(max(float(r.var(unbiased=True)), floor) / n + pool_var)
+            points.append(model + float(r.mean()))
+            lows.append(points[-1] - half)
+            highs.append(points[-1] + half)
+        return AccuracyEstimate(accuracy=clip(sum(points) / len(points)), low=clip(min(lows)), high=clip(max(highs)),
+                                level=level, method="audit", n_audit=n, model_accuracy=model, pool_size=n_pool)
+    half = float(stats.norm.ppf(0.5 + level / 2)) * math.sqrt(pool_var)
+    return AccuracyEstimate(accuracy=clip(model), low=clip(model - half), high=clip(model + half),
+                            level=level, method="model", n_audit=0, model_accuracy=model, pool_size=n_pool)
 
 
 def prediction_gain(probs: torch.Tensor, previous: torch.Tensor) -> float:

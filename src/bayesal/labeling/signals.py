@@ -51,6 +51,7 @@ from typing import Any, Protocol
 import torch
 from scipy import stats
 
+from bayesal.exceptions import InvalidInputError
 from bayesal.utils import derive_seed
 
 from .history import LabelBook
@@ -128,7 +129,7 @@ def accuracy_interval(confidence: torch.Tensor, audit_correct: torch.Tensor | No
     AccuracyEstimate
     """
     if not 0.0 < level < 1.0:
-        raise ValueError(f"level must lie in (0, 1), got {level!r}")
+        raise InvalidInputError(f"level must lie in (0, 1), got {level!r}")
     c = confidence.detach().to(torch.float64).reshape(-1)
     n_pool = int(c.numel())
     model = float(c.mean()) if n_pool else float("nan")

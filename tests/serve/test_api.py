@@ -221,6 +221,13 @@ def test_panel_has_counts_signals_and_plots(service, pool):
     assert all(p.startswith("<svg") for p in s["plots"].values())
     assert [r["index"] for r in panel["recent"]][:1] == [list(service.session.labels)[-1]]
     assert c.get("/api/panel").json()["stats"] == s  # cached per state
+    # the accuracy estimate with its interval (the model's own: this session has no audit stream)
+    e = s["estimate"]
+    assert e["method"] == "model" and e["n_audit"] == 0 and e["n_labels"] == 12
+    assert 0 <= e["low"] <= e["accuracy"] <= e["high"] <= 1 and e["level"] == 0.9
+    assert e["expected_gain"] is None and e["stop"] is False  # no gain before 50 labels
+    stop = json.loads(c.get("/api/export/stop.json").text)
+    assert stop["estimate"]["accuracy"] == e["accuracy"] and stop["estimate"]["stop_threshold"] == 0.005
 
 
 def test_exports(service, pool):

@@ -250,3 +250,8 @@ def test_the_accuracy_estimate_is_named_and_explained(browser, digits, serve_pro
     assert text in tip.evaluate(shown)  # the explanation is on screen while the mouse is over the mark
     assert page.locator("#signal-held-out .tip").get_attribute("data-tip").startswith("Accuracy of the model's")
     assert "model's estimate" in page.inner_html("#plots")  # the plot's legend names it the same way
+    # the accuracy estimate with its interval: the model's own here (no audit stream), and said so
+    est = page.locator("#signal-estimate")
+    assert est.locator(".name").text_content().startswith("accuracy on the unlabeled pool (90% interval)")
+    assert "[" in est.locator("b").text_content() and "not honest" in est.locator(".tip").get_attribute("data-tip")
+    assert page.locator("#signal-expected-gain b").text_content() == "n/a until 50 labels"

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Parser", "positive_int", "non_negative_int", "positive_float", "non_negative_float", "prior_precision",
-    "add_posterior_arguments", "add_reselect_arguments", "posterior_options_from", "session_settings", "add_debug_option", "error_sentence", "run_guarded",
+    "add_posterior_arguments", "add_reselect_arguments", "add_stop_arguments", "audit_rate", "posterior_options_from",
+    "session_settings", "add_debug_option", "error_sentence", "run_guarded",
 ]
 
 
@@ -173,7 +174,27 @@ def session_settings(args: argparse.Namespace) -> dict[str, Any]:
         "reselect_base": args.reselect_base,
         "candidate_size": args.candidate_size or None,
         "random_state": args.seed,
+        "audit_rate": getattr(args, "audit_rate", 0.0) or 0.0,
     }
+
+
+def audit_rate(text: str) -> float:
+    """A probability in ``[0, 1)`` (``--audit-rate``)."""
+    value = _float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}")
+    return value
+
+
+def add_stop_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--audit-rate`` and ``--stop-when-gain-below`` of ``bayesal label`` and ``bayesal serve``."""
+    parser.add_argument("--audit-rate", type=audit_rate, default=0.0,
+                        help="probability that the next item asked is drawn uniformly at random from the pool (an "
+                             "audit label, logged as such); makes the accuracy interval honest (e.g. 0.1; a new "
+                             "session only: a resumed one keeps its own; default 0)")
+    parser.add_argument("--stop-when-gain-below", type=non_negative_float, default=0.005, metavar="GAIN",
+                        help="recommend stopping once the expected accuracy gain of the next 50 labels is below "
+                             "GAIN (default 0.005)")
 
 
 def add_debug_option(parser: argparse.ArgumentParser, *, top: bool = False) -> None:

@@ -24,6 +24,11 @@ Stopping signals printed after each label (see :meth:`bayesal.labeling.session.S
 
 When the gain per label stays near zero and the flips near zero, more labels are unlikely to change
 the classifier much.
+
+Then the estimate (:meth:`bayesal.labeling.session.Session.estimate`): the accuracy on the unlabeled
+pool with its 90 % interval — honest with audit labels (``--audit-rate 0.1``: a tenth of the items
+asked are drawn at random, logged as audit labels and counted on the line), the model's own without — and the expected gain
+of the next 50 labels, with "stop recommended" once it is below ``--stop-when-gain-below``.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from .arguments import (
     Parser,
     add_posterior_arguments,
     add_reselect_arguments,
+    add_stop_arguments,
     non_negative_int,
     positive_int,
     run_guarded,
@@ -80,6 +86,7 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
     add_reselect_arguments(parser)
     parser.add_argument("--candidate-size", type=non_negative_int, default=1000, help="random candidates scored per query (default 1000)")
     parser.add_argument("--window", type=positive_int, default=10, help="labels spanned by the stopping signals (default 10)")
+    add_stop_arguments(parser)
     add_items_arguments(parser)
     add_posterior_arguments(parser, default="cv; a resumed session keeps its own options")
 
@@ -125,6 +132,28 @@ def _top_classes(session: Any, index: int, k: int = 3) -> str:
         return f"no guess yet ({guess.no_guess}; every class {100 / probs.numel():.0f}%)"
     names = session.class_names
     return ", ".join(f"[{c}] {names[c]} {100 * p:.0f}%" for c, p in guess.top)
+
+
+def estimate_line(est: dict[str, Any]) -> str:
+    """One line of :meth:`~bayesal.labeling.session.Session.estimate`: the accuracy with its interval, the
+    expected gain of the next labels and the stop recommendation."""
+    how = (f"{est['n_audit']} audit labels" if est["method"] == "audit"
+           else "the model's own, not honest after uncertainty sampling: use --audit-rate")
+    gain = est["expected_gain"]
+    gain_s = f"n/a until {est['gain_window']} labels" if gain != gain else f"{gain:+.4f}"
+    line = (f"accuracy on the unlabeled pool {est['accuracy']:.3f} [{est['low']:.3f}, {est['high']:.3f}] "
+            f"({100 * est['level']:.0f}% interval, {how}) | expected gain of the next {est['horizon']} labels: {gain_s}")
+    if est["stop"]:
+        line += f" < {est['stop_threshold']:g}: stop recommended"
+    return line
+
+
+def _write_stop(session: Any) -> None:
+    """Leave the estimate and the stop recommendation in the session directory (``stop.json``)."""
+    from bayesal.labeling import STOP_NAME, stop_summary
+
+    if session.state_dir is not None:
+        (Path(session.state_dir) / STOP_NAME).write_text(stop_summary(session), encoding="utf-8")
 
 
 def _signals_line(sig: dict[str, Any], n_classes_labeled: int) -> str:
@@ -236,6 +265,7 @@ def label_main(args: argparse.Namespace, stdin: TextIO | None = None, stdout: Te
     if args.batch < 1:
         raise InvalidInputError(f"--batch must be >= 1, got {args.batch}")
     session, ds = open_session(args, out)
+    session.stop_when_gain_below = args.stop_when_gain_below
     names = session.class_names
     max_labels = args.max_labels if args.max_labels is not None else (20 if args.oracle else None)
     print(f"{ds.name}: {session.features.shape[0]} instances, classes: "
@@ -266,6 +296,8 @@ def label_main(args: argparse.Namespace, stdin: TextIO | None = None, stdout: Te
                     told += 1
                     signals = session.stopping_signals(window=args.window)
                     print(_signals_line(signals, len(set(session.labels.values()))), file=out, flush=True)
+                    if len(set(session.labels.values())) >= 2:
+                        print(estimate_line(session.estimate()), file=out, flush=True)
                     if max_labels is not None and told >= max_labels:
                         quit_now = True
                         break
@@ -283,7 +315,10 @@ def label_main(args: argparse.Namespace, stdin: TextIO | None = None, stdout: Te
     except BaseException:
         session.close()
         raise
-    session.close()
+    try:
+        _write_stop(session)
+    finally:
+        session.close()
     print(f"saved: {session.n_labeled} labels, {len(session.skipped)} skipped in {session.state_dir}", file=out, flush=True)
     return 0
 

@@ -21,6 +21,7 @@ from bayesal.exceptions import MissingDependencyError
 from .arguments import (
     add_posterior_arguments,
     add_reselect_arguments,
+    add_stop_arguments,
     non_negative_float,
     non_negative_int,
     positive_int,
@@ -70,6 +71,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add_items_arguments(parser)
     parser.add_argument("--no-speculate", action="store_true",
                         help="do not compute the next item under each likely answer while an item is shown")
+    add_stop_arguments(parser)
     add_posterior_arguments(parser, default="cv; a resumed session keeps its own options")
 
 
@@ -82,6 +84,7 @@ def build_service(args: argparse.Namespace, out: Any = None) -> Any:
     out = out if out is not None else sys.stdout
     args.batch = 1  # the session opener shares its checks with `bayesal label`
     session, ds = open_session(args, out)
+    session.stop_when_gain_below = args.stop_when_gain_below
     try:
         return LabelingService(session, name=ds.name, test_features=ds.test_features, test_labels=ds.test_labels,
                                window=args.window, lease_seconds=args.lease_seconds, user=args.user,

@@ -14,7 +14,16 @@ Other packages use the names exported here only.
 """
 
 from .engine import EventFold, LabelingEngine, PosteriorFold, log_header, logged_records, resolve_seed
-from .exports import EXPORT_COLUMNS, format_labels, label_rows, logged_history, model_payload
+from .exports import (
+    EXPORT_COLUMNS,
+    STOP_NAME,
+    format_labels,
+    label_rows,
+    logged_history,
+    model_payload,
+    stop_fields,
+    stop_summary,
+)
 from .queries import QueryView
 from .recovery import read_session_header
 from .session import Session
@@ -25,4 +34,5 @@ __all__ = [
     "Session", "StorageOptions", "LabelingEngine", "EventFold", "PosteriorFold", "SessionStore", "LogFiles",
     "log_header", "logged_records", "resolve_seed", "read_session_header", "SnapshotWarning", "QueryView",
     "EXPORT_COLUMNS", "label_rows", "format_labels", "LOG_NAME", "logged_history", "model_payload",
+    "STOP_NAME", "stop_fields", "stop_summary",
 ]

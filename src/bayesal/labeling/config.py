@@ -98,6 +98,7 @@ def new_header(
     reselect: Mapping[str, Any] | None = None,
     cold_start: str = "random",
     prior_mean: Any = None,
+    audit_rate: float = 0.0,
 ) -> dict[str, Any]:
     """Validate the settings of a new session over the pool ``x`` ``(N, D)`` and build its header.
 
@@ -107,7 +108,8 @@ def new_header(
     with the same update whatever later versions default to. A ``random_state`` of ``None`` draws a
     seed; it is saved either way. ``prior_mean`` ``(C, D)`` (None: a zero-mean prior) is saved as its rows
     of float64 numbers (JSON keeps them exactly). ``reselect`` is the re-selection schedule's header entry
-    (:meth:`~bayesal.labeling.policy.RefitPolicy.header_field`). Raises :class:`~bayesal.exceptions.InvalidInputError` naming the first
+    (:meth:`~bayesal.labeling.policy.RefitPolicy.header_field`). ``audit_rate`` in ``[0, 1)`` is the
+probability that a query is an audit pick (uniformly random; saved only when positive). Raises :class:`~bayesal.exceptions.InvalidInputError` naming the first
     bad setting.
     """
     names = check_class_names(class_names)
@@ -123,6 +125,9 @@ def new_header(
         options = PosteriorOptions()
     if not isinstance(options, PosteriorOptions):
         raise InvalidInputError(f"options must be a PosteriorOptions, got {type(options).__name__}")
+    if (isinstance(audit_rate, bool) or not isinstance(audit_rate, (int, float, np.floating))
+            or not 0.0 <= float(audit_rate) < 1.0):
+        raise InvalidInputError(f"audit_rate must be a number in [0, 1), got {audit_rate!r}")
     if cold_start not in COLD_STARTS:
         raise InvalidInputError(f"cold_start must be one of {', '.join(COLD_STARTS)}, got {cold_start!r}")
     saved = options.to_dict()
@@ -142,6 +147,8 @@ def new_header(
         candidate_size=candidate_size,
         meta=dict(meta or {}),
     )
+    if audit_rate > 0:  # without an audit stream the header stays as earlier versions wrote it
+        header["audit_rate"] = float(audit_rate)
     if cold_start != "random":  # the default leaves the header as earlier versions wrote it
         header["cold_start"] = cold_start
     if prior_mean is not None:

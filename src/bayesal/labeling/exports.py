@@ -4,6 +4,8 @@
 item, in labeling order, with the label's latest answer (a correction replaces the first answer, its
 annotator and time); :func:`write_labels` writes rows as CSV or JSON lines. Used by the web app's
 export and by ``bayesal export``, which reads a session's log without opening the session.
+:func:`stop_summary` is the accuracy estimate and the stop recommendation as ``stop.json`` (the web
+app's export and the file ``bayesal label`` leaves in the session directory).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +25,11 @@ from .history import LabelBook
 from .recovery import read_session_header
 from .storage import LOG_NAME, read_log
 
-__all__ = ["EXPORT_COLUMNS", "label_rows", "format_labels", "logged_history", "model_payload"]
+__all__ = ["EXPORT_COLUMNS", "STOP_NAME", "label_rows", "format_labels", "logged_history", "model_payload",
+           "stop_fields", "stop_summary"]
+
+#: The file the estimate and the stop recommendation are exported to.
+STOP_NAME = "stop.json"
 
 EXPORT_COLUMNS = ["index", "label", "label_index", "item", "id", "annotator", "time", "label_doubt"]
 
@@ -109,3 +116,22 @@ def model_payload(session: Any) -> dict[str, Any]:
         "n_labeled": int(session.n_labeled),
         "config": session.config,
     }
+
+
+def stop_fields(estimate: Mapping[str, Any]) -> dict[str, Any]:
+    """``Session.estimate()`` as JSON-ready values: floats rounded, NaN as None."""
+    def clean(v: Any) -> Any:
+        if isinstance(v, float):
+            return round(v, 6) if math.isfinite(v) else None
+        return v
+    return {k: clean(v) for k, v in estimate.items()}
+
+
+def stop_summary(session: Any) -> str:
+    """The JSON text of ``stop.json``: the session's :meth:`~bayesal.labeling.session.Session.estimate`
+    (:func:`stop_fields`) with the time it was made; ``estimate`` is null while fewer than two classes
+    are labeled (no model to estimate yet)."""
+    ready = len(set(session.labels.values())) >= 2
+    body = {"time": datetime.now(tz=timezone.utc).isoformat(timespec="seconds"),
+            "estimate": stop_fields(session.estimate()) if ready else None}
+    return json.dumps(body, indent=2) + "\n"

@@ -51,9 +51,11 @@ _HEADER: dict[str, tuple[tuple[type, ...], bool]] = {
     "meta": ((dict,), False),
     "cold_start": ((str,), False),  # absent: random picks until two classes are labeled
     "prior_mean": ((list,), False),  # absent: the zero-mean prior; else the (C, D) rows of its mean
+    "audit_rate": (_NUM, False),  # absent: no audit stream
 }
 _EVENT_KEYS: dict[str, dict[str, tuple[type, ...]]] = {
-    "tell": {"index": (int,), "label": (int,), "name": (str,), "retrain": (bool,), "was_skipped": (bool,), "user": (str,)},
+    "tell": {"index": (int,), "label": (int,), "name": (str,), "retrain": (bool,), "was_skipped": (bool,), "user": (str,),
+             "audit": (bool,), "audit_pred": (int,), "audit_p": _NUM},
     "correct": {"index": (int,), "label": (int,), "old": (int,), "name": (str,), "user": (str,)},
     "skip": {"index": (int,)},
     "undo": {},
@@ -130,6 +132,9 @@ def check_header(header: Any, where: str, *, complete: bool = True) -> dict[str,
                                  or not isinstance(reselect.get("base", 1), int) or isinstance(reselect.get("base"), bool)
                                  or reselect.get("base", 1) < 1):
         raise _fail(where, f"the header's reselect {reselect!r} is not a known schedule")
+    rate = header.get("audit_rate", 0.0)
+    if not (math.isfinite(rate) and 0.0 <= rate < 1.0):
+        raise _fail(where, f"the header's audit_rate {rate!r} is not a number in [0, 1)")
     if header.get("cold_start", "random") not in ("random", "cover"):
         raise _fail(where, f"the header's cold_start {header['cold_start']!r} is not known")
     strategy = header.get("strategy", {"name": ""})
@@ -165,6 +170,10 @@ def check_event(ev: Any, k: int, where: str) -> dict[str, Any]:
         raise _fail(where, f"event {k} has seq {ev.get('seq')!r}")
     if "user" in ev and len(ev["user"]) > MAX_USER:
         raise _fail(where, f"event {k} ({op}): 'user' is longer than {MAX_USER} characters")
+    if "audit_p" in ev and not (math.isfinite(ev["audit_p"]) and 0.0 <= ev["audit_p"] <= 1.0):
+        raise _fail(where, f"event {k} ({op}): 'audit_p' {ev['audit_p']!r} is not a probability")
+    if "audit_pred" in ev and not 0 <= ev["audit_pred"] <= MAX_INDEX:
+        raise _fail(where, f"event {k} ({op}): 'audit_pred' {ev['audit_pred']} is out of range")
     if "t" in ev and not _is(ev["t"], _NUM):
         raise _fail(where, f"event {k} ({op}): 't' holds a {type(ev['t']).__name__}")
     return ev

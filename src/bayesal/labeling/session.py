@@ -66,7 +66,7 @@ from .queries import SessionQueries
 from .replay import PosteriorReplay
 from .review import SessionReview
 from .schema import MAX_USER, check_header
-from .signals import StoppingSignals
+from .signals import DEFAULT_STOP_GAIN, StoppingSignals
 from .state import SessionState
 from .storage import LOG_NAME, STATE_NAME
 from .store import SessionStore, StorageOptions
@@ -139,6 +139,15 @@ class Session(SessionOpening, SessionQueries, SessionReview):
         made of the class names' embeddings (:func:`bayesal.data.zero_shot_head`). The posterior before
         the first label is that prior, so the first query's prediction is its guess; every refit is
         centred on it. None: the zero-mean prior.
+    audit_rate : float, default 0
+        The probability in ``[0, 1)`` that a query is an *audit* pick: an item drawn uniformly at random
+        from the available ones instead of the strategy's (saved). Its answer is logged as an audit
+        label with the model's prediction before the label is absorbed; :meth:`estimate` corrects the
+        model's own accuracy estimate with them (see :mod:`bayesal.labeling.signals`).
+    stop_when_gain_below : float, optional
+        :meth:`estimate` recommends stopping once the expected accuracy gain of the next 50 labels is
+        below this (default 0.005; None: no recommendation). Not saved: the attribute of the same name
+        may be set at any time.
     **storage_options
         Fields of :class:`StorageOptions` given as keywords (``fsync=False``, ``snapshot_every=10``,
         …); they override ``storage``.
@@ -171,6 +180,8 @@ class Session(SessionOpening, SessionQueries, SessionReview):
         background: bool = True,
         cold_start: str = "random",
         prior_mean: Any = None,
+        audit_rate: float = 0.0,
+        stop_when_gain_below: float | None = DEFAULT_STOP_GAIN,
         **storage_options: Any,
     ) -> None:
         x = as_features(features, name="pool features", dtype=torch.float64)
@@ -186,10 +197,11 @@ class Session(SessionOpening, SessionQueries, SessionReview):
         header = new_header(x, class_names, strategy=strat_cfg, options=options, retrain_every=retrain_every,
                             candidate_size=candidate_size, random_state=random_state, meta=meta,
                             reselect=RefitPolicy(retrain_every, reselect, reselect_base).header_field(),
-                            cold_start=cold_start, prior_mean=prior_mean)
+                            cold_start=cold_start, prior_mean=prior_mean, audit_rate=audit_rate)
         if isinstance(strategy, str):  # a name: resolved once the header has checked the other settings
             strat_obj = resolve_strategy(strategy, strat_cfg["kwargs"])
         self._setup(header, x, items, strat_obj, StorageOptions.build(storage, storage_options), background)
+        self.stop_when_gain_below = stop_when_gain_below
         if state_dir is not None:
             self._state_dir = Path(state_dir)
             self._engine.store = SessionStore.create(self._state_dir, header, self._options)
@@ -222,6 +234,7 @@ class Session(SessionOpening, SessionQueries, SessionReview):
             raise CorruptStateError(f"the session header holds settings this version cannot use ({err}); "
                                     "it was edited or written by another version") from err
         self._signals = StoppingSignals(x, self._seed)
+        self.stop_when_gain_below: float | None = DEFAULT_STOP_GAIN
         self._state_dir = None
         self._engine = LabelingEngine(self._state)  # in memory until a directory is attached
         self.recovery_notes = []  # what Session.recover did to the files, one line each
@@ -290,7 +303,9 @@ class Session(SessionOpening, SessionQueries, SessionReview):
     def tell(self, index: int, label: int | str, *, user: str | None = None) -> None:
         """Record the answer ``label`` for pool ``index`` and update the posterior.
 
-        Any unlabeled index is accepted (not only the last queried; a skipped one is un-skipped).
+        Any unlabeled index is accepted (not only the last queried; a skipped one is un-skipped). With
+        an audit stream, the answer to the current audit pick (:meth:`audit_pick`) is logged as an
+        audit label, with the class the model predicted for it before the label and its probability.
         Returns after the label is durably logged. May be a fit point of the refit policy
         (``retrain_every``, ``reselect``): then the head is refit, in the background by default.
 
@@ -323,6 +338,7 @@ class Session(SessionOpening, SessionQueries, SessionReview):
             ev["was_skipped"] = True
         if self._policy.due(self._book, c):
             ev["retrain"] = True
+        self._mark_audit(ev)
         self._record(ev)
 
     def skip(self, index: int) -> None:

@@ -223,6 +223,11 @@ def create_app(service: LabelingService, *, token: str | None = None) -> FastAPI
         return PlainTextResponse(service.export_jsonl(), media_type="application/x-ndjson",
                                  headers={"Content-Disposition": 'attachment; filename="labels.jsonl"'})
 
+    @app.get("/api/export/stop.json")
+    def export_stop() -> PlainTextResponse:
+        return PlainTextResponse(service.export_stop(), media_type="application/json",
+                                 headers={"Content-Disposition": 'attachment; filename="stop.json"'})
+
     @app.get("/api/export/posterior.pt")
     def export_posterior() -> Response:
         return Response(service.export_posterior(), media_type="application/octet-stream",

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from bayesal.exceptions import InvalidInputError, StaleAnswerError
-from bayesal.labeling import Session, format_labels, label_rows
+from bayesal.labeling import Session, format_labels, label_rows, stop_fields, stop_summary
 
 from .guess import model_guess
 from .render import item_view, line_plot_svg
@@ -485,11 +485,16 @@ class LabelingService:
                 "reference_size": int(sig["reference_size"]),
                 "test_accuracy": round(point["test_accuracy"], 4) if "test_accuracy" in point else None,
                 "plots": plots,
+                "estimate": stop_fields(self.session.estimate()) if two_classes else None,
             }
             self._stats_cache = (key, out)
             return out
 
     # ------------------------------------------------------------------ exports
+    def export_stop(self) -> str:
+        """The estimate and the stop recommendation as JSON (:func:`bayesal.labeling.stop_summary`)."""
+        with self._lock:
+            return stop_summary(self.session)
     def _label_rows(self) -> list[dict[str, Any]]:
         items = self._item_locations
         if items is None and self.session.items is not None:

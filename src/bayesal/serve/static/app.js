@@ -244,6 +244,27 @@
         `Pool items (of ${s.reference_size}) whose predicted class changed over the last ${w} labels: ` +
         "near zero, the decisions are stable.",
         `${s.flips} of ${s.reference_size}`);
+      const e = s.estimate;
+      if (e) {
+        const pct = Math.round(100 * e.level);
+        line("estimate", `accuracy on the unlabeled pool (${pct}% interval)`,
+          e.method === "audit"
+            ? `Prediction-powered estimate: the model's own estimate corrected by ${e.n_audit} audit labels ` +
+              "(items drawn at random from the pool, predicted before their label was absorbed). The interval is honest."
+            : "The model's own estimate with its spread: not honest after uncertainty sampling (the model is " +
+              "under- or overconfident on the rest of the pool). Start the session with an audit rate (e.g. 0.1) for an honest one.",
+          `${e.accuracy.toFixed(3)} [${e.low.toFixed(3)}, ${e.high.toFixed(3)}]` +
+            (e.method === "audit" ? ` · ${e.n_audit} audit` : " · model's own"));
+        line("expected-gain", `expected gain of the next ${e.horizon} labels`,
+          `The accuracy gained per label over the last ${e.gain_window} labels, as the current model sees its ` +
+          `changed predictions, times ${e.horizon}.` +
+          (e.stop_threshold === null ? "" : ` Stopping is recommended below ${e.stop_threshold}.`),
+          e.expected_gain === null ? `n/a until ${e.gain_window} labels` : e.expected_gain.toFixed(4));
+        if (e.stop) {
+          line("stop", "stop recommended",
+            `The next ${e.horizon} labels are expected to add less than ${e.stop_threshold} accuracy.`, "yes");
+        }
+      }
     }
     // server-rendered SVG (numbers only, names escaped on the server)
     $("plots").innerHTML = s.plots.accuracy + s.plots.gain + s.plots.flips;

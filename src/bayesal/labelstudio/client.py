@@ -8,12 +8,18 @@ Access Token, or a legacy token, in Label Studio 1.23).
 ``GET    /api/tasks?project=P&page=N&page_size=S``     the project's tasks (``id``, ``data``), paged
 ``POST   /api/projects/P/import/predictions``          many predictions in one request (``{task, result,
                                                        score, model_version}``)
+``GET    /api/predictions/?project=P``                 the project's predictions (``id``, ``task``,
+                                                       ``model_version``, ``score``)
+``PATCH  /api/predictions/<id>/``                      one prediction's ``score`` and ``result``
+``DELETE /api/predictions/<id>/``                      one prediction
 ``GET    /api/ml?project=P``                           the project's ML backends and their model version
-``GET    /api/ml/M``                                   Label Studio asks the backend for its model version
-                                                       (``/setup``) and records it
-``GET    /api/projects/P/model-versions/``             ``{model_version: number of predictions}``
-``DELETE /api/projects/P/model-versions/``             every prediction of one ``model_version``
+``PATCH  /api/ml/<id>``                                an ML backend's ``model_version``, ``auto_update``
 =====================================================  ===============================================
+
+Label Studio 1.23 deletes predictions one at a time inside one database transaction (about 20 ms
+each, with its per-prediction counters): deleting a whole model version of 1,000 predictions locks
+its SQLite database for half a minute, and annotations submitted meanwhile fail. This client
+therefore only deletes single predictions.
 """
 
 from __future__ import annotations
@@ -113,21 +119,22 @@ class LabelStudioClient:
         answer = self.request("POST", f"/api/projects/{project}/import/predictions", body=predictions)
         return int(answer.get("created", len(predictions))) if isinstance(answer, dict) else len(predictions)
 
+    def predictions(self, project: int) -> list[dict[str, Any]]:
+        """Every prediction of ``project`` (Label Studio does not page this list)."""
+        answer = self.request("GET", "/api/predictions/", params={"project": project})
+        return [p for p in answer if isinstance(p, dict)] if isinstance(answer, list) else []
+
+    def update_prediction(self, prediction: int, changes: dict[str, Any]) -> None:
+        self.request("PATCH", f"/api/predictions/{prediction}/", body=changes)
+
+    def delete_prediction(self, prediction: int) -> None:
+        self.request("DELETE", f"/api/predictions/{prediction}/")
+
     def ml_backends(self, project: int) -> list[dict[str, Any]]:
         answer = self.request("GET", "/api/ml", params={"project": project})
         return [m for m in answer if isinstance(m, dict)] if isinstance(answer, list) else []
 
-    def refresh_ml_backend(self, ml_backend: int) -> dict[str, Any]:
-        """Label Studio asks the ML backend for its state and model version and records them."""
-        answer = self.request("GET", f"/api/ml/{ml_backend}")
+    def update_ml_backend(self, ml_backend: int, changes: dict[str, Any]) -> dict[str, Any]:
+        """Change an ML backend's settings (Label Studio then asks the backend for its state)."""
+        answer = self.request("PATCH", f"/api/ml/{ml_backend}", body=changes)
         return answer if isinstance(answer, dict) else {}
-
-    def model_versions(self, project: int) -> dict[str, int]:
-        """``{model_version: number of predictions}`` of ``project``."""
-        answer = self.request("GET", f"/api/projects/{project}/model-versions/")
-        return {str(k): int(v or 0) for k, v in answer.items()} if isinstance(answer, dict) else {}
-
-    def delete_model_version(self, project: int, model_version: str) -> int:
-        """Delete every prediction of ``model_version`` in ``project``; how many were deleted."""
-        answer = self.request("DELETE", f"/api/projects/{project}/model-versions/", body={"model_version": model_version})
-        return int(answer.get("deleted_predictions", 0)) if isinstance(answer, dict) else 0

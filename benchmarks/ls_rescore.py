@@ -127,12 +127,15 @@ def main(argv: list[str] | None = None) -> int:
                                            f"push status {pusher.status()}")
                     time.sleep(0.2)
                 full_times.append(time.monotonic() - start)
-                pusher.flush(60)
+                pusher.flush(1800)  # the superseded predictions deleted
+                cleaned = time.monotonic() - start
                 stored = ls.predictions(project)
                 status = pusher.status()
                 print(f"annotation {k + 1}: acknowledged {acked:.3f} s, new top score visible {seconds:.3f} s, "
-                      f"every score {full_times[-1]:.3f} s (predictions updated so far {status['predictions_updated']}, "
-                      f"stored {len(stored)} of versions {sorted({p['model_version'] for p in stored})})", file=sys.stderr)
+                      f"every score {full_times[-1]:.3f} s, superseded predictions deleted after {cleaned:.1f} s "
+                      f"(so far: {status['predictions_created']} created, {status['predictions_updated']} updated, "
+                      f"{status['predictions_deleted']} deleted; stored {len(stored)} of versions "
+                      f"{sorted({p['model_version'] for p in stored})})", file=sys.stderr)
                 if len(stored) != args.tasks:
                     raise RuntimeError(f"{len(stored)} predictions stored for {args.tasks} tasks")
         finally:

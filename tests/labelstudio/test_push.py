@@ -267,7 +267,8 @@ def test_a_connect_creates_every_prediction_in_batches_and_an_annotation_updates
 
 def test_the_highest_scores_are_updated_first_and_the_rest_follow(fake, backend):
     ls = fake(n_tasks=30)
-    pusher = PredictionPusher(backend, LabelStudioClient(ls.url, TOKEN), tolerance=0, max_updates=4).start()
+    pusher = PredictionPusher(backend, LabelStudioClient(ls.url, TOKEN), tolerance=0, max_updates=4,
+                              bulk_above=None).start()
     try:
         live = connect(backend, ls)
         assert pusher.flush(30)
@@ -280,6 +281,29 @@ def test_the_highest_scores_are_updated_first_and_the_rest_follow(fake, backend)
         assert len(changed) > 4 and sorted(ls.patched) == sorted(changed)  # in rounds of 4
         rank = sorted(changed, key=lambda t: -max(after[t], before[t]))
         assert ls.patched[:4] and set(ls.patched[:4]) == set(rank[:4])
+    finally:
+        pusher.close()
+
+
+def test_a_change_of_many_scores_is_written_at_once_under_a_new_live_version(fake, backend):
+    ls = fake(n_tasks=30)
+    pusher = PredictionPusher(backend, LabelStudioClient(ls.url, TOKEN), tolerance=0, bulk_above=3).start()
+    try:
+        live = connect(backend, ls)
+        assert pusher.flush(30)
+        webhook(backend, 1, ls.tasks[0], "tech")
+        assert pusher.flush(30)
+        assert ls.patched == [] and ls.calls("POST", f"/api/projects/{PROJECT}/import/predictions") == 2
+        live1 = live + "1"
+        assert ls.ml[0]["model_version"] == live1 and pusher.status()["model_version"] == live1
+        assert ls.scores(live1) == expected_scores(backend, ls)
+        assert ls.scores(live) == {}  # the previous live predictions were deleted, one at a time
+        assert ls.calls("DELETE", "/api/projects/7/model-versions/") == 0
+        assert sum(1 for m, path in ls.requests if m == "DELETE") == 30
+        webhook(backend, 2, ls.tasks[1], "sport")  # and again: the next generation
+        assert pusher.flush(30)
+        assert {p["model_version"] for p in ls.predictions} == {live + "2"}
+        assert ls.scores(live + "2") == expected_scores(backend, ls)
     finally:
         pusher.close()
 

@@ -69,6 +69,7 @@ class _Pushed:
     """What Label Studio holds of one project: its task list and this backend's live predictions."""
 
     tasks: list[dict[str, Any]] | None = None
+    live_version: str | None = None  # the model version of the live predictions
     #: task id -> (prediction id, score, predicted class) of its live prediction as stored
     live: dict[int, tuple[int, float, str]] = field(default_factory=dict)
     synced: bool = False  # ``live`` and ``superseded`` read from Label Studio
@@ -97,7 +98,9 @@ class PredictionPusher:
     """Pushes ``backend``'s predictions into Label Studio through ``client``, in a background thread.
 
     ``batch_size``: predictions per import request; ``max_updates``: live predictions updated per
-    round, ``workers`` requests at a time; ``max_deletes``: superseded predictions deleted per round;
+    round, ``workers`` requests at a time; ``bulk_above``: when more predictions than this changed (and
+    no superseded ones wait to be deleted), every task gets a new live prediction of a new live
+    version at once instead (None: never); ``max_deletes``: superseded predictions deleted per round;
     ``tolerance``: a score change at most this large is not written (the scores shown are within it of
     the current ones; predicted classes are always current); ``max_backoff``: longest wait
     (seconds) before a failed push is tried again; ``resync_delay``: seconds after a repeated ``/setup``
@@ -105,12 +108,14 @@ class PredictionPusher:
     """
 
     def __init__(self, backend: LabelStudioBackend, client: LabelStudioClient, *, batch_size: int = 1000,
-                 max_updates: int = 20, workers: int = 4, max_deletes: int = 20, tolerance: float = 1e-3,
+                 max_updates: int = 20, bulk_above: int | None = 100, workers: int = 4, max_deletes: int = 8,
+                 tolerance: float = 1e-3,
                  max_backoff: float = 30.0, first_backoff: float = 1.0, resync_delay: float = RESYNC_DELAY) -> None:
         self.backend = backend
         self.client = client
         self.batch_size = int(batch_size)
         self.max_updates = int(max_updates)
+        self.bulk_above = None if bulk_above is None else int(bulk_above)
         self.workers = int(workers)
         self.max_deletes = int(max_deletes)
         self.tolerance = float(tolerance)
@@ -263,7 +268,11 @@ class PredictionPusher:
         try:
             if reread:
                 state.tasks = self.client.tasks(pid)
-            live = _family(self.backend.project(uid).model.model_version) + "live"
+            family = _family(self.backend.project(uid).model.model_version)
+            if state.live_version is None or not state.live_version.startswith(family):
+                state.live_version = self._current_live(pid, family)
+                resync = True
+            live = state.live_version
             if resync or reread:
                 self._sync(pid, state, live)
         except Exception:
@@ -277,17 +286,52 @@ class PredictionPusher:
         scores = {t["id"]: (float(r["score"]), r["result"]) for t, r in zip(tasks, results)}
 
         created = self._create_missing(pid, state, live, scores)
-        updated = self._update_changed(state, scores)
-        pointed = self._point_label_studio_at(pid, live) if created or resync else False
+        changed = self._changed(state, scores)
+        updated = 0
+        if self.bulk_above is not None and len(changed) > self.bulk_above and not state.superseded:
+            live = self._switch(pid, state, family, scores)
+            created, pointed, state.pending = created + len(scores), True, 0
+        else:
+            updated = self._update_changed(state, scores, changed)
+            pointed = self._point_label_studio_at(pid, live) if created or resync else False
         deleted = 0
-        if not state.pending:
+        if not state.pending and state.superseded:
             ids, state.superseded = state.superseded[:self.max_deletes], state.superseded[self.max_deletes:]
-            for prediction in ids:
-                self.client.delete_prediction(prediction)
-                deleted += 1
+            pool = self._pool
+            if pool is not None and len(ids) > 1:
+                list(pool.map(self.client.delete_prediction, ids))
+            else:
+                for prediction in ids:
+                    self.client.delete_prediction(prediction)
+            deleted = len(ids)
         if not (created or updated or deleted or pointed):
             return None
         return {"created": created, "updated": updated, "deleted": deleted, "model_version": live}
+
+    def _current_live(self, pid: int, family: str) -> str:
+        """The live version an ML backend of this model is set to, or the first one."""
+        for ml in self.client.ml_backends(pid):
+            current = str(ml.get("model_version") or "")
+            if current.startswith(family + "live"):
+                return current
+        return family + "live"
+
+    def _switch(self, pid: int, state: _Pushed, family: str, scores: dict[int, tuple[float, Any]]) -> str:
+        """Every task's prediction written at once under the next live version, which Label Studio is
+        then set to; the previous live predictions become superseded (deleted one at a time later)."""
+        generation = (state.live_version or "")[len(family) + len("live"):]
+        live = f"{family}live{int(generation) + 1 if generation.isdigit() else 1}"
+        predictions = [{"task": t, "result": r, "score": sc, "model_version": live} for t, (sc, r) in scores.items()]
+        for start in range(0, len(predictions), self.batch_size):
+            self.client.import_predictions(pid, predictions[start:start + self.batch_size])
+        self._point_label_studio_at(pid, live)
+        state.live_version = live
+        self._sync(pid, state, live)
+        lost = [t for t in scores if t not in state.live]
+        if lost:
+            raise LabelStudioAPIError(f"Label Studio stored {len(scores) - len(lost)} of {len(scores)} predictions "
+                                      f"(e.g. task {lost[0]}); it drops a prediction whose score is outside [0, 1]")
+        return live
 
     def _sync(self, pid: int, state: _Pushed, live: str) -> None:
         """Read the project's predictions: this backend's live ones, and its superseded ones."""
@@ -300,7 +344,7 @@ class PredictionPusher:
                 continue
             if version == live and isinstance(task, int) and task in known and task not in state.live:  # the newest per task is kept
                 state.live[task] = (pred, float(p.get("score") or 0.0), _choice(p.get("result")))
-            elif version == live or version[len(family):].isdigit():
+            elif version == live or version[len(family):].isdigit() or version[len(family):].startswith("live"):
                 superseded.append(pred)
         state.superseded = superseded
         state.synced = True
@@ -320,9 +364,11 @@ class PredictionPusher:
                                       f"(e.g. task {lost[0]}); it drops a prediction whose score is outside [0, 1]")
         return created
 
-    def _update_changed(self, state: _Pushed, scores: dict[int, tuple[float, Any]]) -> int:
-        changed = [t for t, (score, result) in scores.items() if t in state.live and (
+    def _changed(self, state: _Pushed, scores: dict[int, tuple[float, Any]]) -> list[int]:
+        return [t for t, (score, result) in scores.items() if t in state.live and (
             abs(score - state.live[t][1]) > self.tolerance or _choice(result) != state.live[t][2])]
+
+    def _update_changed(self, state: _Pushed, scores: dict[int, tuple[float, Any]], changed: list[int]) -> int:
         # the top of the Data Manager's sort first: a task rising to it, or falling from it
         changed.sort(key=lambda t: -max(scores[t][0], state.live[t][1]))
         todo, state.pending = changed[:self.max_updates], max(0, len(changed) - self.max_updates)

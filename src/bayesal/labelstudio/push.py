@@ -7,10 +7,11 @@ background thread pushes. The webhook never waits for Label Studio: marking is a
 a burst of annotations coalesces into one push of the latest scores (a project due while its push
 runs is pushed once more afterwards).
 
-Each task holds one *live* prediction of this backend, model version ``bayesal-<log id>-live``,
-updated in place: Label Studio 1.23 deletes predictions at about 20 ms each inside one database
-transaction (see :mod:`.client`), so a new model version per annotation — 1,000 new predictions and
-1,000 to delete — would pile up or lock its database. A push of a project (:meth:`PredictionPusher.push`):
+Each task holds one *live* prediction of this backend, model version ``bayesal-<log id>-live`` (then
+``…-live1``, ``…-live2``, …), updated in place: Label Studio 1.23 has no bulk update and deletes
+predictions at about 20 ms each inside one database transaction (see :mod:`.client`), so a new model
+version per annotation — 1,000 new predictions and 1,000 to delete — would pile up or lock its
+database. A push of a project (:meth:`PredictionPusher.push`):
 
 1. reads the project's task list once (again after ``TASKS_CREATED`` / ``TASKS_DELETED``) and scores
    every task as ``/predict`` does (:meth:`~.backend.LabelStudioBackend.predict`: the result's
@@ -21,7 +22,10 @@ transaction (see :mod:`.client`), so a new model version per annotation — 1,00
 3. updates the live predictions whose score or predicted class changed (``PATCH
    /api/predictions/<id>/``, ``workers`` at a time), the highest scores first — the top of the Data
    Manager's sort is current first — at most ``max_updates`` per round; the rest follow in the next
-   rounds, merged with newer changes;
+   rounds, merged with newer changes. When more than ``bulk_above`` changed and no superseded
+   prediction waits to be deleted, every task instead gets a prediction of the next live version in
+   one import, Label Studio is set to that version (all scores change at once) and the previous live
+   predictions become superseded;
 4. points the project's ML backends that serve this model at the live version (``model_version``,
    ``auto_update`` off), which the Data Manager's *Prediction score* counts;
 5. deletes its superseded predictions — the other model versions of this project's model
@@ -98,7 +102,8 @@ class PredictionPusher:
     """Pushes ``backend``'s predictions into Label Studio through ``client``, in a background thread.
 
     ``batch_size``: predictions per import request; ``max_updates``: live predictions updated per
-    round, ``workers`` requests at a time; ``bulk_above``: when more predictions than this changed (and
+    round, ``workers`` requests at a time (Label Studio's SQLite database refuses concurrent writes
+    after a few seconds: 1 by default); ``bulk_above``: when more predictions than this changed (and
     no superseded ones wait to be deleted), every task gets a new live prediction of a new live
     version at once instead (None: never); ``max_deletes``: superseded predictions deleted per round;
     ``tolerance``: a score change at most this large is not written (the scores shown are within it of
@@ -108,7 +113,7 @@ class PredictionPusher:
     """
 
     def __init__(self, backend: LabelStudioBackend, client: LabelStudioClient, *, batch_size: int = 1000,
-                 max_updates: int = 20, bulk_above: int | None = 100, workers: int = 4, max_deletes: int = 8,
+                 max_updates: int = 20, bulk_above: int | None = 100, workers: int = 1, max_deletes: int = 8,
                  tolerance: float = 1e-3,
                  max_backoff: float = 30.0, first_backoff: float = 1.0, resync_delay: float = RESYNC_DELAY) -> None:
         self.backend = backend
@@ -295,15 +300,14 @@ class PredictionPusher:
             updated = self._update_changed(state, scores, changed)
             pointed = self._point_label_studio_at(pid, live) if created or resync else False
         deleted = 0
-        if not state.pending and state.superseded:
-            ids, state.superseded = state.superseded[:self.max_deletes], state.superseded[self.max_deletes:]
-            pool = self._pool
-            if pool is not None and len(ids) > 1:
-                list(pool.map(self.client.delete_prediction, ids))
-            else:
-                for prediction in ids:
-                    self.client.delete_prediction(prediction)
-            deleted = len(ids)
+        while not state.pending and state.superseded and deleted < self.max_deletes:
+            try:
+                self.client.delete_prediction(state.superseded[0])
+            except LabelStudioAPIError as err:
+                if err.status != 404:  # 404: already gone
+                    raise
+            state.superseded.pop(0)
+            deleted += 1
         if not (created or updated or deleted or pointed):
             return None
         return {"created": created, "updated": updated, "deleted": deleted, "model_version": live}

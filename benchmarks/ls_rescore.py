@@ -9,14 +9,20 @@ bayesal backend with a prediction pusher in this process (uvicorn in a thread, d
 margin strategy). After connecting the backend (its first push scores every task), the script
 annotates, ``--annotations`` times, the task the Data Manager sorts first by prediction score, and
 measures from sending the annotation (``POST /api/tasks/<id>/annotations/``: Label Studio answers after
-its webhook reached the backend and the update is on disk) until the Data Manager's view sorted by
-prediction score shows the backend's new top task with its new score (polled every 20 ms); then it
-checks that every task shows its new score and that only the current model version's predictions are
-stored. No *Retrieve predictions* is ever called.
+its webhook reached the backend and the update is on disk):
 
-The machine is shared (2 cores, other jobs running): absolute times are noisy. Last line::
+* until the Data Manager's view sorted by prediction score shows, first, a task with the backend's new
+  highest score (polled every 20 ms) — ``ls_rescore_s``, the median;
+* until every task shows its new score (within the pusher's tolerance, 0.001) — ``ls_rescore_all_s``;
+* until the superseded predictions are deleted and the project holds one prediction per task again;
+  the next annotation is sent only then.
 
-    ls_rescore_s=<median seconds, annotation sent -> new scores visible>
+No *Retrieve predictions* is ever called.
+
+The machine is shared (2 cores, other jobs running): absolute times are noisy. Last two lines::
+
+    tasks=… annotations=… top_s=[…] all_s=[…] ls_rescore_all_s=<median>
+    ls_rescore_s=<median seconds, annotation sent -> the new top of the sort visible>
 
     python benchmarks/ls_rescore.py [--tasks 1000] [--annotations 5]
 """

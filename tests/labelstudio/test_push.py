@@ -58,6 +58,7 @@ class FakeLabelStudio:
         self.predictions: list[dict[str, Any]] = []
         self.next_id = 0
         self.patched: list[int] = []  # task ids whose prediction was updated, in order
+        self.gone: set[int] = set()  # prediction ids answered with 404 (deleted by someone else)
         self.ml = [{"id": 3, "model_version": "", "title": "bayesal", "auto_update": True, "url": "http://b"},
                    {"id": 4, "model_version": "other-1", "title": "x", "auto_update": True, "url": "http://x"}]
         self.requests: list[tuple[str, str]] = []
@@ -131,7 +132,7 @@ class FakeLabelStudio:
             if path.startswith("/api/predictions/"):
                 pid = int(path.strip("/").rsplit("/", 1)[1])
                 pred = next((p for p in self.predictions if p["id"] == pid), None)
-                if pred is None:
+                if pred is None or pid in self.gone:
                     return 404, {"detail": "Not found."}
                 if method == "PATCH":
                     pred.update(body)
@@ -306,6 +307,21 @@ def test_a_change_of_many_scores_is_written_at_once_under_a_new_live_version(fak
         assert ls.scores(live + "2") == expected_scores(backend, ls)
     finally:
         pusher.close()
+
+
+def test_a_superseded_prediction_deleted_meanwhile_is_not_an_error(fake, backend):
+    ls = fake(n_tasks=5)
+    pusher = PredictionPusher(backend, LabelStudioClient(ls.url, TOKEN), tolerance=0)  # rounds run here, no thread
+    live = connect(backend, ls)
+    assert pusher.push(UID)["created"] == 5
+    with ls.lock:
+        for t in ls.tasks[:2]:
+            ls.add(t["id"], live.replace("-live", "-1"), 0.5)
+        ls.gone.add(ls.next_id)
+    pusher.notify(UID, "SETUP")  # a known project: its predictions are read again
+    assert pusher.push(UID)["deleted"] == 2
+    assert {p["model_version"] for p in ls.predictions if p["id"] not in ls.gone} == {live}
+    assert pusher.push(UID) is None  # nothing left to do
 
 
 def test_a_burst_of_annotations_is_one_push_of_the_latest_scores(fake, backend):

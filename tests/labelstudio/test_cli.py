@@ -27,3 +27,17 @@ def test_a_public_host_needs_basic_auth(tmp_path, capsys):
                                         ("localhost", True), ("0.0.0.0", False), ("192.168.1.2", False), ("example.com", False)])
 def test_is_loopback(host, loop):
     assert is_loopback(host) is loop
+
+
+def test_label_studio_url_and_token_come_together(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("uvicorn")
+    monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
+    monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
+    args = build_parser().parse_args(["labelstudio", "--state-dir", str(tmp_path), "--label-studio-url",
+                                      "http://localhost:8080", "--label-studio-token", "abc"])
+    assert (args.label_studio_url, args.label_studio_token) == ("http://localhost:8080", "abc")
+    assert main(["labelstudio", "--state-dir", str(tmp_path), "--label-studio-url", "http://localhost:8080"]) == 2
+    assert "--label-studio-token" in capsys.readouterr().err
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "abc")  # the token from the environment, the URL malformed
+    assert main(["labelstudio", "--state-dir", str(tmp_path), "--label-studio-url", "localhost:8080"]) == 2
+    assert "--label-studio-url must be Label Studio's http(s) address" in capsys.readouterr().err

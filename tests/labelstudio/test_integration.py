@@ -119,3 +119,86 @@ def test_label_studio_drives_the_bayesian_updates(stack, harness):
     assert ranked[0] == max(unlabeled, key=utility.get)
     for t in unlabeled:  # the column shows the current model's score only (older predictions are kept too)
         assert shown[t] == pytest.approx(utility[t], abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def pushing(stack, harness, tmp_path_factory, minilm):
+    """A second backend, given Label Studio's URL and API token: it pushes its predictions itself.
+    ``requests`` records every call Label Studio makes on it."""
+    from bayesal.labelstudio import BackendSettings, LabelStudioBackend, LabelStudioClient, PredictionPusher, create_app
+
+    ls = stack[0]
+    backend = LabelStudioBackend(tmp_path_factory.mktemp("pushing") / "state", BackendSettings(seed=0),
+                                 backbones={"text": minilm})
+    pusher = PredictionPusher(backend, LabelStudioClient(ls.url, harness.TOKEN), tolerance=0.0)
+    app = create_app(backend, pusher=pusher)
+    requests: list[dict] = []
+    app.middleware("http")(harness.recording_middleware(requests))
+    server = harness.ThreadedServer(app).start()
+    yield server, backend, pusher, requests
+    server.stop()
+
+
+def test_label_studio_sorts_by_fresh_scores_without_retrieving_predictions(stack, pushing, harness):
+    import time
+
+    ls = stack[0]
+    server, backend, pusher, requests = pushing
+    project = ls.create_project("bayesal pushes its scores", harness.TEXT_CONFIG)
+    texts = [t for t, _ in harness.TEXTS] + [f"{t} again" for t, _ in harness.TEXTS]
+    tasks = ls.import_tasks(project, [{"data": {"text": t}} for t in texts])
+    truth = dict(zip(tasks, [label for _, label in harness.TEXTS] * 2))
+    ml = ls.connect_backend(project, server.url)
+    assert ml["state"] == "CO", ml
+
+    def shown() -> dict[int, float | None]:
+        return {t["id"]: t["predictions_score"] for t in ls.tasks_by_score(project)}
+
+    def wait_for(condition, what: str, timeout: float = 60.0) -> float:
+        t0 = time.monotonic()
+        while not condition():
+            assert time.monotonic() - t0 < timeout, f"{what} within {timeout} s; push status {pusher.status()}"
+            time.sleep(0.05)
+        return time.monotonic() - t0
+
+    def expected() -> dict[int, float]:
+        results, _ = backend.predict([{"id": t, "data": {"text": x}} for t, x in zip(tasks, texts)], str(project), None)
+        return {t: r["score"] for t, r in zip(tasks, results)}
+
+    # connecting is enough: every task gets a score, without "Retrieve predictions"
+    wait_for(lambda: all(s is not None for s in shown().values()), "the first push")
+    assert shown() == pytest.approx(expected(), abs=1e-6)
+
+    # Label Studio counts the backend's live predictions, one per task, updated in place
+    live = ls.ml_backend(ml["id"])["model_version"]
+    assert live.startswith("bayesal-") and live.endswith("-live")
+
+    # an annotation re-sorts the Data Manager by itself
+    before = [t["id"] for t in ls.tasks_by_score(project)]
+    version = backend.project(str(project)).model.model_version
+    first = before[0]
+    ls.annotate(first, truth[first])
+    assert backend.project(str(project)).model.model_version != version
+    seconds = wait_for(lambda: shown() == pytest.approx(expected(), abs=1e-6), "the new scores")
+    after = [t["id"] for t in ls.tasks_by_score(project)]
+    assert after != before
+    unlabeled = [t for t in tasks if t != first]
+    scores = expected()
+    assert [t for t in after if t != first][0] == max(unlabeled, key=scores.get)
+
+    # a burst of annotations: the latest scores arrive, and only the current version's predictions remain
+    for t in after[:3]:
+        if t != first:
+            ls.annotate(t, truth[t])
+    wait_for(lambda: shown() == pytest.approx(expected(), abs=1e-6), "the scores after a burst")
+    pusher.flush(30)
+    stored = ls.predictions(project)
+    assert {p["model_version"] for p in stored} == {live}
+    assert sorted(p["task"] for p in stored) == sorted(tasks)  # nothing piled up
+    assert all(p["result"][0]["value"]["choices"][0] in ("sport", "business", "tech") for p in stored)
+    assert all(0.0 <= p["result"][0]["score"] <= 1.0 for p in stored)  # the class probability
+
+    assert not [r for r in requests if r["path"] == "/predict"]  # nothing was retrieved
+    status = ls.http.get(f"{server.url}/health").json()["push"]
+    assert status["last_error"] is None and status["predictions_updated"] > 0
+    print(f"annotation -> new scores visible: {seconds:.2f} s")

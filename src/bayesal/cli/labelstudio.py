@@ -31,6 +31,12 @@ def add_labelstudio_arguments(p: argparse.ArgumentParser) -> None:
                    help="<Label Studio data dir>/media/upload, for images uploaded to Label Studio")
     p.add_argument("--basic-auth", default=None, metavar="USER:PASSWORD",
                    help="require HTTP Basic authentication (needed with a --host other than loopback)")
+    p.add_argument("--label-studio-url", default=None, metavar="URL",
+                   help="Label Studio's address (e.g. http://localhost:8080; default: $LABEL_STUDIO_URL): after "
+                        "each annotation the backend writes fresh predictions there, so the Data Manager's sort "
+                        "by prediction score is current without Retrieve predictions; needs --label-studio-token")
+    p.add_argument("--label-studio-token", default=None, metavar="TOKEN",
+                   help="Label Studio API token (Account & Settings → Access Token; default: $LABEL_STUDIO_API_KEY)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default 1)")
     add_posterior_arguments(p, default="1; with cv, cv-predictive or evidence the first annotations update the "
@@ -38,7 +44,9 @@ def add_labelstudio_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def labelstudio_main(args: argparse.Namespace) -> int:
-    from bayesal.labelstudio import BackendSettings, run
+    import os
+
+    from bayesal.labelstudio import BackendSettings, LabelStudioClient, run
 
     auth = None
     if args.basic_auth is not None:
@@ -47,10 +55,19 @@ def labelstudio_main(args: argparse.Namespace) -> int:
             print("bayesal: error: --basic-auth must be USER:PASSWORD", file=sys.stderr)
             return 2
         auth = (user, password)
+    url = args.label_studio_url or os.environ.get("LABEL_STUDIO_URL") or None
+    token = args.label_studio_token or os.environ.get("LABEL_STUDIO_API_KEY") or None
+    if (url is None) != (token is None):
+        given, missing = ("--label-studio-url", "--label-studio-token") if url else ("--label-studio-token", "--label-studio-url")
+        print(f"bayesal: error: {given} needs {missing} too (or $LABEL_STUDIO_URL and $LABEL_STUDIO_API_KEY)",
+              file=sys.stderr)
+        return 2
+    label_studio = None
+    if url is not None and token is not None:
+        LabelStudioClient(url, token)  # a malformed URL or token is refused before the server starts
+        label_studio = (url, token)
     files_root = args.files_root or None
     if files_root is None:
-        import os
-
         files_root = os.environ.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT") or None
     settings = BackendSettings(
         strategy=args.strategy, batch_size=args.batch_size,
@@ -59,5 +76,8 @@ def labelstudio_main(args: argparse.Namespace) -> int:
     )
     print(f"bayesal Label Studio backend on http://{args.host}:{args.port} (state in {args.state_dir}); "
           f"connect it in Label Studio: Project → Settings → Model → Connect Model", file=sys.stderr)
-    run(args.state_dir, host=args.host, port=args.port, settings=settings, basic_auth=auth, log_level=args.log_level)
+    if label_studio is not None:
+        print(f"predictions are pushed to Label Studio at {label_studio[0]} after every change", file=sys.stderr)
+    run(args.state_dir, host=args.host, port=args.port, settings=settings, basic_auth=auth, log_level=args.log_level,
+        label_studio=label_studio)
     return 0

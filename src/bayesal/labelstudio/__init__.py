@@ -3,12 +3,14 @@ posterior, scores each task by the strategy's utility and applies the closed-for
 every annotation (needs the ``serve`` extra: FastAPI and uvicorn)."""
 
 from .backend import BackendSettings, LabelStudioBackend
+from .client import LabelStudioAPIError, LabelStudioClient
 from .config import ChoicesConfig, parse_label_config
 from .project import SCORE_STRATEGIES
+from .push import PredictionPusher
 
 __all__ = [
     "BackendSettings", "LabelStudioBackend", "ChoicesConfig", "parse_label_config", "SCORE_STRATEGIES", "create_app",
-    "run",
+    "run", "LabelStudioClient", "LabelStudioAPIError", "PredictionPusher",
 ]
 
 

@@ -3,7 +3,8 @@
 Routes (Label Studio's ``ml/api_connector.py`` names them; bodies are JSON):
 
 ========================  =====================================================================
-``GET  /``, ``/health``   ``{"status": "UP", ...}`` — Label Studio's health check (1 s timeout)
+``GET  /``, ``/health``   ``{"status": "UP", ...}`` — Label Studio's health check (1 s timeout); with a
+                          prediction pusher, ``"push"``: its status (last push, last error)
 ``POST /setup``           ``{project, schema, hostname, access_token, extra_params}`` →
                           ``{"model_version"}``; called on connect and before every prediction run
 ``POST /predict``         ``{tasks, project, label_config, params}`` →
@@ -39,6 +40,7 @@ from bayesal.exceptions import BayesalError, StorageError
 from bayesal.utils import describe_os_error, summarize_validation_errors
 
 from .backend import LabelStudioBackend
+from .push import PredictionPusher
 
 __all__ = ["create_app"]
 
@@ -89,12 +91,18 @@ def _printable(text: str) -> str:
 
 
 
-def create_app(backend: LabelStudioBackend, *, basic_auth: tuple[str, str] | None = None) -> FastAPI:
-    """The FastAPI app serving ``backend``; the backend's files are closed when the app shuts down."""
+def create_app(backend: LabelStudioBackend, *, basic_auth: tuple[str, str] | None = None,
+               pusher: PredictionPusher | None = None) -> FastAPI:
+    """The FastAPI app serving ``backend``; the backend's files are closed when the app shuts down.
+    ``pusher`` (pushing ``backend``'s predictions into Label Studio) runs while the app does."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if pusher is not None:
+            pusher.start()
         yield
+        if pusher is not None:
+            await run_in_threadpool(pusher.close)
         backend.close()
 
     app = FastAPI(title="bayesal Label Studio ML backend", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -140,7 +148,10 @@ def create_app(backend: LabelStudioBackend, *, basic_auth: tuple[str, str] | Non
     @app.get("/")
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"status": "UP", "model_class": "bayesal", "strategy": backend.settings.strategy}
+        out: dict[str, Any] = {"status": "UP", "model_class": "bayesal", "strategy": backend.settings.strategy}
+        if pusher is not None:
+            out["push"] = pusher.status()
+        return out
 
     @app.post("/setup")
     def setup(body: SetupRequest) -> dict[str, Any]:

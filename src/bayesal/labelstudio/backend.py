@@ -12,14 +12,18 @@ folder. It turns Label Studio's bodies into model calls:
   an annotated task its label doubt (:mod:`~.review`), so label errors sort first;
 * ``webhook(payload)`` — ``ANNOTATION_CREATED`` / ``ANNOTATIONS_CREATED`` / ``ANNOTATION_UPDATED``
   apply the Bayesian update, ``ANNOTATIONS_DELETED`` / ``TASKS_DELETED`` remove annotations,
-  ``PROJECT_UPDATED`` records a changed labeling config, ``START_TRAINING`` refits the head; other
-  actions are acknowledged and ignored;
+  ``PROJECT_UPDATED`` records a changed labeling config, ``START_TRAINING`` refits the head,
+  ``TASKS_CREATED`` is passed on to the listeners; other actions are acknowledged and ignored;
 * ``train(annotations, project, label_config)`` — the older ``/train`` call with every annotated
   task: bring the annotations in line with Label Studio's, then refit.
+
+Listeners (:meth:`LabelStudioBackend.subscribe`, e.g. :class:`~.push.PredictionPusher`) hear of every
+applied webhook and every ``/setup``, after the change is on disk.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +44,7 @@ from .review import label_doubt_scores
 __all__ = ["LabelStudioBackend", "BackendSettings", "annotation_labels", "ANNOTATION_ACTIONS"]
 
 ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED")
+log = logging.getLogger("bayesal.labelstudio")
 #: λ₀ of the backend's default posterior options.
 BACKEND_PRIOR_PRECISION = 1.0
 
@@ -189,6 +194,22 @@ class LabelStudioBackend:
         self._backbones = dict(backbones or {})
         self._projects: dict[str, _Project] = {}
         self._lock = threading.Lock()
+        self._listeners: list[Callable[[str, str], None]] = []
+
+    def subscribe(self, listener: Callable[[str, str], None]) -> None:
+        """Call ``listener(project uid, action)`` after each applied webhook (``action`` is Label Studio's)
+        and each ``/setup`` (``"SETUP"``). It runs in the request's thread: it must return at once."""
+        self._listeners.append(listener)
+
+    def _tell(self, project: Any, action: str) -> None:
+        pid, uid = _project_uid(project)
+        with self._lock:
+            uid = self._known_uid(pid, uid)
+        for listener in list(self._listeners):
+            try:
+                listener(uid, action)
+            except Exception as err:  # noqa: BLE001 - a listener never fails the call that was applied
+                log.warning("a listener of the Label Studio backend failed on %s: %s", action, err)
 
     # ------------------------------------------------------------------ projects
     def backbone(self, kind: str) -> Backbone:
@@ -281,7 +302,9 @@ class LabelStudioBackend:
             raise InvalidInputError("setup needs the project's labeling config (schema)")
         proj = self.project(project, schema)
         self.warm_up(proj.featurizer.config.kind)
-        return proj.model.model_version
+        version = proj.model.model_version
+        self._tell(project, "SETUP")
+        return version
 
     def predict(self, tasks: Sequence[Mapping[str, Any]], project: Any, label_config: str | None) -> tuple[list[dict[str, Any]], str]:
         """``/predict``: one prediction per task and the model version."""
@@ -337,13 +360,16 @@ class LabelStudioBackend:
             "TASKS_DELETED": self._on_tasks_deleted,
             "PROJECT_UPDATED": self._on_project_updated,
             "START_TRAINING": self._on_start_training,
+            "TASKS_CREATED": self._on_project_updated,
         }
         handler = handlers.get(action) if isinstance(action, str) else None
-        if handler is None or not isinstance(payload.get("project"), Mapping):
+        if handler is None or not isinstance(action, str) or not isinstance(payload.get("project"), Mapping):
             # echoed back as Python would print it: JSON cannot carry a lone surrogate
             shown = action if isinstance(action, str) and action.isascii() else repr(action)[:200]
             return {"action": shown, "status": "ignored"}
-        return {"action": action, **handler(payload)}
+        summary = handler(payload)
+        self._tell(payload["project"], action)
+        return {"action": action, **summary}
 
     def _webhook_project(self, payload: Mapping[str, Any]) -> _Project:
         project = payload["project"]

@@ -68,7 +68,8 @@ def test_local_pool_scoring_equals_in_memory_top_b(problem, shard_dir):
     pool = open_pool(shard_dir)
     fast = score_pool(MarginSampling(), post, pool, 50, chunk_rows=256)
     exact = MarginSampling().scores(post, torch.from_numpy(x), None).numpy()
-    np.testing.assert_allclose(fast.utilities.numpy(), exact[fast.indices.numpy()], rtol=1e-5)
+    # (1 − margin of a confident row cancels: float32 round-off is absolute there)
+    np.testing.assert_allclose(fast.utilities.numpy(), exact[fast.indices.numpy()], rtol=1e-5, atol=1e-6)
     assert fast.utilities.numpy()[-1] >= np.sort(exact)[-50] - 1e-5  # nothing better was left out
     # the strategy itself accepts the pool (single process, chunked)
     via_query = MarginSampling().query(post, pool, None, 50, gen)

@@ -26,7 +26,7 @@ def test_margin_from_logits_equals_the_predictive_margin(n, c, seed, scale, clas
         z = z.T.contiguous().T
     post = _posterior(c)
     got = MarginSampling().score_logits(post, z, var, None)
-    want = MarginSampling().score_probs(predictive_from_logits(z, var, post.lambda_mf))
+    want = MarginSampling().score_probs(predictive_from_logits(z, var, post.lambda_mf, temperature=post.fitted_temperature))
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
     assert bool(((got >= -1e-15) & (got <= 1 + 1e-15)).all())
 
@@ -44,7 +44,8 @@ def test_monte_carlo_margin_still_goes_through_the_predictive():
     var = torch.rand(5, dtype=torch.float64)
     a = MarginSampling(predictive="mc", n_samples=50).score_logits(post, z, var, torch.Generator().manual_seed(1))
     b = MarginSampling(predictive="mc", n_samples=50).score_probs(
-        predictive_from_logits(z, var, post.lambda_mf, "mc", 50, torch.Generator().manual_seed(1)))
+        predictive_from_logits(z, var, post.lambda_mf, "mc", 50, torch.Generator().manual_seed(1),
+                               post.fitted_temperature))
     assert torch.equal(a, b)
 
 
@@ -55,5 +56,5 @@ def test_margin_from_logits_with_full_logit_covariances():
     a = torch.randn(20, 4, 4, generator=g, dtype=torch.float64)
     cov = a @ a.transpose(1, 2)  # (N, C, C), as the full GGN gives
     got = MarginSampling().score_logits(post, z, cov, None)
-    want = MarginSampling().score_probs(predictive_from_logits(z, cov, post.lambda_mf))
+    want = MarginSampling().score_probs(predictive_from_logits(z, cov, post.lambda_mf, temperature=post.fitted_temperature))
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)

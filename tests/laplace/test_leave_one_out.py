@@ -169,6 +169,10 @@ def test_cache_follows_updates_as_the_full_computation():
     got = cache.result()
     torch.testing.assert_close(got.probs, want.probs, atol=1e-9, rtol=0)
     torch.testing.assert_close(got.variance, want.variance, atol=1e-9, rtol=0)
+    # the re-ranking after the answers: the same doubts, so the same order, as the ranking from scratch
+    torch.testing.assert_close(got.doubt, want.doubt, atol=1e-9, rtol=0)
+    gaps = want.doubt.sort().values.diff().abs().min()
+    assert gaps > 1e-8 and torch.equal(torch.argsort(got.doubt), torch.argsort(want.doubt))
     soft = torch.nn.functional.one_hot(y[90], 3).to(x)
     cache.add(x[90], soft)
     assert len(cache) == 91

@@ -9,19 +9,22 @@ rows and the flips, and both methods rank the same noisy labels.
 
 - **bayesal**: the session's posterior on the noisy labels (``LastLayerLaplace`` with its defaults, λ₀
   and the spread by cross-validation), then every label's leave-one-out doubt
-  (:func:`bayesal.laplace.leave_one_out`: 1 − the probability the posterior without that label gives
-  it). Time: the ranking given the posterior — in a session the posterior is there already, kept
+  (:func:`bayesal.laplace.leave_one_out`: under the posterior without that label, the likeliest other
+  class's probability ``a`` against the given label's ``g``, ``a / (a + g)``; the column ``bayesal_1mg``
+  ranks by ``1 − g`` instead, the complement of cleanlab's self-confidence). Time: the ranking given the posterior — in a session the posterior is there already, kept
   current by the updates — and, separately, the posterior's fit plus the ranking.
 - **cleanlab** 2.9: out-of-sample probabilities from 5-fold cross-validation (stratified, shuffled by
   the seed) of scikit-learn's ``LogisticRegression(max_iter=1000)`` on the same features, ranked by
   self-confidence (``cleanlab.rank.get_label_quality_scores(method="self_confidence")``), and the set
-  ``cleanlab.filter.find_label_issues`` flags (its precision and recall are printed). Time: the five
+  ``cleanlab.filter.find_label_issues`` flags (its precision and recall are printed); the column
+  ``cleanlab_pair`` ranks the same out-of-sample probabilities by bayesal's ``a / (a + g)``. Time: the five
   fits plus cleanlab's ranking and filter. cleanlab is a development dependency only
   (``pip install "cleanlab==2.9.*"``); without it the cleanlab columns are skipped with a message.
 
 Scores per cell: AUROC of each ranking for "this label was flipped", and precision@k with ``k`` the
 number of flipped labels. A refit check (``--refit-points``, first seed, ``uniform10``) compares the
-leave-one-out probability with an exact refit of the posterior without the point (same λ₀ and spread).
+leave-one-out probability of the given label, and the doubt, with those of an exact refit of the
+posterior without the point (same λ₀ and spread).
 
 Re-ranking at 10,000 labels (``--rerank-dataset``, default rotten_tomatoes, or the largest data set
 run): the posterior on 10,000 noisy labels, then for each of ``--rerank-answers`` new answers the update
@@ -45,6 +48,7 @@ import math
 import statistics
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -54,6 +58,7 @@ from fidelity_common import t975
 from bayesal import LastLayerLaplace
 from bayesal.data import load_dataset
 from bayesal.laplace import LeaveOneOutCache, leave_one_out
+from bayesal.laplace.loo import pairwise_doubt
 
 DATASETS = ("bbcnews", "animals", "mnist5k", "digits", "fashion_mnist", "rotten_tomatoes")
 SIZES = (500, 2000)
@@ -93,18 +98,23 @@ def precision_at_k(flipped: np.ndarray, score: np.ndarray) -> float:
     return float(flipped[np.argsort(-score, kind="stable")[:k]].mean()) if k else math.nan
 
 
-def bayesal_scores(x: torch.Tensor, noisy: np.ndarray, c: int, seed: int) -> tuple[np.ndarray, float, float, LastLayerLaplace]:
-    """Leave-one-out doubt ``(n,)``, ranking seconds, fit seconds and the posterior."""
+def bayesal_scores(x: torch.Tensor, noisy: np.ndarray, c: int,
+                   seed: int) -> tuple[np.ndarray, np.ndarray, float, float, LastLayerLaplace]:
+    """Leave-one-out doubt ``(n,)``, ``1 −`` the given label's leave-one-out probability ``(n,)``, ranking
+    seconds, fit seconds and the posterior."""
     y = torch.from_numpy(noisy)
     t0 = time.perf_counter()
     post = LastLayerLaplace(random_state=seed).fit(x, y, num_classes=c)
     t1 = time.perf_counter()
-    doubt = leave_one_out(post, x, y).doubt.numpy()
-    return doubt, time.perf_counter() - t1, t1 - t0, post
+    loo = leave_one_out(post, x, y)
+    doubt = loo.doubt.numpy()
+    seconds = time.perf_counter() - t1
+    return doubt, 1.0 - loo.given.numpy(), seconds, t1 - t0, post
 
 
-def cleanlab_scores(x: np.ndarray, noisy: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Issue scores ``1 − self-confidence (n,)``, the flagged mask and the seconds (5 fits + cleanlab)."""
+def cleanlab_scores(x: np.ndarray, noisy: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+    """Issue scores ``1 − self-confidence (n,)``, the flagged mask, the seconds (5 fits + cleanlab) and the
+    out-of-sample probabilities ``(n, C)``."""
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
     from sklearn.linear_model import LogisticRegression
@@ -120,23 +130,44 @@ def cleanlab_scores(x: np.ndarray, noisy: np.ndarray, seed: int) -> tuple[np.nda
     seconds = time.perf_counter() - t0
     flagged = np.zeros(len(noisy), dtype=bool)
     flagged[issues] = True
-    return 1.0 - quality, flagged, seconds
+    return 1.0 - quality, flagged, seconds, probs
 
 
-def refit_error(x: torch.Tensor, noisy: np.ndarray, c: int, post: LastLayerLaplace, points: int, seed: int) -> float:
-    """Mean |leave-one-out − exact refit without the point| of the given label's probability, over
-    ``points`` random labeled rows (the refit: the same λ₀ and spread, the exact MAP head)."""
+def cached_cleanlab(folder: str, key: str, x: np.ndarray, noisy: np.ndarray,
+                    seed: int) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+    """:func:`cleanlab_scores`, kept in ``folder/key.npz`` (with its measured seconds) when ``folder`` is set:
+    cleanlab's side of a cell depends only on the data set, the noisy labels and the seed, so a rerun of
+    the grid (more seeds, another bayesal) reuses it."""
+    path = Path(folder) / f"{key}.npz" if folder else None
+    if path is not None and path.exists():
+        with np.load(path) as f:
+            if np.array_equal(f["noisy"], noisy):
+                return f["score"], f["flagged"], float(f["seconds"]), f["probs"]
+    score, flagged, seconds, probs = cleanlab_scores(x, noisy, seed)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, score=score, flagged=flagged, seconds=seconds, probs=probs, noisy=noisy)
+    return score, flagged, seconds, probs
+
+
+def refit_error(x: torch.Tensor, noisy: np.ndarray, c: int, post: LastLayerLaplace, points: int,
+                seed: int) -> tuple[float, float]:
+    """Mean |leave-one-out − exact refit without the point| of the given label's probability and of the
+    doubt, over ``points`` random labeled rows (the refit: the same λ₀ and spread, the exact MAP head)."""
     y = torch.from_numpy(noisy)
     rows = np.random.default_rng(seed).choice(len(noisy), size=min(points, len(noisy)), replace=False)
-    loo = leave_one_out(post, x[rows], y[rows]).given.numpy()
+    loo = leave_one_out(post, x[rows], y[rows])
     ref = []
     for i in rows:
         keep = torch.ones(len(noisy), dtype=torch.bool)
         keep[int(i)] = False
         without = LastLayerLaplace(prior_precision=post.fitted_prior_precision, spread=post.fitted_spread)
         without.fit(x[keep], y[keep], num_classes=c)
-        ref.append(float(without.predict_proba(x[int(i) : int(i) + 1])[0, noisy[i]]))
-    return float(np.abs(loo - np.array(ref)).mean())
+        ref.append(without.predict_proba(x[int(i) : int(i) + 1])[0])
+    probs = torch.stack(ref)
+    given = probs[torch.arange(len(rows)), y[rows]]
+    return (float((loo.given - given).abs().mean()),
+            float((loo.doubt - pairwise_doubt(probs, y[rows])).abs().mean()))
 
 
 def run_cells(args: argparse.Namespace, have_cleanlab: bool) -> pd.DataFrame:
@@ -155,20 +186,26 @@ def run_cells(args: argparse.Namespace, have_cleanlab: bool) -> pd.DataFrame:
                     idx = rng.choice(len(y_all), size=n, replace=False)
                     x, y = x_all[torch.from_numpy(idx)], y_all[idx]
                     noisy, flipped = corrupt(y, c, noise, rng)
-                    doubt, t_rank, t_fit, post = bayesal_scores(x, noisy, c, seed)
+                    doubt, one_minus_given, t_rank, t_fit, post = bayesal_scores(x, noisy, c, seed)
                     row = {"dataset": name, "n": n, "noise": noise, "seed": seed, "flipped": int(flipped.sum()),
                            "bayesal_auroc": roc_auc_score(flipped, doubt),
                            "bayesal_p_at_k": precision_at_k(flipped, doubt),
-                           "bayesal_rank_s": t_rank, "bayesal_fit_s": t_fit}
+                           "bayesal_1mg_auroc": roc_auc_score(flipped, one_minus_given),
+                           "bayesal_rank_s": t_rank, "bayesal_fit_s": t_fit,
+                           "lambda0_over_scale": post.fitted_prior_precision / float(x.square().sum(1).mean())}
                     if have_cleanlab:
-                        score, flagged, t_cl = cleanlab_scores(x.numpy(), noisy, seed)
+                        key = f"{name}_{len(y_all)}_{n}_{noise}_{seed}"
+                        score, flagged, t_cl, probs = cached_cleanlab(args.cleanlab_cache, key, x.numpy(), noisy, seed)
+                        pair = pairwise_doubt(torch.from_numpy(probs), torch.from_numpy(noisy)).numpy()
                         row.update(cleanlab_auroc=roc_auc_score(flipped, score),
+                                   cleanlab_pair_auroc=roc_auc_score(flipped, pair),
                                    cleanlab_p_at_k=precision_at_k(flipped, score), cleanlab_s=t_cl,
                                    cleanlab_flagged=int(flagged.sum()),
                                    cleanlab_flag_precision=float(flipped[flagged].mean()) if flagged.any() else math.nan,
                                    cleanlab_flag_recall=float(flagged[flipped].mean()) if flipped.any() else math.nan)
                     if seed == 0 and noise == "uniform10" and args.refit_points > 0:
-                        row["refit_abs_err"] = refit_error(x, noisy, c, post, args.refit_points, seed)
+                        row["refit_abs_err"], row["refit_doubt_abs_err"] = refit_error(x, noisy, c, post,
+                                                                                     args.refit_points, seed)
                     rows.append(row)
                     print(f"{name} n={n} {noise} seed={seed}: bayesal AUROC {row['bayesal_auroc']:.3f} "
                           f"({1e3 * t_rank:.1f} ms + fit {t_fit:.2f} s)"
@@ -206,11 +243,12 @@ def rerank_ms(name: str, answers: int, seed: int = 0) -> float:
 
 def summarize(df: pd.DataFrame, have_cleanlab: bool) -> tuple[float, float]:
     keys = ["dataset", "n", "noise"]
-    cols = ["bayesal_auroc", "bayesal_p_at_k", "bayesal_rank_s", "bayesal_fit_s"]
+    cols = ["bayesal_auroc", "bayesal_p_at_k", "bayesal_1mg_auroc", "lambda0_over_scale", "bayesal_rank_s",
+            "bayesal_fit_s"]
     if have_cleanlab:
         df = df.assign(diff=df.bayesal_auroc - df.cleanlab_auroc, speedup=df.cleanlab_s / df.bayesal_rank_s,
                        speedup_incl_fit=df.cleanlab_s / (df.bayesal_rank_s + df.bayesal_fit_s))
-        cols += ["cleanlab_auroc", "cleanlab_p_at_k", "cleanlab_s", "cleanlab_flag_precision", "cleanlab_flag_recall",
+        cols += ["cleanlab_auroc", "cleanlab_p_at_k", "cleanlab_pair_auroc", "cleanlab_s", "cleanlab_flag_precision", "cleanlab_flag_recall",
                  "diff", "speedup", "speedup_incl_fit"]
     g = df.groupby(keys)
     tab = g[cols].mean()
@@ -221,8 +259,10 @@ def summarize(df: pd.DataFrame, have_cleanlab: bool) -> tuple[float, float]:
     print("\nper cell, paired means over seeds (times in seconds):")
     print(tab.round(4).to_string())
     if "refit_abs_err" in df:
-        err = df.dropna(subset=["refit_abs_err"]).groupby(["dataset", "n"])["refit_abs_err"].mean()
-        print("\nleave-one-out vs an exact refit without the point, mean |Δp| of the given label:")
+        err = df.dropna(subset=["refit_abs_err"]).groupby(["dataset", "n"])[["refit_abs_err",
+                                                                               "refit_doubt_abs_err"]].mean()
+        print("\nleave-one-out vs an exact refit without the point, mean |Δ| of the given label's probability"
+              " and of the doubt:")
         print(err.round(4).to_string())
     if not have_cleanlab:
         return math.nan, math.nan
@@ -240,6 +280,8 @@ def main() -> None:
     ap.add_argument("--rerank-dataset", default="rotten_tomatoes", help="data set of the 10,000-label re-ranking; '' = skip")
     ap.add_argument("--rerank-answers", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cleanlab-cache", default="", help="folder keeping cleanlab's probabilities and seconds per "
+                    "cell and seed, reused by later runs ('' = none)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     try:

@@ -46,15 +46,17 @@ def reference_probs(observed: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray
 
 
 def reference_doubt(observed: list[tuple[np.ndarray, np.ndarray]], k: int, num_classes: int) -> float:
-    """1 − the probability of the ``k``-th observation's label under :func:`reference_state` without it:
-    its (gaussian-curvature) precision term removed densely, the mean moved by one γ-scaled Newton step."""
+    """The label doubt ``a / (a + g)`` of the ``k``-th observation under :func:`reference_state` without it
+    (its (gaussian-curvature) precision term removed densely, the mean moved by one γ-scaled Newton step):
+    ``g`` the probability of its label, ``a`` that of the likeliest class it was not given."""
     phi_np, y_np = observed[k]
     mu, prec = reference_state(observed, len(phi_np), num_classes)
     phi, y = torch.as_tensor(phi_np, dtype=torch.float64), torch.as_tensor(y_np, dtype=torch.float64)
     sigma = torch.linalg.inv(prec - torch.outer(phi, phi))
     mu = mu + GAMMA * torch.outer(torch.softmax(mu @ phi, 0) - y, sigma @ phi)
     probs = torch.softmax((mu @ phi) / torch.sqrt(1 + LAMBDA_MF * phi @ sigma @ phi), 0)
-    return float(1 - probs @ y)
+    given, other = float(probs @ y), float(probs.masked_fill(y > 0, 0.0).max())
+    return other / (other + given)
 
 
 def expected_scores(observed: list[tuple[np.ndarray, np.ndarray]], tasks: list[dict], annotated: list[int],
@@ -420,11 +422,12 @@ def test_by_default_an_annotation_is_the_library_update(make_client, recorded, t
 
 def test_annotated_tasks_are_scored_by_their_label_doubt(make_client, recorded):
     """With the library's update (γ = 1), the only annotation's score is the doubt of the posterior without
-    it — the prior's, 2/3 for 3 classes — while the other tasks keep the strategy's utility."""
+    it — the prior's, 1/2 (the given class against an equally likely other) — while the other tasks keep the
+    strategy's utility."""
     client = make_client(posterior=BackendSettings().posterior)
     pbody = recorded("text_predict_post")
     before = scores(predict(client, pbody))
     client.post("/webhook", json=_created_for(recorded, 300, pbody["tasks"][0], "sport"))
     after = scores(predict(client, pbody))
-    assert abs(after[0] - 2 / 3) < 0.01
+    assert abs(after[0] - 1 / 2) < 0.01
     assert np.all(after[1:] <= 1.0) and not np.allclose(after[1:], before[1:])

@@ -63,7 +63,10 @@ def test_downdate_equals_the_dense_computation(hessian):
     for i in (0, 7, 31, 64):
         torch.testing.assert_close(loo.probs[i], _dense_loo(post, x, y, i), atol=1e-9, rtol=0)
     torch.testing.assert_close(loo.given, loo.probs[torch.arange(90), y])
-    torch.testing.assert_close(loo.doubt, 1 - loo.given)
+    for i in range(90):  # the doubt: the likeliest other class against the given one, a / (a + g)
+        a = max(float(loo.probs[i, k]) for k in range(3) if k != int(y[i]))
+        assert float(loo.alternative[i]) == pytest.approx(a, abs=1e-15)
+        assert float(loo.doubt[i]) == pytest.approx(a / (a + float(loo.given[i])), abs=1e-12)
 
 
 @pytest.mark.parametrize("hessian, tolerance", [("shared", 0.03), ("full", 0.02)])
@@ -85,6 +88,42 @@ def test_error_against_an_exact_refit_without_the_point(hessian, tolerance):
     # 300 labels: 0.04-0.05 shared, 0.003 full)
     assert err.mean() < tolerance
     assert err.mean() < 0.5 * np.abs(np.array(in_sample) - refit_).mean()
+
+
+def test_doubt_against_an_exact_refit_without_the_point():
+    """The label doubt of the downdate against the doubt of an exact refit without the point (same λ₀
+    and spread; small N), and its ranking of the flipped labels against the refit's."""
+    from sklearn.metrics import roc_auc_score
+
+    from bayesal.laplace.loo import pairwise_doubt
+
+    x, y, flipped = _noisy_blobs(n=60, seed=5)
+    post = _fit(x, y, "shared")
+    doubt = leave_one_out(post, x, y).doubt
+    refit = torch.empty(60, dtype=torch.float64)
+    for i in range(60):
+        keep = torch.ones(60, dtype=torch.bool)
+        keep[i] = False
+        refit[i] = pairwise_doubt(_fit(x[keep], y[keep], "shared").predict_proba(x[i : i + 1]), y[i : i + 1])[0]
+    err = (doubt - refit).abs()
+    # measured here: mean 0.009, largest 0.12 (a point near the boundary between two classes)
+    assert float(err.mean()) < 0.02 and float(err.max()) < 0.2
+    assert roc_auc_score(flipped, doubt) == pytest.approx(roc_auc_score(flipped, refit), abs=0.02)
+
+
+def test_pairwise_doubt():
+    from bayesal.laplace.loo import pairwise_doubt
+
+    p = torch.tensor([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3], [0.5, 0.5, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(pairwise_doubt(p, [0, 0, 1]), torch.tensor([0.2 / 0.9, 0.5 / 0.7, 0.5], dtype=p.dtype))
+    soft = torch.tensor([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0], [0.5, 0.5, 0.0]], dtype=p.dtype)
+    # soft labels: the given mass Σ y_c p_c against the likeliest class with y_c = 0 (none left: no doubt)
+    torch.testing.assert_close(pairwise_doubt(p, soft), torch.tensor([0.1 / 0.55, 0.5 / 0.7, 0.0], dtype=p.dtype))
+    torch.testing.assert_close(pairwise_doubt(p, torch.full((3, 3), 1 / 3, dtype=p.dtype)), torch.zeros(3, dtype=p.dtype))
+    two = torch.tensor([[0.3, 0.7], [0.9, 0.1]], dtype=p.dtype)  # two classes: 1 − the given label's probability
+    torch.testing.assert_close(pairwise_doubt(two, [0, 0]), torch.tensor([0.7, 0.1], dtype=p.dtype))
+    with pytest.raises(InvalidInputError):
+        pairwise_doubt(p[0], [0])
 
 
 def test_flipped_labels_are_doubted_most():
@@ -130,6 +169,10 @@ def test_cache_follows_updates_as_the_full_computation():
     got = cache.result()
     torch.testing.assert_close(got.probs, want.probs, atol=1e-9, rtol=0)
     torch.testing.assert_close(got.variance, want.variance, atol=1e-9, rtol=0)
+    # the re-ranking after the answers: the same doubts, so the same order, as the ranking from scratch
+    torch.testing.assert_close(got.doubt, want.doubt, atol=1e-9, rtol=0)
+    gaps = want.doubt.sort().values.diff().abs().min()
+    assert gaps > 1e-8 and torch.equal(torch.argsort(got.doubt), torch.argsort(want.doubt))
     soft = torch.nn.functional.one_hot(y[90], 3).to(x)
     cache.add(x[90], soft)
     assert len(cache) == 91

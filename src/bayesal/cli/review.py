@@ -44,8 +44,9 @@ def add_review_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default=None,
                         help="the session's dataset or features file, when it is not where the session recorded it")
     parser.add_argument("--min-doubt", type=_doubt, default=0.5,
-                        help="ask only about labels the model doubts at least this much: 1 − the probability the "
-                             "other labels give it (default 0.5)")
+                        help="ask only about labels the model doubts at least this much: a / (a + g) of the "
+                             "probabilities the other labels give it (g) and the likeliest other class (a); "
+                             "default 0.5: another class at least as likely")
     parser.add_argument("--max-items", type=non_negative_int, default=None, help="stop after this many items")
 
 

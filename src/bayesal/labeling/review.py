@@ -3,7 +3,10 @@ model doubts.
 
 Each labeled item's *leave-one-out* predictive — the current posterior without that item's label, a
 downdate of it, never a refit (:func:`bayesal.laplace.leave_one_out`) — gives the probability of the
-label it was given from all the *other* labels. Its complement is the item's **label doubt**; the
+label it was given from all the *other* labels, and that of the likeliest class it was not given. The
+item's **label doubt** is the alternative's share of the two (:attr:`LeaveOneOut.doubt
+<bayesal.laplace.LeaveOneOut.doubt>`, the one score the web app's Review, ``bayesal review``, the exports
+and the Label Studio backend all rank by): above 0.5 where the other labels prefer another class. The
 items with the largest doubt are the likeliest label errors. Nothing here writes an event: a label found
 wrong is changed with :meth:`Session.correct <bayesal.labeling.session.Session.correct>`.
 """
@@ -34,7 +37,8 @@ class LabelDoubt:
     labels : ndarray of shape (n,)
         Their given class indices.
     doubt : ndarray of shape (n,)
-        ``1 −`` the leave-one-out probability of the given label.
+        The label doubt: ``a / (a + g)`` of the leave-one-out probabilities of the given label ``g`` and
+        of the likeliest other class ``a``.
     probs : ndarray of shape (n, C)
         The leave-one-out predictive of each item.
     """
@@ -132,8 +136,9 @@ class SessionReview(SessionViews):
         return cache
 
     def label_doubt(self) -> dict[int, float]:
-        """``{pool index: doubt}`` of every current label: 1 − the probability that the posterior without
-        that label gives it (in labeling order).
+        """``{pool index: doubt}`` of every current label (in labeling order): under the posterior without
+        that label, the likeliest other class's probability ``a`` against the given label's ``g``, ``a / (a + g)``
+        (above 0.5 where another class is preferred; ``1 − g`` with two classes).
 
         Returns
         -------

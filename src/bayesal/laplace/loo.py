@@ -38,6 +38,18 @@ What is approximated, besides the Newton step of the mean:
 
 The error against an exact refit without the point (same λ₀ and spread) is measured by
 ``tests/laplace/test_leave_one_out.py`` and ``benchmarks/label_errors.py``.
+
+**Label doubt** (:attr:`LeaveOneOut.doubt`, the one score every review ranks by): the leave-one-out
+probability ``a_i`` of the most probable class the point was *not* given, against that of its given
+label ``g_i``, as the two-way contest ``d_i = a_i / (a_i + g_i) = σ(log a_i − log g_i)``. It is 0.5 where
+the rest of the labels find the best alternative exactly as likely as the given label and above it
+where they prefer the alternative; for two classes it is ``1 − g_i``. Against ``1 − g_i`` it does not
+count the mass spread over the other classes as evidence against the label: a point of a class the model
+confuses with several others is less suspect than one it firmly assigns to one other class. Measured in
+``benchmarks/label_errors.py`` (docs/benchmarks.md; 500 labels, 5 seeds): a higher AUROC for flips along
+a fixed confusion of the classes (digits 0.967 against 0.954, bbcnews 0.932 against 0.926), within 0.002
+of ``1 − g_i`` for uniform flips on digits and bbcnews, and 0.003–0.009 lower on rotten_tomatoes (three
+classes, one of them small). It costs ``O(N·C)`` from the probabilities.
 """
 
 from __future__ import annotations
@@ -58,7 +70,7 @@ from .update import curvature_weights
 if TYPE_CHECKING:
     from .posterior import LastLayerLaplace
 
-__all__ = ["LeaveOneOut", "LeaveOneOutCache", "leave_one_out", "MIN_DENOMINATOR"]
+__all__ = ["LeaveOneOut", "LeaveOneOutCache", "leave_one_out", "pairwise_doubt", "MIN_DENOMINATOR"]
 
 #: Floor of ``1 − m q`` (shared covariance): a point whose removed curvature would exceed what the
 #: precision holds keeps a finite, large leave-one-out variance.
@@ -75,6 +87,9 @@ class LeaveOneOut:
         ``(N, C)`` the predictive at each point under the posterior without its label.
     given : torch.Tensor
         ``(N,)`` the probability ``probs`` gives the point's own label (soft labels: ``Σ_c y_c p_c``).
+    alternative : torch.Tensor
+        ``(N,)`` the largest probability ``probs`` gives a class the point was not given (0 where every
+        class was given).
     logits : torch.Tensor
         ``(N, C)`` the point's MAP logits under the downdated mean.
     variance : torch.Tensor
@@ -83,13 +98,43 @@ class LeaveOneOut:
 
     probs: torch.Tensor
     given: torch.Tensor
+    alternative: torch.Tensor
     logits: torch.Tensor
     variance: torch.Tensor
 
     @property
     def doubt(self) -> torch.Tensor:
-        """``1 − given (N,)``: how much the rest of the labels doubt each given label."""
-        return 1.0 - self.given
+        """``alternative / (alternative + given) (N,)`` in ``[0, 1]``: how much the rest of the labels doubt
+        each given label (:func:`pairwise_doubt`); above 0.5 where they prefer another class."""
+        return _contest(self.alternative, self.given)
+
+
+def pairwise_doubt(probs: Any, targets: Any) -> torch.Tensor:
+    """Label doubt of predictives ``probs (N, C)`` for labels ``targets`` (``(N,)`` class indices or soft
+    ``(N, C)``): ``a / (a + g)`` with ``g = Σ_c y_c p_c`` the given label's probability and ``a`` the largest
+    ``p_c`` over the classes with ``y_c = 0`` (the doubt is 0 where every class was given).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N,)`` in ``[0, 1]``; ``1 − g`` for two classes and one-hot labels.
+    """
+    p = torch.as_tensor(probs)
+    if p.ndim != 2:
+        raise InvalidInputError(f"probs must be (N, C), got shape {tuple(p.shape)}")
+    y = as_targets(targets, p.shape[1], n=p.shape[0], dtype=p.dtype, device=p.device)
+    return _contest(_alternative(p, y), (p * y).sum(1))
+
+
+def _alternative(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` the largest probability of a class not given (``y_c = 0``); 0 where none is left."""
+    return p.masked_fill(y > 0, 0.0).amax(1)
+
+
+def _contest(alternative: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+    """``a / (a + g)``; 0 where both vanish (nothing left to prefer: every class was given)."""
+    total = alternative + given
+    return torch.where(total > 0, alternative / total.clamp_min(torch.finfo(total.dtype).tiny), 0.0)
 
 
 def leave_one_out(posterior: LastLayerLaplace, features: Any, labels: Any) -> LeaveOneOut:
@@ -137,7 +182,8 @@ def _from_moments(posterior: LastLayerLaplace, z: torch.Tensor, cov: torch.Tenso
     spread = posterior.fitted_spread
     probs = predictive_from_logits(z_loo, var * spread if spread != 1.0 else var, posterior.lambda_mf,
                                    temperature=posterior.fitted_temperature)
-    return LeaveOneOut(probs=probs, given=(probs * y).sum(1), logits=z_loo, variance=var)
+    return LeaveOneOut(probs=probs, given=(probs * y).sum(1), alternative=_alternative(probs, y), logits=z_loo,
+                       variance=var)
 
 
 class LeaveOneOutCache:

@@ -26,8 +26,9 @@ from bayesal.labeling import QueryView, Session
 
 __all__ = ["NextPickSpeculator", "DEFAULT_SPECULATED_CLASSES", "DEFAULT_START_DELAY"]
 
-#: Answers speculated per item: the most probable classes under the predictive (a pool pass each).
-DEFAULT_SPECULATED_CLASSES = 8
+#: Answers speculated per item: the most probable classes under the predictive (every class when there are
+#: no more; on a large pool queried whole, each answer after the first costs a pass over the pool's moments).
+DEFAULT_SPECULATED_CLASSES = 10
 #: Seconds an item is shown before its speculation starts (a person takes far longer to answer).
 DEFAULT_START_DELAY = 0.05
 
@@ -112,6 +113,12 @@ class NextPickSpeculator:
                 return None
             self.hits += 1
             return found[0], list(found[1])
+
+    def ready(self, key: Hashable, index: int) -> list[int]:
+        """The first picks speculated so far for the answers to item ``index`` in the state ``key``, the
+        most probable answer first (e.g. to fetch their images ahead)."""
+        with self._cond:  # results are stored in the order speculated: the most probable answer first
+            return [picks[0] for (k, i, _), (_, picks) in self._results.items() if k == key and i == index and picks]
 
     def cancel(self) -> None:
         """Stop the running job between two classes and forget every result."""

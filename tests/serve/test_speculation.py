@@ -183,6 +183,9 @@ def test_whole_pool_moments_pick_what_the_posterior_picks(monkeypatch) -> None:
             fast.tell(want[0], int(y[want[0]]))
             exact.tell(want[0], int(y[want[0]]))
         assert agree >= 28
+        pm = fast._pool_moments()
+        # the early phase's exact mean came from the span of the told features, never from the pool anew
+        assert pm.half_steps >= 10 and pm.full_logits == 0 and pm.rebuilds <= 3
     finally:
         fast.close()
         exact.close()

@@ -156,10 +156,9 @@ class ImageFiles(Sequence[np.ndarray]):
         the paths), else in memory. Files are named by their image's path, so any subset of an image
         folder finds the thumbnails made for the whole folder."""
         if self.thumbnails is not None:
-            root, key = self.thumbnails.parent, self.thumbnails.name
-        else:
-            root, key = fallback, "thumbs-" + content_key(*(str(p) for p in self.paths))
-        return Thumbnails(self, root, key, names=lambda i: _path_stem(self.paths[i]))
+            return Thumbnails(self, self.thumbnails.parent, self.thumbnails.name, names=lambda i: _path_stem(self.paths[i]))
+        key = "thumbs-" + content_key(*(str(p) for p in self.paths))
+        return Thumbnails(self, fallback, key, names=lambda i: _path_stem(self.paths[i]))
 
     def __len__(self) -> int:
         return len(self.paths)

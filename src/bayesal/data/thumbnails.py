@@ -109,7 +109,7 @@ class Thumbnails:
     file or none; a thumbnail made twice concurrently is the same bytes.
     """
 
-    def __init__(self, images: Sequence[Any], folder: str | os.PathLike[str] | None, key: str,
+    def __init__(self, images: Sequence[Any] | np.ndarray, folder: str | os.PathLike[str] | None, key: str,
                  names: Callable[[int], str] | None = None) -> None:
         if not key or any(ch not in "0123456789abcdefghijklmnopqrstuvwxyz-_" for ch in key):
             raise InvalidInputError(f"a thumbnail key must be lower-case letters, digits, '-' or '_', got {key!r}")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,21 +35,48 @@ from bayesal.strategies import QueryStrategy, ScoreStrategy
 __all__ = ["PoolMoments", "Moments", "WHOLE_POOL_MIN_ROWS", "uses_pool_moments"]
 
 #: Pools at least this large are queried whole from :class:`PoolMoments` (smaller ones from the posterior).
-WHOLE_POOL_MIN_ROWS = 50_000
+WHOLE_POOL_MIN_ROWS = 10_000
 #: Rows per chunk of the float32 products (a few MB: the chunk stays in cache for its products).
 CHUNK_ROWS = 8192
 #: Moments kept: the current state, the one before it, and the speculated answers to the item shown.
 MAX_ENTRIES = 12
+#: Told items a span holds (the early phase's exact mean covers 64 labels by default).
+SPAN_FEATURES = 72
+#: Rows whose logits check a span's against the posterior's own.
+SPAN_PROBES = 16
 
 
 @dataclass(frozen=True)
 class Moments:
     """MAP logits ``(N, C)`` and predictive logit variances ``(N,)`` (float32) of the pool in one state,
-    whose posterior is ``posterior``."""
+    whose posterior is ``posterior``; ``span``: how its logits follow from a few pool products (below)."""
 
     posterior: LastLayerLaplace
     logits: torch.Tensor
     variance: torch.Tensor
+    span: _Span | None = None
+
+
+class _Columns:
+    """A buffer ``(N, width)`` of pool products shared by the states of one chain, and which vector
+    each filled column is the product with (a column is written once)."""
+
+    def __init__(self, n: int, width: int) -> None:
+        self.data = torch.empty((n, width), dtype=torch.float32)
+        self.owners: list[Hashable] = []
+        self.lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class _Span:
+    """The early phase re-solves the mean over the few labels so far: it moves within the span of the
+    rows of the mean of an earlier state and the features told since. With ``rows (m, D)`` that basis and
+    the first ``m`` columns of ``columns`` their products with the pool, the logits of a mean ``M`` in it
+    are ``columns[:, :m] @ A.T + b`` with ``M = A rows``: ``O(N·m·C)`` instead of ``O(N·D·C)``."""
+
+    rows: torch.Tensor
+    owners: tuple[Hashable, ...]
+    columns: _Columns
 
 
 def uses_pool_moments(strategy: QueryStrategy, posterior: LastLayerLaplace, n_rows: int,
@@ -79,7 +106,8 @@ class PoolMoments:
         self._running: dict[Hashable, threading.Event] = {}
         self.rebuilds = 0  # moments built from a posterior (for tests and benchmarks)
         self.steps = 0  # moments stepped from another state's
-        self.half_steps = 0  # variances stepped, logits taken anew (the early phase's exact mean)
+        self.half_steps = 0  # variances stepped, logits from the span (the early phase's exact mean)
+        self.full_logits = 0  # ... of which logits taken from the pool anew (the span did not hold them)
 
     # ------------------------------------------------------------------ computing once
     def _once(self, store: OrderedDict, key: Hashable, make: Callable[[], object], limit: int) -> object:
@@ -147,9 +175,9 @@ class PoolMoments:
         return self._once(self._entries, key, make, MAX_ENTRIES)  # type: ignore[return-value]
 
     def stepped(self, key: Hashable, parent_key: Hashable, parent: Moments, index: int, label: int,
-                posterior: LastLayerLaplace) -> Moments:
+                posterior: LastLayerLaplace, labeled: Sequence[int] = ()) -> Moments:
         """The moments of the state ``key`` that telling ``(index, label)`` leads to from ``parent`` (whose
-        state is ``parent_key``); ``posterior``: the state's posterior (kept with the moments)."""
+        state is ``parent_key`` and labeled items ``labeled``); ``posterior``: the state's posterior."""
         def make() -> Moments:
             post = parent.posterior
             phi = self._x[int(index)].to(post.dtype)
@@ -162,34 +190,71 @@ class PoolMoments:
             mean_ok, cov_ok = _is_step(post, posterior, step.sigma_phi, coef64, -step.curvature / denom)
             if not cov_ok:
                 return self._build(posterior)  # a refit: nothing of the parent's moments carries over
-            k = self.product(parent_key, post, int(index), step.sigma_phi)
+            k, xphi = self.product(parent_key, post, int(index), step.sigma_phi)
             variance = torch.addcmul(parent.variance, k, k, value=shrink).clamp_(min=0.0)
             if mean_ok:
                 logits = torch.addr(parent.logits, k, coef64.to(torch.float32))
                 self.steps += 1
-            else:  # the early phase re-solves the mean exactly (the covariance still takes the rank-1 step)
+                return Moments(posterior, logits, variance, parent.span)
+            # the early phase re-solves the mean exactly (the covariance still takes the rank-1 step)
+            self.half_steps += 1
+            span = self._span_after(parent, int(index), xphi, labeled)
+            logits = None if span is None else _span_logits(span, posterior, self._x, int(index))
+            if logits is None:
+                self.full_logits += 1
                 logits = self._logits(posterior)
-                self.half_steps += 1
-            return Moments(posterior, logits, variance)
+            return Moments(posterior, logits, variance, span)
 
         return self._once(self._entries, key, make, MAX_ENTRIES)  # type: ignore[return-value]
 
     def product(self, parent_key: Hashable, posterior: LastLayerLaplace, index: int,
-                sigma_phi: torch.Tensor | None = None) -> torch.Tensor:
-        """``k = Φ Σφ (N,)`` (float32) of item ``index`` in the state ``parent_key`` (once per shown item:
-        every answer to it steps with the same ``k``)."""
-        def make() -> torch.Tensor:
-            s = sigma_phi
-            if s is None:
-                s = posterior.covariance_product(self._x[int(index)].to(posterior.dtype))
+                sigma_phi: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Φ Σφ, Φ φ)`` (float32, ``(N,)`` each) of item ``index`` in the state ``parent_key``, in one pass
+        over the pool (once per shown item: every answer to it steps with them)."""
+        def make() -> tuple[torch.Tensor, torch.Tensor]:
+            phi = self._x[int(index)].to(posterior.dtype)
+            s = posterior.covariance_product(phi) if sigma_phi is None else sigma_phi
             x = self.features32()
-            s32 = s.to(torch.float32)
-            out = torch.empty(x.shape[0], dtype=torch.float32)
-            for start in range(0, x.shape[0], CHUNK_ROWS * 8):
-                torch.mv(x[start:start + CHUNK_ROWS * 8], s32, out=out[start:start + CHUNK_ROWS * 8])
-            return out
+            both = torch.stack([s.to(torch.float32), phi.to(torch.float32)], dim=1)  # (D, 2)
+            out = torch.empty((x.shape[0], 2), dtype=torch.float32)
+            for start in range(0, x.shape[0], CHUNK_ROWS):
+                torch.mm(x[start:start + CHUNK_ROWS], both, out=out[start:start + CHUNK_ROWS])
+            return out[:, 0].contiguous(), out[:, 1].contiguous()
 
         return self._once(self._products, (parent_key, int(index)), make, 4)  # type: ignore[return-value]
+
+    def _span_after(self, parent: Moments, index: int, xphi: torch.Tensor, labeled: Sequence[int]) -> _Span | None:
+        """The parent's span grown by the told item's features (None when it cannot grow: full, or its
+        buffer taken by another chain). A new chain starts from the parent's mean rows and the features
+        of its ``labeled`` items (the exact mean moves along all of them): one pass over the pool."""
+        span = parent.span
+        if span is None:
+            post = parent.posterior
+            c, lab = post.num_classes_, [int(j) for j in labeled]
+            if len(lab) > SPAN_FEATURES:
+                return None
+            cols = _Columns(int(xphi.shape[0]), c + len(lab) + SPAN_FEATURES)
+            # the mean rows' products are the parent's logits less the bias
+            torch.sub(parent.logits, post.bias_.to(torch.float32), out=cols.data[:, :c])
+            if lab:
+                feats = self._x[lab]
+                x, f32 = self.features32(), feats.to(torch.float32).T.contiguous()
+                for start in range(0, x.shape[0], CHUNK_ROWS):
+                    torch.mm(x[start:start + CHUNK_ROWS], f32, out=cols.data[start:start + CHUNK_ROWS, c:c + len(lab)])
+            cols.owners = [("mean", j) for j in range(c)] + [("item", j) for j in lab]
+            rows = torch.cat([post.mean_, self._x[lab].to(post.mean_.dtype)]) if lab else post.mean_.clone()
+            span = _Span(rows, tuple(cols.owners), cols)
+        m, cols = len(span.owners), span.columns
+        with cols.lock:
+            if tuple(cols.owners[:m]) != span.owners or m >= cols.data.shape[1]:
+                return None
+            if len(cols.owners) == m:
+                cols.data[:, m].copy_(xphi)
+                cols.owners.append(("item", index))
+            elif cols.owners[m] != ("item", index):
+                return None  # another chain grew this buffer (another item shown in the same state)
+        return _Span(torch.cat([span.rows, self._x[index].to(span.rows.dtype).unsqueeze(0)]),
+                     (*span.owners, ("item", index)), cols)
 
     def lookup(self, key: Hashable) -> Moments | None:
         """The moments of the state ``key`` if held."""
@@ -230,3 +295,23 @@ def _is_step(before: LastLayerLaplace, after: LastLayerLaplace, sigma_phi: torch
     scale_c = float(cov.abs().max()) + 1e-12
     mean_ok = bool(torch.equal(after.bias_, before.bias_)) and float((after.mean_ - mean).abs().max()) <= rtol * scale_m
     return mean_ok, float((after.covariance_ - cov).abs().max()) <= rtol * scale_c
+
+
+def _span_logits(span: _Span, posterior: LastLayerLaplace, x: torch.Tensor, index: int) -> torch.Tensor | None:
+    """The pool's logits under ``posterior`` from ``span`` (None when its mean is not in the span's rows,
+    or the float32 combination would lose precision: checked on a few rows against the posterior)."""
+    mean = posterior.mean_
+    rows = span.rows.to(mean.dtype)
+    # SVD-based (the basis is often rank-deficient: the mean rows lie in the features' span), minimum norm
+    coef = torch.linalg.lstsq(rows.T, mean.T, driver="gelsd").solution  # (m, C): mean ≈ coefᵀ rows
+    scale = float(mean.abs().max()) + 1e-12
+    if float((rows.T @ coef - mean.T).abs().max()) > 1e-6 * scale:
+        return None
+    m = rows.shape[0]
+    cols = span.columns.data
+    out = torch.addmm(posterior.bias_.to(torch.float32), cols[:, :m], coef.to(torch.float32))
+    probes = torch.unique(torch.cat([torch.tensor([index]), torch.linspace(0, x.shape[0] - 1, SPAN_PROBES).long()]))
+    exact = posterior.logits(x[probes].to(mean.dtype))
+    if float((out[probes].double() - exact).abs().max()) > 1e-4 * (1.0 + float(exact.abs().max())):
+        return None
+    return out

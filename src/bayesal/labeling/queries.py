@@ -162,7 +162,9 @@ class SessionQueries(SessionViews):
             return pm.same(view.key, parent, view.posterior)
         if moved[0] is None or moved[1] is None or moved[0] != moved[1] + 1:
             return pm.rebuilt(view.key, view.posterior)
-        return pm.stepped(view.key, lineage[1], parent, int(lineage[2]), int(lineage[3]), view.posterior)
+        told = int(lineage[2])
+        return pm.stepped(view.key, lineage[1], parent, told, int(lineage[3]), view.posterior,
+                          labeled=sorted(i for i in view.labels if i != told))
 
     def view_after_tell(self, view: QueryView, index: int, label: int) -> QueryView | None:
         """The view that :meth:`tell` ``(index, label)`` on the state ``view`` leads to, without recording

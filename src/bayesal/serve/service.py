@@ -40,6 +40,8 @@ _KEYS = "123456789" + "abcdefghijklmnopqrstuvwxyz"
 _RESERVED_KEYS = set("suyz")  # skip, undo (u / ctrl-z), redo (y / ctrl-y) are not class shortcuts
 _CLIENT_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_LEASES = 1024
+#: Longest wait of an answer, outside the lock, for the speculation of its own next pick to finish.
+SETTLE_SECONDS = 30.0
 
 
 def shortcut_keys(class_names: list[str]) -> list[str | None]:
@@ -341,6 +343,10 @@ class LabelingService:
         Raises :class:`StaleAnswerError` if the item is labeled already (by another tab or person);
         :class:`InvalidInputError` for an unknown class or index.
         """
+        if self.speculator is not None and label in self._names:
+            # a speculation of this very answer still running: wait for it without holding the lock (other
+            # tabs and the panel go on meanwhile); the answer then takes its picks
+            self.speculator.settle(self._state_key(), index, self._names.index(label), timeout=SETTLE_SECONDS)
         with self._lock:
             cid = self._client(client)
             i, c = self._check_index(index), self._label_index(label)

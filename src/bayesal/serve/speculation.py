@@ -120,6 +120,14 @@ class NextPickSpeculator:
         with self._cond:  # results are stored in the order speculated: the most probable answer first
             return [picks[0] for (k, i, _), (_, picks) in self._results.items() if k == key and i == index and picks]
 
+    def settle(self, key: Hashable, index: int, label: int, timeout: float | None = None) -> None:
+        """Wait (up to ``timeout`` seconds) while the picks for the answer ``label`` to item ``index`` in the
+        state ``key`` are being computed, so that :meth:`take` finds them (an answer calls it before it
+        takes the service's lock, so that other requests are not held up by the wait)."""
+        wanted = (key, int(index), int(label))
+        with self._cond:
+            self._cond.wait_for(lambda: self._inflight != wanted, timeout)
+
     def cancel(self) -> None:
         """Stop the running job between two classes and forget every result."""
         with self._cond:

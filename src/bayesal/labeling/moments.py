@@ -40,6 +40,8 @@ WHOLE_POOL_MIN_ROWS = 10_000
 CHUNK_ROWS = 8192
 #: Moments kept: the current state, the one before it, and the speculated answers to the item shown.
 MAX_ENTRIES = 12
+#: Rows scored at a time by a query.
+SCORE_ROWS = 16384
 #: Told items a span holds (the early phase's exact mean covers 64 labels by default).
 SPAN_FEATURES = 72
 #: Rows whose logits check a span's against the posterior's own.
@@ -215,11 +217,13 @@ class PoolMoments:
             phi = self._x[int(index)].to(posterior.dtype)
             s = posterior.covariance_product(phi) if sigma_phi is None else sigma_phi
             x = self.features32()
-            both = torch.stack([s.to(torch.float32), phi.to(torch.float32)], dim=1)  # (D, 2)
-            out = torch.empty((x.shape[0], 2), dtype=torch.float32)
-            for start in range(0, x.shape[0], CHUNK_ROWS):
-                torch.mm(x[start:start + CHUNK_ROWS], both, out=out[start:start + CHUNK_ROWS])
-            return out[:, 0].contiguous(), out[:, 1].contiguous()
+            s32, phi32 = s.to(torch.float32).contiguous(), phi.to(torch.float32).contiguous()
+            k, xphi = torch.empty(x.shape[0], dtype=torch.float32), torch.empty(x.shape[0], dtype=torch.float32)
+            for start in range(0, x.shape[0], CHUNK_ROWS):  # two products per chunk while it is in cache (two
+                chunk = x[start:start + CHUNK_ROWS]  # matrix-vector products beat one two-column GEMM here)
+                torch.mv(chunk, s32, out=k[start:start + CHUNK_ROWS])
+                torch.mv(chunk, phi32, out=xphi[start:start + CHUNK_ROWS])
+            return k, xphi
 
         return self._once(self._products, (parent_key, int(index)), make, 4)  # type: ignore[return-value]
 
@@ -267,12 +271,17 @@ class PoolMoments:
             generator: torch.Generator | None) -> list[int]:
         """The ``k`` available rows of the highest score (ties to the lower row, NaN lowest), as the
         strategy's query of those rows ranks them."""
-        idx = torch.from_numpy(np.ascontiguousarray(available, dtype=np.int64))
-        whole = idx.numel() == moments.variance.numel()
-        z = moments.logits if whole else moments.logits.index_select(0, idx)
-        v = moments.variance if whole else moments.variance.index_select(0, idx)
-        scores = strategy.score_logits(moments.posterior, z, v, generator).double().numpy()
-        key = np.where(np.isnan(scores), -np.inf, scores)
+        # every row scored (a row's score is its own), then the available ones kept: one gather of the
+        # scores instead of one of the (N, C) logits
+        n = moments.variance.shape[0]
+        scores = np.empty(n, dtype=np.float32)
+        for start in range(0, n, SCORE_ROWS):  # by chunks: the score's passes over a chunk stay in cache
+            stop = min(n, start + SCORE_ROWS)
+            scores[start:stop] = strategy.score_logits(moments.posterior, moments.logits[start:stop],
+                                                       moments.variance[start:stop], generator).numpy()
+        if len(available) != len(scores):
+            scores = scores[available]
+        key = np.where(np.isnan(scores), -np.inf, scores.astype(np.float64))
         if k < len(key):
             kth = np.partition(key, len(key) - k)[len(key) - k]
             sel = np.flatnonzero(key >= kth)  # everything tied with the k-th best: ties go to the lower row

@@ -189,3 +189,29 @@ def test_whole_pool_moments_pick_what_the_posterior_picks(monkeypatch) -> None:
     finally:
         fast.close()
         exact.close()
+
+
+def test_whole_pool_the_likeliest_answers_next_item_is_prepared_ahead(monkeypatch) -> None:
+    """While an item is read, the pool's products with the item picked after its likeliest answer are
+    computed too: when that answer comes, the next item's speculation finds them ready."""
+    import bayesal.labeling.moments as moments
+
+    monkeypatch.setattr(moments, "WHOLE_POOL_MIN_ROWS", 100)
+    x, y = _pool(n=600, seed=6)
+    session = Session(x, NAMES, random_state=3, candidate_size=None, background=False)
+    svc = LabelingService(session, name="t", lease_seconds=0)
+    assert svc.speculator is not None
+    try:
+        card, prepared = svc.next_item("t1"), 0
+        for step in range(20):
+            assert svc.speculator.wait(timeout=60)  # the person reads
+            i = card["index"]
+            # true labels past the cold start (random picks), then the model's likeliest answer
+            label = int(y[i]) if step < 8 else int(session.predict_proba([i])[0].argmax())
+            card = svc.answer(i, NAMES[label], "t1")["next"]
+            # checked at once: the new item's own speculation waits its start delay before it begins
+            view = session.query_view()
+            prepared += step >= 8 and session._pool_moments()._products.get((view.key, card["index"])) is not None
+        assert prepared >= 8
+    finally:
+        svc.close()

@@ -192,6 +192,17 @@ class SessionQueries(SessionViews):
             lineage = ("tell", view.key, int(index), int(label))
         return QueryView(post, labels, view.skipped - {int(index)}, view.n_events + 1, key=key, lineage=lineage)
 
+    def prepare_query(self, view: QueryView, index: int) -> None:
+        """Ahead of showing item ``index`` in the state ``view``: compute what the next queries after any
+        answer to it share (for a whole-pool query over a large pool, the pool's products with the item's
+        ``Σφ`` and ``φ``; otherwise nothing). Read only; the picks are unchanged."""
+        if (view.key is None or self._covering(view.labels) or len(set(view.labels.values())) < 2
+                or not uses_pool_moments(self._strategy, view.posterior, int(self._x.shape[0]), self._candidate_size)):
+            return
+        pm = self._pool_moments()
+        if pm.lookup(view.key) is not None:  # the state's own moments are there: its answers will step them
+            pm.product(view.key, view.posterior, int(index))
+
     def query_in(self, view: QueryView, k: int = 1) -> list[int]:
         """:meth:`query` on the state ``view`` (the current one, or one :meth:`view_after_tell` gives):
         the same picks as :meth:`query` once the session is in that state."""

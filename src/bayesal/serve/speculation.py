@@ -203,3 +203,7 @@ class NextPickSpeculator:
                     self._cond.notify_all()
             if picks and self._prepare is not None:
                 self._prepare(picks[0])
+            if picks and after is not None and label == job.order[0] and self._current(job):
+                # the likeliest answer's next item: what the queries after it share, computed now (on a
+                # large pool queried whole, a pass over the pool), so that its own speculation starts ahead
+                session.prepare_query(after, picks[0])

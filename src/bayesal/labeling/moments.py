@@ -42,8 +42,8 @@ CHUNK_ROWS = 8192
 MAX_ENTRIES = 12
 #: Rows scored at a time by a query.
 SCORE_ROWS = 16384
-#: Told items a span holds (the early phase's exact mean covers 64 labels by default).
-SPAN_FEATURES = 72
+#: Labeled items a span holds (the early phase's exact mean covers 64 labels by default).
+SPAN_FEATURES = 80
 #: Rows whose logits check a span's against the posterior's own.
 SPAN_PROBES = 16
 
@@ -201,11 +201,11 @@ class PoolMoments:
             # the early phase re-solves the mean exactly (the covariance still takes the rank-1 step)
             self.half_steps += 1
             span = self._span_after(parent, int(index), xphi, labeled)
-            logits = None if span is None else _span_logits(span, posterior, self._x, int(index))
-            if logits is None:
+            from_span = None if span is None else _span_logits(span, posterior, self._x, int(index))
+            if from_span is None:
                 self.full_logits += 1
-                logits = self._logits(posterior)
-            return Moments(posterior, logits, variance, span)
+                from_span = self._logits(posterior)
+            return Moments(posterior, from_span, variance, span)
 
         return self._once(self._entries, key, make, MAX_ENTRIES)  # type: ignore[return-value]
 
@@ -235,9 +235,9 @@ class PoolMoments:
         if span is None:
             post = parent.posterior
             c, lab = post.num_classes_, [int(j) for j in labeled]
-            if len(lab) > SPAN_FEATURES:
+            if len(lab) >= SPAN_FEATURES:
                 return None
-            cols = _Columns(int(xphi.shape[0]), c + len(lab) + SPAN_FEATURES)
+            cols = _Columns(int(xphi.shape[0]), c + SPAN_FEATURES)
             # the mean rows' products are the parent's logits less the bias
             torch.sub(parent.logits, post.bias_.to(torch.float32), out=cols.data[:, :c])
             if lab:
@@ -245,7 +245,7 @@ class PoolMoments:
                 x, f32 = self.features32(), feats.to(torch.float32).T.contiguous()
                 for start in range(0, x.shape[0], CHUNK_ROWS):
                     torch.mm(x[start:start + CHUNK_ROWS], f32, out=cols.data[start:start + CHUNK_ROWS, c:c + len(lab)])
-            cols.owners = [("mean", j) for j in range(c)] + [("item", j) for j in lab]
+            cols.owners = [*(("mean", j) for j in range(c)), *(("item", j) for j in lab)]
             rows = torch.cat([post.mean_, self._x[lab].to(post.mean_.dtype)]) if lab else post.mean_.clone()
             span = _Span(rows, tuple(cols.owners), cols)
         m, cols = len(span.owners), span.columns

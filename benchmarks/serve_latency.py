@@ -8,8 +8,9 @@ on a synthetic pool saved as a features file, then two phases:
 
 1. **Browser** — headless Chromium (Playwright, ``/usr/bin/chromium``) labels ``--browser-answers``
    items by keyboard. The page records, for each answer, the time from the key press to the next
-   item painted (``requestAnimationFrame`` after the DOM update): HTTP round trip + Bayesian update +
-   durable log line + the strategy's next pick + rendering. Like a person, the script presses the next
+   item painted (``requestAnimationFrame`` after the DOM update; an image once its thumbnail file is
+   loaded and decoded): HTTP round trip + Bayesian update + durable log line + the strategy's next pick
+   + rendering. Like a person, the script presses the next
    key after the live panel has refreshed and after ``--read-ms`` of reading (a person needs far
    longer than that to read an item; the server speculates meanwhile).
 2. **Stress** — 4 concurrent HTTP clients (threads, each its own client id) answer as fast as they
@@ -19,8 +20,10 @@ on a synthetic pool saved as a features file, then two phases:
    is not in the log. The server must stay up throughout.
 
 Then, each with a server of its own and the browser phase only: a ``--big-pool``-item pool (default
-1,000,000; 0 skips it) with ``--big-candidate-size`` (default 0: every query scores the whole pool),
-and an ``--image-pool``-item pool of 28 × 28 images (default 2,000; 0 skips it).
+1,000,000 rows × ``--d``, 1.5 GB of float32; 0 skips it) with ``--big-candidate-size`` (default 0: every
+query scores the whole pool, from the session's pool moments), and an ``--image-pool``-item pool of
+28 × 28 images (default 2,000; 0 skips it; given as pixel arrays in the features file, shown from
+thumbnail files made on first use).
 
 The machine is shared (2 cores, other jobs running): absolute times are noisy. Last line::
 

@@ -175,3 +175,44 @@ def test_id_column_is_never_a_feature(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="ignoring id column"):
         ds = load_features(p, test_size=0)
     assert ds.meta["feature_columns"] == ["f1"] and ds.train_features.shape == (4, 1)
+
+
+class PixelBackbone(Backbone):
+    """A deterministic image backbone (mean colour) that counts what it encodes."""
+
+    name = "pixels"
+    dim = 3
+    resolution = 8
+
+    def __init__(self) -> None:
+        self.encoded = 0
+
+    def encode(self, items, batch_size=64, progress=True) -> np.ndarray:
+        self.encoded += len(items)
+        return np.array([np.asarray(im, dtype=np.float32).mean(axis=(0, 1)) for im in items], dtype=np.float32)
+
+
+def test_image_thumbnails_are_made_once_with_the_features(tmp_path: Path) -> None:
+    from bayesal.data import thumbnail_png
+
+    _write_images(tmp_path / "imgs", {"": 3})
+    raw = read_items(tmp_path / "imgs")
+    bb = PixelBackbone()
+    feats = embed_items(raw, bb, tmp_path / "emb", progress=False)
+    assert feats.shape == (3, 3) and raw.thumbnails is not None and raw.thumbnails.parent == tmp_path / "emb"
+    files = sorted(raw.thumbnails.glob("*.png"))
+    assert len(files) == 3  # made with the features, one per image
+    store = raw.display_items().thumbnail_store()
+    assert store.png(1) == thumbnail_png(raw.display_items()[1])
+    # opened again: the features and the thumbnails are read, nothing is made
+    stamps = [f.stat().st_mtime_ns for f in files]
+    again = read_items(tmp_path / "imgs")
+    embed_items(again, bb, tmp_path / "emb", progress=False)
+    assert bb.encoded == 3 and again.thumbnails == raw.thumbnails
+    assert [f.stat().st_mtime_ns for f in sorted(raw.thumbnails.glob("*.png"))] == stamps
+    # a changed image: new content, a new thumbnail folder, the old one removed
+    (tmp_path / "imgs" / "im0.png").write_bytes((tmp_path / "imgs" / "im1.png").read_bytes())
+    changed = read_items(tmp_path / "imgs")
+    embed_items(changed, bb, tmp_path / "emb", progress=False)
+    assert changed.thumbnails != raw.thumbnails and not raw.thumbnails.exists()
+    assert len(list(changed.thumbnails.glob("*.png"))) == 3

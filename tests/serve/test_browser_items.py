@@ -5,6 +5,7 @@ predict from the command line."""
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -113,8 +114,13 @@ def test_an_image_folder_by_keyboard_then_kill_resume_export_predict(browser, se
     page = open_page(browser, srv.page)
     key = {c: str(k + 1) for k, c in enumerate(names)}
     acked: dict[str, str] = {}
+    # the thumbnails were made once, with the features
+    assert len(list((state / "embeddings").glob("thumbs-*/*.png"))) == 40
     for n in range(30):
-        assert page.get_attribute("#item img", "src").startswith("data:image/png;base64,")
+        # shown from its thumbnail file, loaded and decoded (the page counts it shown only then)
+        assert re.fullmatch(r"thumbs/thumbs-[0-9a-f]{16}/\d+\.png", page.get_attribute("#item img", "src"))
+        assert page.evaluate("(() => { const im = document.querySelector('#item img'); "
+                             "return im.complete && im.naturalWidth > 0; })()")
         i = shown_index(page)
         press_and_wait(page, key[truth[i]])
         acked[f"{i:03d}.png"] = truth[i]

@@ -93,18 +93,18 @@ def test_view_after_tell_is_the_state_tell_leads_to() -> None:
 def test_the_next_image_is_rendered_while_the_current_one_is_shown(monkeypatch) -> None:
     import threading
 
-    import bayesal.serve.service as service_module
+    from bayesal.data import Thumbnails
 
     x, y = _pool(n=200, seed=3)
     images = np.random.default_rng(0).integers(0, 255, size=(len(x), 8, 8), dtype=np.uint8)
     rendered_in: dict[int, str] = {}
-    real = service_module.item_view
+    real = Thumbnails.png
 
-    def spy(item, index):
-        rendered_in.setdefault(index, threading.current_thread().name)
-        return real(item, index)
+    def spy(self, index):
+        rendered_in.setdefault(int(index), threading.current_thread().name)
+        return real(self, index)
 
-    monkeypatch.setattr(service_module, "item_view", spy)
+    monkeypatch.setattr(Thumbnails, "png", spy)
     session = Session(x, NAMES, items=images, random_state=3, candidate_size=100, background=False)
     svc = LabelingService(session, name="t", lease_seconds=0)
     try:
@@ -114,8 +114,104 @@ def test_the_next_image_is_rendered_while_the_current_one_is_shown(monkeypatch) 
             assert svc.speculator is not None and svc.speculator.wait(timeout=60)
             i = card["index"]
             card = svc.answer(i, NAMES[int(y[i])], "t1")["next"]
-            assert card["item"]["kind"] == "image" and card["item"]["src"].startswith("data:image/png")
-            ahead += rendered_in[card["index"]] == "bayesal-speculate"
+            assert card["item"] == {"kind": "image", "src": svc.thumbnail_url(card["index"])}
+            ahead += rendered_in.get(card["index"]) == "bayesal-speculate"
+            assert svc.thumbnail(svc.thumbnails.key, card["index"]).startswith(b"\x89PNG")
         assert ahead >= 8  # past the cold start, the item shown next was rendered ahead of its answer
+    finally:
+        svc.close()
+
+
+@pytest.mark.parametrize("session_kw", [{}, {"reselect": "doubling", "strategy": "entropy"}, {"background": True}],
+                         ids=["margin", "entropy-with-fit-points", "background-refits"])
+def test_whole_pool_speculative_picks_equal_the_non_speculative_loop(monkeypatch, session_kw) -> None:
+    """--candidate-size 0 on a pool large enough for the pool moments (the threshold lowered to this pool):
+    the speculated picks, from moments stepped once per answer, equal the loop's that queries after each."""
+    import bayesal.labeling.moments as moments
+
+    monkeypatch.setattr(moments, "WHOLE_POOL_MIN_ROWS", 100)
+    x, y = _pool(n=600, seed=4)
+    kw = {"background": False, **session_kw}
+
+    def service(speculate: bool) -> LabelingService:
+        session = Session(x, NAMES, random_state=3, candidate_size=None, **kw)
+        return LabelingService(session, name="t", speculate=speculate, lease_seconds=0)
+
+    plain, spec = service(False), service(True)
+    try:
+        card_p, card_s = plain.next_item("t1"), spec.next_item("t1")
+        for step in range(40):
+            assert card_s["index"] == card_p["index"]
+            assert card_s["top"] == card_p["top"]
+            if step % 7 == 3:
+                spec.speculator.cancel()  # an answer faster than the speculation: the query steps itself
+            else:
+                assert spec.speculator is not None and spec.speculator.wait(timeout=60)
+            i = card_p["index"]
+            label = NAMES[int(y[i])] if step % 5 else NAMES[(int(y[i]) + 1) % len(NAMES)]
+            card_p = plain.answer(i, label, "t1")["next"]
+            card_s = spec.answer(i, label, "t1")["next"]
+            if session_kw.get("background"):  # a refit swapped in between two answers, in both
+                plain.session.wait_refit()
+                spec.session.wait_refit()
+        assert card_s["index"] == card_p["index"]
+        assert spec.speculator.hits >= 15
+        # the moments were stepped, not rebuilt, for most answers (a rebuild per refit or cold start)
+        pm = spec.session._pool_moments()
+        assert pm.steps + pm.half_steps >= 20 and pm.rebuilds <= 12
+    finally:
+        plain.close()
+        spec.close()
+
+
+def test_whole_pool_moments_pick_what_the_posterior_picks(monkeypatch) -> None:
+    """The stepped float32 moments are the posterior's own moments up to round-off: the same top picks
+    as a query that scores every row from the posterior (the pool moments off)."""
+    import bayesal.labeling.moments as moments
+
+    x, y = _pool(n=800, seed=5)
+    fast = Session(x, NAMES, random_state=3, candidate_size=None, background=False)
+    exact = Session(x, NAMES, random_state=3, candidate_size=None, background=False)
+    try:
+        agree = 0
+        for _ in range(30):
+            monkeypatch.setattr(moments, "WHOLE_POOL_MIN_ROWS", 100)
+            got = fast.query(3)
+            monkeypatch.setattr(moments, "WHOLE_POOL_MIN_ROWS", 10**9)
+            want = exact.query(3)
+            agree += got == want
+            fast.tell(want[0], int(y[want[0]]))
+            exact.tell(want[0], int(y[want[0]]))
+        assert agree >= 28
+        pm = fast._pool_moments()
+        # the early phase's exact mean came from the span of the told features, never from the pool anew
+        assert pm.half_steps >= 10 and pm.full_logits == 0 and pm.rebuilds <= 3
+    finally:
+        fast.close()
+        exact.close()
+
+
+def test_whole_pool_the_likeliest_answers_next_item_is_prepared_ahead(monkeypatch) -> None:
+    """While an item is read, the pool's products with the item picked after its likeliest answer are
+    computed too: when that answer comes, the next item's speculation finds them ready."""
+    import bayesal.labeling.moments as moments
+
+    monkeypatch.setattr(moments, "WHOLE_POOL_MIN_ROWS", 100)
+    x, y = _pool(n=600, seed=6)
+    session = Session(x, NAMES, random_state=3, candidate_size=None, background=False)
+    svc = LabelingService(session, name="t", lease_seconds=0)
+    assert svc.speculator is not None
+    try:
+        card, prepared = svc.next_item("t1"), 0
+        for step in range(20):
+            assert svc.speculator.wait(timeout=60)  # the person reads
+            i = card["index"]
+            # true labels past the cold start (random picks), then the model's likeliest answer
+            label = int(y[i]) if step < 8 else int(session.predict_proba([i])[0].argmax())
+            card = svc.answer(i, NAMES[label], "t1")["next"]
+            # checked at once: the new item's own speculation waits its start delay before it begins
+            view = session.query_view()
+            prepared += step >= 8 and session._pool_moments()._products.get((view.key, card["index"])) is not None
+        assert prepared >= 8
     finally:
         svc.close()

@@ -146,14 +146,9 @@ def pool_rows(raw: Any, src: dict[str, Any], class_names: list[str]) -> tuple[li
 
 
 def _pool_items(raw: Any, rows: np.ndarray) -> tuple[Any, list[str], list[str]]:
-    from bayesal.data import ImageFiles
-
     locations = raw.locations()
-    if raw.kind == "text":
-        display: Any = [raw.texts[i] for i in rows]
-    else:
-        display = ImageFiles([raw.paths[i] for i in rows])
-    return display, [raw.ids[i] for i in rows], [locations[i] for i in rows]
+    # images with their thumbnails (made by embed_items, which runs first)
+    return raw.display_items(rows), [raw.ids[i] for i in rows], [locations[i] for i in rows]
 
 
 def open_items_session(args: argparse.Namespace, out: TextIO) -> tuple[Any, ItemsData]:

@@ -19,6 +19,7 @@ from .items import (
 from .pool import ArrayPool, NpyPool, ParquetPool, Pool, ShardedPool, ZarrPool, open_pool
 from .registry import add_file_options, file_loader_kwargs, list_datasets, load_dataset, register
 from .shards import featurize_to_shards
+from .thumbnails import THUMB_SIDE, Thumbnails, content_key, is_image, png_bytes, thumbnail_png, to_uint8
 from .user import LabelEncoder, from_arrays, from_module, load_features, split_indices
 
 __all__ = [
@@ -55,4 +56,11 @@ __all__ = [
     "class_texts",
     "zero_shot_head",
     "split_indices",
+    "Thumbnails",
+    "THUMB_SIDE",
+    "content_key",
+    "is_image",
+    "png_bytes",
+    "thumbnail_png",
+    "to_uint8",
 ]

@@ -26,6 +26,7 @@ from bayesal.utils import require_regular_file, safe_name
 
 from .arrayfiles import first_line
 from .backbones import Backbone, get_backbone
+from .thumbnails import Thumbnails, content_key
 
 __all__ = [
     "IMAGE_SUFFIXES", "TABLE_SUFFIXES", "ClassList", "RawItems", "ImageFiles", "read_items", "read_classes",
@@ -139,13 +140,25 @@ class ImageFiles(Sequence[np.ndarray]):
     """Image files read on access as ``(H, W, 3)`` uint8 arrays (a slice gives a list).
 
     ``size`` resizes every image to ``size × size`` (what a backbone takes); otherwise images are
-    shrunk to at most ``max_side`` pixels a side for display.
+    shrunk to at most ``max_side`` pixels a side for display. ``thumbnails``: the folder of their
+    thumbnails (made by :func:`embed_items`; see :meth:`thumbnail_store`).
     """
 
-    def __init__(self, paths: Sequence[Path], *, size: int | None = None, max_side: int = DISPLAY_SIDE) -> None:
+    def __init__(self, paths: Sequence[Path], *, size: int | None = None, max_side: int = DISPLAY_SIDE,
+                 thumbnails: Path | None = None) -> None:
         self.paths = list(paths)
         self.size = size
         self.max_side = max_side
+        self.thumbnails = None if thumbnails is None else Path(thumbnails)
+
+    def thumbnail_store(self, fallback: Path | None = None) -> Thumbnails:
+        """The thumbnails of these images: in :attr:`thumbnails`, else under ``fallback`` (a folder keyed by
+        the paths), else in memory. Files are named by their image's path, so any subset of an image
+        folder finds the thumbnails made for the whole folder."""
+        if self.thumbnails is not None:
+            return Thumbnails(self, self.thumbnails.parent, self.thumbnails.name, names=lambda i: _path_stem(self.paths[i]))
+        key = "thumbs-" + content_key(*(str(p) for p in self.paths))
+        return Thumbnails(self, fallback, key, names=lambda i: _path_stem(self.paths[i]))
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -187,9 +200,18 @@ class RawItems:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def display_items(self) -> Sequence[Any]:
-        """What the labeling views show: the texts, or the images read on access."""
-        return list(self.texts or []) if self.kind == "text" else ImageFiles(self.paths or [])
+    #: the folder of the images' thumbnails, once :func:`embed_items` made it (None: not made yet)
+    thumbnails: Path | None = None
+
+    def display_items(self, rows: Sequence[int] | None = None) -> Sequence[Any]:
+        """What the labeling views show of the items (of ``rows``, default all): the texts, or the images
+        read on access, with their thumbnails."""
+        pick = range(len(self.ids)) if rows is None else [int(r) for r in rows]
+        if self.kind == "text":
+            texts = self.texts or []
+            return [texts[i] for i in pick]
+        paths = self.paths or []
+        return ImageFiles([paths[i] for i in pick], thumbnails=self.thumbnails)
 
     def locations(self) -> list[str]:
         """Per item: the text, or the image file's path (for exports)."""
@@ -381,18 +403,24 @@ def embed_items(raw: RawItems, backbone: Backbone, cache_root: str | os.PathLike
 
     The shard folder is named by the backbone and a hash of the content: opening the same items again
     reads the shards (an interrupted run continues where it stopped), changed items get a new folder
-    (the old ones are removed).
+    (the old ones are removed). Images also get their thumbnails, made once with the features in
+    ``cache_root/thumbs-<hash>`` (a folder keyed by the content too) and set as ``raw.thumbnails``.
     """
     from .cache import content_hash
     from .shards import featurize_to_shards
 
     root = Path(cache_root)
-    digest = content_hash(backbone.config(), raw.digest())
+    raw_digest = raw.digest()
+    digest = content_hash(backbone.config(), raw_digest)
     out = root / f"{safe_name(backbone.name)}-{digest[:16]}"
-    if root.is_dir():  # embeddings of an earlier version of the items: never read again
+    thumbs = root / f"thumbs-{raw_digest[:16]}" if raw.kind == "image" else None
+    if root.is_dir():  # embeddings and thumbnails of an earlier version of the items: never read again
         for old in root.iterdir():
-            if old.is_dir() and old.name != out.name and old.name.startswith(safe_name(backbone.name) + "-"):
+            stale = (old.name.startswith(safe_name(backbone.name) + "-") and old.name != out.name) or (
+                old.name.startswith("thumbs-") and (thumbs is None or old.name != thumbs.name))
+            if old.is_dir() and stale:
                 shutil.rmtree(old, ignore_errors=True)
+    fresh = not out.exists()
     if raw.kind == "text":
         items: Sequence[Any] = list(raw.texts or [])
     else:
@@ -407,4 +435,14 @@ def embed_items(raw: RawItems, backbone: Backbone, cache_root: str | os.PathLike
                                    hash_parts=[digest], progress=progress)
     finally:
         torch.set_num_threads(threads)
+    if thumbs is not None:
+        raw.thumbnails = thumbs
+        if fresh:  # once, with the features: an image is then shown from its thumbnail file (made lazily if
+            # missing, e.g. for items embedded before thumbnails were kept)
+            ImageFiles(raw.paths or [], thumbnails=thumbs).thumbnail_store().make_all()
     return np.ascontiguousarray(pool.read(0, len(pool)), dtype=np.float32)
+
+
+def _path_stem(path: Path) -> str:
+    """A file name stem for the thumbnail of the image at ``path``."""
+    return hashlib.sha256(str(path).encode()).hexdigest()[:24]

@@ -6,7 +6,7 @@ the accuracy with the stop recommendation. Nothing here writes an event.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ from bayesal.laplace import LastLayerLaplace, leave_one_out
 from bayesal.strategies import LabeledSet, QueryStrategy, RandomSampling, TypiClust, select
 from bayesal.utils import derive_seed
 
+from .moments import Moments, PoolMoments, uses_pool_moments
 from .signals import (
     DEFAULT_LEVEL,
     GAIN_HORIZON,
@@ -42,6 +43,11 @@ class QueryView:
     skipped: frozenset[int]
     n_events: int
     fit_points: Mapping[int, bool] = field(default_factory=dict)
+    #: names the state for the pool moments of a whole-pool query over a large pool (:mod:`.moments`);
+    #: ``lineage``: how it follows from the state before (``("tell", parent key, index, label)``,
+    #: ``("skip", parent key)``) or None (its moments are built from the posterior)
+    key: Hashable = None
+    lineage: tuple[Any, ...] | None = None
 
 # Candidates clustered per covering query: k-means over more would cost more than the key-to-next budget
 _COVER_CANDIDATES = 300
@@ -117,8 +123,59 @@ class SessionQueries(SessionViews):
             # an update's downdate left pending is applied now: an update computed from the view then
             # starts from the state that tell() will start from (a query reads it, as this does), to the bit
             post.covariance  # noqa: B018 - read for its side effect
+            key, lineage = self._live_moments_key()
             return QueryView(post, dict(self._book.labels), frozenset(self._book.skipped),
-                             len(self._state.events), due)
+                             len(self._state.events), due, key, lineage)
+
+    def _live_moments_key(self) -> tuple[Hashable, tuple[Any, ...] | None]:
+        """The pool-moments key of the session's state now and how it follows from the state seen at the
+        previous call (state lock held): a tell that only updates the posterior steps its moments, a skip
+        keeps them, anything else (a refit swapped in, an undo, a correction, a state not seen) rebuilds."""
+        events, swaps = self._state.events, self._state.swaps
+        n = len(events)
+        prev = self.__dict__.get("_moments_live")
+        if prev is not None and prev[0] == n and prev[1][1] == swaps:
+            return prev[1], prev[2]
+        lineage: tuple[Any, ...] | None = None
+        key: Hashable = (n, swaps, "rebuilt")
+        if prev is not None and prev[0] == n - 1 and prev[1][1] == swaps:
+            ev = events[-1]
+            inline_refit = bool(ev.get("retrain")) and not self._state.background
+            if ev["op"] == "tell" and not inline_refit:
+                key = (n, swaps, "tell", int(ev["index"]), int(ev["label"]))
+                lineage = ("tell", prev[1], int(ev["index"]), int(ev["label"]))
+            elif ev["op"] == "skip":
+                key, lineage = (n, swaps, "skip", int(ev["index"])), ("skip", prev[1])
+        self.__dict__["_moments_live"] = (n, key, lineage)
+        return key, lineage
+
+    def _pool_moments(self) -> PoolMoments:
+        """The pool moments of this session's states (made on first use; a reopened state gets its own)."""
+        with self._state.lock:
+            pm = self.__dict__.get("_moments")
+            if pm is None or pm[0] is not self._state:
+                pm = (self._state, PoolMoments(self._x))
+                self.__dict__["_moments"] = pm
+            return pm[1]
+
+    def _moments_of(self, view: QueryView) -> Moments:
+        """The pool moments of the state ``view`` (see :mod:`.moments`)."""
+        pm = self._pool_moments()
+        lineage = view.lineage
+        parent = None if lineage is None else pm.lookup(lineage[1])
+        if view.key is None or lineage is None or parent is None:
+            return pm.rebuilt(object() if view.key is None else view.key, view.posterior)  # object(): a view of no key
+        # a pure update moves the posterior by one point; a fit (the first one, a fit point) does not
+        moved = getattr(view.posterior, "n_updates_", None), getattr(parent.posterior, "n_updates_", None)
+        if lineage[0] == "skip":
+            if moved[0] != moved[1] or moved[0] is None:
+                return pm.rebuilt(view.key, view.posterior)
+            return pm.same(view.key, parent, view.posterior)
+        if moved[0] is None or moved[1] is None or moved[0] != moved[1] + 1:
+            return pm.rebuilt(view.key, view.posterior)
+        told = int(lineage[2])
+        return pm.stepped(view.key, lineage[1], parent, told, int(lineage[3]), view.posterior,
+                          labeled=sorted(i for i in view.labels if i != told))
 
     def view_after_tell(self, view: QueryView, index: int, label: int) -> QueryView | None:
         """The view that :meth:`tell` ``(index, label)`` on the state ``view`` leads to, without recording
@@ -140,7 +197,22 @@ class SessionQueries(SessionViews):
             action["retrain"] = True
         labels = {**view.labels, int(index): int(label)}
         post = self._replay.transition(view.posterior, action, len(self._book.history), labels, refit=False)
-        return QueryView(post, labels, view.skipped - {int(index)}, view.n_events + 1)
+        key, lineage = None, None
+        if view.key is not None:  # the key the live state gets after this tell (see _live_moments_key)
+            key = (view.n_events + 1, view.key[1], "tell", int(index), int(label))  # type: ignore[index]
+            lineage = ("tell", view.key, int(index), int(label))
+        return QueryView(post, labels, view.skipped - {int(index)}, view.n_events + 1, key=key, lineage=lineage)
+
+    def prepare_query(self, view: QueryView, index: int) -> None:
+        """Ahead of showing item ``index`` in the state ``view``: compute what the next queries after any
+        answer to it share (for a whole-pool query over a large pool, the pool's products with the item's
+        ``Σφ`` and ``φ``; otherwise nothing). Read only; the picks are unchanged."""
+        if (view.key is None or self._covering(view.labels) or len(set(view.labels.values())) < 2
+                or not uses_pool_moments(self._strategy, view.posterior, int(self._x.shape[0]), self._candidate_size)):
+            return
+        pm = self._pool_moments()
+        if pm.lookup(view.key) is not None:  # the state's own moments are there: its answers will step them
+            pm.product(view.key, view.posterior, int(index))
 
     def query_in(self, view: QueryView, k: int = 1) -> list[int]:
         """:meth:`query` on the state ``view`` (the current one, or one :meth:`view_after_tell` gives):
@@ -177,6 +249,9 @@ class SessionQueries(SessionViews):
             strategy, candidate_size = RandomSampling(), None
         else:
             strategy, candidate_size = self._strategy, self._candidate_size
+            if uses_pool_moments(strategy, view.posterior, int(self._x.shape[0]), candidate_size):
+                # every row of a large pool: from the moments kept current by rank-1 steps (.moments)
+                return PoolMoments.top(strategy, self._moments_of(view), avail, k, gen)  # type: ignore[arg-type]
         picks = select(strategy, view.posterior.copy(), self._x, available, labeled, k, gen,
                        candidate_size=candidate_size)
         return ([] if audit is None else [audit]) + [int(i) for i in picks]

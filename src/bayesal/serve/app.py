@@ -9,14 +9,18 @@ Security model
   a cross-site page cannot add a custom header without a CORS preflight, which this app never grants,
   so forged (CSRF) requests fail. The page itself (``GET /``) accepts the token as ``?token=`` so that
   the printed URL can be opened; the script then keeps it in ``sessionStorage`` and drops it from the
-  address bar. No cookie is used.
+  address bar. No cookie is used. Thumbnails (``GET /thumbs/<content key>/<index>.png``, loaded by
+  ``<img>``, which sends no header) take the token the same way; they are reads without effect on the
+  session, cached by the browser under their content-keyed address.
 * Without a token only ``localhost`` / loopback ``Host`` headers are served (against DNS rebinding).
 * Request bodies are pydantic models that forbid unknown fields; labels must be known class names;
-  nothing in a request names a file or path — exports have fixed names.
+  nothing in a request names a file or path — exports have fixed names, thumbnails are named by the
+  item's pool index.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import os
@@ -35,12 +39,15 @@ from bayesal.utils import summarize_validation_errors
 
 from .review import LabelReview, add_review_routes
 from .service import LabelingService
+from .thumbs import NotFoundError
 
 __all__ = ["create_app", "check_bind", "is_loopback", "TOKEN_HEADER", "CLIENT_HEADER"]
 
 TOKEN_HEADER = "X-Bayesal-Token"
 CLIENT_HEADER = "X-Bayesal-Client"
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
+#: A thumbnail's address names its content: the browser may keep it for a year without asking again.
+THUMB_CACHE_CONTROL = "private, max-age=31536000, immutable"
 
 
 def is_loopback(host: str) -> bool:
@@ -120,14 +127,17 @@ def create_app(service: LabelingService, *, token: str | None = None) -> FastAPI
         if token is None and _host_name(request.headers.get("host", "")) not in _LOCAL_HOSTS:
             return JSONResponse({"detail": "this server answers only on localhost"}, status_code=403)
         sent = request.headers.get(TOKEN_HEADER)
-        if sent is None and request.url.path == "/" and request.method == "GET":
+        # the page and its images are loaded by the browser itself, which adds no header: the token may
+        # come as ?token= (a thumbnail is a read without side effect; cross-site pages cannot read it)
+        if sent is None and request.method == "GET" and (request.url.path == "/" or _is_thumb(request.url.path)):
             sent = request.query_params.get("token", "" if token is None else None)
         if sent is None:
             return denied(request, f"missing {TOKEN_HEADER} header.")
         if token is not None and not hmac.compare_digest(sent.encode(), token.encode()):
             return denied(request, "wrong token.")
         response = await call_next(request)
-        response.headers["Cache-Control"] = "no-store"
+        if "Cache-Control" not in response.headers:  # only thumbnails are cached (immutable: keyed by content)
+            response.headers["Cache-Control"] = "no-store"
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
         return response
@@ -169,7 +179,7 @@ def create_app(service: LabelingService, *, token: str | None = None) -> FastAPI
     def page() -> HTMLResponse:
         nonce = secrets.token_urlsafe(16)
         html = page_template.replace("{{NONCE}}", nonce).replace("{{TITLE}}", _escape(service.name))
-        csp = (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; img-src data:; "
+        csp = (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; img-src 'self' data:; "
                "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
         return HTMLResponse(html, headers={"Content-Security-Policy": csp})
 
@@ -209,6 +219,10 @@ def create_app(service: LabelingService, *, token: str | None = None) -> FastAPI
     def retrain(body: EmptyBody, request: Request) -> dict[str, Any]:
         return service.retrain(client(request))
 
+    @app.get("/api/upcoming")
+    def upcoming(request: Request) -> dict[str, Any]:
+        return {"thumbnails": service.upcoming(client(request))}
+
     @app.get("/api/panel")
     def panel() -> dict[str, Any]:
         return {"stats": service.stats(), "recent": service.recent()}
@@ -233,8 +247,29 @@ def create_app(service: LabelingService, *, token: str | None = None) -> FastAPI
         return Response(service.export_posterior(), media_type="application/octet-stream",
                         headers={"Content-Disposition": 'attachment; filename="posterior.pt"'})
 
+    @app.get("/thumbs/{key}/{name}")
+    def thumbnail(key: str, name: str, request: Request) -> Response:
+        # an image item's thumbnail file: made once, immutable under its content-keyed address, so the
+        # browser keeps it (and revalidates it by ETag at most)
+        stem, dot, ext = name.partition(".")
+        if ext != "png" or not stem.isdigit() or len(stem) > 12:
+            return JSONResponse({"detail": "no such thumbnail"}, status_code=404)
+        try:
+            data = service.thumbnail(key, int(stem))
+        except NotFoundError as err:
+            return JSONResponse({"detail": str(err)}, status_code=404)
+        etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+        headers = {"ETag": etag, "Cache-Control": THUMB_CACHE_CONTROL}
+        if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+            return Response(status_code=304, headers=headers)
+        return Response(data, media_type="image/png", headers=headers)
+
     add_review_routes(app, LabelReview(service))
     return app
+
+
+def _is_thumb(path: str) -> bool:
+    return path.startswith("/thumbs/")
 
 
 def _storage_message(err: StorageError) -> str:

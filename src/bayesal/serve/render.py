@@ -1,7 +1,8 @@
 """What the browser shows: an item as text or a PNG thumbnail, and the live panel's small SVG plots.
 
-Everything is rendered on the server from in-memory data (no file is ever read on a request's behalf)
-and returned as strings, so the page needs no image route and no asset from the network.
+Texts and plots are rendered on the server and returned as strings. An image of an image pool is shown
+from its thumbnail file (:class:`bayesal.data.Thumbnails`, served by the app's ``/thumbs/`` route); other
+images as ``data:`` URIs.
 """
 
 from __future__ import annotations
@@ -9,79 +10,21 @@ from __future__ import annotations
 import base64
 import html
 import math
-import struct
-import zlib
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from bayesal.exceptions import InvalidInputError
+from bayesal.data import THUMB_SIDE, is_image, png_bytes, thumbnail_png
 
-__all__ = ["png_bytes", "image_data_uri", "item_view", "line_plot_svg", "is_image"]
+__all__ = ["png_bytes", "image_data_uri", "item_view", "line_plot_svg", "is_image", "THUMB_SIDE"]
 
 MAX_TEXT_CHARS = 4000
-THUMB_SIDE = 168  # pixels of the longer side of a thumbnail (nearest-neighbour upscaling of small images)
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
-def png_bytes(pixels: np.ndarray) -> bytes:
-    """Encode ``(H, W)`` grayscale or ``(H, W, 3)`` RGB uint8 pixels as a PNG file (no imaging library)."""
-    a = np.ascontiguousarray(pixels, dtype=np.uint8)
-    if a.ndim == 2:
-        color_type = 0
-    elif a.ndim == 3 and a.shape[2] == 3:
-        color_type = 2
-    else:
-        raise InvalidInputError(f"png_bytes needs (H, W) or (H, W, 3) pixels, got shape {a.shape}")
-    h, w = a.shape[:2]
-    rows = a.reshape(h, -1)
-    raw = np.concatenate([np.zeros((h, 1), dtype=np.uint8), rows], axis=1).tobytes()  # filter byte 0 per row
-    header = struct.pack(">IIBBBBB", w, h, 8, color_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(raw, 6)) + _chunk(b"IEND", b"")
-
-
-def is_image(item: Any) -> bool:
-    """True for a numeric ``(H, W)``, ``(H, W, 1|3|4)`` or ``(1|3, H, W)`` array with both sides ≥ 2."""
-    if not isinstance(item, np.ndarray) or not np.issubdtype(item.dtype, np.number):
-        return False
-    if item.ndim == 2:
-        return min(item.shape) >= 2
-    if item.ndim == 3:
-        return (item.shape[2] in (1, 3, 4) and min(item.shape[:2]) >= 2) or (
-            item.shape[0] in (1, 3) and min(item.shape[1:]) >= 2
-        )
-    return False
-
-
-def _to_uint8(img: np.ndarray) -> np.ndarray:
-    """Channels last, 1 or 3 channels, scaled to 0..255 (uint8 kept as is, other ranges min-max scaled)."""
-    a = np.asarray(img)
-    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[2] not in (1, 3, 4):
-        a = np.moveaxis(a, 0, -1)
-    if a.ndim == 3:
-        a = a[..., 0] if a.shape[2] == 1 else a[..., :3]
-    if a.dtype == np.uint8:
-        return a
-    a = a.astype(np.float64)
-    finite = np.isfinite(a)
-    if not finite.any():
-        return np.zeros(a.shape, dtype=np.uint8)
-    lo, hi = float(a[finite].min()), float(a[finite].max())
-    scaled = np.zeros_like(a) if hi <= lo else (np.where(finite, a, lo) - lo) / (hi - lo)
-    return (scaled * 255).round().astype(np.uint8)
 
 
 def image_data_uri(img: np.ndarray, side: int = THUMB_SIDE) -> str:
     """A ``data:image/png`` URI of ``img`` upscaled by an integer factor to about ``side`` pixels."""
-    a = _to_uint8(img)
-    factor = max(1, side // max(a.shape[:2]))
-    if factor > 1:
-        a = np.repeat(np.repeat(a, factor, axis=0), factor, axis=1)
-    return "data:image/png;base64," + base64.b64encode(png_bytes(a)).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(thumbnail_png(img, side)).decode("ascii")
 
 
 def item_view(item: Any, index: int) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from bayesal.labeling import Session, format_labels, label_rows, stop_fields, st
 from .guess import model_guess
 from .render import item_view, line_plot_svg
 from .speculation import NextPickSpeculator
+from .thumbs import NotFoundError, thumbnails_of
 
 __all__ = ["LabelingService", "shortcut_keys"]
 
@@ -39,6 +40,8 @@ _KEYS = "123456789" + "abcdefghijklmnopqrstuvwxyz"
 _RESERVED_KEYS = set("suyz")  # skip, undo (u / ctrl-z), redo (y / ctrl-y) are not class shortcuts
 _CLIENT_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_LEASES = 1024
+#: Longest wait of an answer, outside the lock, for the speculation of its own next pick to finish.
+SETTLE_SECONDS = 30.0
 
 
 def shortcut_keys(class_names: list[str]) -> list[str | None]:
@@ -143,8 +146,10 @@ class LabelingService:
         self._owners: list[str | None] = [None] * len(session.history)
         self._redo_owners: list[str | None] = []
         self.acknowledged = 0  # answers recorded through this service (tell), for tests and benchmarks
+        #: the thumbnails of an image pool (None for other items), served as files by the app
+        self.thumbnails = thumbnails_of(session.items, session.state_dir)
         # the next pick under each likely answer, computed while the person reads (see speculation)
-        self.speculator = NextPickSpeculator(session, prepare=self._item_view) if speculate else None
+        self.speculator = NextPickSpeculator(session, prepare=self._prepare) if speculate else None
         self._closed = False
 
     # ------------------------------------------------------------------ helpers (lock held)
@@ -234,16 +239,57 @@ class LabelingService:
             self._query_cache = (key, found[0], found[1])
 
     def _item_view(self, index: int) -> dict[str, Any]:
-        # rendered once (also ahead of time, by the speculation, for the items it expects next): an image
-        # item's thumbnail is then no slower to show than a text
+        # rendered once (also ahead of time, by the speculation, for the items it expects next); an image
+        # of an image pool is a URL of its thumbnail file, made once (see thumbnail())
         view = self._views.get(index)
         if view is None:
             items = self.session.items
-            view = item_view(items[index] if items is not None else None, index)
+            if self.thumbnails is not None:
+                view = {"kind": "image", "src": self.thumbnail_url(index)}
+            else:
+                view = item_view(items[index] if items is not None else None, index)
             if len(self._views) > 256:
                 self._views.clear()
             self._views[index] = view
         return view
+
+    def _prepare(self, index: int) -> None:
+        """Ahead of showing item ``index`` (called by the speculation thread, without the lock): its
+        thumbnail file exists (made now if missing, e.g. in a session from before thumbnails were kept)."""
+        if self.thumbnails is not None:
+            self.thumbnails.ensure(index)
+        else:
+            self._item_view(index)
+
+    def thumbnail_url(self, index: int) -> str:
+        """The path of item ``index``'s thumbnail (``thumbs/<content key>/<index>.png``, relative)."""
+        assert self.thumbnails is not None
+        return f"thumbs/{self.thumbnails.key}/{int(index)}.png"
+
+    def thumbnail(self, key: str, index: int) -> bytes:
+        """PNG bytes of item ``index``'s thumbnail in the pool whose thumbnails have the content key ``key``
+        (made and saved on first use if missing). Needs no lock: the files are written atomically.
+
+        Raises :class:`NotFoundError` for a pool without thumbnails, another key or an index out of range.
+        """
+        thumbs = self.thumbnails
+        if thumbs is None or key != thumbs.key:
+            raise NotFoundError("no such thumbnail: this session's items are not images, or the address is of "
+                                "another item set")
+        if isinstance(index, bool) or not 0 <= int(index) < len(thumbs):
+            raise NotFoundError(f"no such thumbnail: item index {index} is not in the pool [0, {len(thumbs)})")
+        return thumbs.png(int(index))
+
+    def upcoming(self, client: str | None = None, limit: int = 2) -> list[str]:
+        """Thumbnail addresses of the items ``client`` is likely shown next: the speculated next pick under
+        the most probable answers to its current item, those computed so far (empty for other items)."""
+        with self._lock:
+            mine = self._leases.get(self._client(client))
+            key = self._state_key()
+        if self.thumbnails is None or self.speculator is None or mine is None:
+            return []
+        picks = list(dict.fromkeys(self.speculator.ready(key, mine[0])))[:limit]
+        return [self.thumbnail_url(i) for i in picks]
 
     def _card(self, index: int | None) -> dict[str, Any]:
         """Everything the page shows about the current item (``index=None``: the pool is exhausted)."""
@@ -297,6 +343,10 @@ class LabelingService:
         Raises :class:`StaleAnswerError` if the item is labeled already (by another tab or person);
         :class:`InvalidInputError` for an unknown class or index.
         """
+        if self.speculator is not None and label in self._names:
+            # a speculation of this very answer still running: wait for it without holding the lock (other
+            # tabs and the panel go on meanwhile); the answer then takes its picks
+            self.speculator.settle(self._state_key(), index, self._names.index(label), timeout=SETTLE_SECONDS)
         with self._lock:
             cid = self._client(client)
             i, c = self._check_index(index), self._label_index(label)

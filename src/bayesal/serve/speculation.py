@@ -26,8 +26,9 @@ from bayesal.labeling import QueryView, Session
 
 __all__ = ["NextPickSpeculator", "DEFAULT_SPECULATED_CLASSES", "DEFAULT_START_DELAY"]
 
-#: Answers speculated per item: the most probable classes under the predictive (a pool pass each).
-DEFAULT_SPECULATED_CLASSES = 8
+#: Answers speculated per item: the most probable classes under the predictive (every class when there are
+#: no more; on a large pool queried whole, each answer after the first costs a pass over the pool's moments).
+DEFAULT_SPECULATED_CLASSES = 10
 #: Seconds an item is shown before its speculation starts (a person takes far longer to answer).
 DEFAULT_START_DELAY = 0.05
 
@@ -113,6 +114,20 @@ class NextPickSpeculator:
             self.hits += 1
             return found[0], list(found[1])
 
+    def ready(self, key: Hashable, index: int) -> list[int]:
+        """The first picks speculated so far for the answers to item ``index`` in the state ``key``, the
+        most probable answer first (e.g. to fetch their images ahead)."""
+        with self._cond:  # results are stored in the order speculated: the most probable answer first
+            return [picks[0] for (k, i, _), (_, picks) in self._results.items() if k == key and i == index and picks]
+
+    def settle(self, key: Hashable, index: int, label: int, timeout: float | None = None) -> None:
+        """Wait (up to ``timeout`` seconds) while the picks for the answer ``label`` to item ``index`` in the
+        state ``key`` are being computed, so that :meth:`take` finds them (an answer calls it before it
+        takes the service's lock, so that other requests are not held up by the wait)."""
+        wanted = (key, int(index), int(label))
+        with self._cond:
+            self._cond.wait_for(lambda: self._inflight != wanted, timeout)
+
     def cancel(self) -> None:
         """Stop the running job between two classes and forget every result."""
         with self._cond:
@@ -188,3 +203,7 @@ class NextPickSpeculator:
                     self._cond.notify_all()
             if picks and self._prepare is not None:
                 self._prepare(picks[0])
+            if picks and after is not None and label == job.order[0] and self._current(job):
+                # the likeliest answer's next item: what the queries after it share, computed now (on a
+                # large pool queried whole, a pass over the pool), so that its own speculation starts ahead
+                session.prepare_query(after, picks[0])

@@ -16,6 +16,8 @@
   }
 
   const $ = (id) => document.getElementById(id);
+  // a thumbnail's address (the browser loads it without the header: the token goes in the query)
+  const imageSrc = (src) => (src.startsWith("data:") || token === "-" ? src : `${src}?token=${encodeURIComponent(token)}`);
   // this tab's own answers and skips (newest last), kept across reloads: undo takes back only those
   const mine = JSON.parse(sessionStorage.getItem("bayesal-mine") || "[]");
   const remember = () => sessionStorage.setItem("bayesal-mine", JSON.stringify(mine.slice(-200)));
@@ -71,7 +73,7 @@
     $("item-meta").textContent = `item #${card.index} · ${card.n_labeled} labeled`;
     const v = card.item;
     if (v.kind === "image") {
-      item.appendChild(el("img", { src: v.src, alt: `item #${card.index}` }));
+      item.appendChild(el("img", { src: imageSrc(v.src), alt: `item #${card.index}` }));
     } else {
       item.appendChild(el("div", { class: "text" }, v.text));
     }
@@ -99,15 +101,30 @@
     });
   }
 
+  // while an image is read, the thumbnails of the items likely shown next are fetched into the cache
+  const PREFETCH_MS = 250;
+  async function prefetch(index) {
+    if (!state.card || state.card.index !== index) return;
+    try {
+      const r = await api("GET", "api/upcoming");
+      if (r.ok) r.data.thumbnails.forEach((src) => { new Image().src = imageSrc(src); });
+    } catch (err) { /* only a prefetch */ }
+  }
+
   function shown(card) {
     // the next item is on screen: record the latency once the browser has painted it
     renderCard(card);
     const t0 = state.t0;
     state.t0 = null;
-    requestAnimationFrame(() => {
+    const painted = () => requestAnimationFrame(() => {
       if (t0 !== null) window.bayesalTimings.push(performance.now() - t0);
       window.bayesalRenders += 1;
     });
+    // an image counts as shown once it is loaded and decoded (a thumbnail file, usually from the cache)
+    const img = card.done ? null : document.querySelector("#item img");
+    if (img) img.decode().catch(() => {}).then(painted);
+    else painted();
+    if (img) setTimeout(() => prefetch(card.index), PREFETCH_MS);
     setTimeout(refreshPanel, 0);  // the panel follows, off the answer's path
   }
 
@@ -276,7 +293,7 @@
     const items = recent.map((r) => {
       const li = el("li", { "data-index": r.index });
       li.appendChild(el("span", {}, `#${r.index}`));
-      if (r.src) li.appendChild(el("img", { src: r.src, alt: `item #${r.index}` }));
+      if (r.src) li.appendChild(el("img", { src: imageSrc(r.src), alt: `item #${r.index}` }));
       li.appendChild(el("span", { class: "pv" }, r.preview || ""));
       const sel = el("select", { "aria-label": `label of item #${r.index}` });
       for (const c of state.info.classes) {

@@ -4,6 +4,8 @@
 (function () {
   const token = sessionStorage.getItem("bayesal-token") || "-";
   const $ = (id) => document.getElementById(id);
+  // a thumbnail's address (the browser loads it without the header: the token goes in the query)
+  const imageSrc = (src) => (src.startsWith("data:") || token === "-" ? src : `${src}?token=${encodeURIComponent(token)}`);
   const st = { info: null, card: null, busy: false, keyOf: {} };
   window.bayesalReviewRenders = 0;  // review cards put on screen so far (read by the browser tests)
 
@@ -50,7 +52,7 @@
       $("review-meta").textContent =
         `item #${card.index} · doubt ${(100 * card.doubt).toFixed(0)}% · ${card.n_labeled} labeled · ${card.n_kept} kept`;
       const v = card.item;
-      if (v.kind === "image") item.appendChild(el("img", { src: v.src, alt: `item #${card.index}` }));
+      if (v.kind === "image") item.appendChild(el("img", { src: imageSrc(v.src), alt: `item #${card.index}` }));
       else item.appendChild(el("div", { class: "text" }, v.text));
       const given = el("span", {}, "given label: ");
       given.appendChild(el("b", { id: "review-given" }, card.label));

@@ -1,8 +1,9 @@
 """Doubted labels in Label Studio: the score of an annotated task's prediction is its label doubt.
 
-For a task with a live annotation, the backend's prediction score is 1 − the probability that the
-posterior *without* that annotation gives the annotated class (the leave-one-out predictive,
-:func:`bayesal.laplace.leave_one_out`: a downdate of the current posterior, never a refit), so sorting
+For a task with a live annotation, the backend's prediction score is its label doubt ``a / (a + g)``
+under the posterior *without* that annotation (the leave-one-out predictive,
+:func:`bayesal.laplace.leave_one_out`: a downdate of the current posterior, never a refit; ``g`` the
+probability of the annotated class, ``a`` that of the likeliest class not annotated), so sorting
 the Data Manager by prediction score puts the likeliest label errors first. An annotation choosing
 several classes counts as the soft label that splits its mass over them, as the update absorbed it; a
 task annotated more than once is scored against its latest annotation, with one label removed.

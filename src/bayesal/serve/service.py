@@ -549,7 +549,7 @@ class LabelingService:
         items = self._item_locations
         if items is None and self.session.items is not None:
             items = [v if isinstance(v, str) else "" for v in self.session.items] if self._texts() else None
-        # label_doubt: 1 − the leave-one-out probability of the given label
+        # label_doubt: a / (a + g) of the leave-one-out predictive (g: the given label's probability, a: the likeliest other's)
         return label_rows(self.session.history, self._names, ids=self._item_ids, items=items,
                           doubt=self.session.label_doubt())
 

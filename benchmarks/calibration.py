@@ -6,7 +6,8 @@ Four parts, each on the built-in data sets (``--datasets``; default: all six), p
   defaults (λ₀ and the spread τ chosen on the same folds), scored on the test split: accuracy, NLL and
   ECE (15 equal-width bins, ``bayesal.experiments.metrics``) of the MAP softmax, of the temperature-scaled MAP softmax (the standard
   post-hoc baseline: one temperature on the logits, chosen on the same held-out folds), of the plain
-  Laplace predictive (τ = 1, the former default) and of the default predictive;
+  Laplace predictive (τ = 1, T = 1, the former default) and of the default predictive (the spread τ and,
+  from ten labels per class, the likelihood's temperature T chosen on the folds);
 - ``signal``: oracle labeling runs (margin, batches of 10 from 1,000 random candidates, the head refitted
   after each batch, as ``bayesal run`` does) from 20 to 200 labels: the session's expected-accuracy
   signal ``mean_x max_c p(c | x)`` over the unlabeled pool against the true accuracy there;
@@ -84,12 +85,14 @@ def run_cells(names: list[str], seeds: int) -> pd.DataFrame:
                 preds = {"map": torch.softmax(z, 1), "temp_map": torch.softmax(z / temp, 1),
                          "laplace": post.with_spread(1.0).predict_proba(xt), "default": post.predict_proba(xt)}
                 row = {"dataset": name, "n": n, "seed": seed, "spread": post.fitted_spread,
+                       "default_temperature": post.fitted_temperature,
                        "prior_precision": post.fitted_prior_precision, "temperature": temp, "t_fit": t_fit,
                        "acc": float((z.argmax(1) == yt).double().mean())}
                 for key, p in preds.items():
                     row[f"nll_{key}"], row[f"ece_{key}"] = nll(p, yt), ece(p, yt)
                 rows.append(row)
-                print(f"cells {name} n={n} seed={seed} τ={post.fitted_spread:.3g} T={temp:.3g} "
+                print(f"cells {name} n={n} seed={seed} τ={post.fitted_spread:.3g} T={post.fitted_temperature:.3g} "
+                      f"T-MAP's T={temp:.3g} "
                       f"nll default/map {row['nll_default']:.3f}/{row['nll_map']:.3f} "
                       f"ece {row['ece_default']:.3f}/{row['ece_map']:.3f}", flush=True)
     return pd.DataFrame(rows)

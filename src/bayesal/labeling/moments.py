@@ -151,7 +151,7 @@ class PoolMoments:
     def _logits(self, posterior: LastLayerLaplace) -> torch.Tensor:
         """MAP logits ``(N, C)`` of the pool under ``posterior`` (float32 products, by chunks)."""
         x = self.features32()
-        mean, bias = posterior.mean_.to(torch.float32), posterior.bias_.to(torch.float32)
+        mean, bias = posterior.mean.to(torch.float32), posterior.bias.to(torch.float32)
         out = torch.empty((x.shape[0], mean.shape[0]), dtype=torch.float32)
         for start in range(0, x.shape[0], CHUNK_ROWS):
             torch.addmm(bias, x[start:start + CHUNK_ROWS], mean.T, out=out[start:start + CHUNK_ROWS])
@@ -159,7 +159,7 @@ class PoolMoments:
 
     def _build(self, posterior: LastLayerLaplace) -> Moments:
         x = self.features32()
-        n, c = x.shape[0], posterior.num_classes_
+        n, c = x.shape[0], posterior.num_classes
         logits = torch.empty((n, c), dtype=torch.float32)
         variance = torch.empty(n, dtype=torch.float32)
         for start in range(0, n, CHUNK_ROWS):
@@ -183,7 +183,7 @@ class PoolMoments:
         def make() -> Moments:
             post = parent.posterior
             phi = self._x[int(index)].to(post.dtype)
-            target = torch.zeros(post.num_classes_, dtype=post.dtype)
+            target = torch.zeros(post.num_classes, dtype=post.dtype)
             target[int(label)] = 1.0
             step = post.logit_step(phi, target)
             denom = step.denom
@@ -234,19 +234,19 @@ class PoolMoments:
         span = parent.span
         if span is None:
             post = parent.posterior
-            c, lab = post.num_classes_, [int(j) for j in labeled]
+            c, lab = post.num_classes, [int(j) for j in labeled]
             if len(lab) >= SPAN_FEATURES:
                 return None
             cols = _Columns(int(xphi.shape[0]), c + SPAN_FEATURES)
             # the mean rows' products are the parent's logits less the bias
-            torch.sub(parent.logits, post.bias_.to(torch.float32), out=cols.data[:, :c])
+            torch.sub(parent.logits, post.bias.to(torch.float32), out=cols.data[:, :c])
             if lab:
                 feats = self._x[lab]
                 x, f32 = self.features32(), feats.to(torch.float32).T.contiguous()
                 for start in range(0, x.shape[0], CHUNK_ROWS):
                     torch.mm(x[start:start + CHUNK_ROWS], f32, out=cols.data[start:start + CHUNK_ROWS, c:c + len(lab)])
             cols.owners = [*(("mean", j) for j in range(c)), *(("item", j) for j in lab)]
-            rows = torch.cat([post.mean_, self._x[lab].to(post.mean_.dtype)]) if lab else post.mean_.clone()
+            rows = torch.cat([post.mean, self._x[lab].to(post.mean.dtype)]) if lab else post.mean.clone()
             span = _Span(rows, tuple(cols.owners), cols)
         m, cols = len(span.owners), span.columns
         with cols.lock:
@@ -296,20 +296,20 @@ def _is_step(before: LastLayerLaplace, after: LastLayerLaplace, sigma_phi: torch
     """Whether ``after``'s mean (with the same bias) and covariance are ``before``'s moved by the rank-1
     step ``μ + coef ⊗ Σφ``, ``Σ + shrink (Σφ)(Σφ)ᵀ``, up to round-off: ``O(C·D + D²)``, checked against
     the posterior the tell really made."""
-    if not isinstance(after, SharedLaplace) or after.mean_.shape != before.mean_.shape:
+    if not isinstance(after, SharedLaplace) or after.mean.shape != before.mean.shape:
         return False, False
-    mean = torch.addr(before.mean_, coef.to(before.dtype), sigma_phi)
-    cov = torch.addr(before.covariance_, sigma_phi, sigma_phi, alpha=shrink)
+    mean = torch.addr(before.mean, coef.to(before.dtype), sigma_phi)
+    cov = torch.addr(before.covariance, sigma_phi, sigma_phi, alpha=shrink)
     scale_m = float(mean.abs().max()) + 1e-12
     scale_c = float(cov.abs().max()) + 1e-12
-    mean_ok = bool(torch.equal(after.bias_, before.bias_)) and float((after.mean_ - mean).abs().max()) <= rtol * scale_m
-    return mean_ok, float((after.covariance_ - cov).abs().max()) <= rtol * scale_c
+    mean_ok = bool(torch.equal(after.bias, before.bias)) and float((after.mean - mean).abs().max()) <= rtol * scale_m
+    return mean_ok, float((after.covariance - cov).abs().max()) <= rtol * scale_c
 
 
 def _span_logits(span: _Span, posterior: LastLayerLaplace, x: torch.Tensor, index: int) -> torch.Tensor | None:
     """The pool's logits under ``posterior`` from ``span`` (None when its mean is not in the span's rows,
     or the float32 combination would lose precision: checked on a few rows against the posterior)."""
-    mean = posterior.mean_
+    mean = posterior.mean
     rows = span.rows.to(mean.dtype)
     # SVD-based (the basis is often rank-deficient: the mean rows lie in the features' span), minimum norm
     coef = torch.linalg.lstsq(rows.T, mean.T, driver="gelsd").solution  # (m, C): mean ≈ coefᵀ rows
@@ -318,7 +318,7 @@ def _span_logits(span: _Span, posterior: LastLayerLaplace, x: torch.Tensor, inde
         return None
     m = rows.shape[0]
     cols = span.columns.data
-    out = torch.addmm(posterior.bias_.to(torch.float32), cols[:, :m], coef.to(torch.float32))
+    out = torch.addmm(posterior.bias.to(torch.float32), cols[:, :m], coef.to(torch.float32))
     probes = torch.unique(torch.cat([torch.tensor([index]), torch.linspace(0, x.shape[0] - 1, SPAN_PROBES).long()]))
     exact = posterior.logits(x[probes].to(mean.dtype))
     if float((out[probes].double() - exact).abs().max()) > 1e-4 * (1.0 + float(exact.abs().max())):

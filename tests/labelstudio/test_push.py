@@ -439,3 +439,48 @@ def test_health_shows_the_push_status(fake, backend):
         push = client.get("/health").json()["push"]
         assert push["predictions_created"] == 5 and push["last_push"] and push["label_studio_url"] == ls.url
     assert pusher._thread is not None and not pusher._thread.is_alive()
+
+
+def test_the_first_round_after_an_annotation_writes_the_head_alone(fake, backend, monkeypatch):
+    # the Data Manager's first row is current after the head's few requests; the rest follow, scored once
+    ls = fake(n_tasks=30)
+    pusher = PredictionPusher(backend, LabelStudioClient(ls.url, TOKEN), tolerance=0, max_head=30, bulk_above=None,
+                              max_updates=100)  # rounds run here, no thread
+    live = connect(backend, ls)
+    webhook(backend, 1, ls.tasks[0], "sport")
+    while pusher.push(UID) is not None:  # scores that differ between tasks
+        pass
+    before = ls.scores(live)
+    predicted = []
+    original = backend.predict
+    monkeypatch.setattr(backend, "predict", lambda *a: predicted.append(1) or original(*a))
+    ls.patched.clear()
+    webhook(backend, 2, ls.tasks[1], "tech")
+    after = expected_scores(backend, ls)
+    predicted.clear()
+    top = max(after.values())
+    changed = [t for t in after if after[t] != before[t]]
+    head = [t for t in changed if max(after[t], before[t]) >= top]
+    assert 0 < len(head) < len(changed)
+
+    first = pusher.push(UID)
+    assert first["updated"] == len(head) and sorted(ls.patched) == sorted(head)
+    assert ls.patched == sorted(head, key=lambda t: -max(after[t], before[t]))
+    stored = ls.scores(live)
+    assert after[max(stored, key=stored.__getitem__)] == top == max(stored.values())  # the first row is current
+    assert pusher.status()["last_head_s"] is not None and pusher.status()["updates_waiting"] == 0  # not pushed by _run
+
+    second = pusher.push(UID)
+    assert second["updated"] == len(changed) - len(head) and ls.scores(live) == after
+    assert len(predicted) == 1  # the model did not change between the rounds: scored once
+    assert pusher.push(UID) is None
+
+
+def test_a_large_head_is_not_written_alone(fake, backend):
+    ls = fake(n_tasks=30)
+    pusher = PredictionPusher(backend, LabelStudioClient(ls.url, TOKEN), tolerance=0, max_head=0, bulk_above=None,
+                              max_updates=100)
+    live = connect(backend, ls)
+    pusher.push(UID)
+    webhook(backend, 1, ls.tasks[0], "tech")
+    assert pusher.push(UID)["updated"] > 1 and ls.scores(live) == expected_scores(backend, ls)

@@ -22,10 +22,15 @@ database. A push of a project (:meth:`PredictionPusher.push`):
 3. updates the live predictions whose score or predicted class changed (``PATCH
    /api/predictions/<id>/``, ``workers`` at a time), the highest scores first — the top of the Data
    Manager's sort is current first — at most ``max_updates`` per round; the rest follow in the next
-   rounds, merged with newer changes. When more than ``bulk_above`` changed and no superseded
-   prediction waits to be deleted, every task instead gets a prediction of the next live version in
-   one import, Label Studio is set to that version (all scores change at once) and the previous live
-   predictions become superseded;
+   rounds, merged with newer changes. The first round after a change writes the *head* alone when
+   it is small (at most ``max_head`` predictions): the changed tasks whose old or new score reaches
+   the ``head``-th highest new score, so the Data Manager's first ``head`` rows are the new top tasks
+   with their new scores about one request (~0.25 s on a busy Label Studio) after the scores are
+   computed. When more tasks fell from the top (a change of many scores), it writes the ``head``
+   tasks with the highest new scores alone instead: they show their new scores at once, and sort
+   first once the fallen ones are written. When more than ``bulk_above`` changed and no superseded prediction waits to be deleted,
+   every task then gets a prediction of the next live version in one import, Label Studio is set to
+   that version (all scores change at once) and the previous live predictions become superseded;
 4. points the project's ML backends that serve this model at the live version (``model_version``,
    ``auto_update`` off), which the Data Manager's *Prediction score* counts;
 5. deletes its superseded predictions — the other model versions of this project's model
@@ -80,6 +85,11 @@ class _Pushed:
     superseded: list[int] = field(default_factory=list)  # prediction ids to delete
     pending: int = 0  # changed live predictions not updated yet
     failures: int = 0
+    #: (model version, task scores) of the last round: the next round of an unchanged model reuses them
+    scored: tuple[str, dict[int, tuple[float, Any]]] | None = None
+    changed_at: float | None = None  # monotonic time of the oldest change whose head is not written yet
+    last_change_at: float = 0.0  # ... and of the latest change
+    changes: int = 0  # changes notified so far
 
 
 def _now_iso() -> str:
@@ -102,7 +112,10 @@ class PredictionPusher:
     """Pushes ``backend``'s predictions into Label Studio through ``client``, in a background thread.
 
     ``batch_size``: predictions per import request; ``max_updates``: live predictions updated per
-    round, ``workers`` requests at a time (Label Studio's SQLite database refuses concurrent writes
+    round, ``workers`` requests at a time; ``head``, ``max_head``: the first round after a change
+    writes only the changed tasks that decide the Data Manager's first ``head`` rows when they are
+    at most ``max_head``, else the ``head`` changed tasks with the highest new scores (0: no such
+    round) (Label Studio's SQLite database refuses concurrent writes
     after a few seconds: 1 by default); ``bulk_above``: when more predictions than this changed (and
     no superseded ones wait to be deleted), every task gets a new live prediction of a new live
     version at once instead (None: never); ``max_deletes``: superseded predictions deleted per round;
@@ -114,12 +127,14 @@ class PredictionPusher:
 
     def __init__(self, backend: LabelStudioBackend, client: LabelStudioClient, *, batch_size: int = 1000,
                  max_updates: int = 20, bulk_above: int | None = 100, workers: int = 1, max_deletes: int = 8,
-                 tolerance: float = 1e-3,
+                 tolerance: float = 1e-3, head: int = 1, max_head: int = 3,
                  max_backoff: float = 30.0, first_backoff: float = 1.0, resync_delay: float = RESYNC_DELAY) -> None:
         self.backend = backend
         self.client = client
         self.batch_size = int(batch_size)
         self.max_updates = int(max_updates)
+        self.head = max(1, int(head))
+        self.max_head = int(max_head)
         self.bulk_above = None if bulk_above is None else int(bulk_above)
         self.workers = int(workers)
         self.max_deletes = int(max_deletes)
@@ -139,7 +154,7 @@ class PredictionPusher:
         self._status: dict[str, Any] = {
             "label_studio_url": client.url, "pushes": 0, "last_push": None, "last_push_s": None,
             "predictions_created": 0, "predictions_updated": 0, "predictions_deleted": 0, "updates_waiting": 0,
-            "model_version": None, "last_error": None, "last_error_at": None,
+            "model_version": None, "last_error": None, "last_error_at": None, "last_head_s": None,
         }
         backend.subscribe(self.notify)
 
@@ -179,6 +194,11 @@ class PredictionPusher:
                     self._projects[project] = _Pushed()
             if action in TASK_LIST_ACTIONS:
                 self._stale.add(project)
+            state = self._projects.get(project)
+            if state is not None and action != "SETUP":
+                state.last_change_at = time.monotonic()
+                state.changed_at = state.changed_at or state.last_change_at
+                state.changes += 1
             self._due[project] = min(self._due.get(project, when), when)
             self._cond.notify_all()
 
@@ -196,7 +216,8 @@ class PredictionPusher:
 
     def status(self) -> dict[str, Any]:
         """The last push (UTC time, seconds taken, predictions created, updated and deleted, live model
-        version, updates still waiting), the last error, and the projects waiting for a push."""
+        version, updates still waiting), the seconds from the last change (an annotation) to its head
+        written (``last_head_s``), the last error, and the projects waiting for a push."""
         with self._cond:
             now = time.monotonic()
             return {
@@ -268,6 +289,7 @@ class PredictionPusher:
             state = self._projects.setdefault(uid, _Pushed())
             reread = state.tasks is None or uid in self._stale
             resync = not state.synced or uid in self._resync
+            changes, changed_at = state.changes, state.changed_at  # a change from now on gets its own head round
             self._stale.discard(uid)
             self._resync.discard(uid)
         try:
@@ -286,21 +308,41 @@ class PredictionPusher:
                     self._stale.add(uid)
                 self._resync.add(uid)
             raise
-        tasks = state.tasks or []
-        results, _ = self.backend.predict(tasks, uid, None)
-        scores = {t["id"]: (float(r["score"]), r["result"]) for t, r in zip(tasks, results)}
-
+        scores = self._scores(uid, state, reread)
+        if changed_at is not None:
+            log.debug("project %s: scores %.3f s after the change", uid, time.monotonic() - changed_at)
         created = self._create_missing(pid, state, live, scores)
-        changed = self._changed(state, scores)
+        # the top of the Data Manager's sort first: a task rising to it, or falling from it
+        changed = sorted(self._changed(state, scores), key=lambda t: -max(scores[t][0], state.live[t][1]))
+        head = self._head(state, scores, changed)
         updated = 0
-        if self.bulk_above is not None and len(changed) > self.bulk_above and not state.superseded:
-            live = self._switch(pid, state, family, scores)
-            created, pointed, state.pending = created + len(scores), True, 0
-        else:
-            updated = self._update_changed(state, scores, changed)
+        if head and len(head) < len(changed) and changed_at is not None and self.max_head > 0:
+            # the first round after a change: the rows the annotator looks at next, alone; when more
+            # (falling) tasks decide them, the tasks with the highest new scores show them first
+            first = head if len(head) <= self.max_head else sorted(changed, key=lambda t: -scores[t][0])[:self.head]
+            updated = self._update(state, scores, first)
+            state.pending = len(changed) - updated
             pointed = self._point_label_studio_at(pid, live) if created or resync else False
+            head = [t for t in head if t not in set(first)]
+        elif self.bulk_above is not None and len(changed) > self.bulk_above and not state.superseded:
+            live = self._switch(pid, state, family, scores)
+            created, pointed, state.pending, head = created + len(scores), True, 0, []
+        else:
+            todo = changed[:self.max_updates]
+            updated = self._update(state, scores, todo)
+            state.pending = len(changed) - updated
+            pointed = self._point_label_studio_at(pid, live) if created or resync else False
+            head = [t for t in head if t not in set(todo)]
+        with self._cond:
+            if not head and changed_at is not None:  # the head of the changes until this round is written
+                if changed or created:
+                    self._status["last_head_s"] = round(time.monotonic() - changed_at, 3)
+                    log.debug("project %s: head written %.3f s after the change (%d updated, %d created)",
+                              uid, self._status["last_head_s"], updated, created)
+                state.changed_at = None if state.changes == changes else state.last_change_at
         deleted = 0
-        while not state.pending and state.superseded and deleted < self.max_deletes:
+        # a change meanwhile stops the deletions: its head is written next, after one request at most
+        while not state.pending and state.superseded and deleted < self.max_deletes and state.changes == changes:
             try:
                 self.client.delete_prediction(state.superseded[0])
             except LabelStudioAPIError as err:
@@ -368,14 +410,40 @@ class PredictionPusher:
                                       f"(e.g. task {lost[0]}); it drops a prediction whose score is outside [0, 1]")
         return created
 
+    def _scores(self, uid: str, state: _Pushed, reread: bool) -> dict[int, tuple[float, Any]]:
+        """task id -> (prediction score, result) of every task, as ``/predict`` answers; the last round's
+        when the model did not change since (the rounds after the first of a change cost no scoring)."""
+        version = self.backend.project(uid).model.model_version  # read first: a change meanwhile scores again
+        if state.scored is not None and state.scored[0] == version and not reread:
+            return state.scored[1]
+        tasks = state.tasks or []
+        results, _ = self.backend.predict(tasks, uid, None)
+        scores = {t["id"]: (float(r["score"]), r["result"]) for t, r in zip(tasks, results)}
+        state.scored = (version, scores)
+        return scores
+
     def _changed(self, state: _Pushed, scores: dict[int, tuple[float, Any]]) -> list[int]:
         return [t for t, (score, result) in scores.items() if t in state.live and (
             abs(score - state.live[t][1]) > self.tolerance or _choice(result) != state.live[t][2])]
 
-    def _update_changed(self, state: _Pushed, scores: dict[int, tuple[float, Any]], changed: list[int]) -> int:
-        # the top of the Data Manager's sort first: a task rising to it, or falling from it
-        changed.sort(key=lambda t: -max(scores[t][0], state.live[t][1]))
-        todo, state.pending = changed[:self.max_updates], max(0, len(changed) - self.max_updates)
+    def _head(self, state: _Pushed, scores: dict[int, tuple[float, Any]], changed: list[int]) -> list[int]:
+        """The changed tasks (``changed`` is sorted by ``max(new, stored score)``, highest first) that
+        decide the Data Manager's first ``head`` rows: every one whose new or stored score reaches the
+        ``head``-th highest new score. Once they are written, those rows are the tasks with the highest
+        new scores, showing them (within ``tolerance``)."""
+        if not changed:
+            return []
+        top = sorted((sc for sc, _ in scores.values()), reverse=True)
+        bar = top[min(self.head, len(top)) - 1]
+        out = []
+        for t in changed:
+            if max(scores[t][0], state.live[t][1]) < bar:
+                break
+            out.append(t)
+        return out
+
+    def _update(self, state: _Pushed, scores: dict[int, tuple[float, Any]], todo: list[int]) -> int:
+        """Write the new score and result of the tasks ``todo`` into their live predictions."""
 
         def update(task: int) -> int:
             pred = state.live[task][0]

@@ -484,3 +484,26 @@ def test_a_large_head_is_not_written_alone(fake, backend):
     pusher.push(UID)
     webhook(backend, 1, ls.tasks[0], "tech")
     assert pusher.push(UID)["updated"] > 1 and ls.scores(live) == expected_scores(backend, ls)
+
+
+def test_deletions_stop_at_a_change(fake, backend, monkeypatch):
+    ls = fake(n_tasks=5)
+    pusher = PredictionPusher(backend, LabelStudioClient(ls.url, TOKEN), tolerance=0, max_deletes=8)  # no thread
+    live = connect(backend, ls)
+    assert pusher.push(UID)["created"] == 5
+    with ls.lock:
+        for t in ls.tasks:
+            ls.add(t["id"], live.replace("-live", "-1"), 0.5)
+    pusher.notify(UID, "SETUP")  # its predictions are read again: 5 superseded
+    original = pusher.client.delete_prediction
+
+    def delete_then_annotate(prediction: int) -> None:
+        original(prediction)
+        pusher.notify(UID, "ANNOTATION_CREATED")  # an annotation arrives while deleting
+
+    monkeypatch.setattr(pusher.client, "delete_prediction", delete_then_annotate)
+    assert pusher.push(UID)["deleted"] == 1  # the change's round comes next, not seven more deletions
+    monkeypatch.setattr(pusher.client, "delete_prediction", original)
+    while pusher.push(UID) is not None:
+        pass
+    assert {p["model_version"] for p in ls.predictions} == {live} and len(ls.predictions) == 5

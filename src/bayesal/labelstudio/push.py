@@ -22,21 +22,22 @@ database. A push of a project (:meth:`PredictionPusher.push`):
 3. updates the live predictions whose score or predicted class changed (``PATCH
    /api/predictions/<id>/``, ``workers`` at a time), the highest scores first — the top of the Data
    Manager's sort is current first — at most ``max_updates`` per round; the rest follow in the next
-   rounds, merged with newer changes. The first round after a change writes the *head* alone when
-   it is small (at most ``max_head`` predictions): the changed tasks whose old or new score reaches
-   the ``head``-th highest new score, so the Data Manager's first ``head`` rows are the new top tasks
-   with their new scores about one request (~0.25 s on a busy Label Studio) after the scores are
-   computed. When more tasks fell from the top (a change of many scores), it writes the ``head``
-   tasks with the highest new scores alone instead: they show their new scores at once, and sort
-   first once the fallen ones are written. When more than ``bulk_above`` changed and no superseded prediction waits to be deleted,
-   every task then gets a prediction of the next live version in one import, Label Studio is set to
-   that version (all scores change at once) and the previous live predictions become superseded;
+   rounds, merged with newer changes; a change stops a round after its current request. The first round
+   after a change writes the *head* alone when it is small (at most ``max_head`` predictions): the
+   changed tasks whose old or new score reaches the ``head``-th highest new score, so the Data
+   Manager's first ``head`` rows are the new top tasks with their new scores about one request (~0.25 s
+   on a busy Label Studio) after the scores are computed. When more tasks fell from the top (a change
+   of many scores), it writes the ``head`` tasks with the highest new scores alone instead: they show
+   their new scores at once, and sort first once the fallen ones are written. When more than
+   ``bulk_above`` changed and no superseded prediction waits to be deleted, every task then gets a
+   prediction of the next live version in one import, Label Studio is set to that version (all scores
+   change at once) and the previous live predictions become superseded;
 4. points the project's ML backends that serve this model at the live version (``model_version``,
    ``auto_update`` off), which the Data Manager's *Prediction score* counts;
 5. deletes its superseded predictions — the other model versions of this project's model
    (``bayesal-<log id>-<n>``, e.g. from *Retrieve predictions*) and duplicate live ones — one at a
-   time, at most ``max_deletes`` per round, when no update waits. Other models' predictions and other
-   bayesal folders' are left alone.
+   time, at most ``max_deletes`` per round, when no update waits, stopping at a change. Other models'
+   predictions and other bayesal folders' are left alone.
 
 A failure (Label Studio unreachable, a refused token, a 4xx) is logged as a warning and recorded in
 :meth:`PredictionPusher.status`; the project stays due and is pushed again after a back-off (1 s,
@@ -90,6 +91,7 @@ class _Pushed:
     changed_at: float | None = None  # monotonic time of the oldest change whose head is not written yet
     last_change_at: float = 0.0  # ... and of the latest change
     changes: int = 0  # changes notified so far
+    head_round: int = 0  # ``changes`` when the last head round ran: one per change
 
 
 def _now_iso() -> str:
@@ -316,10 +318,11 @@ class PredictionPusher:
         changed = sorted(self._changed(state, scores), key=lambda t: -max(scores[t][0], state.live[t][1]))
         head = self._head(state, scores, changed)
         updated = 0
-        if head and len(head) < len(changed) and changed_at is not None and self.max_head > 0:
+        if head and len(head) < len(changed) and changed_at is not None and self.max_head > 0 and state.head_round != changes:
             # the first round after a change: the rows the annotator looks at next, alone; when more
             # (falling) tasks decide them, the tasks with the highest new scores show them first
             first = head if len(head) <= self.max_head else sorted(changed, key=lambda t: -scores[t][0])[:self.head]
+            state.head_round = changes
             updated = self._update(state, scores, first)
             state.pending = len(changed) - updated
             pointed = self._point_label_studio_at(pid, live) if created or resync else False
@@ -329,10 +332,10 @@ class PredictionPusher:
             created, pointed, state.pending, head = created + len(scores), True, 0, []
         else:
             todo = changed[:self.max_updates]
-            updated = self._update(state, scores, todo)
+            updated = self._update(state, scores, todo, changes)
             state.pending = len(changed) - updated
             pointed = self._point_label_studio_at(pid, live) if created or resync else False
-            head = [t for t in head if t not in set(todo)]
+            head = [t for t in head if t not in set(todo[:updated])]
         with self._cond:
             if not head and changed_at is not None:  # the head of the changes until this round is written
                 if changed or created:
@@ -442,8 +445,10 @@ class PredictionPusher:
             out.append(t)
         return out
 
-    def _update(self, state: _Pushed, scores: dict[int, tuple[float, Any]], todo: list[int]) -> int:
-        """Write the new score and result of the tasks ``todo`` into their live predictions."""
+    def _update(self, state: _Pushed, scores: dict[int, tuple[float, Any]], todo: list[int], changes: int | None = None) -> int:
+        """Write the new score and result of the tasks ``todo`` into their live predictions, ``workers``
+        at a time; stop early when a change arrives (``state.changes`` is no longer ``changes``): its
+        first round comes next. How many were written."""
 
         def update(task: int) -> int:
             pred = state.live[task][0]
@@ -451,12 +456,17 @@ class PredictionPusher:
             self.client.update_prediction(pred, {"score": score, "result": result})
             return task
 
-        pool = self._pool
-        done = list(pool.map(update, todo)) if pool is not None and len(todo) > 1 else [update(t) for t in todo]
-        for task in done:
-            score, result = scores[task]
-            state.live[task] = (state.live[task][0], score, _choice(result))
-        return len(done)
+        pool, step, written = self._pool, max(1, self.workers), 0
+        for start in range(0, len(todo), step):
+            if changes is not None and state.changes != changes:
+                break
+            chunk = todo[start:start + step]
+            done = list(pool.map(update, chunk)) if pool is not None and len(chunk) > 1 else [update(t) for t in chunk]
+            for task in done:
+                score, result = scores[task]
+                state.live[task] = (state.live[task][0], score, _choice(result))
+            written += len(done)
+        return written
 
     def _point_label_studio_at(self, pid: int, live: str) -> bool:
         """Set the live version on the project's ML backends that serve this model (auto update off, so

@@ -507,3 +507,21 @@ def test_deletions_stop_at_a_change(fake, backend, monkeypatch):
     while pusher.push(UID) is not None:
         pass
     assert {p["model_version"] for p in ls.predictions} == {live} and len(ls.predictions) == 5
+
+
+def test_a_change_is_scored_once_ahead_of_its_round(fake, backend, monkeypatch):
+    ls = fake(n_tasks=20)
+    pusher = PredictionPusher(backend, LabelStudioClient(ls.url, TOKEN), tolerance=0, bulk_above=None).start()
+    try:
+        live = connect(backend, ls)
+        assert pusher.flush(30)
+        threads = []
+        original = backend.predict
+        monkeypatch.setattr(backend, "predict", lambda *a: threads.append(threading.current_thread().name) or original(*a))
+        webhook(backend, 1, ls.tasks[0], "tech")
+        assert pusher.flush(30)
+        assert len(threads) == 1 and threads[0].startswith("bayesal-ls-score")  # in the scorer, once for all rounds
+        monkeypatch.setattr(backend, "predict", original)
+        assert ls.scores(live) == expected_scores(backend, ls)
+    finally:
+        pusher.close()

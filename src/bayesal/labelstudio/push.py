@@ -50,7 +50,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -86,8 +86,9 @@ class _Pushed:
     superseded: list[int] = field(default_factory=list)  # prediction ids to delete
     pending: int = 0  # changed live predictions not updated yet
     failures: int = 0
-    #: (model version, task scores) of the last round: the next round of an unchanged model reuses them
-    scored: tuple[str, dict[int, tuple[float, Any]]] | None = None
+    #: (model version, task list, task scores) last computed: a round of an unchanged model reuses them
+    scored: tuple[str, list[dict[str, Any]], dict[int, tuple[float, Any]]] | None = None
+    scoring: Future[Any] | None = None  # the scores being computed ahead of the round, since the last change
     changed_at: float | None = None  # monotonic time of the oldest change whose head is not written yet
     last_change_at: float = 0.0  # ... and of the latest change
     changes: int = 0  # changes notified so far
@@ -153,6 +154,7 @@ class PredictionPusher:
         self._closing = False
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._scorer: ThreadPoolExecutor | None = None  # scores a change while a request is still under way
         self._status: dict[str, Any] = {
             "label_studio_url": client.url, "pushes": 0, "last_push": None, "last_push_s": None,
             "predictions_created": 0, "predictions_updated": 0, "predictions_deleted": 0, "updates_waiting": 0,
@@ -165,6 +167,7 @@ class PredictionPusher:
         with self._cond:
             if self._thread is None:
                 self._pool = ThreadPoolExecutor(max_workers=max(1, self.workers), thread_name_prefix="bayesal-ls-push")
+                self._scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bayesal-ls-score")
                 self._thread = threading.Thread(target=self._run, name="bayesal-ls-push", daemon=True)
                 self._thread.start()
         return self
@@ -179,6 +182,8 @@ class PredictionPusher:
             thread.join(timeout)
         if self._pool is not None:
             self._pool.shutdown(wait=False)
+        if self._scorer is not None:
+            self._scorer.shutdown(wait=False, cancel_futures=True)
 
     def notify(self, project: str, action: str) -> None:
         """The backend applied ``action`` to ``project`` (a uid): mark it due. Never blocks on Label Studio."""
@@ -201,6 +206,9 @@ class PredictionPusher:
                 state.last_change_at = time.monotonic()
                 state.changed_at = state.changed_at or state.last_change_at
                 state.changes += 1
+                if self._scorer is not None and state.tasks is not None and action not in TASK_LIST_ACTIONS:
+                    # the new scores are computed now, while the worker may still wait for a request
+                    state.scoring = self._scorer.submit(self._score, project, state, state.tasks, state.changes)
             self._due[project] = min(self._due.get(project, when), when)
             self._cond.notify_all()
 
@@ -310,7 +318,7 @@ class PredictionPusher:
                     self._stale.add(uid)
                 self._resync.add(uid)
             raise
-        scores = self._scores(uid, state, reread)
+        scores = self._scores(uid, state)
         if changed_at is not None:
             log.debug("project %s: scores %.3f s after the change", uid, time.monotonic() - changed_at)
         created = self._create_missing(pid, state, live, scores)
@@ -413,17 +421,30 @@ class PredictionPusher:
                                       f"(e.g. task {lost[0]}); it drops a prediction whose score is outside [0, 1]")
         return created
 
-    def _scores(self, uid: str, state: _Pushed, reread: bool) -> dict[int, tuple[float, Any]]:
-        """task id -> (prediction score, result) of every task, as ``/predict`` answers; the last round's
-        when the model did not change since (the rounds after the first of a change cost no scoring)."""
+    def _scores(self, uid: str, state: _Pushed) -> dict[int, tuple[float, Any]]:
+        """task id -> (prediction score, result) of every task, as ``/predict`` answers; computed once
+        per model version and task list (the rounds after the first of a change cost no scoring), for
+        a change usually ahead of its round (see :meth:`notify`)."""
+        scoring = state.scoring
+        if scoring is not None:
+            try:
+                scoring.result()
+            except Exception:  # noqa: BLE001 - scored again below, where a failure is reported
+                pass
+        return self._score(uid, state, state.tasks or [])[2]
+
+    def _score(self, uid: str, state: _Pushed, tasks: list[dict[str, Any]], changes: int | None = None
+               ) -> tuple[str, list[dict[str, Any]], dict[int, tuple[float, Any]]]:
+        if changes is not None and changes != state.changes:  # a newer change is scored after this one
+            return state.scored or ("", [], {})
         version = self.backend.project(uid).model.model_version  # read first: a change meanwhile scores again
-        if state.scored is not None and state.scored[0] == version and not reread:
-            return state.scored[1]
-        tasks = state.tasks or []
+        scored = state.scored
+        if scored is not None and scored[0] == version and scored[1] is tasks:
+            return scored
         results, _ = self.backend.predict(tasks, uid, None)
-        scores = {t["id"]: (float(r["score"]), r["result"]) for t, r in zip(tasks, results)}
-        state.scored = (version, scores)
-        return scores
+        scored = (version, tasks, {t["id"]: (float(r["score"]), r["result"]) for t, r in zip(tasks, results)})
+        state.scored = scored
+        return scored
 
     def _changed(self, state: _Pushed, scores: dict[int, tuple[float, Any]]) -> list[int]:
         return [t for t, (score, result) in scores.items() if t in state.live and (

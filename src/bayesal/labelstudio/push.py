@@ -3,9 +3,10 @@ prediction score is current without a *Retrieve predictions*.
 
 :class:`PredictionPusher` listens to the backend (:meth:`~.backend.LabelStudioBackend.subscribe`): an
 applied annotation webhook (or a connect, tasks created or deleted) marks its project *due*, and a
-background thread pushes. The webhook never waits for Label Studio: marking is a dictionary write, and
-a burst of annotations coalesces into one push of the latest scores (a project due while its push
-runs is pushed once more afterwards).
+background thread pushes. The webhook never waits for Label Studio: marking is a dictionary write (and
+a job for a second thread, which computes the new scores at once, while the pushing thread may still
+wait for a request), and a burst of annotations coalesces into one push of the latest scores (a
+project due while its push runs is pushed once more afterwards).
 
 Each task holds one *live* prediction of this backend, model version ``bayesal-<log id>-live`` (then
 ``…-live1``, ``…-live2``, …), updated in place: Label Studio 1.23 has no bulk update and deletes
@@ -115,11 +116,11 @@ class PredictionPusher:
     """Pushes ``backend``'s predictions into Label Studio through ``client``, in a background thread.
 
     ``batch_size``: predictions per import request; ``max_updates``: live predictions updated per
-    round, ``workers`` requests at a time; ``head``, ``max_head``: the first round after a change
+    round, ``workers`` requests at a time (Label Studio's SQLite database refuses concurrent writes
+    after a few seconds: 1 by default); ``head``, ``max_head``: the first round after a change
     writes only the changed tasks that decide the Data Manager's first ``head`` rows when they are
-    at most ``max_head``, else the ``head`` changed tasks with the highest new scores (0: no such
-    round) (Label Studio's SQLite database refuses concurrent writes
-    after a few seconds: 1 by default); ``bulk_above``: when more predictions than this changed (and
+    at most ``max_head``, else the ``head`` changed tasks with the highest new scores (``max_head``
+    0: no such round); ``bulk_above``: when more predictions than this changed (and
     no superseded ones wait to be deleted), every task gets a new live prediction of a new live
     version at once instead (None: never); ``max_deletes``: superseded predictions deleted per round;
     ``tolerance``: a score change at most this large is not written (the scores shown are within it of

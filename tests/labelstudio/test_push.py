@@ -439,3 +439,89 @@ def test_health_shows_the_push_status(fake, backend):
         push = client.get("/health").json()["push"]
         assert push["predictions_created"] == 5 and push["last_push"] and push["label_studio_url"] == ls.url
     assert pusher._thread is not None and not pusher._thread.is_alive()
+
+
+def test_the_first_round_after_an_annotation_writes_the_head_alone(fake, backend, monkeypatch):
+    # the Data Manager's first row is current after the head's few requests; the rest follow, scored once
+    ls = fake(n_tasks=30)
+    pusher = PredictionPusher(backend, LabelStudioClient(ls.url, TOKEN), tolerance=0, max_head=30, bulk_above=None,
+                              max_updates=100)  # rounds run here, no thread
+    live = connect(backend, ls)
+    webhook(backend, 1, ls.tasks[0], "sport")
+    while pusher.push(UID) is not None:  # scores that differ between tasks
+        pass
+    before = ls.scores(live)
+    predicted = []
+    original = backend.predict
+    monkeypatch.setattr(backend, "predict", lambda *a: predicted.append(1) or original(*a))
+    ls.patched.clear()
+    webhook(backend, 2, ls.tasks[1], "tech")
+    after = expected_scores(backend, ls)
+    predicted.clear()
+    top = max(after.values())
+    changed = [t for t in after if after[t] != before[t]]
+    head = [t for t in changed if max(after[t], before[t]) >= top]
+    assert 0 < len(head) < len(changed)
+
+    first = pusher.push(UID)
+    assert first["updated"] == len(head) and sorted(ls.patched) == sorted(head)
+    assert ls.patched == sorted(head, key=lambda t: -max(after[t], before[t]))
+    stored = ls.scores(live)
+    assert after[max(stored, key=stored.__getitem__)] == top == max(stored.values())  # the first row is current
+    assert pusher.status()["last_head_s"] is not None and pusher.status()["updates_waiting"] == 0  # not pushed by _run
+
+    second = pusher.push(UID)
+    assert second["updated"] == len(changed) - len(head) and ls.scores(live) == after
+    assert len(predicted) == 1  # the model did not change between the rounds: scored once
+    assert pusher.push(UID) is None
+
+
+def test_a_large_head_is_not_written_alone(fake, backend):
+    ls = fake(n_tasks=30)
+    pusher = PredictionPusher(backend, LabelStudioClient(ls.url, TOKEN), tolerance=0, max_head=0, bulk_above=None,
+                              max_updates=100)
+    live = connect(backend, ls)
+    pusher.push(UID)
+    webhook(backend, 1, ls.tasks[0], "tech")
+    assert pusher.push(UID)["updated"] > 1 and ls.scores(live) == expected_scores(backend, ls)
+
+
+def test_deletions_stop_at_a_change(fake, backend, monkeypatch):
+    ls = fake(n_tasks=5)
+    pusher = PredictionPusher(backend, LabelStudioClient(ls.url, TOKEN), tolerance=0, max_deletes=8)  # no thread
+    live = connect(backend, ls)
+    assert pusher.push(UID)["created"] == 5
+    with ls.lock:
+        for t in ls.tasks:
+            ls.add(t["id"], live.replace("-live", "-1"), 0.5)
+    pusher.notify(UID, "SETUP")  # its predictions are read again: 5 superseded
+    original = pusher.client.delete_prediction
+
+    def delete_then_annotate(prediction: int) -> None:
+        original(prediction)
+        pusher.notify(UID, "ANNOTATION_CREATED")  # an annotation arrives while deleting
+
+    monkeypatch.setattr(pusher.client, "delete_prediction", delete_then_annotate)
+    assert pusher.push(UID)["deleted"] == 1  # the change's round comes next, not seven more deletions
+    monkeypatch.setattr(pusher.client, "delete_prediction", original)
+    while pusher.push(UID) is not None:
+        pass
+    assert {p["model_version"] for p in ls.predictions} == {live} and len(ls.predictions) == 5
+
+
+def test_a_change_is_scored_once_ahead_of_its_round(fake, backend, monkeypatch):
+    ls = fake(n_tasks=20)
+    pusher = PredictionPusher(backend, LabelStudioClient(ls.url, TOKEN), tolerance=0, bulk_above=None).start()
+    try:
+        live = connect(backend, ls)
+        assert pusher.flush(30)
+        threads = []
+        original = backend.predict
+        monkeypatch.setattr(backend, "predict", lambda *a: threads.append(threading.current_thread().name) or original(*a))
+        webhook(backend, 1, ls.tasks[0], "tech")
+        assert pusher.flush(30)
+        assert len(threads) == 1 and threads[0].startswith("bayesal-ls-score")  # in the scorer, once for all rounds
+        monkeypatch.setattr(backend, "predict", original)
+        assert ls.scores(live) == expected_scores(backend, ls)
+    finally:
+        pusher.close()

@@ -3,9 +3,10 @@ prediction score is current without a *Retrieve predictions*.
 
 :class:`PredictionPusher` listens to the backend (:meth:`~.backend.LabelStudioBackend.subscribe`): an
 applied annotation webhook (or a connect, tasks created or deleted) marks its project *due*, and a
-background thread pushes. The webhook never waits for Label Studio: marking is a dictionary write, and
-a burst of annotations coalesces into one push of the latest scores (a project due while its push
-runs is pushed once more afterwards).
+background thread pushes. The webhook never waits for Label Studio: marking is a dictionary write (and
+a job for a second thread, which computes the new scores at once, while the pushing thread may still
+wait for a request), and a burst of annotations coalesces into one push of the latest scores (a
+project due while its push runs is pushed once more afterwards).
 
 Each task holds one *live* prediction of this backend, model version ``bayesal-<log id>-live`` (then
 ``…-live1``, ``…-live2``, …), updated in place: Label Studio 1.23 has no bulk update and deletes
@@ -22,16 +23,22 @@ database. A push of a project (:meth:`PredictionPusher.push`):
 3. updates the live predictions whose score or predicted class changed (``PATCH
    /api/predictions/<id>/``, ``workers`` at a time), the highest scores first — the top of the Data
    Manager's sort is current first — at most ``max_updates`` per round; the rest follow in the next
-   rounds, merged with newer changes. When more than ``bulk_above`` changed and no superseded
-   prediction waits to be deleted, every task instead gets a prediction of the next live version in
-   one import, Label Studio is set to that version (all scores change at once) and the previous live
-   predictions become superseded;
+   rounds, merged with newer changes; a change stops a round after its current request. The first round
+   after a change writes the *head* alone when it is small (at most ``max_head`` predictions): the
+   changed tasks whose old or new score reaches the ``head``-th highest new score, so the Data
+   Manager's first ``head`` rows are the new top tasks with their new scores about one request (~0.25 s
+   on a busy Label Studio) after the scores are computed. When more tasks fell from the top (a change
+   of many scores), it writes the ``head`` tasks with the highest new scores alone instead: they show
+   their new scores at once, and sort first once the fallen ones are written. When more than
+   ``bulk_above`` changed and no superseded prediction waits to be deleted, every task then gets a
+   prediction of the next live version in one import, Label Studio is set to that version (all scores
+   change at once) and the previous live predictions become superseded;
 4. points the project's ML backends that serve this model at the live version (``model_version``,
    ``auto_update`` off), which the Data Manager's *Prediction score* counts;
 5. deletes its superseded predictions — the other model versions of this project's model
    (``bayesal-<log id>-<n>``, e.g. from *Retrieve predictions*) and duplicate live ones — one at a
-   time, at most ``max_deletes`` per round, when no update waits. Other models' predictions and other
-   bayesal folders' are left alone.
+   time, at most ``max_deletes`` per round, when no update waits, stopping at a change. Other models'
+   predictions and other bayesal folders' are left alone.
 
 A failure (Label Studio unreachable, a refused token, a 4xx) is logged as a warning and recorded in
 :meth:`PredictionPusher.status`; the project stays due and is pushed again after a back-off (1 s,
@@ -44,7 +51,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -80,6 +87,13 @@ class _Pushed:
     superseded: list[int] = field(default_factory=list)  # prediction ids to delete
     pending: int = 0  # changed live predictions not updated yet
     failures: int = 0
+    #: (model version, task list, task scores) last computed: a round of an unchanged model reuses them
+    scored: tuple[str, list[dict[str, Any]], dict[int, tuple[float, Any]]] | None = None
+    scoring: Future[Any] | None = None  # the scores being computed ahead of the round, since the last change
+    changed_at: float | None = None  # monotonic time of the oldest change whose head is not written yet
+    last_change_at: float = 0.0  # ... and of the latest change
+    changes: int = 0  # changes notified so far
+    head_round: int = 0  # ``changes`` when the last head round ran: one per change
 
 
 def _now_iso() -> str:
@@ -103,7 +117,10 @@ class PredictionPusher:
 
     ``batch_size``: predictions per import request; ``max_updates``: live predictions updated per
     round, ``workers`` requests at a time (Label Studio's SQLite database refuses concurrent writes
-    after a few seconds: 1 by default); ``bulk_above``: when more predictions than this changed (and
+    after a few seconds: 1 by default); ``head``, ``max_head``: the first round after a change
+    writes only the changed tasks that decide the Data Manager's first ``head`` rows when they are
+    at most ``max_head``, else the ``head`` changed tasks with the highest new scores (``max_head``
+    0: no such round); ``bulk_above``: when more predictions than this changed (and
     no superseded ones wait to be deleted), every task gets a new live prediction of a new live
     version at once instead (None: never); ``max_deletes``: superseded predictions deleted per round;
     ``tolerance``: a score change at most this large is not written (the scores shown are within it of
@@ -114,12 +131,14 @@ class PredictionPusher:
 
     def __init__(self, backend: LabelStudioBackend, client: LabelStudioClient, *, batch_size: int = 1000,
                  max_updates: int = 20, bulk_above: int | None = 100, workers: int = 1, max_deletes: int = 8,
-                 tolerance: float = 1e-3,
+                 tolerance: float = 1e-3, head: int = 1, max_head: int = 3,
                  max_backoff: float = 30.0, first_backoff: float = 1.0, resync_delay: float = RESYNC_DELAY) -> None:
         self.backend = backend
         self.client = client
         self.batch_size = int(batch_size)
         self.max_updates = int(max_updates)
+        self.head = max(1, int(head))
+        self.max_head = int(max_head)
         self.bulk_above = None if bulk_above is None else int(bulk_above)
         self.workers = int(workers)
         self.max_deletes = int(max_deletes)
@@ -136,10 +155,11 @@ class PredictionPusher:
         self._closing = False
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._scorer: ThreadPoolExecutor | None = None  # scores a change while a request is still under way
         self._status: dict[str, Any] = {
             "label_studio_url": client.url, "pushes": 0, "last_push": None, "last_push_s": None,
             "predictions_created": 0, "predictions_updated": 0, "predictions_deleted": 0, "updates_waiting": 0,
-            "model_version": None, "last_error": None, "last_error_at": None,
+            "model_version": None, "last_error": None, "last_error_at": None, "last_head_s": None,
         }
         backend.subscribe(self.notify)
 
@@ -148,6 +168,7 @@ class PredictionPusher:
         with self._cond:
             if self._thread is None:
                 self._pool = ThreadPoolExecutor(max_workers=max(1, self.workers), thread_name_prefix="bayesal-ls-push")
+                self._scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bayesal-ls-score")
                 self._thread = threading.Thread(target=self._run, name="bayesal-ls-push", daemon=True)
                 self._thread.start()
         return self
@@ -162,6 +183,8 @@ class PredictionPusher:
             thread.join(timeout)
         if self._pool is not None:
             self._pool.shutdown(wait=False)
+        if self._scorer is not None:
+            self._scorer.shutdown(wait=False, cancel_futures=True)
 
     def notify(self, project: str, action: str) -> None:
         """The backend applied ``action`` to ``project`` (a uid): mark it due. Never blocks on Label Studio."""
@@ -179,6 +202,14 @@ class PredictionPusher:
                     self._projects[project] = _Pushed()
             if action in TASK_LIST_ACTIONS:
                 self._stale.add(project)
+            state = self._projects.get(project)
+            if state is not None and action != "SETUP":
+                state.last_change_at = time.monotonic()
+                state.changed_at = state.changed_at or state.last_change_at
+                state.changes += 1
+                if self._scorer is not None and state.tasks is not None and action not in TASK_LIST_ACTIONS:
+                    # the new scores are computed now, while the worker may still wait for a request
+                    state.scoring = self._scorer.submit(self._score, project, state, state.tasks, state.changes)
             self._due[project] = min(self._due.get(project, when), when)
             self._cond.notify_all()
 
@@ -196,7 +227,8 @@ class PredictionPusher:
 
     def status(self) -> dict[str, Any]:
         """The last push (UTC time, seconds taken, predictions created, updated and deleted, live model
-        version, updates still waiting), the last error, and the projects waiting for a push."""
+        version, updates still waiting), the seconds from the last change (an annotation) to its head
+        written (``last_head_s``), the last error, and the projects waiting for a push."""
         with self._cond:
             now = time.monotonic()
             return {
@@ -268,6 +300,7 @@ class PredictionPusher:
             state = self._projects.setdefault(uid, _Pushed())
             reread = state.tasks is None or uid in self._stale
             resync = not state.synced or uid in self._resync
+            changes, changed_at = state.changes, state.changed_at  # a change from now on gets its own head round
             self._stale.discard(uid)
             self._resync.discard(uid)
         try:
@@ -286,21 +319,42 @@ class PredictionPusher:
                     self._stale.add(uid)
                 self._resync.add(uid)
             raise
-        tasks = state.tasks or []
-        results, _ = self.backend.predict(tasks, uid, None)
-        scores = {t["id"]: (float(r["score"]), r["result"]) for t, r in zip(tasks, results)}
-
+        scores = self._scores(uid, state)
+        if changed_at is not None:
+            log.debug("project %s: scores %.3f s after the change", uid, time.monotonic() - changed_at)
         created = self._create_missing(pid, state, live, scores)
-        changed = self._changed(state, scores)
+        # the top of the Data Manager's sort first: a task rising to it, or falling from it
+        changed = sorted(self._changed(state, scores), key=lambda t: -max(scores[t][0], state.live[t][1]))
+        head = self._head(state, scores, changed)
         updated = 0
-        if self.bulk_above is not None and len(changed) > self.bulk_above and not state.superseded:
-            live = self._switch(pid, state, family, scores)
-            created, pointed, state.pending = created + len(scores), True, 0
-        else:
-            updated = self._update_changed(state, scores, changed)
+        if head and len(head) < len(changed) and changed_at is not None and self.max_head > 0 and state.head_round != changes:
+            # the first round after a change: the rows the annotator looks at next, alone; when more
+            # (falling) tasks decide them, the tasks with the highest new scores show them first
+            first = head if len(head) <= self.max_head else sorted(changed, key=lambda t: -scores[t][0])[:self.head]
+            state.head_round = changes
+            updated = self._update(state, scores, first)
+            state.pending = len(changed) - updated
             pointed = self._point_label_studio_at(pid, live) if created or resync else False
+            head = [t for t in head if t not in set(first)]
+        elif self.bulk_above is not None and len(changed) > self.bulk_above and not state.superseded:
+            live = self._switch(pid, state, family, scores)
+            created, pointed, state.pending, head = created + len(scores), True, 0, []
+        else:
+            todo = changed[:self.max_updates]
+            updated = self._update(state, scores, todo, changes)
+            state.pending = len(changed) - updated
+            pointed = self._point_label_studio_at(pid, live) if created or resync else False
+            head = [t for t in head if t not in set(todo[:updated])]
+        with self._cond:
+            if not head and changed_at is not None:  # the head of the changes until this round is written
+                if changed or created:
+                    self._status["last_head_s"] = round(time.monotonic() - changed_at, 3)
+                    log.debug("project %s: head written %.3f s after the change (%d updated, %d created)",
+                              uid, self._status["last_head_s"], updated, created)
+                state.changed_at = None if state.changes == changes else state.last_change_at
         deleted = 0
-        while not state.pending and state.superseded and deleted < self.max_deletes:
+        # a change meanwhile stops the deletions: its head is written next, after one request at most
+        while not state.pending and state.superseded and deleted < self.max_deletes and state.changes == changes:
             try:
                 self.client.delete_prediction(state.superseded[0])
             except LabelStudioAPIError as err:
@@ -368,14 +422,55 @@ class PredictionPusher:
                                       f"(e.g. task {lost[0]}); it drops a prediction whose score is outside [0, 1]")
         return created
 
+    def _scores(self, uid: str, state: _Pushed) -> dict[int, tuple[float, Any]]:
+        """task id -> (prediction score, result) of every task, as ``/predict`` answers; computed once
+        per model version and task list (the rounds after the first of a change cost no scoring), for
+        a change usually ahead of its round (see :meth:`notify`)."""
+        scoring = state.scoring
+        if scoring is not None:
+            try:
+                scoring.result()
+            except Exception:  # noqa: BLE001 - scored again below, where a failure is reported
+                pass
+        return self._score(uid, state, state.tasks or [])[2]
+
+    def _score(self, uid: str, state: _Pushed, tasks: list[dict[str, Any]], changes: int | None = None
+               ) -> tuple[str, list[dict[str, Any]], dict[int, tuple[float, Any]]]:
+        if changes is not None and changes != state.changes:  # a newer change is scored after this one
+            return state.scored or ("", [], {})
+        version = self.backend.project(uid).model.model_version  # read first: a change meanwhile scores again
+        scored = state.scored
+        if scored is not None and scored[0] == version and scored[1] is tasks:
+            return scored
+        results, _ = self.backend.predict(tasks, uid, None)
+        scored = (version, tasks, {t["id"]: (float(r["score"]), r["result"]) for t, r in zip(tasks, results)})
+        state.scored = scored
+        return scored
+
     def _changed(self, state: _Pushed, scores: dict[int, tuple[float, Any]]) -> list[int]:
         return [t for t, (score, result) in scores.items() if t in state.live and (
             abs(score - state.live[t][1]) > self.tolerance or _choice(result) != state.live[t][2])]
 
-    def _update_changed(self, state: _Pushed, scores: dict[int, tuple[float, Any]], changed: list[int]) -> int:
-        # the top of the Data Manager's sort first: a task rising to it, or falling from it
-        changed.sort(key=lambda t: -max(scores[t][0], state.live[t][1]))
-        todo, state.pending = changed[:self.max_updates], max(0, len(changed) - self.max_updates)
+    def _head(self, state: _Pushed, scores: dict[int, tuple[float, Any]], changed: list[int]) -> list[int]:
+        """The changed tasks (``changed`` is sorted by ``max(new, stored score)``, highest first) that
+        decide the Data Manager's first ``head`` rows: every one whose new or stored score reaches the
+        ``head``-th highest new score. Once they are written, those rows are the tasks with the highest
+        new scores, showing them (within ``tolerance``)."""
+        if not changed:
+            return []
+        top = sorted((sc for sc, _ in scores.values()), reverse=True)
+        bar = top[min(self.head, len(top)) - 1]
+        out = []
+        for t in changed:
+            if max(scores[t][0], state.live[t][1]) < bar:
+                break
+            out.append(t)
+        return out
+
+    def _update(self, state: _Pushed, scores: dict[int, tuple[float, Any]], todo: list[int], changes: int | None = None) -> int:
+        """Write the new score and result of the tasks ``todo`` into their live predictions, ``workers``
+        at a time; stop early when a change arrives (``state.changes`` is no longer ``changes``): its
+        first round comes next. How many were written."""
 
         def update(task: int) -> int:
             pred = state.live[task][0]
@@ -383,12 +478,17 @@ class PredictionPusher:
             self.client.update_prediction(pred, {"score": score, "result": result})
             return task
 
-        pool = self._pool
-        done = list(pool.map(update, todo)) if pool is not None and len(todo) > 1 else [update(t) for t in todo]
-        for task in done:
-            score, result = scores[task]
-            state.live[task] = (state.live[task][0], score, _choice(result))
-        return len(done)
+        pool, step, written = self._pool, max(1, self.workers), 0
+        for start in range(0, len(todo), step):
+            if changes is not None and state.changes != changes:
+                break
+            chunk = todo[start:start + step]
+            done = list(pool.map(update, chunk)) if pool is not None and len(chunk) > 1 else [update(t) for t in chunk]
+            for task in done:
+                score, result = scores[task]
+                state.live[task] = (state.live[task][0], score, _choice(result))
+            written += len(done)
+        return written
 
     def _point_label_studio_at(self, pid: int, live: str) -> bool:
         """Set the live version on the project's ML backends that serve this model (auto update off, so

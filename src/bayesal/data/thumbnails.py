@@ -91,6 +91,9 @@ def thumbnail_png(img: np.ndarray, side: int = THUMB_SIDE) -> bytes:
 class Thumbnails:
     """PNG thumbnails of ``images``, one file per item in ``folder``, made on first use and kept.
 
+    Writes are atomic (a temporary file renamed), so readers in other threads or processes see a whole
+    file or none; a thumbnail made twice concurrently is the same bytes.
+
     Parameters
     ----------
     images : sequence
@@ -104,9 +107,6 @@ class Thumbnails:
     names : callable, optional
         The file name stem of item ``i`` (default: ``str(i)``); lets several subsets of one item set
         share thumbnails (an image folder names them by file).
-
-    Writes are atomic (a temporary file renamed), so readers in other threads or processes see a whole
-    file or none; a thumbnail made twice concurrently is the same bytes.
     """
 
     def __init__(self, images: Sequence[Any] | np.ndarray, folder: str | os.PathLike[str] | None, key: str,

@@ -83,6 +83,7 @@ def run(ds, strategy_name: str, seed: int, *, budget: int, batch: int, audit_rat
     audits: list[tuple[int, float]] = []  # (correct, confidence) of each audit label, out of sample
     audit_idx: list[int] = []  # their pool indices
     preds: dict[int, torch.Tensor] = {}
+    probs_ref: dict[int, torch.Tensor] = {}  # the predictive on the reference subset at each count
     rows: list[dict] = []
     while len(labeled) < budget:
         avail = torch.ones(n, dtype=torch.bool)
@@ -133,14 +134,23 @@ def run(ds, strategy_name: str, seed: int, *, budget: int, batch: int, audit_rat
             est = loo = model
         p_ref = post.predict_proba(x[ref])
         preds[m] = p_ref.argmax(1)
+        probs_ref[m] = p_ref.float()
         back = [k2 for k2 in preds if k2 <= m - GAIN_WINDOW]
         gain = (prediction_gain(p_ref, preds[back[-1]]) * GAIN_HORIZON / (m - back[-1])) if back else math.nan
         prev = [k2 for k2 in preds if k2 < m]
         kappa = cohen_kappa(preds[m], preds[prev[-1]], c) if prev else math.nan
+        # the trace for offline rules: the current model against every earlier one on the reference subset
+        trace = dict(prev_n=prev, gain_vs=[prediction_gain(p_ref, preds[k2]) for k2 in prev],
+                     # the earlier model's view of the same change (≤ 0)
+                     gain_old_vs=[-prediction_gain(probs_ref[k2].double(), preds[m]) for k2 in prev],
+                     agree_vs=[float((preds[m] == preds[k2]).double().mean()) for k2 in prev],
+                     kappa_vs=[cohen_kappa(preds[m], preds[k2], c) for k2 in prev],
+                     ea_ref=float(p_ref.max(1).values.mean()),
+                     n_audit_correct_logged=float(a[:, 0].sum()) if len(audits) else 0.0)
         rows.append(dict(n=m, n_audit=len(audits), true_acc=true_acc, test_acc=test_acc, est=est.accuracy,
                          low=est.low, high=est.high, method=est.method, model_low=model.low, model_high=model.high,
                          model_acc=model.accuracy, gain50=gain, kappa=kappa, stale_low=stale.low,
-                         stale_high=stale.high, loo_low=loo.low, loo_high=loo.high))
+                         stale_high=stale.high, loo_low=loo.low, loo_high=loo.high, **trace))
     return rows
 
 
@@ -159,51 +169,22 @@ def stops(rows: list[dict], stop_gain: float) -> dict[str, float]:
     return {"n99": n99, "ours": ours, "sp": sp}
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", default=DATASETS)
-    ap.add_argument("--strategies", default="margin,seq-margin")
-    ap.add_argument("--seeds", type=int, default=10)
-    ap.add_argument("--budget", type=int, default=1000)
-    ap.add_argument("--batch", type=int, default=10)
-    ap.add_argument("--audit-rate", type=float, default=0.1)
-    ap.add_argument("--stop-gain", type=float, default=0.005)
-    ap.add_argument("--fixed-budgets", default="200,500")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/out/stopping.jsonl"))
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    fixed = [int(b) for b in args.fixed_budgets.split(",") if b]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+def summarize(records: list[dict], stop_gain: float, fixed: list[int]) -> None:
+    """Per-run lines, the per-data-set table and the LAST line, from the runs' records (with their rows)."""
     cover: dict[str, list[float]] = {}
     errs: dict[str, list[tuple[float, ...]]] = {}
     within: list[bool] = []
-    with args.out.open("w") as fh:
-        for name in args.datasets.split(","):
-            ds = load_dataset(name)
-            for strat in args.strategies.split(","):
-                for seed in range(args.seeds):
-                    t0 = time.perf_counter()
-                    rows = run(ds, strat, seed, budget=args.budget, batch=args.batch, audit_rate=args.audit_rate)
-                    s = stops(rows, args.stop_gain)
-                    cov = float(np.mean([r["low"] <= r["true_acc"] <= r["high"] for r in rows]))
-                    cov_model = float(np.mean([r["model_low"] <= r["true_acc"] <= r["model_high"] for r in rows]))
-                    cov_stale = float(np.mean([r["stale_low"] <= r["true_acc"] <= r["stale_high"] for r in rows]))
-                    cov_loo = float(np.mean([r["loo_low"] <= r["true_acc"] <= r["loo_high"] for r in rows]))
-                    width = float(np.mean([r["high"] - r["low"] for r in rows]))
-                    cover.setdefault(name, []).append(cov)
-                    rel = {k: abs(s[k] - s["n99"]) / s["n99"] for k in ("ours", "sp")}
-                    rel_fixed = [abs(min(b, rows[-1]["n"]) - s["n99"]) / s["n99"] for b in fixed]
-                    errs.setdefault(name, []).append((rel["ours"], rel["sp"], *rel_fixed))
-                    within.append(rel["ours"] <= 0.2)
-                    fh.write(json.dumps({"dataset": name, "strategy": strat, "seed": seed, "stops": s,
-                                         "coverage": cov, "coverage_model": cov_model, "coverage_logged": cov_stale, "coverage_loo": cov_loo,
-                                         "rows": rows}) + "\n")
-                    fh.flush()
-                    print(f"{name:16s} {strat:10s} seed={seed} n99={s['n99']:4d} stop={s['ours']:4d} sp={s['sp']:4d} "
-                          f"coverage={cov:.2f} (logged {cov_stale:.2f}, loo {cov_loo:.2f}, model {cov_model:.2f}) width={width:.3f} "
-                          f"audits={rows[-1]['n_audit']} final={rows[-1]['test_acc']:.3f} "
-                          f"[{time.perf_counter() - t0:.0f}s]", flush=True)
+    for rec in records:
+        name, rows = rec["dataset"], rec["rows"]
+        s = stops(rows, stop_gain)
+        cov = float(np.mean([r["low"] <= r["true_acc"] <= r["high"] for r in rows]))
+        cover.setdefault(name, []).append(cov)
+        rel = {k: abs(s[k] - s["n99"]) / s["n99"] for k in ("ours", "sp")}
+        rel_fixed = [abs(min(b, rows[-1]["n"]) - s["n99"]) / s["n99"] for b in fixed]
+        errs.setdefault(name, []).append((rel["ours"], rel["sp"], *rel_fixed))
+        within.append(rel["ours"] <= 0.2)
+        print(f"{name:16s} {rec['strategy']:10s} seed={rec['seed']} n99={s['n99']:4d} stop={s['ours']:4d} "
+              f"sp={s['sp']:4d} coverage={cov:.2f}")
     print()
     head = " ".join(f"fixed{b}" for b in fixed)
     print(f"{'dataset':16s} coverage  err_ours  err_sp  {head}")
@@ -215,6 +196,56 @@ def main(argv=None) -> None:
     ratio = all_e[:, 0].mean() / all_e[:, 1].mean() if all_e[:, 1].mean() > 0 else math.inf
     print(f"coverage_min={min(np.mean(cs) for cs in cover.values()):.3f} "
           f"stop_within_20pct={np.mean(within):.3f} stop_err_vs_sp={ratio:.3f}")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", default=DATASETS)
+    ap.add_argument("--strategies", default="margin,seq-margin")
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--first-seed", type=int, default=0)
+    ap.add_argument("--budget", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=10)
+    ap.add_argument("--audit-rate", type=float, default=0.1)
+    ap.add_argument("--stop-gain", type=float, default=0.005)
+    ap.add_argument("--fixed-budgets", default="200,500")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/out/stopping.jsonl"))
+    ap.add_argument("--rules-only", type=Path, nargs="+", default=None, metavar="TRACE",
+                    help="no labeling runs: apply the stop rules to the runs saved in these --out files")
+    args = ap.parse_args(argv)
+    fixed = [int(b) for b in args.fixed_budgets.split(",") if b]
+    if args.rules_only is not None:
+        records = [json.loads(line) for f in args.rules_only for line in f.open() if line.strip()]
+        summarize(records, args.stop_gain, fixed)
+        return
+    torch.set_num_threads(args.threads)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    records = []
+    with args.out.open("w") as fh:
+        for name in args.datasets.split(","):
+            ds = load_dataset(name)
+            for strat in args.strategies.split(","):
+                for seed in range(args.first_seed, args.first_seed + args.seeds):
+                    t0 = time.perf_counter()
+                    rows = run(ds, strat, seed, budget=args.budget, batch=args.batch, audit_rate=args.audit_rate)
+                    cov = float(np.mean([r["low"] <= r["true_acc"] <= r["high"] for r in rows]))
+                    cov_model = float(np.mean([r["model_low"] <= r["true_acc"] <= r["model_high"] for r in rows]))
+                    cov_stale = float(np.mean([r["stale_low"] <= r["true_acc"] <= r["stale_high"] for r in rows]))
+                    cov_loo = float(np.mean([r["loo_low"] <= r["true_acc"] <= r["loo_high"] for r in rows]))
+                    width = float(np.mean([r["high"] - r["low"] for r in rows]))
+                    rec = {"dataset": name, "strategy": strat, "seed": seed, "coverage": cov,
+                           "coverage_model": cov_model, "coverage_logged": cov_stale, "coverage_loo": cov_loo,
+                           "rows": rows}
+                    records.append(rec)
+                    fh.write(json.dumps(rec) + "\n")
+                    fh.flush()
+                    print(f"{name:16s} {strat:10s} seed={seed} coverage={cov:.2f} (logged {cov_stale:.2f}, "
+                          f"loo {cov_loo:.2f}, model {cov_model:.2f}) width={width:.3f} "
+                          f"audits={rows[-1]['n_audit']} final={rows[-1]['test_acc']:.3f} "
+                          f"[{time.perf_counter() - t0:.0f}s]", flush=True)
+    print()
+    summarize(records, args.stop_gain, fixed)
 
 
 if __name__ == "__main__":

@@ -46,13 +46,22 @@ import torch
 from bayesal.data import load_dataset
 from bayesal.labeling.policy import is_doubling_point
 from bayesal.labeling.replay import PosteriorReplay
-from bayesal.labeling.signals import GAIN_HORIZON, GAIN_WINDOW, accuracy_interval, prediction_gain
+from bayesal.labeling.signals import (
+    DEFAULT_STOP_GAIN,
+    GAIN_HORIZON,
+    GAIN_WINDOW,
+    accuracy_interval,
+    half_point,
+    prediction_gain,
+    stop_recommended,
+)
 from bayesal.laplace import PosteriorOptions, leave_one_out
 from bayesal.strategies import LabeledSet, make_strategy, select
 from bayesal.utils import derive_seed
 
 DATASETS = "bbcnews,animals,mnist5k,digits,rotten_tomatoes"
 SP_KAPPA, SP_WINDOW = 0.99, 3  # stabilizing predictions: κ ≥ 0.99 for 3 successive models
+GAIN50_STOP = 0.005  # the earlier rule, for comparison
 STOP_SET = 2000  # stop set / reference subset size
 
 
@@ -154,19 +163,33 @@ def run(ds, strategy_name: str, seed: int, *, budget: int, batch: int, audit_rat
     return rows
 
 
+def expected_gain(row: dict) -> float:
+    """The session's expected gain of the next 50 labels at this row: the share of the reference
+    predictions changed since the point at half the labels (:func:`~bayesal.labeling.signals.half_point`),
+    per label, times 50; NaN before 50 labels."""
+    low, high = half_point(row["n"])
+    back = [j for j, m in enumerate(row["prev_n"]) if low <= m <= high]
+    if row["n"] < GAIN_WINDOW or not back:
+        return math.nan
+    j = back[-1]
+    return (1.0 - row["agree_vs"][j]) / (row["n"] - row["prev_n"][j]) * GAIN_HORIZON
+
+
 def stops(rows: list[dict], stop_gain: float) -> dict[str, float]:
     """The label counts at which each rule stops, and ``n99``."""
     ns = [r["n"] for r in rows]
     final = rows[-1]["test_acc"]
     n99 = next(r["n"] for r in rows if r["test_acc"] >= 0.99 * final)
-    ours = next((r["n"] for r in rows if r["gain50"] < stop_gain), ns[-1])
+    ours = next((r["n"] for r in rows if stop_recommended(expected_gain(r), stop_gain)), ns[-1])
+    # the earlier rule: the gain of the last 50 labels as the current model sees it, below 0.005
+    gain50 = next((r["n"] for r in rows if r["gain50"] < GAIN50_STOP), ns[-1])
     sp, run_len = ns[-1], 0
     for r in rows:
         run_len = run_len + 1 if r["kappa"] >= SP_KAPPA else 0
         if run_len >= SP_WINDOW:
             sp = r["n"]
             break
-    return {"n99": n99, "ours": ours, "sp": sp}
+    return {"n99": n99, "ours": ours, "sp": sp, "gain50": gain50}
 
 
 def summarize(records: list[dict], stop_gain: float, fixed: list[int]) -> None:
@@ -174,24 +197,29 @@ def summarize(records: list[dict], stop_gain: float, fixed: list[int]) -> None:
     cover: dict[str, list[float]] = {}
     errs: dict[str, list[tuple[float, ...]]] = {}
     within: list[bool] = []
+    within_sp: dict[str, list[bool]] = {}
+    within_ours: dict[str, list[bool]] = {}
     for rec in records:
         name, rows = rec["dataset"], rec["rows"]
         s = stops(rows, stop_gain)
         cov = float(np.mean([r["low"] <= r["true_acc"] <= r["high"] for r in rows]))
         cover.setdefault(name, []).append(cov)
-        rel = {k: abs(s[k] - s["n99"]) / s["n99"] for k in ("ours", "sp")}
+        rel = {k: abs(s[k] - s["n99"]) / s["n99"] for k in ("ours", "sp", "gain50")}
         rel_fixed = [abs(min(b, rows[-1]["n"]) - s["n99"]) / s["n99"] for b in fixed]
-        errs.setdefault(name, []).append((rel["ours"], rel["sp"], *rel_fixed))
+        errs.setdefault(name, []).append((rel["ours"], rel["sp"], rel["gain50"], *rel_fixed))
         within.append(rel["ours"] <= 0.2)
+        within_sp.setdefault(name, []).append(rel["sp"] <= 0.2)
+        within_ours.setdefault(name, []).append(rel["ours"] <= 0.2)
         print(f"{name:16s} {rec['strategy']:10s} seed={rec['seed']} n99={s['n99']:4d} stop={s['ours']:4d} "
-              f"sp={s['sp']:4d} coverage={cov:.2f}")
+              f"sp={s['sp']:4d} gain50={s['gain50']:4d} coverage={cov:.2f}")
     print()
     head = " ".join(f"fixed{b}" for b in fixed)
-    print(f"{'dataset':16s} coverage  err_ours  err_sp  {head}")
+    print(f"{'dataset':16s} coverage  err_ours  err_sp  err_gain50  {head}  within20_ours  within20_sp")
     for name, cs in cover.items():
         e = np.array(errs[name])
-        print(f"{name:16s} {np.mean(cs):8.3f}  {e[:, 0].mean():8.3f}  {e[:, 1].mean():6.3f}  "
-              + " ".join(f"{v:7.3f}" for v in e[:, 2:].mean(0)))
+        print(f"{name:16s} {np.mean(cs):8.3f}  {e[:, 0].mean():8.3f}  {e[:, 1].mean():6.3f}  {e[:, 2].mean():10.3f}  "
+              + " ".join(f"{v:7.3f}" for v in e[:, 3:].mean(0))
+              + f"  {np.mean(within_ours[name]):13.2f}  {np.mean(within_sp[name]):11.2f}")
     all_e = np.concatenate([np.array(v) for v in errs.values()])
     ratio = all_e[:, 0].mean() / all_e[:, 1].mean() if all_e[:, 1].mean() > 0 else math.inf
     print(f"coverage_min={min(np.mean(cs) for cs in cover.values()):.3f} "
@@ -207,7 +235,7 @@ def main(argv=None) -> None:
     ap.add_argument("--budget", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=10)
     ap.add_argument("--audit-rate", type=float, default=0.1)
-    ap.add_argument("--stop-gain", type=float, default=0.005)
+    ap.add_argument("--stop-gain", type=float, default=DEFAULT_STOP_GAIN)
     ap.add_argument("--fixed-budgets", default="200,500")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out/stopping.jsonl"))

@@ -12,14 +12,23 @@ label is absorbed). Every ``--batch`` labels it records:
   hull of the intervals from the predictions made when they were drawn and from the current
   posterior's leave-one-out ones, as ``Session.estimate`` does; for comparison each of the two alone —
   "logged" and "loo" — and the model-based interval) and the test accuracy;
-* the expected gain of the next 50 labels (:func:`~bayesal.labeling.signals.prediction_gain` over the
-  last 50 labels) and the stabilizing-predictions statistic (Bloodgood & Vijay-Shanker 2009: Cohen's κ
-  of the predictions on a fixed random stop set between successive models).
+* the stopping signals: the expected gain of the next 50 labels as the earlier rule measured it
+  (:func:`~bayesal.labeling.signals.prediction_gain` over the last 50 labels) and the
+  stabilizing-predictions statistic (Bloodgood & Vijay-Shanker 2009: Cohen's κ of the predictions on a
+  fixed random stop set between successive models);
+* the trace the stop rules are evaluated on: the current predictive on the reference subset against
+  the predictions of every earlier record (the gain as the current model sees it, the earlier model's
+  view of it, the share of agreeing predictions and κ), and the model's own expected accuracy.
 
 Stops compared with the label count ``n99`` at which the test accuracy first reaches 99 % of its final
-value (at the budget): the recommended stop (first count at which the expected gain of the next 50
-labels is below ``--stop-gain``), stabilizing predictions (κ ≥ 0.99 for 3 successive models) and fixed
-budgets. A rule that never fires stops at the budget.
+value (at the budget): the session's recommended stop (the first count at which its expected gain of the
+next 50 labels — the share of the reference predictions changed per label since the model at half the
+labels, times 50, :func:`expected_gain` — is below ``--stop-gain``), the earlier rule (the gain of the
+last 50 labels as the current model sees it below 0.005), stabilizing predictions (κ ≥ 0.99 for 3
+successive models) and fixed budgets. A rule that never fires stops at the budget.
+
+The runs, with their traces, are saved to ``--out`` (JSON lines); ``--rules-only TRACE...`` applies
+the stop rules to saved runs without labeling anything (seconds), e.g. to try a threshold.
 
 Prints one row per run, then per data set: coverage of the audit interval (and of the model-based
 one) over all measured counts, the mean relative stop errors ``|stop − n99| / n99``. The LAST line is
@@ -28,7 +37,8 @@ one) over all measured counts, the mean relative stop errors ``|stop − n99| / 
     stop_err_vs_sp=<mean relative error of the recommended stop / that of stabilizing predictions>
 
 Usage: python benchmarks/stopping.py [--datasets bbcnews,animals,mnist5k,digits,rotten_tomatoes]
-[--strategies margin,seq-margin] [--seeds 10] [--budget 1000] [--audit-rate 0.1] [--stop-gain 0.005]
+[--strategies margin,seq-margin] [--seeds 10] [--first-seed 0] [--budget 1000] [--audit-rate 0.1]
+[--stop-gain 0.02] [--out benchmarks/out/stopping.jsonl] [--rules-only TRACE...]
 (smoke: ``--datasets digits --strategies margin --seeds 1 --budget 200``).
 """
 

@@ -13,6 +13,7 @@ import pytest
 from bayesal.cli.label import add_label_arguments, label_main
 from bayesal.cli.serve import add_serve_arguments
 from bayesal.labeling.session import Session
+from bayesal.labeling.signals import DEFAULT_STOP_GAIN
 from bayesal.labeling.storage import LOG_NAME, read_log
 
 
@@ -58,4 +59,4 @@ def test_stop_flags_are_checked_and_shared_with_serve() -> None:
     add_serve_arguments(p)
     args = p.parse_args(["--audit-rate", "0.1", "--stop-when-gain-below", "0.01"])
     assert args.audit_rate == 0.1 and args.stop_when_gain_below == 0.01
-    assert parse([]).audit_rate == 0.0 and parse([]).stop_when_gain_below == 0.005
+    assert parse([]).audit_rate == 0.0 and parse([]).stop_when_gain_below == DEFAULT_STOP_GAIN == 0.02

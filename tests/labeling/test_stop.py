@@ -14,7 +14,15 @@ from bayesal.exceptions import CorruptStateError, InvalidInputError
 from bayesal.labeling import STOP_NAME, stop_summary
 from bayesal.labeling.schema import check_event, check_header
 from bayesal.labeling.session import Session
-from bayesal.labeling.signals import accuracy_interval, prediction_gain, stop_recommended
+from bayesal.labeling.signals import (
+    DEFAULT_STOP_GAIN,
+    StoppingSignals,
+    accuracy_interval,
+    half_point,
+    prediction_change,
+    prediction_gain,
+    stop_recommended,
+)
 from bayesal.laplace import HeadConfig, PosteriorOptions, leave_one_out
 
 OPTS = PosteriorOptions(head=HeadConfig(epochs=10), prior_precision=1.0)
@@ -71,6 +79,69 @@ def test_prediction_gain_and_stop():
     assert prediction_gain(probs, torch.tensor([1, 1, 1])) == pytest.approx((0.4 + 0 + 0.2) / 3)
     assert stop_recommended(0.001, 0.005) and not stop_recommended(0.01, 0.005)
     assert not stop_recommended(float("nan"), 0.005) and not stop_recommended(0.0, None)
+
+
+def test_prediction_change_bounds_the_gain_and_the_half_point():
+    probs = torch.tensor([[0.7, 0.3], [0.2, 0.8], [0.6, 0.4], [0.5, 0.5]], dtype=torch.float64)
+    now = probs.argmax(1)
+    assert prediction_change(now, now) == 0.0
+    before = torch.tensor([1, 1, 1, 0])
+    assert prediction_change(now, before) == pytest.approx(2 / 4)
+    # the accuracy can only move where a prediction moves: |gain| ≤ change, whatever the truth
+    for truth in ([0, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 1]):
+        t = torch.tensor(truth)
+        moved = float((now == t).double().mean() - (before == t).double().mean())
+        assert abs(moved) <= prediction_change(now, before)
+    assert half_point(100) == (40, 50) and half_point(1000) == (450, 500) and half_point(51) == (15, 25)
+
+
+class _Scripted:
+    """A predictive whose predictions on the reference items are a function of the label count."""
+
+    def __init__(self, table, n_labels):
+        self.table, self.n = table, n_labels
+
+    def predict_proba(self, x):
+        pred = self.table(self.n)[x[:, 0].long()]
+        return torch.nn.functional.one_hot(pred, 3).to(torch.float64) * 0.8 + 0.2 / 3
+
+
+def _tells(n):
+    return [{"op": "tell", "index": i, "label": 0} for i in range(n)]
+
+
+def test_the_stop_rule_on_a_synthetic_trace():
+    """Item ``i`` of the reference set changes its prediction once, when it is learned at ``settle[i]``
+    labels; the share learned after ``n`` labels falls like ``1/n`` (``20/n``). The expected gain of the next 50
+    labels is the share changed since ``n/2`` per label, times 50; the stop fires where the learning
+    curve of this trace says it should, and a session asked only then (a resume) replays the point at
+    ``n/2`` and agrees."""
+    r = 1000
+    settle = (20 / torch.rand(r, generator=torch.Generator().manual_seed(0))).clamp(max=10_000).long()
+    x = torch.arange(r, dtype=torch.float64).reshape(-1, 1)
+
+    def table(n):
+        return (settle > n).long()  # class 1 until learned, then 0
+
+    def expected(n, then):
+        return prediction_change(table(n), table(then)) / (n - then) * 50
+
+    sig = StoppingSignals(x, seed=0)
+    replay = lambda h: _Scripted(table, len(h))  # noqa: E731
+    got = {}
+    for n in range(10, 1001, 10):
+        got[n] = sig.progress(_Scripted(table, n), _tells(n), replay, reference_size=r)
+    assert math.isnan(got[40]["change_per_label"]) and got[40]["window"] == 0  # before 50 labels
+    for n in (100, 400, 1000):  # the point at n/2 is in the trace: no replay needed
+        assert got[n]["window"] == n - n // 2
+        assert got[n]["change_per_label"] * 50 == pytest.approx(expected(n, n // 2))
+    first = next(n for n in got if stop_recommended(got[n]["change_per_label"] * 50, 0.05))
+    # the share learned in (n/2, n] is about 20/n: the rate times 50 is about 2000/n², below 0.05 from n = 200
+    assert 170 <= first <= 240
+    # a fresh trace asked only now (e.g. after a resume) replays the point at n/2 and agrees
+    once = StoppingSignals(x, seed=0).progress(_Scripted(table, first), _tells(first), replay, reference_size=r)
+    assert once["change_per_label"] * 50 == pytest.approx(expected(first, first // 2))
+    assert stop_recommended(once["change_per_label"] * 50, 0.05)
 
 
 def test_audit_interval_covers_a_miscalibrated_model_in_simulation():
@@ -219,8 +290,15 @@ def test_estimate_without_audits_and_the_stop(pool, tmp_path):
     assert math.isnan(est["expected_gain"]) and not est["stop"]  # fewer labels than the gain window
     _label(s, y, 35)
     est = s.estimate()
-    assert est["expected_gain"] == pytest.approx(50 * est["gain_per_label"]) and est["expected_gain"] >= 0
+    # the share of the predictions changed per label since the model at half the labels, times 50
+    assert est["gain_window"] == 55 - 55 // 2 and 0 <= est["change_per_label"] <= 1 / est["gain_window"]
+    assert est["expected_gain"] == pytest.approx(50 * est["change_per_label"])
+    assert est["gain_per_label"] <= est["change_per_label"]  # the model's own view of the gain is bounded by the change
     assert est["stop"] and est["stop_threshold"] == 10.0
+    s.stop_when_gain_below = est["expected_gain"]
+    assert not s.estimate()["stop"]  # below, not at
+    s.stop_when_gain_below = est["expected_gain"] + 1e-9
+    assert s.estimate()["stop"]
     s.stop_when_gain_below = None
     assert not s.estimate()["stop"]
     with pytest.raises(InvalidInputError, match="stop_when_gain_below"):
@@ -231,14 +309,17 @@ def test_estimate_without_audits_and_the_stop(pool, tmp_path):
     s.close()
 
 
-def test_gain_after_resume_replays_the_point_fifty_labels_back(pool, tmp_path):
+def test_gain_after_resume_replays_the_point_at_half_the_labels(pool, tmp_path):
     x, y, _, _ = pool
     s = _session(pool, tmp_path)
+    assert s.stop_when_gain_below == DEFAULT_STOP_GAIN
     _label(s, y, 60)
-    gain = s.estimate()["gain_per_label"]
+    est = s.estimate()
     s.close()
     r = Session.resume(tmp_path / "s", x, background=False, fsync=False)
-    assert r.estimate()["gain_per_label"] == pytest.approx(gain, abs=1e-9)
+    est_r = r.estimate()
+    for key in ("gain_per_label", "change_per_label", "expected_gain", "gain_window"):
+        assert est_r[key] == pytest.approx(est[key], abs=1e-9)
     r.close()
 
 

@@ -227,7 +227,7 @@ def test_panel_has_counts_signals_and_plots(service, pool):
     assert 0 <= e["low"] <= e["accuracy"] <= e["high"] <= 1 and e["level"] == 0.9
     assert e["expected_gain"] is None and e["stop"] is False  # no gain before 50 labels
     stop = json.loads(c.get("/api/export/stop.json").text)
-    assert stop["estimate"]["accuracy"] == e["accuracy"] and stop["estimate"]["stop_threshold"] == 0.005
+    assert stop["estimate"]["accuracy"] == e["accuracy"] and stop["estimate"]["stop_threshold"] == 0.02
 
 
 def test_exports(service, pool):

@@ -192,9 +192,11 @@ def add_stop_arguments(parser: argparse.ArgumentParser) -> None:
                         help="probability that the next item asked is drawn uniformly at random from the pool (an "
                              "audit label, logged as such); makes the accuracy interval honest (e.g. 0.1; a new "
                              "session only: a resumed one keeps its own; default 0)")
-    parser.add_argument("--stop-when-gain-below", type=non_negative_float, default=0.005, metavar="GAIN",
+    # bayesal.labeling.signals.DEFAULT_STOP_GAIN, not imported: parsing the arguments loads no torch
+    parser.add_argument("--stop-when-gain-below", type=non_negative_float, default=0.02, metavar="GAIN",
                         help="recommend stopping once the expected accuracy gain of the next 50 labels is below "
-                             "GAIN (default 0.005)")
+                             "GAIN: at most the share of the predictions they change, at the rate of the last "
+                             "half of the labels (default 0.02)")
 
 
 def add_debug_option(parser: argparse.ArgumentParser, *, top: bool = False) -> None:

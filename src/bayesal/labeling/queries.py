@@ -308,8 +308,8 @@ class SessionQueries(SessionViews):
     # ------------------------------------------------------------------ the estimate and the stop
     @property
     def stop_when_gain_below(self) -> float | None:
-        """:meth:`estimate` recommends stopping once the expected gain of the next 50 labels is below
-        this (None: never)."""
+        """:meth:`estimate` recommends stopping once the expected gain of the next 50 labels (at most the
+        share of the predictions they change) is below this (None: never)."""
         return self._stop_gain
 
     @stop_when_gain_below.setter
@@ -357,8 +357,11 @@ class SessionQueries(SessionViews):
         dict
             ``n_labels``, ``n_audit`` (audit labels used), ``audit_rate``, ``accuracy``, ``low``,
             ``high``, ``level``, ``method`` (``"audit"`` or ``"model"``), ``model_accuracy`` (the model's
-            own estimate), ``pool_size`` (unlabeled items), ``gain_per_label`` and ``expected_gain``
-            (of the next ``horizon`` = 50 labels; NaN before ``gain_window`` labels), ``gain_window``,
+            own estimate), ``pool_size`` (unlabeled items), ``gain_per_label`` (the accuracy gained per
+            label over the last half of the labels, as the current model sees it), ``change_per_label``
+            (the share of the predictions changed per label over the same labels), ``expected_gain``
+            (of the next ``horizon`` = 50 labels, at most: ``change_per_label`` × 50), ``gain_window``
+            (the labels those are measured over; before the first 50 labels, when they are NaN, 50),
             ``stop_threshold`` and ``stop`` (True: the expected gain is below the threshold).
         """
         with self._state.lock:
@@ -375,11 +378,13 @@ class SessionQueries(SessionViews):
         conf = post.predict_proba(self._x[torch.from_numpy(rest)]).max(1).values if rest.size else torch.zeros(0)
         hits, audit_conf = self._audit_rectifiers(post, audits)
         est = accuracy_interval(conf, hits, audit_conf, level=level)
-        per_label = self._signals.gain(post, history, self._replay.replay, window=GAIN_WINDOW)
-        expected = per_label * GAIN_HORIZON if math.isfinite(per_label) else math.nan
+        prog = self._signals.progress(post, history, self._replay.replay, min_labels=GAIN_WINDOW)
+        change = prog["change_per_label"]
+        expected = change * GAIN_HORIZON if math.isfinite(change) else math.nan
         return {"n_labels": len(labels), **est.as_dict(), "pool_size": int(unlabeled.sum()),
-                "audit_rate": self.audit_rate, "gain_per_label": per_label, "expected_gain": expected,
-                "horizon": GAIN_HORIZON, "gain_window": GAIN_WINDOW, "stop_threshold": self._stop_gain,
+                "audit_rate": self.audit_rate, "gain_per_label": prog["gain_per_label"],
+                "change_per_label": change, "expected_gain": expected, "horizon": GAIN_HORIZON,
+                "gain_window": prog["window"] or GAIN_WINDOW, "stop_threshold": self._stop_gain,
                 "stop": stop_recommended(expected, self._stop_gain)}
 
     def predict_proba(self, indices: Iterable[int] | None = None) -> torch.Tensor:

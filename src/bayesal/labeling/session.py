@@ -145,8 +145,9 @@ class Session(SessionOpening, SessionQueries, SessionReview):
         label with the model's prediction before the label is absorbed; :meth:`estimate` corrects the
         model's own accuracy estimate with them (see :mod:`bayesal.labeling.signals`).
     stop_when_gain_below : float, optional
-        :meth:`estimate` recommends stopping once the expected accuracy gain of the next 50 labels is
-        below this (default 0.005; None: no recommendation). Not saved: the attribute of the same name
+        :meth:`estimate` recommends stopping once the expected accuracy gain of the next 50 labels (at
+        most the share of the predictions they change, at the rate of the last half of the labels) is
+        below this (default 0.02; None: no recommendation). Not saved: the attribute of the same name
         may be set at any time.
     **storage_options
         Fields of :class:`StorageOptions` given as keywords (``fsync=False``, ``snapshot_every=10``,

@@ -273,8 +273,8 @@
           `${e.accuracy.toFixed(3)} [${e.low.toFixed(3)}, ${e.high.toFixed(3)}]` +
             (e.method === "audit" ? ` · ${e.n_audit} audit` : " · model's own"));
         line("expected-gain", `expected gain of the next ${e.horizon} labels`,
-          `The accuracy gained per label over the last ${e.gain_window} labels, as the current model sees its ` +
-          `changed predictions, times ${e.horizon}.` +
+          `At most the accuracy the next ${e.horizon} labels can add: the share of the predictions changed per ` +
+          `label over the last ${e.gain_window} labels (the last half), times ${e.horizon}.` +
           (e.stop_threshold === null ? "" : ` Stopping is recommended below ${e.stop_threshold}.`),
           e.expected_gain === null ? `n/a until ${e.gain_window} labels` : e.expected_gain.toFixed(4));
         if (e.stop) {

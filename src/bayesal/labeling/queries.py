@@ -325,7 +325,8 @@ class SessionQueries(SessionViews):
         current model's without the label (its leave-one-out predictive, a downdate).
 
         Either alone can be off: the logged one is exactly out of sample but its model's miscalibration
-        drifts as labels accumulate (60 % coverage on animals with margin sampling); the leave-one-out
+        drifts as labels accumulate (alone: 60 % coverage on animals with margin sampling, in the runs
+        that chose the hull); the leave-one-out
         one follows the current model but its mean is a one-step approximation, too pessimistic on
         Rotten Tomatoes (73 %). The hull of their intervals is the estimate's (``docs/benchmarks.md``)."""
         if len(audits) < 2:

@@ -57,6 +57,16 @@ CHROMIUM = "/usr/bin/chromium"
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
+
+def poll_until(page, js: str, arg=None, timeout_s: float = 60.0) -> None:
+    """Evaluate ``js`` in ``page`` until it is truthy: Playwright's ``wait_for_function`` polls with
+    ``eval`` in the page, which the app's Content-Security-Policy refuses once a first check fails."""
+    deadline = time.monotonic() + timeout_s
+    while not (page.evaluate(js) if arg is None else page.evaluate(js, arg)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {js!r}")
+        page.wait_for_timeout(5)
+
 def make_pool(n: int, d: int, c: int, n_test: int, seed: int = 0) -> Dataset:
     """Clustered Gaussian features (like normalised sentence embeddings) with short text items."""
     rng = np.random.default_rng(seed)
@@ -126,14 +136,14 @@ def browser_phase(url: str, truth: np.ndarray, names: list[str], answers: int,
         page.set_default_timeout(60_000)
         page.goto(url)
         page.wait_for_selector("body[data-ready='1']")
-        page.wait_for_function("window.bayesalRenders >= 1")
+        poll_until(page, "window.bayesalRenders >= 1")
         keys = {c["label"]: c["key"] for c in page.evaluate("fetch('/api/info', {headers: {'X-Bayesal-Token': '-'}})"
                                                              ".then(r => r.json())")["classes"]}
         for k in range(answers):
             i = int(page.get_attribute("#card", "data-index"))
             label = names[int(truth[i])]
             page.keyboard.press(keys[label])
-            page.wait_for_function("n => window.bayesalTimings.length > n", arg=k)
+            poll_until(page, "n => window.bayesalTimings.length > n", k)
             acked[i] = int(truth[i])
             page.wait_for_selector(f"#panel[data-labels='{k + 1}']")  # the panel caught up
             if read_ms > 0:

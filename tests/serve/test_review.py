@@ -14,6 +14,8 @@ from bayesal.labeling.session import Session  # noqa: E402
 from bayesal.serve import LabelingService, create_app  # noqa: E402
 from bayesal.serve.app import TOKEN_HEADER  # noqa: E402
 
+from .waiting import wait_until  # noqa: E402
+
 NAMES = ["business", "sport", "tech"]
 
 
@@ -90,7 +92,7 @@ def test_review_view_in_a_browser(serve_process, tmp_path):
         page.set_default_timeout(30_000)
         page.goto(srv.page)
         page.wait_for_selector("body[data-ready='1'][data-review-ready='1']")
-        page.wait_for_function("window.bayesalRenders >= 1")
+        wait_until(page, "window.bayesalRenders >= 1")
         given: dict[int, int] = {}
         for k in range(30):  # label by keyboard; every sixth answer is wrong
             i = int(page.get_attribute("#card", "data-index"))
@@ -98,13 +100,13 @@ def test_review_view_in_a_browser(serve_process, tmp_path):
             given[i] = label
             n = page.evaluate("window.bayesalRenders")
             page.keyboard.press(str(label))
-            page.wait_for_function("n => window.bayesalRenders > n", arg=n)
+            wait_until(page, "n => window.bayesalRenders > n", n)
 
         def review_card() -> int:
             return int(page.get_attribute("#review-card", "data-index"))
 
         def wait_review(n: int) -> None:
-            page.wait_for_function("n => window.bayesalReviewRenders > n", arg=n)
+            wait_until(page, "n => window.bayesalReviewRenders > n", n)
 
         page.click("#review-open")
         wait_review(0)
@@ -131,7 +133,7 @@ def test_review_view_in_a_browser(serve_process, tmp_path):
         i = int(page.get_attribute("#card", "data-index"))
         n = page.evaluate("window.bayesalRenders")
         page.keyboard.press(str(truth[i]))
-        page.wait_for_function("n => window.bayesalRenders > n", arg=n)
+        wait_until(page, "n => window.bayesalRenders > n", n)
         # the correction is in the label log: a fresh session reads it back
         page.close()
     finally:

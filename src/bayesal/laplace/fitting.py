@@ -144,9 +144,11 @@ class HeadFitting(CovarianceStructure):
         self, x: torch.Tensor, targets: torch.Tensor, folds: Any, given_head: bool
     ) -> tuple[float, float]:
         """The spread ``τ`` and likelihood temperature ``T`` of the predictive: the spread given (with
-        ``T = 1``), or (``"cv"``) the pair whose held-out predictive log-likelihood is best on the folds at
-        λ₀ (those that chose λ₀, else fresh ones; see :func:`~bayesal.laplace.spread.select_spread`). A
-        head passed to :meth:`fit` is not refitted on folds: it keeps the plain Laplace predictive."""
+        ``T = 1``), or (``"cv"``) chosen by the predictive's held-out log-likelihood on the folds at λ₀
+        (those that chose λ₀, else fresh ones): ``τ`` by the one-standard-error rule, then ``T`` at that
+        ``τ`` once there are :data:`~bayesal.laplace.spread.MIN_ROWS_PER_CLASS_FOR_TEMPERATURE` rows per
+        class (see :func:`~bayesal.laplace.spread.select_spread`). A head passed to :meth:`fit` is not
+        refitted on folds: it keeps the plain Laplace predictive."""
         if not isinstance(self.spread, str):
             return float(self.spread), 1.0
         if given_head:

@@ -38,7 +38,7 @@ from bayesal.exceptions import InvalidInputError
 from .evidence import HeldOutFold, fold_masks, heldout_logit_variance
 from .head import HeadConfig, fit_map_head
 from .options import Curvature
-from .predictive import DEFAULT_LAMBDA_MF
+from .predictive import DEFAULT_LAMBDA_MF, mean_field_scaled
 from .update import curvature_weights
 
 __all__ = ["SPREAD_GRID", "TEMPERATURE_GRID", "MIN_ROWS_PER_CLASS_FOR_TEMPERATURE", "SpreadFit", "heldout_folds", "select_spread"]
@@ -175,7 +175,7 @@ def select_spread(
     def per_point(tau: float, temperature: float = 1.0) -> torch.Tensor:
         out = torch.zeros(n, dtype=torch.float64, device=features.device)  # rows in no held-out fold score 0
         for te, z, y, v in held:
-            logp = torch.log_softmax(z * torch.rsqrt(temperature * temperature + lambda_mf * tau * v).unsqueeze(1), dim=-1)
+            logp = torch.log_softmax(mean_field_scaled(z, tau * v, lambda_mf, temperature), dim=-1)
             out[te] = (y * logp).sum(1)
         return out
 

@@ -25,6 +25,7 @@ from bayesal.laplace import (
     batch_update_reference,
     curvature_weights,
     mean_field_probs,
+    mean_field_scaled,
 )
 from bayesal.utils import as_features
 
@@ -289,7 +290,7 @@ class ExpectedLogLossReduction(QueryStrategy):
             curv = curvature_weights(p_map, post.curvature)
             table = self.risk_table(post.gamma, lam, z_c[rem], var_c[rem], curv, z_r, var_r, k_rc[:, rem], temp)
             pred = mean_field_probs(z_c[rem], var_c[rem], lam, temp)
-            now = self._risk(z_r * torch.rsqrt(temp * temp + lam * var_r.clamp_min(0)).unsqueeze(1)).mean()
+            now = self._risk(mean_field_scaled(z_r, var_r, lam, temp)).mean()
             u = now - (pred * table).sum(1)
             seconds += time.perf_counter() - t0
             scored += rem.numel()

@@ -109,8 +109,12 @@ def test_keyboard_labeling_undo_correct_reload_and_sigkill(browser, digits, serv
     # correct a past label in the history list
     target = list(acked)[-3]
     new = (acked[target] + 1) % 10
+    shown_before = page.evaluate("window.bayesalRenders")
     page.select_option(f"#recent li[data-index='{target}'] select", str(new))
     wait_until(page, "t => document.getElementById('message').textContent.startsWith(t)", f"corrected #{target} → {new}")
+    # the correction's answer puts the next item on screen too (counted a frame later): wait for it, or the
+    # next key's wait could end on that render instead of its own
+    wait_until(page, "n => window.bayesalRenders > n", shown_before)
     acked[target] = new
     label_one()  # the keyboard labels again right after the menu was used
     assert len(acked) == 31
